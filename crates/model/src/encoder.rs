@@ -1,0 +1,173 @@
+//! The ModernBERT encoder over a packed batch: embeddings, layers, final norm.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::attention::attend;
+use crate::batch::PackedBatch;
+use crate::config::{AttentionKind, ModernBertConfig};
+use crate::error::{ModelError, Result};
+use crate::layers::{LayerNorm, Linear};
+use crate::weights::Weights;
+
+/// cos/sin tables `[max_positions, head_dim / 2]` for one RoPE theta.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    fn new(theta: f64, head_dim: usize, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
+        let half = head_dim / 2;
+        // Computed in f64 and rounded once, as transformers computes them in f32 from the same formula.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?;
+        Ok(Rotary { cos, sin })
+    }
+}
+
+struct Layer {
+    attn_norm: Option<LayerNorm>,
+    wqkv: Linear,
+    wo: Linear,
+    mlp_norm: LayerNorm,
+    wi: Linear,
+    mlp_wo: Linear,
+    kind: AttentionKind,
+    theta_key: u64,
+}
+
+/// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.
+pub struct Encoder {
+    tok_embeddings: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    final_norm: LayerNorm,
+    rotary: BTreeMap<u64, Rotary>,
+    config: ModernBertConfig,
+    device: Device,
+}
+
+impl Encoder {
+    pub(crate) fn load(w: &Weights, config: &ModernBertConfig, device: &Device, dtype: DType) -> Result<Self> {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let eps = config.norm_eps;
+        let tok_embeddings = w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h])?;
+        let emb_norm = LayerNorm::load(w, "embeddings.norm", true, h, config.norm_bias, eps)?;
+        let mut layers = Vec::with_capacity(config.num_layers());
+        let mut rotary = BTreeMap::new();
+        for (n, &(kind, theta)) in config.layers.iter().enumerate() {
+            let p = format!("layers.{n}");
+            // Layer 0 has no attn_norm in published checkpoints (the embedding norm precedes it).
+            let attn_norm = if n == 0 && !w.has_encoder(&format!("{p}.attn_norm.weight")) {
+                None
+            } else {
+                Some(LayerNorm::load(w, &format!("{p}.attn_norm"), true, h, config.norm_bias, eps)?)
+            };
+            let theta_key = theta.to_bits();
+            if let std::collections::btree_map::Entry::Vacant(e) = rotary.entry(theta_key) {
+                e.insert(Rotary::new(theta, config.head_dim(), config.max_position_embeddings, device, dtype)?);
+            }
+            layers.push(Layer {
+                attn_norm,
+                wqkv: Linear::load(w, &format!("{p}.attn.Wqkv"), true, (3 * h, h), config.attention_bias)?,
+                wo: Linear::load(w, &format!("{p}.attn.Wo"), true, (h, h), config.attention_bias)?,
+                mlp_norm: LayerNorm::load(w, &format!("{p}.mlp_norm"), true, h, config.norm_bias, eps)?,
+                wi: Linear::load(w, &format!("{p}.mlp.Wi"), true, (2 * i, h), config.mlp_bias)?,
+                mlp_wo: Linear::load(w, &format!("{p}.mlp.Wo"), true, (h, i), config.mlp_bias)?,
+                kind,
+                theta_key,
+            });
+        }
+        let final_norm = LayerNorm::load(w, "final_norm", true, h, config.norm_bias, eps)?;
+        Ok(Encoder {
+            tok_embeddings,
+            emb_norm,
+            layers,
+            final_norm,
+            rotary,
+            config: config.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// The token embedding matrix (the MLM decoder is tied to it).
+    pub(crate) fn tok_embeddings(&self) -> &Tensor {
+        &self.tok_embeddings
+    }
+
+    /// Last hidden states `[tokens, hidden]` of a packed batch, after `final_norm`.
+    pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor> {
+        let t = batch.num_tokens();
+        if t == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let max_len = batch.max_len();
+        if max_len > self.config.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "a sequence has {max_len} tokens; the model accepts at most max_position_embeddings = {}",
+                self.config.max_position_embeddings
+            )));
+        }
+        if let Some(bad) = batch.input_ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {}); is the tokenizer the model's own?",
+                self.config.vocab_size
+            )));
+        }
+        let ids = Tensor::from_slice(&batch.input_ids, t, &self.device)?;
+        let positions = Tensor::from_slice(&batch.position_ids, t, &self.device)?;
+        let tables: BTreeMap<u64, (Tensor, Tensor)> = self
+            .rotary
+            .iter()
+            .map(|(k, r)| Ok((*k, (r.cos.index_select(&positions, 0)?, r.sin.index_select(&positions, 0)?))))
+            .collect::<Result<_>>()?;
+        let mut hidden = self.emb_norm.forward(&self.tok_embeddings.index_select(&ids, 0)?)?;
+        for layer in &self.layers {
+            let (cos, sin) = &tables[&layer.theta_key];
+            hidden = self.layer_forward(layer, &hidden, batch, cos, sin)?;
+        }
+        self.final_norm.forward(&hidden)
+    }
+
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, batch: &PackedBatch, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (t, h) = x.dims2()?;
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
+        let normed = match &layer.attn_norm {
+            Some(norm) => norm.forward(x)?,
+            None => x.clone(),
+        };
+        // [T, 3H] -> [3, heads, T, head_dim]
+        let qkv = layer
+            .wqkv
+            .forward(&normed)?
+            .reshape((t, 3, heads, hd))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&qkv.narrow(0, 0, 1)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&qkv.narrow(0, 1, 1)?, cos, sin)?.squeeze(0)?;
+        let v = qkv.get(2)?;
+        let attn = attend(&q, &k, &v, batch, layer.kind)?; // [heads, T, hd]
+        let attn = attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?;
+        let x = (x + layer.wo.forward(&attn)?)?;
+        let normed = layer.mlp_norm.forward(&x)?;
+        let wi = layer.wi.forward(&normed)?;
+        let inter = self.config.intermediate_size;
+        let gated = (wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?;
+        Ok((x + layer.mlp_wo.forward(&gated)?)?)
+    }
+}

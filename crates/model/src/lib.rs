@@ -1,0 +1,39 @@
+//! Padding-free ModernBERT for mbpipe: loading checkpoints as the Hub has them, a packed forward
+//! pass that matches Hugging Face transformers, and the classification, masked-LM and pooling
+//! heads. Knows nothing of Arrow, files of rows or SQL.
+//!
+//! ```no_run
+//! use mbpipe_model::{ModelFiles, ModelRef, ModernBert, PackedBatch, Pooling};
+//! let files = ModelFiles::resolve(&ModelRef::parse("answerdotai/ModernBERT-base", None)?)?;
+//! let model = ModernBert::load(&files, &candle_core::Device::Cpu, candle_core::DType::F32)?;
+//! let batch = PackedBatch::from_sequences(&[vec![50281, 510, 50282], vec![50281, 50282]]);
+//! let hidden = model.encode(&batch)?;
+//! let embeddings = model.pool(&hidden, &batch, Pooling::Mean)?; // [2, 768]
+//! # Ok::<(), mbpipe_model::ModelError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod attention;
+mod batch;
+mod config;
+mod device;
+mod encoder;
+mod error;
+mod files;
+mod heads;
+mod hub;
+mod layers;
+mod model;
+mod tokenizer;
+mod weights;
+
+pub use batch::PackedBatch;
+pub use candle_core::{DType, Device, Tensor};
+pub use config::{AttentionKind, ModernBertConfig, Pooling, ProblemType};
+pub use device::{DeviceSpec, Precision};
+pub use error::{ModelError, Result};
+pub use files::{ModelFiles, ModelRef, SentenceTransformersConfig};
+pub use heads::{argmax, scores_from_logits, top_k};
+pub use model::ModernBert;
+pub use tokenizer::load_tokenizer;
+pub use tokenizers::Tokenizer;

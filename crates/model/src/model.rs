@@ -1,0 +1,181 @@
+//! A loaded ModernBERT checkpoint: encoder plus whatever heads the checkpoint carries.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::batch::PackedBatch;
+use crate::config::{ModernBertConfig, Pooling};
+use crate::encoder::Encoder;
+use crate::error::{ModelError, Result};
+use crate::files::ModelFiles;
+use crate::heads::{pool, top_k, PredictionHead};
+use crate::layers::Linear;
+use crate::weights::Weights;
+
+/// A ModernBERT model ready to run packed batches.
+pub struct ModernBert {
+    config: ModernBertConfig,
+    encoder: Encoder,
+    head: Option<PredictionHead>,
+    decoder: Option<Linear>,
+    classifier: Option<Linear>,
+    dtype: DType,
+}
+
+impl ModernBert {
+    /// Loads config and weights from resolved model files onto `device` in `dtype`.
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let config = ModernBertConfig::from_file(&files.config)?;
+        let w = Weights::open(&files.weights, &files.dir, device, dtype)?;
+        let encoder = Encoder::load(&w, &config, device, dtype)?;
+        let head = if w.has("head.dense.weight") {
+            Some(PredictionHead::load(&w, &config)?)
+        } else {
+            None
+        };
+        let is_mlm = config.architectures.iter().any(|a| a.ends_with("ForMaskedLM")) || w.has("decoder.bias");
+        let decoder = match (&head, is_mlm) {
+            (Some(_), true) => {
+                // Published checkpoints omit decoder.weight: it is tied to the token embeddings.
+                let weight = if w.has("decoder.weight") {
+                    w.get("decoder.weight", &[config.vocab_size, config.hidden_size])?
+                } else {
+                    encoder.tok_embeddings().clone()
+                };
+                let bias = if config.decoder_bias {
+                    Some(w.get("decoder.bias", &[config.vocab_size])?)
+                } else {
+                    None
+                };
+                Some(Linear::new(weight, bias))
+            }
+            _ => None,
+        };
+        let classifier = if w.has("classifier.weight") {
+            let n = config.labels.len().max(1);
+            if head.is_none() {
+                return Err(ModelError::MissingTensor {
+                    name: "head.dense.weight".into(),
+                    dir: files.dir.clone(),
+                });
+            }
+            Some(Linear::load(&w, "classifier", false, (n, config.hidden_size), true)?)
+        } else {
+            None
+        };
+        Ok(ModernBert {
+            config,
+            encoder,
+            head,
+            decoder,
+            classifier,
+            dtype,
+        })
+    }
+
+    /// The normalised config.
+    pub fn config(&self) -> &ModernBertConfig {
+        &self.config
+    }
+
+    /// Working dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Whether the checkpoint has a masked-LM head.
+    pub fn has_mlm_head(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    /// Whether the checkpoint has a sequence-classification head.
+    pub fn has_classifier(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    /// Last hidden states `[tokens, hidden]` (model dtype).
+    pub fn encode(&self, batch: &PackedBatch) -> Result<Tensor> {
+        self.encoder.forward(batch)
+    }
+
+    /// One pooled vector per sequence, `[sequences, hidden]` in f32.
+    pub fn pool(&self, hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Result<Tensor> {
+        pool(hidden, batch, pooling)
+    }
+
+    /// Classifier logits `[sequences, labels]` in f32, pooled as the config says.
+    pub fn classify(&self, hidden: &Tensor, batch: &PackedBatch) -> Result<Tensor> {
+        let (Some(head), Some(classifier)) = (&self.head, &self.classifier) else {
+            return Err(ModelError::Unsupported(
+                "this checkpoint has no sequence-classification head (classifier.weight)".into(),
+            ));
+        };
+        let pooled = pool(hidden, batch, self.config.classifier_pooling)?.to_dtype(self.dtype)?;
+        Ok(classifier.forward(&head.forward(&pooled)?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Vocabulary logits `[positions, vocab]` in f32 at the given token rows of the batch.
+    pub fn mask_logits(&self, hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        let (Some(head), Some(decoder)) = (&self.head, &self.decoder) else {
+            return Err(ModelError::Unsupported(
+                "this checkpoint has no masked-LM head (head.* and decoder.bias)".into(),
+            ));
+        };
+        let idx = Tensor::from_slice(rows, rows.len(), hidden.device())?;
+        let picked = hidden.index_select(&idx, 0)?;
+        Ok(decoder.forward(&head.forward(&picked)?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Rows (token indices into the batch) holding `token_id`, grouped per sequence.
+    pub fn positions_of(batch: &PackedBatch, token_id: u32) -> Vec<Vec<u32>> {
+        (0..batch.num_sequences())
+            .map(|i| {
+                batch
+                    .range(i)
+                    .filter(|&r| batch.input_ids[r] == token_id)
+                    .map(|r| r as u32)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Fill-mask: for each sequence, for each `mask_token_id` in it, the `k` most likely tokens
+    /// with their probabilities (softmax over the vocabulary), best first.
+    pub fn fill_mask(
+        &self,
+        hidden: &Tensor,
+        batch: &PackedBatch,
+        mask_token_id: u32,
+        k: usize,
+    ) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
+        let per_seq = Self::positions_of(batch, mask_token_id);
+        let rows: Vec<u32> = per_seq.iter().flatten().copied().collect();
+        if rows.is_empty() {
+            return Ok(vec![Vec::new(); batch.num_sequences()]);
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&self.mask_logits(hidden, &rows)?)?.to_vec2::<f32>()?;
+        let mut next = probs.iter();
+        Ok(per_seq
+            .iter()
+            .map(|masks| {
+                masks
+                    .iter()
+                    .map(|_| top_k(next.next().expect("one probability row per mask, this is a bug"), k))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Logits of `candidates` at one row per sequence (`None` rows give `None`): the zero-shot
+    /// recipe reads the verbalizer tokens' logits at the template's [MASK].
+    pub fn candidate_logits(&self, hidden: &Tensor, rows: &[Option<u32>], candidates: &[u32]) -> Result<Vec<Option<Vec<f32>>>> {
+        let present: Vec<u32> = rows.iter().flatten().copied().collect();
+        if present.is_empty() {
+            return Ok(vec![None; rows.len()]);
+        }
+        let logits = self.mask_logits(hidden, &present)?;
+        let idx = Tensor::from_slice(candidates, candidates.len(), logits.device())?;
+        let picked = logits.index_select(&idx, 1)?.to_vec2::<f32>()?;
+        let mut next = picked.into_iter();
+        Ok(rows.iter().map(|r| r.and_then(|_| next.next())).collect())
+    }
+}

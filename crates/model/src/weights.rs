@@ -1,0 +1,94 @@
+//! Reading tensors out of safetensors files, with errors that name the tensor and the shapes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// Tensors of one checkpoint, converted to the engine's device and dtype on request.
+pub(crate) struct Weights {
+    tensors: MmapedSafetensors,
+    names: HashSet<String>,
+    /// `model.` for task checkpoints, empty for bare encoders.
+    encoder_prefix: &'static str,
+    dir: PathBuf,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Maps the files; every header is parsed and checked against the file size here.
+    pub(crate) fn open(paths: &[PathBuf], dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        for p in paths {
+            // Parse each file on its own first, so the error names the broken one.
+            // SAFETY: the mapping is read-only; a file changed under us is the user's race, as in
+            // every safetensors loader.
+            unsafe { MmapedSafetensors::new(p) }.map_err(|e| ModelError::Weights {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        // SAFETY: as above.
+        let tensors = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Weights {
+            path: paths.first().cloned().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        let names: HashSet<String> = tensors.tensors().into_iter().map(|(n, _)| n).collect();
+        let encoder_prefix = if names.contains("model.embeddings.tok_embeddings.weight") {
+            "model."
+        } else if names.contains("embeddings.tok_embeddings.weight") {
+            ""
+        } else {
+            return Err(ModelError::MissingTensor {
+                name: "model.embeddings.tok_embeddings.weight".into(),
+                dir: dir.to_path_buf(),
+            });
+        };
+        Ok(Weights {
+            tensors,
+            names,
+            encoder_prefix,
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.
+    pub(crate) fn encoder(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get(&format!("{}{name}", self.encoder_prefix), shape)
+    }
+
+    /// Whether an encoder tensor exists.
+    pub(crate) fn has_encoder(&self, name: &str) -> bool {
+        self.names.contains(&format!("{}{name}", self.encoder_prefix))
+    }
+
+    /// Whether a top-level tensor (heads) exists.
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// A tensor by its full name, checked against the shape the config implies.
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if !self.names.contains(name) {
+            return Err(ModelError::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            });
+        }
+        let view = self.tensors.get(name)?;
+        if view.shape() != shape {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let t = self.tensors.load(name, &Device::Cpu)?;
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+}
