@@ -15,14 +15,24 @@ use crate::error::Result;
 const LOCAL_BLOCK: usize = 128;
 
 /// Attention over every sequence of `batch`; returns `[heads, tokens, head_dim]`.
-pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, batch: &PackedBatch, kind: AttentionKind) -> Result<Tensor> {
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    batch: &PackedBatch,
+    kind: AttentionKind,
+) -> Result<Tensor> {
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let mut outputs = Vec::with_capacity(batch.num_sequences());
     for i in 0..batch.num_sequences() {
         let r = batch.range(i);
         let (start, len) = (r.start, r.len());
-        let (qs, ks, vs) = (q.narrow(1, start, len)?, k.narrow(1, start, len)?, v.narrow(1, start, len)?);
+        let (qs, ks, vs) = (
+            q.narrow(1, start, len)?,
+            k.narrow(1, start, len)?,
+            v.narrow(1, start, len)?,
+        );
         let out = match kind {
             AttentionKind::Local { half_window } if len > half_window + 1 => {
                 banded(&qs, &ks, &vs, half_window, scale)?
@@ -72,11 +82,22 @@ fn banded(q: &Tensor, k: &Tensor, v: &Tensor, w: usize, scale: f64) -> Result<Te
 }
 
 /// 0 where `|i - j| <= w`, -inf elsewhere, for queries `q0..q0+qn` and keys `k0..k0+kn`.
-fn band_mask(q0: usize, qn: usize, k0: usize, kn: usize, w: usize, device: &Device) -> Result<Tensor> {
+fn band_mask(
+    q0: usize,
+    qn: usize,
+    k0: usize,
+    kn: usize,
+    w: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let mut data = Vec::with_capacity(qn * kn);
     for i in q0..q0 + qn {
         for j in k0..k0 + kn {
-            data.push(if i.abs_diff(j) <= w { 0f32 } else { f32::NEG_INFINITY });
+            data.push(if i.abs_diff(j) <= w {
+                0f32
+            } else {
+                f32::NEG_INFINITY
+            });
         }
     }
     Ok(Tensor::from_vec(data, (qn, kn), device)?)
@@ -102,7 +123,14 @@ mod tests {
             let v = Tensor::randn(0f32, 1., (2, len, 16), &dev).unwrap();
             let a = banded(&q, &k, &v, w, 0.25).unwrap();
             let b = dense_local(&q, &k, &v, w);
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "len {len} w {w}: max diff {diff}");
         }
     }

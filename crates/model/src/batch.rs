@@ -63,6 +63,9 @@ impl PackedBatch {
 
     /// Longest sequence.
     pub fn max_len(&self) -> usize {
-        (0..self.num_sequences()).map(|i| self.range(i).len()).max().unwrap_or(0)
+        (0..self.num_sequences())
+            .map(|i| self.range(i).len())
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -177,7 +177,9 @@ impl ModernBertConfig {
         ] {
             if let Some(a) = act {
                 if a != "gelu" {
-                    return Err(format!("{key} is `{a}`; only `gelu` (exact erf GELU) is supported"));
+                    return Err(format!(
+                        "{key} is `{a}`; only `gelu` (exact erf GELU) is supported"
+                    ));
                 }
             }
         }
@@ -204,7 +206,10 @@ impl ModernBertConfig {
                 pairs.sort();
                 for (expected, (id, _)) in pairs.iter().enumerate() {
                     if *id != expected {
-                        return Err(format!("id2label ids must be 0..{}; id {expected} is missing", pairs.len()));
+                        return Err(format!(
+                            "id2label ids must be 0..{}; id {expected} is missing",
+                            pairs.len()
+                        ));
                     }
                 }
                 pairs.into_iter().map(|(_, l)| l).collect()
@@ -263,7 +268,9 @@ fn layer_plan(raw: &RawConfig) -> Result<Vec<(AttentionKind, f64)>, String> {
         if let Some(params) = raw.rope_parameters.as_ref().and_then(|p| p.get(kind)) {
             if let Some(t) = params.rope_type.as_deref() {
                 if t != "default" {
-                    return Err(format!("rope_type `{t}` for {kind} is not supported (only `default`)"));
+                    return Err(format!(
+                        "rope_type `{t}` for {kind} is not supported (only `default`)"
+                    ));
                 }
             }
             if let Some(theta) = params.rope_theta {
@@ -344,14 +351,19 @@ mod tests {
             "problem_type": "multi_label_classification"}}"#
         ))
         .unwrap();
-        assert_eq!(cfg.labels, "abcdefghijk".chars().map(String::from).collect::<Vec<_>>());
+        assert_eq!(
+            cfg.labels,
+            "abcdefghijk".chars().map(String::from).collect::<Vec<_>>()
+        );
         assert_eq!(cfg.problem_type, ProblemType::MultiLabel);
     }
 
     #[test]
     fn rejects_tanh_gelu_and_bad_heads() {
-        let err = ModernBertConfig::from_json(&format!(r#"{{{BASE}, "hidden_activation": "gelu_pytorch_tanh"}}"#))
-            .unwrap_err();
+        let err = ModernBertConfig::from_json(&format!(
+            r#"{{{BASE}, "hidden_activation": "gelu_pytorch_tanh"}}"#
+        ))
+        .unwrap_err();
         assert!(err.contains("hidden_activation"), "{err}");
         let err = ModernBertConfig::from_json(
             r#"{"vocab_size": 100, "hidden_size": 9, "intermediate_size": 12, "num_hidden_layers": 1, "num_attention_heads": 2}"#,
@@ -362,7 +374,9 @@ mod tests {
 
     #[test]
     fn single_label_becomes_regression() {
-        let cfg = ModernBertConfig::from_json(&format!(r#"{{{BASE}, "id2label": {{"0": "score"}}}}"#)).unwrap();
+        let cfg =
+            ModernBertConfig::from_json(&format!(r#"{{{BASE}, "id2label": {{"0": "score"}}}}"#))
+                .unwrap();
         assert_eq!(cfg.problem_type, ProblemType::Regression);
     }
 }

@@ -66,15 +66,18 @@ impl DeviceSpec {
             return Ok(vec![DeviceSpec::Cpu]);
         }
         let Some(rest) = s.strip_prefix("cuda") else {
-            return Err(format!("device must be `cpu` or `cuda:0,1,...`, found `{s}`"));
+            return Err(format!(
+                "device must be `cpu` or `cuda:0,1,...`, found `{s}`"
+            ));
         };
-        let list = rest.strip_prefix(':').unwrap_or(if rest.is_empty() { "0" } else { rest });
+        let list = rest
+            .strip_prefix(':')
+            .unwrap_or(if rest.is_empty() { "0" } else { rest });
         let mut out = Vec::new();
         for part in list.split(',') {
-            let n: usize = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{part}` in `{s}` is not a GPU number (expected e.g. cuda:0,1)"))?;
+            let n: usize = part.trim().parse().map_err(|_| {
+                format!("`{part}` in `{s}` is not a GPU number (expected e.g. cuda:0,1)")
+            })?;
             if out.contains(&DeviceSpec::Cuda(n)) {
                 return Err(format!("GPU {n} is listed twice in `{s}`"));
             }
@@ -115,12 +118,18 @@ mod tests {
 
     #[test]
     fn parses_device_lists() {
-        assert_eq!(DeviceSpec::parse_list("cpu").unwrap(), vec![DeviceSpec::Cpu]);
+        assert_eq!(
+            DeviceSpec::parse_list("cpu").unwrap(),
+            vec![DeviceSpec::Cpu]
+        );
         assert_eq!(
             DeviceSpec::parse_list("cuda:0,1").unwrap(),
             vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]
         );
-        assert_eq!(DeviceSpec::parse_list("cuda").unwrap(), vec![DeviceSpec::Cuda(0)]);
+        assert_eq!(
+            DeviceSpec::parse_list("cuda").unwrap(),
+            vec![DeviceSpec::Cuda(0)]
+        );
         assert!(DeviceSpec::parse_list("cuda:0,0").is_err());
         assert!(DeviceSpec::parse_list("tpu").is_err());
     }

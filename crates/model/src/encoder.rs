@@ -18,7 +18,13 @@ struct Rotary {
 }
 
 impl Rotary {
-    fn new(theta: f64, head_dim: usize, max_pos: usize, device: &Device, dtype: DType) -> Result<Self> {
+    fn new(
+        theta: f64,
+        head_dim: usize,
+        max_pos: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         // Computed in f64 and rounded once, as transformers computes them in f32 from the same formula.
         let inv_freq: Vec<f32> = (0..half)
@@ -62,10 +68,16 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn load(w: &Weights, config: &ModernBertConfig, device: &Device, dtype: DType) -> Result<Self> {
+    pub(crate) fn load(
+        w: &Weights,
+        config: &ModernBertConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let eps = config.norm_eps;
-        let tok_embeddings = w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h])?;
+        let tok_embeddings =
+            w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h])?;
         let emb_norm = LayerNorm::load(w, "embeddings.norm", true, h, config.norm_bias, eps)?;
         let mut layers = Vec::with_capacity(config.num_layers());
         let mut rotary = BTreeMap::new();
@@ -75,17 +87,49 @@ impl Encoder {
             let attn_norm = if n == 0 && !w.has_encoder(&format!("{p}.attn_norm.weight")) {
                 None
             } else {
-                Some(LayerNorm::load(w, &format!("{p}.attn_norm"), true, h, config.norm_bias, eps)?)
+                Some(LayerNorm::load(
+                    w,
+                    &format!("{p}.attn_norm"),
+                    true,
+                    h,
+                    config.norm_bias,
+                    eps,
+                )?)
             };
             let theta_key = theta.to_bits();
             if let std::collections::btree_map::Entry::Vacant(e) = rotary.entry(theta_key) {
-                e.insert(Rotary::new(theta, config.head_dim(), config.max_position_embeddings, device, dtype)?);
+                e.insert(Rotary::new(
+                    theta,
+                    config.head_dim(),
+                    config.max_position_embeddings,
+                    device,
+                    dtype,
+                )?);
             }
             layers.push(Layer {
                 attn_norm,
-                wqkv: Linear::load(w, &format!("{p}.attn.Wqkv"), true, (3 * h, h), config.attention_bias)?,
-                wo: Linear::load(w, &format!("{p}.attn.Wo"), true, (h, h), config.attention_bias)?,
-                mlp_norm: LayerNorm::load(w, &format!("{p}.mlp_norm"), true, h, config.norm_bias, eps)?,
+                wqkv: Linear::load(
+                    w,
+                    &format!("{p}.attn.Wqkv"),
+                    true,
+                    (3 * h, h),
+                    config.attention_bias,
+                )?,
+                wo: Linear::load(
+                    w,
+                    &format!("{p}.attn.Wo"),
+                    true,
+                    (h, h),
+                    config.attention_bias,
+                )?,
+                mlp_norm: LayerNorm::load(
+                    w,
+                    &format!("{p}.mlp_norm"),
+                    true,
+                    h,
+                    config.norm_bias,
+                    eps,
+                )?,
                 wi: Linear::load(w, &format!("{p}.mlp.Wi"), true, (2 * i, h), config.mlp_bias)?,
                 mlp_wo: Linear::load(w, &format!("{p}.mlp.Wo"), true, (h, i), config.mlp_bias)?,
                 kind,
@@ -122,7 +166,11 @@ impl Encoder {
                 self.config.max_position_embeddings
             )));
         }
-        if let Some(bad) = batch.input_ids.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(bad) = batch
+            .input_ids
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::Input(format!(
                 "token id {bad} is outside the vocabulary (vocab_size = {}); is the tokenizer the model's own?",
                 self.config.vocab_size
@@ -133,9 +181,19 @@ impl Encoder {
         let tables: BTreeMap<u64, (Tensor, Tensor)> = self
             .rotary
             .iter()
-            .map(|(k, r)| Ok((*k, (r.cos.index_select(&positions, 0)?, r.sin.index_select(&positions, 0)?))))
+            .map(|(k, r)| {
+                Ok((
+                    *k,
+                    (
+                        r.cos.index_select(&positions, 0)?,
+                        r.sin.index_select(&positions, 0)?,
+                    ),
+                ))
+            })
             .collect::<Result<_>>()?;
-        let mut hidden = self.emb_norm.forward(&self.tok_embeddings.index_select(&ids, 0)?)?;
+        let mut hidden = self
+            .emb_norm
+            .forward(&self.tok_embeddings.index_select(&ids, 0)?)?;
         for layer in &self.layers {
             let (cos, sin) = &tables[&layer.theta_key];
             hidden = self.layer_forward(layer, &hidden, batch, cos, sin)?;
@@ -143,7 +201,14 @@ impl Encoder {
         self.final_norm.forward(&hidden)
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Tensor, batch: &PackedBatch, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        batch: &PackedBatch,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
         let (t, h) = x.dims2()?;
         let heads = self.config.num_attention_heads;
         let hd = self.config.head_dim();

@@ -103,5 +103,22 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
+impl ModelError {
+    /// Whether the user must fix a model reference, directory or checkpoint (as opposed to a
+    /// failure while running).
+    pub fn is_configuration_error(&self) -> bool {
+        matches!(
+            self,
+            ModelError::Config { .. }
+                | ModelError::MissingFile { .. }
+                | ModelError::InvalidReference { .. }
+                | ModelError::PickleRefused { .. }
+                | ModelError::MissingTensor { .. }
+                | ModelError::TensorShape { .. }
+                | ModelError::Unsupported(_)
+        )
+    }
+}
+
 /// Result alias of this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -31,7 +31,10 @@ impl ModelRef {
         let path = Path::new(reference);
         if path.is_dir() {
             if revision.is_some() {
-                return Err(invalid(reference, "a revision only applies to Hub models, not to a local directory"));
+                return Err(invalid(
+                    reference,
+                    "a revision only applies to Hub models, not to a local directory",
+                ));
             }
             return Ok(ModelRef::Local(path.to_path_buf()));
         }
@@ -52,7 +55,10 @@ impl ModelRef {
         };
         let revision = match (inline_rev, revision) {
             (Some(a), Some(b)) if a != b => {
-                return Err(invalid(reference, &format!("revision given twice: `{a}` and `{b}`")))
+                return Err(invalid(
+                    reference,
+                    &format!("revision given twice: `{a}` and `{b}`"),
+                ))
             }
             (a, b) => a.or(b).map(str::to_string),
         };
@@ -61,9 +67,14 @@ impl ModelRef {
             let ok = !rev.is_empty()
                 && rev.len() <= 255
                 && !rev.contains("..")
-                && rev.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+                && rev
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
             if !ok {
-                return Err(invalid(reference, &format!("revision `{rev}` may only use letters, digits, `.`, `_`, `-`, `/`")));
+                return Err(invalid(
+                    reference,
+                    &format!("revision `{rev}` may only use letters, digits, `.`, `_`, `-`, `/`"),
+                ));
             }
         }
         Ok(ModelRef::Hub {
@@ -77,8 +88,14 @@ impl std::fmt::Display for ModelRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelRef::Local(p) => write!(f, "{}", p.display()),
-            ModelRef::Hub { repo, revision: Some(r) } => write!(f, "{repo}@{r}"),
-            ModelRef::Hub { repo, revision: None } => write!(f, "{repo}"),
+            ModelRef::Hub {
+                repo,
+                revision: Some(r),
+            } => write!(f, "{repo}@{r}"),
+            ModelRef::Hub {
+                repo,
+                revision: None,
+            } => write!(f, "{repo}"),
         }
     }
 }
@@ -97,7 +114,8 @@ fn validate_repo_id(reference: &str, repo: &str) -> Result<()> {
             && p.len() <= 96
             && !p.starts_with(['.', '-'])
             && !p.contains("..")
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     };
     if parts.len() != 2 || !parts.iter().all(|p| part_ok(p)) {
         return Err(invalid(
@@ -158,9 +176,15 @@ impl ModelFiles {
                 })
             }
         };
-        let config = get("config.json", "a model directory needs config.json, as on the Hub")?;
+        let config = get(
+            "config.json",
+            "a model directory needs config.json, as on the Hub",
+        )?;
         let weights = local_weights(dir)?;
-        let tokenizer = get("tokenizer.json", "a model directory needs tokenizer.json, as on the Hub")?;
+        let tokenizer = get(
+            "tokenizer.json",
+            "a model directory needs tokenizer.json, as on the Hub",
+        )?;
         let sentence_transformers = SentenceTransformersConfig::read(dir)?;
         Ok(ModelFiles {
             dir: dir.to_path_buf(),
@@ -183,7 +207,12 @@ fn local_weights(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         return shards_from_index(&index);
     }
-    for pickle in ["pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt"] {
+    for pickle in [
+        "pytorch_model.bin",
+        "model.bin",
+        "pytorch_model.bin.index.json",
+        "model.pt",
+    ] {
         let p = dir.join(pickle);
         if p.is_file() {
             return Err(ModelError::PickleRefused { path: p });
@@ -254,7 +283,8 @@ impl SentenceTransformersConfig {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let modules: Vec<Module> = serde_json::from_str(&read(&modules_path)?).map_err(|e| bad(&modules_path, e))?;
+        let modules: Vec<Module> =
+            serde_json::from_str(&read(&modules_path)?).map_err(|e| bad(&modules_path, e))?;
         let mut out = SentenceTransformersConfig::default();
         for m in &modules {
             if m.kind.ends_with(".Normalize") {
@@ -270,7 +300,8 @@ impl SentenceTransformersConfig {
                 }
                 let p = dir.join(&m.path).join("config.json");
                 if p.is_file() {
-                    let cfg: PoolingConfig = serde_json::from_str(&read(&p)?).map_err(|e| bad(&p, e))?;
+                    let cfg: PoolingConfig =
+                        serde_json::from_str(&read(&p)?).map_err(|e| bad(&p, e))?;
                     out.pooling = match (cfg.pooling_mode_cls_token, cfg.pooling_mode_mean_tokens) {
                         (true, _) => Some(Pooling::Cls),
                         (false, true) => Some(Pooling::Mean),
@@ -287,8 +318,11 @@ impl SentenceTransformersConfig {
                 prompts: BTreeMap<String, String>,
                 default_prompt_name: Option<String>,
             }
-            let p: Prompts = serde_json::from_str(&read(&prompts_path)?).map_err(|e| bad(&prompts_path, e))?;
-            let name = p.default_prompt_name.unwrap_or_else(|| "document".to_string());
+            let p: Prompts =
+                serde_json::from_str(&read(&prompts_path)?).map_err(|e| bad(&prompts_path, e))?;
+            let name = p
+                .default_prompt_name
+                .unwrap_or_else(|| "document".to_string());
             out.default_prompt = p.prompts.get(&name).filter(|s| !s.is_empty()).cloned();
         }
         Ok(Some(out))
@@ -332,7 +366,10 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         std::fs::write(dir.path().join("pytorch_model.bin"), b"PK").unwrap();
         let err = ModelFiles::from_dir(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("pickled PyTorch checkpoint") && err.contains("safetensors"), "{err}");
+        assert!(
+            err.contains("pickled PyTorch checkpoint") && err.contains("safetensors"),
+            "{err}"
+        );
     }
 
     #[test]

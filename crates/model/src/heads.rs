@@ -36,7 +36,10 @@ pub(crate) fn pool(hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Re
         let row = match pooling {
             Pooling::Cls => hidden.get(r.start)?,
             // Accumulate in f32 so bf16/f16 means do not lose precision over long texts.
-            Pooling::Mean => hidden.narrow(0, r.start, r.len())?.to_dtype(DType::F32)?.mean(0)?,
+            Pooling::Mean => hidden
+                .narrow(0, r.start, r.len())?
+                .to_dtype(DType::F32)?
+                .mean(0)?,
         };
         rows.push(row.to_dtype(DType::F32)?);
     }
@@ -52,7 +55,10 @@ pub fn scores_from_logits(logits: &[f32], problem: ProblemType) -> Vec<f32> {
             let sum: f64 = exp.iter().sum();
             exp.iter().map(|e| (e / sum) as f32).collect()
         }
-        ProblemType::MultiLabel => logits.iter().map(|&l| (1.0 / (1.0 + (-(l as f64)).exp())) as f32).collect(),
+        ProblemType::MultiLabel => logits
+            .iter()
+            .map(|&l| (1.0 / (1.0 + (-(l as f64)).exp())) as f32)
+            .collect(),
         ProblemType::Regression => logits.to_vec(),
     }
 }
@@ -75,7 +81,11 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let cmp = |a: &u32, b: &u32| probs[*b as usize].total_cmp(&probs[*a as usize]).then(a.cmp(b));
+    let cmp = |a: &u32, b: &u32| {
+        probs[*b as usize]
+            .total_cmp(&probs[*a as usize])
+            .then(a.cmp(b))
+    };
     idx.select_nth_unstable_by(k - 1, cmp);
     idx.truncate(k);
     idx.sort_by(cmp);
@@ -93,7 +103,10 @@ mod tests {
         assert!((s[2] - 0.665_240_9).abs() < 1e-6);
         let m = scores_from_logits(&[0.0, 2.0], ProblemType::MultiLabel);
         assert!((m[0] - 0.5).abs() < 1e-7 && (m[1] - 0.880_797).abs() < 1e-6);
-        assert_eq!(scores_from_logits(&[-3.5], ProblemType::Regression), vec![-3.5]);
+        assert_eq!(
+            scores_from_logits(&[-3.5], ProblemType::Regression),
+            vec![-3.5]
+        );
     }
 
     #[test]

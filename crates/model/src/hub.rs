@@ -22,7 +22,11 @@ fn offline() -> bool {
 }
 
 fn hub_repo(repo: &str, revision: Option<&str>) -> Repo {
-    Repo::with_revision(repo.to_string(), RepoType::Model, revision.unwrap_or("main").to_string())
+    Repo::with_revision(
+        repo.to_string(),
+        RepoType::Model,
+        revision.unwrap_or("main").to_string(),
+    )
 }
 
 /// Resolves `repo@revision` to local files, downloading what the cache lacks.
@@ -55,9 +59,15 @@ fn from_cache(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             cache.path().display()
         ),
     };
-    let config = cached.get("config.json").ok_or_else(|| missing("config.json"))?;
-    cached.get("tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
-    if cached.get("model.safetensors").is_none() && cached.get("model.safetensors.index.json").is_none() {
+    let config = cached
+        .get("config.json")
+        .ok_or_else(|| missing("config.json"))?;
+    cached
+        .get("tokenizer.json")
+        .ok_or_else(|| missing("tokenizer.json"))?;
+    if cached.get("model.safetensors").is_none()
+        && cached.get("model.safetensors.index.json").is_none()
+    {
         return Err(missing("model.safetensors"));
     }
     Ok(config)
@@ -78,7 +88,9 @@ fn download(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
         .build()
         .map_err(|e| hub_error("(client)", &e))?;
     let api_repo = api.repo(hub_repo(repo, revision));
-    let info = api_repo.info().map_err(|e| hub_error("(repository info)", &e))?;
+    let info = api_repo
+        .info()
+        .map_err(|e| hub_error("(repository info)", &e))?;
     let has = |name: &str| info.siblings.iter().any(|s| s.rfilename == name);
     let get = |name: &str| api_repo.get(name).map_err(|e| hub_error(name, &e));
     let config = get("config.json")?;
@@ -92,10 +104,15 @@ fn download(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             path: index.clone(),
             source,
         })?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| hub_error("model.safetensors.index.json", &e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| hub_error("model.safetensors.index.json", &e))?;
         let mut shards: Vec<String> = value["weight_map"]
             .as_object()
-            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         shards.sort();
         shards.dedup();
@@ -108,7 +125,10 @@ fn download(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             path: PathBuf::from(format!("{repo}/{}", bin.rfilename)),
         });
     } else {
-        return Err(hub_error("model.safetensors", &"the repository has no safetensors weights"));
+        return Err(hub_error(
+            "model.safetensors",
+            &"the repository has no safetensors weights",
+        ));
     }
     for name in OPTIONAL_FILES {
         if has(name) {

@@ -17,10 +17,26 @@ impl Linear {
     }
 
     /// Loads `{name}.weight` `[out, in]` and, when `bias`, `{name}.bias`.
-    pub(crate) fn load(w: &Weights, name: &str, encoder: bool, (out, inp): (usize, usize), bias: bool) -> Result<Self> {
-        let get = |n: &str, s: &[usize]| if encoder { w.encoder(n, s) } else { w.get(n, s) };
+    pub(crate) fn load(
+        w: &Weights,
+        name: &str,
+        encoder: bool,
+        (out, inp): (usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        let get = |n: &str, s: &[usize]| {
+            if encoder {
+                w.encoder(n, s)
+            } else {
+                w.get(n, s)
+            }
+        };
         let weight = get(&format!("{name}.weight"), &[out, inp])?;
-        let bias = if bias { Some(get(&format!("{name}.bias"), &[out])?) } else { None };
+        let bias = if bias {
+            Some(get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -41,10 +57,27 @@ pub(crate) struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub(crate) fn load(w: &Weights, name: &str, encoder: bool, size: usize, bias: bool, eps: f64) -> Result<Self> {
-        let get = |n: &str| if encoder { w.encoder(n, &[size]) } else { w.get(n, &[size]) };
+    pub(crate) fn load(
+        w: &Weights,
+        name: &str,
+        encoder: bool,
+        size: usize,
+        bias: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let get = |n: &str| {
+            if encoder {
+                w.encoder(n, &[size])
+            } else {
+                w.get(n, &[size])
+            }
+        };
         let weight = get(&format!("{name}.weight"))?;
-        let bias = if bias { get(&format!("{name}.bias"))? } else { weight.zeros_like()? };
+        let bias = if bias {
+            get(&format!("{name}.bias"))?
+        } else {
+            weight.zeros_like()?
+        };
         Ok(LayerNorm {
             weight,
             bias,
@@ -54,6 +87,11 @@ impl LayerNorm {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         debug_assert_eq!(x.dim(D::Minus1).ok(), self.weight.dims1().ok());
-        Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
     }
 }

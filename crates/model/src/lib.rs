@@ -28,7 +28,7 @@ mod tokenizer;
 mod weights;
 
 pub use batch::PackedBatch;
-pub use candle_core::{DType, Device, Tensor};
+pub use candle_core::{DType, Device, Error as CandleError, Tensor};
 pub use config::{AttentionKind, ModernBertConfig, Pooling, ProblemType};
 pub use device::{DeviceSpec, Precision};
 pub use error::{ModelError, Result};

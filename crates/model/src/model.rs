@@ -32,7 +32,11 @@ impl ModernBert {
         } else {
             None
         };
-        let is_mlm = config.architectures.iter().any(|a| a.ends_with("ForMaskedLM")) || w.has("decoder.bias");
+        let is_mlm = config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForMaskedLM"))
+            || w.has("decoder.bias");
         let decoder = match (&head, is_mlm) {
             (Some(_), true) => {
                 // Published checkpoints omit decoder.weight: it is tied to the token embeddings.
@@ -58,7 +62,13 @@ impl ModernBert {
                     dir: files.dir.clone(),
                 });
             }
-            Some(Linear::load(&w, "classifier", false, (n, config.hidden_size), true)?)
+            Some(Linear::load(
+                &w,
+                "classifier",
+                false,
+                (n, config.hidden_size),
+                true,
+            )?)
         } else {
             None
         };
@@ -110,7 +120,9 @@ impl ModernBert {
             ));
         };
         let pooled = pool(hidden, batch, self.config.classifier_pooling)?.to_dtype(self.dtype)?;
-        Ok(classifier.forward(&head.forward(&pooled)?)?.to_dtype(DType::F32)?)
+        Ok(classifier
+            .forward(&head.forward(&pooled)?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Vocabulary logits `[positions, vocab]` in f32 at the given token rows of the batch.
@@ -122,7 +134,9 @@ impl ModernBert {
         };
         let idx = Tensor::from_slice(rows, rows.len(), hidden.device())?;
         let picked = hidden.index_select(&idx, 0)?;
-        Ok(decoder.forward(&head.forward(&picked)?)?.to_dtype(DType::F32)?)
+        Ok(decoder
+            .forward(&head.forward(&picked)?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Rows (token indices into the batch) holding `token_id`, grouped per sequence.
@@ -152,14 +166,21 @@ impl ModernBert {
         if rows.is_empty() {
             return Ok(vec![Vec::new(); batch.num_sequences()]);
         }
-        let probs = candle_nn::ops::softmax_last_dim(&self.mask_logits(hidden, &rows)?)?.to_vec2::<f32>()?;
+        let probs = candle_nn::ops::softmax_last_dim(&self.mask_logits(hidden, &rows)?)?
+            .to_vec2::<f32>()?;
         let mut next = probs.iter();
         Ok(per_seq
             .iter()
             .map(|masks| {
                 masks
                     .iter()
-                    .map(|_| top_k(next.next().expect("one probability row per mask, this is a bug"), k))
+                    .map(|_| {
+                        top_k(
+                            next.next()
+                                .expect("one probability row per mask, this is a bug"),
+                            k,
+                        )
+                    })
                     .collect()
             })
             .collect())
@@ -167,7 +188,12 @@ impl ModernBert {
 
     /// Logits of `candidates` at one row per sequence (`None` rows give `None`): the zero-shot
     /// recipe reads the verbalizer tokens' logits at the template's [MASK].
-    pub fn candidate_logits(&self, hidden: &Tensor, rows: &[Option<u32>], candidates: &[u32]) -> Result<Vec<Option<Vec<f32>>>> {
+    pub fn candidate_logits(
+        &self,
+        hidden: &Tensor,
+        rows: &[Option<u32>],
+        candidates: &[u32],
+    ) -> Result<Vec<Option<Vec<f32>>>> {
         let present: Vec<u32> = rows.iter().flatten().copied().collect();
         if present.is_empty() {
             return Ok(vec![None; rows.len()]);

@@ -13,9 +13,10 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         reason: e.to_string(),
     })?;
     tok.with_padding(None);
-    tok.with_truncation(None).map_err(|e| ModelError::Tokenizer {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    tok.with_truncation(None)
+        .map_err(|e| ModelError::Tokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     Ok(tok)
 }

@@ -21,7 +21,12 @@ pub(crate) struct Weights {
 
 impl Weights {
     /// Maps the files; every header is parsed and checked against the file size here.
-    pub(crate) fn open(paths: &[PathBuf], dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+    pub(crate) fn open(
+        paths: &[PathBuf],
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         for p in paths {
             // Parse each file on its own first, so the error names the broken one.
             // SAFETY: the mapping is read-only; a file changed under us is the user's race, as in
@@ -32,10 +37,11 @@ impl Weights {
             })?;
         }
         // SAFETY: as above.
-        let tensors = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Weights {
-            path: paths.first().cloned().unwrap_or_default(),
-            reason: e.to_string(),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| ModelError::Weights {
+                path: paths.first().cloned().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
         let names: HashSet<String> = tensors.tensors().into_iter().map(|(n, _)| n).collect();
         let encoder_prefix = if names.contains("model.embeddings.tok_embeddings.weight") {
             "model."
@@ -64,7 +70,8 @@ impl Weights {
 
     /// Whether an encoder tensor exists.
     pub(crate) fn has_encoder(&self, name: &str) -> bool {
-        self.names.contains(&format!("{}{name}", self.encoder_prefix))
+        self.names
+            .contains(&format!("{}{name}", self.encoder_prefix))
     }
 
     /// Whether a top-level tensor (heads) exists.

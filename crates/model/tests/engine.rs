@@ -23,8 +23,9 @@ fn published_config(labels: usize) -> serde_json::Value {
     });
     if labels > 0 {
         cfg["architectures"] = serde_json::json!(["ModernBertForSequenceClassification"]);
-        let id2label: serde_json::Map<String, serde_json::Value> =
-            (0..labels).map(|i| (i.to_string(), format!("label_{i}").into())).collect();
+        let id2label: serde_json::Map<String, serde_json::Value> = (0..labels)
+            .map(|i| (i.to_string(), format!("label_{i}").into()))
+            .collect();
         cfg["id2label"] = id2label.into();
     }
     cfg
@@ -35,14 +36,20 @@ fn random_weights(prefix: &str, labels: usize) -> HashMap<String, Tensor> {
     let r = |shape: &[usize], std: f64| Tensor::randn(0f32, std as f32, shape, &dev).unwrap();
     let ones = |n: usize| (Tensor::ones(n, DType::F32, &dev).unwrap() + r(&[n], 0.1)).unwrap();
     let mut w = HashMap::new();
-    w.insert(format!("{prefix}embeddings.tok_embeddings.weight"), r(&[VOCAB, HIDDEN], 0.5));
+    w.insert(
+        format!("{prefix}embeddings.tok_embeddings.weight"),
+        r(&[VOCAB, HIDDEN], 0.5),
+    );
     w.insert(format!("{prefix}embeddings.norm.weight"), ones(HIDDEN));
     for l in 0..LAYERS {
         let p = format!("{prefix}layers.{l}");
         if l > 0 {
             w.insert(format!("{p}.attn_norm.weight"), ones(HIDDEN));
         }
-        w.insert(format!("{p}.attn.Wqkv.weight"), r(&[3 * HIDDEN, HIDDEN], 0.2));
+        w.insert(
+            format!("{p}.attn.Wqkv.weight"),
+            r(&[3 * HIDDEN, HIDDEN], 0.2),
+        );
         w.insert(format!("{p}.attn.Wo.weight"), r(&[HIDDEN, HIDDEN], 0.2));
         w.insert(format!("{p}.mlp_norm.weight"), ones(HIDDEN));
         w.insert(format!("{p}.mlp.Wi.weight"), r(&[2 * INTER, HIDDEN], 0.2));
@@ -68,7 +75,11 @@ const TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":nul
 
 fn write_model(dir: &Path, config: &serde_json::Value, weights: &HashMap<String, Tensor>) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
     std::fs::write(dir.join("tokenizer.json"), TOKENIZER_JSON).unwrap();
     candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
 }
@@ -80,26 +91,50 @@ fn load(dir: &Path) -> Result<ModernBert, mbpipe_model::ModelError> {
 
 fn sequence(len: usize, seed: u32) -> Vec<u32> {
     let mut ids = vec![1];
-    ids.extend((0..len.saturating_sub(2) as u32).map(|i| 3 + (i * 31 + seed * 17) % (VOCAB as u32 - 3)));
+    ids.extend(
+        (0..len.saturating_sub(2) as u32).map(|i| 3 + (i * 31 + seed * 17) % (VOCAB as u32 - 3)),
+    );
     ids.push(2);
     ids
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
 fn output_shapes() {
     let tmp = tempfile::tempdir().unwrap();
-    write_model(tmp.path(), &published_config(0), &random_weights("model.", 0));
+    write_model(
+        tmp.path(),
+        &published_config(0),
+        &random_weights("model.", 0),
+    );
     let model = load(tmp.path()).unwrap();
     let batch = PackedBatch::from_sequences(&[sequence(5, 1), sequence(40, 2), sequence(2, 3)]);
     let hidden = model.encode(&batch).unwrap();
     assert_eq!(hidden.dims(), &[47, HIDDEN]);
-    assert_eq!(model.pool(&hidden, &batch, Pooling::Mean).unwrap().dims(), &[3, HIDDEN]);
-    assert_eq!(model.mask_logits(&hidden, &[0, 10]).unwrap().dims(), &[2, VOCAB]);
-    assert!(model.classify(&hidden, &batch).is_err(), "a masked LM has no classifier");
+    assert_eq!(
+        model.pool(&hidden, &batch, Pooling::Mean).unwrap().dims(),
+        &[3, HIDDEN]
+    );
+    assert_eq!(
+        model.mask_logits(&hidden, &[0, 10]).unwrap().dims(),
+        &[2, VOCAB]
+    );
+    assert!(
+        model.classify(&hidden, &batch).is_err(),
+        "a masked LM has no classifier"
+    );
 }
 
 /// A sequence's output does not depend on its batch neighbours or its place in the batch, for
@@ -107,9 +142,17 @@ fn output_shapes() {
 #[test]
 fn padding_free_outputs_do_not_depend_on_neighbours() {
     let tmp = tempfile::tempdir().unwrap();
-    write_model(tmp.path(), &published_config(3), &random_weights("model.", 3));
+    write_model(
+        tmp.path(),
+        &published_config(3),
+        &random_weights("model.", 3),
+    );
     let model = load(tmp.path()).unwrap();
-    let seqs: Vec<Vec<u32>> = [3, 9, 200, 17, 450, 1, 64].iter().enumerate().map(|(i, &l)| sequence(l, i as u32)).collect();
+    let seqs: Vec<Vec<u32>> = [3, 9, 200, 17, 450, 1, 64]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| sequence(l, i as u32))
+        .collect();
     let together = PackedBatch::from_sequences(&seqs);
     let h_all = model.encode(&together).unwrap();
     let logits_all = model.classify(&h_all, &together).unwrap();
@@ -118,8 +161,15 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
         let h = model.encode(&alone).unwrap();
         let r = together.range(i);
         let d = max_diff(&h, &h_all.narrow(0, r.start, r.len()).unwrap());
-        assert!(d < INVARIANCE_TOL, "sequence {i} (len {}): hidden differs by {d}", s.len());
-        let d = max_diff(&model.classify(&h, &alone).unwrap().get(0).unwrap(), &logits_all.get(i).unwrap());
+        assert!(
+            d < INVARIANCE_TOL,
+            "sequence {i} (len {}): hidden differs by {d}",
+            s.len()
+        );
+        let d = max_diff(
+            &model.classify(&h, &alone).unwrap().get(0).unwrap(),
+            &logits_all.get(i).unwrap(),
+        );
         assert!(d < INVARIANCE_TOL, "sequence {i}: logits differ by {d}");
     }
     // Another order and grouping gives the same per-sequence outputs.
@@ -128,8 +178,14 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
     let h_rev = model.encode(&rb).unwrap();
     for i in 0..seqs.len() {
         let (a, b) = (together.range(i), rb.range(seqs.len() - 1 - i));
-        let d = max_diff(&h_all.narrow(0, a.start, a.len()).unwrap(), &h_rev.narrow(0, b.start, b.len()).unwrap());
-        assert!(d < INVARIANCE_TOL, "sequence {i}: order changed hidden by {d}");
+        let d = max_diff(
+            &h_all.narrow(0, a.start, a.len()).unwrap(),
+            &h_rev.narrow(0, b.start, b.len()).unwrap(),
+        );
+        assert!(
+            d < INVARIANCE_TOL,
+            "sequence {i}: order changed hidden by {d}"
+        );
     }
 }
 
@@ -157,10 +213,18 @@ fn v5_config_format_gives_the_same_model() {
     let published = published_config(0);
     let mut v5 = published.clone();
     let obj = v5.as_object_mut().unwrap();
-    for k in ["global_attn_every_n_layers", "local_attention", "global_rope_theta", "local_rope_theta"] {
+    for k in [
+        "global_attn_every_n_layers",
+        "local_attention",
+        "global_rope_theta",
+        "local_rope_theta",
+    ] {
         obj.remove(k);
     }
-    obj.insert("layer_types".into(), serde_json::json!(["full_attention", "sliding_attention", "full_attention"]));
+    obj.insert(
+        "layer_types".into(),
+        serde_json::json!(["full_attention", "sliding_attention", "full_attention"]),
+    );
     obj.insert("sliding_window".into(), 4.into());
     obj.insert(
         "rope_parameters".into(),
@@ -171,7 +235,10 @@ fn v5_config_format_gives_the_same_model() {
     write_model(&tmp.path().join("v5"), &v5, &weights);
     let batch = PackedBatch::from_sequences(&[sequence(100, 1), sequence(7, 2)]);
     let a = load(&tmp.path().join("p")).unwrap().encode(&batch).unwrap();
-    let b = load(&tmp.path().join("v5")).unwrap().encode(&batch).unwrap();
+    let b = load(&tmp.path().join("v5"))
+        .unwrap()
+        .encode(&batch)
+        .unwrap();
     assert_eq!(max_diff(&a, &b), 0.0);
 }
 
@@ -184,26 +251,43 @@ fn load_errors_name_the_problem() {
     w.remove("model.layers.1.mlp.Wo.weight");
     write_model(&tmp.path().join("missing"), &cfg, &w);
     let err = load(&tmp.path().join("missing")).err().unwrap().to_string();
-    assert!(err.contains("`model.layers.1.mlp.Wo.weight` is missing"), "{err}");
+    assert!(
+        err.contains("`model.layers.1.mlp.Wo.weight` is missing"),
+        "{err}"
+    );
 
     let mut w = random_weights("model.", 0);
-    w.insert("model.layers.2.attn.Wo.weight".into(), Tensor::zeros((HIDDEN, HIDDEN + 1), DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        "model.layers.2.attn.Wo.weight".into(),
+        Tensor::zeros((HIDDEN, HIDDEN + 1), DType::F32, &Device::Cpu).unwrap(),
+    );
     write_model(&tmp.path().join("shape"), &cfg, &w);
     let err = load(&tmp.path().join("shape")).err().unwrap().to_string();
-    assert!(err.contains("model.layers.2.attn.Wo.weight") && err.contains("[32, 33]") && err.contains("expected [32, 32]"), "{err}");
+    assert!(
+        err.contains("model.layers.2.attn.Wo.weight")
+            && err.contains("[32, 33]")
+            && err.contains("expected [32, 32]"),
+        "{err}"
+    );
 
     let dir = tmp.path().join("truncated");
     write_model(&dir, &cfg, &random_weights("model.", 0));
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).err().unwrap().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
 
     let dir = tmp.path().join("noconfig");
     write_model(&dir, &cfg, &random_weights("model.", 0));
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = load(&dir).err().unwrap().to_string();
-    assert!(err.contains("config.json") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("missing"),
+        "{err}"
+    );
 
     let dir = tmp.path().join("badconfig");
     write_model(&dir, &cfg, &random_weights("model.", 0));
@@ -221,7 +305,9 @@ fn sharded_checkpoint_loads() {
     let batch = PackedBatch::from_sequences(&[sequence(12, 9)]);
     let single = load(dir).unwrap().encode(&batch).unwrap();
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let (a, b): (Vec<_>, Vec<_>) = w.into_iter().partition(|(k, _)| k.contains("layers.0") || k.contains("embeddings"));
+    let (a, b): (Vec<_>, Vec<_>) = w
+        .into_iter()
+        .partition(|(k, _)| k.contains("layers.0") || k.contains("embeddings"));
     let a: HashMap<_, _> = a.into_iter().collect();
     let b: HashMap<_, _> = b.into_iter().collect();
     candle_core::safetensors::save(&a, dir.join("model-00001-of-00002.safetensors")).unwrap();
@@ -229,9 +315,16 @@ fn sharded_checkpoint_loads() {
     let map: serde_json::Map<String, serde_json::Value> = a
         .keys()
         .map(|k| (k.clone(), "model-00001-of-00002.safetensors".into()))
-        .chain(b.keys().map(|k| (k.clone(), "model-00002-of-00002.safetensors".into())))
+        .chain(
+            b.keys()
+                .map(|k| (k.clone(), "model-00002-of-00002.safetensors".into())),
+        )
         .collect();
-    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::json!({"weight_map": map}).to_string()).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": map}).to_string(),
+    )
+    .unwrap();
     let sharded = load(dir).unwrap().encode(&batch).unwrap();
     assert_eq!(max_diff(&single, &sharded), 0.0);
 }
@@ -239,8 +332,15 @@ fn sharded_checkpoint_loads() {
 #[test]
 fn sequence_longer_than_positions_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    write_model(tmp.path(), &published_config(0), &random_weights("model.", 0));
+    write_model(
+        tmp.path(),
+        &published_config(0),
+        &random_weights("model.", 0),
+    );
     let model = load(tmp.path()).unwrap();
-    let err = model.encode(&PackedBatch::from_sequences(&[vec![3u32; 513]])).unwrap_err().to_string();
+    let err = model
+        .encode(&PackedBatch::from_sequences(&[vec![3u32; 513]]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("513") && err.contains("512"), "{err}");
 }

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use mbpipe_model::{argmax, load_tokenizer, DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling, Tensor};
+use mbpipe_model::{
+    argmax, load_tokenizer, DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling, Tensor,
+};
 
 const F32_TOL: f32 = 1e-4;
 const COSINE_MIN: f32 = 0.999;
@@ -19,7 +21,10 @@ fn fixture_dir() -> Option<PathBuf> {
     if dir.join("expected.safetensors").is_file() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: fixture not found at {} (set MBPIPE_SHARED to the shared/ folder)", dir.display());
+        eprintln!(
+            "SKIPPED: fixture not found at {} (set MBPIPE_SHARED to the shared/ folder)",
+            dir.display()
+        );
         None
     }
 }
@@ -33,13 +38,23 @@ struct Fixture {
 impl Fixture {
     fn load() -> Option<Self> {
         let dir = fixture_dir()?;
-        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
         let texts = std::fs::read_to_string(dir.join("texts.jsonl"))
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
-        Some(Fixture { texts, expected, dir })
+        Some(Fixture {
+            texts,
+            expected,
+            dir,
+        })
     }
 
     fn ids(&self, i: usize) -> Vec<u32> {
@@ -59,7 +74,16 @@ impl Fixture {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -86,11 +110,20 @@ fn check_all_outputs(fx: &Fixture, order: &[usize], per_batch: usize) {
             let got = hidden.narrow(0, r.start, r.len()).unwrap();
             let d = max_abs_diff(&got, fx.tensor(&format!("hidden.{i}")).unwrap());
             assert!(d < F32_TOL, "text {i}: hidden differs by {d}");
-            let d = max_abs_diff(&means.get(j).unwrap(), fx.tensor(&format!("mean.{i}")).unwrap());
+            let d = max_abs_diff(
+                &means.get(j).unwrap(),
+                fx.tensor(&format!("mean.{i}")).unwrap(),
+            );
             assert!(d < F32_TOL, "text {i}: mean differs by {d}");
-            let d = max_abs_diff(&firsts.get(j).unwrap(), fx.tensor(&format!("cls.{i}")).unwrap());
+            let d = max_abs_diff(
+                &firsts.get(j).unwrap(),
+                fx.tensor(&format!("cls.{i}")).unwrap(),
+            );
             assert!(d < F32_TOL, "text {i}: cls differs by {d}");
-            let d = max_abs_diff(&logits.get(j).unwrap(), fx.tensor(&format!("cls_logits.{i}")).unwrap());
+            let d = max_abs_diff(
+                &logits.get(j).unwrap(),
+                fx.tensor(&format!("cls_logits.{i}")).unwrap(),
+            );
             assert!(d < F32_TOL, "text {i}: classifier logits differ by {d}");
             if let Some(pos) = fx.tensor(&format!("mask_pos.{i}")) {
                 let rows: Vec<u32> = pos
@@ -139,7 +172,9 @@ fn check_low_precision(dtype: DType) {
     let seqs: Vec<Vec<u32>> = (0..fx.texts.len()).map(|i| fx.ids(i)).collect();
     let batch = PackedBatch::from_sequences(&seqs);
     let mlm = fx.model("mlm", dtype);
-    let means = mlm.pool(&mlm.encode(&batch).unwrap(), &batch, Pooling::Mean).unwrap();
+    let means = mlm
+        .pool(&mlm.encode(&batch).unwrap(), &batch, Pooling::Mean)
+        .unwrap();
     let cls = fx.model("classifier", dtype);
     let logits = cls.classify(&cls.encode(&batch).unwrap(), &batch).unwrap();
     for i in 0..seqs.len() {
@@ -148,8 +183,16 @@ fn check_low_precision(dtype: DType) {
         let c = cosine(&got, &want);
         assert!(c >= COSINE_MIN, "{dtype:?} text {i}: mean cosine {c}");
         let got: Vec<f32> = logits.get(i).unwrap().to_vec1().unwrap();
-        let want: Vec<f32> = fx.tensor(&format!("cls_logits.{i}")).unwrap().to_vec1().unwrap();
-        assert_eq!(argmax(&got), argmax(&want), "{dtype:?} text {i}: label differs ({got:?} vs {want:?})");
+        let want: Vec<f32> = fx
+            .tensor(&format!("cls_logits.{i}"))
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            argmax(&got),
+            argmax(&want),
+            "{dtype:?} text {i}: label differs ({got:?} vs {want:?})"
+        );
     }
 }
 

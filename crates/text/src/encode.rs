@@ -39,7 +39,10 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// `max_length` counts special tokens, as transformers' truncation does.
     pub fn new(tokenizer: Tokenizer, max_length: usize) -> Result<Self, TextError> {
-        let special_tokens = tokenizer.get_post_processor().map(|p| p.added_tokens(false)).unwrap_or(0);
+        let special_tokens = tokenizer
+            .get_post_processor()
+            .map(|p| p.added_tokens(false))
+            .unwrap_or(0);
         if max_length <= special_tokens {
             return Err(TextError::Config(format!(
                 "max_length {max_length} leaves no room for text (the template adds {special_tokens} special tokens)"

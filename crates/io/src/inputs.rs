@@ -1,0 +1,236 @@
+//! Turning an input spec (file, directory or glob) into a sorted list of typed files.
+
+use std::path::{Path, PathBuf};
+
+use crate::IoError;
+
+/// Compression of a JSON lines file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain text.
+    None,
+    /// gzip (`.gz`), possibly multi-member.
+    Gzip,
+    /// Zstandard (`.zst`).
+    Zstd,
+}
+
+/// The format of one input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// Apache Parquet.
+    Parquet,
+    /// JSON lines (`.jsonl` / `.ndjson`), one object per line.
+    JsonLines {
+        /// How the file is compressed.
+        compression: Compression,
+    },
+}
+
+/// One input file and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// How to read it.
+    pub format: InputFormat,
+}
+
+/// Detects the format from the file name, or `None` when the extension is unknown.
+pub fn detect_format(path: &Path) -> Option<InputFormat> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    let (stem, compression) = if let Some(s) = name.strip_suffix(".gz") {
+        (s, Compression::Gzip)
+    } else if let Some(s) = name.strip_suffix(".zst") {
+        (s, Compression::Zstd)
+    } else {
+        (name.as_str(), Compression::None)
+    };
+    if stem.ends_with(".jsonl") || stem.ends_with(".ndjson") {
+        Some(InputFormat::JsonLines { compression })
+    } else if stem.ends_with(".parquet") && compression == Compression::None {
+        // Parquet compresses internally; a `.parquet.gz` is not something readers accept.
+        Some(InputFormat::Parquet)
+    } else {
+        None
+    }
+}
+
+/// True for names that readers of an output folder treat as hidden (in-progress or metadata).
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+}
+
+/// A file, a directory (its files with known extensions, non-recursive, hidden `_`/`.` names
+/// skipped), or a glob; sorted by path. Errors (naming the spec) when nothing matches, or when an
+/// explicitly named file has an unknown extension.
+pub fn expand_inputs(spec: &str) -> Result<Vec<InputFile>, IoError> {
+    let path = Path::new(spec);
+    let mut files = if path.is_dir() {
+        list_dir(path)?
+    } else if path.is_file() {
+        // An explicit file is read even if hidden: the user named it.
+        let format = detect_format(path).ok_or_else(|| IoError::UnknownExtension {
+            path: path.to_path_buf(),
+        })?;
+        vec![InputFile {
+            path: path.to_path_buf(),
+            format,
+        }]
+    } else if spec.contains(['*', '?', '[']) {
+        expand_glob(spec)?
+    } else {
+        Vec::new()
+    };
+    if files.is_empty() {
+        return Err(IoError::NoMatch {
+            spec: spec.to_string(),
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// The readable, visible files directly inside `dir`.
+fn list_dir(dir: &Path) -> Result<Vec<InputFile>, IoError> {
+    let open_err = |source| IoError::Open {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(open_err)? {
+        let path = entry.map_err(open_err)?.path();
+        if let Some(file) = visible_input(path) {
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// The readable, visible files matching a glob.
+fn expand_glob(spec: &str) -> Result<Vec<InputFile>, IoError> {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let paths = glob::glob_with(spec, options).map_err(|source| IoError::Glob {
+        spec: spec.to_string(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in paths {
+        // An unreadable directory along the way is an error, not silently fewer inputs.
+        let path = entry.map_err(|e| IoError::Open {
+            path: e.path().to_path_buf(),
+            source: e.into(),
+        })?;
+        if let Some(file) = visible_input(path) {
+            files.push(file);
+        }
+    }
+    Ok(files)
+}
+
+/// `Some` for a regular, non-hidden file with a known extension.
+fn visible_input(path: PathBuf) -> Option<InputFile> {
+    if !path.is_file() || is_hidden(&path) {
+        return None;
+    }
+    let format = detect_format(&path)?;
+    Some(InputFile { path, format })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, name: &str) {
+        std::fs::write(dir.join(name), b"").unwrap();
+    }
+
+    fn names(files: &[InputFile]) -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn detects_formats() {
+        let f = |n: &str| detect_format(Path::new(n));
+        assert_eq!(f("a.parquet"), Some(InputFormat::Parquet));
+        assert_eq!(
+            f("a.JSONL.gz"),
+            Some(InputFormat::JsonLines {
+                compression: Compression::Gzip
+            })
+        );
+        assert_eq!(
+            f("a.ndjson.zst"),
+            Some(InputFormat::JsonLines {
+                compression: Compression::Zstd
+            })
+        );
+        assert_eq!(f("a.json"), None);
+        assert_eq!(f("a.parquet.gz"), None);
+        assert_eq!(f("a.csv"), None);
+    }
+
+    #[test]
+    fn directory_is_sorted_non_recursive_and_skips_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "b.jsonl",
+            "a.parquet",
+            "c.ndjson.gz",
+            "_rejects.jsonl",
+            ".part-00000.parquet.tmp",
+            ".x.jsonl",
+            "notes.txt",
+        ] {
+            touch(dir.path(), n);
+        }
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        touch(&dir.path().join("sub"), "d.jsonl");
+        let files = expand_inputs(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(names(&files), ["a.parquet", "b.jsonl", "c.ndjson.gz"]);
+        assert_eq!(files[0].format, InputFormat::Parquet);
+    }
+
+    #[test]
+    fn glob_is_sorted_and_skips_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["z.jsonl", "m.jsonl", "_x.jsonl", ".y.jsonl", "a.parquet"] {
+            touch(dir.path(), n);
+        }
+        let spec = format!("{}/*.jsonl", dir.path().display());
+        assert_eq!(
+            names(&expand_inputs(&spec).unwrap()),
+            ["m.jsonl", "z.jsonl"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_spec_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = format!("{}/*.parquet", dir.path().display());
+        let err = expand_inputs(&spec).unwrap_err().to_string();
+        assert!(err.contains(&spec), "{err}");
+        let missing = format!("{}/nope.jsonl", dir.path().display());
+        assert!(expand_inputs(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains(&missing));
+        touch(dir.path(), "data.csv");
+        let csv = format!("{}/data.csv", dir.path().display());
+        let err = expand_inputs(&csv).unwrap_err();
+        assert!(matches!(err, IoError::UnknownExtension { .. }));
+        assert!(err.to_string().contains("data.csv"));
+        // A directory with only unknown files is "no match", not an empty success.
+        let err = expand_inputs(dir.path().to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, IoError::NoMatch { .. }));
+    }
+}

@@ -1,0 +1,427 @@
+//! JSON lines: line splitting with exact line numbers, per-row validation, schema inference and
+//! batch decoding with arrow-json.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::json::reader::{Decoder, ReaderBuilder};
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+
+use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
+use crate::{Compression, IoError};
+
+/// Opens a JSON lines file, decompressing as a stream.
+fn open_reader(path: &Path, compression: Compression) -> Result<Box<dyn BufRead + Send>, IoError> {
+    let file = File::open(path).map_err(|source| IoError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let raw = BufReader::new(file);
+    Ok(match compression {
+        Compression::None => Box::new(raw),
+        // Multi-member: concatenated .gz files (as `cat a.gz b.gz` makes) are valid gzip.
+        Compression::Gzip => Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(raw))),
+        Compression::Zstd => {
+            let dec = zstd::Decoder::with_buffer(raw).map_err(|source| IoError::Read {
+                path: path.to_path_buf(),
+                line: None,
+                source,
+            })?;
+            Box::new(BufReader::new(dec))
+        }
+    })
+}
+
+/// A non-blank line: its 1-based number and its text, or why it is not valid UTF-8.
+pub(crate) type Line<'a> = (u64, Result<&'a str, String>);
+
+/// Splits a stream into non-blank lines, keeping physical line numbers.
+pub(crate) struct LineReader {
+    path: PathBuf,
+    reader: Box<dyn BufRead + Send>,
+    buf: Vec<u8>,
+    line: u64,
+}
+
+impl LineReader {
+    /// Opens `path` for line reading.
+    pub(crate) fn open(path: &Path, compression: Compression) -> Result<Self, IoError> {
+        Ok(Self::new(
+            path.to_path_buf(),
+            open_reader(path, compression)?,
+        ))
+    }
+
+    /// Wraps an already open stream.
+    fn new(path: PathBuf, reader: Box<dyn BufRead + Send>) -> Self {
+        Self {
+            path,
+            reader,
+            buf: Vec::new(),
+            line: 0,
+        }
+    }
+
+    /// The next non-blank line: its 1-based number and its text, or why it is not valid UTF-8.
+    pub(crate) fn next_line(&mut self) -> Result<Option<Line<'_>>, IoError> {
+        // Find the line's byte range first; borrowing `buf` for the result only after the loop
+        // keeps the borrow checker happy.
+        let (start, end) = loop {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| IoError::Read {
+                    path: self.path.clone(),
+                    line: Some(self.line),
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            let mut end = self.buf.len();
+            if self.buf[..end].ends_with(b"\n") {
+                end -= 1;
+            }
+            if self.buf[..end].ends_with(b"\r") {
+                end -= 1;
+            }
+            let start = if self.line == 1 && self.buf[..end].starts_with(b"\xEF\xBB\xBF") {
+                3
+            } else {
+                0
+            };
+            if !self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                break (start, end);
+            }
+        };
+        let text = std::str::from_utf8(&self.buf[start..end])
+            .map_err(|e| format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1));
+        Ok(Some((self.line, text)))
+    }
+}
+
+/// A short name for a JSON value's kind, for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// "invalid JSON: <serde message> at column N" (the line is always 1 within one line).
+fn json_reason(err: &serde_json::Error) -> String {
+    let msg = err.to_string();
+    let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
+    format!("invalid JSON: {msg} at column {}", err.column())
+}
+
+/// Parses one line as a JSON object, or says why it is not one.
+pub(crate) fn parse_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
+        Err(e) => Err(json_reason(&e)),
+    }
+}
+
+/// Checks a line against the row rules that arrow-json does not enforce.
+fn validate(text: &str, opts: &SourceOptions) -> Result<(), String> {
+    let map = parse_object(text)?;
+    for col in &opts.string_columns {
+        match map.get(col) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                if let Some(max) = opts.max_text_bytes.filter(|&max| s.len() > max) {
+                    return Err(format!(
+                        "field `{col}` is {} bytes, more than the limit of {max}",
+                        s.len()
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "field `{col}` must be a string or null, found {}",
+                    kind(other)
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams one JSON lines file as batches of validated rows.
+pub(crate) struct JsonlReader {
+    file: usize,
+    path: PathBuf,
+    lines: LineReader,
+    schema: SchemaRef,
+    opts: Arc<SourceOptions>,
+    decoder: Decoder,
+    /// Rows seen so far (valid or not), i.e. the next row index.
+    next_row: u64,
+    /// Pending rows' bytes, newline-separated, and each row's byte range and line.
+    buf: Vec<u8>,
+    pending: Vec<(Range<usize>, u64)>,
+    /// Row index of the first pending row; pending rows are always contiguous.
+    pending_first_row: u64,
+}
+
+impl JsonlReader {
+    /// Opens file number `file` for reading into `schema`.
+    pub(crate) fn open(
+        file: usize,
+        path: &Path,
+        compression: Compression,
+        schema: SchemaRef,
+        opts: Arc<SourceOptions>,
+    ) -> Result<Self, IoError> {
+        let decoder = build_decoder(path, &schema, opts.batch_rows)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            lines: LineReader::open(path, compression)?,
+            schema,
+            opts,
+            decoder,
+            next_row: 0,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            pending_first_row: 0,
+        })
+    }
+
+    /// Reads until a batch is full, a row is bad or the file ends, pushing items to `out`.
+    /// Returns false at the end of the file.
+    pub(crate) fn fill(
+        &mut self,
+        out: &mut VecDeque<Result<SourceItem, IoError>>,
+    ) -> Result<bool, IoError> {
+        loop {
+            let Some((line, text)) = self.lines.next_line()? else {
+                self.flush(out)?;
+                return Ok(false);
+            };
+            let row = self.next_row;
+            self.next_row += 1;
+            match text.and_then(|t| validate(t, &self.opts).map(|()| t)) {
+                Ok(text) => {
+                    if self.pending.is_empty() {
+                        self.pending_first_row = row;
+                    }
+                    let start = self.buf.len();
+                    self.buf.extend_from_slice(text.as_bytes());
+                    self.pending.push((start..self.buf.len(), line));
+                    self.buf.push(b'\n');
+                    if self.pending.len() >= self.opts.batch_rows {
+                        self.flush(out)?;
+                        return Ok(true);
+                    }
+                }
+                Err(reason) => {
+                    // Batches never span a bad row, so their rows stay contiguous.
+                    self.flush(out)?;
+                    out.push_back(self.problem(line, row, reason));
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// A row error or rejection for this file.
+    fn problem(&self, line: u64, row: u64, reason: String) -> Result<SourceItem, IoError> {
+        row_problem(
+            self.opts.on_error,
+            &self.path,
+            Some(line),
+            Some(row),
+            reason,
+        )
+    }
+
+    /// Decodes the pending rows into batches, isolating rows that do not fit the schema.
+    fn flush(&mut self, out: &mut VecDeque<Result<SourceItem, IoError>>) -> Result<(), IoError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let first_row = self.pending_first_row;
+        let whole = decode(&mut self.decoder, &self.buf);
+        match whole {
+            Ok(batch) => out.push_back(Ok(SourceItem::Batch(SourceBatch {
+                file: self.file,
+                first_row,
+                lines: Some(pending.iter().map(|(_, l)| *l).collect()),
+                batch,
+            }))),
+            Err(_) => {
+                // A failed decode leaves the decoder mid-row; start afresh, then find the culprits.
+                self.decoder = build_decoder(&self.path, &self.schema, self.opts.batch_rows)?;
+                self.decode_row_by_row(&pending, first_row, out)?;
+            }
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Slow path: decodes each row alone, grouping runs of good rows into batches.
+    fn decode_row_by_row(
+        &self,
+        pending: &[(Range<usize>, u64)],
+        first_row: u64,
+        out: &mut VecDeque<Result<SourceItem, IoError>>,
+    ) -> Result<(), IoError> {
+        let mut run: Vec<RecordBatch> = Vec::new();
+        let mut run_lines: Vec<u64> = Vec::new();
+        let mut run_start = first_row;
+        for (i, (range, line)) in pending.iter().enumerate() {
+            let row = first_row + i as u64;
+            let mut decoder = build_decoder(&self.path, &self.schema, 1)?;
+            match decode(&mut decoder, &self.buf[range.clone()]) {
+                Ok(batch) => {
+                    if run.is_empty() {
+                        run_start = row;
+                    }
+                    run.push(batch);
+                    run_lines.push(*line);
+                }
+                Err(e) => {
+                    self.push_run(&mut run, &mut run_lines, run_start, out)?;
+                    let reason = format!("value does not fit the schema: {e}");
+                    out.push_back(self.problem(*line, row, reason));
+                }
+            }
+        }
+        self.push_run(&mut run, &mut run_lines, run_start, out)
+    }
+
+    /// Concatenates a run of single-row batches into one item.
+    fn push_run(
+        &self,
+        run: &mut Vec<RecordBatch>,
+        lines: &mut Vec<u64>,
+        first_row: u64,
+        out: &mut VecDeque<Result<SourceItem, IoError>>,
+    ) -> Result<(), IoError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let batch = arrow::compute::concat_batches(&self.schema, run.iter()).map_err(|source| {
+            IoError::Arrow {
+                path: self.path.clone(),
+                context: "cannot assemble a batch".into(),
+                source,
+            }
+        })?;
+        run.clear();
+        out.push_back(Ok(SourceItem::Batch(SourceBatch {
+            file: self.file,
+            first_row,
+            lines: Some(std::mem::take(lines)),
+            batch,
+        })));
+        Ok(())
+    }
+}
+
+/// An arrow-json decoder for `schema` that takes up to `rows` rows per flush.
+fn build_decoder(path: &Path, schema: &SchemaRef, rows: usize) -> Result<Decoder, IoError> {
+    // One spare row of capacity so the final newline is always consumed in one call.
+    ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.saturating_add(1))
+        .build_decoder()
+        .map_err(|source| IoError::Arrow {
+            path: path.to_path_buf(),
+            context: "cannot build a JSON decoder for the schema".into(),
+            source,
+        })
+}
+
+/// Feeds already-validated JSON text to `decoder` and takes the batch out.
+fn decode(decoder: &mut Decoder, bytes: &[u8]) -> Result<RecordBatch, ArrowError> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = decoder.decode(rest)?;
+        if n == 0 {
+            return Err(ArrowError::JsonError("decoder made no progress".into()));
+        }
+        rest = &rest[n..];
+    }
+    decoder
+        .flush()?
+        .ok_or_else(|| ArrowError::JsonError("no rows decoded".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(bytes: &[u8]) -> Vec<(u64, Result<String, String>)> {
+        let mut r = LineReader::new(
+            PathBuf::from("t.jsonl"),
+            Box::new(std::io::Cursor::new(bytes.to_vec())),
+        );
+        let mut out = Vec::new();
+        while let Some((n, t)) = r.next_line().unwrap() {
+            out.push((n, t.map(str::to_string)));
+        }
+        out
+    }
+
+    #[test]
+    fn bom_crlf_and_blank_lines_keep_physical_numbers() {
+        let got = lines_of(b"\xEF\xBB\xBF{\"a\":1}\r\n\r\n   \n{\"a\":2}\r\n\n{\"a\":3}");
+        let want = vec![
+            (1, Ok("{\"a\":1}".to_string())),
+            (4, Ok("{\"a\":2}".to_string())),
+            (6, Ok("{\"a\":3}".to_string())),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported_per_line() {
+        let got = lines_of(b"{\"a\":1}\n{\"a\":\"\xff\"}\n");
+        assert_eq!(got[0].1.as_deref(), Ok("{\"a\":1}"));
+        assert_eq!(got[1].0, 2);
+        let err = got[1].1.clone().unwrap_err();
+        assert!(err.contains("invalid UTF-8 at byte 7"), "{err}");
+    }
+
+    #[test]
+    fn json_reasons_are_specific() {
+        let opts = SourceOptions {
+            string_columns: vec!["text".into()],
+            max_text_bytes: Some(5),
+            ..SourceOptions::default()
+        };
+        let r = |t: &str| validate(t, &opts).unwrap_err();
+        assert_eq!(
+            r("{\"a\":1 \"b\":2}"),
+            "invalid JSON: expected `,` or `}` at column 8"
+        );
+        assert_eq!(r("[1,2]"), "expected a JSON object, found an array");
+        assert_eq!(
+            r("{\"text\":{}}"),
+            "field `text` must be a string or null, found an object"
+        );
+        assert_eq!(
+            r("{\"text\":\"toolong\"}"),
+            "field `text` is 7 bytes, more than the limit of 5"
+        );
+        assert!(validate("{\"text\":null}", &opts).is_ok());
+        assert!(validate("{\"other\":1}", &opts).is_ok());
+    }
+}

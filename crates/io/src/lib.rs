@@ -1,0 +1,37 @@
+//! Input sources and output sinks for mbpipe: Parquet and JSON lines in, Parquet or Arrow IPC
+//! part files out.
+//!
+//! ```no_run
+//! use mbpipe_io::{expand_inputs, open_source, unified_schema, SourceItem, SourceOptions};
+//!
+//! let files = expand_inputs("corpus/*.jsonl.gz")?;
+//! let schema = unified_schema(&files)?;
+//! for item in open_source(files, schema, SourceOptions::default())? {
+//!     if let SourceItem::Batch(b) = item? {
+//!         println!("file {} rows {}..", b.file, b.first_row);
+//!     }
+//! }
+//! # Ok::<(), mbpipe_io::IoError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod infer;
+mod inputs;
+mod jsonl;
+mod parquet_source;
+mod schema;
+mod sink;
+mod source;
+#[cfg(test)]
+mod tests;
+
+pub use error::IoError;
+pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat};
+pub use schema::unified_schema;
+pub use sink::{
+    part_file_name, write_atomic, OutputFormat, PartWriter, RejectsWriter, REJECTS_FILE,
+};
+pub use source::{
+    open_source, OnError, Rejection, RowOrigin, Source, SourceBatch, SourceItem, SourceOptions,
+};

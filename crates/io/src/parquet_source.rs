@@ -1,0 +1,189 @@
+//! Streaming Parquet input: metadata-only schema reads and batch-at-a-time decoding.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::ProjectionMask;
+
+use crate::schema::conform;
+use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
+use crate::IoError;
+
+/// Opens a Parquet file's metadata; `None` for a zero-byte file, which holds no rows.
+fn open_builder(path: &Path) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>, IoError> {
+    let open_err = |source| IoError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open_err)?;
+    if file.metadata().map_err(open_err)?.len() == 0 {
+        return Ok(None);
+    }
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .map(Some)
+        .map_err(|source| IoError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The Arrow schema stored in a Parquet file (footer only, no data read).
+pub(crate) fn file_schema(path: &Path) -> Result<Option<SchemaRef>, IoError> {
+    Ok(open_builder(path)?.map(|b| b.schema().clone()))
+}
+
+/// Streams one Parquet file as batches fitted to the unified schema.
+pub(crate) struct ParquetReader {
+    file: usize,
+    path: PathBuf,
+    reader: Option<ParquetRecordBatchReader>,
+    schema: SchemaRef,
+    opts: Arc<SourceOptions>,
+    next_row: u64,
+}
+
+impl ParquetReader {
+    /// Opens file number `file`, reading only the columns `schema` needs.
+    pub(crate) fn open(
+        file: usize,
+        path: &Path,
+        schema: SchemaRef,
+        opts: Arc<SourceOptions>,
+    ) -> Result<Self, IoError> {
+        let reader = match open_builder(path)? {
+            None => None,
+            Some(builder) => {
+                // Top-level Arrow fields map one-to-one onto Parquet root columns.
+                let roots: Vec<usize> = builder
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| schema.field_with_name(f.name()).is_ok())
+                    .map(|(i, _)| i)
+                    .collect();
+                let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+                let reader = builder
+                    .with_projection(mask)
+                    .with_batch_size(opts.batch_rows)
+                    .build()
+                    .map_err(|source| IoError::Parquet {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                Some(reader)
+            }
+        };
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            reader,
+            schema,
+            opts,
+            next_row: 0,
+        })
+    }
+
+    /// Reads one batch into `out`; returns false at the end of the file.
+    pub(crate) fn fill(
+        &mut self,
+        out: &mut VecDeque<Result<SourceItem, IoError>>,
+    ) -> Result<bool, IoError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(false);
+        };
+        let batch = match reader.next() {
+            None => return Ok(false),
+            Some(Err(source)) => {
+                return Err(IoError::Arrow {
+                    path: self.path.clone(),
+                    context: format!("cannot decode rows after row {}", self.next_row),
+                    source,
+                })
+            }
+            Some(Ok(batch)) => conform(&batch, &self.schema, &self.path)?,
+        };
+        let first_row = self.next_row;
+        self.next_row += batch.num_rows() as u64;
+        self.push_checked(batch, first_row, out);
+        Ok(true)
+    }
+
+    /// Pushes the batch, splitting out rows whose text is over `max_text_bytes`.
+    fn push_checked(
+        &self,
+        batch: RecordBatch,
+        first_row: u64,
+        out: &mut VecDeque<Result<SourceItem, IoError>>,
+    ) {
+        let mut start = 0;
+        for (i, reason) in oversized_rows(&batch, &self.opts) {
+            if i > start {
+                out.push_back(Ok(
+                    self.item(batch.slice(start, i - start), first_row + start as u64)
+                ));
+            }
+            let row = first_row + i as u64;
+            out.push_back(row_problem(
+                self.opts.on_error,
+                &self.path,
+                None,
+                Some(row),
+                reason,
+            ));
+            start = i + 1;
+        }
+        if start < batch.num_rows() {
+            let rest = batch.slice(start, batch.num_rows() - start);
+            out.push_back(Ok(self.item(rest, first_row + start as u64)));
+        }
+    }
+
+    /// Wraps a batch of this file.
+    fn item(&self, batch: RecordBatch, first_row: u64) -> SourceItem {
+        SourceItem::Batch(SourceBatch {
+            file: self.file,
+            first_row,
+            lines: None,
+            batch,
+        })
+    }
+}
+
+/// Rows (ascending, each once) with a string column longer than the limit, and why.
+fn oversized_rows(batch: &RecordBatch, opts: &SourceOptions) -> Vec<(usize, String)> {
+    let Some(max) = opts.max_text_bytes else {
+        return Vec::new();
+    };
+    let mut bad: Vec<(usize, String)> = Vec::new();
+    for col in &opts.string_columns {
+        let Some(array) = batch.column_by_name(col) else {
+            continue;
+        };
+        let len = |i: usize| -> usize {
+            match array.data_type() {
+                DataType::Utf8 => array.as_string::<i32>().value(i).len(),
+                DataType::LargeUtf8 => array.as_string::<i64>().value(i).len(),
+                DataType::Utf8View => array.as_string_view().value(i).len(),
+                _ => 0,
+            }
+        };
+        for i in 0..array.len() {
+            if array.is_valid(i) && len(i) > max && !bad.iter().any(|(j, _)| *j == i) {
+                let reason = format!(
+                    "field `{col}` is {} bytes, more than the limit of {max}",
+                    len(i)
+                );
+                bad.push((i, reason));
+            }
+        }
+    }
+    bad.sort_by_key(|(i, _)| *i);
+    bad
+}

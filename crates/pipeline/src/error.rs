@@ -1,0 +1,44 @@
+//! Errors of the pipeline, split by what the user must do about them.
+
+/// A pipeline failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The pipeline file, its models or its columns are wrong (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// Loading or running a model failed.
+    #[error(transparent)]
+    Model(#[from] mbpipe_model::ModelError),
+    /// A tensor operation failed outside the engine proper (head outputs to host memory).
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] mbpipe_model::CandleError),
+    /// Reading input or writing output failed.
+    #[error(transparent)]
+    Io(#[from] mbpipe_io::IoError),
+    /// Tokenization failed.
+    #[error(transparent)]
+    Text(#[from] mbpipe_text::TextError),
+    /// Arrow failed while building output columns.
+    #[error("building output columns: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The input query failed.
+    #[error("input query: {0}")]
+    Query(String),
+    /// Anything else at run time, with context.
+    #[error("{0}")]
+    Run(String),
+    /// The run was interrupted (SIGINT/SIGTERM) after committing finished parts.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl PipelineError {
+    /// Whether this is a configuration problem (exit code 2) rather than a run failure (1).
+    pub fn is_invalid_configuration(&self) -> bool {
+        match self {
+            PipelineError::Invalid(_) => true,
+            PipelineError::Model(e) => e.is_configuration_error(),
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The mbpipe pipeline: a TOML pipeline file in, Parquet part files with task columns out.
+//!
+//! ```no_run
+//! use mbpipe_pipeline::{cli, RunOptions};
+//! let outcome = cli::run(RunOptions {
+//!     pipeline: "pipelines/moderation.toml".into(),
+//!     devices: vec![mbpipe_model::DeviceSpec::Cpu],
+//!     precision: mbpipe_model::Precision::F32,
+//!     threads: None,
+//!     max_batch_tokens: mbpipe_pipeline::DEFAULT_MAX_BATCH_TOKENS,
+//!     shard: None,
+//!     overwrite: false,
+//! })?;
+//! println!("{} rows", outcome.rows);
+//! # Ok::<(), mbpipe_pipeline::PipelineError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod check;
+pub mod cli;
+pub mod columns;
+pub mod config;
+pub mod engine;
+mod error;
+pub mod output;
+mod progress;
+mod query;
+mod rows;
+mod runner;
+mod shard;
+pub mod tasks;
+pub mod template;
+pub mod validate;
+mod workers;
+
+pub use error::PipelineError;
+pub use runner::{RunOptions, RunOutcome, DEFAULT_MAX_BATCH_TOKENS};

@@ -1,0 +1,203 @@
+//! The output directory: part files in input order, written by their own thread, and the
+//! manifest that describes a finished run.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use mbpipe_io::{OutputFormat, PartWriter};
+use serde::Serialize;
+
+use crate::error::PipelineError;
+
+/// Rows per part file at most; a part never spans two input files.
+pub const PART_ROWS: u64 = 100_000;
+
+/// One output window and the input rows it covers.
+pub struct OutputChunk {
+    /// Input file index.
+    pub file: usize,
+    /// First input row of the window (rows in that file, before any query filter).
+    pub first_input_row: u64,
+    /// Input rows covered (rows the query dropped count too).
+    pub input_rows: u64,
+    /// Output rows.
+    pub batch: RecordBatch,
+}
+
+/// A committed part file and the input range it covers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct PartRecord {
+    /// File name inside the output directory.
+    pub file: String,
+    /// Input file path.
+    pub input: String,
+    /// First input row covered.
+    pub first_row: u64,
+    /// Input rows covered.
+    pub input_rows: u64,
+    /// Rows in the part.
+    pub rows: u64,
+}
+
+/// Writes parts on a thread of its own so Parquet encoding overlaps inference.
+pub struct PartSink {
+    tx: Option<SyncSender<OutputChunk>>,
+    handle: Option<JoinHandle<Result<Vec<PartRecord>, PipelineError>>>,
+}
+
+impl PartSink {
+    /// Starts the writer; `inputs` names input files by index for the records.
+    pub fn start(
+        dir: PathBuf,
+        schema: SchemaRef,
+        format: OutputFormat,
+        inputs: Vec<String>,
+        first_index: u64,
+    ) -> Self {
+        let (tx, rx) = sync_channel::<OutputChunk>(2);
+        let handle = std::thread::Builder::new()
+            .name("mbpipe-writer".into())
+            .spawn(move || {
+                let mut parts = Vec::new();
+                let mut current: Option<(PartWriter, PartRecord)> = None;
+                let mut next_index = first_index;
+                for chunk in rx {
+                    let continues = current.as_ref().is_some_and(|(w, r)| {
+                        r.input == inputs[chunk.file]
+                            && r.first_row + r.input_rows == chunk.first_input_row
+                            && w.rows() < PART_ROWS
+                    });
+                    if !continues {
+                        if let Some((w, r)) = current.take() {
+                            parts.push(commit(w, r)?);
+                        }
+                        let writer = PartWriter::create(&dir, next_index, schema.clone(), format)?;
+                        let record = PartRecord {
+                            file: mbpipe_io::part_file_name(next_index, format),
+                            input: inputs[chunk.file].clone(),
+                            first_row: chunk.first_input_row,
+                            input_rows: 0,
+                            rows: 0,
+                        };
+                        next_index += 1;
+                        current = Some((writer, record));
+                    }
+                    let (w, r) = current.as_mut().expect("a part is open, this is a bug");
+                    w.write(&chunk.batch)?;
+                    r.input_rows += chunk.input_rows;
+                    r.rows += chunk.batch.num_rows() as u64;
+                }
+                if let Some((w, r)) = current.take() {
+                    parts.push(commit(w, r)?);
+                }
+                Ok(parts)
+            })
+            .expect("cannot spawn the writer thread");
+        PartSink {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Queues a window for writing (blocks while the writer is two windows behind).
+    pub fn send(&self, chunk: OutputChunk) -> Result<(), PipelineError> {
+        let tx = self.tx.as_ref().expect("sink is open, this is a bug");
+        if tx.send(chunk).is_err() {
+            // The writer stopped on an error; `finish` reports it.
+            return Err(PipelineError::Run("the output writer stopped".into()));
+        }
+        Ok(())
+    }
+
+    /// Closes the last part and returns the records of every committed part.
+    pub fn finish(mut self) -> Result<Vec<PartRecord>, PipelineError> {
+        self.tx.take();
+        let handle = self.handle.take().expect("finish runs once, this is a bug");
+        handle
+            .join()
+            .map_err(|_| PipelineError::Run("the output writer panicked".into()))?
+    }
+}
+
+impl Drop for PartSink {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn commit(writer: PartWriter, record: PartRecord) -> Result<PartRecord, PipelineError> {
+    writer.finish()?;
+    Ok(record)
+}
+
+/// `_manifest.json`: what a finished run computed, from what, and how fast.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// mbpipe version.
+    pub mbpipe_version: String,
+    /// The pipeline file's text.
+    pub pipeline: String,
+    /// Models by task.
+    pub models: Vec<ModelRecord>,
+    /// Input files.
+    pub inputs: Vec<String>,
+    /// Shard `I/N`, when sharded.
+    pub shard: Option<String>,
+    /// Committed parts in order.
+    pub parts: Vec<PartRecord>,
+    /// Rows written.
+    pub rows: u64,
+    /// Rows rejected (`on_error = "skip"`).
+    pub rejected: u64,
+    /// Real tokens run through models.
+    pub tokens: u64,
+    /// Fraction of computed positions that were padding (packing makes this 0).
+    pub padding_fraction: f64,
+    /// Seconds spent loading models.
+    pub load_seconds: f64,
+    /// Seconds from first read to last write.
+    pub run_seconds: f64,
+    /// Real tokens per second of the run.
+    pub tokens_per_second: f64,
+    /// Device list and dtype.
+    pub devices: String,
+    /// Working dtype.
+    pub dtype: String,
+}
+
+/// One task's model, for the manifest.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ModelRecord {
+    /// Task name.
+    pub task: String,
+    /// Model reference as written.
+    pub model: String,
+    /// Resolved Hub commit, for Hub models.
+    pub revision: Option<String>,
+}
+
+/// Writes the manifest and then the success marker, each atomically.
+pub fn write_manifest(
+    dir: &Path,
+    manifest: &Manifest,
+    shard: Option<(usize, usize)>,
+) -> Result<(), PipelineError> {
+    let (name, marker) = match shard {
+        Some((i, n)) => (
+            format!("_manifest.shard-{i}-of-{n}.json"),
+            format!("_SUCCESS.shard-{i}-of-{n}"),
+        ),
+        None => ("_manifest.json".to_string(), "_SUCCESS".to_string()),
+    };
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|e| PipelineError::Run(e.to_string()))?;
+    mbpipe_io::write_atomic(&dir.join(name), &json)?;
+    mbpipe_io::write_atomic(&dir.join(marker), b"")?;
+    Ok(())
+}

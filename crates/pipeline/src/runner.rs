@@ -1,0 +1,525 @@
+//! `mbpipe run`: read, tokenize, pack, infer, write, with every stage bounded.
+//!
+//! Threads: a reader streams input batches (bounded channel), this thread tokenizes (rayon) and
+//! packs each window of rows, the worker pool runs the packed batches, and a writer thread
+//! encodes part files. Each window is written in input order before the next is read past the
+//! channel bound, so memory stays flat however large the corpus is.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use mbpipe_io::{
+    expand_inputs, open_source, unified_schema, OnError, OutputFormat, RejectsWriter, SourceItem,
+    SourceOptions,
+};
+use mbpipe_model::{DeviceSpec, ModelFiles, Precision, Tokenizer};
+use mbpipe_text::{pack_by_length, TextEncoder};
+use rayon::prelude::*;
+
+use crate::columns::{task_columns, RowValue};
+use crate::config::{OnErrorSetting, OutputFormatSetting};
+use crate::engine::{configure_threads, LoadedModel};
+use crate::error::PipelineError;
+use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartSink};
+use crate::progress::Progress;
+use crate::query::InputQuery;
+use crate::rows::{check_text_columns, row_texts};
+use crate::tasks::{BoundTask, InputVariant, TaskBatchOutput, TaskBatchRow};
+use crate::validate::Pipeline;
+use crate::workers::{Job, WorkerPool};
+
+/// Default token budget of one packed batch.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+/// Input rows per window: the unit that is tokenized, packed and written together.
+const WINDOW_ROWS: usize = 2048;
+
+/// What `mbpipe run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Pipeline file.
+    pub pipeline: PathBuf,
+    /// One worker per device.
+    pub devices: Vec<DeviceSpec>,
+    /// Working precision.
+    pub precision: Precision,
+    /// CPU threads.
+    pub threads: Option<usize>,
+    /// Token budget per batch.
+    pub max_batch_tokens: usize,
+    /// `I/N` or `auto/N`.
+    pub shard: Option<String>,
+    /// Start over.
+    pub overwrite: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Rows written.
+    pub rows: u64,
+    /// Rows rejected.
+    pub rejected: u64,
+    /// Real tokens.
+    pub tokens: u64,
+    /// Whether the output was already complete and nothing ran.
+    pub already_complete: bool,
+}
+
+impl RunOutcome {
+    /// 0 success, 3 finished with rejected rows.
+    pub fn exit_code(&self) -> u8 {
+        if self.rejected > 0 {
+            3
+        } else {
+            0
+        }
+    }
+}
+
+/// Tasks sharing one encoder pass: same model, same input variant, same limit.
+struct EncodeGroup {
+    model: usize,
+    variant: InputVariant,
+    encoder: TextEncoder,
+    tasks: Arc<Vec<usize>>,
+}
+
+/// Runs a pipeline end to end.
+pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
+    configure_threads(opts.threads);
+    let pipeline = Pipeline::load(&opts.pipeline)?;
+    let shard = crate::shard::parse(opts.shard.as_deref())?;
+    let files = expand_inputs(&pipeline.input.path)?;
+    let files = crate::shard::select(files, shard);
+    let input_schema = unified_schema(&files)?;
+    let query = pipeline
+        .input
+        .query
+        .as_deref()
+        .map(|q| InputQuery::new(q, input_schema.clone()))
+        .transpose()?;
+    let row_schema = query
+        .as_ref()
+        .map_or(input_schema.clone(), |q| q.output_schema());
+    check_text_columns(&pipeline.input.text, &row_schema)?;
+
+    let out_dir = pipeline.output_dir.clone();
+    let marker = match shard {
+        Some((i, n)) => out_dir.join(format!("_SUCCESS.shard-{i}-of-{n}")),
+        None => out_dir.join("_SUCCESS"),
+    };
+    if opts.overwrite && out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir)
+            .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", out_dir.display())))?;
+    }
+    if marker.exists() {
+        eprintln!(
+            "mbpipe: {} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
+            out_dir.display(),
+            marker.display()
+        );
+        return Ok(RunOutcome {
+            rows: 0,
+            rejected: 0,
+            tokens: 0,
+            already_complete: true,
+        });
+    }
+    if shard.is_none() && out_dir.is_dir() && has_parts(&out_dir) {
+        return Err(PipelineError::Invalid(format!(
+            "{} already holds part files of an unfinished run; use --overwrite to start over",
+            out_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| PipelineError::Run(format!("cannot create {}: {e}", out_dir.display())))?;
+
+    // Models: one replica of each distinct model per device.
+    let load_start = Instant::now();
+    let mut model_keys: Vec<String> = Vec::new();
+    let mut task_model = Vec::new();
+    for t in &pipeline.tasks {
+        let key = t.model.to_string();
+        let idx = model_keys
+            .iter()
+            .position(|k| *k == key)
+            .unwrap_or_else(|| {
+                model_keys.push(key);
+                model_keys.len() - 1
+            });
+        task_model.push(idx);
+    }
+    let mut resolved: Vec<(mbpipe_model::ModelRef, ModelFiles)> = Vec::new();
+    for key in &model_keys {
+        let t = pipeline
+            .tasks
+            .iter()
+            .find(|t| t.model.to_string() == *key)
+            .expect("key comes from a task, this is a bug");
+        resolved.push((t.model.clone(), ModelFiles::resolve(&t.model)?));
+    }
+    let mut replicas: Vec<Vec<LoadedModel>> = Vec::new();
+    for device in &opts.devices {
+        let dev = device.open()?;
+        let mut models = Vec::new();
+        for (r, f) in &resolved {
+            models.push(LoadedModel::load_files(
+                r.clone(),
+                f.clone(),
+                &dev,
+                opts.precision,
+            )?);
+        }
+        replicas.push(models);
+    }
+    let tasks: Vec<BoundTask> = pipeline
+        .tasks
+        .iter()
+        .zip(&task_model)
+        .map(|(spec, &m)| BoundTask::bind(spec, m, &replicas[0][m]))
+        .collect::<Result<_, _>>()?;
+    let tokenizers: Vec<Tokenizer> = replicas[0].iter().map(|m| m.tokenizer.clone()).collect();
+    let model_records: Vec<ModelRecord> = pipeline
+        .tasks
+        .iter()
+        .zip(&task_model)
+        .map(|(t, &m)| ModelRecord {
+            task: t.name.clone(),
+            model: t.model.to_string(),
+            revision: resolved[m].1.revision.clone(),
+        })
+        .collect();
+    let groups = encode_groups(&tasks, &tokenizers)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    // Output schema: kept input columns, then task columns.
+    let keep: Vec<usize> = match &pipeline.input.keep {
+        None => (0..row_schema.fields().len()).collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                row_schema.index_of(n).map_err(|_| {
+                    PipelineError::Invalid(format!(
+                        "[input] keep names column `{n}`, which the input does not have"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let probe = empty_task_columns(&tasks, &tokenizers);
+    let mut fields: Vec<Field> = keep.iter().map(|&i| row_schema.field(i).clone()).collect();
+    for f in &probe {
+        if fields.iter().any(|g| g.name() == f.name()) {
+            return Err(PipelineError::Invalid(format!(
+                "output column `{}` would clash with an input column of that name; rename the task or drop the column with `keep`",
+                f.name()
+            )));
+        }
+        fields.push(f.clone());
+    }
+    let out_schema: SchemaRef = Arc::new(Schema::new(fields));
+    let format = match pipeline.output_format {
+        OutputFormatSetting::Parquet => OutputFormat::Parquet,
+        OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
+    };
+    let input_names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    let first_part_index = shard.map_or(0, |(i, _)| (i as u64) << 32);
+    let sink = PartSink::start(
+        out_dir.clone(),
+        out_schema.clone(),
+        format,
+        input_names.clone(),
+        first_part_index,
+    );
+
+    // Reader thread.
+    let on_error = match pipeline.input.on_error {
+        OnErrorSetting::Fail => OnError::Fail,
+        OnErrorSetting::Skip => OnError::Skip,
+    };
+    let string_columns: Vec<String> = if query.is_none() {
+        pipeline
+            .input
+            .text
+            .fields()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let source = open_source(
+        files,
+        input_schema.clone(),
+        SourceOptions {
+            batch_rows: WINDOW_ROWS,
+            on_error,
+            string_columns,
+            ..Default::default()
+        },
+    )?;
+    let (src_tx, src_rx) = sync_channel(2);
+    let reader = std::thread::Builder::new()
+        .name("mbpipe-reader".into())
+        .spawn(move || {
+            for item in source {
+                if src_tx.send(item).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| PipelineError::Run(format!("cannot start the reader: {e}")))?;
+
+    let tasks = Arc::new(tasks);
+    let pool = WorkerPool::start(replicas, Arc::clone(&tasks));
+    let mut rejects: Option<RejectsWriter> = None;
+    let mut progress = Progress::new();
+    let run_start = Instant::now();
+    let mut rows_written = 0u64;
+    let mut tokens = 0u64;
+    let ctx = WindowContext {
+        keep: &keep,
+        out_schema: &out_schema,
+        pipeline: &pipeline,
+        tasks: &tasks,
+        groups: &groups,
+        tokenizers: &tokenizers,
+        pool: &pool,
+        max_batch_tokens: opts.max_batch_tokens.max(1),
+    };
+    let result = (|| -> Result<(), PipelineError> {
+        for item in src_rx {
+            match item? {
+                SourceItem::Rejected(rej) => {
+                    let w = match &mut rejects {
+                        Some(w) => w,
+                        None => rejects.insert(RejectsWriter::create(&out_dir)?),
+                    };
+                    w.write(&rej)?;
+                    progress.rejected(1);
+                }
+                SourceItem::Batch(sb) => {
+                    let input_rows = sb.batch.num_rows() as u64;
+                    let rows = match &query {
+                        Some(q) => q.apply(sb.batch)?,
+                        None => sb.batch,
+                    };
+                    let (batch, window_tokens) = process_window(&ctx, &rows)?;
+                    tokens += window_tokens;
+                    rows_written += batch.num_rows() as u64;
+                    progress.advance(batch.num_rows() as u64, window_tokens);
+                    sink.send(OutputChunk {
+                        file: sb.file,
+                        first_input_row: sb.first_row,
+                        input_rows,
+                        batch,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    drop(pool);
+    let _ = reader.join();
+    let finished = sink.finish();
+    result?;
+    let parts = finished?;
+    let run_seconds = run_start.elapsed().as_secs_f64();
+    let rejected = rejects.as_ref().map_or(0, |r| r.count());
+    progress.finish();
+    let manifest = Manifest {
+        mbpipe_version: env!("CARGO_PKG_VERSION").to_string(),
+        pipeline: pipeline.source.clone(),
+        models: model_records,
+        inputs: input_names,
+        shard: shard.map(|(i, n)| format!("{i}/{n}")),
+        parts: parts.clone(),
+        rows: rows_written,
+        rejected,
+        tokens,
+        padding_fraction: 0.0,
+        load_seconds,
+        run_seconds,
+        tokens_per_second: tokens as f64 / run_seconds.max(1e-9),
+        devices: opts
+            .devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        dtype: opts.precision.to_string(),
+    };
+    write_manifest(&out_dir, &manifest, shard)?;
+    eprintln!(
+        "mbpipe: {rows_written} rows{} , {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
+        if rejected > 0 { format!(" ({rejected} rejected, see _rejects.jsonl)") } else { String::new() },
+        manifest.tokens_per_second,
+        out_dir.display(),
+        parts.len(),
+        if parts.len() == 1 { "" } else { "s" },
+    );
+    Ok(RunOutcome {
+        rows: rows_written,
+        rejected,
+        tokens,
+        already_complete: false,
+    })
+}
+
+fn has_parts(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("part-"))
+        })
+        .unwrap_or(false)
+}
+
+fn encode_groups(
+    tasks: &[BoundTask],
+    tokenizers: &[Tokenizer],
+) -> Result<Vec<EncodeGroup>, PipelineError> {
+    let mut groups: Vec<EncodeGroup> = Vec::new();
+    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let variant = t.input_variant();
+        let found = groups.iter().position(|g| {
+            g.model == t.model && g.variant == variant && g.encoder.max_length() == t.max_length
+        });
+        let g = match found {
+            Some(g) => g,
+            None => {
+                groups.push(EncodeGroup {
+                    model: t.model,
+                    variant,
+                    encoder: TextEncoder::new(tokenizers[t.model].clone(), t.max_length)?,
+                    tasks: Arc::new(Vec::new()),
+                });
+                groups.len() - 1
+            }
+        };
+        members.entry(g).or_default().push(i);
+    }
+    for (g, m) in members {
+        groups[g].tasks = Arc::new(m);
+    }
+    Ok(groups)
+}
+
+/// Column fields of every task, from a zero-row build (names and types only).
+fn empty_task_columns(tasks: &[BoundTask], tokenizers: &[Tokenizer]) -> Vec<Field> {
+    tasks
+        .iter()
+        .flat_map(|t| {
+            task_columns(t, &tokenizers[t.model], &[])
+                .into_iter()
+                .map(|(f, _)| f)
+        })
+        .collect()
+}
+
+/// Everything a window needs besides its rows.
+struct WindowContext<'a> {
+    keep: &'a [usize],
+    out_schema: &'a SchemaRef,
+    pipeline: &'a Pipeline,
+    tasks: &'a [BoundTask],
+    groups: &'a [EncodeGroup],
+    tokenizers: &'a [Tokenizer],
+    pool: &'a WorkerPool,
+    max_batch_tokens: usize,
+}
+
+/// Tokenizes, runs and assembles one window; returns the output batch and its real tokens.
+fn process_window(
+    ctx: &WindowContext<'_>,
+    rows: &RecordBatch,
+) -> Result<(RecordBatch, u64), PipelineError> {
+    let WindowContext {
+        keep,
+        out_schema,
+        pipeline,
+        tasks,
+        groups,
+        tokenizers,
+        pool,
+        max_batch_tokens,
+    } = *ctx;
+    let texts = row_texts(&pipeline.input.text, rows)?;
+    let n = texts.len();
+    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
+    let mut tokens = 0u64;
+    for group in groups {
+        let inputs: Vec<Option<crate::tasks::RowInput>> = texts
+            .par_iter()
+            .map(|t| {
+                t.as_deref()
+                    .map(|t| group.variant.encode(&group.encoder, t))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        // Key: (row, chunk).
+        let seqs = inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(row, inp)| inp.as_ref().map(|inp| (row, inp)))
+            .flat_map(|(row, inp)| {
+                inp.sequences
+                    .iter()
+                    .enumerate()
+                    .map(move |(c, s)| ((row, c), s.as_slice()))
+            });
+        let packed = pack_by_length(seqs, max_batch_tokens);
+        tokens += packed
+            .iter()
+            .map(|p| p.batch.num_tokens() as u64)
+            .sum::<u64>();
+        let keys: Vec<Vec<(usize, usize)>> = packed.iter().map(|p| p.keys.clone()).collect();
+        let jobs: Vec<Job> = packed
+            .into_iter()
+            .enumerate()
+            .map(|(tag, p)| Job {
+                model: group.model,
+                tasks: Arc::clone(&group.tasks),
+                batch: p.batch,
+                tag,
+            })
+            .collect();
+        // Per task in the group, per row: the sequence outputs in chunk order.
+        let mut per_row: Vec<Vec<Vec<(usize, TaskBatchRow)>>> =
+            vec![vec![Vec::new(); n]; group.tasks.len()];
+        for (tag, outputs) in pool.run_all(jobs)? {
+            for (slot, output) in outputs.into_iter().enumerate() {
+                for ((row, chunk), r) in keys[tag].iter().zip(TaskBatchOutput::into_rows(output)) {
+                    per_row[slot][*row].push((*chunk, r));
+                }
+            }
+        }
+        for (slot, &task_idx) in group.tasks.iter().enumerate() {
+            for (row, parts) in per_row[slot].drain(..).enumerate() {
+                let Some(inp) = &inputs[row] else { continue };
+                let mut parts = parts;
+                parts.sort_by_key(|(c, _)| *c);
+                let value = tasks[task_idx].finish_row(parts.into_iter().map(|(_, r)| r).collect());
+                values[task_idx][row] = Some((value, inp.truncated));
+            }
+        }
+    }
+    let mut columns: Vec<arrow::array::ArrayRef> =
+        keep.iter().map(|&i| rows.column(i).clone()).collect();
+    for (t, task) in tasks.iter().enumerate() {
+        columns.extend(
+            task_columns(task, &tokenizers[task.model], &values[t])
+                .into_iter()
+                .map(|(_, a)| a),
+        );
+    }
+    let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
+    Ok((batch, tokens))
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test of the workspace.
+# Tests that need ../shared (the reference fixture) skip with a message where it is absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# pyarrow: the end-to-end test reads the output folder with it as analysts do.
+if ! python3 -c "import pyarrow" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check pyarrow || echo "warning: pyarrow not installed; its check will be skipped"
+fi
+
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc

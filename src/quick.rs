@@ -1,0 +1,269 @@
+//! The quick commands: try a model on one text, or on a file of them, before writing a pipeline.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use mbpipe_model::{argmax, scores_from_logits, Pooling, Tensor};
+use mbpipe_pipeline::engine::{configure_threads, LoadedModel};
+use mbpipe_text::{pack_by_length, TextEncoder};
+use serde_json::json;
+
+use crate::args::{ClassifyArgs, EmbedArgs, FillMaskArgs, QuickArgs};
+
+/// A usage mistake (exit code 2), as opposed to a failure while running.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+/// The texts to run: the positional TEXT, or the `text` field of every line of --input.
+fn read_texts(args: &QuickArgs) -> anyhow::Result<Vec<String>> {
+    match (&args.text, &args.input) {
+        (Some(t), None) => Ok(vec![t.clone()]),
+        (None, Some(path)) => read_jsonl_texts(path),
+        _ => Err(UsageError("give a TEXT or --input FILE.jsonl".into()).into()),
+    }
+}
+
+fn read_jsonl_texts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut texts = Vec::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.with_context(|| {
+            format!(
+                "{}:{line_no}: cannot read line (not UTF-8?)",
+                path.display()
+            )
+        })?;
+        let line = line.trim_start_matches('\u{feff}').trim();
+        if line.is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{line_no}: invalid JSON", path.display()))?;
+        match value.get("text") {
+            Some(serde_json::Value::String(s)) => texts.push(s.clone()),
+            Some(other) => anyhow::bail!(
+                "{}:{line_no}: field `text` must be a string, found {}",
+                path.display(),
+                json_kind(other)
+            ),
+            None => anyhow::bail!("{}:{line_no}: no `text` field", path.display()),
+        }
+    }
+    Ok(texts)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Loads the model, tokenizes every text and runs packed batches; `per_batch` turns one batch's
+/// hidden states into one output per sequence, returned in input order.
+fn run_packed<T: Clone>(
+    args: &QuickArgs,
+    texts: &[String],
+    mut per_batch: impl FnMut(
+        &LoadedModel,
+        &Tensor,
+        &mbpipe_model::PackedBatch,
+    ) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<(LoadedModel, Vec<T>)> {
+    configure_threads(args.runtime.threads);
+    let device = *args
+        .runtime
+        .device
+        .0
+        .first()
+        .expect("clap gives at least one device, this is a bug");
+    let loaded = LoadedModel::load(&args.model, None, device, args.runtime.dtype)?;
+    let max_length = args
+        .max_length
+        .unwrap_or(loaded.model.config().max_position_embeddings);
+    let encoder = TextEncoder::new(loaded.tokenizer.clone(), max_length)?;
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let encoded: Vec<_> = encoder
+        .encode_many(&refs)
+        .into_iter()
+        .map(|r| r.map(|e| e.expect("every text is Some, this is a bug")))
+        .collect::<Result<_, _>>()?;
+    let mut results: Vec<Option<T>> = vec![None; texts.len()];
+    let batches = pack_by_length(
+        encoded
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, e.ids.as_slice())),
+        args.runtime.max_batch_tokens,
+    );
+    for packed in batches {
+        let hidden = loaded.model.encode(&packed.batch)?;
+        for (key, out) in packed
+            .keys
+            .iter()
+            .zip(per_batch(&loaded, &hidden, &packed.batch)?)
+        {
+            results[*key] = Some(out);
+        }
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.expect("every text was packed once, this is a bug"))
+        .collect();
+    Ok((loaded, results))
+}
+
+fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(0)
+}
+
+/// `mbpipe fill-mask`.
+pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
+    let texts = read_texts(&a.common)?;
+    let mut mask_id = None;
+    let (loaded, preds) = run_packed(&a.common, &texts, |m, hidden, batch| {
+        let id = *mask_id.get_or_insert(m.special_token("[MASK]")?);
+        Ok(m.model.fill_mask(hidden, batch, id, a.top_k)?)
+    })?;
+    let render = |masks: &Vec<Vec<(u32, f32)>>| -> Vec<Vec<serde_json::Value>> {
+        masks
+            .iter()
+            .map(|top| {
+                top.iter()
+                    .map(|&(id, p)| json!({"token": loaded.token_text(id), "token_id": id, "score": p}))
+                    .collect()
+            })
+            .collect()
+    };
+    if a.common.json {
+        return print_lines(
+            preds
+                .iter()
+                .map(|p| json!({"predictions": render(p)}).to_string()),
+        );
+    }
+    let mut lines = Vec::new();
+    for (text, masks) in texts.iter().zip(&preds) {
+        lines.push(text.clone());
+        if masks.is_empty() {
+            lines.push("  (no [MASK] in the text)".into());
+        }
+        for (n, top) in masks.iter().enumerate() {
+            let best: Vec<String> = top
+                .iter()
+                .map(|&(id, p)| format!("{:?} {:.4}", loaded.token_text(id), p))
+                .collect();
+            lines.push(format!("  [MASK] #{}: {}", n + 1, best.join(", ")));
+        }
+    }
+    print_lines(lines)
+}
+
+/// `mbpipe classify`.
+pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
+    let texts = read_texts(&a.common)?;
+    let (loaded, logits) = run_packed(&a.common, &texts, |m, hidden, batch| {
+        Ok(m.model.classify(hidden, batch)?.to_vec2::<f32>()?)
+    })?;
+    let config = loaded.model.config();
+    let labels: Vec<String> = if config.labels.is_empty() {
+        (0..logits.first().map_or(0, Vec::len))
+            .map(|i| format!("LABEL_{i}"))
+            .collect()
+    } else {
+        config.labels.clone()
+    };
+    let mut lines = Vec::new();
+    for (text, l) in texts.iter().zip(&logits) {
+        let scores = scores_from_logits(l, config.problem_type);
+        let best = argmax(&scores).map(|i| labels[i].clone());
+        if a.common.json {
+            let map: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .zip(&scores)
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            lines.push(json!({"label": best, "scores": map, "logits": l}).to_string());
+        } else {
+            let detail: Vec<String> = labels
+                .iter()
+                .zip(&scores)
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            lines.push(format!(
+                "{}\t{}\t{text}",
+                best.unwrap_or_default(),
+                detail.join(", ")
+            ));
+        }
+    }
+    print_lines(lines)
+}
+
+/// `mbpipe embed`.
+pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
+    let mut texts = read_texts(&a.common)?;
+    // The prefix needs the model's sentence-transformers config, which the load below reads
+    // again; reading it twice is cheap and keeps loading in one place.
+    let model_ref = mbpipe_model::ModelRef::parse(&a.common.model, None)?;
+    let st = mbpipe_model::ModelFiles::resolve(&model_ref)?
+        .sentence_transformers
+        .unwrap_or_default();
+    let prefix = a
+        .prefix
+        .clone()
+        .or(st.default_prompt.clone())
+        .unwrap_or_default();
+    if !prefix.is_empty() {
+        texts = texts.into_iter().map(|t| format!("{prefix}{t}")).collect();
+    }
+    let pooling = a.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
+    let normalize = a.normalize || st.normalize;
+    let (_, embeddings) = run_packed(&a.common, &texts, |m, hidden, batch| {
+        let mut rows = m.model.pool(hidden, batch, pooling)?.to_vec2::<f32>()?;
+        if normalize {
+            rows.iter_mut().for_each(|r| l2_normalize(r));
+        }
+        Ok(rows)
+    })?;
+    if a.common.json {
+        return print_lines(
+            embeddings
+                .iter()
+                .map(|e| json!({"embedding": e}).to_string()),
+        );
+    }
+    print_lines(embeddings.iter().map(|e| {
+        let shown: Vec<String> = e.iter().take(8).map(|v| format!("{v:.5}")).collect();
+        format!(
+            "dim {} [{}{}]",
+            e.len(),
+            shown.join(", "),
+            if e.len() > 8 { ", ..." } else { "" }
+        )
+    }))
+}
+
+/// Scales a vector to unit length (a zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+    }
+}

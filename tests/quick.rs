@@ -1,0 +1,189 @@
+//! The quick commands against the reference fixture.
+//! Tolerance: 1e-4 absolute on probabilities, logits and embeddings (f32).
+
+use crate::util::{assert_close, fixture, mbpipe, ok, softmax, stderr};
+
+const TOL: f32 = 1e-4;
+
+fn texts_file(dir: &std::path::Path, texts: &[String]) -> std::path::PathBuf {
+    let p = dir.join("texts.jsonl");
+    let body: String = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
+        .collect();
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn classify_file_matches_reference_in_order() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts_file(tmp.path(), &fx.texts);
+    let out = ok(mbpipe(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            &fx.model("classifier"),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), fx.texts.len());
+    for (i, line) in lines.iter().enumerate() {
+        let want_logits = fx.vec(&format!("cls_logits.{i}")).unwrap();
+        let logits: Vec<f32> = serde_json::from_value(line["logits"].clone()).unwrap();
+        assert_close(&logits, &want_logits, TOL, &format!("text {i} logits"));
+        let probs = softmax(&want_logits);
+        for (k, label) in ["negative", "neutral", "positive"].iter().enumerate() {
+            let p = line["scores"][label].as_f64().unwrap() as f32;
+            assert!(
+                (p - probs[k]).abs() < TOL,
+                "text {i} {label}: {p} vs {}",
+                probs[k]
+            );
+        }
+        assert_eq!(
+            line["label"], fx.json["texts"][i]["classifier"]["label"],
+            "text {i}"
+        );
+    }
+}
+
+#[test]
+fn fill_mask_top5_matches_reference() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts_file(tmp.path(), &fx.texts);
+    let out = ok(mbpipe(
+        tmp.path(),
+        &[
+            "fill-mask",
+            "--model",
+            &fx.model("mlm"),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+            "--top-k",
+            "5",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        let want = fx.top5(i);
+        let got = line["predictions"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "text {i}: one list per [MASK]");
+        for (g, w) in got.iter().zip(&want) {
+            let ids: Vec<u32> = g
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["token_id"].as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(ids, w.iter().map(|x| x.0).collect::<Vec<_>>(), "text {i}");
+            let scores: Vec<f32> = g
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["score"].as_f64().unwrap() as f32)
+                .collect();
+            assert_close(
+                &scores,
+                &w.iter().map(|x| x.1).collect::<Vec<_>>(),
+                TOL,
+                &format!("text {i} scores"),
+            );
+        }
+    }
+}
+
+#[test]
+fn embed_one_text_matches_reference_mean_and_cls() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    for (pooling, key) in [("mean", "mean"), ("cls", "cls")] {
+        let out = ok(mbpipe(
+            tmp.path(),
+            &[
+                "embed",
+                "--model",
+                &fx.model("mlm"),
+                "--pooling",
+                pooling,
+                "--json",
+                &fx.texts[6],
+            ],
+        ));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let got: Vec<f32> = serde_json::from_value(v["embedding"].clone()).unwrap();
+        assert_close(&got, &fx.vec(&format!("{key}.6")).unwrap(), TOL, pooling);
+    }
+    let out = ok(mbpipe(
+        tmp.path(),
+        &[
+            "embed",
+            "--model",
+            &fx.model("mlm"),
+            "--normalize",
+            "--json",
+            &fx.texts[6],
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let got: Vec<f32> = serde_json::from_value(v["embedding"].clone()).unwrap();
+    let mean = fx.vec("mean.6").unwrap();
+    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert_close(
+        &got,
+        &mean.iter().map(|x| x / norm).collect::<Vec<_>>(),
+        TOL,
+        "normalized",
+    );
+}
+
+#[test]
+fn bad_input_line_is_named() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("bad.jsonl"),
+        "{\"text\": \"ok\"}\n{\"text\": 5}\n",
+    )
+    .unwrap();
+    let o = mbpipe(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            &fx.model("classifier"),
+            "--input",
+            "bad.jsonl",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("bad.jsonl:2: field `text` must be a string, found a number"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn missing_model_directory_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = mbpipe(
+        tmp.path(),
+        &["classify", "--model", "./no/such/model", "hello"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no/such/model"), "{}", stderr(&o));
+}
