@@ -183,13 +183,14 @@ impl ModernBertConfig {
                 }
             }
         }
-        if raw.num_attention_heads == 0 || raw.hidden_size % raw.num_attention_heads != 0 {
+        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 raw.hidden_size, raw.num_attention_heads
             ));
         }
-        if (raw.hidden_size / raw.num_attention_heads) % 2 != 0 {
+        if !(raw.hidden_size / raw.num_attention_heads).is_multiple_of(2) {
             return Err("head dimension must be even for rotary embeddings".into());
         }
         let layers = layer_plan(&raw)?;

@@ -34,6 +34,6 @@ pub use device::{DeviceSpec, Precision};
 pub use error::{ModelError, Result};
 pub use files::{ModelFiles, ModelRef, SentenceTransformersConfig};
 pub use heads::{argmax, scores_from_logits, top_k};
-pub use model::ModernBert;
+pub use model::{MaskPredictions, ModernBert};
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;

@@ -11,6 +11,9 @@ use crate::heads::{pool, top_k, PredictionHead};
 use crate::layers::Linear;
 use crate::weights::Weights;
 
+/// Fill-mask output of one sequence: per [MASK], the top tokens `(token_id, probability)`.
+pub type MaskPredictions = Vec<Vec<(u32, f32)>>;
+
 /// A ModernBERT model ready to run packed batches.
 pub struct ModernBert {
     config: ModernBertConfig,
@@ -160,7 +163,7 @@ impl ModernBert {
         batch: &PackedBatch,
         mask_token_id: u32,
         k: usize,
-    ) -> Result<Vec<Vec<Vec<(u32, f32)>>>> {
+    ) -> Result<Vec<MaskPredictions>> {
         let per_seq = Self::positions_of(batch, mask_token_id);
         let rows: Vec<u32> = per_seq.iter().flatten().copied().collect();
         if rows.is_empty() {

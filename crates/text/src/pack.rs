@@ -20,7 +20,7 @@ where
 {
     let mut items: Vec<(K, &[u32])> = sequences.into_iter().collect();
     // Stable sort keeps input order among equal lengths, so packing is deterministic.
-    items.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    items.sort_by_key(|item| std::cmp::Reverse(item.1.len()));
     let mut out = Vec::new();
     let mut current = Packed {
         keys: Vec::new(),
