@@ -432,3 +432,21 @@ fn invalid_pipelines_exit_with_code_2_and_say_why() {
         }
     }
 }
+
+#[test]
+fn shipped_pipelines_validate_offline_up_to_the_download() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("pipelines"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3);
+    for f in files {
+        let o = mbpipe(root, &["validate", f.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", f.display(), stderr(&o));
+        let out = crate::util::stdout(&o);
+        assert!(out.contains("ok: input"), "{}: {out}", f.display());
+    }
+}
