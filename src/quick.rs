@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use mbpipe_model::{argmax, scores_from_logits, Pooling, Tensor};
 use mbpipe_pipeline::engine::{configure_threads, LoadedModel};
+use mbpipe_pipeline::tasks::l2_normalize;
 use mbpipe_text::{pack_by_length, TextEncoder};
 use serde_json::json;
 
@@ -254,16 +255,4 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
             if e.len() > 8 { ", ..." } else { "" }
         )
     }))
-}
-
-/// Scales a vector to unit length (a zero vector stays zero).
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v
-        .iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
-    }
 }
