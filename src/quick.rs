@@ -68,17 +68,8 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Loads the model, tokenizes every text and runs packed batches; `per_batch` turns one batch's
-/// hidden states into one output per sequence, returned in input order.
-fn run_packed<T: Clone>(
-    args: &QuickArgs,
-    texts: &[String],
-    mut per_batch: impl FnMut(
-        &LoadedModel,
-        &Tensor,
-        &mbpipe_model::PackedBatch,
-    ) -> anyhow::Result<Vec<T>>,
-) -> anyhow::Result<(LoadedModel, Vec<T>)> {
+/// Loads `--model` onto the first `--device`.
+fn load_model(args: &QuickArgs) -> anyhow::Result<LoadedModel> {
     configure_threads(args.runtime.threads);
     let device = *args
         .runtime
@@ -86,7 +77,26 @@ fn run_packed<T: Clone>(
         .0
         .first()
         .expect("clap gives at least one device, this is a bug");
-    let loaded = LoadedModel::load(&args.model, None, device, args.runtime.dtype)?;
+    Ok(LoadedModel::load(
+        &args.model,
+        None,
+        device,
+        args.runtime.dtype,
+    )?)
+}
+
+/// Tokenizes every text and runs packed batches; `per_batch` turns one batch's hidden states
+/// into one output per sequence, returned in input order.
+fn run_packed<T: Clone>(
+    args: &QuickArgs,
+    loaded: &LoadedModel,
+    texts: &[String],
+    mut per_batch: impl FnMut(
+        &LoadedModel,
+        &Tensor,
+        &mbpipe_model::PackedBatch,
+    ) -> anyhow::Result<Vec<T>>,
+) -> anyhow::Result<Vec<T>> {
     let max_length = args
         .max_length
         .unwrap_or(loaded.model.config().max_position_embeddings);
@@ -110,7 +120,7 @@ fn run_packed<T: Clone>(
         for (key, out) in packed
             .keys
             .iter()
-            .zip(per_batch(&loaded, &hidden, &packed.batch)?)
+            .zip(per_batch(loaded, &hidden, &packed.batch)?)
         {
             results[*key] = Some(out);
         }
@@ -119,7 +129,7 @@ fn run_packed<T: Clone>(
         .into_iter()
         .map(|r| r.expect("every text was packed once, this is a bug"))
         .collect();
-    Ok((loaded, results))
+    Ok(results)
 }
 
 fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<u8> {
@@ -134,7 +144,8 @@ fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<u8> {
 pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
     let texts = read_texts(&a.common)?;
     let mut mask_id = None;
-    let (loaded, preds) = run_packed(&a.common, &texts, |m, hidden, batch| {
+    let loaded = load_model(&a.common)?;
+    let preds = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
         let id = *mask_id.get_or_insert(m.special_token("[MASK]")?);
         Ok(m.model.fill_mask(hidden, batch, id, a.top_k)?)
     })?;
@@ -175,7 +186,8 @@ pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
 /// `mbpipe classify`.
 pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
     let texts = read_texts(&a.common)?;
-    let (loaded, logits) = run_packed(&a.common, &texts, |m, hidden, batch| {
+    let loaded = load_model(&a.common)?;
+    let logits = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
         Ok(m.model.classify(hidden, batch)?.to_vec2::<f32>()?)
     })?;
     let config = loaded.model.config();
@@ -216,11 +228,11 @@ pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
 /// `mbpipe embed`.
 pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
     let mut texts = read_texts(&a.common)?;
-    // The prefix needs the model's sentence-transformers config, which the load below reads
-    // again; reading it twice is cheap and keeps loading in one place.
-    let model_ref = mbpipe_model::ModelRef::parse(&a.common.model, None)?;
-    let st = mbpipe_model::ModelFiles::resolve(&model_ref)?
+    let loaded = load_model(&a.common)?;
+    let st = loaded
+        .files
         .sentence_transformers
+        .clone()
         .unwrap_or_default();
     let prefix = a
         .prefix
@@ -232,7 +244,7 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
     }
     let pooling = a.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
     let normalize = a.normalize || st.normalize;
-    let (_, embeddings) = run_packed(&a.common, &texts, |m, hidden, batch| {
+    let embeddings = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
         let mut rows = m.model.pool(hidden, batch, pooling)?.to_vec2::<f32>()?;
         if normalize {
             rows.iter_mut().for_each(|r| l2_normalize(r));
