@@ -1,5 +1,6 @@
 //! Turning an input spec (file, directory or glob) into a sorted list of typed files.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::IoError;
@@ -34,6 +35,25 @@ pub struct InputFile {
     pub path: PathBuf,
     /// How to read it.
     pub format: InputFormat,
+    /// Only these rows (0-based row indices of the file; JSON lines count non-blank lines);
+    /// `None` reads the whole file. Shards and resumed runs read part of a file.
+    pub rows: Option<Range<u64>>,
+}
+
+impl InputFile {
+    /// The whole file at `path`.
+    pub fn new(path: PathBuf, format: InputFormat) -> Self {
+        Self {
+            path,
+            format,
+            rows: None,
+        }
+    }
+
+    /// The first row this file is read from.
+    pub fn first_row(&self) -> u64 {
+        self.rows.as_ref().map_or(0, |r| r.start)
+    }
 }
 
 /// Detects the format from the file name, or `None` when the extension is unknown.
@@ -75,10 +95,7 @@ pub fn expand_inputs(spec: &str) -> Result<Vec<InputFile>, IoError> {
         let format = detect_format(path).ok_or_else(|| IoError::UnknownExtension {
             path: path.to_path_buf(),
         })?;
-        vec![InputFile {
-            path: path.to_path_buf(),
-            format,
-        }]
+        vec![InputFile::new(path.to_path_buf(), format)]
     } else if spec.contains(['*', '?', '[']) {
         expand_glob(spec)?
     } else {
@@ -140,7 +157,7 @@ fn visible_input(path: PathBuf) -> Option<InputFile> {
         return None;
     }
     let format = detect_format(&path)?;
-    Some(InputFile { path, format })
+    Some(InputFile::new(path, format))
 }
 
 #[cfg(test)]

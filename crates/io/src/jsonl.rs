@@ -42,6 +42,16 @@ fn open_reader(path: &Path, compression: Compression) -> Result<Box<dyn BufRead 
 /// A non-blank line: its 1-based number and its text, or why it is not valid UTF-8.
 pub(crate) type Line<'a> = (u64, Result<&'a str, String>);
 
+/// The number of rows (non-blank lines) of a JSON lines file, read as a stream.
+pub(crate) fn count_rows(path: &Path, compression: Compression) -> Result<u64, IoError> {
+    let mut lines = LineReader::open(path, compression)?;
+    let mut rows = 0;
+    while lines.next_line()?.is_some() {
+        rows += 1;
+    }
+    Ok(rows)
+}
+
 /// Splits a stream into non-blank lines, keeping physical line numbers.
 pub(crate) struct LineReader {
     path: PathBuf,
@@ -177,14 +187,17 @@ pub(crate) struct JsonlReader {
     pending: Vec<(Range<usize>, u64)>,
     /// Row index of the first pending row; pending rows are always contiguous.
     pending_first_row: u64,
+    /// The rows to read; the others are counted but not parsed.
+    rows: Range<u64>,
 }
 
 impl JsonlReader {
-    /// Opens file number `file` for reading into `schema`.
+    /// Opens file number `file` for reading `rows` (all when `None`) into `schema`.
     pub(crate) fn open(
         file: usize,
         path: &Path,
         compression: Compression,
+        rows: Option<Range<u64>>,
         schema: SchemaRef,
         opts: Arc<SourceOptions>,
     ) -> Result<Self, IoError> {
@@ -200,6 +213,7 @@ impl JsonlReader {
             buf: Vec::new(),
             pending: Vec::new(),
             pending_first_row: 0,
+            rows: rows.unwrap_or(0..u64::MAX),
         })
     }
 
@@ -210,12 +224,19 @@ impl JsonlReader {
         out: &mut VecDeque<Result<SourceItem, IoError>>,
     ) -> Result<bool, IoError> {
         loop {
+            if self.next_row >= self.rows.end {
+                self.flush(out)?;
+                return Ok(false);
+            }
             let Some((line, text)) = self.lines.next_line()? else {
                 self.flush(out)?;
                 return Ok(false);
             };
             let row = self.next_row;
             self.next_row += 1;
+            if row < self.rows.start {
+                continue;
+            }
             match text.and_then(|t| validate(t, &self.opts).map(|()| t)) {
                 Ok(text) => {
                     if self.pending.is_empty() {

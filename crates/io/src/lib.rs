@@ -23,12 +23,14 @@ mod parquet_source;
 mod schema;
 mod sink;
 mod source;
+mod split;
 #[cfg(test)]
 mod tests;
 
 pub use error::IoError;
 pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat};
 pub use schema::unified_schema;
+pub use split::shard_files;
 pub use sink::{
     part_file_name, write_atomic, OutputFormat, PartWriter, RejectsWriter, REJECTS_FILE,
 };

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +34,17 @@ fn open_builder(path: &Path) -> Result<Option<ParquetRecordBatchReaderBuilder<Fi
         })
 }
 
+/// The row count of each row group of a Parquet file (footer only); empty for a zero-byte file.
+pub(crate) fn row_group_rows(path: &Path) -> Result<Vec<u64>, IoError> {
+    Ok(open_builder(path)?.map_or_else(Vec::new, |b| {
+        b.metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .collect()
+    }))
+}
+
 /// The Arrow schema stored in a Parquet file (footer only, no data read).
 pub(crate) fn file_schema(path: &Path) -> Result<Option<SchemaRef>, IoError> {
     Ok(open_builder(path)?.map(|b| b.schema().clone()))
@@ -49,13 +61,16 @@ pub(crate) struct ParquetReader {
 }
 
 impl ParquetReader {
-    /// Opens file number `file`, reading only the columns `schema` needs.
+    /// Opens file number `file`, reading only the columns `schema` needs and only `rows`
+    /// (all when `None`).
     pub(crate) fn open(
         file: usize,
         path: &Path,
+        rows: Option<Range<u64>>,
         schema: SchemaRef,
         opts: Arc<SourceOptions>,
     ) -> Result<Self, IoError> {
+        let first_row = rows.as_ref().map_or(0, |r| r.start);
         let reader = match open_builder(path)? {
             None => None,
             Some(builder) => {
@@ -69,8 +84,14 @@ impl ParquetReader {
                     .map(|(i, _)| i)
                     .collect();
                 let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+                let mut builder = builder.with_projection(mask);
+                if let Some(r) = &rows {
+                    // Offset and limit become a row selection: skipped pages are not decoded.
+                    builder = builder
+                        .with_offset(r.start as usize)
+                        .with_limit(r.end.saturating_sub(r.start) as usize);
+                }
                 let reader = builder
-                    .with_projection(mask)
                     .with_batch_size(opts.batch_rows)
                     .build()
                     .map_err(|source| IoError::Parquet {
@@ -86,7 +107,7 @@ impl ParquetReader {
             reader,
             schema,
             opts,
-            next_row: 0,
+            next_row: first_row,
         })
     }
 

@@ -155,12 +155,12 @@ mod tests {
     fn jsonl(dir: &Path, name: &str, text: &str) -> InputFile {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
-        InputFile {
+        InputFile::new(
             path,
-            format: InputFormat::JsonLines {
+            InputFormat::JsonLines {
                 compression: Compression::None,
             },
-        }
+        )
     }
 
     #[test]

@@ -118,7 +118,17 @@ impl PartWriter {
         schema: SchemaRef,
         format: OutputFormat,
     ) -> Result<Self, IoError> {
-        let dest = dir.join(part_file_name(index, format));
+        Self::create_named(dir, &part_file_name(index, format), schema, format)
+    }
+
+    /// Starts `dir/.NAME.tmp`, renamed to `dir/NAME` by [`PartWriter::finish`].
+    pub fn create_named(
+        dir: &Path,
+        name: &str,
+        schema: SchemaRef,
+        format: OutputFormat,
+    ) -> Result<Self, IoError> {
+        let dest = dir.join(name);
         let tmp = temp_path(&dest);
         let file = File::create(&tmp).map_err(|source| IoError::Open {
             path: tmp.clone(),
@@ -225,7 +235,12 @@ pub struct RejectsWriter {
 impl RejectsWriter {
     /// Opens (creating or appending to) `dir/_rejects.jsonl`.
     pub fn create(dir: &Path) -> Result<Self, IoError> {
-        let path = dir.join(REJECTS_FILE);
+        Self::create_named(dir, REJECTS_FILE)
+    }
+
+    /// Opens (creating or appending to) `dir/NAME`, e.g. a shard's own rejects log.
+    pub fn create_named(dir: &Path, name: &str) -> Result<Self, IoError> {
+        let path = dir.join(name);
         let file = OpenOptions::new()
             .create(true)
             .append(true)

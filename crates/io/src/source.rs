@@ -166,11 +166,22 @@ impl Source {
                     let (schema, opts) = (self.schema.clone(), self.opts.clone());
                     self.current.insert(match file.format {
                         InputFormat::Parquet => FileReader::Parquet(ParquetReader::open(
-                            index, &file.path, schema, opts,
+                            index,
+                            &file.path,
+                            file.rows.clone(),
+                            schema,
+                            opts,
                         )?),
-                        InputFormat::JsonLines { compression } => FileReader::Jsonl(
-                            JsonlReader::open(index, &file.path, compression, schema, opts)?,
-                        ),
+                        InputFormat::JsonLines { compression } => {
+                            FileReader::Jsonl(JsonlReader::open(
+                                index,
+                                &file.path,
+                                compression,
+                                file.rows.clone(),
+                                schema,
+                                opts,
+                            )?)
+                        }
                     })
                 }
             };
