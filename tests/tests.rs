@@ -2,4 +2,5 @@
 
 mod pipeline;
 mod quick;
+mod reliability;
 mod util;

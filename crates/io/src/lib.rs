@@ -30,10 +30,10 @@ mod tests;
 pub use error::IoError;
 pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat};
 pub use schema::unified_schema;
-pub use split::shard_files;
 pub use sink::{
     part_file_name, write_atomic, OutputFormat, PartWriter, RejectsWriter, REJECTS_FILE,
 };
 pub use source::{
     open_source, OnError, Rejection, RowOrigin, Source, SourceBatch, SourceItem, SourceOptions,
 };
+pub use split::shard_files;

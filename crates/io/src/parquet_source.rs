@@ -91,13 +91,14 @@ impl ParquetReader {
                         .with_offset(r.start as usize)
                         .with_limit(r.end.saturating_sub(r.start) as usize);
                 }
-                let reader = builder
-                    .with_batch_size(opts.batch_rows)
-                    .build()
-                    .map_err(|source| IoError::Parquet {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+                let reader =
+                    builder
+                        .with_batch_size(opts.batch_rows)
+                        .build()
+                        .map_err(|source| IoError::Parquet {
+                            path: path.to_path_buf(),
+                            source,
+                        })?;
                 Some(reader)
             }
         };

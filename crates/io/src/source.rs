@@ -153,38 +153,35 @@ impl Source {
 
     /// Opens the next file or reads more of the current one into the queue.
     fn step(&mut self) -> Result<(), IoError> {
-        let reader =
-            match &mut self.current {
-                Some(r) => r,
-                None => {
-                    let Some(file) = self.files.get(self.next_file) else {
-                        self.done = true;
-                        return Ok(());
-                    };
-                    let index = self.next_file;
-                    self.next_file += 1;
-                    let (schema, opts) = (self.schema.clone(), self.opts.clone());
-                    self.current.insert(match file.format {
-                        InputFormat::Parquet => FileReader::Parquet(ParquetReader::open(
-                            index,
-                            &file.path,
-                            file.rows.clone(),
-                            schema,
-                            opts,
-                        )?),
-                        InputFormat::JsonLines { compression } => {
-                            FileReader::Jsonl(JsonlReader::open(
-                                index,
-                                &file.path,
-                                compression,
-                                file.rows.clone(),
-                                schema,
-                                opts,
-                            )?)
-                        }
-                    })
-                }
-            };
+        let reader = match &mut self.current {
+            Some(r) => r,
+            None => {
+                let Some(file) = self.files.get(self.next_file) else {
+                    self.done = true;
+                    return Ok(());
+                };
+                let index = self.next_file;
+                self.next_file += 1;
+                let (schema, opts) = (self.schema.clone(), self.opts.clone());
+                self.current.insert(match file.format {
+                    InputFormat::Parquet => FileReader::Parquet(ParquetReader::open(
+                        index,
+                        &file.path,
+                        file.rows.clone(),
+                        schema,
+                        opts,
+                    )?),
+                    InputFormat::JsonLines { compression } => FileReader::Jsonl(JsonlReader::open(
+                        index,
+                        &file.path,
+                        compression,
+                        file.rows.clone(),
+                        schema,
+                        opts,
+                    )?),
+                })
+            }
+        };
         let more = match reader {
             FileReader::Jsonl(r) => r.fill(&mut self.queue)?,
             FileReader::Parquet(r) => r.fill(&mut self.queue)?,

@@ -84,9 +84,7 @@ fn snap(layouts: &[FileLayout], position: u64) -> u64 {
             let local = position - offset;
             return match &l.cuts {
                 None => position,
-                Some(cuts) => {
-                    offset + cuts.iter().copied().find(|&c| c >= local).unwrap_or(l.rows)
-                }
+                Some(cuts) => offset + cuts.iter().copied().find(|&c| c >= local).unwrap_or(l.rows),
             };
         }
         offset += l.rows;

@@ -634,7 +634,11 @@ fn shards_partition_the_input_in_order_at_row_groups() {
                     assert!(r.start % 4 == 0 && (r.end % 4 == 0 || r.end == 10), "{r:?}");
                 }
             }
-            all.extend(read_ids(part, schema.clone()).into_iter().flat_map(|(_, ids)| ids));
+            all.extend(
+                read_ids(part, schema.clone())
+                    .into_iter()
+                    .flat_map(|(_, ids)| ids),
+            );
         }
         assert_eq!(all, (0..20).collect::<Vec<i64>>(), "{n} shards");
     }

@@ -63,6 +63,9 @@ pub struct OutputSection {
     /// `parquet` (default, zstd) or `arrow` (Arrow IPC files).
     #[serde(default)]
     pub format: OutputFormatSetting,
+    /// Rows per part file (default 100,000). Smaller parts commit more often, so a crash or an
+    /// interrupt loses less work.
+    pub part_rows: Option<u64>,
 }
 
 /// `[output] format`.

@@ -25,6 +25,7 @@ mod error;
 pub mod output;
 mod progress;
 mod query;
+mod resume;
 mod rows;
 mod runner;
 mod shard;

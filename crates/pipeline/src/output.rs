@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -11,9 +12,12 @@ use mbpipe_io::{OutputFormat, PartWriter};
 use serde::Serialize;
 
 use crate::error::PipelineError;
+use crate::resume::{Journal, OutputNames};
 
-/// Rows per part file at most; a part never spans two input files.
+/// Default rows per part file; a part never spans two input files.
 pub const PART_ROWS: u64 = 100_000;
+/// A part is committed after this long even when short, so a crash loses at most this much work.
+const PART_SECONDS: u64 = 120;
 
 /// One output window and the input rows it covers.
 pub struct OutputChunk {
@@ -25,6 +29,8 @@ pub struct OutputChunk {
     pub input_rows: u64,
     /// Output rows.
     pub batch: RecordBatch,
+    /// Real tokens computed for them.
+    pub tokens: u64,
 }
 
 /// A committed part file and the input range it covers.
@@ -40,6 +46,9 @@ pub struct PartRecord {
     pub input_rows: u64,
     /// Rows in the part.
     pub rows: u64,
+    /// Real tokens computed for the part's rows.
+    #[serde(default)]
+    pub tokens: u64,
 }
 
 /// Writes parts on a thread of its own so Parquet encoding overlaps inference.
@@ -49,49 +58,67 @@ pub struct PartSink {
 }
 
 impl PartSink {
-    /// Starts the writer; `inputs` names input files by index for the records.
+    /// Starts the writer; `inputs` names input files by index for the records. Each committed
+    /// part is recorded in `journal` with its sequence number, counting from `first_seq`.
     pub fn start(
         dir: PathBuf,
         schema: SchemaRef,
-        format: OutputFormat,
+        layout: PartLayout,
         inputs: Vec<String>,
-        first_index: u64,
+        mut journal: Journal,
+        first_seq: u64,
     ) -> Self {
         let (tx, rx) = sync_channel::<OutputChunk>(2);
         let handle = std::thread::Builder::new()
             .name("mbpipe-writer".into())
             .spawn(move || {
                 let mut parts = Vec::new();
-                let mut current: Option<(PartWriter, PartRecord)> = None;
-                let mut next_index = first_index;
+                let mut current: Option<OpenPart> = None;
+                let mut seq = first_seq;
+                let mut commit = |part: OpenPart, parts: &mut Vec<PartRecord>| {
+                    part.writer.finish()?;
+                    journal.append(part.seq, &part.record)?;
+                    parts.push(part.record);
+                    Ok::<_, PipelineError>(())
+                };
                 for chunk in rx {
-                    let continues = current.as_ref().is_some_and(|(w, r)| {
-                        r.input == inputs[chunk.file]
-                            && r.first_row + r.input_rows == chunk.first_input_row
-                            && w.rows() < PART_ROWS
+                    let continues = current.as_ref().is_some_and(|p| {
+                        p.record.input == inputs[chunk.file]
+                            && p.record.first_row + p.record.input_rows == chunk.first_input_row
+                            && p.writer.rows() < layout.part_rows
+                            && p.opened.elapsed().as_secs() < PART_SECONDS
                     });
                     if !continues {
-                        if let Some((w, r)) = current.take() {
-                            parts.push(commit(w, r)?);
+                        if let Some(p) = current.take() {
+                            commit(p, &mut parts)?;
                         }
-                        let writer = PartWriter::create(&dir, next_index, schema.clone(), format)?;
+                        let name = layout.names.part(seq, layout.format);
+                        let writer =
+                            PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
                         let record = PartRecord {
-                            file: mbpipe_io::part_file_name(next_index, format),
+                            file: name,
                             input: inputs[chunk.file].clone(),
                             first_row: chunk.first_input_row,
                             input_rows: 0,
                             rows: 0,
+                            tokens: 0,
                         };
-                        next_index += 1;
-                        current = Some((writer, record));
+                        current = Some(OpenPart {
+                            writer,
+                            record,
+                            seq,
+                            opened: Instant::now(),
+                        });
+                        seq += 1;
                     }
-                    let (w, r) = current.as_mut().expect("a part is open, this is a bug");
-                    w.write(&chunk.batch)?;
-                    r.input_rows += chunk.input_rows;
-                    r.rows += chunk.batch.num_rows() as u64;
+                    let p = current.as_mut().expect("a part is open, this is a bug");
+                    p.writer.write(&chunk.batch)?;
+                    p.record.input_rows += chunk.input_rows;
+                    p.record.rows += chunk.batch.num_rows() as u64;
+                    p.record.tokens += chunk.tokens;
                 }
-                if let Some((w, r)) = current.take() {
-                    parts.push(commit(w, r)?);
+                if let Some(p) = current.take() {
+                    commit(p, &mut parts)?;
                 }
                 Ok(parts)
             })
@@ -131,9 +158,23 @@ impl Drop for PartSink {
     }
 }
 
-fn commit(writer: PartWriter, record: PartRecord) -> Result<PartRecord, PipelineError> {
-    writer.finish()?;
-    Ok(record)
+/// How part files are named, encoded and cut.
+#[derive(Debug, Clone, Copy)]
+pub struct PartLayout {
+    /// Names of this run's files.
+    pub names: OutputNames,
+    /// Parquet or Arrow IPC.
+    pub format: OutputFormat,
+    /// Rows per part (a part closes at the first window boundary past this).
+    pub part_rows: u64,
+}
+
+/// The part being written.
+struct OpenPart {
+    writer: PartWriter,
+    record: PartRecord,
+    seq: u64,
+    opened: Instant,
 }
 
 /// `_manifest.json`: what a finished run computed, from what, and how fast.
@@ -186,18 +227,11 @@ pub struct ModelRecord {
 pub fn write_manifest(
     dir: &Path,
     manifest: &Manifest,
-    shard: Option<(usize, usize)>,
+    names: OutputNames,
 ) -> Result<(), PipelineError> {
-    let (name, marker) = match shard {
-        Some((i, n)) => (
-            format!("_manifest.shard-{i}-of-{n}.json"),
-            format!("_SUCCESS.shard-{i}-of-{n}"),
-        ),
-        None => ("_manifest.json".to_string(), "_SUCCESS".to_string()),
-    };
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|e| PipelineError::Run(e.to_string()))?;
-    mbpipe_io::write_atomic(&dir.join(name), &json)?;
-    mbpipe_io::write_atomic(&dir.join(marker), b"")?;
+    mbpipe_io::write_atomic(&dir.join(names.manifest()), &json)?;
+    mbpipe_io::write_atomic(&dir.join(names.success()), b"")?;
     Ok(())
 }

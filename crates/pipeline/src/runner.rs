@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,9 +26,10 @@ use crate::columns::{task_columns, RowValue};
 use crate::config::{OnErrorSetting, OutputFormatSetting};
 use crate::engine::{configure_threads, LoadedModel};
 use crate::error::PipelineError;
-use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartSink};
+use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartLayout, PartSink};
 use crate::progress::Progress;
 use crate::query::InputQuery;
+use crate::resume::{self, FileStamp, Fingerprint, ModelStamp, OutputNames};
 use crate::rows::{check_text_columns, row_texts};
 use crate::tasks::{BoundTask, InputVariant, TaskBatchOutput, TaskBatchRow};
 use crate::validate::Pipeline;
@@ -94,9 +96,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     configure_threads(opts.threads);
     let pipeline = Pipeline::load(&opts.pipeline)?;
     let shard = crate::shard::parse(opts.shard.as_deref())?;
-    let files = expand_inputs(&pipeline.input.path)?;
-    let files = crate::shard::select(files, shard);
-    let input_schema = unified_schema(&files)?;
+    let names = OutputNames { shard };
+    let all_files = expand_inputs(&pipeline.input.path)?;
+    // One schema for every shard, so their union is one table.
+    let input_schema = unified_schema(&all_files)?;
     let query = pipeline
         .input
         .query
@@ -109,10 +112,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     check_text_columns(&pipeline.input.text, &row_schema)?;
 
     let out_dir = pipeline.output_dir.clone();
-    let marker = match shard {
-        Some((i, n)) => out_dir.join(format!("_SUCCESS.shard-{i}-of-{n}")),
-        None => out_dir.join("_SUCCESS"),
-    };
+    let marker = out_dir.join(names.success());
     if opts.overwrite && out_dir.exists() {
         std::fs::remove_dir_all(&out_dir)
             .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", out_dir.display())))?;
@@ -130,12 +130,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             already_complete: true,
         });
     }
-    if shard.is_none() && out_dir.is_dir() && has_parts(&out_dir) {
-        return Err(PipelineError::Invalid(format!(
-            "{} already holds part files of an unfinished run; use --overwrite to start over",
-            out_dir.display()
-        )));
-    }
+    let files = match shard {
+        Some((i, n)) => mbpipe_io::shard_files(&all_files, i, n)?,
+        None => all_files.clone(),
+    };
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| PipelineError::Run(format!("cannot create {}: {e}", out_dir.display())))?;
 
@@ -163,6 +161,29 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             .expect("key comes from a task, this is a bug");
         resolved.push((t.model.clone(), ModelFiles::resolve(&t.model)?));
     }
+    let fingerprint = Fingerprint {
+        pipeline: pipeline.source.clone(),
+        dtype: opts.precision.to_string(),
+        models: pipeline
+            .tasks
+            .iter()
+            .zip(&task_model)
+            .map(|(t, &m)| model_stamp(&t.name, &resolved[m].0, &resolved[m].1))
+            .collect::<Result<_, _>>()?,
+        inputs: all_files
+            .iter()
+            .map(|f| FileStamp::of(&f.path))
+            .collect::<Result<_, _>>()?,
+    };
+    let (journal, resumed) = resume::open(&out_dir, names, &fingerprint)?;
+    if let Some((input, row)) = resumed.position() {
+        eprintln!(
+            "mbpipe: resuming: {} committed part file(s) kept; continuing from {input} row {row}",
+            resumed.parts.len()
+        );
+    }
+    let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    let files = resume::remaining_inputs(files, &resumed)?;
     let mut replicas: Vec<Vec<LoadedModel>> = Vec::new();
     for device in &opts.devices {
         let dev = device.open()?;
@@ -228,13 +249,17 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
     };
     let input_names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-    let first_part_index = shard.map_or(0, |(i, _)| (i as u64) << 32);
     let sink = PartSink::start(
         out_dir.clone(),
         out_schema.clone(),
-        format,
-        input_names.clone(),
-        first_part_index,
+        PartLayout {
+            names,
+            format,
+            part_rows: pipeline.part_rows,
+        },
+        input_names,
+        journal,
+        resumed.next_seq,
     );
 
     // Reader thread.
@@ -257,7 +282,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         files,
         input_schema.clone(),
         SourceOptions {
-            batch_rows: WINDOW_ROWS,
+            // Small parts need small windows: a part closes only between windows.
+            batch_rows: WINDOW_ROWS.min(pipeline.part_rows as usize).max(1),
             on_error,
             string_columns,
             ..Default::default()
@@ -275,6 +301,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         })
         .map_err(|e| PipelineError::Run(format!("cannot start the reader: {e}")))?;
 
+    let stop = stop_on_signals()?;
     let tasks = Arc::new(tasks);
     let pool = WorkerPool::start(replicas, Arc::clone(&tasks));
     let mut rejects: Option<RejectsWriter> = None;
@@ -292,13 +319,20 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         pool: &pool,
         max_batch_tokens: opts.max_batch_tokens.max(1),
     };
+    let mut interrupted = false;
     let result = (|| -> Result<(), PipelineError> {
         for item in src_rx {
+            if stop.load(Ordering::Relaxed) {
+                interrupted = true;
+                break;
+            }
             match item? {
                 SourceItem::Rejected(rej) => {
                     let w = match &mut rejects {
                         Some(w) => w,
-                        None => rejects.insert(RejectsWriter::create(&out_dir)?),
+                        None => {
+                            rejects.insert(RejectsWriter::create_named(&out_dir, &names.rejects())?)
+                        }
                     };
                     w.write(&rej)?;
                     progress.rejected(1);
@@ -318,6 +352,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                         first_input_row: sb.first_row,
                         input_rows,
                         batch,
+                        tokens: window_tokens,
                     })?;
                 }
             }
@@ -328,20 +363,31 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let _ = reader.join();
     let finished = sink.finish();
     result?;
-    let parts = finished?;
+    let new_parts = finished?;
     let run_seconds = run_start.elapsed().as_secs_f64();
-    let rejected = rejects.as_ref().map_or(0, |r| r.count());
+    let rejected = resumed.rejected + rejects.as_ref().map_or(0, |r| r.count());
     progress.finish();
+    let kept = resumed.parts.len();
+    let parts: Vec<_> = resumed.parts.into_iter().chain(new_parts).collect();
+    let total_rows: u64 = parts.iter().map(|p| p.rows).sum();
+    let total_tokens: u64 = parts.iter().map(|p| p.tokens).sum();
+    if interrupted {
+        return Err(PipelineError::Interrupted(format!(
+            "interrupted: {total_rows} rows are committed in {} part file(s) of {}; run the same command again to resume",
+            parts.len(),
+            out_dir.display()
+        )));
+    }
     let manifest = Manifest {
         mbpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.source.clone(),
         models: model_records,
-        inputs: input_names,
+        inputs: shard_inputs,
         shard: shard.map(|(i, n)| format!("{i}/{n}")),
         parts: parts.clone(),
-        rows: rows_written,
+        rows: total_rows,
         rejected,
-        tokens,
+        tokens: total_tokens,
         padding_fraction: 0.0,
         load_seconds,
         run_seconds,
@@ -354,10 +400,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             .join(","),
         dtype: opts.precision.to_string(),
     };
-    write_manifest(&out_dir, &manifest, shard)?;
+    write_manifest(&out_dir, &manifest, names)?;
+    resume::finish(&out_dir, names);
     eprintln!(
-        "mbpipe: {rows_written} rows{} , {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
-        if rejected > 0 { format!(" ({rejected} rejected, see _rejects.jsonl)") } else { String::new() },
+        "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
+        if kept > 0 { format!(" (after {kept} part file(s) kept from the interrupted run)") } else { String::new() },
+        if rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
         manifest.tokens_per_second,
         out_dir.display(),
         parts.len(),
@@ -371,14 +419,35 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     })
 }
 
-fn has_parts(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("part-"))
-        })
-        .unwrap_or(false)
+/// A flag that SIGINT or SIGTERM sets; the run stops at the next window and commits what is
+/// finished. A second signal exits at once (committed parts stay committed).
+fn stop_on_signals() -> Result<Arc<AtomicBool>, PipelineError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag only once the plain handler has set it.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| PipelineError::Run(format!("cannot install signal handlers: {e}")))?;
+    }
+    Ok(stop)
+}
+
+/// A task's model files, for the resume fingerprint.
+fn model_stamp(
+    task: &str,
+    model: &mbpipe_model::ModelRef,
+    files: &ModelFiles,
+) -> Result<ModelStamp, PipelineError> {
+    let paths = [&files.config, &files.tokenizer]
+        .into_iter()
+        .chain(&files.weights);
+    Ok(ModelStamp {
+        task: task.to_string(),
+        model: model.to_string(),
+        revision: files.revision.clone(),
+        files: paths.map(|p| FileStamp::of(p)).collect::<Result<_, _>>()?,
+    })
 }
 
 fn encode_groups(

@@ -1,6 +1,4 @@
-//! `--shard I/N`: a deterministic split of the input files so a scheduler can scale a run out.
-
-use mbpipe_io::InputFile;
+//! `--shard I/N`: which shard this process is; `mbpipe_io::shard_files` does the split.
 
 use crate::error::PipelineError;
 
@@ -38,19 +36,6 @@ pub fn parse(spec: Option<&str>) -> Result<Option<(usize, usize)>, PipelineError
         )));
     }
     Ok(Some((i, n)))
-}
-
-/// The files of shard `i` of `n`: every n-th file in sorted path order.
-pub fn select(files: Vec<InputFile>, shard: Option<(usize, usize)>) -> Vec<InputFile> {
-    match shard {
-        None => files,
-        Some((i, n)) => files
-            .into_iter()
-            .enumerate()
-            .filter(|(k, _)| k % n == i)
-            .map(|(_, f)| f)
-            .collect(),
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub struct Pipeline {
     pub output_dir: PathBuf,
     /// Output format.
     pub output_format: OutputFormatSetting,
+    /// Rows per part file.
+    pub part_rows: u64,
     /// Tasks in file order.
     pub tasks: Vec<TaskSpec>,
 }
@@ -161,6 +163,9 @@ impl Pipeline {
         if file.output.path.trim().is_empty() {
             return Err("[output] path is empty".into());
         }
+        if file.output.part_rows == Some(0) {
+            return Err("[output] part_rows must be at least 1".into());
+        }
         if file.tasks.is_empty() {
             return Err("the pipeline has no [[tasks]]".into());
         }
@@ -187,6 +192,7 @@ impl Pipeline {
             },
             output_dir: PathBuf::from(file.output.path),
             output_format: file.output.format,
+            part_rows: file.output.part_rows.unwrap_or(crate::output::PART_ROWS),
             tasks,
         })
     }
