@@ -1,5 +1,6 @@
 //! End-to-end tests of the `mbpipe` binary, as one test binary.
 
+mod bad_input;
 mod pipeline;
 mod quick;
 mod reliability;

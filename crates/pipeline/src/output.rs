@@ -120,6 +120,30 @@ impl PartSink {
                 if let Some(p) = current.take() {
                     commit(p, &mut parts)?;
                 }
+                if parts.is_empty() && first_seq == 0 {
+                    // No rows at all: one empty part still gives readers the schema.
+                    let name = layout.names.part(seq, layout.format);
+                    let writer =
+                        PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
+                    let record = PartRecord {
+                        file: name,
+                        input: inputs.first().cloned().unwrap_or_default(),
+                        first_row: 0,
+                        input_rows: 0,
+                        rows: 0,
+                        tokens: 0,
+                    };
+                    let opened = Instant::now();
+                    commit(
+                        OpenPart {
+                            writer,
+                            record,
+                            seq,
+                            opened,
+                        },
+                        &mut parts,
+                    )?;
+                }
                 Ok(parts)
             })
             .expect("cannot spawn the writer thread");

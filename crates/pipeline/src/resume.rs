@@ -224,8 +224,10 @@ pub struct Resumed {
 impl Resumed {
     /// Where reading restarts: the input path and row after the last committed part.
     pub fn position(&self) -> Option<(&str, u64)> {
+        // The empty part of a run without inputs names no input: nothing to resume from.
         self.parts
             .last()
+            .filter(|p| !p.input.is_empty())
             .map(|p| (p.input.as_str(), p.first_row + p.input_rows))
     }
 }

@@ -99,7 +99,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let names = OutputNames { shard };
     let all_files = expand_inputs(&pipeline.input.path)?;
     // One schema for every shard, so their union is one table.
-    let input_schema = unified_schema(&all_files)?;
+    let input_schema = with_text_columns_if_empty(unified_schema(&all_files)?, &pipeline);
     let query = pipeline
         .input
         .query
@@ -417,6 +417,22 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         tokens,
         already_complete: false,
     })
+}
+
+/// Inputs that are all empty JSON lines files have no columns at all; an empty input is a
+/// successful run with zero rows, so give it the text columns (as strings) it would have had.
+fn with_text_columns_if_empty(schema: SchemaRef, pipeline: &Pipeline) -> SchemaRef {
+    if !schema.fields().is_empty() {
+        return schema;
+    }
+    let fields: Vec<Field> = pipeline
+        .input
+        .text
+        .fields()
+        .iter()
+        .map(|name| Field::new(name.to_string(), arrow::datatypes::DataType::Utf8, true))
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// A flag that SIGINT or SIGTERM sets; the run stops at the next window and commits what is
