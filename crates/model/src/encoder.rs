@@ -9,6 +9,7 @@ use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, Linear};
+use crate::profile::timed;
 use crate::weights::Weights;
 
 /// cos/sin tables `[max_positions, head_dim / 2]` for one RoPE theta.
@@ -191,14 +192,15 @@ impl Encoder {
                 ))
             })
             .collect::<Result<_>>()?;
-        let mut hidden = self
-            .emb_norm
-            .forward(&self.tok_embeddings.index_select(&ids, 0)?)?;
+        let mut hidden = timed(0, || {
+            self.emb_norm
+                .forward(&self.tok_embeddings.index_select(&ids, 0)?)
+        })?;
         for layer in &self.layers {
             let (cos, sin) = &tables[&layer.theta_key];
             hidden = self.layer_forward(layer, &hidden, batch, cos, sin)?;
         }
-        self.final_norm.forward(&hidden)
+        timed(1, || self.final_norm.forward(&hidden))
     }
 
     fn layer_forward(
@@ -212,27 +214,33 @@ impl Encoder {
         let (t, h) = x.dims2()?;
         let heads = self.config.num_attention_heads;
         let hd = self.config.head_dim();
-        let normed = match &layer.attn_norm {
-            Some(norm) => norm.forward(x)?,
-            None => x.clone(),
-        };
+        let normed = timed(1, || match &layer.attn_norm {
+            Some(norm) => norm.forward(x),
+            None => Ok(x.clone()),
+        })?;
         // [T, 3H] -> [3, heads, T, head_dim]
-        let qkv = layer
-            .wqkv
-            .forward(&normed)?
-            .reshape((t, 3, heads, hd))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&qkv.narrow(0, 0, 1)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&qkv.narrow(0, 1, 1)?, cos, sin)?.squeeze(0)?;
-        let v = qkv.get(2)?;
-        let attn = attend(&q, &k, &v, batch, layer.kind)?; // [heads, T, hd]
-        let attn = attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?;
-        let x = (x + layer.wo.forward(&attn)?)?;
-        let normed = layer.mlp_norm.forward(&x)?;
-        let wi = layer.wi.forward(&normed)?;
+        let qkv = timed(2, || layer.wqkv.forward(&normed))?;
+        let (q, k, v) = timed(3, || -> Result<_> {
+            let qkv = qkv
+                .reshape((t, 3, heads, hd))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?;
+            let q = candle_nn::rotary_emb::rope(&qkv.narrow(0, 0, 1)?, cos, sin)?.squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope(&qkv.narrow(0, 1, 1)?, cos, sin)?.squeeze(0)?;
+            let v = qkv.get(2)?;
+            Ok((q, k, v))
+        })?;
+        let attn = timed(4, || attend(&q, &k, &v, batch, layer.kind))?; // [heads, T, hd]
+        let x = timed(5, || -> Result<_> {
+            let attn = attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?;
+            Ok((x + layer.wo.forward(&attn)?)?)
+        })?;
+        let normed = timed(1, || layer.mlp_norm.forward(&x))?;
+        let wi = timed(6, || layer.wi.forward(&normed))?;
         let inter = self.config.intermediate_size;
-        let gated = (wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?;
-        Ok((x + layer.mlp_wo.forward(&gated)?)?)
+        let gated = timed(7, || -> Result<_> {
+            Ok((wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?)
+        })?;
+        timed(8, || Ok((x + layer.mlp_wo.forward(&gated)?)?))
     }
 }

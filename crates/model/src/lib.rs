@@ -15,6 +15,8 @@
 
 mod attention;
 mod batch;
+#[doc(hidden)]
+pub mod bf16_gemm;
 mod config;
 mod device;
 mod encoder;
@@ -24,6 +26,8 @@ mod heads;
 mod hub;
 mod layers;
 mod model;
+#[doc(hidden)]
+pub mod profile;
 mod tokenizer;
 mod weights;
 

@@ -21,15 +21,38 @@ pub struct ModernBert {
     head: Option<PredictionHead>,
     decoder: Option<Linear>,
     classifier: Option<Linear>,
+    /// Precision asked for.
     dtype: DType,
+    /// Dtype of activations (f32 when bf16 runs on the AVX512-BF16 kernel).
+    compute_dtype: DType,
 }
 
 impl ModernBert {
     /// Loads config and weights from resolved model files onto `device` in `dtype`.
+    ///
+    /// `bf16` on a CPU with AVX512-BF16 multiplies with bf16 weights on the dot-product
+    /// instructions and keeps activations, norms and softmax in f32 (more accurate than all-bf16
+    /// at the same speed); elsewhere, or with `MBPIPE_BF16_GEMM=0`, it is candle's bf16 throughout.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let fast = std::env::var_os("MBPIPE_BF16_GEMM").is_none_or(|v| v != "0");
+        Self::load_with_kernel(files, device, dtype, fast)
+    }
+
+    /// [`ModernBert::load`], choosing whether bf16 may use the AVX512-BF16 kernel (tests, benches).
+    #[doc(hidden)]
+    pub fn load_with_kernel(
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        bf16_kernel: bool,
+    ) -> Result<Self> {
         let config = ModernBertConfig::from_file(&files.config)?;
-        let w = Weights::open(&files.weights, &files.dir, device, dtype)?;
-        let encoder = Encoder::load(&w, &config, device, dtype)?;
+        let packed =
+            bf16_kernel && dtype == DType::BF16 && device.is_cpu() && crate::bf16_gemm::available();
+        let compute_dtype = if packed { DType::F32 } else { dtype };
+        let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
+        w.set_pack_bf16(packed);
+        let encoder = Encoder::load(&w, &config, device, compute_dtype)?;
         let head = if w.has("head.dense.weight") {
             Some(PredictionHead::load(&w, &config)?)
         } else {
@@ -53,7 +76,7 @@ impl ModernBert {
                 } else {
                     None
                 };
-                Some(Linear::new(weight, bias))
+                Some(Linear::new(weight, bias, packed)?)
             }
             _ => None,
         };
@@ -82,6 +105,7 @@ impl ModernBert {
             decoder,
             classifier,
             dtype,
+            compute_dtype,
         })
     }
 
@@ -90,9 +114,20 @@ impl ModernBert {
         &self.config
     }
 
-    /// Working dtype.
+    /// Precision the model was loaded in.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Dtype of activations and hidden states: the precision, except bf16 on the AVX512-BF16
+    /// kernel, whose activations are f32.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// Whether linear layers run on the AVX512-BF16 kernel.
+    pub fn uses_bf16_kernel(&self) -> bool {
+        self.dtype != self.compute_dtype
     }
 
     /// Whether the checkpoint has a masked-LM head.
@@ -105,7 +140,7 @@ impl ModernBert {
         self.classifier.is_some()
     }
 
-    /// Last hidden states `[tokens, hidden]` (model dtype).
+    /// Last hidden states `[tokens, hidden]` (in [`ModernBert::compute_dtype`]).
     pub fn encode(&self, batch: &PackedBatch) -> Result<Tensor> {
         self.encoder.forward(batch)
     }
@@ -122,7 +157,8 @@ impl ModernBert {
                 "this checkpoint has no sequence-classification head (classifier.weight)".into(),
             ));
         };
-        let pooled = pool(hidden, batch, self.config.classifier_pooling)?.to_dtype(self.dtype)?;
+        let pooled =
+            pool(hidden, batch, self.config.classifier_pooling)?.to_dtype(self.compute_dtype)?;
         Ok(classifier
             .forward(&head.forward(&pooled)?)?
             .to_dtype(DType::F32)?)

@@ -17,6 +17,8 @@ pub(crate) struct Weights {
     dir: PathBuf,
     device: Device,
     dtype: DType,
+    /// Linear layers pack their (f32) weights for the bf16 kernel.
+    pack_bf16: bool,
 }
 
 impl Weights {
@@ -60,7 +62,18 @@ impl Weights {
             dir: dir.to_path_buf(),
             device: device.clone(),
             dtype,
+            pack_bf16: false,
         })
+    }
+
+    /// Makes linear layers pack their weights for the bf16 kernel (CPU, f32 activations).
+    pub(crate) fn set_pack_bf16(&mut self, on: bool) {
+        self.pack_bf16 = on;
+    }
+
+    /// Whether linear layers pack their weights for the bf16 kernel.
+    pub(crate) fn pack_bf16(&self) -> bool {
+        self.pack_bf16
     }
 
     /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.

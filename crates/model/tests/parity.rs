@@ -63,8 +63,12 @@ impl Fixture {
     }
 
     fn model(&self, which: &str, dtype: DType) -> ModernBert {
+        self.model_with_kernel(which, dtype, true)
+    }
+
+    fn model_with_kernel(&self, which: &str, dtype: DType, bf16_kernel: bool) -> ModernBert {
         let files = ModelFiles::from_dir(&self.dir.join(which)).unwrap();
-        ModernBert::load(&files, &Device::Cpu, dtype).unwrap()
+        ModernBert::load_with_kernel(&files, &Device::Cpu, dtype, bf16_kernel).unwrap()
     }
 
     fn tensor(&self, name: &str) -> Option<&Tensor> {
@@ -168,14 +172,23 @@ fn f32_split_across_batches_in_another_order() {
 }
 
 fn check_low_precision(dtype: DType) {
+    check_low_precision_with(dtype, true);
+}
+
+/// `bf16_kernel`: bf16 may use the AVX512-BF16 kernel (f32 activations) where the CPU has it;
+/// without, it is candle's bf16 throughout (the path every other CPU takes).
+fn check_low_precision_with(dtype: DType, bf16_kernel: bool) {
     let Some(fx) = Fixture::load() else { return };
     let seqs: Vec<Vec<u32>> = (0..fx.texts.len()).map(|i| fx.ids(i)).collect();
     let batch = PackedBatch::from_sequences(&seqs);
-    let mlm = fx.model("mlm", dtype);
+    let mlm = fx.model_with_kernel("mlm", dtype, bf16_kernel);
+    if !bf16_kernel {
+        assert!(!mlm.uses_bf16_kernel());
+    }
     let means = mlm
         .pool(&mlm.encode(&batch).unwrap(), &batch, Pooling::Mean)
         .unwrap();
-    let cls = fx.model("classifier", dtype);
+    let cls = fx.model_with_kernel("classifier", dtype, bf16_kernel);
     let logits = cls.classify(&cls.encode(&batch).unwrap(), &batch).unwrap();
     for i in 0..seqs.len() {
         let got: Vec<f32> = means.get(i).unwrap().to_vec1().unwrap();
@@ -199,6 +212,11 @@ fn check_low_precision(dtype: DType) {
 #[test]
 fn bf16_keeps_embeddings_and_labels() {
     check_low_precision(DType::BF16);
+}
+
+#[test]
+fn bf16_candle_fallback_keeps_embeddings_and_labels() {
+    check_low_precision_with(DType::BF16, false);
 }
 
 #[test]

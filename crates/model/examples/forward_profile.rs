@@ -1,0 +1,128 @@
+//! Times the packed forward of a random ModernBERT-base-shaped model (profiling aid).
+//!
+//! `cargo run --release -p mbpipe-model --example forward_profile -- [f32|bf16] [tokens] [median] [layers] [reps]`
+//! Writes random weights to a temporary folder, packs sequences with a long-tailed length mix
+//! (log-normal around `median`), and prints real tokens/s and linear-layer GFLOP/s per rep.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use mbpipe_model::{DType, Device, ModelFiles, ModernBert, PackedBatch, Tensor};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
+    let dtype = match arg(0, "f32").as_str() {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        _ => DType::F32,
+    };
+    let tokens: usize = arg(1, "16384").parse().unwrap();
+    let median: f64 = arg(2, "44").parse().unwrap();
+    let layers: usize = arg(3, "22").parse().unwrap();
+    let reps: usize = arg(4, "3").parse().unwrap();
+    let (h, inter, vocab) = (768, 1152, 50368);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({
+        "architectures": ["ModernBertForSequenceClassification"], "model_type": "modernbert",
+        "vocab_size": vocab, "hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": 12,
+        "global_attn_every_n_layers": 3, "local_attention": 128, "max_position_embeddings": 8192,
+        "global_rope_theta": 160000.0, "local_rope_theta": 10000.0, "norm_eps": 1e-5,
+        "classifier_pooling": "mean", "cls_token_id": 50281, "sep_token_id": 50282,
+        "id2label": {"0": "a", "1": "b"}
+    });
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
+    let dev = Device::Cpu;
+    let r = |s: &[usize], std: f32| Tensor::randn(0f32, std, s, &dev).unwrap();
+    let ones = |n: usize| Tensor::ones(n, DType::F32, &dev).unwrap();
+    let mut w: HashMap<String, Tensor> = HashMap::new();
+    w.insert(
+        "model.embeddings.tok_embeddings.weight".into(),
+        r(&[vocab, h], 0.5),
+    );
+    w.insert("model.embeddings.norm.weight".into(), ones(h));
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        if l > 0 {
+            w.insert(format!("{p}.attn_norm.weight"), ones(h));
+        }
+        w.insert(format!("{p}.attn.Wqkv.weight"), r(&[3 * h, h], 0.03));
+        w.insert(format!("{p}.attn.Wo.weight"), r(&[h, h], 0.03));
+        w.insert(format!("{p}.mlp_norm.weight"), ones(h));
+        w.insert(format!("{p}.mlp.Wi.weight"), r(&[2 * inter, h], 0.03));
+        w.insert(format!("{p}.mlp.Wo.weight"), r(&[h, inter], 0.03));
+    }
+    w.insert("model.final_norm.weight".into(), ones(h));
+    w.insert("head.dense.weight".into(), r(&[h, h], 0.03));
+    w.insert("head.norm.weight".into(), ones(h));
+    w.insert("classifier.weight".into(), r(&[2, h], 0.03));
+    w.insert("classifier.bias".into(), r(&[2], 0.03));
+    candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
+    drop(w);
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
+    let t0 = Instant::now();
+    let model = ModernBert::load(&files, &Device::Cpu, dtype).unwrap();
+    eprintln!("load {:.2}s", t0.elapsed().as_secs_f64());
+
+    // Log-normal lengths (sigma 1), deterministic.
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut seqs: Vec<Vec<u32>> = Vec::new();
+    let mut total = 0;
+    while total < tokens {
+        let z = (-2.0 * uniform().max(1e-12).ln()).sqrt()
+            * (2.0 * std::f64::consts::PI * uniform()).cos();
+        let len = ((median * z.exp()) as usize)
+            .clamp(3, 8192)
+            .min(tokens - total)
+            .max(1);
+        seqs.push((0..len as u32).map(|i| 1000 + (i * 7919) % 40000).collect());
+        total += len;
+    }
+    seqs.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let batch = PackedBatch::from_sequences(&seqs);
+    let flop_per_token =
+        2.0 * layers as f64 * (h * 3 * h + h * h + h * 2 * inter + inter * h) as f64;
+    // The machine's f32 GEMM rate right now (shared machines are noisy): candle on Wqkv's shape.
+    let (a, b) = (r(&[2048, 768], 1.0), r(&[2304, 768], 1.0));
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let _ = a.matmul(&b.t().unwrap()).unwrap();
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    println!(
+        "candle f32 GEMM 2048x768x2304: {:.1} GFLOP/s",
+        2.0 * 2048.0 * 768.0 * 2304.0 / best / 1e9
+    );
+    mbpipe_model::profile::enable(true);
+    let mut busy = 0.0;
+    for rep in 0..reps {
+        let t0 = Instant::now();
+        let hidden = model.encode(&batch).unwrap();
+        let logits = model.classify(&hidden, &batch).unwrap();
+        let _ = logits.to_vec2::<f32>().unwrap();
+        let s = t0.elapsed().as_secs_f64();
+        busy += s;
+        println!(
+            "rep {rep}: {} seqs, {} tokens, {:.3}s, {:.0} tokens/s, {:.1} linear GFLOP/s",
+            seqs.len(),
+            total,
+            s,
+            total as f64 / s,
+            flop_per_token * total as f64 / s / 1e9
+        );
+    }
+    println!("stage | seconds | share");
+    for (stage, secs) in mbpipe_model::profile::report() {
+        println!("{stage} | {secs:.3} | {:.1}%", 100.0 * secs / busy);
+    }
+}

@@ -1,0 +1,55 @@
+//! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, candle bf16, and the AVX512-BF16
+//! kernel, measured back to back (shared machines are noisy; compare within one run).
+//!
+//! `cargo run --release -p mbpipe-model --example gemm_bench -- [reps]`
+
+use std::time::Instant;
+
+use mbpipe_model::bf16_gemm::{available, PackedWeight};
+use mbpipe_model::{DType, Device, Tensor};
+
+fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+fn main() {
+    let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
+    let dev = Device::Cpu;
+    println!("m x k x n | candle f32 | candle bf16 | bf16 kernel (GFLOP/s)");
+    for (m, k, n) in [(2048, 768, 2304), (2048, 1152, 768), (2048, 768, 768), (333, 768, 2304)] {
+        let flop = 2.0 * (m * k * n) as f64;
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let f32s = best_of(reps, || {
+            let _ = x.matmul(&w.t().unwrap()).unwrap();
+        });
+        let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), w.to_dtype(DType::BF16).unwrap());
+        let bf16s = best_of(reps, || {
+            let _ = xb.matmul(&wb.t().unwrap()).unwrap();
+        });
+        let kernel = if available() {
+            let packed = PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            format!(
+                "{:.0}",
+                flop / best_of(reps, || {
+                    let _ = packed.matmul(&xs, m, None);
+                }) / 1e9
+            )
+        } else {
+            "n/a (no avx512bf16)".into()
+        };
+        println!(
+            "{m} x {k} x {n} | {:.0} | {:.0} | {kernel}",
+            flop / f32s / 1e9,
+            flop / bf16s / 1e9
+        );
+    }
+}
