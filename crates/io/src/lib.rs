@@ -36,4 +36,4 @@ pub use sink::{
 pub use source::{
     open_source, OnError, Rejection, RowOrigin, Source, SourceBatch, SourceItem, SourceOptions,
 };
-pub use split::shard_files;
+pub use split::{count_file_rows, shard_files};

@@ -39,6 +39,16 @@ fn layout(file: &InputFile) -> Result<FileLayout, IoError> {
     }
 }
 
+/// How many rows `file` holds within its row range: Parquet from the footer, JSON lines by
+/// reading the file once.
+pub fn count_file_rows(file: &InputFile) -> Result<u64, IoError> {
+    let total = layout(file)?.rows;
+    Ok(match &file.rows {
+        None => total,
+        Some(r) => r.end.min(total).saturating_sub(r.start),
+    })
+}
+
 /// The part of `files` that shard `index` of `count` reads: each file with the row range that
 /// falls in the shard (files outside it are left out). JSON lines files are read once to count
 /// their rows (compressed ones are decompressed for that); Parquet needs only footers.

@@ -1,7 +1,12 @@
 //! Progress: a bar on a terminal, a log line every few seconds otherwise.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Input rows to read in all, once known (`u64::MAX` until then).
+pub type TotalRows = Arc<AtomicU64>;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -11,13 +16,16 @@ pub struct Progress {
     start: Instant,
     last_log: Instant,
     rows: u64,
+    input_rows: u64,
+    total: TotalRows,
     tokens: u64,
     rejected: u64,
 }
 
 impl Progress {
-    /// A spinner with rows and tokens/s on a terminal; plain log lines otherwise.
-    pub fn new() -> Self {
+    /// A spinner with rows, tokens/s and, once `total` is known, percent done and ETA on a
+    /// terminal; plain log lines otherwise.
+    pub fn new(total: TotalRows) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -32,6 +40,8 @@ impl Progress {
             start: Instant::now(),
             last_log: Instant::now(),
             rows: 0,
+            input_rows: 0,
+            total,
             tokens: 0,
             rejected: 0,
         }
@@ -48,11 +58,21 @@ impl Progress {
         if self.rejected > 0 {
             m.push_str(&format!(", {} rejected", self.rejected));
         }
+        let total = self.total.load(Ordering::Relaxed);
+        if total != u64::MAX && total > 0 {
+            let done = (self.input_rows + self.rejected).min(total);
+            m.push_str(&format!(", {:.1}%", 100.0 * done as f64 / total as f64));
+            if done > 0 {
+                let left = secs * (total - done) as f64 / done as f64;
+                m.push_str(&format!(", ETA {}", format_duration(left)));
+            }
+        }
         m
     }
 
-    /// Counts a finished window.
-    pub fn advance(&mut self, rows: u64, tokens: u64) {
+    /// Counts a finished window: output rows, input rows it covered, real tokens.
+    pub fn advance(&mut self, rows: u64, input_rows: u64, tokens: u64) {
+        self.input_rows += input_rows;
         self.rows += rows;
         self.tokens += tokens;
         self.update();
@@ -83,8 +103,31 @@ impl Progress {
     }
 }
 
-impl Default for Progress {
-    fn default() -> Self {
-        Self::new()
+/// `1h02m`, `3m05s`, `42s`.
+fn format_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_appears_once_the_total_is_known() {
+        let total: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
+        let mut p = Progress::new(total.clone());
+        p.advance(10, 10, 100);
+        assert!(!p.message().contains("ETA"), "{}", p.message());
+        total.store(40, Ordering::Relaxed);
+        let m = p.message();
+        assert!(m.contains("25.0%") && m.contains("ETA"), "{m}");
+        assert_eq!(format_duration(3725.0), "1h02m");
+        assert_eq!(format_duration(185.0), "3m05s");
+        assert_eq!(format_duration(42.4), "42s");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +27,7 @@ use crate::config::{OnErrorSetting, OutputFormatSetting};
 use crate::engine::{configure_threads, LoadedModel};
 use crate::error::PipelineError;
 use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartLayout, PartSink};
-use crate::progress::Progress;
+use crate::progress::{Progress, TotalRows};
 use crate::query::InputQuery;
 use crate::resume::{self, FileStamp, Fingerprint, ModelStamp, OutputNames};
 use crate::rows::{check_text_columns, row_texts};
@@ -278,6 +278,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     } else {
         Vec::new()
     };
+    let files_to_count = files.clone();
     let source = open_source(
         files,
         input_schema.clone(),
@@ -305,7 +306,23 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let tasks = Arc::new(tasks);
     let pool = WorkerPool::start(replicas, Arc::clone(&tasks));
     let mut rejects: Option<RejectsWriter> = None;
-    let mut progress = Progress::new();
+    // Counting rows reads JSON lines files once more; it runs beside the job, for the ETA.
+    let total_rows: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
+    {
+        let (files, total) = (files_to_count, Arc::clone(&total_rows));
+        let _ = std::thread::Builder::new()
+            .name("mbpipe-count".into())
+            .spawn(move || {
+                let sum = files
+                    .iter()
+                    .map(mbpipe_io::count_file_rows)
+                    .sum::<Result<u64, _>>();
+                if let Ok(n) = sum {
+                    total.store(n, Ordering::Relaxed);
+                }
+            });
+    }
+    let mut progress = Progress::new(total_rows);
     let run_start = Instant::now();
     let mut rows_written = 0u64;
     let mut tokens = 0u64;
@@ -346,7 +363,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     let (batch, window_tokens) = process_window(&ctx, &rows)?;
                     tokens += window_tokens;
                     rows_written += batch.num_rows() as u64;
-                    progress.advance(batch.num_rows() as u64, window_tokens);
+                    progress.advance(batch.num_rows() as u64, input_rows, window_tokens);
                     sink.send(OutputChunk {
                         file: sb.file,
                         first_input_row: sb.first_row,
