@@ -1,9 +1,10 @@
 //! `mbpipe run`: read, tokenize, pack, infer, write, with every stage bounded.
 //!
-//! Threads: a reader streams input batches (bounded channel), this thread tokenizes (rayon) and
-//! packs each window of rows, the worker pool runs the packed batches, and a writer thread
-//! encodes part files. Each window is written in input order before the next is read past the
-//! channel bound, so memory stays flat however large the corpus is.
+//! Threads: a reader streams input batches, a tokenizer thread applies the query, tokenizes
+//! (rayon) and packs each window of rows one window ahead, this thread sends the packed batches
+//! to the worker pool and assembles the output, and a writer thread encodes part files. Every
+//! channel is bounded and windows are written in input order, so memory stays flat however large
+//! the corpus is.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ use mbpipe_io::{
     SourceOptions,
 };
 use mbpipe_model::{DeviceSpec, ModelFiles, Precision, Tokenizer};
-use mbpipe_text::{pack_by_length, TextEncoder};
+use mbpipe_text::{pack_by_length, Packed, TextEncoder};
 use rayon::prelude::*;
 
 use crate::columns::{task_columns, RowValue};
@@ -31,7 +32,7 @@ use crate::progress::{Progress, TotalRows};
 use crate::query::InputQuery;
 use crate::resume::{self, FileStamp, Fingerprint, ModelStamp, OutputNames};
 use crate::rows::{check_text_columns, row_texts};
-use crate::tasks::{BoundTask, InputVariant, TaskBatchOutput, TaskBatchRow};
+use crate::tasks::{BoundTask, InputVariant, RowInput, TaskBatchOutput, TaskBatchRow};
 use crate::validate::Pipeline;
 use crate::workers::{Job, WorkerPool};
 
@@ -337,14 +338,34 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         max_batch_tokens: opts.max_batch_tokens.max(1),
     };
     let mut interrupted = false;
-    let result = (|| -> Result<(), PipelineError> {
-        for item in src_rx {
+    // Tokenizing and packing run one window ahead on their own thread, so the workers never
+    // wait for the tokenizer; the bounded channel keeps at most two windows prepared.
+    let (prep_tx, prep_rx) = sync_channel::<Result<Prepared, PipelineError>>(1);
+    let result = std::thread::scope(|scope| {
+        let ctx = &ctx;
+        let query = query.as_ref();
+        std::thread::Builder::new()
+            .name("mbpipe-tokenize".into())
+            .spawn_scoped(scope, move || {
+                // Only the compute loop watches for a stop: it alone knows what was finished.
+                for item in src_rx {
+                    let prepared = item
+                        .map_err(PipelineError::from)
+                        .and_then(|i| prepare(ctx, query, i));
+                    let failed = prepared.is_err();
+                    if prep_tx.send(prepared).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| PipelineError::Run(format!("cannot start the tokenizer: {e}")))?;
+        for prepared in prep_rx {
             if stop.load(Ordering::Relaxed) {
                 interrupted = true;
                 break;
             }
-            match item? {
-                SourceItem::Rejected(rej) => {
+            match prepared? {
+                Prepared::Rejected(rej) => {
                     let w = match &mut rejects {
                         Some(w) => w,
                         None => {
@@ -354,19 +375,19 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     w.write(&rej)?;
                     progress.rejected(1);
                 }
-                SourceItem::Batch(sb) => {
-                    let input_rows = sb.batch.num_rows() as u64;
-                    let rows = match &query {
-                        Some(q) => q.apply(sb.batch)?,
-                        None => sb.batch,
-                    };
-                    let (batch, window_tokens) = process_window(&ctx, &rows)?;
+                Prepared::Window {
+                    file,
+                    first_row,
+                    input_rows,
+                    window,
+                } => {
+                    let (batch, window_tokens) = compute_window(ctx, window)?;
                     tokens += window_tokens;
                     rows_written += batch.num_rows() as u64;
                     progress.advance(batch.num_rows() as u64, input_rows, window_tokens);
                     sink.send(OutputChunk {
-                        file: sb.file,
-                        first_input_row: sb.first_row,
+                        file,
+                        first_input_row: first_row,
                         input_rows,
                         batch,
                         tokens: window_tokens,
@@ -374,8 +395,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 }
             }
         }
-        Ok(())
-    })();
+        Ok::<(), PipelineError>(())
+    });
     drop(pool);
     let _ = reader.join();
     let finished = sink.finish();
@@ -538,27 +559,44 @@ struct WindowContext<'a> {
     max_batch_tokens: usize,
 }
 
-/// Tokenizes, runs and assembles one window; returns the output batch and its real tokens.
-fn process_window(
+/// A window tokenized and packed, ready for the workers.
+struct PreparedWindow {
+    /// The rows (after the input query).
+    rows: RecordBatch,
+    /// Per encode group: each row's input (None for a null text) and the packed batches.
+    groups: Vec<(Vec<Option<RowInput>>, Vec<Packed<(usize, usize)>>)>,
+}
+
+/// What the tokenizing thread hands to the compute loop, in input order.
+enum Prepared {
+    Rejected(mbpipe_io::Rejection),
+    Window {
+        file: usize,
+        first_row: u64,
+        input_rows: u64,
+        window: PreparedWindow,
+    },
+}
+
+/// Applies the query to a source item and tokenizes and packs its rows.
+fn prepare(
     ctx: &WindowContext<'_>,
-    rows: &RecordBatch,
-) -> Result<(RecordBatch, u64), PipelineError> {
-    let WindowContext {
-        keep,
-        out_schema,
-        pipeline,
-        tasks,
-        groups,
-        tokenizers,
-        pool,
-        max_batch_tokens,
-    } = *ctx;
-    let texts = row_texts(&pipeline.input.text, rows)?;
-    let n = texts.len();
-    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
-    let mut tokens = 0u64;
-    for group in groups {
-        let inputs: Vec<Option<crate::tasks::RowInput>> = texts
+    query: Option<&InputQuery>,
+    item: SourceItem,
+) -> Result<Prepared, PipelineError> {
+    let sb = match item {
+        SourceItem::Rejected(r) => return Ok(Prepared::Rejected(r)),
+        SourceItem::Batch(sb) => sb,
+    };
+    let input_rows = sb.batch.num_rows() as u64;
+    let rows = match query {
+        Some(q) => q.apply(sb.batch)?,
+        None => sb.batch,
+    };
+    let texts = row_texts(&ctx.pipeline.input.text, &rows)?;
+    let mut groups = Vec::with_capacity(ctx.groups.len());
+    for group in ctx.groups {
+        let inputs: Vec<Option<RowInput>> = texts
             .par_iter()
             .map(|t| {
                 t.as_deref()
@@ -577,7 +615,40 @@ fn process_window(
                     .enumerate()
                     .map(move |(c, s)| ((row, c), s.as_slice()))
             });
-        let packed = pack_by_length(seqs, max_batch_tokens);
+        let packed = pack_by_length(seqs, ctx.max_batch_tokens);
+        groups.push((inputs, packed));
+    }
+    Ok(Prepared::Window {
+        file: sb.file,
+        first_row: sb.first_row,
+        input_rows,
+        window: PreparedWindow { rows, groups },
+    })
+}
+
+/// Runs a prepared window on the workers and assembles its output batch; returns it with its
+/// real tokens.
+fn compute_window(
+    ctx: &WindowContext<'_>,
+    window: PreparedWindow,
+) -> Result<(RecordBatch, u64), PipelineError> {
+    let WindowContext {
+        keep,
+        out_schema,
+        tasks,
+        groups,
+        tokenizers,
+        pool,
+        ..
+    } = *ctx;
+    let PreparedWindow {
+        rows,
+        groups: prepared,
+    } = window;
+    let n = rows.num_rows();
+    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
+    let mut tokens = 0u64;
+    for (group, (inputs, packed)) in groups.iter().zip(prepared) {
         tokens += packed
             .iter()
             .map(|p| p.batch.num_tokens() as u64)
