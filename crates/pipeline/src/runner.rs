@@ -563,9 +563,13 @@ struct WindowContext<'a> {
 struct PreparedWindow {
     /// The rows (after the input query).
     rows: RecordBatch,
-    /// Per encode group: each row's input (None for a null text) and the packed batches.
-    groups: Vec<(Vec<Option<RowInput>>, Vec<Packed<(usize, usize)>>)>,
+    /// Per encode group, in group order.
+    groups: Vec<PreparedGroup>,
 }
+
+/// One encode group's share of a window: each row's input (None for a null text) and the
+/// packed batches, keyed by (row, chunk).
+type PreparedGroup = (Vec<Option<RowInput>>, Vec<Packed<(usize, usize)>>);
 
 /// What the tokenizing thread hands to the compute loop, in input order.
 enum Prepared {
