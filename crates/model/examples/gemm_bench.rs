@@ -23,19 +23,28 @@ fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
     println!("m x k x n | candle f32 | candle bf16 | bf16 kernel (GFLOP/s)");
-    for (m, k, n) in [(2048, 768, 2304), (2048, 1152, 768), (2048, 768, 768), (333, 768, 2304)] {
+    for (m, k, n) in [
+        (2048, 768, 2304),
+        (2048, 1152, 768),
+        (2048, 768, 768),
+        (333, 768, 2304),
+    ] {
         let flop = 2.0 * (m * k * n) as f64;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let f32s = best_of(reps, || {
             let _ = x.matmul(&w.t().unwrap()).unwrap();
         });
-        let (xb, wb) = (x.to_dtype(DType::BF16).unwrap(), w.to_dtype(DType::BF16).unwrap());
+        let (xb, wb) = (
+            x.to_dtype(DType::BF16).unwrap(),
+            w.to_dtype(DType::BF16).unwrap(),
+        );
         let bf16s = best_of(reps, || {
             let _ = xb.matmul(&wb.t().unwrap()).unwrap();
         });
         let kernel = if available() {
-            let packed = PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
+            let packed =
+                PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             format!(
                 "{:.0}",

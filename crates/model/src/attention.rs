@@ -14,8 +14,9 @@ use crate::error::Result;
 /// Query rows per block in banded local attention.
 const LOCAL_BLOCK: usize = 128;
 
-/// Attention over every sequence of `batch`; returns `[heads, tokens, head_dim]`.
-pub(crate) fn attend(
+/// Attention over every sequence of `batch` (`q`, `k`, `v`: `[heads, tokens, head_dim]`, RoPE
+/// applied); returns `[heads, tokens, head_dim]`.
+pub fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

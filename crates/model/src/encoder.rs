@@ -239,6 +239,9 @@ impl Encoder {
         let wi = timed(6, || layer.wi.forward(&normed))?;
         let inter = self.config.intermediate_size;
         let gated = timed(7, || -> Result<_> {
+            if let Some(g) = crate::fused::gelu_gate(&wi, inter)? {
+                return Ok(g);
+            }
             Ok((wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?)
         })?;
         timed(8, || Ok((x + layer.mlp_wo.forward(&gated)?)?))

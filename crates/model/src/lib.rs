@@ -22,6 +22,7 @@ mod device;
 mod encoder;
 mod error;
 mod files;
+mod fused;
 mod heads;
 mod hub;
 mod layers;
@@ -30,6 +31,12 @@ mod model;
 pub mod profile;
 mod tokenizer;
 mod weights;
+
+/// Internal kernels, public for the benches only (not a stable API).
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::attention::attend;
+}
 
 pub use batch::PackedBatch;
 pub use candle_core::{DType, Device, Error as CandleError, Tensor};

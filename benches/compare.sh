@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# mbpipe vs Hugging Face transformers, same machine, same model, same corpus, one run.
+#
+# Builds mbpipe (release), prepares the reference environment (../shared/tools/
+# setup_reference_env.sh, reused when present), makes a random ModernBERT-base classifier
+# (../shared/bench/make_base_model.py, cached), then runs on a short-text corpus:
+#   transformers padded f32, sorted f32, sorted bf16; `mbpipe run` f32 and bf16 (end to end:
+#   process start to exit, reading JSON lines, tokenizing, inference, writing Parquet)
+# and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32 and bf16.
+# Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
+# ceiling, peak RSS.
+#
+# Usage: benches/compare.sh [options]
+#   --corpus FILE       short-text corpus (default ../shared/bench/corpus-comments-1k.jsonl)
+#   --limit N           first N texts of it (default 200; 0 = all)
+#   --long FILE         long-document corpus (default ../shared/bench/corpus-long-24.jsonl; "" skips)
+#   --long-limit N      first N documents of it (default 0 = all)
+#   --threads N         threads for both implementations (default 2)
+#   --size base|large   model shapes (default base)
+# Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
+# ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
+# GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; default 185 / 390, measured
+# with torch on the project's 2-core Zen 4, see ../shared/bench/README.md).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+shared=${MBPIPE_SHARED:-$root/../shared}
+ref=${MBPIPE_REF:-$HOME/.mbpipe-ref}
+cache=${MBPIPE_BENCH_CACHE:-$HOME/.cache/mbpipe-bench}
+corpus=$shared/bench/corpus-comments-1k.jsonl
+limit=200
+long=$shared/bench/corpus-long-24.jsonl
+long_limit=0
+threads=2
+size=base
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --corpus) corpus=$2; shift 2 ;;
+    --limit) limit=$2; shift 2 ;;
+    --long) long=$2; shift 2 ;;
+    --long-limit) long_limit=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --size) size=$2; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for f in "$shared/bench/hf_baseline.py" "$shared/bench/make_base_model.py" "$corpus"; do
+  [ -f "$f" ] || { echo "not found: $f (set MBPIPE_SHARED to the shared/ folder)" >&2; exit 2; }
+done
+
+log() { echo "[compare] $*" >&2; }
+
+# 1. mbpipe, release.
+log "building mbpipe (release)"
+(cd "$root" && cargo build --release --bin mbpipe >&2)
+mbpipe=$root/target/release/mbpipe
+
+# 2. The reference environment (another run may have made it already).
+if ! "$ref/bin/python" -c "import torch, transformers" 2>/dev/null; then
+  log "preparing the reference environment in $ref (about 6 GB)"
+  bash "$shared/tools/setup_reference_env.sh" "$ref" >&2
+fi
+py=$ref/bin/python
+
+# 3. The random model (throughput depends only on shapes).
+model=$cache/mb-$size
+if [ ! -f "$model/config.json" ] || ! ls "$model"/*.safetensors >/dev/null 2>&1; then
+  log "making a random ModernBERT-$size classifier in $model"
+  mkdir -p "$cache"
+  "$py" "$shared/bench/make_base_model.py" --out "$model" --size "$size" \
+    --tokenizer "$shared/tokenizer/modernbert-tokenizer.json" >&2
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+results=$work/results.jsonl
+: > "$results"
+
+# The same texts for both implementations: the first N non-blank lines.
+subset() { # FILE N OUT
+  if [ "$2" -gt 0 ]; then grep -v '^[[:space:]]*$' "$1" | head -n "$2" > "$3"; else grep -v '^[[:space:]]*$' "$1" > "$3"; fi
+}
+
+# Runs a command, recording wall seconds and peak RSS (ru_maxrss of the child, KiB) as JSON.
+measure() { # OUT_JSON cmd...
+  local out=$1; shift
+  "$py" - "$out" "$@" <<'EOF'
+import json, resource, subprocess, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+t = time.perf_counter()
+p = subprocess.run(cmd, stdout=subprocess.PIPE)
+wall = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+sys.stderr.buffer.write(p.stdout[-2000:])
+if p.returncode != 0:
+    sys.exit(f"command failed ({p.returncode}): {' '.join(cmd)}")
+json.dump({"wall_s": wall, "rss_kib": rss, "stdout": p.stdout.decode(errors="replace")}, open(out, "w"))
+EOF
+}
+
+run_hf() { # LABEL CORPUS_NAME FILE MODE DTYPE BATCH
+  local label=$1 cname=$2 file=$3 mode=$4 dtype=$5 batch=$6 m=$work/m.json
+  log "transformers $mode $dtype batch $batch on $cname"
+  measure "$m" "$py" "$shared/bench/hf_baseline.py" --model "$model" --corpus "$file" \
+    --mode "$mode" --dtype "$dtype" --batch "$batch" --threads "$threads"
+  "$py" - "$m" "$label" "$cname" "$dtype" >> "$results" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+r = json.loads([l for l in m["stdout"].splitlines() if l.startswith("{")][-1])
+print(json.dumps({"label": sys.argv[2], "corpus": sys.argv[3], "dtype": sys.argv[4], "impl": "hf",
+                  "mode": r["mode"], "tokens": r["real_tokens"], "tokens_per_s": r["tokens_per_s"],
+                  "padding": r["padding_fraction"], "rss_kib": m["rss_kib"],
+                  "how": "tokenize + forward (hf_baseline.py timer)"}))
+EOF
+}
+
+run_mbpipe() { # LABEL CORPUS_NAME FILE DTYPE
+  local label=$1 cname=$2 file=$3 dtype=$4 m=$work/m.json out=$work/out-$cname-$4
+  cat > "$work/pipeline.toml" <<EOF
+[input]
+path = "$file"
+text = "text"
+
+[output]
+path = "$out"
+
+[[tasks]]
+name = "cls"
+kind = "classify"
+model = "$model"
+EOF
+  log "mbpipe run $dtype on $cname"
+  measure "$m" "$mbpipe" run "$work/pipeline.toml" --dtype "$dtype" --threads "$threads" --overwrite
+  "$py" - "$m" "$out/_manifest.json" "$label" "$cname" "$dtype" >> "$results" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+man = json.load(open(sys.argv[2]))
+print(json.dumps({"label": sys.argv[3], "corpus": sys.argv[4], "dtype": sys.argv[5], "impl": "mbpipe",
+                  "tokens": man["tokens"], "tokens_per_s": man["tokens"] / m["wall_s"],
+                  "run_tokens_per_s": man.get("tokens_per_second"), "padding": man.get("padding_fraction", 0.0),
+                  "rss_kib": m["rss_kib"], "how": "whole process wall clock; tokens from _manifest.json"}))
+EOF
+}
+
+subset "$corpus" "$limit" "$work/short.jsonl"
+short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $limit)")"
+run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
+run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
+run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
+run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
+run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
+
+if [ -n "$long" ] && [ -f "$long" ]; then
+  subset "$long" "$long_limit" "$work/long.jsonl"
+  long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)")"
+  run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
+  run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
+  run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
+fi
+
+# The table.
+"$py" - "$results" "$model/config.json" "$threads" <<'EOF'
+import json, os, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+cfg = json.load(open(sys.argv[2]))
+h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+flop_per_token = 2 * L * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
+ceiling = {"f32": float(os.environ.get("GEMM_F32_GFLOPS", 185)), "bf16": float(os.environ.get("GEMM_BF16_GFLOPS", 390))}
+def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"
+print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling ({kind('f32')} {ceiling['f32']:.0f} / bf16 {ceiling['bf16']:.0f} GFLOP/s) | peak RSS |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    same = [x for x in rows if x["corpus"] == r["corpus"] and x["impl"] == "hf" and kind(x["dtype"]) == "f32"]
+    def ratio(mode):
+        ref = [x for x in same if x["mode"] == mode]
+        return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "–"
+    pct = 100 * r["tokens_per_s"] * flop_per_token / (ceiling[kind(r["dtype"])] * 1e9)
+    extra = f" (run only: {r['run_tokens_per_s']:.0f})" if r.get("run_tokens_per_s") else ""
+    print(f"| {r['label']} | {r['corpus']} | {r['tokens_per_s']:.0f}{extra} | {ratio('sorted')} | {ratio('padded')} "
+          f"| {100 * r['padding']:.0f}% | {pct:.0f}% | {r['rss_kib'] / 1024:.0f} MiB |")
+print()
+print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {sys.argv[3]} threads; "
+      "transformers: tokenize + forward as timed by hf_baseline.py; mbpipe: whole process "
+      "(start to exit: load, read, tokenize, infer, write Parquet), with the manifest's own "
+      "rate (first read to last write) in parentheses.")
+EOF

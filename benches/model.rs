@@ -1,0 +1,96 @@
+//! Hot kernels of the model on ModernBERT-base shapes: attention (global and banded local over a
+//! packed batch), one encoder layer (f32, bf16), and the linear layer's GEMM.
+//!
+//! `cargo bench --bench model` (a few minutes on 2 cores).
+
+mod common;
+
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use mbpipe_model::internals::attend;
+use mbpipe_model::{AttentionKind, ModelFiles, ModernBert, PackedBatch};
+
+fn qkv(tokens: usize) -> (Tensor, Tensor, Tensor) {
+    let r = || Tensor::randn(0f32, 1.0, (common::HEADS, tokens, 64), &Device::Cpu).unwrap();
+    (r(), r(), r())
+}
+
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let batches = [
+        ("comments-4k", common::comment_lengths(4096)),
+        ("long-2x2048", vec![2048, 2048]),
+    ];
+    for (name, lengths) in &batches {
+        let batch = PackedBatch::from_sequences(&common::sequences(lengths));
+        let (q, k, v) = qkv(batch.num_tokens());
+        g.throughput(Throughput::Elements(batch.num_tokens() as u64));
+        for (kind_name, kind) in [
+            ("global", AttentionKind::Global),
+            ("local", AttentionKind::Local { half_window: 64 }),
+        ] {
+            g.bench_with_input(BenchmarkId::new(kind_name, name), &batch, |b, batch| {
+                b.iter(|| attend(&q, &k, &v, batch, kind).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+fn encoder_layer(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_base_model(dir.path(), 1);
+    let files = ModelFiles::from_dir(dir.path()).unwrap();
+    let batch = PackedBatch::from_sequences(&common::sequences(&common::comment_lengths(2048)));
+    let mut g = c.benchmark_group("encoder_layer");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(batch.num_tokens() as u64));
+    for (name, dtype, kernel) in [
+        ("f32", DType::F32, true),
+        ("bf16", DType::BF16, true),
+        ("bf16-candle", DType::BF16, false),
+    ] {
+        let model = ModernBert::load_with_kernel(&files, &Device::Cpu, dtype, kernel).unwrap();
+        // One global layer (layer 0), with the embedding gather and final norm around it.
+        g.bench_function(BenchmarkId::new(name, "comments-2k"), |b| {
+            b.iter(|| model.encode(&batch).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn gemm(c: &mut Criterion) {
+    use mbpipe_model::bf16_gemm::{available, PackedWeight};
+    let (m, k, n) = (2048, 768, 2304);
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+    let mut g = c.benchmark_group("gemm_2048x768x2304");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .throughput(Throughput::Elements((2 * m * k * n) as u64)); // elements/s = FLOP/s
+    g.bench_function("candle-f32", |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()));
+    let (xb, wb) = (
+        x.to_dtype(DType::BF16).unwrap(),
+        w.to_dtype(DType::BF16).unwrap(),
+    );
+    g.bench_function("candle-bf16", |b| b.iter(|| xb.matmul(&wb.t().unwrap()).unwrap()));
+    if available() {
+        let packed = PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        g.bench_function("avx512bf16-kernel", |b| b.iter(|| packed.matmul(&xs, m, None)));
+    } else {
+        eprintln!("gemm/avx512bf16-kernel: SKIPPED (this CPU has no avx512bf16)");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, attention, encoder_layer, gemm);
+criterion_main!(benches);
