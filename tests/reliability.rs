@@ -409,3 +409,70 @@ fn shards_run_concurrently_into_one_folder_equal_the_single_run() {
     );
     assert!(ok(o).contains("900"));
 }
+
+/// A tmpfs of a given size, unmounted on drop; `None` where mounting is not permitted.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    fn grow(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_without_a_complete_looking_output_and_resumes() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_corpus(dir, 1500);
+    write_pipeline(&fx, dir, "clean", 100);
+    ok(mbpipe(dir, &["run", "clean.toml"]));
+    let Some(disk) = SmallDisk::mount(&dir.join("disk"), "120k") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let toml = std::fs::read_to_string(dir.join("clean.toml"))
+        .unwrap()
+        .replace("path = \"clean\"", "path = \"disk/out\"");
+    std::fs::write(dir.join("full.toml"), toml).unwrap();
+    let o = mbpipe(dir, &["run", "full.toml"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    let out = dir.join("disk/out");
+    assert!(!out.join("_SUCCESS").exists());
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+    // Space freed: the same command resumes and completes the same output.
+    disk.grow("64m");
+    let o = mbpipe(dir, &["run", "full.toml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_output(&out, &dir.join("clean"));
+}

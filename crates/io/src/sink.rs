@@ -194,24 +194,33 @@ impl PartWriter {
     /// Completes the file, syncs it and renames it to its final name, which is returned.
     pub fn finish(mut self) -> Result<PathBuf, IoError> {
         let file = match self.encoder.take() {
-            Some(Encoder::Parquet(w)) => {
-                w.into_inner().map_err(|source| IoError::ParquetWrite {
-                    path: self.tmp.clone(),
-                    source,
-                })?
-            }
-            Some(Encoder::Ipc(mut w)) => {
-                w.finish()
-                    .and_then(|()| w.into_inner())
-                    .map_err(|source| IoError::Arrow {
+            Some(Encoder::Parquet(w)) => match w.into_inner() {
+                Ok(file) => file,
+                Err(source) => {
+                    let _ = std::fs::remove_file(&self.tmp);
+                    return Err(IoError::ParquetWrite {
+                        path: self.tmp.clone(),
+                        source,
+                    });
+                }
+            },
+            Some(Encoder::Ipc(mut w)) => match w.finish().and_then(|()| w.into_inner()) {
+                Ok(file) => file,
+                Err(source) => {
+                    let _ = std::fs::remove_file(&self.tmp);
+                    return Err(IoError::Arrow {
                         path: self.tmp.clone(),
                         context: "cannot finish the Arrow IPC file".into(),
                         source,
-                    })?
-            }
+                    });
+                }
+            },
             None => unreachable!("PartWriter finished twice; this is a bug"),
         };
-        commit(file, &self.tmp, &self.dest)?;
+        commit(file, &self.tmp, &self.dest).inspect_err(|_| {
+            // Disk full or the like: the half-written temp file would only be litter.
+            let _ = std::fs::remove_file(&self.tmp);
+        })?;
         Ok(self.dest.clone())
     }
 }

@@ -399,9 +399,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     });
     drop(pool);
     let _ = reader.join();
-    let finished = sink.finish();
-    result?;
-    let new_parts = finished?;
+    // A writer failure (a full disk) is the root cause of a failed send: report it first.
+    let new_parts = match (result, sink.finish()) {
+        (_, Err(writer)) => return Err(writer),
+        (Err(e), _) => return Err(e),
+        (Ok(()), Ok(parts)) => parts,
+    };
     let run_seconds = run_start.elapsed().as_secs_f64();
     let rejected = resumed.rejected + rejects.as_ref().map_or(0, |r| r.count());
     progress.finish();
