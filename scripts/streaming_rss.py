@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Streaming check: peak memory of `mbpipe run` does not grow with corpus size.
 
-Generates corpora of 20,000 and 200,000 rows (JSON lines, texts of 3 to 120 words), runs the
+Generates corpora of 20,000 and 200,000 rows (JSON lines, texts of 3 to 40 words), runs the
 same pipeline over each with the tiny fixture models (a classify and an embed task), and prints
 each run's peak resident set size (getrusage of the child). Fails if the 200k-row run peaks
 above BOUND_MIB or more than 1.25x the 20k-row run.
 
-Usage: scripts/streaming_rss.py [--rows 200000] [--keep DIR]
+Usage: scripts/streaming_rss.py [--rows 200000] [--keep DIR] [--binary PATH]
 Needs ../shared/fixtures/modernbert-tiny (or MBPIPE_SHARED) and builds mbpipe in release mode.
 """
 
@@ -33,7 +33,7 @@ def make_corpus(path: Path, rows: int) -> None:
     rng = random.Random(7)
     with path.open("w") as f:
         for i in range(rows):
-            n = rng.randint(3, 120)
+            n = rng.randint(3, 40)
             text = " ".join(rng.choice(WORDS) for _ in range(n))
             f.write(json.dumps({"id": i, "lang": "en", "text": text}) + "\n")
 
@@ -98,12 +98,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--keep", type=Path, help="keep the corpora and outputs here")
+    ap.add_argument("--binary", type=Path, help="an mbpipe binary (default: build release)")
     args = ap.parse_args()
     shared = Path(os.environ.get("MBPIPE_SHARED", ROOT.parent / "shared"))
     if not (shared / "fixtures/modernbert-tiny/mlm").is_dir():
         sys.exit(f"fixture not found under {shared} (set MBPIPE_SHARED)")
-    subprocess.run(["cargo", "build", "--release", "--bin", "mbpipe"], cwd=ROOT, check=True)
-    binary = ROOT / "target/release/mbpipe"
+    if args.binary:
+        binary = args.binary.resolve()
+    else:
+        subprocess.run(["cargo", "build", "--release", "--bin", "mbpipe"], cwd=ROOT, check=True)
+        binary = ROOT / "target/release/mbpipe"
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         small = measure(args.rows // 10, work, binary, shared)
