@@ -442,11 +442,133 @@ fn shipped_pipelines_validate_offline_up_to_the_download() {
         .map(|e| e.path())
         .collect();
     files.sort();
-    assert!(files.len() >= 3);
+    assert!(files.len() >= 4, "pipelines/: {files:?}");
     for f in files {
         let o = mbpipe(root, &["validate", f.to_str().unwrap()]);
         assert!(o.status.success(), "{}: {}", f.display(), stderr(&o));
         let out = crate::util::stdout(&o);
         assert!(out.contains("ok: input"), "{}: {out}", f.display());
+    }
+}
+
+/// `pipelines/moderation.toml` as shipped: offline, on the trained models in
+/// `sample_data/models`, over `sample_data/comments*.jsonl`. Every label, score, polarity,
+/// truncation flag and embedding value is compared with the reference outputs that
+/// `scripts/train/train_models.py` computed with Hugging Face transformers in float32
+/// (`sample_data/models/expected/moderation.jsonl`). Tolerance: 1e-4 absolute (`TOL`).
+#[test]
+fn shipped_moderation_pipeline_matches_transformers_on_the_shipped_models() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let expected: Vec<serde_json::Value> =
+        std::fs::read_to_string(root.join("sample_data/models/expected/moderation.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    // The shipped file, with its sample_data paths made absolute so the run writes to a temp dir.
+    let toml = std::fs::read_to_string(root.join("pipelines/moderation.toml"))
+        .unwrap()
+        .replace(
+            "\"sample_data/",
+            &format!("\"{}/sample_data/", root.display()),
+        );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("moderation.toml"), toml).unwrap();
+    ok(mbpipe(tmp.path(), &["run", "moderation.toml"]));
+    let b = read_output(&tmp.path().join("out/moderation"));
+    assert_eq!(b.num_rows(), expected.len());
+
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+            .clone()
+    };
+    let ids = col("id");
+    let ids = ids.as_primitive::<arrow::datatypes::Int64Type>();
+    let emb = col("embedding_embedding");
+    let emb = emb.as_fixed_size_list();
+    let polarity = col("sentiment_polarity");
+    let polarity = polarity.as_primitive::<Float32Type>();
+    for (row, want) in expected.iter().enumerate() {
+        assert_eq!(ids.value(row), want["id"].as_i64().unwrap(), "row order");
+        let id = ids.value(row);
+        for (task, labels) in [
+            (
+                "moderation",
+                &["hate_speech", "offensive_language", "neither"][..],
+            ),
+            ("sentiment", &["negative", "neutral", "positive"][..]),
+        ] {
+            let label = col(&format!("{task}_label"));
+            let label = label.as_string::<i32>();
+            let score = col(&format!("{task}_score"));
+            let score = score.as_primitive::<Float32Type>();
+            let scores = col(&format!("{task}_scores"));
+            let scores = scores.as_struct();
+            let truncated = col(&format!("{task}_truncated"));
+            let truncated = truncated.as_boolean();
+            let w = &want[task];
+            if w.is_null() {
+                assert!(
+                    label.is_null(row) && scores.is_null(row),
+                    "id {id}: {task} of a null text"
+                );
+                continue;
+            }
+            assert_eq!(scores.num_columns(), labels.len());
+            let got: Vec<f32> = (0..labels.len())
+                .map(|k| scores.column(k).as_primitive::<Float32Type>().value(row))
+                .collect();
+            let probs: Vec<f32> = labels
+                .iter()
+                .map(|l| w["scores"][*l].as_f64().unwrap() as f32)
+                .collect();
+            assert_close(&got, &probs, TOL, &format!("id {id}: {task} scores"));
+            assert_eq!(
+                label.value(row),
+                w["label"].as_str().unwrap(),
+                "id {id}: {task} label"
+            );
+            let best = probs.iter().copied().fold(0f32, f32::max);
+            assert!(
+                (score.value(row) - best).abs() < TOL,
+                "id {id}: {task} score"
+            );
+            assert_eq!(
+                truncated.value(row),
+                w["truncated"].as_bool().unwrap(),
+                "id {id}: {task} truncated"
+            );
+        }
+        if want["embedding"].is_null() {
+            assert!(
+                emb.is_null(row) && polarity.is_null(row),
+                "id {id}: null text"
+            );
+            continue;
+        }
+        let p = want["sentiment"]["polarity"].as_f64().unwrap() as f32;
+        assert!(
+            (polarity.value(row) - p).abs() < TOL,
+            "id {id}: polarity {} vs {p}",
+            polarity.value(row)
+        );
+        let e: Vec<f32> = emb
+            .value(row)
+            .as_primitive::<Float32Type>()
+            .values()
+            .to_vec();
+        let we: Vec<f32> = want["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&e, &we, TOL, &format!("id {id}: embedding"));
+        let t = col("embedding_truncated");
+        assert_eq!(
+            t.as_boolean().value(row),
+            want["embedding_truncated"].as_bool().unwrap()
+        );
     }
 }

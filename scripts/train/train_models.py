@@ -25,6 +25,7 @@ Setup:  bash ../shared/tools/setup_reference_env.sh      (creates ~/.mbpipe-ref)
 Run:    ~/.mbpipe-ref/bin/python scripts/train/train_models.py [--shared ../shared] [--work DIR]
 """
 import argparse
+import glob
 import json
 import math
 import os
@@ -371,7 +372,7 @@ def tune_bias(logits, y, k):
     return off - off.mean(), best
 
 
-def stage_finetune(a, tok, name, labels, train, dev):
+def stage_finetune(a, tok, name, labels, train, dev, epochs):
     d = os.path.join(a.work, name)
     os.makedirs(d, exist_ok=True)
     if os.path.exists(os.path.join(d, "done")):
@@ -386,7 +387,6 @@ def stage_finetune(a, tok, name, labels, train, dev):
     w = (counts.sum() / (k * counts)) ** a.class_weight_power
     weight = torch.tensor(w / w.mean(), dtype=torch.float32)
     log(f"{name}: {len(xs)} train / {len(dx)} dev, counts {counts.tolist()}, class weights {weight.numpy().round(3).tolist()}", a.work)
-    epochs = a.ft_epochs
     lengths = [len(s) for s in xs]
     per_epoch = [length_batches(lengths, a.ft_tokens, 64, random.Random(SEED + 100 + e)) for e in range(math.ceil(epochs))]
     plan = [(e, b) for e in range(math.ceil(epochs)) for b in per_epoch[e]][: round(epochs * len(per_epoch[0]))]
@@ -489,8 +489,8 @@ def stage_expected(a):
     mod = load_exported(ModernBertForSequenceClassification, os.path.join(a.out, "moderation"))
     sen = load_exported(ModernBertForSequenceClassification, os.path.join(a.out, "sentiment"))
     base = load_exported(ModernBertForMaskedLM, os.path.join(a.out, "base"))
-    rows = read_jsonl(os.path.join(REPO, "sample_data", "comments.jsonl")) + \
-        read_jsonl(os.path.join(REPO, "sample_data", "comments-more.jsonl"))
+    # The pipeline's input glob, in mbpipe's order: files sorted by path, rows in file order.
+    rows = [r for p in sorted(glob.glob(os.path.join(REPO, "sample_data", "comments*.jsonl"))) for r in read_jsonl(p)]
     os.makedirs(os.path.join(a.out, "expected"), exist_ok=True)
     path = os.path.join(a.out, "expected", "moderation.jsonl")
     r6 = lambda v: [float(f"{x:.7g}") for x in v]
@@ -523,11 +523,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(REPO, "sample_data", "models"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="tokenizer,mlm,moderation,sentiment,export,expected")
-    ap.add_argument("--mlm-epochs", type=int, default=2)
+    ap.add_argument("--mlm-epochs", type=int, default=1)
     ap.add_argument("--mlm-steps", type=int, default=330, help="stop MLM after this many batches")
     ap.add_argument("--mlm-tokens", type=int, default=4096, help="token budget per MLM batch (padded)")
     ap.add_argument("--mlm-lr", type=float, default=1.5e-3)
-    ap.add_argument("--ft-epochs", type=float, default=2.0)
+    ap.add_argument("--moderation-epochs", type=float, default=2.0)
+    ap.add_argument("--sentiment-epochs", type=float, default=1.25)
     ap.add_argument("--ft-tokens", type=int, default=2048, help="token budget per fine-tuning batch (padded)")
     ap.add_argument("--ft-lr", type=float, default=5e-4)
     ap.add_argument("--class-weight-power", type=float, default=0.5)
@@ -555,9 +556,11 @@ def main():
         if st == "mlm":
             stage_mlm(a, tok, pretrain_texts)
         elif st == "moderation":
-            stage_finetune(a, tok, "moderation", MODERATION_LABELS, moderation_rows(dav["train"]), moderation_rows(dav["dev"]))
+            stage_finetune(a, tok, "moderation", MODERATION_LABELS, moderation_rows(dav["train"]), moderation_rows(dav["dev"]),
+                           a.moderation_epochs)
         elif st == "sentiment":
-            stage_finetune(a, tok, "sentiment", SENTIMENT_LABELS, sentiment_rows(goe["train"]), sentiment_rows(goe["dev"]))
+            stage_finetune(a, tok, "sentiment", SENTIMENT_LABELS, sentiment_rows(goe["train"]), sentiment_rows(goe["dev"]),
+                           a.sentiment_epochs)
         elif st == "export":
             stage_export(a, tok)
         elif st == "expected":
