@@ -151,12 +151,19 @@ fn expand_glob(spec: &str) -> Result<Vec<InputFile>, IoError> {
     Ok(files)
 }
 
-/// `Some` for a regular, non-hidden file with a known extension.
+/// `Some` for a regular, non-hidden file with a known extension; other visible files are
+/// skipped with a warning, so a stray `.csv` in an input folder is not silently ignored.
 fn visible_input(path: PathBuf) -> Option<InputFile> {
     if !path.is_file() || is_hidden(&path) {
         return None;
     }
-    let format = detect_format(&path)?;
+    let Some(format) = detect_format(&path) else {
+        tracing::warn!(
+            "skipping input {}: not .parquet, .jsonl or .ndjson (optionally .gz/.zst)",
+            path.display()
+        );
+        return None;
+    };
     Some(InputFile::new(path, format))
 }
 

@@ -113,6 +113,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     check_text_columns(&pipeline.input.text, &row_schema)?;
 
     let out_dir = pipeline.output_dir.clone();
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(PipelineError::Invalid(format!(
+            "[output] path {} exists and is not a directory; the output is a folder of part files",
+            out_dir.display()
+        )));
+    }
     let marker = out_dir.join(names.success());
     if opts.overwrite && out_dir.exists() {
         std::fs::remove_dir_all(&out_dir)
