@@ -17,6 +17,7 @@
 #   --long-limit N      first N documents of it (default 0 = all)
 #   --threads N         threads for both implementations (default 2)
 #   --size base|large   model shapes (default base)
+#   --no-build          use the existing target/release/mbpipe
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
 # GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; default 185 / 390, measured
@@ -33,6 +34,7 @@ long=$shared/bench/corpus-long-24.jsonl
 long_limit=0
 threads=2
 size=base
+build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) corpus=$2; shift 2 ;;
@@ -41,7 +43,8 @@ while [ $# -gt 0 ]; do
     --long-limit) long_limit=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,9 +55,11 @@ done
 log() { echo "[compare] $*" >&2; }
 
 # 1. mbpipe, release.
-log "building mbpipe (release)"
-(cd "$root" && cargo build --release --bin mbpipe >&2)
 mbpipe=$root/target/release/mbpipe
+if [ "$build" = 1 ] || [ ! -x "$mbpipe" ]; then
+  log "building mbpipe (release)"
+  (cd "$root" && cargo build --release --bin mbpipe >&2)
+fi
 
 # 2. The reference environment (another run may have made it already).
 if ! "$ref/bin/python" -c "import torch, transformers" 2>/dev/null; then
@@ -78,8 +83,8 @@ results=$work/results.jsonl
 : > "$results"
 
 # The same texts for both implementations: the first N non-blank lines.
-subset() { # FILE N OUT
-  if [ "$2" -gt 0 ]; then grep -v '^[[:space:]]*$' "$1" | head -n "$2" > "$3"; else grep -v '^[[:space:]]*$' "$1" > "$3"; fi
+subset() { # FILE N OUT   (awk alone: `grep | head` would fail on SIGPIPE under pipefail)
+  awk -v n="$2" 'NF { print; if (n > 0 && ++c >= n) exit }' "$1" > "$3"
 }
 
 # Runs a command, recording wall seconds and peak RSS (ru_maxrss of the child, KiB) as JSON.
