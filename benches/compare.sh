@@ -121,7 +121,8 @@ EOF
 }
 
 run_mbpipe() { # LABEL CORPUS_NAME FILE DTYPE
-  local label=$1 cname=$2 file=$3 dtype=$4 m=$work/m.json out=$work/out-$cname-$4
+  local label=$1 cname=$2 file=$3 dtype=$4 m=$work/m.json
+  local out=$work/out-$(echo "$cname" | tr -c 'A-Za-z0-9\n' '_')-$dtype
   cat > "$work/pipeline.toml" <<EOF
 [input]
 path = "$file"
