@@ -32,7 +32,10 @@ pub fn write_base_model(dir: &Path, layers: usize) {
     let r = |s: &[usize], std: f32| Tensor::randn(0f32, std, s, &dev).unwrap();
     let ones = |n: usize| Tensor::ones(n, DType::F32, &dev).unwrap();
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert("model.embeddings.tok_embeddings.weight".into(), r(&[vocab, h], 0.5));
+    w.insert(
+        "model.embeddings.tok_embeddings.weight".into(),
+        r(&[vocab, h], 0.5),
+    );
     w.insert("model.embeddings.norm.weight".into(), ones(h));
     for l in 0..layers {
         let p = format!("model.layers.{l}");
@@ -80,6 +83,10 @@ pub fn sequences(lengths: &[usize]) -> Vec<Vec<u32>> {
     lengths
         .iter()
         .enumerate()
-        .map(|(s, &len)| (0..len as u32).map(|i| 3 + (i * 31 + s as u32 * 17) % 1000).collect())
+        .map(|(s, &len)| {
+            (0..len as u32)
+                .map(|i| 3 + (i * 31 + s as u32 * 17) % 1000)
+                .collect()
+        })
         .collect()
 }

@@ -76,16 +76,22 @@ fn gemm(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements((2 * m * k * n) as u64)); // elements/s = FLOP/s
-    g.bench_function("candle-f32", |b| b.iter(|| x.matmul(&w.t().unwrap()).unwrap()));
+    g.bench_function("candle-f32", |b| {
+        b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
+    });
     let (xb, wb) = (
         x.to_dtype(DType::BF16).unwrap(),
         w.to_dtype(DType::BF16).unwrap(),
     );
-    g.bench_function("candle-bf16", |b| b.iter(|| xb.matmul(&wb.t().unwrap()).unwrap()));
+    g.bench_function("candle-bf16", |b| {
+        b.iter(|| xb.matmul(&wb.t().unwrap()).unwrap())
+    });
     if available() {
         let packed = PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
         let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        g.bench_function("avx512bf16-kernel", |b| b.iter(|| packed.matmul(&xs, m, None)));
+        g.bench_function("avx512bf16-kernel", |b| {
+            b.iter(|| packed.matmul(&xs, m, None))
+        });
     } else {
         eprintln!("gemm/avx512bf16-kernel: SKIPPED (this CPU has no avx512bf16)");
     }

@@ -68,7 +68,9 @@ fn tokenization(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function("comments-1k-parallel", |b| b.iter(|| encoder.encode_many(&refs)));
+    g.bench_function("comments-1k-parallel", |b| {
+        b.iter(|| encoder.encode_many(&refs))
+    });
     g.finish();
 }
 
