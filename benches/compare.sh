@@ -150,7 +150,7 @@ EOF
 }
 
 subset "$corpus" "$limit" "$work/short.jsonl"
-short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $limit)")"
+short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $limit)" || true)"
 run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
 run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
 run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
@@ -159,7 +159,7 @@ run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
 
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
-  long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)")"
+  long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)" || true)"
   run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
   run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
   run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
