@@ -89,6 +89,22 @@ fn main() {
     }
     seqs.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let batch = PackedBatch::from_sequences(&seqs);
+    // Attention FLOPs (QKᵀ and PV): global layers see the whole sequence, local ones 129 keys.
+    let global_layers = layers.div_ceil(3) as f64;
+    let attn_flop: f64 = seqs
+        .iter()
+        .map(|s| {
+            let n = s.len() as f64;
+            4.0 * h as f64
+                * n
+                * (global_layers * n + (layers as f64 - global_layers) * n.min(129.0))
+        })
+        .sum();
+    println!(
+        "longest sequence {} tokens; attention {:.1} GFLOP per forward",
+        seqs[0].len(),
+        attn_flop / 1e9
+    );
     let flop_per_token =
         2.0 * layers as f64 * (h * 3 * h + h * h + h * 2 * inter + inter * h) as f64;
     // The machine's f32 GEMM rate right now (shared machines are noisy): candle on Wqkv's shape.

@@ -8,14 +8,18 @@ use crate::attention::attend;
 use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
+use crate::fused_attention::{attend_qkv, RopeTables};
 use crate::layers::{LayerNorm, Linear};
 use crate::profile::timed;
 use crate::weights::Weights;
 
-/// cos/sin tables `[max_positions, head_dim / 2]` for one RoPE theta.
+/// cos/sin tables `[max_positions, head_dim / 2]` for one RoPE theta: as tensors in the model
+/// dtype for the candle path, and as f32 slices for the fused CPU attention.
 struct Rotary {
     cos: Tensor,
     sin: Tensor,
+    cos_f32: Vec<f32>,
+    sin_f32: Vec<f32>,
 }
 
 impl Rotary {
@@ -40,9 +44,14 @@ impl Rotary {
                 sin.push(angle.sin());
             }
         }
-        let cos = Tensor::from_vec(cos, (max_pos, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (max_pos, half), device)?.to_dtype(dtype)?;
-        Ok(Rotary { cos, sin })
+        let cos_t = Tensor::from_slice(&cos, (max_pos, half), device)?.to_dtype(dtype)?;
+        let sin_t = Tensor::from_slice(&sin, (max_pos, half), device)?.to_dtype(dtype)?;
+        Ok(Rotary {
+            cos: cos_t,
+            sin: sin_t,
+            cos_f32: cos,
+            sin_f32: sin,
+        })
     }
 }
 
@@ -198,7 +207,8 @@ impl Encoder {
         })?;
         for layer in &self.layers {
             let (cos, sin) = &tables[&layer.theta_key];
-            hidden = self.layer_forward(layer, &hidden, batch, cos, sin)?;
+            let rotary = &self.rotary[&layer.theta_key];
+            hidden = self.layer_forward(layer, &hidden, batch, rotary, (cos, sin))?;
         }
         timed(1, || self.final_norm.forward(&hidden))
     }
@@ -208,33 +218,25 @@ impl Encoder {
         layer: &Layer,
         x: &Tensor,
         batch: &PackedBatch,
-        cos: &Tensor,
-        sin: &Tensor,
+        rotary: &Rotary,
+        (cos, sin): (&Tensor, &Tensor),
     ) -> Result<Tensor> {
-        let (t, h) = x.dims2()?;
         let heads = self.config.num_attention_heads;
-        let hd = self.config.head_dim();
         let normed = timed(1, || match &layer.attn_norm {
             Some(norm) => norm.forward(x),
             None => Ok(x.clone()),
         })?;
-        // [T, 3H] -> [3, heads, T, head_dim]
-        let qkv = timed(2, || layer.wqkv.forward(&normed))?;
-        let (q, k, v) = timed(3, || -> Result<_> {
-            let qkv = qkv
-                .reshape((t, 3, heads, hd))?
-                .permute((1, 2, 0, 3))?
-                .contiguous()?;
-            let q = candle_nn::rotary_emb::rope(&qkv.narrow(0, 0, 1)?, cos, sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope(&qkv.narrow(0, 1, 1)?, cos, sin)?.squeeze(0)?;
-            let v = qkv.get(2)?;
-            Ok((q, k, v))
-        })?;
-        let attn = timed(4, || attend(&q, &k, &v, batch, layer.kind))?; // [heads, T, hd]
-        let x = timed(5, || -> Result<_> {
-            let attn = attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?;
-            Ok((x + layer.wo.forward(&attn)?)?)
-        })?;
+        let qkv = timed(2, || layer.wqkv.forward(&normed))?; // [T, 3H]
+        let rope = RopeTables {
+            cos: &rotary.cos_f32,
+            sin: &rotary.sin_f32,
+        };
+        let fused = timed(4, || attend_qkv(&qkv, &rope, batch, layer.kind, heads))?;
+        let attn = match fused {
+            Some(attn) => attn,
+            None => self.attention_candle(&qkv, batch, layer.kind, cos, sin)?,
+        };
+        let x = timed(5, || Ok::<_, ModelError>((x + layer.wo.forward(&attn)?)?))?;
         let normed = timed(1, || layer.mlp_norm.forward(&x))?;
         let wi = timed(6, || layer.wi.forward(&normed))?;
         let inter = self.config.intermediate_size;
@@ -245,5 +247,35 @@ impl Encoder {
             Ok((wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?)
         })?;
         timed(8, || Ok((x + layer.mlp_wo.forward(&gated)?)?))
+    }
+
+    /// Attention by candle ops (any device and dtype): `qkv [T, 3H]` in, `[T, H]` out.
+    fn attention_candle(
+        &self,
+        qkv: &Tensor,
+        batch: &PackedBatch,
+        kind: AttentionKind,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let (t, three_h) = qkv.dims2()?;
+        let h = three_h / 3;
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
+        // [T, 3H] -> [3, heads, T, head_dim]
+        let (q, k, v) = timed(3, || -> Result<_> {
+            let qkv = qkv
+                .reshape((t, 3, heads, hd))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?;
+            let q = candle_nn::rotary_emb::rope(&qkv.narrow(0, 0, 1)?, cos, sin)?.squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope(&qkv.narrow(0, 1, 1)?, cos, sin)?.squeeze(0)?;
+            let v = qkv.get(2)?;
+            Ok((q, k, v))
+        })?;
+        let attn = timed(4, || attend(&q, &k, &v, batch, kind))?; // [heads, T, hd]
+        timed(5, || {
+            Ok(attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?)
+        })
     }
 }

@@ -66,7 +66,7 @@ fn gelu_gate_row_generic(input: &[f32], gate: &[f32], out: &mut [f32]) {
 /// `e^x` for x in about [-87, 88]: Cody–Waite reduction and a degree-6 polynomial (relative
 /// error ~2e-7), branch-free so loops over it vectorise.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;

@@ -23,6 +23,7 @@ mod encoder;
 mod error;
 mod files;
 mod fused;
+mod fused_attention;
 mod heads;
 mod hub;
 mod layers;
@@ -36,6 +37,20 @@ mod weights;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::attention::attend;
+
+    /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
+    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices.
+    pub fn attend_fused(
+        qkv: &crate::Tensor,
+        cos: &[f32],
+        sin: &[f32],
+        batch: &crate::PackedBatch,
+        kind: crate::AttentionKind,
+        heads: usize,
+    ) -> crate::Result<Option<crate::Tensor>> {
+        let rope = crate::fused_attention::RopeTables { cos, sin };
+        crate::fused_attention::attend_qkv(qkv, &rope, batch, kind, heads)
+    }
 }
 
 pub use batch::PackedBatch;
