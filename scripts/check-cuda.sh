@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Compile check of the `cuda` feature on a machine without a GPU or a system CUDA toolkit, so GPU
+# code cannot rot unseen (CI runs it after clippy).
+#
+# nvcc comes from PyPI. The `nvidia-cuda-nvcc-cu12` wheels hold only `ptxas` (they exist for JAX),
+# not the nvcc driver; the CUDA 13 wheels (`nvidia-cuda-nvcc` 13.x) hold the whole compiler. With
+# `nvidia-cuda-crt`, `nvidia-nvvm` (cicc, libdevice), `nvidia-cuda-runtime` (headers) and
+# `nvidia-cuda-cccl` (`<nv/target>`, needed by cuda_fp16.h) of the same release they install into
+# one tree, `site-packages/nvidia/cu13`, laid out like a toolkit: bin/nvcc, include/, nvvm/, lib/.
+# That is enough for the two build scripts that need CUDA: cudarc (reads `nvcc --version`) and
+# candle-kernels (compiles its kernels with nvcc, even under `cargo check`).
+#
+# What it runs: `cargo clippy --workspace --all-targets --features cuda -- -D warnings` (a check
+# that also lints the cfg(feature = "cuda") code), in its own target folder so it never waits on
+# the main build's lock.
+#
+# Kernels. candle-kernels' build script compiles (1) the PTX kernels that candle's CUDA backend
+# loads (about 4 minutes on the 2-core machine under load) and (2) a static library of MoE /
+# GGUF-quantized matmul kernels: 15 heavy template files, about 7 minutes each on one core of the
+# 2-core machine under load (measured 2026-11-28), over half an hour in all, which mbpipe never
+# calls and `cargo check` never links. By default (2) is stubbed: scripts/nvcc-ci-stub.sh leaves
+# those objects empty and the library an empty archive, while (1) and every other call go to the
+# real nvcc. `--full` compiles everything for real (in target/cuda-check-full). The `flash-attn`
+# feature is not checked: candle-flash-attn's build script clones CUTLASS from GitHub (no network
+# in CI) and compiles 53 FlashAttention kernels (hours on 2 cores); build it on a GPU build machine.
+#
+# Usage: scripts/check-cuda.sh [--full] [extra cargo args]
+# Environment:
+#   MBPIPE_CUDA_VENV   where the PyPI toolkit lives (default ~/.cache/mbpipe/cuda-13.0; created on
+#                      first use: about 400 MB, 15 s)
+#   CARGO_TARGET_DIR   default target/cuda-check (target/cuda-check-full with --full)
+#   CUDA_COMPUTE_CAP   default 90 (H100/H200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+full=0
+if [[ "${1:-}" == --full ]]; then
+  full=1
+  shift
+fi
+
+CUDA_RELEASE=13.0
+venv="${MBPIPE_CUDA_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mbpipe/cuda-$CUDA_RELEASE}"
+python="${PYTHON:-python3}"
+
+site_packages() {
+  "$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+}
+
+root=""
+if [[ -x "$venv/bin/python" ]]; then
+  root="$(site_packages)/nvidia/cu13"
+fi
+if [[ -z "$root" || ! -x "$root/bin/nvcc" || ! -e "$root/include/cccl/nv/target" ]]; then
+  echo "check-cuda: installing nvcc $CUDA_RELEASE from PyPI into $venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-nvvm==13.0.88" \
+    "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85"
+  root="$(site_packages)/nvidia/cu13"
+fi
+
+export CUDA_HOME="$root" CUDA_PATH="$root" CUDA_ROOT="$root" CUDA_TOOLKIT_ROOT_DIR="$root"
+export PATH="$root/bin:$PATH"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+# Both cores for the kernel compiles (cudaforge uses half the cores by default).
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
+if [[ "$full" == 1 ]]; then
+  export NVCC="$root/bin/nvcc"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check-full}"
+  kernels="all kernels"
+else
+  # In a sibling of bin/, so tools that derive the toolkit root from the nvcc path still find it.
+  mkdir -p "$root/ci-bin"
+  cp scripts/nvcc-ci-stub.sh "$root/ci-bin/nvcc"
+  chmod +x "$root/ci-bin/nvcc"
+  export NVCC="$root/ci-bin/nvcc"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check}"
+  kernels="PTX kernels; MoE/GGUF library stubbed"
+fi
+
+echo "check-cuda: $("$root/bin/nvcc" --version | tail -n 2 | head -n 1); compute cap $CUDA_COMPUTE_CAP; $kernels; target $CARGO_TARGET_DIR"
+start=$SECONDS
+cargo clippy --workspace --all-targets --features cuda "$@" -- -D warnings
+echo "check-cuda: the cuda feature compiles and is lint-clean ($((SECONDS - start)) s)"
