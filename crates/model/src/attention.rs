@@ -23,6 +23,10 @@ pub fn attend(
     batch: &PackedBatch,
     kind: AttentionKind,
 ) -> Result<Tensor> {
+    // GPUs: FlashAttention-2 varlen or padded groups, a few launches per layer (varlen.rs).
+    if !q.device().is_cpu() && crate::varlen::enabled() {
+        return crate::varlen::attend(q, k, v, batch, kind);
+    }
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let mut outputs = Vec::with_capacity(batch.num_sequences());
@@ -59,7 +63,7 @@ fn block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) 
 }
 
 /// Local attention computing only the band of keys each block of queries can see.
-fn banded(q: &Tensor, k: &Tensor, v: &Tensor, w: usize, scale: f64) -> Result<Tensor> {
+pub(crate) fn banded(q: &Tensor, k: &Tensor, v: &Tensor, w: usize, scale: f64) -> Result<Tensor> {
     let len = q.dim(1)?;
     let qb = LOCAL_BLOCK.max(w);
     let mut outputs = Vec::with_capacity(len.div_ceil(qb));

@@ -61,6 +61,29 @@ impl PackedBatch {
         self.cu_seqlens[i]..self.cu_seqlens[i + 1]
     }
 
+    /// Sequences `0..at` and `at..` as two batches (the OOM split of the worker pool).
+    ///
+    /// ```
+    /// use mbpipe_model::PackedBatch;
+    /// let batch = PackedBatch::from_sequences(&[vec![1, 2, 3], vec![4, 5], vec![6]]);
+    /// let (a, b) = batch.split_at(1);
+    /// assert_eq!(a, PackedBatch::from_sequences(&[vec![1, 2, 3]]));
+    /// assert_eq!(b, PackedBatch::from_sequences(&[vec![4, 5], vec![6]]));
+    /// ```
+    pub fn split_at(&self, at: usize) -> (PackedBatch, PackedBatch) {
+        let n = self.num_sequences();
+        assert!(at <= n, "split_at({at}) of a batch of {n} sequences");
+        let part = |seqs: std::ops::Range<usize>| {
+            let mut b = PackedBatch::default();
+            b.cu_seqlens.push(0);
+            for i in seqs {
+                b.push(&self.input_ids[self.range(i)]);
+            }
+            b
+        };
+        (part(0..at), part(at..n))
+    }
+
     /// Longest sequence.
     pub fn max_len(&self) -> usize {
         (0..self.num_sequences())

@@ -31,12 +31,14 @@ mod model;
 #[doc(hidden)]
 pub mod profile;
 mod tokenizer;
+mod varlen;
 mod weights;
 
 /// Internal kernels, public for the benches only (not a stable API).
 #[doc(hidden)]
 pub mod internals {
     pub use crate::attention::attend;
+    pub use crate::varlen::attend_per_sequence;
 
     /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
     /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices.

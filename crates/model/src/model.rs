@@ -130,6 +130,18 @@ impl ModernBert {
         self.dtype != self.compute_dtype
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.encoder.tok_embeddings().device()
+    }
+
+    /// Which attention kernel the encoder runs on this device and dtype, in words (for logs):
+    /// on GPUs, FlashAttention-2 varlen (`flash-attn` feature, f16/bf16, compute capability 8.0+)
+    /// or padded groups of candle ops.
+    pub fn attention_kernel(&self) -> &'static str {
+        crate::varlen::kernel_name(self.device(), self.compute_dtype, self.config.head_dim())
+    }
+
     /// Whether the checkpoint has a masked-LM head.
     pub fn has_mlm_head(&self) -> bool {
         self.decoder.is_some()
