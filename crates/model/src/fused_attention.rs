@@ -45,11 +45,11 @@ pub(crate) fn attend_qkv(
     }
     let (t, three_h) = qkv.dims2()?;
     let hidden = three_h / 3;
-    if three_h % 3 != 0 || hidden % heads != 0 || t != batch.num_tokens() {
+    if !three_h.is_multiple_of(3) || !hidden.is_multiple_of(heads) || t != batch.num_tokens() {
         return Ok(None);
     }
     let head_dim = hidden / heads;
-    if head_dim % 2 != 0 || rope.cos.len() < batch.max_len() * head_dim / 2 {
+    if !head_dim.is_multiple_of(2) || rope.cos.len() < batch.max_len() * head_dim / 2 {
         return Ok(None);
     }
     let (storage, layout) = qkv.storage_and_layout();
@@ -264,7 +264,7 @@ impl HeadTask {
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         let head = self.gather(inputs, shape);
         #[cfg(target_arch = "x86_64")]
-        if shape.head_dim % simd::HEAD_DIM_STEP == 0 {
+        if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) {
             // SAFETY: the CPU has the instructions (just detected); the task's rows and head
             // columns lie inside the output (checked by `attend_qkv`), and this task alone
             // writes them.
@@ -641,8 +641,12 @@ mod simd {
             keys: cols,
         } = tile;
         let step = key_step::<S>();
-        assert!((1..=ROWS).contains(&rows) && cols.start % step == 0 && base % step == 0);
-        assert!(cols.end <= stride && stride % step == 0 && base + stride <= keys.padded);
+        assert!(
+            (1..=ROWS).contains(&rows)
+                && cols.start.is_multiple_of(step)
+                && base.is_multiple_of(step)
+        );
+        assert!(cols.end <= stride && stride.is_multiple_of(step) && base + stride <= keys.padded);
         assert!(keys.kt.len() >= head_dim * keys.padded);
         assert!(q.len() >= (r0 + rows - 1) * q_stride + head_dim);
         assert!(scores.len() >= (r0 + rows) * stride);
@@ -712,7 +716,7 @@ mod simd {
             keys: cols,
         } = tile;
         assert!((1..=ROWS).contains(&rows) && cols.end <= p_stride);
-        assert!(head_dim % HEAD_DIM_STEP == 0);
+        assert!(head_dim.is_multiple_of(HEAD_DIM_STEP));
         assert!(keys.v.len() >= (base + cols.end) * head_dim);
         assert!(p.len() >= (r0 + rows) * p_stride);
         // Four vectors of columns per register tile.
