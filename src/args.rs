@@ -49,9 +49,18 @@ pub struct RuntimeArgs {
     /// CPU threads for the matrix products and tokenization (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Token budget of one packed batch.
-    #[arg(long, default_value_t = mbpipe_pipeline::DEFAULT_MAX_BATCH_TOKENS)]
-    pub max_batch_tokens: usize,
+    /// Token budget of one packed batch (default: 16384 on the CPU, 65536 on GPUs; a GPU batch
+    /// that runs out of memory is split and retried).
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+}
+
+impl RuntimeArgs {
+    /// `--max-batch-tokens`, or the default for the devices.
+    pub fn batch_tokens(&self) -> usize {
+        self.max_batch_tokens
+            .unwrap_or_else(|| mbpipe_pipeline::default_max_batch_tokens(&self.device.0))
+    }
 }
 
 #[derive(Args)]
@@ -71,12 +80,13 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn into_options(self) -> mbpipe_pipeline::RunOptions {
+        let max_batch_tokens = self.runtime.batch_tokens();
         mbpipe_pipeline::RunOptions {
             pipeline: self.pipeline,
             devices: self.runtime.device.0,
             precision: self.runtime.dtype,
             threads: self.runtime.threads,
-            max_batch_tokens: self.runtime.max_batch_tokens,
+            max_batch_tokens,
             shard: self.shard,
             overwrite: self.overwrite,
         }

@@ -113,7 +113,7 @@ fn run_packed<T: Clone>(
             .iter()
             .enumerate()
             .map(|(i, e)| (i, e.ids.as_slice())),
-        args.runtime.max_batch_tokens,
+        args.runtime.batch_tokens(),
     );
     for packed in batches {
         let hidden = loaded.model.encode(&packed.batch)?;

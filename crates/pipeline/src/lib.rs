@@ -35,4 +35,8 @@ pub mod validate;
 mod workers;
 
 pub use error::PipelineError;
-pub use runner::{RunOptions, RunOutcome, DEFAULT_MAX_BATCH_TOKENS};
+pub use runner::{
+    default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_CUDA_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_BATCH_TOKENS,
+};
+pub use workers::{is_out_of_memory, OomSplitter};

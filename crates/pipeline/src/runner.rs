@@ -34,10 +34,27 @@ use crate::resume::{self, FileStamp, Fingerprint, ModelStamp, OutputNames};
 use crate::rows::{check_text_columns, row_texts};
 use crate::tasks::{BoundTask, InputVariant, RowInput, TaskBatchOutput, TaskBatchRow};
 use crate::validate::Pipeline;
-use crate::workers::{Job, WorkerPool};
+use crate::workers::{Job, Pending, Replica, WorkerPool};
 
-/// Default token budget of one packed batch.
+/// Default token budget of one packed batch on the CPU.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+/// Default token budget of one packed batch when the devices are GPUs: large batches keep a GPU
+/// busy, and a batch that does not fit is split and retried (see the README's "GPUs").
+pub const DEFAULT_CUDA_MAX_BATCH_TOKENS: usize = 65_536;
+
+/// The default `--max-batch-tokens` for these devices: [`DEFAULT_CUDA_MAX_BATCH_TOKENS`] when
+/// every device is a GPU, else [`DEFAULT_MAX_BATCH_TOKENS`].
+pub fn default_max_batch_tokens(devices: &[DeviceSpec]) -> usize {
+    if !devices.is_empty() && devices.iter().all(|&d| !device_is_cpu(d)) {
+        DEFAULT_CUDA_MAX_BATCH_TOKENS
+    } else {
+        DEFAULT_MAX_BATCH_TOKENS
+    }
+}
+
+fn device_is_cpu(device: DeviceSpec) -> bool {
+    matches!(device, DeviceSpec::Cpu)
+}
 /// Input rows per window: the unit that is tokenized, packed and written together.
 const WINDOW_ROWS: usize = 2048;
 
@@ -191,27 +208,35 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     }
     let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     let files = resume::remaining_inputs(files, &resumed)?;
-    let mut replicas: Vec<Vec<LoadedModel>> = Vec::new();
-    for device in &opts.devices {
+    let mut replicas: Vec<Replica> = Vec::new();
+    for &device in &opts.devices {
         let dev = device.open()?;
         let mut models = Vec::new();
         for (r, f) in &resolved {
-            models.push(LoadedModel::load_files(
-                r.clone(),
-                f.clone(),
-                &dev,
-                opts.precision,
-            )?);
+            let loaded = LoadedModel::load_files(r.clone(), f.clone(), &dev, opts.precision)?;
+            if !device_is_cpu(device) {
+                eprintln!(
+                    "mbpipe: {device}: {} loaded ({}), attention: {}",
+                    r,
+                    opts.precision,
+                    loaded.model.attention_kernel()
+                );
+            }
+            models.push(loaded);
         }
-        replicas.push(models);
+        replicas.push(Replica { device, models });
     }
     let tasks: Vec<BoundTask> = pipeline
         .tasks
         .iter()
         .zip(&task_model)
-        .map(|(spec, &m)| BoundTask::bind(spec, m, &replicas[0][m]))
+        .map(|(spec, &m)| BoundTask::bind(spec, m, &replicas[0].models[m]))
         .collect::<Result<_, _>>()?;
-    let tokenizers: Vec<Tokenizer> = replicas[0].iter().map(|m| m.tokenizer.clone()).collect();
+    let tokenizers: Vec<Tokenizer> = replicas[0]
+        .models
+        .iter()
+        .map(|m| m.tokenizer.clone())
+        .collect();
     let model_records: Vec<ModelRecord> = pipeline
         .tasks
         .iter()
@@ -365,6 +390,26 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 }
             })
             .map_err(|e| PipelineError::Run(format!("cannot start the tokenizer: {e}")))?;
+        let mut in_flight: Option<(usize, u64, u64, SubmittedWindow)> = None;
+        // Assembles and sends a finished window; returns (rows, input rows, tokens).
+        let write_window = |(file, first_row, input_rows, submitted): (
+            usize,
+            u64,
+            u64,
+            SubmittedWindow,
+        )|
+         -> Result<(u64, u64, u64), PipelineError> {
+            let (batch, window_tokens) = finish_window(ctx, submitted)?;
+            let rows = batch.num_rows() as u64;
+            sink.send(OutputChunk {
+                file,
+                first_input_row: first_row,
+                input_rows,
+                batch,
+                tokens: window_tokens,
+            })?;
+            Ok((rows, input_rows, window_tokens))
+        };
         for prepared in prep_rx {
             if stop.load(Ordering::Relaxed) {
                 interrupted = true;
@@ -387,18 +432,28 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     input_rows,
                     window,
                 } => {
-                    let (batch, window_tokens) = compute_window(ctx, window)?;
-                    tokens += window_tokens;
-                    rows_written += batch.num_rows() as u64;
-                    progress.advance(batch.num_rows() as u64, input_rows, window_tokens);
-                    sink.send(OutputChunk {
-                        file,
-                        first_input_row: first_row,
-                        input_rows,
-                        batch,
-                        tokens: window_tokens,
-                    })?;
+                    // The devices start on this window while the previous one is assembled and
+                    // written, so they do not idle between windows.
+                    let submitted = submit_window(ctx, window);
+                    if let Some(previous) =
+                        in_flight.replace((file, first_row, input_rows, submitted))
+                    {
+                        let (rows, input_rows, window_tokens) = write_window(previous)?;
+                        tokens += window_tokens;
+                        rows_written += rows;
+                        progress.advance(rows, input_rows, window_tokens);
+                    }
                 }
+            }
+        }
+        // Interrupted: the window in flight is dropped (its unstarted batches are cancelled);
+        // it was never committed, so a resume redoes it.
+        if !interrupted {
+            if let Some(last) = in_flight.take() {
+                let (rows, input_rows, window_tokens) = write_window(last)?;
+                tokens += window_tokens;
+                rows_written += rows;
+                progress.advance(rows, input_rows, window_tokens);
             }
         }
         Ok::<(), PipelineError>(())
@@ -639,29 +694,26 @@ fn prepare(
     })
 }
 
-/// Runs a prepared window on the workers and assembles its output batch; returns it with its
-/// real tokens.
-fn compute_window(
-    ctx: &WindowContext<'_>,
-    window: PreparedWindow,
-) -> Result<(RecordBatch, u64), PipelineError> {
-    let WindowContext {
-        keep,
-        out_schema,
-        tasks,
-        groups,
-        tokenizers,
-        pool,
-        ..
-    } = *ctx;
+/// A window whose batches are on the workers.
+struct SubmittedWindow {
+    rows: RecordBatch,
+    groups: Vec<SubmittedGroup>,
+    tokens: u64,
+}
+
+/// One encode group's share of a submitted window: each row's input, the (row, chunk) keys of
+/// each packed batch, and the pending results.
+type SubmittedGroup = (Vec<Option<RowInput>>, Vec<Vec<(usize, usize)>>, Pending);
+
+/// Hands a prepared window's batches to the workers and returns at once.
+fn submit_window(ctx: &WindowContext<'_>, window: PreparedWindow) -> SubmittedWindow {
     let PreparedWindow {
         rows,
         groups: prepared,
     } = window;
-    let n = rows.num_rows();
-    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
     let mut tokens = 0u64;
-    for (group, (inputs, packed)) in groups.iter().zip(prepared) {
+    let mut groups = Vec::with_capacity(prepared.len());
+    for (group, (inputs, packed)) in ctx.groups.iter().zip(prepared) {
         tokens += packed
             .iter()
             .map(|p| p.batch.num_tokens() as u64)
@@ -677,10 +729,41 @@ fn compute_window(
                 tag,
             })
             .collect();
+        groups.push((inputs, keys, ctx.pool.submit(jobs)));
+    }
+    SubmittedWindow {
+        rows,
+        groups,
+        tokens,
+    }
+}
+
+/// Waits for a submitted window's results and assembles its output batch; returns it with its
+/// real tokens.
+fn finish_window(
+    ctx: &WindowContext<'_>,
+    window: SubmittedWindow,
+) -> Result<(RecordBatch, u64), PipelineError> {
+    let WindowContext {
+        keep,
+        out_schema,
+        tasks,
+        groups,
+        tokenizers,
+        ..
+    } = *ctx;
+    let SubmittedWindow {
+        rows,
+        groups: submitted,
+        tokens,
+    } = window;
+    let n = rows.num_rows();
+    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
+    for (group, (inputs, keys, pending)) in groups.iter().zip(submitted) {
         // Per task in the group, per row: the sequence outputs in chunk order.
         let mut per_row: Vec<Vec<Vec<(usize, TaskBatchRow)>>> =
             vec![vec![Vec::new(); n]; group.tasks.len()];
-        for (tag, outputs) in pool.run_all(jobs)? {
+        for (tag, outputs) in pending.wait()? {
             for (slot, output) in outputs.into_iter().enumerate() {
                 for ((row, chunk), r) in keys[tag].iter().zip(TaskBatchOutput::into_rows(output)) {
                     per_row[slot][*row].push((*chunk, r));

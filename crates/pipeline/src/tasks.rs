@@ -344,7 +344,7 @@ fn encode_prompt(
 }
 
 /// What one packed batch yields for one task, per sequence of the batch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TaskBatchOutput {
     /// Classifier logits.
     Logits(Vec<Vec<f32>>),
@@ -456,6 +456,22 @@ pub enum TaskBatchRow {
 }
 
 impl TaskBatchOutput {
+    /// Appends the rows of `other` (the same task on the sequences that follow).
+    pub fn append(&mut self, other: TaskBatchOutput) -> Result<(), PipelineError> {
+        match (self, other) {
+            (TaskBatchOutput::Logits(a), TaskBatchOutput::Logits(b))
+            | (TaskBatchOutput::Candidates(a), TaskBatchOutput::Candidates(b))
+            | (TaskBatchOutput::Pooled(a), TaskBatchOutput::Pooled(b)) => a.extend(b),
+            (TaskBatchOutput::FillMask(a), TaskBatchOutput::FillMask(b)) => a.extend(b),
+            _ => {
+                return Err(PipelineError::Run(
+                    "task outputs of different kinds cannot be joined; this is a bug".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
     /// Splits into per-sequence rows.
     pub fn into_rows(self) -> Vec<TaskBatchRow> {
         match self {
