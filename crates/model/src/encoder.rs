@@ -188,27 +188,27 @@ impl Encoder {
         }
         let ids = Tensor::from_slice(&batch.input_ids, t, &self.device)?;
         let positions = Tensor::from_slice(&batch.position_ids, t, &self.device)?;
-        let tables: BTreeMap<u64, (Tensor, Tensor)> = self
-            .rotary
-            .iter()
-            .map(|(k, r)| {
-                Ok((
-                    *k,
-                    (
-                        r.cos.index_select(&positions, 0)?,
-                        r.sin.index_select(&positions, 0)?,
-                    ),
-                ))
-            })
-            .collect::<Result<_>>()?;
+        // Per-token cos/sin for the candle attention path, made only when a layer takes it (the
+        // fused CPU kernel reads the f32 tables directly).
+        let mut tables: BTreeMap<u64, (Tensor, Tensor)> = BTreeMap::new();
         let mut hidden = timed(0, || {
             self.emb_norm
                 .forward(&self.tok_embeddings.index_select(&ids, 0)?)
         })?;
         for layer in &self.layers {
-            let (cos, sin) = &tables[&layer.theta_key];
             let rotary = &self.rotary[&layer.theta_key];
-            hidden = self.layer_forward(layer, &hidden, batch, rotary, (cos, sin))?;
+            let mut rope_rows = || -> Result<(Tensor, Tensor)> {
+                if let Some(t) = tables.get(&layer.theta_key) {
+                    return Ok(t.clone());
+                }
+                let t = (
+                    rotary.cos.index_select(&positions, 0)?,
+                    rotary.sin.index_select(&positions, 0)?,
+                );
+                tables.insert(layer.theta_key, t.clone());
+                Ok(t)
+            };
+            hidden = self.layer_forward(layer, &hidden, batch, rotary, &mut rope_rows)?;
         }
         timed(1, || self.final_norm.forward(&hidden))
     }
@@ -219,7 +219,7 @@ impl Encoder {
         x: &Tensor,
         batch: &PackedBatch,
         rotary: &Rotary,
-        (cos, sin): (&Tensor, &Tensor),
+        rope_rows: &mut dyn FnMut() -> Result<(Tensor, Tensor)>,
     ) -> Result<Tensor> {
         let heads = self.config.num_attention_heads;
         let normed = timed(1, || match &layer.attn_norm {
@@ -234,7 +234,10 @@ impl Encoder {
         let fused = timed(4, || attend_qkv(&qkv, &rope, batch, layer.kind, heads))?;
         let attn = match fused {
             Some(attn) => attn,
-            None => self.attention_candle(&qkv, batch, layer.kind, cos, sin)?,
+            None => {
+                let (cos, sin) = rope_rows()?;
+                self.attention_candle(&qkv, batch, layer.kind, &cos, &sin)?
+            }
         };
         let x = timed(5, || Ok::<_, ModelError>((x + layer.wo.forward(&attn)?)?))?;
         let normed = timed(1, || layer.mlp_norm.forward(&x))?;

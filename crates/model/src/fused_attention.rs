@@ -185,9 +185,7 @@ fn cpu() -> Cpu {
     *CPU.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("MBPIPE_ATTENTION_ISA").is_some_and(|v| v == "avx2") {
-                // Tests run the AVX2 kernels on AVX-512 machines too.
-            } else if is_x86_feature_detected!("avx512f") {
+            if is_x86_feature_detected!("avx512f") {
                 return Cpu::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
