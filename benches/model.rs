@@ -1,5 +1,6 @@
 //! Hot kernels of the model on ModernBERT-base shapes: attention (global and banded local over a
-//! packed batch), one encoder layer (f32, bf16), and the linear layer's GEMM.
+//! packed batch; candle's and the fused CPU kernel from `qkv`), one encoder layer (f32, bf16),
+//! and the linear layer's GEMM.
 //!
 //! `cargo bench --bench model` (a few minutes on 2 cores).
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mbpipe_model::internals::attend;
+use mbpipe_model::internals::{attend, attend_fused};
 use mbpipe_model::{AttentionKind, ModelFiles, ModernBert, PackedBatch};
 
 fn qkv(tokens: usize) -> (Tensor, Tensor, Tensor) {
@@ -38,6 +39,66 @@ fn attention(c: &mut Criterion) {
                 b.iter(|| attend(&q, &k, &v, batch, kind).unwrap())
             });
         }
+    }
+    g.finish();
+}
+
+/// RoPE tables `[max_positions, head_dim / 2]` (cos, sin) for a base `theta`, as ModernBERT
+/// builds them: angle = position * theta^(-2i / head_dim).
+fn rope_tables(theta: f64, max_positions: usize, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(max_positions * half);
+    let mut sin = Vec::with_capacity(max_positions * half);
+    for p in 0..max_positions {
+        for f in &inv_freq {
+            let angle = p as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// The fused CPU attention straight from the `Wqkv` output `[tokens, 3 * hidden]` (RoPE, scores,
+/// softmax, product with V), as the encoder calls it.
+fn fused_attention(c: &mut Criterion) {
+    const HEAD_DIM: usize = 64;
+    const MAX_POSITIONS: usize = 8192;
+    let hidden = common::HEADS * HEAD_DIM;
+    // ModernBERT-base: global layers use theta 160000, local ones 10000.
+    let global_rope = rope_tables(160_000.0, MAX_POSITIONS, HEAD_DIM);
+    let local_rope = rope_tables(10_000.0, MAX_POSITIONS, HEAD_DIM);
+    let local = AttentionKind::Local { half_window: 64 }; // local_attention = 128
+    let cases = [
+        ("100x80", vec![80; 100], "global", AttentionKind::Global),
+        ("2x2048", vec![2048, 2048], "global", AttentionKind::Global),
+        ("2x2048", vec![2048, 2048], "local-128", local),
+    ];
+    let mut g = c.benchmark_group("fused_attention");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for (name, lengths, kind_name, kind) in &cases {
+        let batch = PackedBatch::from_sequences(&common::sequences(lengths));
+        let tokens = batch.num_tokens();
+        let qkv = Tensor::randn(0f32, 1.0, (tokens, 3 * hidden), &Device::Cpu).unwrap();
+        let (cos, sin) = match kind {
+            AttentionKind::Global => &global_rope,
+            _ => &local_rope,
+        };
+        let run = || attend_fused(&qkv, cos, sin, &batch, *kind, common::HEADS).unwrap();
+        if run().is_none() {
+            eprintln!(
+                "fused_attention/{kind_name}/{name}: SKIPPED (fused kernel off: \
+                 MBPIPE_FUSED_ATTENTION=0?)"
+            );
+            continue;
+        }
+        g.throughput(Throughput::Elements(tokens as u64));
+        g.bench_function(BenchmarkId::new(*kind_name, name), |b| b.iter(run));
     }
     g.finish();
 }
@@ -98,5 +159,5 @@ fn gemm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, attention, encoder_layer, gemm);
+criterion_group!(benches, attention, fused_attention, encoder_layer, gemm);
 criterion_main!(benches);

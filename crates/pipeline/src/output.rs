@@ -230,6 +230,14 @@ pub struct Manifest {
     pub run_seconds: f64,
     /// Real tokens per second of the run.
     pub tokens_per_second: f64,
+    /// Seconds the workers spent inside forward passes (encoder and heads), summed over workers;
+    /// at most `run_seconds` times the number of devices.
+    #[serde(default)]
+    pub model_seconds: f64,
+    /// Real tokens per second of the models alone: this run's tokens over `model_seconds` per
+    /// worker. `tokens_per_second` reaches it when I/O and tokenizing overlap fully with compute.
+    #[serde(default)]
+    pub model_tokens_per_second: f64,
     /// Device list and dtype.
     pub devices: String,
     /// Working dtype.

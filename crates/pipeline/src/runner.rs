@@ -337,6 +337,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let stop = stop_on_signals()?;
     let tasks = Arc::new(tasks);
     let pool = WorkerPool::start(replicas, Arc::clone(&tasks));
+    let (model_clock, workers) = (pool.model_clock(), pool.workers());
     let mut rejects: Option<RejectsWriter> = None;
     // Counting rows reads JSON lines files once more; it runs beside the job, for the ETA.
     let total_rows: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
@@ -467,6 +468,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         (Ok(()), Ok(parts)) => parts,
     };
     let run_seconds = run_start.elapsed().as_secs_f64();
+    // The pool is dropped (its workers joined): every forward is on the clock.
+    let model_seconds = model_clock.seconds();
     let rejected = resumed.rejected + rejects.as_ref().map_or(0, |r| r.count());
     progress.finish();
     let kept = resumed.parts.len();
@@ -494,6 +497,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         load_seconds,
         run_seconds,
         tokens_per_second: tokens as f64 / run_seconds.max(1e-9),
+        model_seconds,
+        model_tokens_per_second: model_tokens_per_second(tokens, model_seconds, workers),
         devices: opts
             .devices
             .iter()
@@ -505,10 +510,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     write_manifest(&out_dir, &manifest, names)?;
     resume::finish(&out_dir, names);
     eprintln!(
-        "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
+        "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, model-only {:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
         if kept > 0 { format!(" (after {kept} part file(s) kept from the interrupted run)") } else { String::new() },
         if rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
         manifest.tokens_per_second,
+        manifest.model_tokens_per_second,
         out_dir.display(),
         parts.len(),
         if parts.len() == 1 { "" } else { "s" },
@@ -519,6 +525,16 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         tokens,
         already_complete: false,
     })
+}
+
+/// The rate the models alone sustained: this run's tokens over the workers' mean time inside
+/// forward passes (0 when nothing ran). The end-to-end rate reaches it when reading, tokenizing
+/// and writing fully overlap with compute.
+fn model_tokens_per_second(tokens: u64, model_seconds: f64, workers: usize) -> f64 {
+    if tokens == 0 || model_seconds <= 0.0 {
+        return 0.0;
+    }
+    tokens as f64 / (model_seconds / workers.max(1) as f64)
 }
 
 /// Inputs that are all empty JSON lines files have no columns at all; an empty input is a
@@ -791,4 +807,18 @@ fn finish_window(
     }
     let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
     Ok((batch, tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_only_rate_is_tokens_over_mean_worker_time() {
+        assert_eq!(model_tokens_per_second(1000, 2.0, 1), 500.0);
+        // Two workers busy 2 s each: 1000 tokens in 2 s of wall clock.
+        assert_eq!(model_tokens_per_second(1000, 4.0, 2), 500.0);
+        assert_eq!(model_tokens_per_second(0, 0.0, 1), 0.0);
+        assert_eq!(model_tokens_per_second(10, 0.0, 1), 0.0);
+    }
 }

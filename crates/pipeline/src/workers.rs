@@ -6,10 +6,11 @@
 //! recursively, with the outputs put back together in sequence order ([`OomSplitter`]); a single
 //! sequence that still does not fit is an error naming the device and its length.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use mbpipe_model::{DeviceSpec, PackedBatch};
 
@@ -47,6 +48,29 @@ pub struct Replica {
 pub struct WorkerPool {
     jobs: Option<SyncSender<Queued>>,
     handles: Vec<JoinHandle<()>>,
+    clock: Arc<ModelClock>,
+}
+
+/// Time the workers spent inside forward passes (encoder and heads, out-of-memory attempts
+/// included), summed over workers: with `w` workers busy all the time it grows `w` seconds per
+/// second. What is left of the run's wall clock is reading, tokenizing, assembling and writing
+/// that the workers waited for.
+#[derive(Debug, Default)]
+pub struct ModelClock {
+    nanos: AtomicU64,
+}
+
+impl ModelClock {
+    /// Adds one forward call's duration.
+    pub fn add(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Seconds so far, summed over workers.
+    pub fn seconds(&self) -> f64 {
+        self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
 }
 
 /// Jobs handed to the pool by [`WorkerPool::submit`]; dropping it before [`Pending::wait`]
@@ -63,22 +87,36 @@ impl WorkerPool {
     pub fn start(replicas: Vec<Replica>, tasks: Arc<Vec<BoundTask>>) -> Self {
         let (tx, rx) = sync_channel::<Queued>(replicas.len() * 2);
         let rx = Arc::new(Mutex::new(rx));
+        let clock = Arc::new(ModelClock::default());
         let handles = replicas
             .into_iter()
             .enumerate()
             .map(|(n, replica)| {
                 let rx = Arc::clone(&rx);
                 let tasks = Arc::clone(&tasks);
+                let clock = Arc::clone(&clock);
                 std::thread::Builder::new()
                     .name(format!("mbpipe-worker-{n}"))
-                    .spawn(move || worker_loop(&replica, &tasks, &rx))
+                    .spawn(move || worker_loop(&replica, &tasks, &rx, &clock))
                     .expect("cannot spawn a worker thread")
             })
             .collect();
         WorkerPool {
             jobs: Some(tx),
             handles,
+            clock,
         }
+    }
+
+    /// Number of workers (one per device).
+    pub fn workers(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The workers' forward time; read it after the pool is dropped (its workers joined) for the
+    /// final figure.
+    pub fn model_clock(&self) -> Arc<ModelClock> {
+        Arc::clone(&self.clock)
     }
 
     /// Hands jobs to the pool and returns at once; a helper thread feeds the bounded queue, so
@@ -146,7 +184,7 @@ impl Drop for WorkerPool {
 
 type Queue = Mutex<Receiver<Queued>>;
 
-fn worker_loop(replica: &Replica, tasks: &[BoundTask], rx: &Queue) {
+fn worker_loop(replica: &Replica, tasks: &[BoundTask], rx: &Queue, clock: &ModelClock) {
     let mut splitter = OomSplitter::new(replica.device.to_string());
     loop {
         let next = rx.lock().map(|r| r.recv());
@@ -156,7 +194,7 @@ fn worker_loop(replica: &Replica, tasks: &[BoundTask], rx: &Queue) {
         if cancel.load(Ordering::Relaxed) {
             continue;
         }
-        let result = run_job(&replica.models, tasks, &job, &mut splitter);
+        let result = run_job(&replica.models, tasks, &job, &mut splitter, clock);
         // A receiver that is gone gave up on its jobs (an error elsewhere, an interrupt).
         let _ = reply.send((job.tag, result));
     }
@@ -167,12 +205,20 @@ fn run_job(
     tasks: &[BoundTask],
     job: &Job,
     splitter: &mut OomSplitter,
+    clock: &ModelClock,
 ) -> Result<Vec<TaskBatchOutput>, PipelineError> {
     let model = &models[job.model];
     let group: Vec<&BoundTask> = job.tasks.iter().map(|&i| &tasks[i]).collect();
     splitter.run(&job.batch, &mut |batch| {
-        let hidden = model.model.encode(batch)?;
-        run_heads(model, &group, &hidden, batch)
+        // The heads copy their results to the host, so on a GPU this includes the whole forward.
+        let start = Instant::now();
+        let out = model
+            .model
+            .encode(batch)
+            .map_err(PipelineError::from)
+            .and_then(|hidden| run_heads(model, &group, &hidden, batch));
+        clock.add(start.elapsed());
+        out
     })
 }
 
