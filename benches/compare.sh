@@ -19,6 +19,7 @@
 #   --threads N         threads for both implementations (default 2)
 #   --size base|large   model shapes (default base)
 #   --no-build          use the existing target/release/mbpipe
+#   --no-bf16           f32 runs only (CPUs without AVX512-BF16, where bf16 is not the fast path)
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
 # GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; default 185 / 390, measured
@@ -36,6 +37,7 @@ long_limit=0
 threads=2
 size=base
 build=1
+bf16=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) corpus=$2; shift 2 ;;
@@ -45,7 +47,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --no-bf16) bf16=0; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -156,16 +159,16 @@ subset "$corpus" "$limit" "$work/short.jsonl"
 short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $limit)" || true)"
 run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
 run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
-run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
+[ "$bf16" = 1 ] && run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
 run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
-run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
+[ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
 
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
   long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)" || true)"
   run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
   run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
-  run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
+  [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
 fi
 
 # The table.

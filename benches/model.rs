@@ -1,6 +1,6 @@
 //! Hot kernels of the model on ModernBERT-base shapes: attention (global and banded local over a
 //! packed batch; candle's and the fused CPU kernel from `qkv`), one encoder layer (f32, bf16),
-//! and the linear layer's GEMM.
+//! and the linear layer's GEMM (candle's, the packed f32 kernel, the AVX512-BF16 kernel).
 //!
 //! `cargo bench --bench model` (a few minutes on 2 cores).
 
@@ -129,6 +129,7 @@ fn encoder_layer(c: &mut Criterion) {
 
 fn gemm(c: &mut Criterion) {
     use mbpipe_model::bf16_gemm::{available, PackedWeight};
+    use mbpipe_model::f32_gemm::PackedF32;
     let (m, k, n) = (2048, 768, 2304);
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
@@ -147,9 +148,15 @@ fn gemm(c: &mut Criterion) {
     g.bench_function("candle-bf16", |b| {
         b.iter(|| xb.matmul(&wb.t().unwrap()).unwrap())
     });
+    let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    if let Some(packed) = PackedF32::pack(&ws, n, k) {
+        g.bench_function("f32-kernel", |b| b.iter(|| packed.matmul(&xs, m, None)));
+    } else {
+        eprintln!("gemm/f32-kernel: SKIPPED (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+    }
     if available() {
-        let packed = PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
-        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let packed = PackedWeight::pack(&ws, n, k);
         g.bench_function("avx512bf16-kernel", |b| {
             b.iter(|| packed.matmul(&xs, m, None))
         });

@@ -7,6 +7,7 @@ use anyhow::Context;
 use mbpipe_model::{argmax, scores_from_logits, Pooling, Tensor};
 use mbpipe_pipeline::engine::{configure_threads, LoadedModel};
 use mbpipe_pipeline::tasks::l2_normalize;
+use mbpipe_pipeline::{OomSplitter, PerSequence, PipelineError};
 use mbpipe_text::{pack_by_length, TextEncoder};
 use serde_json::json;
 
@@ -87,6 +88,8 @@ fn load_model(args: &QuickArgs) -> anyhow::Result<LoadedModel> {
 
 /// Tokenizes every text and runs packed batches; `per_batch` turns one batch's hidden states
 /// into one output per sequence, returned in input order.
+// The splitter's error is the pipeline's (large) error type; boxing it buys nothing here.
+#[allow(clippy::result_large_err)]
 fn run_packed<T: Clone>(
     args: &QuickArgs,
     loaded: &LoadedModel,
@@ -115,13 +118,19 @@ fn run_packed<T: Clone>(
             .map(|(i, e)| (i, e.ids.as_slice())),
         args.runtime.batch_tokens(),
     );
+    // A batch that runs out of device memory is split and retried, as in `mbpipe run`.
+    let device = args.runtime.device.0.first().map(|d| d.to_string());
+    let mut splitter = OomSplitter::new(device.unwrap_or_default());
     for packed in batches {
-        let hidden = loaded.model.encode(&packed.batch)?;
-        for (key, out) in packed
-            .keys
-            .iter()
-            .zip(per_batch(loaded, &hidden, &packed.batch)?)
-        {
+        let PerSequence(outputs) = splitter.run(&packed.batch, &mut |batch| {
+            let hidden = loaded.model.encode(batch)?;
+            let outputs = per_batch(loaded, &hidden, batch).map_err(|e| {
+                e.downcast::<PipelineError>()
+                    .unwrap_or_else(|e| PipelineError::Run(format!("{e:#}")))
+            })?;
+            Ok(PerSequence(outputs))
+        })?;
+        for (key, out) in packed.keys.iter().zip(outputs) {
             results[*key] = Some(out);
         }
     }

@@ -1,11 +1,12 @@
-//! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, candle bf16, and the AVX512-BF16
-//! kernel, measured back to back (shared machines are noisy; compare within one run).
+//! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, the packed f32 kernel, candle bf16,
+//! and the AVX512-BF16 kernel, measured back to back (shared machines are noisy; compare within one run).
 //!
 //! `cargo run --release -p mbpipe-model --example gemm_bench -- [reps]`
 
 use std::time::Instant;
 
 use mbpipe_model::bf16_gemm::{available, PackedWeight};
+use mbpipe_model::f32_gemm::PackedF32;
 use mbpipe_model::{DType, Device, Tensor};
 
 fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -22,12 +23,14 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
-    println!("m x k x n | candle f32 | candle bf16 | bf16 kernel (GFLOP/s)");
+    println!("m x k x n | candle f32 | f32 kernel | candle bf16 | bf16 kernel (GFLOP/s)");
     for (m, k, n) in [
         (2048, 768, 2304),
         (2048, 1152, 768),
         (2048, 768, 768),
         (333, 768, 2304),
+        (100, 768, 768),
+        (8192, 768, 2304),
     ] {
         let flop = 2.0 * (m * k * n) as f64;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
@@ -35,6 +38,17 @@ fn main() {
         let f32s = best_of(reps, || {
             let _ = x.matmul(&w.t().unwrap()).unwrap();
         });
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let f32_kernel = match PackedF32::pack(&ws, n, k) {
+            Some(packed) => format!(
+                "{:.0}",
+                flop / best_of(reps, || {
+                    let _ = packed.matmul(&xs, m, None);
+                }) / 1e9
+            ),
+            None => "n/a".into(),
+        };
         let (xb, wb) = (
             x.to_dtype(DType::BF16).unwrap(),
             w.to_dtype(DType::BF16).unwrap(),
@@ -43,9 +57,7 @@ fn main() {
             let _ = xb.matmul(&wb.t().unwrap()).unwrap();
         });
         let kernel = if available() {
-            let packed =
-                PackedWeight::pack(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k);
-            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let packed = PackedWeight::pack(&ws, n, k);
             format!(
                 "{:.0}",
                 flop / best_of(reps, || {
@@ -56,7 +68,7 @@ fn main() {
             "n/a (no avx512bf16)".into()
         };
         println!(
-            "{m} x {k} x {n} | {:.0} | {:.0} | {kernel}",
+            "{m} x {k} x {n} | {:.0} | {f32_kernel} | {:.0} | {kernel}",
             flop / f32s / 1e9,
             flop / bf16s / 1e9
         );

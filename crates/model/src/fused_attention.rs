@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
+use crate::simd::{cpu, Cpu};
 
 /// Queries per task: small enough that the scores of a 8k-token global row block stay in L2
 /// (64 x 8192 x 4 bytes = 2 MiB), large enough to amortise a GEMM call.
@@ -170,30 +171,6 @@ fn rotate_generic(
             d2[i] = (s2[i] * cos[i] + s1[i] * sin[i]) * scale;
         }
     }
-}
-
-/// The vector instructions this CPU offers the kernels.
-#[derive(Clone, Copy)]
-enum Cpu {
-    Avx512,
-    Avx2,
-    Other,
-}
-
-fn cpu() -> Cpu {
-    static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
-    *CPU.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Cpu::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Cpu::Avx2;
-            }
-        }
-        Cpu::Other
-    })
 }
 
 /// One head of one sequence: the unit of parallel work.
@@ -518,8 +495,9 @@ impl Block {
 /// for AVX-512 (16 lanes) and AVX2 + FMA (8 lanes).
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use std::arch::x86_64::*;
     use std::ops::Range;
+
+    pub(crate) use crate::simd::{Avx2, Avx512, Isa};
 
     /// Head sizes must be a multiple of this.
     pub const HEAD_DIM_STEP: usize = 64;
@@ -529,78 +507,18 @@ mod simd {
     /// the tile's rows accumulate.
     const KEY_CHUNK: usize = 128;
 
-    /// The instructions the kernels need. Every method is `inline(always)`, so the intrinsics
-    /// land in the caller's `target_feature` function.
-    pub trait Isa {
-        type V: Copy;
-        const LANES: usize;
-        /// Query rows per PV register tile (`ROWS` or fewer: AVX2 has 16 registers).
-        const VALUE_ROWS: usize;
-        unsafe fn zero() -> Self::V;
-        unsafe fn load(p: *const f32) -> Self::V;
-        unsafe fn store(p: *mut f32, v: Self::V);
-        unsafe fn splat(x: f32) -> Self::V;
-        /// `a * b + c`.
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Query rows per PV register tile (`ROWS` or fewer: AVX2 has 16 registers).
+    fn value_rows<S: Isa>() -> usize {
+        if S::REGISTERS >= 32 {
+            4
+        } else {
+            2
+        }
     }
 
     /// Keys per QKᵀ register tile (two vectors); score rows are padded to a multiple of it.
     pub fn key_step<S: Isa>() -> usize {
         2 * S::LANES
-    }
-
-    pub struct Avx512;
-    impl Isa for Avx512 {
-        type V = __m512;
-        const LANES: usize = 16;
-        const VALUE_ROWS: usize = 4;
-        #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            _mm512_setzero_ps()
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            _mm512_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m512) {
-            _mm512_storeu_ps(p, v)
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m512 {
-            _mm512_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            _mm512_fmadd_ps(a, b, c)
-        }
-    }
-
-    pub struct Avx2;
-    impl Isa for Avx2 {
-        type V = __m256;
-        const LANES: usize = 8;
-        const VALUE_ROWS: usize = 2;
-        #[inline(always)]
-        unsafe fn zero() -> __m256 {
-            _mm256_setzero_ps()
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m256) {
-            _mm256_storeu_ps(p, v)
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m256 {
-            _mm256_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-            _mm256_fmadd_ps(a, b, c)
-        }
     }
 
     /// One head of one sequence, prepared: Kᵀ in `[head_dim, key_step]` panels (keys padded to
@@ -725,7 +643,7 @@ mod simd {
             let chunk_keys = chunk..(chunk + KEY_CHUNK).min(cols.end);
             let mut r = r0;
             while r < r0 + rows {
-                let n = S::VALUE_ROWS.min(r0 + rows - r);
+                let n = value_rows::<S>().min(r0 + rows - r);
                 let pp = p.as_ptr().add(r * p_stride);
                 for c0 in (0..head_dim).step_by(width) {
                     let args = (pp, p_stride, v.add(c0), head_dim);

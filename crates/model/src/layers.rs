@@ -4,6 +4,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor, D};
 
 use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
+use crate::f32_gemm::PackedF32;
 use crate::weights::Weights;
 
 /// `y = x W^T (+ b)` on a `[tokens, in]` matrix.
@@ -21,12 +22,19 @@ enum Kernel {
         weight: PackedWeight,
         bias: Option<Vec<f32>>,
     },
+    /// The f32 kernel (AVX2 + FMA or AVX-512) on an f32 CPU weight packed at load.
+    PackedF32 {
+        weight: PackedF32,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 impl Linear {
-    /// A layer from its tensors; `pack_bf16` packs an f32 CPU weight for the bf16 kernel.
+    /// A layer from its tensors; `pack_bf16` packs an f32 CPU weight for the bf16 kernel. An f32
+    /// CPU weight is otherwise packed for the f32 kernel where the CPU has one.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, pack_bf16: bool) -> Result<Self> {
-        if !pack_bf16 {
+        let f32_cpu = weight.device().is_cpu() && weight.dtype() == DType::F32;
+        if !pack_bf16 && !f32_cpu {
             return Ok(Linear {
                 kernel: Kernel::Candle(weight),
                 bias,
@@ -41,13 +49,21 @@ impl Linear {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        Ok(Linear {
-            kernel: Kernel::PackedBf16 {
+        let kernel = if pack_bf16 {
+            Kernel::PackedBf16 {
                 weight: PackedWeight::pack(&data, n, k),
                 bias: bias_vec,
-            },
-            bias,
-        })
+            }
+        } else {
+            match PackedF32::pack(&data, n, k) {
+                Some(weight) => Kernel::PackedF32 {
+                    weight,
+                    bias: bias_vec,
+                },
+                None => Kernel::Candle(weight),
+            }
+        };
+        Ok(Linear { kernel, bias })
     }
 
     /// Loads `{name}.weight` `[out, in]` and, when `bias`, `{name}.bias`.
@@ -84,28 +100,42 @@ impl Linear {
                 })
             }
             Kernel::PackedBf16 { weight, bias } => {
-                let dims = x.dims().to_vec();
-                let k = weight.in_features();
-                let m = x.elem_count() / k.max(1);
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                let y = {
-                    let (storage, layout) = x.storage_and_layout();
-                    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-                        return Err(ModelError::Unsupported(
-                            "the bf16 kernel runs on CPU f32 activations".into(),
-                        ));
-                    };
-                    let (start, end) = layout
-                        .contiguous_offsets()
-                        .expect("contiguous() gives contiguous offsets");
-                    weight.matmul(&data[start..end], m, bias.as_deref())
-                };
-                let mut out_dims = dims;
-                *out_dims.last_mut().expect("matmul input has a dimension") = weight.out_features();
-                Ok(Tensor::from_vec(y, out_dims, x.device())?)
+                let (k, n) = (weight.in_features(), weight.out_features());
+                on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias.as_deref()))
+            }
+            Kernel::PackedF32 { weight, bias } => {
+                let (k, n) = (weight.in_features(), weight.out_features());
+                on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias.as_deref()))
             }
         }
     }
+}
+
+/// Runs a CPU kernel on `x [.., k]` as an `[m, k]` f32 slice; the result `[m, n]` takes `x`'s
+/// leading dimensions.
+fn on_f32_rows(
+    x: &Tensor,
+    k: usize,
+    n: usize,
+    kernel: impl FnOnce(&[f32], usize) -> Vec<f32>,
+) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let m = x.elem_count() / k.max(1);
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let y = {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            return Err(ModelError::Unsupported(
+                "the packed CPU kernels take CPU f32 activations".into(),
+            ));
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .expect("contiguous() gives contiguous offsets");
+        kernel(&data[start..end], m)
+    };
+    *dims.last_mut().expect("matmul input has a dimension") = n;
+    Ok(Tensor::from_vec(y, dims, x.device())?)
 }
 
 /// LayerNorm over the last dimension; ModernBERT's have no bias.

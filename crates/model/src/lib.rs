@@ -21,6 +21,8 @@ mod config;
 mod device;
 mod encoder;
 mod error;
+#[doc(hidden)]
+pub mod f32_gemm;
 mod files;
 mod fused;
 mod fused_attention;
@@ -30,6 +32,7 @@ mod layers;
 mod model;
 #[doc(hidden)]
 pub mod profile;
+mod simd;
 mod tokenizer;
 mod varlen;
 mod weights;

@@ -39,4 +39,4 @@ pub use runner::{
     default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_CUDA_MAX_BATCH_TOKENS,
     DEFAULT_MAX_BATCH_TOKENS,
 };
-pub use workers::{is_out_of_memory, OomSplitter};
+pub use workers::{is_out_of_memory, OomSplitter, PerSequence, SplitOutput};

@@ -272,13 +272,10 @@ impl OomSplitter {
 
     /// Runs `forward` on `batch`, splitting on out-of-memory; one output per task, one row per
     /// sequence, in sequence order.
-    pub fn run<F>(
-        &mut self,
-        batch: &PackedBatch,
-        forward: &mut F,
-    ) -> Result<Vec<TaskBatchOutput>, PipelineError>
+    pub fn run<O, F>(&mut self, batch: &PackedBatch, forward: &mut F) -> Result<O, PipelineError>
     where
-        F: FnMut(&PackedBatch) -> Result<Vec<TaskBatchOutput>, PipelineError>,
+        O: SplitOutput,
+        F: FnMut(&PackedBatch) -> Result<O, PipelineError>,
     {
         let (sequences, tokens) = (batch.num_sequences(), batch.num_tokens());
         if sequences > 1 && self.limit.is_some_and(|limit| tokens >= limit) {
@@ -309,28 +306,49 @@ impl OomSplitter {
         }
     }
 
-    fn split<F>(
-        &mut self,
-        batch: &PackedBatch,
-        forward: &mut F,
-    ) -> Result<Vec<TaskBatchOutput>, PipelineError>
+    fn split<O, F>(&mut self, batch: &PackedBatch, forward: &mut F) -> Result<O, PipelineError>
     where
-        F: FnMut(&PackedBatch) -> Result<Vec<TaskBatchOutput>, PipelineError>,
+        O: SplitOutput,
+        F: FnMut(&PackedBatch) -> Result<O, PipelineError>,
     {
         self.splits += 1;
         let (left, right) = batch.split_at(split_point(batch));
         let mut out = self.run(&left, forward)?;
-        let rest = self.run(&right, forward)?;
-        if out.len() != rest.len() {
+        out.join(self.run(&right, forward)?)?;
+        Ok(out)
+    }
+}
+
+/// What a forward returns for a batch, such that the outputs of a split batch's two halves join
+/// into the unsplit batch's.
+pub trait SplitOutput: Sized {
+    /// Appends `rest`, the output for the sequences that follow.
+    fn join(&mut self, rest: Self) -> Result<(), PipelineError>;
+}
+
+/// One output per task, each with one row per sequence (the pipeline's workers).
+impl SplitOutput for Vec<TaskBatchOutput> {
+    fn join(&mut self, rest: Self) -> Result<(), PipelineError> {
+        if self.len() != rest.len() {
             return Err(PipelineError::Run(
                 "the halves of a split batch gave different numbers of task outputs; this is a bug"
                     .into(),
             ));
         }
-        for (o, r) in out.iter_mut().zip(rest) {
+        for (o, r) in self.iter_mut().zip(rest) {
             o.append(r)?;
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// One value per sequence, in sequence order (the one-shot commands).
+pub struct PerSequence<T>(pub Vec<T>);
+
+impl<T> SplitOutput for PerSequence<T> {
+    fn join(&mut self, rest: Self) -> Result<(), PipelineError> {
+        self.0.extend(rest.0);
+        Ok(())
     }
 }
 
@@ -442,12 +460,15 @@ mod tests {
         let b = batch(&[5, 6]);
         let mut calls = 0;
         let err = OomSplitter::new("cpu".into())
-            .run(&b, &mut |_b: &PackedBatch| {
-                calls += 1;
-                Err(PipelineError::Run(
-                    "token id 99999 is outside the vocabulary".into(),
-                ))
-            })
+            .run(
+                &b,
+                &mut |_b: &PackedBatch| -> Result<Vec<TaskBatchOutput>, _> {
+                    calls += 1;
+                    Err(PipelineError::Run(
+                        "token id 99999 is outside the vocabulary".into(),
+                    ))
+                },
+            )
             .unwrap_err();
         assert_eq!(calls, 1);
         assert!(!is_out_of_memory(&err));
@@ -467,6 +488,31 @@ mod tests {
         // Same size again: no failing attempt at 40 tokens first.
         splitter.run(&b, &mut fake(25, &mut calls)).unwrap();
         assert_eq!(calls, [20, 20]);
+    }
+
+    /// The one-shot commands' outputs (one value per sequence) rejoin in sequence order.
+    #[test]
+    fn per_sequence_outputs_are_rejoined_in_order() {
+        let lens = [5, 9, 1, 30, 7, 7, 12, 3, 2, 20];
+        let b = batch(&lens);
+        let mut attempts = Vec::new();
+        let mut splitter = OomSplitter::new("test".into());
+        let PerSequence(got) = splitter
+            .run(&b, &mut |part: &PackedBatch| {
+                attempts.push(part.num_tokens());
+                if part.num_tokens() > 40 {
+                    return Err(oom());
+                }
+                // Each sequence's length, as a head would give one value per sequence.
+                Ok(PerSequence(
+                    (0..part.num_sequences())
+                        .map(|i| part.range(i).len())
+                        .collect::<Vec<_>>(),
+                ))
+            })
+            .unwrap();
+        assert_eq!(got, lens);
+        assert!(splitter.splits() >= 2, "attempts {attempts:?}");
     }
 
     #[test]

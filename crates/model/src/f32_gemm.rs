@@ -1,0 +1,474 @@
+//! `y = x Wᵀ (+ b)` in f32 on the CPU, with the weight packed once at load time.
+//!
+//! Linear layers are most of a CPU forward, and a general GEMM (candle's, through the `gemm`
+//! crate) re-packs the constant weight on every call and reaches about 55-60% of the machine's
+//! FMA throughput on ModernBERT-base shapes. Here the weight is packed at load into panels of
+//! [`nr`](PackedF32) output columns (two vectors wide), each `k × nr` row-major, so a micro-kernel
+//! reads one panel row per step. Per call only the activations are packed: a block of rows and
+//! a slice of the input features (`kc`, sized so one weight micro-panel stays in L1) into
+//! micro-panels of `MR` rows, `kc`-major, which stay in L2 while every weight panel streams past.
+//! The micro-kernel keeps an `MR × 2`-vector tile of the output in registers (AVX2: 6 × 16 of
+//! 16 registers; AVX-512: 12 × 32 of 32) and issues one broadcast and two FMAs per row and step,
+//! which is what the FMA units can retire. Blocks of rows × column panels are rayon tasks.
+//!
+//! Only x86-64 CPUs with AVX2 + FMA or AVX-512 take this path ([`PackedF32::pack`] returns `None`
+//! elsewhere, and the model keeps candle's matmul). `MBPIPE_F32_GEMM=0` turns it off for A/B
+//! measurements.
+
+use rayon::prelude::*;
+
+use crate::simd::{cpu, Cpu};
+
+/// Rows of output per work block (a multiple of every `MR`): its packed activations
+/// (`MC × kc` floats, at most 144 KiB) stay in L2.
+const MC: usize = 144;
+/// Bytes of one weight micro-panel (`kc × nr` floats), kept in L1 during a block.
+const B_PANEL_BYTES: usize = 16 * 1024;
+/// Output columns a task covers at least (so re-packing its rows is cheap against its FMAs).
+const MIN_TASK_COLUMNS: usize = 128;
+
+/// Whether `MBPIPE_F32_GEMM=0` turned the kernel off.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MBPIPE_F32_GEMM").map_or(true, |v| v != "0"))
+}
+
+/// A weight `[n, k]` packed for the kernel of this CPU.
+pub struct PackedF32 {
+    n: usize,
+    k: usize,
+    isa: Cpu,
+    /// Columns per panel: two vectors.
+    nr: usize,
+    /// Input features per packed activation block.
+    kc: usize,
+    /// `n.div_ceil(nr)` panels of `k × nr` floats (columns past `n` are zero).
+    data: Vec<f32>,
+}
+
+impl PackedF32 {
+    /// Packs a row-major `[n, k]` weight, or `None` when this CPU has no kernel (or it was
+    /// turned off).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
+        let isa = cpu();
+        let lanes = match isa {
+            Cpu::Avx512 => 16,
+            Cpu::Avx2 => 8,
+            Cpu::Other => return None,
+        };
+        if !enabled() {
+            return None;
+        }
+        let nr = 2 * lanes;
+        let kc_target = (B_PANEL_BYTES / 4 / nr).max(1);
+        // Equal k blocks, none much shorter than the others.
+        let kc = k.div_ceil(k.div_ceil(kc_target).max(1)).max(1);
+        let mut data = vec![0f32; n.div_ceil(nr) * k * nr];
+        data.par_chunks_mut((k * nr).max(1))
+            .enumerate()
+            .for_each(|(panel, out)| {
+                for j in 0..nr.min(n - panel * nr) {
+                    let row = &w[(panel * nr + j) * k..][..k];
+                    for (p, &v) in row.iter().enumerate() {
+                        out[p * nr + j] = v;
+                    }
+                }
+            });
+        Some(PackedF32 {
+            n,
+            k,
+            isa,
+            nr,
+            kc,
+            data,
+        })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    /// `x [m, k]` (row-major) times the weight transposed, plus `bias [n]`, into a new `[m, n]`
+    /// row-major buffer.
+    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
+        }
+        let n = self.n;
+        if m == 0 || n == 0 || self.k == 0 {
+            let mut out = vec![0f32; m * n];
+            if let Some(b) = bias.filter(|_| n > 0) {
+                out.chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+            }
+            return out;
+        }
+        // Not zeroed: the first block of input features writes every element (see `Init`), and
+        // zeroing a fresh multi-megabyte output costs a few percent of the product.
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        let panels = n.div_ceil(self.nr);
+        let row_blocks = m.div_ceil(MC);
+        // Enough tasks to keep every thread busy when the batch has few rows.
+        let wanted = 8 * rayon::current_num_threads();
+        let max_chunks = panels.div_ceil(MIN_TASK_COLUMNS.div_ceil(self.nr)).max(1);
+        let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
+        let panels_per_chunk = panels.div_ceil(col_chunks);
+        let col_chunks = panels.div_ceil(panels_per_chunk);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..row_blocks * col_chunks).into_par_iter().for_each(|t| {
+            let (rb, cb) = (t / col_chunks, t % col_chunks);
+            let rows = rb * MC..(rb * MC + MC).min(m);
+            let p0 = cb * panels_per_chunk;
+            let task = Task {
+                rows,
+                panels: p0..(p0 + panels_per_chunk).min(panels),
+            };
+            let out_ptr = &out_ptr;
+            // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
+            // the parallel loop; `isa` was detected on this CPU by `pack`.
+            unsafe { self.run(x, &task, bias, out_ptr.0) };
+        });
+        // SAFETY: the tasks cover every (row, column) of `[m, n]`, and each wrote all of its
+        // elements in its first block of input features (`Init::Bias` / `Init::Zero`).
+        unsafe { out.set_len(m * n) };
+        out
+    }
+
+    /// One task: packs its rows block by block of input features and runs the micro-kernel
+    /// over every (row micro-panel, column panel).
+    ///
+    /// # Safety
+    /// `out` is the `[m, n]` output; no other thread writes this task's block; the CPU has the
+    /// instructions of `self.isa`.
+    unsafe fn run(&self, x: &[f32], task: &Task, bias: Option<&[f32]>, out: *mut f32) {
+        let mr = match self.isa {
+            Cpu::Avx512 => x86::AVX512_MR,
+            _ => x86::AVX2_MR,
+        };
+        let (n, k, nr) = (self.n, self.k, self.nr);
+        let rows = task.rows.len();
+        let micro_panels = rows.div_ceil(mr);
+        PACKED_ROWS.with_borrow_mut(|apack| {
+            apack.clear();
+            apack.resize(micro_panels * mr * self.kc, 0.0);
+            let mut pc = 0;
+            while pc < k {
+                let kc = self.kc.min(k - pc);
+                pack_rows(x, k, task.rows.clone(), pc..pc + kc, mr, apack);
+                for panel in task.panels.clone() {
+                    let col = panel * nr;
+                    let tile = TileShape {
+                        kc,
+                        ldc: n,
+                        cols: nr.min(n - col),
+                        rows: 0,
+                    };
+                    let b = self.data.as_ptr().add(panel * k * nr + pc * nr);
+                    let init = match (pc, bias) {
+                        (0, Some(b)) => Init::Bias(b.as_ptr().add(col)),
+                        (0, None) => Init::Zero,
+                        _ => Init::Accumulate,
+                    };
+                    for i in 0..micro_panels {
+                        let r = task.rows.start + i * mr;
+                        let tile = TileShape {
+                            rows: mr.min(task.rows.end - r),
+                            ..tile
+                        };
+                        let a = apack.as_ptr().add(i * mr * kc);
+                        let c = out.add(r * n + col);
+                        x86::tile(self.isa, a, b, c, tile, init);
+                    }
+                }
+                pc += kc;
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Packed activations of the current task, reused across calls.
+    static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct Task {
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+}
+
+/// Copies `x[rows, cols]` into micro-panels of `mr` rows, each `cols.len() × mr` (column-major
+/// within the panel); rows past the end of `rows` are zero.
+fn pack_rows(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    mr: usize,
+    out: &mut [f32],
+) {
+    let kc = cols.len();
+    for (i, panel) in out
+        .chunks_mut(mr * kc)
+        .take(rows.len().div_ceil(mr))
+        .enumerate()
+    {
+        for r in 0..mr {
+            let row = rows.start + i * mr + r;
+            if row < rows.end {
+                let src = &x[row * k + cols.start..][..kc];
+                for (p, &v) in src.iter().enumerate() {
+                    panel[p * mr + r] = v;
+                }
+            } else {
+                for p in 0..kc {
+                    panel[p * mr + r] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// What a tile's output starts from.
+#[derive(Clone, Copy)]
+enum Init {
+    /// The first block of input features with a bias: `c = bias + a·b`.
+    Bias(*const f32),
+    /// The first block without a bias: `c = a·b`.
+    Zero,
+    /// Later blocks: `c += a·b`.
+    Accumulate,
+}
+
+/// One micro-kernel call: `kc` steps into a `rows × cols` tile of `c` (row stride `ldc`).
+#[derive(Clone, Copy)]
+struct TileShape {
+    kc: usize,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to rayon tasks.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+
+    use super::{Init, TileShape};
+    use crate::simd::{Avx2, Avx512, Cpu, Isa};
+
+    /// Rows per AVX2 tile: 6 × 2 accumulators + 2 weight vectors + 1 broadcast of 16 registers.
+    pub const AVX2_MR: usize = 6;
+    /// Rows per AVX-512 tile: 12 × 2 accumulators + 3 of 32 registers.
+    pub const AVX512_MR: usize = 12;
+
+    /// # Safety
+    /// `a` holds `kc × MR` packed floats, `b` `kc` rows of a panel, `c` the tile; the CPU has
+    /// the instructions of `isa`.
+    pub unsafe fn tile(
+        isa: Cpu,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        shape: TileShape,
+        init: Init,
+    ) {
+        match isa {
+            Cpu::Avx512 => tile_avx512(a, b, c, shape, init),
+            _ => tile_avx2(a, b, c, shape, init),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512(a: *const f32, b: *const f32, c: *mut f32, s: TileShape, init: Init) {
+        tile_generic::<Avx512, AVX512_MR>(a, b, c, s, init)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_avx2(a: *const f32, b: *const f32, c: *mut f32, s: TileShape, init: Init) {
+        tile_generic::<Avx2, AVX2_MR>(a, b, c, s, init)
+    }
+
+    /// The register tile: `acc[r] = Σ_p a[p, r] · b[p, 0..2 lanes]`, then written to `c`.
+    #[inline(always)]
+    unsafe fn tile_generic<S: Isa, const MR: usize>(
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        shape: TileShape,
+        init: Init,
+    ) {
+        let l = S::LANES;
+        let nr = 2 * l;
+        // The output tile is read (or written) after the loop: start fetching it now.
+        for r in 0..shape.rows {
+            let cr = c.add(r * shape.ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(cr);
+            _mm_prefetch::<_MM_HINT_T0>(cr.add(4 * nr - 1));
+        }
+        let mut acc = [[S::zero(); 2]; MR];
+        for p in 0..shape.kc {
+            let b0 = S::load(b.add(p * nr));
+            let b1 = S::load(b.add(p * nr + l));
+            let ap = a.add(p * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = S::splat(*ap.add(r));
+                row[0] = S::fma(av, b0, row[0]);
+                row[1] = S::fma(av, b1, row[1]);
+            }
+        }
+        if shape.rows == MR && shape.cols == nr {
+            let bias = match init {
+                Init::Bias(bias) => Some([S::load(bias), S::load(bias.add(l))]),
+                _ => None,
+            };
+            for (r, row) in acc.iter().enumerate() {
+                let cr = c.add(r * shape.ldc);
+                for (h, &v) in row.iter().enumerate() {
+                    let v = match (init, bias) {
+                        (Init::Bias(_), Some(bias)) => S::add(v, bias[h]),
+                        (Init::Accumulate, _) => S::add(v, S::load(cr.add(h * l))),
+                        _ => v,
+                    };
+                    S::store(cr.add(h * l), v);
+                }
+            }
+        } else {
+            // Edge tile: through a buffer, only the valid part reaches `c`.
+            let mut buf = [0f32; 2 * 16 * AVX512_MR];
+            for (r, row) in acc.iter().enumerate() {
+                S::store(buf.as_mut_ptr().add(r * nr), row[0]);
+                S::store(buf.as_mut_ptr().add(r * nr + l), row[1]);
+            }
+            for r in 0..shape.rows {
+                let cr = c.add(r * shape.ldc);
+                for j in 0..shape.cols {
+                    let v = buf[r * nr + j];
+                    *cr.add(j) = match init {
+                        Init::Bias(bias) => v + *bias.add(j),
+                        Init::Zero => v,
+                        Init::Accumulate => *cr.add(j) + v,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Never reached: without x86-64 [`PackedF32::pack`] returns `None`.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    use super::{Init, TileShape};
+    use crate::simd::Cpu;
+
+    pub const AVX2_MR: usize = 6;
+    pub const AVX512_MR: usize = 12;
+
+    pub unsafe fn tile(_: Cpu, _: *const f32, _: *const f32, _: *mut f32, _: TileShape, _: Init) {
+        unreachable!("no f32 kernel on this architecture")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// f64 reference of `x Wᵀ + b`, and `Σ |x·w|` per element (the scale of rounding error).
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        (m, n, k): (usize, usize, usize),
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut out = vec![0f64; m * n];
+        let mut scale = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = b.map_or(0.0, |b| b[j] as f64);
+                let mut a = s.abs();
+                for l in 0..k {
+                    let t = x[i * k + l] as f64 * w[j * k + l] as f64;
+                    s += t;
+                    a += t.abs();
+                }
+                out[i * n + j] = s;
+                scale[i * n + j] = a;
+            }
+        }
+        (out, scale)
+    }
+
+    /// f32 accumulation over k terms errs by at most about k·2^-24·Σ|terms| (in practice far
+    /// less); k ≤ 1200 here, so 1e-4 · Σ|x·w| per element is a bound that still catches any
+    /// missing, doubled or misplaced term (each is ~1/k of the scale or more).
+    #[test]
+    fn matches_f64_reference_on_odd_shapes() {
+        if PackedF32::pack(&[0.0], 1, 1).is_none() {
+            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (6, 16, 2),
+            (7, 17, 33),
+            (12, 32, 300),
+            (13, 100, 513),
+            (145, 97, 65),
+            (300, 40, 1152),
+            (290, 770, 64),
+        ] {
+            for with_bias in [false, true] {
+                let x = random(m * k, (m * 31 + k) as u64);
+                let w = random(n * k, (n * 17 + k) as u64);
+                let b = with_bias.then(|| random(n, n as u64 + 5));
+                let packed = PackedF32::pack(&w, n, k).expect("this CPU has a kernel");
+                let got = packed.matmul(&x, m, b.as_deref());
+                let (want, scale) = reference(&x, &w, b.as_deref(), (m, n, k));
+                for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                    assert!(
+                        (g as f64 - r).abs() <= 1e-4 * s + 1e-6,
+                        "[{m}, {n}, {k}] bias={with_bias} element {i}: got {g}, want {r} (scale {s})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_inputs_give_bias_rows() {
+        if PackedF32::pack(&[0.0], 1, 1).is_none() {
+            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+            return;
+        }
+        let packed = PackedF32::pack(&[], 3, 0).expect("kernel");
+        assert_eq!(
+            packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])),
+            vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+        );
+        let packed = PackedF32::pack(&random(12, 1), 3, 4).expect("kernel");
+        assert!(packed.matmul(&[], 0, None).is_empty());
+    }
+}
