@@ -49,7 +49,7 @@ pub struct RuntimeArgs {
     /// CPU threads for the matrix products and tokenization (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Token budget of one packed batch (default: 16384 on the CPU, 65536 on GPUs; a GPU batch
+    /// Token budget of one packed batch (default: 4096 on the CPU, 65536 on GPUs; a GPU batch
     /// that runs out of memory is split and retried).
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,

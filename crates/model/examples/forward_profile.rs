@@ -17,7 +17,7 @@ fn main() {
         "f16" => DType::F16,
         _ => DType::F32,
     };
-    let tokens: usize = arg(1, "16384").parse().unwrap();
+    let tokens: usize = arg(1, "4096").parse().unwrap();
     let median: f64 = arg(2, "44").parse().unwrap();
     let layers: usize = arg(3, "22").parse().unwrap();
     let reps: usize = arg(4, "3").parse().unwrap();
