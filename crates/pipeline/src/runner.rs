@@ -37,9 +37,9 @@ use crate::validate::Pipeline;
 use crate::workers::{Job, Pending, Replica, WorkerPool};
 
 /// Default token budget of one packed batch on the CPU. Measured on a 2-core EPYC (AVX2), base
-/// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (smaller
-/// activations stay in cache and their buffers are reused instead of freshly mapped); 2048 and
-/// below lose again to per-batch overhead.
+/// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (larger
+/// batches page-fault 7x more: their activation buffers are freshly mapped, not reused); 2048
+/// and below were slower again.
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4_096;
 /// Default token budget of one packed batch when the devices are GPUs: large batches keep a GPU
 /// busy, and a batch that does not fit is split and retried (see the README's "GPUs").
