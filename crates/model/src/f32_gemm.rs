@@ -213,6 +213,49 @@ fn pack_rows(
     mr: usize,
     out: &mut [f32],
 ) {
+    match mr {
+        x86::AVX2_MR => pack_rows_mr::<{ x86::AVX2_MR }>(x, k, rows, cols, out),
+        x86::AVX512_MR => pack_rows_mr::<{ x86::AVX512_MR }>(x, k, rows, cols, out),
+        _ => pack_rows_any(x, k, rows, cols, mr, out),
+    }
+}
+
+/// [`pack_rows`] for a compile-time `MR`. Full micro-panels are written one input feature at a
+/// time (MR reads, one contiguous store run) instead of row by row with strided stores, which
+/// took 5% of a forward.
+fn pack_rows_mr<const MR: usize>(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let kc = cols.len();
+    let full = rows.len() / MR;
+    for (i, panel) in out.chunks_exact_mut(MR * kc).take(full).enumerate() {
+        let first = rows.start + i * MR;
+        let src: [&[f32]; MR] = std::array::from_fn(|r| &x[(first + r) * k + cols.start..][..kc]);
+        for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            for (d, s) in dst.iter_mut().zip(&src) {
+                *d = s[p];
+            }
+        }
+    }
+    if full * MR < rows.len() {
+        let tail = rows.start + full * MR..rows.end;
+        pack_rows_any(x, k, tail, cols, MR, &mut out[full * MR * kc..]);
+    }
+}
+
+/// [`pack_rows`] for any `mr`, row by row (used for the last, partial micro-panel).
+fn pack_rows_any(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    mr: usize,
+    out: &mut [f32],
+) {
     let kc = cols.len();
     for (i, panel) in out
         .chunks_mut(mr * kc)
