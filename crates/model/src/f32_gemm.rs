@@ -161,7 +161,13 @@ impl PackedF32 {
             let mut pc = 0;
             while pc < k {
                 let kc = self.kc.min(k - pc);
-                pack_rows(x, k, task.rows.clone(), pc..pc + kc, mr, apack);
+                let (block_rows, block_cols) = (task.rows.clone(), pc..pc + kc);
+                match self.isa {
+                    Cpu::Avx512 => {
+                        pack_rows::<{ x86::AVX512_MR }>(x, k, block_rows, block_cols, apack)
+                    }
+                    _ => pack_rows::<{ x86::AVX2_MR }>(x, k, block_rows, block_cols, apack),
+                }
                 for panel in task.panels.clone() {
                     let col = panel * nr;
                     let tile = TileShape {
@@ -203,27 +209,11 @@ struct Task {
     panels: std::ops::Range<usize>,
 }
 
-/// Copies `x[rows, cols]` into micro-panels of `mr` rows, each `cols.len() × mr` (column-major
-/// within the panel); rows past the end of `rows` are zero.
-fn pack_rows(
-    x: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    mr: usize,
-    out: &mut [f32],
-) {
-    match mr {
-        x86::AVX2_MR => pack_rows_mr::<{ x86::AVX2_MR }>(x, k, rows, cols, out),
-        x86::AVX512_MR => pack_rows_mr::<{ x86::AVX512_MR }>(x, k, rows, cols, out),
-        _ => pack_rows_any(x, k, rows, cols, mr, out),
-    }
-}
-
-/// [`pack_rows`] for a compile-time `MR`. Full micro-panels are written one input feature at a
-/// time (MR reads, one contiguous store run) instead of row by row with strided stores, which
+/// Copies `x[rows, cols]` into micro-panels of `MR` rows, each `cols.len() × MR` (column-major
+/// within the panel); rows past the end of `rows` are zero. A panel is written one input feature
+/// at a time (MR reads, one contiguous run of stores): row by row with strided stores, packing
 /// took 5% of a forward.
-fn pack_rows_mr<const MR: usize>(
+fn pack_rows<const MR: usize>(
     x: &[f32],
     k: usize,
     rows: std::ops::Range<usize>,
@@ -241,38 +231,17 @@ fn pack_rows_mr<const MR: usize>(
             }
         }
     }
-    if full * MR < rows.len() {
-        let tail = rows.start + full * MR..rows.end;
-        pack_rows_any(x, k, tail, cols, MR, &mut out[full * MR * kc..]);
-    }
-}
-
-/// [`pack_rows`] for any `mr`, row by row (used for the last, partial micro-panel).
-fn pack_rows_any(
-    x: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    mr: usize,
-    out: &mut [f32],
-) {
-    let kc = cols.len();
-    for (i, panel) in out
-        .chunks_mut(mr * kc)
-        .take(rows.len().div_ceil(mr))
-        .enumerate()
-    {
-        for r in 0..mr {
-            let row = rows.start + i * mr + r;
-            if row < rows.end {
-                let src = &x[row * k + cols.start..][..kc];
-                for (p, &v) in src.iter().enumerate() {
-                    panel[p * mr + r] = v;
-                }
-            } else {
-                for p in 0..kc {
-                    panel[p * mr + r] = 0.0;
-                }
+    let live = rows.len() - full * MR;
+    if live > 0 {
+        let first = rows.start + full * MR;
+        let panel = &mut out[full * MR * kc..][..MR * kc];
+        for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = if r < live {
+                    x[(first + r) * k + cols.start + p]
+                } else {
+                    0.0
+                };
             }
         }
     }
