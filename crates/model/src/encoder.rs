@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use crate::attention::attend;
 use crate::batch::PackedBatch;
@@ -66,6 +67,53 @@ struct Layer {
     theta_key: u64,
 }
 
+impl Layer {
+    fn load(
+        w: &Weights,
+        config: &ModernBertConfig,
+        n: usize,
+        kind: AttentionKind,
+        theta: f64,
+    ) -> Result<Self> {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let eps = config.norm_eps;
+        let p = format!("layers.{n}");
+        // Layer 0 has no attn_norm in published checkpoints (the embedding norm precedes it).
+        let attn_norm = if n == 0 && !w.has_encoder(&format!("{p}.attn_norm.weight")) {
+            None
+        } else {
+            Some(LayerNorm::load(
+                w,
+                &format!("{p}.attn_norm"),
+                true,
+                h,
+                config.norm_bias,
+                eps,
+            )?)
+        };
+        let linear = |name: &str, shape: (usize, usize), bias: bool| {
+            Linear::load(w, &format!("{p}.{name}"), true, shape, bias)
+        };
+        Ok(Layer {
+            attn_norm,
+            wqkv: linear("attn.Wqkv", (3 * h, h), config.attention_bias)?,
+            wo: linear("attn.Wo", (h, h), config.attention_bias)?,
+            mlp_norm: LayerNorm::load(w, &format!("{p}.mlp_norm"), true, h, config.norm_bias, eps)?,
+            wi: linear("mlp.Wi", (2 * i, h), config.mlp_bias)?,
+            mlp_wo: linear("mlp.Wo", (h, i), config.mlp_bias)?,
+            kind,
+            theta_key: theta.to_bits(),
+        })
+    }
+}
+
+/// Buffers one forward reuses across layers (see [`Linear::forward_reusing`]).
+#[derive(Default)]
+struct Scratch {
+    qkv: Option<Tensor>,
+    wi: Option<Tensor>,
+}
+
 /// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.
 pub struct Encoder {
     tok_embeddings: Tensor,
@@ -84,30 +132,14 @@ impl Encoder {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let h = config.hidden_size;
         let eps = config.norm_eps;
         let tok_embeddings =
             w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h])?;
         let emb_norm = LayerNorm::load(w, "embeddings.norm", true, h, config.norm_bias, eps)?;
-        let mut layers = Vec::with_capacity(config.num_layers());
         let mut rotary = BTreeMap::new();
-        for (n, &(kind, theta)) in config.layers.iter().enumerate() {
-            let p = format!("layers.{n}");
-            // Layer 0 has no attn_norm in published checkpoints (the embedding norm precedes it).
-            let attn_norm = if n == 0 && !w.has_encoder(&format!("{p}.attn_norm.weight")) {
-                None
-            } else {
-                Some(LayerNorm::load(
-                    w,
-                    &format!("{p}.attn_norm"),
-                    true,
-                    h,
-                    config.norm_bias,
-                    eps,
-                )?)
-            };
-            let theta_key = theta.to_bits();
-            if let std::collections::btree_map::Entry::Vacant(e) = rotary.entry(theta_key) {
+        for &(_, theta) in &config.layers {
+            if let std::collections::btree_map::Entry::Vacant(e) = rotary.entry(theta.to_bits()) {
                 e.insert(Rotary::new(
                     theta,
                     config.head_dim(),
@@ -116,36 +148,23 @@ impl Encoder {
                     dtype,
                 )?);
             }
-            layers.push(Layer {
-                attn_norm,
-                wqkv: Linear::load(
-                    w,
-                    &format!("{p}.attn.Wqkv"),
-                    true,
-                    (3 * h, h),
-                    config.attention_bias,
-                )?,
-                wo: Linear::load(
-                    w,
-                    &format!("{p}.attn.Wo"),
-                    true,
-                    (h, h),
-                    config.attention_bias,
-                )?,
-                mlp_norm: LayerNorm::load(
-                    w,
-                    &format!("{p}.mlp_norm"),
-                    true,
-                    h,
-                    config.norm_bias,
-                    eps,
-                )?,
-                wi: Linear::load(w, &format!("{p}.mlp.Wi"), true, (2 * i, h), config.mlp_bias)?,
-                mlp_wo: Linear::load(w, &format!("{p}.mlp.Wo"), true, (h, i), config.mlp_bias)?,
-                kind,
-                theta_key,
-            });
         }
+        let load = |(n, &(kind, theta)): (usize, &(AttentionKind, f64))| {
+            Layer::load(w, config, n, kind, theta)
+        };
+        // On the CPU, layers load in parallel: each copies its tensors out of the mapped files
+        // and packs them for the kernels, memory-bound work that one thread left half done at
+        // start-up. GPU uploads stay on one thread (one stream).
+        let layers = if device.is_cpu() {
+            config.layers.par_iter().enumerate().map(load).collect()
+        } else {
+            config
+                .layers
+                .iter()
+                .enumerate()
+                .map(load)
+                .collect::<Result<Vec<_>>>()
+        }?;
         let final_norm = LayerNorm::load(w, "final_norm", true, h, config.norm_bias, eps)?;
         Ok(Encoder {
             tok_embeddings,
@@ -191,6 +210,7 @@ impl Encoder {
         // Per-token cos/sin for the candle attention path, made only when a layer takes it (the
         // fused CPU kernel reads the f32 tables directly).
         let mut tables: BTreeMap<u64, (Tensor, Tensor)> = BTreeMap::new();
+        let mut scratch = Scratch::default();
         let mut hidden = timed(0, || {
             self.emb_norm
                 .forward(&self.tok_embeddings.index_select(&ids, 0)?)
@@ -208,7 +228,8 @@ impl Encoder {
                 tables.insert(layer.theta_key, t.clone());
                 Ok(t)
             };
-            hidden = self.layer_forward(layer, &hidden, batch, rotary, &mut rope_rows)?;
+            hidden =
+                self.layer_forward(layer, &hidden, batch, rotary, &mut rope_rows, &mut scratch)?;
         }
         timed(1, || self.final_norm.forward(&hidden))
     }
@@ -220,13 +241,14 @@ impl Encoder {
         batch: &PackedBatch,
         rotary: &Rotary,
         rope_rows: &mut dyn FnMut() -> Result<(Tensor, Tensor)>,
+        scratch: &mut Scratch,
     ) -> Result<Tensor> {
         let heads = self.config.num_attention_heads;
         let normed = timed(1, || match &layer.attn_norm {
             Some(norm) => norm.forward(x),
             None => Ok(x.clone()),
         })?;
-        let qkv = timed(2, || layer.wqkv.forward(&normed))?; // [T, 3H]
+        let qkv = timed(2, || layer.wqkv.forward_reusing(&normed, &mut scratch.qkv))?; // [T, 3H]
         let rope = RopeTables {
             cos: &rotary.cos_f32,
             sin: &rotary.sin_f32,
@@ -239,9 +261,10 @@ impl Encoder {
                 self.attention_candle(&qkv, batch, layer.kind, &cos, &sin)?
             }
         };
-        let x = timed(5, || Ok::<_, ModelError>((x + layer.wo.forward(&attn)?)?))?;
+        let x = timed(5, || layer.wo.forward_add(&attn, x))?;
         let normed = timed(1, || layer.mlp_norm.forward(&x))?;
-        let wi = timed(6, || layer.wi.forward(&normed))?;
+        drop(qkv);
+        let wi = timed(6, || layer.wi.forward_reusing(&normed, &mut scratch.wi))?;
         let inter = self.config.intermediate_size;
         let gated = timed(7, || -> Result<_> {
             if let Some(g) = crate::fused::gelu_gate(&wi, inter)? {
@@ -249,7 +272,7 @@ impl Encoder {
             }
             Ok((wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?)
         })?;
-        timed(8, || Ok((x + layer.mlp_wo.forward(&gated)?)?))
+        timed(8, || layer.mlp_wo.forward_add(&gated, &x))
     }
 
     /// Attention by candle ops (any device and dtype): `qkv [T, 3H]` in, `[T, H]` out.

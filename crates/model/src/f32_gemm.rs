@@ -5,8 +5,8 @@
 //! FMA throughput on ModernBERT-base shapes. Here the weight is packed at load into panels of
 //! [`nr`](PackedF32) output columns (two vectors wide), each `k × nr` row-major, so a micro-kernel
 //! reads one panel row per step. Per call only the activations are packed: a block of rows and
-//! a slice of the input features (`kc`, sized so one weight micro-panel stays in L1) into
-//! micro-panels of `MR` rows, `kc`-major, which stay in L2 while every weight panel streams past.
+//! a slice of the input features (`kc`) into micro-panels of `MR` rows, `kc`-major, which stay in
+//! L2 while every weight panel streams past.
 //! The micro-kernel keeps an `MR × 2`-vector tile of the output in registers (AVX2: 6 × 16 of
 //! 16 registers; AVX-512: 12 × 32 of 32) and issues one broadcast and two FMAs per row and step,
 //! which is what the FMA units can retire. Blocks of rows × column panels are rayon tasks.
@@ -19,11 +19,16 @@ use rayon::prelude::*;
 
 use crate::simd::{cpu, Cpu};
 
-/// Rows of output per work block (a multiple of every `MR`): its packed activations
-/// (`MC × kc` floats, at most 144 KiB) stay in L2.
+/// Rows of output per work block (a multiple of every `MR`): its packed activations (`MC × kc`
+/// floats) stay in L2.
 const MC: usize = 144;
-/// Bytes of one weight micro-panel (`kc × nr` floats), kept in L1 during a block.
+/// AVX-512: bytes of one weight micro-panel (`kc × nr` floats), kept in L1 during a block.
 const B_PANEL_BYTES: usize = 16 * 1024;
+/// AVX2: input features per block. Every block reads and writes the whole output tile again,
+/// and on the 2-core Zen (AVX2, 32 KiB L1, 512 KiB L2) the whole depth of ModernBERT-base's
+/// layers (768, 1152) in one block ran 3-8% faster than L1-sized 256-deep blocks (interleaved
+/// A/B on the forward's shapes, 4096 rows), though its weight micro-panels stream from L2.
+const AVX2_KC: usize = 1152;
 /// Output columns a task covers at least (so re-packing its rows is cheap against its FMAs).
 const MIN_TASK_COLUMNS: usize = 128;
 
@@ -61,7 +66,10 @@ impl PackedF32 {
             return None;
         }
         let nr = 2 * lanes;
-        let kc_target = (B_PANEL_BYTES / 4 / nr).max(1);
+        let kc_target = match isa {
+            Cpu::Avx2 => AVX2_KC,
+            _ => (B_PANEL_BYTES / 4 / nr).max(1),
+        };
         // Equal k blocks, none much shorter than the others.
         let kc = k.div_ceil(k.div_ceil(kc_target).max(1)).max(1);
         let mut data = vec![0f32; n.div_ceil(nr) * k * nr];
@@ -98,21 +106,73 @@ impl PackedF32 {
     /// `x [m, k]` (row-major) times the weight transposed, plus `bias [n]`, into a new `[m, n]`
     /// row-major buffer.
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        self.matmul_add(x, m, bias, None)
+    }
+
+    /// [`matmul`](Self::matmul) plus `residual [m, n]`, added as the first block of input
+    /// features is written: a transformer's residual connection without another pass over
+    /// (and allocation of) the activations.
+    pub fn matmul_add(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
+        // Not zeroed: `write` sets every element, and zeroing a fresh multi-megabyte output
+        // costs a few percent of the product.
+        let mut out: Vec<f32> = Vec::with_capacity(m * self.n);
+        // SAFETY: `out` has room for `[m, n]`; `write` sets every element of it.
+        unsafe {
+            self.write(x, m, bias, residual, out.as_mut_ptr());
+            out.set_len(m * self.n);
+        }
+        out
+    }
+
+    /// [`matmul_add`](Self::matmul_add) into an existing `[m, n]` buffer (its old contents are
+    /// ignored): a forward reuses one buffer for every layer's largest activations instead of
+    /// mapping fresh pages for each.
+    pub fn matmul_add_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
+        // SAFETY: `out` is `[m, n]`.
+        unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
+    }
+
+    /// Sets every element of the `[m, n]` output at `out`.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * n` floats and aliases none of the inputs.
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
         assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
         if let Some(b) = bias {
             assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
         }
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
+        }
         let n = self.n;
         if m == 0 || n == 0 || self.k == 0 {
-            let mut out = vec![0f32; m * n];
-            if let Some(b) = bias.filter(|_| n > 0) {
-                out.chunks_mut(n).for_each(|row| row.copy_from_slice(b));
+            for i in 0..m * n {
+                let v = residual.map_or(0.0, |r| r[i]) + bias.map_or(0.0, |b| b[i % n]);
+                out.add(i).write(v);
             }
-            return out;
+            return;
         }
-        // Not zeroed: the first block of input features writes every element (see `Init`), and
-        // zeroing a fresh multi-megabyte output costs a few percent of the product.
-        let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let panels = n.div_ceil(self.nr);
         let row_blocks = m.div_ceil(MC);
         // Enough tasks to keep every thread busy when the batch has few rows.
@@ -121,7 +181,13 @@ impl PackedF32 {
         let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
         let panels_per_chunk = panels.div_ceil(col_chunks);
         let col_chunks = panels.div_ceil(panels_per_chunk);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
+        let first = First {
+            bias: bias.map(<[f32]>::as_ptr),
+            residual: residual.map(<[f32]>::as_ptr),
+        };
+        // Every (row, column) of `[m, n]` belongs to one task, which writes all of its elements
+        // in its first block of input features (`Init::First`).
         (0..row_blocks * col_chunks).into_par_iter().for_each(|t| {
             let (rb, cb) = (t / col_chunks, t % col_chunks);
             let rows = rb * MC..(rb * MC + MC).min(m);
@@ -133,21 +199,18 @@ impl PackedF32 {
             let out_ptr = &out_ptr;
             // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
             // the parallel loop; `isa` was detected on this CPU by `pack`.
-            unsafe { self.run(x, &task, bias, out_ptr.0) };
+            unsafe { self.run(x, &task, first, out_ptr.0) };
         });
-        // SAFETY: the tasks cover every (row, column) of `[m, n]`, and each wrote all of its
-        // elements in its first block of input features (`Init::Bias` / `Init::Zero`).
-        unsafe { out.set_len(m * n) };
-        out
     }
 
     /// One task: packs its rows block by block of input features and runs the micro-kernel
     /// over every (row micro-panel, column panel).
     ///
     /// # Safety
-    /// `out` is the `[m, n]` output; no other thread writes this task's block; the CPU has the
-    /// instructions of `self.isa`.
-    unsafe fn run(&self, x: &[f32], task: &Task, bias: Option<&[f32]>, out: *mut f32) {
+    /// `out` is the `[m, n]` output; no other thread writes this task's block; `first` points
+    /// at a `[n]` bias and an `[m, n]` residual where present; the CPU has the instructions of
+    /// `self.isa`.
+    unsafe fn run(&self, x: &[f32], task: &Task, first: First, out: *mut f32) {
         let mr = match self.isa {
             Cpu::Avx512 => x86::AVX512_MR,
             _ => x86::AVX2_MR,
@@ -177,10 +240,13 @@ impl PackedF32 {
                         rows: 0,
                     };
                     let b = self.data.as_ptr().add(panel * k * nr + pc * nr);
-                    let init = match (pc, bias) {
-                        (0, Some(b)) => Init::Bias(b.as_ptr().add(col)),
-                        (0, None) => Init::Zero,
-                        _ => Init::Accumulate,
+                    let init = if pc == 0 {
+                        Init::First(First {
+                            bias: first.bias.map(|b| b.add(col)),
+                            residual: None,
+                        })
+                    } else {
+                        Init::Accumulate
                     };
                     for i in 0..micro_panels {
                         let r = task.rows.start + i * mr;
@@ -190,6 +256,13 @@ impl PackedF32 {
                         };
                         let a = apack.as_ptr().add(i * mr * kc);
                         let c = out.add(r * n + col);
+                        let init = match init {
+                            Init::First(f) => Init::First(First {
+                                residual: first.residual.map(|res| res.add(r * n + col)),
+                                ..f
+                            }),
+                            other => other,
+                        };
                         x86::tile(self.isa, a, b, c, tile, init);
                     }
                 }
@@ -247,13 +320,19 @@ fn pack_rows<const MR: usize>(
     }
 }
 
+/// What the first block of input features adds to `a·b`: a bias row (`[n]`, or the tile's
+/// columns of it) and a residual matrix (laid out as the output, or the tile's corner of it).
+#[derive(Clone, Copy)]
+struct First {
+    bias: Option<*const f32>,
+    residual: Option<*const f32>,
+}
+
 /// What a tile's output starts from.
 #[derive(Clone, Copy)]
 enum Init {
-    /// The first block of input features with a bias: `c = bias + a·b`.
-    Bias(*const f32),
-    /// The first block without a bias: `c = a·b`.
-    Zero,
+    /// The first block of input features: `c = a·b (+ bias) (+ residual)`.
+    First(First),
     /// Later blocks: `c += a·b`.
     Accumulate,
 }
@@ -268,6 +347,9 @@ struct TileShape {
 }
 
 struct SendPtr(*mut f32);
+// SAFETY: `First` points at inputs that are only read while the parallel loop runs.
+unsafe impl Sync for First {}
+unsafe impl Send for First {}
 // SAFETY: used only to hand disjoint output blocks to rayon tasks.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
@@ -340,18 +422,23 @@ mod x86 {
             }
         }
         if shape.rows == MR && shape.cols == nr {
-            let bias = match init {
-                Init::Bias(bias) => Some([S::load(bias), S::load(bias.add(l))]),
-                _ => None,
+            let (bias, residual) = match init {
+                Init::First(f) => (f.bias.map(|b| [S::load(b), S::load(b.add(l))]), f.residual),
+                Init::Accumulate => (None, None),
             };
             for (r, row) in acc.iter().enumerate() {
                 let cr = c.add(r * shape.ldc);
                 for (h, &v) in row.iter().enumerate() {
-                    let v = match (init, bias) {
-                        (Init::Bias(_), Some(bias)) => S::add(v, bias[h]),
-                        (Init::Accumulate, _) => S::add(v, S::load(cr.add(h * l))),
-                        _ => v,
+                    let mut v = match bias {
+                        Some(bias) => S::add(v, bias[h]),
+                        None => v,
                     };
+                    if let Some(res) = residual {
+                        v = S::add(v, S::load(res.add(r * shape.ldc + h * l)));
+                    }
+                    if let Init::Accumulate = init {
+                        v = S::add(v, S::load(cr.add(h * l)));
+                    }
                     S::store(cr.add(h * l), v);
                 }
             }
@@ -367,8 +454,10 @@ mod x86 {
                 for j in 0..shape.cols {
                     let v = buf[r * nr + j];
                     *cr.add(j) = match init {
-                        Init::Bias(bias) => v + *bias.add(j),
-                        Init::Zero => v,
+                        Init::First(f) => {
+                            let v = f.bias.map_or(v, |b| v + *b.add(j));
+                            f.residual.map_or(v, |res| v + *res.add(r * shape.ldc + j))
+                        }
                         Init::Accumulate => *cr.add(j) + v,
                     };
                 }
@@ -433,7 +522,7 @@ mod tests {
     }
 
     /// f32 accumulation over k terms errs by at most about k·2^-24·Σ|terms| (in practice far
-    /// less); k ≤ 1200 here, so 1e-4 · Σ|x·w| per element is a bound that still catches any
+    /// less); k ≤ 2500 here, so 1e-4 · Σ|x·w| per element is a bound that still catches any
     /// missing, doubled or misplaced term (each is ~1/k of the scale or more).
     #[test]
     fn matches_f64_reference_on_odd_shapes() {
@@ -451,18 +540,31 @@ mod tests {
             (145, 97, 65),
             (300, 40, 1152),
             (290, 770, 64),
+            // Deeper than one block of input features on every kernel (AVX2 takes 1152).
+            (20, 50, 2500),
         ] {
-            for with_bias in [false, true] {
+            for (with_bias, with_residual) in [(false, false), (true, false), (true, true)] {
                 let x = random(m * k, (m * 31 + k) as u64);
                 let w = random(n * k, (n * 17 + k) as u64);
                 let b = with_bias.then(|| random(n, n as u64 + 5));
+                let res = with_residual.then(|| random(m * n, m as u64 + 11));
                 let packed = PackedF32::pack(&w, n, k).expect("this CPU has a kernel");
-                let got = packed.matmul(&x, m, b.as_deref());
-                let (want, scale) = reference(&x, &w, b.as_deref(), (m, n, k));
+                let got = packed.matmul_add(&x, m, b.as_deref(), res.as_deref());
+                // Into a reused buffer: old contents are overwritten, not accumulated.
+                let mut reused = vec![f32::NAN; m * n];
+                packed.matmul_add_into(&x, m, b.as_deref(), res.as_deref(), &mut reused);
+                assert_eq!(got, reused, "[{m}, {n}, {k}] into a reused buffer");
+                let (mut want, mut scale) = reference(&x, &w, b.as_deref(), (m, n, k));
+                if let Some(res) = &res {
+                    for ((w, s), &r) in want.iter_mut().zip(&mut scale).zip(res) {
+                        *w += r as f64;
+                        *s += r.abs() as f64;
+                    }
+                }
                 for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
                     assert!(
                         (g as f64 - r).abs() <= 1e-4 * s + 1e-6,
-                        "[{m}, {n}, {k}] bias={with_bias} element {i}: got {g}, want {r} (scale {s})"
+                        "[{m}, {n}, {k}] bias={with_bias} residual={with_residual} element {i}: got {g}, want {r} (scale {s})"
                     );
                 }
             }
@@ -482,5 +584,10 @@ mod tests {
         );
         let packed = PackedF32::pack(&random(12, 1), 3, 4).expect("kernel");
         assert!(packed.matmul(&[], 0, None).is_empty());
+        let packed = PackedF32::pack(&[], 2, 0).expect("kernel");
+        assert_eq!(
+            packed.matmul_add(&[], 1, Some(&[1.0, 2.0]), Some(&[10.0, 20.0])),
+            vec![11.0, 22.0]
+        );
     }
 }

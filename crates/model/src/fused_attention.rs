@@ -128,28 +128,6 @@ fn attend_slices(
 }
 
 /// RoPE (rotate-half form) of the `heads x head_dim` row `src` into `dst`, times `scale`.
-fn rotate(src: &[f32], dst: &mut [f32], cos: &[f32], sin: &[f32], head_dim: usize, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { rotate_avx512(src, dst, cos, sin, head_dim, scale) };
-    }
-    rotate_generic(src, dst, cos, sin, head_dim, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rotate_avx512(
-    src: &[f32],
-    dst: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    head_dim: usize,
-    scale: f32,
-) {
-    rotate_generic(src, dst, cos, sin, head_dim, scale)
-}
-
 #[inline(always)]
 fn rotate_generic(
     src: &[f32],
@@ -205,8 +183,33 @@ impl HeadTask {
         })
     }
 
-    /// Gathers this head's Q, K, V rows of the sequence, rotating Q and K.
+    /// Gathers this head's Q, K, V rows of the sequence, rotating Q and K, compiled for the
+    /// CPU's vector instructions (as plain SSE2 it took 1.6% of a forward).
     fn gather(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
+        #[cfg(target_arch = "x86_64")]
+        match cpu() {
+            // SAFETY: `cpu()` detected the features.
+            Cpu::Avx512 => return unsafe { self.gather_avx512(inputs, shape) },
+            Cpu::Avx2 => return unsafe { self.gather_avx2(inputs, shape) },
+            Cpu::Other => {}
+        }
+        self.gather_generic(inputs, shape)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn gather_avx512(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
+        self.gather_generic(inputs, shape)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gather_avx2(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
+        self.gather_generic(inputs, shape)
+    }
+
+    #[inline(always)]
+    fn gather_generic(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
         let Shape {
             hidden, head_dim, ..
         } = shape;
@@ -229,8 +232,8 @@ impl HeadTask {
                 &inputs.rope.cos[at..at + half],
                 &inputs.rope.sin[at..at + half],
             );
-            rotate(&src[..head_dim], q, cos, sin, head_dim, inputs.scale);
-            rotate(&src[hidden..hidden + head_dim], k, cos, sin, head_dim, 1.0);
+            rotate_generic(&src[..head_dim], q, cos, sin, head_dim, inputs.scale);
+            rotate_generic(&src[hidden..hidden + head_dim], k, cos, sin, head_dim, 1.0);
             v.copy_from_slice(&src[2 * hidden..2 * hidden + head_dim]);
         }
         head

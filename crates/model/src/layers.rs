@@ -1,6 +1,8 @@
 //! The two building blocks: bias-optional linear layers and LayerNorms.
 
-use candle_core::{CpuStorage, DType, Storage, Tensor, D};
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, D};
 
 use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
@@ -11,6 +13,12 @@ use crate::weights::Weights;
 pub(crate) struct Linear {
     kernel: Kernel,
     bias: Option<Tensor>,
+}
+
+/// A weight packed for one of the CPU kernels.
+enum Packed {
+    Bf16(PackedWeight),
+    F32(PackedF32),
 }
 
 /// How the product is computed.
@@ -41,27 +49,33 @@ impl Linear {
             });
         }
         let (n, k) = weight.dims2()?;
-        let data = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let bias_vec = match &bias {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let kernel = if pack_bf16 {
-            Kernel::PackedBf16 {
-                weight: PackedWeight::pack(&data, n, k),
+        // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
+        let pack = |data: &[f32]| {
+            if pack_bf16 {
+                Some(Packed::Bf16(PackedWeight::pack(data, n, k)))
+            } else {
+                PackedF32::pack(data, n, k).map(Packed::F32)
+            }
+        };
+        let w32 = weight.to_dtype(DType::F32)?.contiguous()?;
+        let packed = match with_f32_slice(&w32, pack)? {
+            Some(packed) => packed,
+            None => pack(&w32.flatten_all()?.to_vec1::<f32>()?),
+        };
+        let kernel = match packed {
+            Some(Packed::Bf16(weight)) => Kernel::PackedBf16 {
+                weight,
                 bias: bias_vec,
-            }
-        } else {
-            match PackedF32::pack(&data, n, k) {
-                Some(weight) => Kernel::PackedF32 {
-                    weight,
-                    bias: bias_vec,
-                },
-                None => Kernel::Candle(weight),
-            }
+            },
+            Some(Packed::F32(weight)) => Kernel::PackedF32 {
+                weight,
+                bias: bias_vec,
+            },
+            None => Kernel::Candle(weight),
         };
         Ok(Linear { kernel, bias })
     }
@@ -109,6 +123,99 @@ impl Linear {
             }
         }
     }
+
+    /// [`forward`](Self::forward), written into `buffer` when it holds a tensor of the result's
+    /// shape from an earlier call (the f32 kernel; otherwise the result becomes the buffer).
+    /// The returned tensor shares the buffer: the next call with it overwrites the values, so
+    /// it must be dead by then, as a layer's `Wqkv` and `Wi` outputs are at the next layer.
+    /// Those are the largest activations (`[tokens, 2304]` for base), over glibc's mmap threshold
+    /// at the default batch size: fresh ones page-faulted about 400 thousand times per forward.
+    pub(crate) fn forward_reusing(
+        &self,
+        x: &Tensor,
+        buffer: &mut Option<Tensor>,
+    ) -> Result<Tensor> {
+        let Kernel::PackedF32 { weight, bias } = &self.kernel else {
+            return self.forward(x);
+        };
+        let (k, n) = (weight.in_features(), weight.out_features());
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = n;
+        }
+        if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == out_dims.as_slice()) {
+            let m = x.elem_count() / k.max(1);
+            let x = x.to_dtype(DType::F32)?.contiguous()?;
+            let written = with_f32_slice(&x, |rows| {
+                with_f32_slice_mut(buf, |out| {
+                    weight.matmul_add_into(rows, m, bias.as_deref(), None, out)
+                })
+            })?;
+            if let Some(Ok(Some(()))) = written {
+                return Ok(buf.clone());
+            }
+        }
+        let y = self.forward(x)?;
+        *buffer = Some(y.clone());
+        Ok(y)
+    }
+
+    /// `residual + self.forward(x)`. The f32 kernel adds the residual as it writes the product
+    /// (one pass and one allocation fewer per residual connection); other kernels add after.
+    pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Kernel::PackedF32 { weight, bias } = &self.kernel {
+            let mut out_dims = x.dims().to_vec();
+            if let Some(last) = out_dims.last_mut() {
+                *last = weight.out_features();
+            }
+            if residual.dtype() == DType::F32 && residual.dims() == out_dims.as_slice() {
+                let residual = residual.contiguous()?;
+                let k = weight.in_features();
+                let fused = with_f32_slice(&residual, |res| {
+                    on_f32_rows(x, k, weight.out_features(), |rows, m| {
+                        weight.matmul_add(rows, m, bias.as_deref(), Some(res))
+                    })
+                })?;
+                if let Some(y) = fused {
+                    return y;
+                }
+            }
+        }
+        Ok((residual + self.forward(x)?)?)
+    }
+}
+
+/// `f` on the elements of a contiguous f32 CPU tensor, mutably (candle's in-place op); `None`
+/// for any other tensor. Every tensor sharing the storage sees the writes.
+fn with_f32_slice_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<Option<R>> {
+    struct Op<F, R> {
+        f: Cell<Option<F>>,
+        result: Cell<Option<R>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> R, R> InplaceOp1 for Op<F, R> {
+        fn name(&self) -> &'static str {
+            "f32-slice-mut"
+        }
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+            if let (CpuStorage::F32(data), Some((start, end))) =
+                (storage, layout.contiguous_offsets())
+            {
+                if let Some(f) = self.f.take() {
+                    self.result.set(Some(f(&mut data[start..end])));
+                }
+            }
+            Ok(())
+        }
+    }
+    if !t.device().is_cpu() || t.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let op = Op {
+        f: Cell::new(Some(f)),
+        result: Cell::new(None),
+    };
+    t.inplace_op1(&op)?;
+    Ok(op.result.take())
 }
 
 /// Runs a CPU kernel on `x [.., k]` as an `[m, k]` f32 slice; the result `[m, n]` takes `x`'s
@@ -122,20 +229,22 @@ fn on_f32_rows(
     let mut dims = x.dims().to_vec();
     let m = x.elem_count() / k.max(1);
     let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let y = {
-        let (storage, layout) = x.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Err(ModelError::Unsupported(
-                "the packed CPU kernels take CPU f32 activations".into(),
-            ));
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .expect("contiguous() gives contiguous offsets");
-        kernel(&data[start..end], m)
-    };
+    let y = with_f32_slice(&x, |data| kernel(data, m))?.ok_or_else(|| {
+        ModelError::Unsupported("the packed CPU kernels take CPU f32 activations".into())
+    })?;
     *dims.last_mut().expect("matmul input has a dimension") = n;
     Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
+/// `f` on the elements of a contiguous f32 CPU tensor; `None` for any other tensor.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        return Ok(None);
+    };
+    Ok(layout
+        .contiguous_offsets()
+        .map(|(start, end)| f(&data[start..end])))
 }
 
 /// LayerNorm over the last dimension; ModernBERT's have no bias.
