@@ -22,8 +22,9 @@
 #   --no-bf16           f32 runs only (CPUs without AVX512-BF16, where bf16 is not the fast path)
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
-# GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; default 185 / 390, measured
-# with torch on the project's 2-core Zen 4, see ../shared/bench/README.md).
+# GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; by default measured in this run
+# with torch on the model's own linear-layer shapes, 2,048 rows, best of 10, as
+# ../shared/bench/README.md measured its 185 / 390 GFLOP/s).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --no-bf16) bf16=0; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,6 +81,43 @@ if [ ! -f "$model/config.json" ] || ! ls "$model"/*.safetensors >/dev/null 2>&1;
   "$py" "$shared/bench/make_base_model.py" --out "$model" --size "$size" \
     --tokenizer "$shared/tokenizer/modernbert-tokenizer.json" >&2
 fi
+
+# 4. The GEMM ceiling: torch's matrix products on this model's linear-layer shapes, this machine,
+# this run (the machine's speed drifts; a constant from another day would not be comparable).
+gemm_ceiling() { # DTYPE -> GFLOP/s on stdout
+  "$py" - "$model/config.json" "$1" "$threads" <<'EOF'
+import json, sys, time, torch
+cfg = json.load(open(sys.argv[1]))
+dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[sys.argv[2]]
+torch.set_num_threads(int(sys.argv[3]))
+h, i, rows = cfg["hidden_size"], cfg["intermediate_size"], 2048
+flop = seconds = 0.0
+for k, n in ((h, 3 * h), (h, h), (h, 2 * i), (i, h)):  # Wqkv, attention Wo, Wi, MLP Wo
+    a, b = torch.randn(rows, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(10):
+        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+    flop += 2 * rows * k * n
+    seconds += best
+print(f"{flop / seconds / 1e9:.1f}")
+EOF
+}
+if [ -z "${GEMM_F32_GFLOPS:-}" ]; then
+  log "measuring the f32 GEMM ceiling with torch"
+  GEMM_F32_GFLOPS=$(gemm_ceiling f32)
+fi
+if [ -z "${GEMM_BF16_GFLOPS:-}" ]; then
+  if [ "$bf16" = 1 ]; then
+    log "measuring the bf16 GEMM ceiling with torch"
+    GEMM_BF16_GFLOPS=$(gemm_ceiling bf16)
+  else
+    GEMM_BF16_GFLOPS=0
+  fi
+fi
+export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS
+log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -178,9 +216,10 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 cfg = json.load(open(sys.argv[2]))
 h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
 flop_per_token = 2 * L * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
-ceiling = {"f32": float(os.environ.get("GEMM_F32_GFLOPS", 185)), "bf16": float(os.environ.get("GEMM_BF16_GFLOPS", 390))}
+ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
 def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"
-print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling ({kind('f32')} {ceiling['f32']:.0f} / bf16 {ceiling['bf16']:.0f} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) |")
+bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
+print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 {bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 def model_only(r):
     m = r.get("model_tokens_per_s")
@@ -194,16 +233,20 @@ for r in rows:
     def ratio(mode):
         ref = [x for x in same if x["mode"] == mode]
         return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "–"
-    pct = 100 * r["tokens_per_s"] * flop_per_token / (ceiling[kind(r["dtype"])] * 1e9)
+    def pct(rate):
+        c = ceiling[kind(r["dtype"])]
+        return f"{100 * rate * flop_per_token / (c * 1e9):.0f}%" if c else "–"
+    share = pct(r["tokens_per_s"]) + (f" ({pct(r['model_tokens_per_s'])})" if r.get("model_tokens_per_s") else "")
     extra = f" (run only: {r['run_tokens_per_s']:.0f})" if r.get("run_tokens_per_s") else ""
     print(f"| {r['label']} | {r['corpus']} | {r['tokens_per_s']:.0f}{extra} | {ratio('sorted')} | {ratio('padded')} "
-          f"| {100 * r['padding']:.0f}% | {pct:.0f}% | {r['rss_kib'] / 1024:.0f} MiB | {' | '.join(model_only(r))} |")
+          f"| {100 * r['padding']:.0f}% | {share} | {r['rss_kib'] / 1024:.0f} MiB | {' | '.join(model_only(r))} |")
 print()
 print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {sys.argv[3]} threads; "
       "transformers: tokenize + forward as timed by hf_baseline.py; mbpipe: whole process "
       "(start to exit: load, read, tokenize, infer, write Parquet), with the manifest's own "
       "rate (first read to last write) in parentheses. model-only: the manifest's "
       "model_tokens_per_second (tokens over the workers' time inside forward passes); "
-      "e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, tokenizing "
+      "GEMM ceiling: torch's matrix products on the model's linear-layer shapes, measured at the "
+      "start of this run. e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, tokenizing "
       "and writing keep up with compute), and the whole-process rate over it in parentheses.")
 EOF

@@ -20,9 +20,14 @@
 # 2-core machine under load (measured 2026-11-28), over half an hour in all, which mbpipe never
 # calls and `cargo check` never links. By default (2) is stubbed: scripts/nvcc-ci-stub.sh leaves
 # those objects empty and the library an empty archive, while (1) and every other call go to the
-# real nvcc. `--full` compiles everything for real (in target/cuda-check-full). The `flash-attn`
-# feature is not checked: candle-flash-attn's build script clones CUTLASS from GitHub (no network
-# in CI) and compiles 53 FlashAttention kernels (hours on 2 cores); build it on a GPU build machine.
+# real nvcc. `--full` compiles everything for real (in target/cuda-check-full).
+#
+# FlashAttention. By default the check builds the `flash-attn` feature (which includes `cuda`), so
+# the varlen FlashAttention-2 call is type-checked and linted too. candle-flash-attn's build script
+# clones CUTLASS from GitHub (no network in CI) for the headers of 53 kernels (hours of nvcc on 2
+# cores). The stub leaves those kernels empty too, so nothing reads the headers: an empty checkout
+# at the pinned CUTLASS commit, in a private cudaforge cache, stands in for the clone. `--full`
+# checks the `cuda` feature only; build `flash-attn` for real on a GPU build machine.
 #
 # Usage: scripts/check-cuda.sh [--full] [extra cargo args]
 # Environment:
@@ -67,6 +72,7 @@ export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 if [[ "$full" == 1 ]]; then
   export NVCC="$root/bin/nvcc"
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check-full}"
+  features=cuda
   kernels="all kernels"
 else
   # In a sibling of bin/, so tools that derive the toolkit root from the nvcc path still find it.
@@ -75,10 +81,25 @@ else
   chmod +x "$root/ci-bin/nvcc"
   export NVCC="$root/ci-bin/nvcc"
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda-check}"
-  kernels="PTX kernels; MoE/GGUF library stubbed"
+  # The stand-in CUTLASS checkout (see FlashAttention above), where cudaforge looks for it:
+  # $CUDAFORGE_HOME/git/checkouts/cutlass-<first 16 hex digits of the commit>, at that commit.
+  flash_build_rs=$(cargo metadata --format-version 1 --features flash-attn |
+    "$python" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "candle-flash-attn").replace("Cargo.toml", "build.rs"))')
+  cutlass_commit=$(sed -n 's/^const CUTLASS_COMMIT: &str = "\([0-9a-f]\{40\}\)";.*/\1/p' "$flash_build_rs")
+  [[ -n "$cutlass_commit" ]] || { echo "check-cuda: no CUTLASS_COMMIT in $flash_build_rs" >&2; exit 1; }
+  export CUDAFORGE_HOME="$PWD/$CARGO_TARGET_DIR/cudaforge-stub"
+  cutlass="$CUDAFORGE_HOME/git/checkouts/cutlass-${cutlass_commit:0:16}"
+  if [[ "$(git -C "$cutlass" rev-parse HEAD 2>/dev/null)" != "$cutlass_commit" ]]; then
+    rm -rf "$cutlass"
+    mkdir -p "$cutlass/include"
+    git -C "$cutlass" init --quiet
+    echo "$cutlass_commit" > "$cutlass/.git/HEAD"
+  fi
+  features=flash-attn
+  kernels="PTX kernels; MoE/GGUF library and FlashAttention kernels stubbed"
 fi
 
 echo "check-cuda: $("$root/bin/nvcc" --version | tail -n 2 | head -n 1); compute cap $CUDA_COMPUTE_CAP; $kernels; target $CARGO_TARGET_DIR"
 start=$SECONDS
-cargo clippy --workspace --all-targets --features cuda "$@" -- -D warnings
-echo "check-cuda: the cuda feature compiles and is lint-clean ($((SECONDS - start)) s)"
+cargo clippy --workspace --all-targets --features "$features" "$@" -- -D warnings
+echo "check-cuda: the $features feature compiles and is lint-clean ($((SECONDS - start)) s)"

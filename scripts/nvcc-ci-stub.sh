@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# nvcc for the CI check of the `cuda` feature (scripts/check-cuda.sh copies it to
-# <toolkit>/ci-bin/nvcc, beside the real <toolkit>/bin/nvcc): candle-kernels' MoE/GGUF static
-# library, which mbpipe never calls and `cargo check` never links, becomes empty objects and an
-# empty archive; every other call goes to the real nvcc (candle's PTX kernels compile for real).
+# nvcc for the CI check of the `cuda` / `flash-attn` features (scripts/check-cuda.sh copies it to
+# <toolkit>/ci-bin/nvcc, beside the real <toolkit>/bin/nvcc): the static libraries that
+# `cargo check` never links (candle-kernels' MoE/GGUF kernels, which mbpipe never calls, and
+# candle-flash-attn's FlashAttention kernels) become empty objects and empty archives; every other
+# call goes to the real nvcc (candle's PTX kernels compile for real).
 set -euo pipefail
 real="$(cd "$(dirname "${BASH_SOURCE[0]}")/../bin" && pwd)/nvcc"
 out=""
@@ -16,6 +17,7 @@ for a in "$@"; do
   case "$a" in
     --lib) lib=1 ;;
     */moe/*.cu | */mmq_gguf/*.cu | *mmvq_gguf.cu) stub=1 ;;
+    */flash_api.cu | */flash_fwd_*.cu) stub=1 ;;
   esac
   prev=$a
 done

@@ -28,22 +28,37 @@ impl PredictionHead {
     }
 }
 
-/// Pools `[tokens, hidden]` into `[sequences, hidden]`.
+/// Pools `[tokens, hidden]` into `[sequences, hidden]` in f32, with a fixed handful of ops for
+/// the whole batch (a gather, or a scatter-add and a division), not a few per sequence: on a GPU
+/// every op is a kernel launch, and batches hold hundreds of short sequences.
 pub(crate) fn pool(hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Result<Tensor> {
-    let mut rows = Vec::with_capacity(batch.num_sequences());
-    for i in 0..batch.num_sequences() {
-        let r = batch.range(i);
-        let row = match pooling {
-            Pooling::Cls => hidden.get(r.start)?,
+    let device = hidden.device();
+    let n = batch.num_sequences();
+    let pooled = match pooling {
+        Pooling::Cls => {
+            let first: Vec<u32> = (0..n).map(|i| batch.range(i).start as u32).collect();
+            hidden.index_select(&Tensor::from_vec(first, n, device)?, 0)?
+        }
+        Pooling::Mean => {
+            let mut sequence_of_token = Vec::with_capacity(batch.num_tokens());
+            let mut lengths = Vec::with_capacity(n);
+            for i in 0..n {
+                let len = batch.range(i).len();
+                sequence_of_token.extend(std::iter::repeat_n(i as u32, len));
+                lengths.push(len as f32);
+            }
+            let sequence_of_token =
+                Tensor::from_vec(sequence_of_token, batch.num_tokens(), device)?;
             // Accumulate in f32 so bf16/f16 means do not lose precision over long texts.
-            Pooling::Mean => hidden
-                .narrow(0, r.start, r.len())?
-                .to_dtype(DType::F32)?
-                .mean(0)?,
-        };
-        rows.push(row.to_dtype(DType::F32)?);
-    }
-    Ok(Tensor::stack(&rows, 0)?)
+            let sums = Tensor::zeros((n, hidden.dim(1)?), DType::F32, device)?.index_add(
+                &sequence_of_token,
+                &hidden.to_dtype(DType::F32)?,
+                0,
+            )?;
+            sums.broadcast_div(&Tensor::from_vec(lengths, (n, 1), device)?)?
+        }
+    };
+    Ok(pooled.to_dtype(DType::F32)?)
 }
 
 /// Converts one row of classifier logits into scores, as `NAME_scores` defines them.
@@ -107,6 +122,45 @@ mod tests {
             scores_from_logits(&[-3.5], ProblemType::Regression),
             vec![-3.5]
         );
+    }
+
+    /// Both poolings against a per-sequence loop in f64, for f32 and bf16 states.
+    #[test]
+    fn pooling_matches_per_sequence_loop() {
+        use crate::config::Pooling;
+        use candle_core::Device;
+        let lengths = [1usize, 7, 2, 300, 5];
+        let batch = PackedBatch::from_sequences(
+            &lengths
+                .map(|len| vec![1u32; len])
+                .into_iter()
+                .collect::<Vec<_>>(),
+        );
+        let hidden = Tensor::randn(0f32, 1.0, (batch.num_tokens(), 24), &Device::Cpu).unwrap();
+        for states in [hidden.clone(), hidden.to_dtype(DType::BF16).unwrap()] {
+            let rows: Vec<Vec<f64>> = states.to_dtype(DType::F64).unwrap().to_vec2().unwrap();
+            for pooling in [Pooling::Cls, Pooling::Mean] {
+                let got: Vec<Vec<f32>> = pool(&states, &batch, pooling).unwrap().to_vec2().unwrap();
+                assert_eq!(got.len(), lengths.len());
+                for (i, got) in got.iter().enumerate() {
+                    let r = batch.range(i);
+                    for (c, &g) in got.iter().enumerate() {
+                        let want = match pooling {
+                            Pooling::Cls => rows[r.start][c],
+                            Pooling::Mean => {
+                                rows[r.clone()].iter().map(|row| row[c]).sum::<f64>()
+                                    / r.len() as f64
+                            }
+                        };
+                        // f32 sums of at most 300 values of magnitude ~1.
+                        assert!(
+                            (g as f64 - want).abs() < 1e-5,
+                            "{pooling:?} seq {i} col {c}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+mod common;
+
+use common::max_abs_diff;
 use mbpipe_model::{DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling, Tensor};
 
 const VOCAB: usize = 97;
@@ -98,19 +101,6 @@ fn sequence(len: usize, seed: u32) -> Vec<u32> {
     ids
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
 #[test]
 fn output_shapes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,13 +150,13 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
         let alone = PackedBatch::from_sequences(std::slice::from_ref(s));
         let h = model.encode(&alone).unwrap();
         let r = together.range(i);
-        let d = max_diff(&h, &h_all.narrow(0, r.start, r.len()).unwrap());
+        let d = max_abs_diff(&h, &h_all.narrow(0, r.start, r.len()).unwrap());
         assert!(
             d < INVARIANCE_TOL,
             "sequence {i} (len {}): hidden differs by {d}",
             s.len()
         );
-        let d = max_diff(
+        let d = max_abs_diff(
             &model.classify(&h, &alone).unwrap().get(0).unwrap(),
             &logits_all.get(i).unwrap(),
         );
@@ -178,7 +168,7 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
     let h_rev = model.encode(&rb).unwrap();
     for i in 0..seqs.len() {
         let (a, b) = (together.range(i), rb.range(seqs.len() - 1 - i));
-        let d = max_diff(
+        let d = max_abs_diff(
             &h_all.narrow(0, a.start, a.len()).unwrap(),
             &h_rev.narrow(0, b.start, b.len()).unwrap(),
         );
@@ -203,7 +193,7 @@ fn bare_encoder_without_prefix_matches_prefixed_checkpoint() {
     let a = load(&tmp.path().join("a")).unwrap().encode(&batch).unwrap();
     let bare_model = load(&tmp.path().join("b")).unwrap();
     assert!(!bare_model.has_mlm_head());
-    assert_eq!(max_diff(&a, &bare_model.encode(&batch).unwrap()), 0.0);
+    assert_eq!(max_abs_diff(&a, &bare_model.encode(&batch).unwrap()), 0.0);
 }
 
 #[test]
@@ -239,7 +229,7 @@ fn v5_config_format_gives_the_same_model() {
         .unwrap()
         .encode(&batch)
         .unwrap();
-    assert_eq!(max_diff(&a, &b), 0.0);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
 #[test]
@@ -326,7 +316,7 @@ fn sharded_checkpoint_loads() {
     )
     .unwrap();
     let sharded = load(dir).unwrap().encode(&batch).unwrap();
-    assert_eq!(max_diff(&single, &sharded), 0.0);
+    assert_eq!(max_abs_diff(&single, &sharded), 0.0);
 }
 
 #[test]
