@@ -20,6 +20,9 @@ use crate::config::AttentionKind;
 use crate::error::Result;
 use crate::simd::{cpu, Cpu};
 
+/// How many `qkv` rows ahead the gather prefetches.
+const PREFETCH_ROWS: usize = 2;
+
 /// Queries per task: small enough that the scores of a 8k-token global row block stay in L2
 /// (64 x 8192 x 4 bytes = 2 MiB), large enough to amortise a GEMM call.
 const QUERY_BLOCK: usize = 64;
@@ -128,6 +131,7 @@ fn attend_slices(
 }
 
 /// RoPE (rotate-half form) of the `heads x head_dim` row `src` into `dst`, times `scale`.
+/// Zipped iterators rather than indexing, so the loop has no bounds checks and vectorises.
 #[inline(always)]
 fn rotate_generic(
     src: &[f32],
@@ -144,9 +148,10 @@ fn rotate_generic(
     {
         let (s1, s2) = s.split_at(half);
         let (d1, d2) = d.split_at_mut(half);
-        for i in 0..half {
-            d1[i] = (s1[i] * cos[i] - s2[i] * sin[i]) * scale;
-            d2[i] = (s2[i] * cos[i] + s1[i] * sin[i]) * scale;
+        let pairs = d1.iter_mut().zip(d2.iter_mut()).zip(s1.iter().zip(s2));
+        for (((a, b), (&x, &y)), (&c, &sn)) in pairs.zip(cos.iter().zip(sin)) {
+            *a = (x * c - y * sn) * scale;
+            *b = (y * c + x * sn) * scale;
         }
     }
 }
@@ -183,33 +188,8 @@ impl HeadTask {
         })
     }
 
-    /// Gathers this head's Q, K, V rows of the sequence, rotating Q and K, compiled for the
-    /// CPU's vector instructions (as plain SSE2 it took 1.6% of a forward).
+    /// Gathers this head's Q, K, V rows of the sequence, rotating Q and K (the gemm-crate path).
     fn gather(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
-        #[cfg(target_arch = "x86_64")]
-        match cpu() {
-            // SAFETY: `cpu()` detected the features.
-            Cpu::Avx512 => return unsafe { self.gather_avx512(inputs, shape) },
-            Cpu::Avx2 => return unsafe { self.gather_avx2(inputs, shape) },
-            Cpu::Other => {}
-        }
-        self.gather_generic(inputs, shape)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn gather_avx512(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
-        self.gather_generic(inputs, shape)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn gather_avx2(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
-        self.gather_generic(inputs, shape)
-    }
-
-    #[inline(always)]
-    fn gather_generic(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
         let Shape {
             hidden, head_dim, ..
         } = shape;
@@ -240,18 +220,18 @@ impl HeadTask {
     }
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
-        let head = self.gather(inputs, shape);
         #[cfg(target_arch = "x86_64")]
         if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) {
             // SAFETY: the CPU has the instructions (just detected); the task's rows and head
-            // columns lie inside the output (checked by `attend_qkv`), and this task alone
-            // writes them.
+            // columns lie inside `qkv` and the output (checked by `attend_qkv`), and this task
+            // alone writes its part of the output.
             match cpu() {
-                Cpu::Avx512 => return unsafe { self.run_avx512(&head, dst, kind, shape) },
-                Cpu::Avx2 => return unsafe { self.run_avx2(&head, dst, kind, shape) },
+                Cpu::Avx512 => return unsafe { self.run_avx512(inputs, dst, kind, shape) },
+                Cpu::Avx2 => return unsafe { self.run_avx2(inputs, dst, kind, shape) },
                 Cpu::Other => {}
             }
         }
+        let head = self.gather(inputs, shape);
         for block in self.blocks() {
             block.run_gemm(&head, dst, kind, shape);
         }
@@ -259,15 +239,15 @@ impl HeadTask {
 
     /// AVX-512 micro-kernels (see [`HeadTask::run_simd`]).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn run_avx512(
         &self,
-        head: &HeadInputs,
+        inputs: &Inputs<'_>,
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
     ) {
-        self.run_simd::<simd::Avx512>(head, dst, kind, shape)
+        self.run_simd::<simd::Avx512>(inputs, dst, kind, shape)
     }
 
     /// AVX2 + FMA micro-kernels (see [`HeadTask::run_simd`]).
@@ -275,50 +255,75 @@ impl HeadTask {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2(
         &self,
-        head: &HeadInputs,
+        inputs: &Inputs<'_>,
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
     ) {
-        self.run_simd::<simd::Avx2>(head, dst, kind, shape)
+        self.run_simd::<simd::Avx2>(inputs, dst, kind, shape)
     }
 
     /// Register-blocked micro-kernels for head sizes that are a multiple of
     /// [`simd::HEAD_DIM_STEP`] (ModernBERT base and large: 64), far cheaper than general GEMM
-    /// calls on these small shapes. The head's keys are transposed and its values gathered into
-    /// contiguous buffers once per sequence, then every query block reads them from cache.
-    /// Inlined into the target-feature entry points above.
+    /// calls on these small shapes. One pass over the sequence's rows rotates Q into a
+    /// contiguous buffer, rotates K straight into transposed key panels and copies V into a
+    /// contiguous buffer (rows of `qkv` lie 9 KiB apart, which would crowd a few L1 sets); then
+    /// every query block reads them from cache. Inlined into the target-feature entry points.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn run_simd<S: simd::Isa>(
         &self,
-        head: &HeadInputs,
+        inputs: &Inputs<'_>,
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
     ) {
-        let head_dim = shape.head_dim;
-        let len = self.seq.len();
+        let Shape {
+            hidden, head_dim, ..
+        } = shape;
+        let (len, half, col) = (self.seq.len(), head_dim / 2, self.head * head_dim);
         // Kᵀ packed by key tiles: tile `t` (keys `t * step..`) is a contiguous `[head_dim, step]`
         // panel, so the QKᵀ kernel reads it sequentially (rows of a plain `[head_dim, len]`
         // layout sit a power of two apart and collide in the cache); zero-padded at the end.
         let step = simd::key_step::<S>();
         let padded = len.next_multiple_of(step);
+        let mut q = vec![0f32; len * head_dim];
         let mut kt = vec![0f32; head_dim * padded];
-        for (j, k_row) in head.k.chunks_exact(head_dim).enumerate() {
-            let panel = &mut kt[(j / step) * head_dim * step + j % step..];
-            for (d, &x) in k_row.iter().enumerate() {
-                panel[d * step] = x;
+        let mut v = vec![0f32; len * head_dim];
+        let mut k_row = vec![0f32; head_dim];
+        let rows = q
+            .chunks_exact_mut(head_dim)
+            .zip(v.chunks_exact_mut(head_dim));
+        for (j, (t, (q_row, v_row))) in self.seq.clone().zip(rows).enumerate() {
+            let src = &inputs.qkv[t * 3 * hidden + col..];
+            // `qkv` (37 MiB at 4,096 tokens) mostly comes from memory, in rows 9 KiB apart that
+            // the hardware prefetchers do not follow: ask for the row after next early.
+            if t + PREFETCH_ROWS < self.seq.end {
+                simd::prefetch_row(&inputs.qkv[(t + PREFETCH_ROWS) * 3 * hidden + col..], shape);
             }
+            let at = inputs.positions[t] as usize * half;
+            let (cos, sin) = (
+                &inputs.rope.cos[at..at + half],
+                &inputs.rope.sin[at..at + half],
+            );
+            simd::rotate::<S>(&src[..head_dim], q_row, cos, sin, inputs.scale);
+            simd::rotate::<S>(&src[hidden..hidden + head_dim], &mut k_row, cos, sin, 1.0);
+            let panel = &mut kt[(j / step) * head_dim * step + j % step..];
+            assert!(panel.len() > (head_dim - 1) * step);
+            for (d, &x) in k_row.iter().enumerate() {
+                // SAFETY: d * step < panel.len() (asserted above).
+                *panel.get_unchecked_mut(d * step) = x;
+            }
+            simd::copy_row(&src[2 * hidden..2 * hidden + head_dim], v_row);
         }
         let keys = simd::Keys {
             kt: &kt,
             padded,
-            v: &head.v,
+            v: &v,
         };
         let mut scores = Vec::new();
         for block in self.blocks() {
-            block.attend_simd::<S>(&head.q, &keys, &mut scores, dst, kind, shape);
+            block.attend_simd::<S>(&q, &keys, &mut scores, dst, kind, shape);
         }
     }
 }
@@ -354,20 +359,24 @@ impl Block {
         }
     }
 
-    /// Softmax of each row of the `qn x stride` scores over the keys `k0..k1` it may see, whose
-    /// column in `scores` is `shift` plus the offset from `k0`.
-    fn softmax_rows(
-        &self,
-        scores: &mut [f32],
+    /// Each row of the `qn x stride` scores with the keys it may see among `k0..k1`, as columns
+    /// `lo..hi` of the row (score column = `shift` + offset from `k0`).
+    #[inline(always)]
+    fn score_rows<'s>(
+        &'s self,
+        scores: &'s mut [f32],
         stride: usize,
         keys: (usize, usize),
         kind: AttentionKind,
         shift: usize,
-    ) {
-        for (r, row) in scores.chunks_exact_mut(stride).enumerate() {
-            let (lo, hi) = self.band(r, keys, kind);
-            softmax_in_band(row, lo + shift, hi + shift);
-        }
+    ) -> impl Iterator<Item = (&'s mut [f32], usize, usize)> + 's {
+        scores
+            .chunks_exact_mut(stride)
+            .enumerate()
+            .map(move |(r, row)| {
+                let (lo, hi) = self.band(r, keys, kind);
+                (row, lo + shift, hi + shift)
+            })
     }
 
     /// Any head size: the gemm crate's kernels for QKᵀ and PV.
@@ -406,7 +415,9 @@ impl Block {
                 gemm::Parallelism::None,
             );
         }
-        self.softmax_rows(&mut scores, kn, (k0, k1), kind, 0);
+        for (row, lo, hi) in self.score_rows(&mut scores, kn, (k0, k1), kind, 0) {
+            softmax_in_band(row, lo, hi);
+        }
         // SAFETY: P is `qn x kn`, V rows `k_row..k_row + kn` are in the head's buffer; the
         // destination block (rows q0.., this head's columns, row stride `hidden`) is this
         // task's alone.
@@ -482,7 +493,11 @@ impl Block {
             };
             simd::scores::<S>(q_rows, head_dim, head_dim, keys, base, scores, stride, tile);
         }
-        self.softmax_rows(scores, stride, (k0, k1), kind, shift);
+        // Called directly (not through a function pointer) so it inlines into this
+        // target-feature code: a call left outside ran scalar, with a libm `floorf` per exp.
+        for (row, lo, hi) in self.score_rows(scores, stride, (k0, k1), kind, shift) {
+            band_softmax(row, lo, hi);
+        }
         for (r0, rows, (lo, hi)) in tiles() {
             let tile = simd::Tile {
                 r0,
@@ -516,6 +531,56 @@ mod simd {
             4
         } else {
             2
+        }
+    }
+
+    /// `dst = src` for rows whose length is a multiple of [`HEAD_DIM_STEP`], in fixed-size
+    /// pieces the compiler turns into vector moves (`copy_from_slice` on a slice of unknown
+    /// length is a `memmove` call, which cost 12% of the attention on short sequences).
+    #[inline(always)]
+    pub fn copy_row(src: &[f32], dst: &mut [f32]) {
+        for (d, s) in dst
+            .chunks_exact_mut(HEAD_DIM_STEP)
+            .zip(src.chunks_exact(HEAD_DIM_STEP))
+        {
+            let d: &mut [f32; HEAD_DIM_STEP] = d.try_into().unwrap();
+            *d = s.try_into().unwrap();
+        }
+    }
+
+    /// RoPE (rotate-half form) of one head row `src` (`head_dim` a multiple of
+    /// [`HEAD_DIM_STEP`]) into `dst`, times `scale`; `cos`, `sin`: `head_dim / 2` entries.
+    #[inline(always)]
+    pub unsafe fn rotate<S: Isa>(
+        src: &[f32],
+        dst: &mut [f32],
+        cos: &[f32],
+        sin: &[f32],
+        scale: f32,
+    ) {
+        let half = src.len() / 2;
+        assert!(src.len().is_multiple_of(HEAD_DIM_STEP) && dst.len() == src.len());
+        assert!(cos.len() == half && sin.len() == half);
+        let (x, y, d) = (src.as_ptr(), src.as_ptr().add(half), dst.as_mut_ptr());
+        let scale = S::splat(scale);
+        for i in (0..half).step_by(S::LANES) {
+            let (xi, yi) = (S::load(x.add(i)), S::load(y.add(i)));
+            let (c, s) = (S::load(cos.as_ptr().add(i)), S::load(sin.as_ptr().add(i)));
+            S::store(d.add(i), S::mul(S::fnmadd(yi, s, S::mul(xi, c)), scale));
+            S::store(d.add(half + i), S::mul(S::fma(xi, s, S::mul(yi, c)), scale));
+        }
+    }
+
+    /// Starts loading this head's Q, K and V columns of the `qkv` row at `row` into the cache.
+    #[inline(always)]
+    pub unsafe fn prefetch_row(row: &[f32], shape: super::Shape) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (hidden, head_dim) = (shape.hidden, shape.head_dim);
+        assert!(row.len() >= 2 * hidden + head_dim);
+        for part in 0..3 {
+            for line in (0..head_dim).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(part * hidden + line).cast());
+            }
         }
     }
 
@@ -702,37 +767,53 @@ mod simd {
     }
 }
 
-/// Softmax of `row[lo..hi]`; every other entry becomes 0.
+/// Softmax of `row[lo..hi]`; every other entry becomes 0. Compiled for the CPU's vector
+/// instructions (for callers that are not).
 fn softmax_in_band(row: &mut [f32], lo: usize, hi: usize) {
-    row[..lo].fill(0.0);
-    row[hi..].fill(0.0);
-    let band = &mut row[lo..hi];
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { softmax_avx512(band) };
+    match cpu() {
+        // SAFETY: `cpu()` detected the features.
+        Cpu::Avx512 => return unsafe { softmax_avx512(row, lo, hi) },
+        Cpu::Avx2 => return unsafe { softmax_avx2(row, lo, hi) },
+        Cpu::Other => {}
     }
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { softmax_avx2(band) };
-    }
-    softmax_generic(band)
+    band_softmax(row, lo, hi)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_avx512(x: &mut [f32]) {
-    softmax_generic(x)
+unsafe fn softmax_avx512(row: &mut [f32], lo: usize, hi: usize) {
+    band_softmax(row, lo, hi)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(x: &mut [f32]) {
-    softmax_generic(x)
+unsafe fn softmax_avx2(row: &mut [f32], lo: usize, hi: usize) {
+    band_softmax(row, lo, hi)
 }
 
-/// Lanes of the partial max and sum, so both reductions vectorise.
+/// Softmax of `row[lo..hi]`; every other entry becomes 0. The passes run over whole groups of
+/// [`LANES`] around the band, with the entries outside it set to -inf first (their exp is ~1e-38,
+/// nothing beside the band's sum of at least 1) and zeroed after, so no pass has a scalar tail
+/// (a band of 44 keys had 12 scalar entries in each of four passes).
+#[inline(always)]
+fn band_softmax(row: &mut [f32], lo: usize, hi: usize) {
+    let (start, end) = (
+        lo / LANES * LANES,
+        hi.next_multiple_of(LANES).min(row.len()),
+    );
+    row[..start].fill(0.0);
+    row[end..].fill(0.0);
+    let span = &mut row[start..end];
+    let (before, after) = (lo - start, hi - start);
+    span[..before].fill(f32::NEG_INFINITY);
+    span[after..].fill(f32::NEG_INFINITY);
+    softmax_generic(span);
+    span[..before].fill(0.0);
+    span[after..].fill(0.0);
+}
+
+/// Lanes of the partial max and sum, so both reductions vectorise; band spans are rounded to it.
 const LANES: usize = 16;
 
 #[inline(always)]
