@@ -87,7 +87,10 @@ else
     "$python" -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "candle-flash-attn").replace("Cargo.toml", "build.rs"))')
   cutlass_commit=$(sed -n 's/^const CUTLASS_COMMIT: &str = "\([0-9a-f]\{40\}\)";.*/\1/p' "$flash_build_rs")
   [[ -n "$cutlass_commit" ]] || { echo "check-cuda: no CUTLASS_COMMIT in $flash_build_rs" >&2; exit 1; }
-  export CUDAFORGE_HOME="$PWD/$CARGO_TARGET_DIR/cudaforge-stub"
+  case "$CARGO_TARGET_DIR" in
+    /*) export CUDAFORGE_HOME="$CARGO_TARGET_DIR/cudaforge-stub" ;;
+    *) export CUDAFORGE_HOME="$PWD/$CARGO_TARGET_DIR/cudaforge-stub" ;;
+  esac
   cutlass="$CUDAFORGE_HOME/git/checkouts/cutlass-${cutlass_commit:0:16}"
   if [[ "$(git -C "$cutlass" rev-parse HEAD 2>/dev/null)" != "$cutlass_commit" ]]; then
     rm -rf "$cutlass"
