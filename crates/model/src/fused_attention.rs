@@ -156,6 +156,14 @@ fn rotate_generic(
     }
 }
 
+/// What a head task reads for one token (see [`HeadTask::row`]).
+struct Row<'a> {
+    /// The `qkv` row from the head's Q columns on: Q at 0, K at `hidden`, V at `2 * hidden`.
+    src: &'a [f32],
+    cos: &'a [f32],
+    sin: &'a [f32],
+}
+
 /// One head of one sequence: the unit of parallel work.
 struct HeadTask {
     seq: Range<usize>,
@@ -188,13 +196,24 @@ impl HeadTask {
         })
     }
 
+    /// Token `t`'s `qkv` row from this head's Q columns on, and the RoPE tables at its position.
+    #[inline(always)]
+    fn row<'a>(&self, inputs: &'a Inputs<'_>, shape: Shape, t: usize) -> Row<'a> {
+        let (half, col) = (shape.head_dim / 2, self.head * shape.head_dim);
+        let at = inputs.positions[t] as usize * half;
+        Row {
+            src: &inputs.qkv[t * 3 * shape.hidden + col..],
+            cos: &inputs.rope.cos[at..at + half],
+            sin: &inputs.rope.sin[at..at + half],
+        }
+    }
+
     /// Gathers this head's Q, K, V rows of the sequence, rotating Q and K (the gemm-crate path).
     fn gather(&self, inputs: &Inputs<'_>, shape: Shape) -> HeadInputs {
         let Shape {
             hidden, head_dim, ..
         } = shape;
-        let (len, half) = (self.seq.len(), head_dim / 2);
-        let col = self.head * head_dim;
+        let len = self.seq.len();
         let mut head = HeadInputs {
             q: vec![0f32; len * head_dim],
             k: vec![0f32; len * head_dim],
@@ -206,12 +225,7 @@ impl HeadTask {
             .zip(head.k.chunks_exact_mut(head_dim))
             .zip(head.v.chunks_exact_mut(head_dim));
         for (t, ((q, k), v)) in self.seq.clone().zip(rows) {
-            let src = &inputs.qkv[t * 3 * hidden + col..];
-            let at = inputs.positions[t] as usize * half;
-            let (cos, sin) = (
-                &inputs.rope.cos[at..at + half],
-                &inputs.rope.sin[at..at + half],
-            );
+            let Row { src, cos, sin } = self.row(inputs, shape, t);
             rotate_generic(&src[..head_dim], q, cos, sin, head_dim, inputs.scale);
             rotate_generic(&src[hidden..hidden + head_dim], k, cos, sin, head_dim, 1.0);
             v.copy_from_slice(&src[2 * hidden..2 * hidden + head_dim]);
@@ -281,7 +295,7 @@ impl HeadTask {
         let Shape {
             hidden, head_dim, ..
         } = shape;
-        let (len, half, col) = (self.seq.len(), head_dim / 2, self.head * head_dim);
+        let len = self.seq.len();
         // Kᵀ packed by key tiles: tile `t` (keys `t * step..`) is a contiguous `[head_dim, step]`
         // panel, so the QKᵀ kernel reads it sequentially (rows of a plain `[head_dim, len]`
         // layout sit a power of two apart and collide in the cache); zero-padded at the end.
@@ -295,17 +309,12 @@ impl HeadTask {
             .chunks_exact_mut(head_dim)
             .zip(v.chunks_exact_mut(head_dim));
         for (j, (t, (q_row, v_row))) in self.seq.clone().zip(rows).enumerate() {
-            let src = &inputs.qkv[t * 3 * hidden + col..];
             // `qkv` (37 MiB at 4,096 tokens) mostly comes from memory, in rows 9 KiB apart that
             // the hardware prefetchers do not follow: ask for the row after next early.
             if t + PREFETCH_ROWS < self.seq.end {
-                simd::prefetch_row(&inputs.qkv[(t + PREFETCH_ROWS) * 3 * hidden + col..], shape);
+                simd::prefetch_row(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
             }
-            let at = inputs.positions[t] as usize * half;
-            let (cos, sin) = (
-                &inputs.rope.cos[at..at + half],
-                &inputs.rope.sin[at..at + half],
-            );
+            let Row { src, cos, sin } = self.row(inputs, shape, t);
             simd::rotate::<S>(&src[..head_dim], q_row, cos, sin, inputs.scale);
             simd::rotate::<S>(&src[hidden..hidden + head_dim], &mut k_row, cos, sin, 1.0);
             let panel = &mut kt[(j / step) * head_dim * step + j % step..];
