@@ -10,7 +10,7 @@ use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
 use crate::fused_attention::{attend_qkv, RopeTables};
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
 use crate::weights::Weights;
 
@@ -61,7 +61,7 @@ struct Layer {
     wqkv: Linear,
     wo: Linear,
     mlp_norm: LayerNorm,
-    wi: Linear,
+    wi: GatedLinear,
     mlp_wo: Linear,
     kind: AttentionKind,
     theta_key: u64,
@@ -99,7 +99,7 @@ impl Layer {
             wqkv: linear("attn.Wqkv", (3 * h, h), config.attention_bias)?,
             wo: linear("attn.Wo", (h, h), config.attention_bias)?,
             mlp_norm: LayerNorm::load(w, &format!("{p}.mlp_norm"), true, h, config.norm_bias, eps)?,
-            wi: linear("mlp.Wi", (2 * i, h), config.mlp_bias)?,
+            wi: GatedLinear::load(w, &format!("{p}.mlp.Wi"), (i, h), config.mlp_bias)?,
             mlp_wo: linear("mlp.Wo", (h, i), config.mlp_bias)?,
             kind,
             theta_key: theta.to_bits(),
@@ -264,14 +264,8 @@ impl Encoder {
         let x = timed(5, || layer.wo.forward_add(&attn, x))?;
         let normed = timed(1, || layer.mlp_norm.forward(&x))?;
         drop(qkv);
-        let wi = timed(6, || layer.wi.forward_reusing(&normed, &mut scratch.wi))?;
-        let inter = self.config.intermediate_size;
-        let gated = timed(7, || -> Result<_> {
-            if let Some(g) = crate::fused::gelu_gate(&wi, inter)? {
-                return Ok(g);
-            }
-            Ok((wi.narrow(1, 0, inter)?.gelu_erf()? * wi.narrow(1, inter, inter)?)?)
-        })?;
+        // Stages 6 and 7 (the product and the GEGLU) are timed inside.
+        let gated = layer.wi.forward(&normed, &mut scratch.wi)?;
         timed(8, || layer.mlp_wo.forward_add(&gated, &x))
     }
 

@@ -11,6 +11,12 @@
 //! 16 registers; AVX-512: 12 × 32 of 32) and issues one broadcast and two FMAs per row and step,
 //! which is what the FMA units can retire. Blocks of rows × column panels are rayon tasks.
 //!
+//! A gated weight ([`PackedF32::pack_gated`], the MLP's `Wi`) computes GEGLU,
+//! `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, in the same pass: each panel holds one vector of
+//! `W_in` columns and the matching vector of `W_gate` columns, so a register tile has both halves
+//! of its outputs, and the GELU and product run on the tile while it is in L1. That saves
+//! writing the `[m, 2n]` product to memory and reading it back for a separate elementwise pass.
+//!
 //! Only x86-64 CPUs with AVX2 + FMA or AVX-512 take this path ([`PackedF32::pack`] returns `None`
 //! elsewhere, and the model keeps candle's matmul). `MBPIPE_F32_GEMM=0` turns it off for A/B
 //! measurements.
@@ -45,10 +51,22 @@ pub struct PackedF32 {
     isa: Cpu,
     /// Columns per panel: two vectors.
     nr: usize,
+    /// GEGLU: a panel's first vector of columns are `W_in`'s, its second `W_gate`'s, and the
+    /// output is `gelu(in) · gate` (`n` columns from a `[2n, k]` weight).
+    gated: bool,
     /// Input features per packed activation block.
     kc: usize,
-    /// `n.div_ceil(nr)` panels of `k × nr` floats (columns past `n` are zero).
+    /// `panels()` panels of `k × nr` floats (columns past the weight's are zero).
     data: Vec<f32>,
+}
+
+/// Layout of a packed weight's columns.
+#[derive(Clone, Copy)]
+enum Columns {
+    /// Output column `j` is weight row `j`.
+    Plain,
+    /// GEGLU: `[2n, k]` weight, `n` outputs; a panel is half `W_in` rows, half `W_gate` rows.
+    Gated,
 }
 
 impl PackedF32 {
@@ -56,6 +74,18 @@ impl PackedF32 {
     /// turned off).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
+        Self::pack_columns(w, n, k, Columns::Plain)
+    }
+
+    /// Packs a GEGLU weight `[2n, k]`: rows `..n` are `W_in`, rows `n..` `W_gate`; products give
+    /// `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, `[m, n]`, with a `[2n]` bias (`b_in`
+    /// then `b_gate`). `None` as for [`pack`](Self::pack).
+    pub fn pack_gated(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), 2 * n * k, "gated weight is not [2 x {n}, {k}]");
+        Self::pack_columns(w, n, k, Columns::Gated)
+    }
+
+    fn pack_columns(w: &[f32], n: usize, k: usize, columns: Columns) -> Option<Self> {
         let isa = cpu();
         let lanes = match isa {
             Cpu::Avx512 => 16,
@@ -72,13 +102,23 @@ impl PackedF32 {
         };
         // Equal k blocks, none much shorter than the others.
         let kc = k.div_ceil(k.div_ceil(kc_target).max(1)).max(1);
-        let mut data = vec![0f32; n.div_ceil(nr) * k * nr];
+        let gated = matches!(columns, Columns::Gated);
+        let panel_cols = if gated { lanes } else { nr };
+        // The weight row behind column `j` of a panel whose first output column is `col`.
+        let source = |col: usize, j: usize| match columns {
+            Columns::Plain => (col + j < n).then_some(col + j),
+            Columns::Gated if j < lanes => (col + j < n).then_some(col + j),
+            Columns::Gated => (col + j - lanes < n).then_some(n + col + j - lanes),
+        };
+        let mut data = vec![0f32; n.div_ceil(panel_cols) * k * nr];
         data.par_chunks_mut((k * nr).max(1))
             .enumerate()
             .for_each(|(panel, out)| {
-                for j in 0..nr.min(n - panel * nr) {
-                    let row = &w[(panel * nr + j) * k..][..k];
-                    for (p, &v) in row.iter().enumerate() {
+                for j in 0..nr {
+                    let Some(src) = source(panel * panel_cols, j) else {
+                        continue;
+                    };
+                    for (p, &v) in w[src * k..][..k].iter().enumerate() {
                         out[p * nr + j] = v;
                     }
                 }
@@ -88,9 +128,28 @@ impl PackedF32 {
             k,
             isa,
             nr,
+            gated,
             kc,
             data,
         })
+    }
+
+    /// Output columns per panel: two vectors, or one for a gated weight.
+    fn panel_cols(&self) -> usize {
+        if self.gated {
+            self.nr / 2
+        } else {
+            self.nr
+        }
+    }
+
+    /// Length of the bias a product takes: `n`, or `2n` for a gated weight.
+    fn bias_len(&self) -> usize {
+        if self.gated {
+            2 * self.n
+        } else {
+            self.n
+        }
     }
 
     /// Output features.
@@ -104,14 +163,14 @@ impl PackedF32 {
     }
 
     /// `x [m, k]` (row-major) times the weight transposed, plus `bias [n]`, into a new `[m, n]`
-    /// row-major buffer.
+    /// row-major buffer (for a gated weight: GEGLU of the product, with a `[2n]` bias).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
         self.matmul_add(x, m, bias, None)
     }
 
     /// [`matmul`](Self::matmul) plus `residual [m, n]`, added as the first block of input
     /// features is written: a transformer's residual connection without another pass over
-    /// (and allocation of) the activations.
+    /// (and allocation of) the activations. A gated weight takes no residual.
     pub fn matmul_add(
         &self,
         x: &[f32],
@@ -160,24 +219,37 @@ impl PackedF32 {
     ) {
         assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
         if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
+            assert_eq!(
+                b.len(),
+                self.bias_len(),
+                "bias is not [{}]",
+                self.bias_len()
+            );
         }
         if let Some(r) = residual {
+            assert!(!self.gated, "a gated product takes no residual");
             assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
         }
         let n = self.n;
         if m == 0 || n == 0 || self.k == 0 {
             for i in 0..m * n {
-                let v = residual.map_or(0.0, |r| r[i]) + bias.map_or(0.0, |b| b[i % n]);
+                let b = |j: usize| bias.map_or(0.0, |b| b[j]);
+                let v = if self.gated {
+                    crate::fused::gelu_erf(b(i % n)) * b(n + i % n)
+                } else {
+                    residual.map_or(0.0, |r| r[i]) + b(i % n)
+                };
                 out.add(i).write(v);
             }
             return;
         }
-        let panels = n.div_ceil(self.nr);
+        let panels = n.div_ceil(self.panel_cols());
         let row_blocks = m.div_ceil(MC);
         // Enough tasks to keep every thread busy when the batch has few rows.
         let wanted = 8 * rayon::current_num_threads();
-        let max_chunks = panels.div_ceil(MIN_TASK_COLUMNS.div_ceil(self.nr)).max(1);
+        let max_chunks = panels
+            .div_ceil(MIN_TASK_COLUMNS.div_ceil(self.panel_cols()))
+            .max(1);
         let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
         let panels_per_chunk = panels.div_ceil(col_chunks);
         let col_chunks = panels.div_ceil(panels_per_chunk);
@@ -218,56 +290,93 @@ impl PackedF32 {
         let (n, k, nr) = (self.n, self.k, self.nr);
         let rows = task.rows.len();
         let micro_panels = rows.div_ceil(mr);
+        let panel_cols = self.panel_cols();
         PACKED_ROWS.with_borrow_mut(|apack| {
-            apack.clear();
-            apack.resize(micro_panels * mr * self.kc, 0.0);
-            let mut pc = 0;
-            while pc < k {
-                let kc = self.kc.min(k - pc);
-                let (block_rows, block_cols) = (task.rows.clone(), pc..pc + kc);
-                match self.isa {
-                    Cpu::Avx512 => {
-                        pack_rows::<{ x86::AVX512_MR }>(x, k, block_rows, block_cols, apack)
-                    }
-                    _ => pack_rows::<{ x86::AVX2_MR }>(x, k, block_rows, block_cols, apack),
+            GATE_INPUTS.with_borrow_mut(|pre| {
+                apack.clear();
+                apack.resize(micro_panels * mr * self.kc, 0.0);
+                // Gated: tiles go to `pre` (`MC × nr` per panel, row stride `nr`), and the GEGLU
+                // reads them from there after a panel's last block of input features. With one
+                // block, one panel's space is reused (it stays in L1).
+                let pre_panels = if k > self.kc { task.panels.len() } else { 1 };
+                if self.gated {
+                    pre.resize(pre_panels * MC * nr, 0.0);
                 }
-                for panel in task.panels.clone() {
-                    let col = panel * nr;
-                    let tile = TileShape {
-                        kc,
-                        ldc: n,
-                        cols: nr.min(n - col),
-                        rows: 0,
-                    };
-                    let b = self.data.as_ptr().add(panel * k * nr + pc * nr);
-                    let init = if pc == 0 {
-                        Init::First(First {
-                            bias: first.bias.map(|b| b.add(col)),
-                            residual: None,
-                        })
-                    } else {
-                        Init::Accumulate
-                    };
-                    for i in 0..micro_panels {
-                        let r = task.rows.start + i * mr;
-                        let tile = TileShape {
-                            rows: mr.min(task.rows.end - r),
-                            ..tile
-                        };
-                        let a = apack.as_ptr().add(i * mr * kc);
-                        let c = out.add(r * n + col);
-                        let init = match init {
-                            Init::First(f) => Init::First(First {
-                                residual: first.residual.map(|res| res.add(r * n + col)),
-                                ..f
-                            }),
-                            other => other,
-                        };
-                        x86::tile(self.isa, a, b, c, tile, init);
+                let pre = pre.as_mut_ptr();
+                let mut pc = 0;
+                while pc < k {
+                    let kc = self.kc.min(k - pc);
+                    let (block_rows, block_cols) = (task.rows.clone(), pc..pc + kc);
+                    match self.isa {
+                        Cpu::Avx512 => {
+                            pack_rows::<{ x86::AVX512_MR }>(x, k, block_rows, block_cols, apack)
+                        }
+                        _ => pack_rows::<{ x86::AVX2_MR }>(x, k, block_rows, block_cols, apack),
                     }
+                    for panel in task.panels.clone() {
+                        let col = panel * panel_cols;
+                        let pre_panel = pre.add((panel - task.panels.start) % pre_panels * MC * nr);
+                        let tile = if self.gated {
+                            TileShape {
+                                kc,
+                                ldc: nr,
+                                cols: nr,
+                                rows: 0,
+                            }
+                        } else {
+                            TileShape {
+                                kc,
+                                ldc: n,
+                                cols: nr.min(n - col),
+                                rows: 0,
+                            }
+                        };
+                        let b = self.data.as_ptr().add(panel * k * nr + pc * nr);
+                        let init = if pc == 0 {
+                            Init::First(First {
+                                // Gated: the GEGLU adds the bias.
+                                bias: first.bias.filter(|_| !self.gated).map(|b| b.add(col)),
+                                residual: None,
+                            })
+                        } else {
+                            Init::Accumulate
+                        };
+                        for i in 0..micro_panels {
+                            let r = task.rows.start + i * mr;
+                            let tile = TileShape {
+                                rows: mr.min(task.rows.end - r),
+                                ..tile
+                            };
+                            let a = apack.as_ptr().add(i * mr * kc);
+                            let c = if self.gated {
+                                pre_panel.add(i * mr * nr)
+                            } else {
+                                out.add(r * n + col)
+                            };
+                            let init = match init {
+                                Init::First(f) => Init::First(First {
+                                    residual: first.residual.map(|res| res.add(r * n + col)),
+                                    ..f
+                                }),
+                                other => other,
+                            };
+                            x86::tile(self.isa, a, b, c, tile, init);
+                        }
+                        if self.gated && pc + kc == k {
+                            let gate = GateTile {
+                                rows,
+                                cols: panel_cols.min(n - col),
+                                bias_in: first.bias.map(|b| b.add(col)),
+                                bias_gate: first.bias.map(|b| b.add(n + col)),
+                                out: out.add(task.rows.start * n + col),
+                                ldo: n,
+                            };
+                            x86::gate(self.isa, pre_panel, gate);
+                        }
+                    }
+                    pc += kc;
                 }
-                pc += kc;
-            }
+            })
         });
     }
 }
@@ -275,6 +384,8 @@ impl PackedF32 {
 thread_local! {
     /// Packed activations of the current task, reused across calls.
     static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A gated task's products before the GEGLU, reused across calls.
+    static GATE_INPUTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct Task {
@@ -346,6 +457,18 @@ struct TileShape {
     cols: usize,
 }
 
+/// One GEGLU call: `rows` rows of a gated panel's products (row stride `nr`: `W_in` lanes, then
+/// `W_gate` lanes) into `cols` output columns at `out` (row stride `ldo`).
+#[derive(Clone, Copy)]
+struct GateTile {
+    rows: usize,
+    cols: usize,
+    bias_in: Option<*const f32>,
+    bias_gate: Option<*const f32>,
+    out: *mut f32,
+    ldo: usize,
+}
+
 struct SendPtr(*mut f32);
 // SAFETY: `First` points at inputs that are only read while the parallel loop runs.
 unsafe impl Sync for First {}
@@ -358,7 +481,8 @@ unsafe impl Send for SendPtr {}
 mod x86 {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
-    use super::{Init, TileShape};
+    use super::{GateTile, Init, TileShape};
+    use crate::fused::gelu_erf;
     use crate::simd::{Avx2, Avx512, Cpu, Isa};
 
     /// Rows per AVX2 tile: 6 × 2 accumulators + 2 weight vectors + 1 broadcast of 16 registers.
@@ -380,6 +504,53 @@ mod x86 {
         match isa {
             Cpu::Avx512 => tile_avx512(a, b, c, shape, init),
             _ => tile_avx2(a, b, c, shape, init),
+        }
+    }
+
+    /// `out[r, j] = gelu(pre[r, j] + b_in[j]) · (pre[r, L + j] + b_gate[j])`.
+    ///
+    /// # Safety
+    /// `pre` holds `g.rows` rows of `2 L` floats; `g` points at valid bias and output; the CPU
+    /// has the instructions of `isa`.
+    pub unsafe fn gate(isa: Cpu, pre: *const f32, g: GateTile) {
+        match isa {
+            Cpu::Avx512 => gate_avx512(pre, g),
+            _ => gate_avx2(pre, g),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gate_avx512(pre: *const f32, g: GateTile) {
+        gate_generic::<{ Avx512::LANES }>(pre, g)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gate_avx2(pre: *const f32, g: GateTile) {
+        gate_generic::<{ Avx2::LANES }>(pre, g)
+    }
+
+    /// Plain loops over fixed-size arrays, which the compiler turns into vector code for the
+    /// enclosing target features.
+    #[inline(always)]
+    unsafe fn gate_generic<const L: usize>(pre: *const f32, g: GateTile) {
+        let (mut b_in, mut b_gate) = ([0f32; L], [0f32; L]);
+        for j in 0..g.cols {
+            b_in[j] = g.bias_in.map_or(0.0, |b| *b.add(j));
+            b_gate[j] = g.bias_gate.map_or(0.0, |b| *b.add(j));
+        }
+        for r in 0..g.rows {
+            let p = pre.add(r * 2 * L);
+            let mut v = [0f32; L];
+            for j in 0..L {
+                v[j] = gelu_erf(*p.add(j) + b_in[j]) * (*p.add(L + j) + b_gate[j]);
+            }
+            let o = g.out.add(r * g.ldo);
+            if g.cols == L {
+                // A fixed-size copy: vector stores rather than a memcpy call per row.
+                o.cast::<[f32; L]>().write_unaligned(v);
+            } else {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), o, g.cols);
+            }
         }
     }
 
@@ -469,11 +640,15 @@ mod x86 {
 /// Never reached: without x86-64 [`PackedF32::pack`] returns `None`.
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    use super::{Init, TileShape};
+    use super::{GateTile, Init, TileShape};
     use crate::simd::Cpu;
 
     pub const AVX2_MR: usize = 6;
     pub const AVX512_MR: usize = 12;
+
+    pub unsafe fn gate(_: Cpu, _: *const f32, _: GateTile) {
+        unreachable!("no f32 kernel on this architecture")
+    }
 
     pub unsafe fn tile(_: Cpu, _: *const f32, _: *const f32, _: *mut f32, _: TileShape, _: Init) {
         unreachable!("no f32 kernel on this architecture")
@@ -569,6 +744,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// GEGLU from a gated weight against `gelu_erf` of f64 products (the GELU itself is checked
+    /// against erf in `fused`). Tolerance: each product's bound as above, carried through
+    /// `gelu(a) · g` (|gelu'| < 1.13); a swapped, shifted or missing column is off by O(1).
+    #[test]
+    fn gated_matches_f64_reference() {
+        if PackedF32::pack(&[0.0], 1, 1).is_none() {
+            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+            return;
+        }
+        use crate::fused::gelu_erf;
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (5, 3, 9),
+            (7, 8, 16),
+            (13, 17, 70),
+            (150, 40, 768),
+            (31, 100, 33),
+            // More than one block of input features on every kernel.
+            (20, 24, 2500),
+        ] {
+            for with_bias in [false, true] {
+                let x = random(m * k, (m * 7 + k) as u64);
+                let w = random(2 * n * k, (n * 5 + k) as u64);
+                let b = with_bias.then(|| random(2 * n, n as u64 + 3));
+                let packed = PackedF32::pack_gated(&w, n, k).expect("this CPU has a kernel");
+                let got = packed.matmul(&x, m, b.as_deref());
+                let mut reused = vec![f32::NAN; m * n];
+                packed.matmul_add_into(&x, m, b.as_deref(), None, &mut reused);
+                assert_eq!(got, reused, "gated [{m}, {n}, {k}] into a reused buffer");
+                let (want, scale) = reference(&x, &w, b.as_deref(), (m, 2 * n, k));
+                for i in 0..m {
+                    for j in 0..n {
+                        let (a, g) = (want[i * 2 * n + j], want[i * 2 * n + n + j]);
+                        let err = |c: usize| 1e-4 * scale[i * 2 * n + c] + 1e-6;
+                        let expected = gelu_erf(a as f32) as f64 * g;
+                        let tolerance = 1.13 * err(j) * g.abs()
+                            + (gelu_erf(a as f32) as f64).abs() * err(n + j)
+                            + 1e-6;
+                        let v = got[i * n + j] as f64;
+                        assert!(
+                            (v - expected).abs() <= tolerance,
+                            "gated [{m}, {n}, {k}] bias={with_bias} ({i}, {j}): got {v}, want {expected}"
+                        );
+                    }
+                }
+            }
+        }
+        let packed = PackedF32::pack_gated(&[], 2, 0).expect("kernel");
+        let bias = [1.0, -2.0, 3.0, 0.5];
+        let want: Vec<f32> = (0..2).map(|j| gelu_erf(bias[j]) * bias[2 + j]).collect();
+        assert_eq!(packed.matmul(&[], 1, Some(&bias)), want);
     }
 
     #[test]

@@ -74,12 +74,16 @@ pub(crate) fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // 2^n from n's bits: n is an integer in [-126, 127], so adding 1.5 · 2^23 leaves it in the
+    // low mantissa bits. An `as i32` cast would saturate and map NaN to 0 lane by lane, which
+    // kept every loop calling this scalar; NaN still propagates through `p`.
+    let n_bits = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    f32::from_bits(n_bits.wrapping_add(127) << 23) * p
 }
 
 /// Exact-form GELU, `0.5 x (1 + erf(x / sqrt 2))`.
 #[inline(always)]
-fn gelu_erf(x: f32) -> f32 {
+pub(crate) fn gelu_erf(x: f32) -> f32 {
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
     let a = z.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
@@ -106,7 +110,18 @@ mod tests {
             let g = 0.5 * x as f64 * (1.0 + erf64(x as f64 / std::f64::consts::SQRT_2));
             worst_gelu = worst_gelu.max((gelu_erf(x) as f64 - g).abs());
         }
+        // The whole range, where 2^n's exponent runs from -126 to 127.
+        for i in -8_700..=8_800 {
+            let x = i as f32 * 1e-2;
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp(x) as f64) - e).abs() / e);
+        }
         assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        // Outside it the input is clamped; NaN stays NaN (the softmax and GELU see it).
+        assert_eq!(exp(-1e4), exp(-87.0));
+        assert_eq!(exp(f32::INFINITY), exp(88.0));
+        assert!(exp(88.0).is_finite() && exp(-87.0) > 0.0);
+        assert!(exp(f32::NAN).is_nan() && gelu_erf(f32::NAN).is_nan());
         // A–S 7.1.26 is 1.5e-7 on erf; times 0.5 |x| <= 10 and f32 rounding.
         assert!(worst_gelu < 2e-6, "gelu absolute error {worst_gelu}");
     }

@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, D};
 use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
 use crate::f32_gemm::PackedF32;
+use crate::profile::timed;
 use crate::weights::Weights;
 
 /// `y = x W^T (+ b)` on a `[tokens, in]` matrix.
@@ -88,19 +89,7 @@ impl Linear {
         (out, inp): (usize, usize),
         bias: bool,
     ) -> Result<Self> {
-        let get = |n: &str, s: &[usize]| {
-            if encoder {
-                w.encoder(n, s)
-            } else {
-                w.get(n, s)
-            }
-        };
-        let weight = get(&format!("{name}.weight"), &[out, inp])?;
-        let bias = if bias {
-            Some(get(&format!("{name}.bias"), &[out])?)
-        } else {
-            None
-        };
+        let (weight, bias) = load_weight_and_bias(w, name, encoder, (out, inp), bias)?;
         Linear::new(weight, bias, w.pack_bf16())
     }
 
@@ -135,29 +124,12 @@ impl Linear {
         x: &Tensor,
         buffer: &mut Option<Tensor>,
     ) -> Result<Tensor> {
-        let Kernel::PackedF32 { weight, bias } = &self.kernel else {
-            return self.forward(x);
-        };
-        let (k, n) = (weight.in_features(), weight.out_features());
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = n;
-        }
-        if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == out_dims.as_slice()) {
-            let m = x.elem_count() / k.max(1);
-            let x = x.to_dtype(DType::F32)?.contiguous()?;
-            let written = with_f32_slice(&x, |rows| {
-                with_f32_slice_mut(buf, |out| {
-                    weight.matmul_add_into(rows, m, bias.as_deref(), None, out)
-                })
-            })?;
-            if let Some(Ok(Some(()))) = written {
-                return Ok(buf.clone());
+        match &self.kernel {
+            Kernel::PackedF32 { weight, bias } => {
+                packed_reusing(weight, bias.as_deref(), x, buffer)
             }
+            _ => self.forward(x),
         }
-        let y = self.forward(x)?;
-        *buffer = Some(y.clone());
-        Ok(y)
     }
 
     /// `residual + self.forward(x)`. The f32 kernel adds the residual as it writes the product
@@ -183,6 +155,124 @@ impl Linear {
         }
         Ok((residual + self.forward(x)?)?)
     }
+}
+
+/// The MLP's gated input projection (GEGLU): `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, where
+/// the checkpoint's `Wi` `[2 · inter, hidden]` is `W_in` over `W_gate`; `[.., inter]` out.
+pub(crate) enum GatedLinear {
+    /// The f32 kernel with a gated weight: the GELU and product run on each output tile of the
+    /// product while it is in cache.
+    Fused {
+        weight: PackedF32,
+        bias: Option<Vec<f32>>,
+    },
+    /// `Wi`'s product, then the GEGLU as an elementwise pass over it.
+    Separate { wi: Linear, inter: usize },
+}
+
+impl GatedLinear {
+    /// Loads `{name}.weight` `[2 · inter, hidden]` (and `{name}.bias` when `bias`).
+    pub(crate) fn load(
+        w: &Weights,
+        name: &str,
+        (inter, hidden): (usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
+        if !w.pack_bf16() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            let weight = weight.contiguous()?;
+            let packed =
+                with_f32_slice(&weight, |data| PackedF32::pack_gated(data, inter, hidden))?
+                    .flatten();
+            if let Some(packed) = packed {
+                let bias = match &bias {
+                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                return Ok(GatedLinear::Fused {
+                    weight: packed,
+                    bias,
+                });
+            }
+        }
+        Ok(GatedLinear::Separate {
+            wi: Linear::new(weight, bias, w.pack_bf16())?,
+            inter,
+        })
+    }
+
+    /// The GEGLU of `x [tokens, hidden]`, written into `buffer` as
+    /// [`Linear::forward_reusing`] does (the result is dead by the next layer).
+    pub(crate) fn forward(&self, x: &Tensor, buffer: &mut Option<Tensor>) -> Result<Tensor> {
+        match self {
+            GatedLinear::Fused { weight, bias } => {
+                timed(6, || packed_reusing(weight, bias.as_deref(), x, buffer))
+            }
+            GatedLinear::Separate { wi, inter } => {
+                let wi = timed(6, || wi.forward_reusing(x, buffer))?;
+                timed(7, || {
+                    if let Some(g) = crate::fused::gelu_gate(&wi, *inter)? {
+                        return Ok(g);
+                    }
+                    let (input, gate) = (wi.narrow(1, 0, *inter)?, wi.narrow(1, *inter, *inter)?);
+                    Ok((input.gelu_erf()? * gate)?)
+                })
+            }
+        }
+    }
+}
+
+/// `{name}.weight` `[out, inp]` and, when `bias`, `{name}.bias` (from the encoder's prefix when
+/// `encoder`).
+fn load_weight_and_bias(
+    w: &Weights,
+    name: &str,
+    encoder: bool,
+    (out, inp): (usize, usize),
+    bias: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let get = |n: &str, s: &[usize]| {
+        if encoder {
+            w.encoder(n, s)
+        } else {
+            w.get(n, s)
+        }
+    };
+    let weight = get(&format!("{name}.weight"), &[out, inp])?;
+    let bias = if bias {
+        Some(get(&format!("{name}.bias"), &[out])?)
+    } else {
+        None
+    };
+    Ok((weight, bias))
+}
+
+/// `x` through a packed f32 weight, written into `buffer` when it holds a tensor of the result's
+/// shape (see [`Linear::forward_reusing`]); otherwise the result becomes the buffer.
+fn packed_reusing(
+    weight: &PackedF32,
+    bias: Option<&[f32]>,
+    x: &Tensor,
+    buffer: &mut Option<Tensor>,
+) -> Result<Tensor> {
+    let (k, n) = (weight.in_features(), weight.out_features());
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == out_dims.as_slice()) {
+        let m = x.elem_count() / k.max(1);
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let written = with_f32_slice(&x, |rows| {
+            with_f32_slice_mut(buf, |out| weight.matmul_add_into(rows, m, bias, None, out))
+        })?;
+        if let Some(Ok(Some(()))) = written {
+            return Ok(buf.clone());
+        }
+    }
+    let y = on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias))?;
+    *buffer = Some(y.clone());
+    Ok(y)
 }
 
 /// `f` on the elements of a contiguous f32 CPU tensor, mutably (candle's in-place op); `None`

@@ -12,8 +12,8 @@ pub const STAGES: [&str; 9] = [
     "qkv split + RoPE",
     "attention",
     "attn out reshape + Wo linear",
-    "Wi linear",
-    "GELU * gate",
+    "Wi linear (f32 kernel: with GELU * gate)",
+    "GELU * gate (other kernels)",
     "MLP Wo linear + residuals",
 ];
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Runs the model crate's tests on an emulated AVX-512 CPU, so the AVX-512 kernels (the f32 GEMM's
+# 12 x 32 tile, the fused attention's AVX-512 gather, RoPE and softmax) execute and are checked
+# somewhere: the 2-core development and CI machines have AVX2 only, where those kernels compile
+# but never run.
+#
+# How: Bochs (Debian's `bochs`, an instruction-level x86 emulator with AVX-512) boots Debian's own
+# kernel from a small ISO with an initramfs holding busybox, the release test binaries of
+# mbpipe-model (unit tests and the transformers fixture parity) and the fixture they read. /init
+# runs each binary and prints its result on the serial port, which Bochs writes to a file.
+#
+# Two Bochs 2.7 limits, and what is done about them:
+# - Its XSAVES/XSAVEC report a compacted state size that does not match their layout, and Linux
+#   then turns XSAVE off, and AVX with it. `clearcpuid=xsavec,xsaves` (as numbers) makes the kernel
+#   use the standard layout, which Bochs gets right.
+# - It has no AVX512-BF16: the bf16 kernel's tests report SKIPPED here too.
+#
+# Cost: Bochs runs about 25 million instructions per second; booting takes about 1 minute, the
+# tests a few more. The first run downloads the Debian packages (about 80 MB).
+#
+# Usage: scripts/check-avx512.sh [test-binary args, e.g. a test name filter]
+# Without arguments it skips the tests that run only candle's kernels here and would take most of
+# the emulated time (over 10 minutes for under a second natively): varlen's padded-group attention
+# and the bf16/f16 parity (f16 has no mbpipe kernel, and without AVX512-BF16 neither has bf16).
+# Environment:
+#   MBPIPE_SHARED     the shared/ folder with fixtures/modernbert-tiny (default ../shared beside
+#                     the checkout); without it the parity tests report SKIPPED
+#   CARGO_TARGET_DIR  default target/avx512-check
+#   BOCHS_TIMEOUT     seconds before the emulator is stopped (default 1800)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target/avx512-check}
+shared=${MBPIPE_SHARED:-$repo/../shared}
+log() { echo "check-avx512: $*" >&2; }
+
+need=()
+for tool in bochs-bin busybox xorriso cpio; do
+  command -v "$tool" >/dev/null || need+=("$tool")
+done
+[ -e /usr/lib/ISOLINUX/isolinux.bin ] || need+=(isolinux)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing bochs, busybox, isolinux and xorriso (missing: ${need[*]})"
+  sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bochs bochsbios vgabios bochs-term \
+    busybox-static isolinux syslinux-common xorriso cpio >/dev/null
+fi
+
+work=$CARGO_TARGET_DIR/emu
+mkdir -p "$work"
+kernel=$work/vmlinuz
+if [ ! -s "$kernel" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+  log "downloading the kernel ($pkg)"
+  (cd "$work" && rm -rf deb kimg && mkdir deb && cd deb && apt-get download "$pkg" 2>/dev/null)
+  dpkg-deb -x "$work"/deb/*.deb "$work/kimg"
+  cp "$work"/kimg/boot/vmlinuz-* "$kernel"
+  rm -rf "$work/deb" "$work/kimg"
+fi
+
+log "building the model tests (release)"
+tests=$(cargo test --release -p mbpipe-model --lib --test parity --no-run --message-format=json \
+  | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+[ -n "$tests" ] || { log "no test binaries were built"; exit 1; }
+
+# The initramfs: busybox, the test binaries and their shared libraries, the fixture, /init.
+root=$work/root
+rm -rf "$root"
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,t}
+cp "$(command -v busybox)" "$root/bin/"
+for applet in sh mount cat grep tr echo poweroff; do ln -s busybox "$root/bin/$applet"; done
+names=()
+for exe in $tests; do
+  name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
+  cp "$exe" "$root/t/$name"
+  names+=("$name")
+  for lib in $(ldd "$exe" | grep -o '/[^ ]*'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+done
+if [ -d "$shared/fixtures/modernbert-tiny" ]; then
+  mkdir -p "$root/shared/fixtures"
+  cp -r "$shared/fixtures/modernbert-tiny" "$root/shared/fixtures/"
+else
+  log "no fixture at $shared/fixtures/modernbert-tiny: the parity tests will report SKIPPED"
+fi
+if [ $# -eq 0 ]; then
+  set -- --skip varlen::tests::padded_groups_equal_per_sequence_attention \
+    --skip f16_keeps_embeddings_and_labels --skip bf16_candle_fallback
+fi
+args=$(printf ' %q' "$@")
+cat > "$root/init" <<EOF
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+echo "cpu flags: \$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512.*)\$' | tr '\n' ' ')"
+export MBPIPE_SHARED=/shared RAYON_NUM_THREADS=1 TMPDIR=/tmp
+for t in ${names[*]}; do
+  echo "=== \$t"
+  /t/\$t --test-threads=1$args
+  echo "=== \$t rc=\$?"
+done
+poweroff -f
+EOF
+chmod +x "$root/init"
+
+iso=$work/iso
+rm -rf "$iso"
+mkdir -p "$iso/isolinux"
+cp /usr/lib/ISOLINUX/isolinux.bin /usr/lib/syslinux/modules/bios/ldlinux.c32 "$iso/isolinux/"
+cp "$kernel" "$iso/vmlinuz"
+(cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$iso/initrd.gz"
+# clearcpuid=321,323: X86_FEATURE_XSAVEC and X86_FEATURE_XSAVES (word 10, bits 1 and 3).
+cat > "$iso/isolinux/isolinux.cfg" <<'EOF'
+default linux
+prompt 0
+timeout 0
+label linux
+  kernel /vmlinuz
+  append initrd=/initrd.gz console=ttyS0,115200 quiet mitigations=off nokaslr lapic=notscdeadline tsc=unstable clocksource=hpet security=none clearcpuid=321,323
+EOF
+xorriso -as mkisofs -quiet -o "$work/boot.iso" -b isolinux/isolinux.bin -c isolinux/boot.cat \
+  -no-emul-boot -boot-load-size 4 -boot-info-table "$iso" 2>/dev/null
+
+cat > "$work/bochsrc" <<EOF
+megs: 1536
+cpu: model=corei7_skylake_x, count=1, ips=25000000
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
+ata0-master: type=cdrom, path=$work/boot.iso, status=inserted
+boot: cdrom
+com1: enabled=1, mode=file, dev=$work/serial.out
+display_library: term
+log: $work/bochs.log
+clock: sync=none
+panic: action=fatal
+EOF
+# Debian builds Bochs with its debugger, which waits at a prompt: "c" continues. The terminal
+# display wants a tty, which `script` provides.
+echo c > "$work/debugger.rc"
+rm -f "$work/serial.out"
+log "booting the emulated AVX-512 machine (Bochs, Skylake-X model); serial log: $work/serial.out"
+start=$(date +%s)
+timeout "${BOCHS_TIMEOUT:-1800}" script -qfc \
+  "TERM=xterm bochs-bin -q -f $work/bochsrc -rc $work/debugger.rc" /dev/null \
+  >"$work/bochs.stdout" 2>&1 </dev/null || true
+log "emulator finished after $(($(date +%s) - start)) s"
+
+out=$work/serial.out
+[ -f "$out" ] || { log "no serial output: see $work/bochs.log"; exit 1; }
+grep -a -v -E '^\[ *[0-9.]+\]' "$out" | tr -d '\r' | grep -a -E '^(cpu flags|=== |test |test result|SKIPPED|failures|---- |thread|  )' || true
+grep -a -q 'cpu flags:.*avx512f' "$out" || { log "the guest has no AVX-512: the kernels were not exercised"; exit 1; }
+fail=0
+for name in "${names[@]}"; do
+  if ! grep -a -q "=== $name rc=0" "$out"; then
+    log "$name failed or did not finish"
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] && log "all model tests passed on AVX-512"
+exit "$fail"
