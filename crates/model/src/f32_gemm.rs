@@ -696,13 +696,21 @@ mod tests {
         (out, scale)
     }
 
+    /// Whether this CPU has no f32 kernel (said on stderr: the caller's test then skips).
+    fn skip_without_kernel() -> bool {
+        let none = PackedF32::pack(&[0.0], 1, 1).is_none();
+        if none {
+            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+        }
+        none
+    }
+
     /// f32 accumulation over k terms errs by at most about k·2^-24·Σ|terms| (in practice far
     /// less); k ≤ 2500 here, so 1e-4 · Σ|x·w| per element is a bound that still catches any
     /// missing, doubled or misplaced term (each is ~1/k of the scale or more).
     #[test]
     fn matches_f64_reference_on_odd_shapes() {
-        if PackedF32::pack(&[0.0], 1, 1).is_none() {
-            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+        if skip_without_kernel() {
             return;
         }
         for &(m, n, k) in &[
@@ -751,8 +759,7 @@ mod tests {
     /// `gelu(a) · g` (|gelu'| < 1.13); a swapped, shifted or missing column is off by O(1).
     #[test]
     fn gated_matches_f64_reference() {
-        if PackedF32::pack(&[0.0], 1, 1).is_none() {
-            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+        if skip_without_kernel() {
             return;
         }
         use crate::fused::gelu_erf;
@@ -801,8 +808,7 @@ mod tests {
 
     #[test]
     fn empty_inputs_give_bias_rows() {
-        if PackedF32::pack(&[0.0], 1, 1).is_none() {
-            eprintln!("SKIPPED: no f32 kernel (no AVX2 + FMA or AVX-512, or MBPIPE_F32_GEMM=0)");
+        if skip_without_kernel() {
             return;
         }
         let packed = PackedF32::pack(&[], 3, 0).expect("kernel");
