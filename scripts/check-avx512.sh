@@ -26,7 +26,7 @@
 #   MBPIPE_SHARED     the shared/ folder with fixtures/modernbert-tiny (default ../shared beside
 #                     the checkout); without it the parity tests report SKIPPED
 #   CARGO_TARGET_DIR  default target/avx512-check
-#   BOCHS_TIMEOUT     seconds before the emulator is stopped (default 1800)
+#   BOCHS_TIMEOUT     seconds before the emulator is stopped (default 3600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -140,14 +140,21 @@ clock: sync=none
 panic: action=fatal
 EOF
 # Debian builds Bochs with its debugger, which waits at a prompt: "c" continues. The terminal
-# display wants a tty, which `script` provides.
+# display wants a tty, which `script` provides. `script` stops relaying the display once its
+# stdin ends, and Bochs then blocks on a full pty (the guest looks hung): its stdin is a FIFO
+# held open, with nothing written to it, until the emulator exits.
 echo c > "$work/debugger.rc"
-rm -f "$work/serial.out"
+rm -f "$work/serial.out" "$work/stdin"
+mkfifo "$work/stdin"
+limit=${BOCHS_TIMEOUT:-3600}
+sleep "$limit" >"$work/stdin" &
+holder=$!
 log "booting the emulated AVX-512 machine (Bochs, Skylake-X model); serial log: $work/serial.out"
 start=$(date +%s)
-timeout "${BOCHS_TIMEOUT:-1800}" script -qfc \
+timeout "$limit" script -qfc \
   "TERM=xterm bochs-bin -q -f $work/bochsrc -rc $work/debugger.rc" /dev/null \
-  >"$work/bochs.stdout" 2>&1 </dev/null || true
+  >"$work/bochs.stdout" 2>&1 <"$work/stdin" || true
+kill "$holder" 2>/dev/null || true
 log "emulator finished after $(($(date +%s) - start)) s"
 
 out=$work/serial.out
