@@ -50,10 +50,7 @@ impl Linear {
             });
         }
         let (n, k) = weight.dims2()?;
-        let bias_vec = match &bias {
-            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            None => None,
-        };
+        let bias_vec = f32_values(bias.as_ref())?;
         // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
         let pack = |data: &[f32]| {
             if pack_bf16 {
@@ -185,13 +182,9 @@ impl GatedLinear {
                 with_f32_slice(&weight, |data| PackedF32::pack_gated(data, inter, hidden))?
                     .flatten();
             if let Some(packed) = packed {
-                let bias = match &bias {
-                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                    None => None,
-                };
                 return Ok(GatedLinear::Fused {
                     weight: packed,
-                    bias,
+                    bias: f32_values(bias.as_ref())?,
                 });
             }
         }
@@ -220,6 +213,14 @@ impl GatedLinear {
             }
         }
     }
+}
+
+/// A bias's values as f32, for the packed CPU kernels.
+fn f32_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    Ok(match bias {
+        Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+        None => None,
+    })
 }
 
 /// `{name}.weight` `[out, inp]` and, when `bias`, `{name}.bias` (from the encoder's prefix when
