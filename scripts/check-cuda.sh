@@ -10,17 +10,22 @@
 # That is enough for the two build scripts that need CUDA: cudarc (reads `nvcc --version`) and
 # candle-kernels (compiles its kernels with nvcc, even under `cargo check`).
 #
-# What it runs: `cargo clippy --workspace --all-targets --features cuda -- -D warnings` (a check
-# that also lints the cfg(feature = "cuda") code), in its own target folder so it never waits on
-# the main build's lock.
+# What it runs: `cargo clippy -p mbpipe-model --all-targets --features flash-attn -- -D warnings`
+# (a check that also lints the cfg(feature = "cuda") code), in its own target folder so it never
+# waits on the main build's lock. Only mbpipe-model has CUDA code (the root's `cuda` and
+# `flash-attn` features only forward to it), so checking it alone covers every cfg(cuda) line
+# without checking DataFusion and the other crates a second time. Any crate that gains
+# cfg(feature = "cuda") code must be added to `packages` below.
 #
 # Kernels. candle-kernels' build script compiles (1) the PTX kernels that candle's CUDA backend
 # loads (about 4 minutes on the 2-core machine under load) and (2) a static library of MoE /
 # GGUF-quantized matmul kernels: 15 heavy template files, about 7 minutes each on one core of the
 # 2-core machine under load (measured 2026-11-28), over half an hour in all, which mbpipe never
-# calls and `cargo check` never links. By default (2) is stubbed: scripts/nvcc-ci-stub.sh leaves
-# those objects empty and the library an empty archive, while (1) and every other call go to the
-# real nvcc. `--full` compiles everything for real (in target/cuda-check-full).
+# calls and `cargo check` never links. By default both are stubbed: scripts/nvcc-ci-stub.sh leaves
+# (1) as empty .ptx files (they are only embedded as strings and loaded on a GPU; compiling them
+# checks candle's code, not ours, and took about 4 of CI's minutes) and (2) as empty objects and
+# an empty archive; `nvcc --version` goes to the real nvcc. `--full` compiles everything for real
+# (in target/cuda-check-full).
 #
 # FlashAttention. By default the check builds the `flash-attn` feature (which includes `cuda`), so
 # the varlen FlashAttention-2 call is type-checked and linted too. candle-flash-attn's build script
@@ -99,10 +104,20 @@ else
     echo "$cutlass_commit" > "$cutlass/.git/HEAD"
   fi
   features=flash-attn
-  kernels="PTX kernels; MoE/GGUF library and FlashAttention kernels stubbed"
+  kernels="PTX kernels, MoE/GGUF library and FlashAttention kernels stubbed"
 fi
 
 echo "check-cuda: $("$root/bin/nvcc" --version | tail -n 2 | head -n 1); compute cap $CUDA_COMPUTE_CAP; $kernels; target $CARGO_TARGET_DIR"
 start=$SECONDS
-cargo clippy --workspace --all-targets --features "$features" "$@" -- -D warnings
+# The crates with cfg(feature = "cuda") code (see "What it runs" above). A file elsewhere that
+# gains such code fails the check here rather than going unchecked.
+packages=(-p mbpipe-model)
+elsewhere=$(grep -rlE 'feature *= *"(cuda|flash-attn)"' --include='*.rs' src tests benches crates |
+  grep -v '^crates/model/' || true)
+if [[ -n "$elsewhere" ]]; then
+  echo "check-cuda: cfg(feature = \"cuda\") code outside crates/model; add its crate to packages in $0:" >&2
+  echo "$elsewhere" >&2
+  exit 1
+fi
+cargo clippy "${packages[@]}" --all-targets --features "$features" "$@" -- -D warnings
 echo "check-cuda: the $features feature compiles and is lint-clean ($((SECONDS - start)) s)"

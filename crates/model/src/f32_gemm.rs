@@ -86,7 +86,11 @@ impl PackedF32 {
     }
 
     fn pack_columns(w: &[f32], n: usize, k: usize, columns: Columns) -> Option<Self> {
-        let isa = cpu();
+        Self::pack_columns_for(cpu(), w, n, k, columns)
+    }
+
+    /// Packs for the kernels of `isa`, which the caller knows this CPU executes.
+    fn pack_columns_for(isa: Cpu, w: &[f32], n: usize, k: usize, columns: Columns) -> Option<Self> {
         let lanes = match isa {
             Cpu::Avx512 => 16,
             Cpu::Avx2 => 8,
@@ -705,6 +709,22 @@ mod tests {
         none
     }
 
+    /// Every kernel ISA this host executes (AVX-512 and AVX2 on an AVX-512 CPU), each named on
+    /// stderr so a log shows which variants a run checked.
+    fn isas() -> Vec<Cpu> {
+        let isas = crate::simd::executable();
+        eprintln!("checking the f32 kernels for {isas:?}");
+        isas
+    }
+
+    fn pack_for(isa: Cpu, w: &[f32], n: usize, k: usize) -> PackedF32 {
+        PackedF32::pack_columns_for(isa, w, n, k, Columns::Plain).expect("this CPU has a kernel")
+    }
+
+    fn pack_gated_for(isa: Cpu, w: &[f32], n: usize, k: usize) -> PackedF32 {
+        PackedF32::pack_columns_for(isa, w, n, k, Columns::Gated).expect("this CPU has a kernel")
+    }
+
     /// f32 accumulation over k terms errs by at most about k·2^-24·Σ|terms| (in practice far
     /// less); k ≤ 2500 here, so 1e-4 · Σ|x·w| per element is a bound that still catches any
     /// missing, doubled or misplaced term (each is ~1/k of the scale or more).
@@ -713,42 +733,44 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (3, 5, 7),
-            (6, 16, 2),
-            (7, 17, 33),
-            (12, 32, 300),
-            (13, 100, 513),
-            (145, 97, 65),
-            (300, 40, 1152),
-            (290, 770, 64),
-            // Deeper than one block of input features on every kernel (AVX2 takes 1152).
-            (20, 50, 2500),
-        ] {
-            for (with_bias, with_residual) in [(false, false), (true, false), (true, true)] {
-                let x = random(m * k, (m * 31 + k) as u64);
-                let w = random(n * k, (n * 17 + k) as u64);
-                let b = with_bias.then(|| random(n, n as u64 + 5));
-                let res = with_residual.then(|| random(m * n, m as u64 + 11));
-                let packed = PackedF32::pack(&w, n, k).expect("this CPU has a kernel");
-                let got = packed.matmul_add(&x, m, b.as_deref(), res.as_deref());
-                // Into a reused buffer: old contents are overwritten, not accumulated.
-                let mut reused = vec![f32::NAN; m * n];
-                packed.matmul_add_into(&x, m, b.as_deref(), res.as_deref(), &mut reused);
-                assert_eq!(got, reused, "[{m}, {n}, {k}] into a reused buffer");
-                let (mut want, mut scale) = reference(&x, &w, b.as_deref(), (m, n, k));
-                if let Some(res) = &res {
-                    for ((w, s), &r) in want.iter_mut().zip(&mut scale).zip(res) {
-                        *w += r as f64;
-                        *s += r.abs() as f64;
+        for isa in isas() {
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (3, 5, 7),
+                (6, 16, 2),
+                (7, 17, 33),
+                (12, 32, 300),
+                (13, 100, 513),
+                (145, 97, 65),
+                (300, 40, 1152),
+                (290, 770, 64),
+                // Deeper than one block of input features on every kernel (AVX2 takes 1152).
+                (20, 50, 2500),
+            ] {
+                for (with_bias, with_residual) in [(false, false), (true, false), (true, true)] {
+                    let x = random(m * k, (m * 31 + k) as u64);
+                    let w = random(n * k, (n * 17 + k) as u64);
+                    let b = with_bias.then(|| random(n, n as u64 + 5));
+                    let res = with_residual.then(|| random(m * n, m as u64 + 11));
+                    let packed = pack_for(isa, &w, n, k);
+                    let got = packed.matmul_add(&x, m, b.as_deref(), res.as_deref());
+                    // Into a reused buffer: old contents are overwritten, not accumulated.
+                    let mut reused = vec![f32::NAN; m * n];
+                    packed.matmul_add_into(&x, m, b.as_deref(), res.as_deref(), &mut reused);
+                    assert_eq!(got, reused, "{isa:?} [{m}, {n}, {k}] into a reused buffer");
+                    let (mut want, mut scale) = reference(&x, &w, b.as_deref(), (m, n, k));
+                    if let Some(res) = &res {
+                        for ((w, s), &r) in want.iter_mut().zip(&mut scale).zip(res) {
+                            *w += r as f64;
+                            *s += r.abs() as f64;
+                        }
                     }
-                }
-                for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
-                    assert!(
+                    for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                        assert!(
                         (g as f64 - r).abs() <= 1e-4 * s + 1e-6,
-                        "[{m}, {n}, {k}] bias={with_bias} residual={with_residual} element {i}: got {g}, want {r} (scale {s})"
+                        "{isa:?} [{m}, {n}, {k}] bias={with_bias} residual={with_residual} element {i}: got {g}, want {r} (scale {s})"
                     );
+                    }
                 }
             }
         }
@@ -763,39 +785,44 @@ mod tests {
             return;
         }
         use crate::fused::gelu_erf;
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (5, 3, 9),
-            (7, 8, 16),
-            (13, 17, 70),
-            (150, 40, 768),
-            (31, 100, 33),
-            // More than one block of input features on every kernel.
-            (20, 24, 2500),
-        ] {
-            for with_bias in [false, true] {
-                let x = random(m * k, (m * 7 + k) as u64);
-                let w = random(2 * n * k, (n * 5 + k) as u64);
-                let b = with_bias.then(|| random(2 * n, n as u64 + 3));
-                let packed = PackedF32::pack_gated(&w, n, k).expect("this CPU has a kernel");
-                let got = packed.matmul(&x, m, b.as_deref());
-                let mut reused = vec![f32::NAN; m * n];
-                packed.matmul_add_into(&x, m, b.as_deref(), None, &mut reused);
-                assert_eq!(got, reused, "gated [{m}, {n}, {k}] into a reused buffer");
-                let (want, scale) = reference(&x, &w, b.as_deref(), (m, 2 * n, k));
-                for i in 0..m {
-                    for j in 0..n {
-                        let (a, g) = (want[i * 2 * n + j], want[i * 2 * n + n + j]);
-                        let err = |c: usize| 1e-4 * scale[i * 2 * n + c] + 1e-6;
-                        let expected = gelu_erf(a as f32) as f64 * g;
-                        let tolerance = 1.13 * err(j) * g.abs()
-                            + (gelu_erf(a as f32) as f64).abs() * err(n + j)
-                            + 1e-6;
-                        let v = got[i * n + j] as f64;
-                        assert!(
+        for isa in isas() {
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (5, 3, 9),
+                (7, 8, 16),
+                (13, 17, 70),
+                (150, 40, 768),
+                (31, 100, 33),
+                // More than one block of input features on every kernel.
+                (20, 24, 2500),
+            ] {
+                for with_bias in [false, true] {
+                    let x = random(m * k, (m * 7 + k) as u64);
+                    let w = random(2 * n * k, (n * 5 + k) as u64);
+                    let b = with_bias.then(|| random(2 * n, n as u64 + 3));
+                    let packed = pack_gated_for(isa, &w, n, k);
+                    let got = packed.matmul(&x, m, b.as_deref());
+                    let mut reused = vec![f32::NAN; m * n];
+                    packed.matmul_add_into(&x, m, b.as_deref(), None, &mut reused);
+                    assert_eq!(
+                        got, reused,
+                        "{isa:?} gated [{m}, {n}, {k}] into a reused buffer"
+                    );
+                    let (want, scale) = reference(&x, &w, b.as_deref(), (m, 2 * n, k));
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (a, g) = (want[i * 2 * n + j], want[i * 2 * n + n + j]);
+                            let err = |c: usize| 1e-4 * scale[i * 2 * n + c] + 1e-6;
+                            let expected = gelu_erf(a as f32) as f64 * g;
+                            let tolerance = 1.13 * err(j) * g.abs()
+                                + (gelu_erf(a as f32) as f64).abs() * err(n + j)
+                                + 1e-6;
+                            let v = got[i * n + j] as f64;
+                            assert!(
                             (v - expected).abs() <= tolerance,
-                            "gated [{m}, {n}, {k}] bias={with_bias} ({i}, {j}): got {v}, want {expected}"
+                            "{isa:?} gated [{m}, {n}, {k}] bias={with_bias} ({i}, {j}): got {v}, want {expected}"
                         );
+                        }
                     }
                 }
             }

@@ -27,6 +27,23 @@ pub(crate) fn cpu() -> Cpu {
     })
 }
 
+/// Every kernel ISA this CPU can execute, best first (an AVX-512 CPU also runs the AVX2 kernels),
+/// so tests can check each variant the host can run, not only the one [`cpu`] picks.
+#[cfg(test)]
+pub(crate) fn executable() -> Vec<Cpu> {
+    let mut isas = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            isas.push(Cpu::Avx512);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            isas.push(Cpu::Avx2);
+        }
+    }
+    isas
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{Avx2, Avx512, Isa};
 
