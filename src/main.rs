@@ -37,7 +37,10 @@ fn main() -> ExitCode {
                 || err.downcast_ref::<quick::UsageError>().is_some()
                 || err
                     .downcast_ref::<mbpipe_model::ModelError>()
-                    .is_some_and(|e| e.is_configuration_error());
+                    .is_some_and(|e| e.is_configuration_error())
+                || err
+                    .downcast_ref::<mbpipe_io::IoError>()
+                    .is_some_and(|e| e.is_input_spec_error());
             ExitCode::from(if invalid { EXIT_INVALID } else { 1 })
         }
     }

@@ -18,27 +18,50 @@ use crate::args::{ClassifyArgs, EmbedArgs, FillMaskArgs, QuickArgs};
 #[error("{0}")]
 pub struct UsageError(String);
 
-/// The texts to run: the positional TEXT, or the `text` field of every line of --input.
-fn read_texts(args: &QuickArgs) -> anyhow::Result<Vec<String>> {
+/// The texts to run: the positional TEXT, or the `text` field of every line of --input (a null
+/// text is `None`: its outputs are null, as in pipelines).
+fn read_texts(args: &QuickArgs) -> anyhow::Result<Vec<Option<String>>> {
     match (&args.text, &args.input) {
-        (Some(t), None) => Ok(vec![t.clone()]),
+        (Some(t), None) => Ok(vec![Some(t.clone())]),
         (None, Some(path)) => read_jsonl_texts(path),
         _ => Err(UsageError("give a TEXT or --input FILE.jsonl".into()).into()),
     }
 }
 
-fn read_jsonl_texts(path: &Path) -> anyhow::Result<Vec<String>> {
+fn read_jsonl_texts(path: &Path) -> anyhow::Result<Vec<Option<String>>> {
+    if matches!(
+        mbpipe_io::detect_format(path),
+        Some(mbpipe_io::InputFormat::Parquet)
+    ) {
+        return Err(UsageError(format!(
+            "{}: --input takes JSON lines (one {{\"text\": ...}} object per line), not Parquet; \
+             write a pipeline file to run over Parquet",
+            path.display()
+        ))
+        .into());
+    }
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut texts = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = n + 1;
-        let line = line.with_context(|| {
-            format!(
-                "{}:{line_no}: cannot read line (not UTF-8?)",
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            return Err(UsageError(format!(
+                "{}:{line_no}: not valid UTF-8; --input takes JSON lines (UTF-8 text, one object per line)",
                 path.display()
-            )
-        })?;
+            ))
+            .into());
+        };
         let line = line.trim_start_matches('\u{feff}').trim();
         if line.is_empty() {
             continue;
@@ -46,9 +69,10 @@ fn read_jsonl_texts(path: &Path) -> anyhow::Result<Vec<String>> {
         let value: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{line_no}: invalid JSON", path.display()))?;
         match value.get("text") {
-            Some(serde_json::Value::String(s)) => texts.push(s.clone()),
+            Some(serde_json::Value::String(s)) => texts.push(Some(s.clone())),
+            Some(serde_json::Value::Null) => texts.push(None),
             Some(other) => anyhow::bail!(
-                "{}:{line_no}: field `text` must be a string, found {}",
+                "{}:{line_no}: field `text` must be a string or null, found {}",
                 path.display(),
                 json_kind(other)
             ),
@@ -87,35 +111,35 @@ fn load_model(args: &QuickArgs) -> anyhow::Result<LoadedModel> {
 }
 
 /// Tokenizes every text and runs packed batches; `per_batch` turns one batch's hidden states
-/// into one output per sequence, returned in input order.
+/// into one output per sequence, returned in input order (`None` for a null text).
 // The splitter's error is the pipeline's (large) error type; boxing it buys nothing here.
 #[allow(clippy::result_large_err)]
 fn run_packed<T: Clone>(
     args: &QuickArgs,
     loaded: &LoadedModel,
-    texts: &[String],
+    texts: &[Option<String>],
     mut per_batch: impl FnMut(
         &LoadedModel,
         &Tensor,
         &mbpipe_model::PackedBatch,
     ) -> anyhow::Result<Vec<T>>,
-) -> anyhow::Result<Vec<T>> {
+) -> anyhow::Result<Vec<Option<T>>> {
     let max_length = args
         .max_length
         .unwrap_or(loaded.model.config().max_position_embeddings);
-    let encoder = TextEncoder::new(loaded.tokenizer.clone(), max_length)?;
-    let refs: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let encoder = TextEncoder::new(loaded.tokenizer.clone(), max_length)
+        .map_err(|e| UsageError(format!("--max-length: {e}")))?;
+    let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let encoded: Vec<_> = encoder
         .encode_many(&refs)
         .into_iter()
-        .map(|r| r.map(|e| e.expect("every text is Some, this is a bug")))
         .collect::<Result<_, _>>()?;
     let mut results: Vec<Option<T>> = vec![None; texts.len()];
     let batches = pack_by_length(
         encoded
             .iter()
             .enumerate()
-            .map(|(i, e)| (i, e.ids.as_slice())),
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e.ids.as_slice()))),
         args.runtime.batch_tokens(),
     );
     // A batch that runs out of device memory is split and retried, as in `mbpipe run`.
@@ -134,10 +158,6 @@ fn run_packed<T: Clone>(
             results[*key] = Some(out);
         }
     }
-    let results = results
-        .into_iter()
-        .map(|r| r.expect("every text was packed once, this is a bug"))
-        .collect();
     Ok(results)
 }
 
@@ -148,6 +168,9 @@ fn print_lines(lines: impl IntoIterator<Item = String>) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
+
+/// How a null input text shows in the plain (non-JSON) output.
+const NULL_TEXT: &str = "(null text)";
 
 /// `mbpipe fill-mask`.
 pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
@@ -172,12 +195,13 @@ pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
         return print_lines(
             preds
                 .iter()
-                .map(|p| json!({"predictions": render(p)}).to_string()),
+                .map(|p| json!({"predictions": p.as_ref().map(&render)}).to_string()),
         );
     }
     let mut lines = Vec::new();
     for (text, masks) in texts.iter().zip(&preds) {
-        lines.push(text.clone());
+        lines.push(text.clone().unwrap_or_else(|| NULL_TEXT.into()));
+        let Some(masks) = masks else { continue };
         if masks.is_empty() {
             lines.push("  (no [MASK] in the text)".into());
         }
@@ -201,23 +225,36 @@ pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
     })?;
     let config = loaded.model.config();
     let labels: Vec<String> = if config.labels.is_empty() {
-        (0..logits.first().map_or(0, Vec::len))
-            .map(|i| format!("LABEL_{i}"))
-            .collect()
+        let width = logits.iter().flatten().next().map_or(0, Vec::len);
+        (0..width).map(|i| format!("LABEL_{i}")).collect()
     } else {
         config.labels.clone()
     };
+    // Per label, keyed like `scores`, so neither needs the model's label order to be read.
+    let by_label = |values: &[f32]| -> serde_json::Map<String, serde_json::Value> {
+        labels
+            .iter()
+            .zip(values)
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect()
+    };
     let mut lines = Vec::new();
     for (text, l) in texts.iter().zip(&logits) {
+        let Some(l) = l else {
+            lines.push(if a.common.json {
+                json!({"label": null, "scores": null, "logits": null}).to_string()
+            } else {
+                format!("\t\t{NULL_TEXT}")
+            });
+            continue;
+        };
         let scores = scores_from_logits(l, config.problem_type);
         let best = argmax(&scores).map(|i| labels[i].clone());
         if a.common.json {
-            let map: serde_json::Map<String, serde_json::Value> = labels
-                .iter()
-                .zip(&scores)
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
-            lines.push(json!({"label": best, "scores": map, "logits": l}).to_string());
+            lines.push(
+                json!({"label": best, "scores": by_label(&scores), "logits": by_label(l)})
+                    .to_string(),
+            );
         } else {
             let detail: Vec<String> = labels
                 .iter()
@@ -225,9 +262,10 @@ pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect();
             lines.push(format!(
-                "{}\t{}\t{text}",
+                "{}\t{}\t{}",
                 best.unwrap_or_default(),
-                detail.join(", ")
+                detail.join(", "),
+                text.as_deref().unwrap_or_default()
             ));
         }
     }
@@ -249,7 +287,10 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
         .or(st.default_prompt.clone())
         .unwrap_or_default();
     if !prefix.is_empty() {
-        texts = texts.into_iter().map(|t| format!("{prefix}{t}")).collect();
+        texts = texts
+            .into_iter()
+            .map(|t| t.map(|t| format!("{prefix}{t}")))
+            .collect();
     }
     let pooling = a.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
     let normalize = a.normalize || st.normalize;
@@ -267,13 +308,16 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
                 .map(|e| json!({"embedding": e}).to_string()),
         );
     }
-    print_lines(embeddings.iter().map(|e| {
-        let shown: Vec<String> = e.iter().take(8).map(|v| format!("{v:.5}")).collect();
-        format!(
-            "dim {} [{}{}]",
-            e.len(),
-            shown.join(", "),
-            if e.len() > 8 { ", ..." } else { "" }
-        )
+    print_lines(embeddings.iter().map(|e| match e {
+        None => NULL_TEXT.to_string(),
+        Some(e) => {
+            let shown: Vec<String> = e.iter().take(8).map(|v| format!("{v:.5}")).collect();
+            format!(
+                "dim {} [{}{}]",
+                e.len(),
+                shown.join(", "),
+                if e.len() > 8 { ", ..." } else { "" }
+            )
+        }
     }))
 }

@@ -145,7 +145,7 @@ fn broken_files_and_pipelines_name_their_cause() {
     expect(
         d,
         "weights",
-        1,
+        2,
         &["cannot read weights `model/model.safetensors` (corrupt or truncated safetensors file?)"],
     );
 
@@ -249,4 +249,110 @@ fn odd_but_valid_inputs_are_not_errors() {
     ));
     let lines: Vec<&str> = sql.lines().skip(1).collect();
     assert_eq!(lines, ["0,true,false", "1,,true", "2,false,false"], "{sql}");
+}
+
+/// Copies the fixture classifier into `dir/name`, for breaking one of its files.
+fn model_copy(fx: &Fixture, dir: &Path, name: &str) -> std::path::PathBuf {
+    let model = dir.join(name);
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fx.model("classifier")).unwrap().flatten() {
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    model
+}
+
+#[test]
+fn invalid_model_files_and_input_specs_exit_2_not_1() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("ok.jsonl"), "{\"text\":\"fine\"}\n").unwrap();
+
+    // A malformed tokenizer.json.
+    let model = model_copy(&fx, d, "bad-tokenizer");
+    std::fs::write(model.join("tokenizer.json"), "{\"version\": \"1.0\", ").unwrap();
+    pipeline(&fx, d, "tokenizer", "ok.jsonl", "", Some("bad-tokenizer"));
+    expect(
+        d,
+        "tokenizer",
+        2,
+        &["cannot load tokenizer `bad-tokenizer/tokenizer.json`"],
+    );
+
+    // Integer weights.
+    let model = model_copy(&fx, d, "int-weights");
+    let path = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
+    let name = "model.final_norm.weight";
+    let t = tensors[name].to_dtype(candle_core::DType::I64).unwrap();
+    tensors.insert(name.to_string(), t);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    pipeline(&fx, d, "int", "ok.jsonl", "", Some("int-weights"));
+    expect(
+        d,
+        "int",
+        2,
+        &["tensor `model.final_norm.weight` has dtype I64; the engine needs floating-point weights"],
+    );
+
+    // No input file matches.
+    pipeline(&fx, d, "nomatch", "missing-*.jsonl", "", None);
+    expect(d, "nomatch", 2, &["no input files match `missing-*.jsonl`"]);
+    let o = mbpipe(d, &["validate", "nomatch.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn max_length_without_room_for_text_fails_validate() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("ok.jsonl"), "{\"text\":\"fine\"}\n").unwrap();
+    pipeline(&fx, d, "short", "ok.jsonl", "", None);
+    let toml = std::fs::read_to_string(d.join("short.toml")).unwrap() + "max_length = 2\n";
+    std::fs::write(d.join("short.toml"), toml).unwrap();
+    let o = mbpipe(d, &["validate", "short.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "task `t`: max_length 2 leaves no room for text (the tokenizer adds 2 special tokens)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // A zero-shot template that fills max_length by itself fails too.
+    let zs = format!(
+        "[input]\npath = \"ok.jsonl\"\n[output]\npath = \"o\"\n[[tasks]]\nname = \"z\"\nkind = \"zero_shot\"\nmodel = \"{}\"\nmax_length = 8\ntemplate = \"{{text}} Overall, it was a [MASK] experience.\"\nlabels = {{ a = \"bad\", b = \"great\" }}\n",
+        fx.model("mlm")
+    );
+    std::fs::write(d.join("zs.toml"), zs).unwrap();
+    let o = mbpipe(d, &["validate", "zs.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("task `z`: the prompt template alone is"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn broken_symlinks_and_non_utf8_names_in_an_input_folder_are_reported() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("in")).unwrap();
+    std::fs::write(d.join("in/a.jsonl"), "{\"text\":\"fine\"}\n").unwrap();
+    std::os::unix::fs::symlink(d.join("gone.jsonl"), d.join("in/b.jsonl")).unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    let odd = std::ffi::OsStr::from_bytes(b"c\xff.jsonl");
+    std::fs::write(d.join("in").join(odd), "{\"text\":\"x\"}\n").unwrap();
+    pipeline(&fx, d, "folder", "in", "", None);
+    let o = mbpipe(d, &["validate", "folder.toml"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("b.jsonl: a symbolic link whose target does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("its file name is not valid UTF-8"), "{err}");
 }

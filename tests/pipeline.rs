@@ -98,7 +98,7 @@ top_k = 5
     )
 }
 
-fn read_output(dir: &Path) -> RecordBatch {
+pub(crate) fn read_output(dir: &Path) -> RecordBatch {
     let mut parts: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()

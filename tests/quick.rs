@@ -38,7 +38,11 @@ fn classify_file_matches_reference_in_order() {
     assert_eq!(lines.len(), fx.texts.len());
     for (i, line) in lines.iter().enumerate() {
         let want_logits = fx.vec(&format!("cls_logits.{i}")).unwrap();
-        let logits: Vec<f32> = serde_json::from_value(line["logits"].clone()).unwrap();
+        // Logits are keyed by label, like scores.
+        let logits: Vec<f32> = ["negative", "neutral", "positive"]
+            .iter()
+            .map(|l| line["logits"][l].as_f64().unwrap() as f32)
+            .collect();
         assert_close(&logits, &want_logits, TOL, &format!("text {i} logits"));
         let probs = softmax(&want_logits);
         for (k, label) in ["negative", "neutral", "positive"].iter().enumerate() {
@@ -171,7 +175,7 @@ fn bad_input_line_is_named() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("bad.jsonl:2: field `text` must be a string, found a number"),
+        stderr(&o).contains("bad.jsonl:2: field `text` must be a string or null, found a number"),
         "{}",
         stderr(&o)
     );
@@ -186,4 +190,64 @@ fn missing_model_directory_is_a_usage_error() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no/such/model"), "{}", stderr(&o));
+}
+
+#[test]
+fn classify_input_parquet_says_input_takes_json_lines() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/comments.parquet");
+    let o = mbpipe(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            &fx.model("classifier"),
+            "--input",
+            sample.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--input takes JSON lines"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("UTF-8"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_null_text_in_input_gets_null_outputs_as_in_pipelines() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("t.jsonl"),
+        format!(
+            "{}\n{{\"text\": null}}\n{}\n",
+            serde_json::json!({ "text": fx.texts[1] }),
+            serde_json::json!({ "text": fx.texts[2] })
+        ),
+    )
+    .unwrap();
+    let out = ok(mbpipe(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            &fx.model("classifier"),
+            "--input",
+            "t.jsonl",
+            "--json",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[1]["label"].is_null() && lines[1]["logits"].is_null());
+    for (line, i) in [(&lines[0], 1), (&lines[2], 2)] {
+        assert_eq!(line["label"], fx.json["texts"][i]["classifier"]["label"]);
+    }
 }

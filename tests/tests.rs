@@ -6,3 +6,4 @@ mod pipeline;
 mod quick;
 mod reliability;
 mod util;
+mod zero_shot;

@@ -15,6 +15,17 @@ pub enum IoError {
         /// The spec as given (file, directory or glob).
         spec: String,
     },
+    /// An input file changed after the run listed it.
+    #[error(
+        "{} changed while mbpipe was reading it ({detail}); run again once it is complete",
+        path.display()
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// What changed.
+        detail: String,
+    },
     /// A glob pattern could not be parsed.
     #[error("invalid glob pattern `{spec}`")]
     Glob {
@@ -139,6 +150,17 @@ pub enum IoError {
         /// The type the input has.
         found: DataType,
     },
+}
+
+impl IoError {
+    /// Whether the input spec itself is wrong (no file matches, a bad glob, an unknown
+    /// extension): invalid usage rather than a failure while reading.
+    pub fn is_input_spec_error(&self) -> bool {
+        matches!(
+            self,
+            IoError::NoMatch { .. } | IoError::Glob { .. } | IoError::UnknownExtension { .. }
+        )
+    }
 }
 
 /// Formats `:line` or ` row N` for row error messages.

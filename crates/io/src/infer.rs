@@ -1,162 +1,229 @@
-//! JSON lines schema inference that survives a few odd lines.
+//! JSON lines schema inference over every line of a file.
 //!
-//! arrow-json infers types well but gives up on a whole file when one line has an object where
-//! others have a string. Here each line is inferred alone and the lines then vote per column:
-//! the shape (scalar, list or object) most lines agree on wins, and lines of another shape are
-//! left for the reader to reject with their line numbers.
+//! Each line is inferred on its own (one streaming parse, keys in file order) and the lines then
+//! vote per column: the kind of value (boolean, number, string, list or object) most lines have
+//! wins, ties going to the kind seen first; lines of another kind are left for the reader to
+//! reject with their line numbers. The whole file is read, so a key or a wider number first seen
+//! late is never dropped or narrowed. Numbers get the narrowest type that holds every value
+//! exactly: Int64, UInt64 when a value is above 2^63 - 1, Decimal128(20, 0) for both negative
+//! values and values above 2^63 - 1, Float64 once a value has a fraction or exponent.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema};
-use arrow::error::ArrowError;
-use arrow::json::reader::infer_json_schema_from_iterator;
-use serde_json::Value;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::jsonl::{parse_object, LineReader};
+use crate::inputs::Snapshot;
+use crate::jsonl::LineReader;
 use crate::{Compression, IoError};
 
-/// How many non-blank lines of each file schema inference looks at.
-const INFER_LINES: usize = 1000;
+/// Precision of the decimal type that holds both i64 and u64 values exactly.
+pub(crate) const WIDE_INT_PRECISION: u8 = 20;
 
-/// The keys of a JSON object in the order they appear in the text (serde_json's Map sorts them).
-struct OrderedKeys(Vec<String>);
+/// The inferred type of one JSON value (or of all values of one column).
+#[derive(Debug, Clone, PartialEq)]
+enum Ty {
+    Null,
+    Bool,
+    /// Integers that fit i64; `neg`: one of them is negative.
+    Int {
+        neg: bool,
+    },
+    /// Integers, some above i64::MAX, none negative.
+    UInt,
+    /// Integers, some negative and some above i64::MAX.
+    WideInt,
+    Float,
+    Str,
+    List(Box<Ty>),
+    Object(Vec<(String, Ty)>),
+}
 
-impl<'de> serde::Deserialize<'de> for OrderedKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = OrderedKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<OrderedKeys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(k) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(k);
+impl Ty {
+    /// The vote class of a non-null type.
+    fn class(&self) -> Option<usize> {
+        Some(match self {
+            Ty::Null => return None,
+            Ty::Bool => 0,
+            Ty::Int { .. } | Ty::UInt | Ty::WideInt | Ty::Float => 1,
+            Ty::Str => 2,
+            Ty::List(_) => 3,
+            Ty::Object(_) => 4,
+        })
+    }
+
+    /// The common type of two values of one column: numbers widen without losing a value,
+    /// lists and objects merge member-wise; any other conflict keeps `self` (the values of
+    /// the other kind are rejected when read).
+    fn merge(self, other: Ty) -> Ty {
+        use Ty::*;
+        match (self, other) {
+            (Null, t) | (t, Null) => t,
+            (Int { neg: a }, Int { neg: b }) => Int { neg: a || b },
+            (Int { neg: false }, UInt) | (UInt, Int { neg: false }) | (UInt, UInt) => UInt,
+            (Int { .. } | UInt | WideInt, Int { .. } | UInt | WideInt) => WideInt,
+            (Int { .. } | UInt | WideInt | Float, Int { .. } | UInt | WideInt | Float) => Float,
+            (List(a), List(b)) => List(Box::new(a.merge(*b))),
+            (Object(mut a), Object(b)) => {
+                for (k, t) in b {
+                    match a.iter_mut().find(|(n, _)| *n == k) {
+                        Some((_, old)) => *old = std::mem::replace(old, Null).merge(t),
+                        None => a.push((k, t)),
+                    }
                 }
-                Ok(OrderedKeys(keys))
+                Object(a)
+            }
+            (a, _) => a,
+        }
+    }
+
+    fn data_type(&self) -> DataType {
+        match self {
+            Ty::Null => DataType::Null,
+            Ty::Bool => DataType::Boolean,
+            Ty::Int { .. } => DataType::Int64,
+            Ty::UInt => DataType::UInt64,
+            Ty::WideInt => DataType::Decimal128(WIDE_INT_PRECISION, 0),
+            Ty::Float => DataType::Float64,
+            Ty::Str => DataType::Utf8,
+            Ty::List(t) => DataType::List(Arc::new(Field::new("item", t.data_type(), true))),
+            Ty::Object(fields) => DataType::Struct(Fields::from(
+                fields
+                    .iter()
+                    .map(|(k, t)| Field::new(k, t.data_type(), true))
+                    .collect::<Vec<_>>(),
+            )),
+        }
+    }
+}
+
+/// Infers a [`Ty`] while parsing, without building a `serde_json::Value` (whose map sorts keys).
+struct Infer;
+
+impl<'de> Visitor<'de> for Infer {
+    type Value = Ty;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Ty, E> {
+        Ok(Ty::Null)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Ty, E> {
+        Ok(Ty::Bool)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ty, E> {
+        Ok(Ty::Int { neg: v < 0 })
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ty, E> {
+        Ok(if v > i64::MAX as u64 {
+            Ty::UInt
+        } else {
+            Ty::Int { neg: false }
+        })
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Ty, E> {
+        Ok(Ty::Float)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Ty, E> {
+        Ok(Ty::Str)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ty, A::Error> {
+        let mut item = Ty::Null;
+        while let Some(t) = seq.next_element_seed(InferSeed)? {
+            item = item.merge(t);
+        }
+        Ok(Ty::List(Box::new(item)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ty, A::Error> {
+        let mut fields: Vec<(String, Ty)> = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let t = map.next_value_seed(InferSeed)?;
+            // A repeated key: serde_json keeps the last value; so does this.
+            match fields.iter_mut().find(|(n, _)| *n == k) {
+                Some(slot) => slot.1 = t,
+                None => fields.push((k, t)),
             }
         }
-        d.deserialize_map(Visit)
+        Ok(Ty::Object(fields))
     }
 }
 
-/// The shape classes lines vote between.
-#[derive(Clone, Copy)]
-enum Shape {
-    Scalar = 0,
-    List = 1,
-    Object = 2,
-}
+struct InferSeed;
 
-fn shape(t: &DataType) -> Option<Shape> {
-    match t {
-        DataType::Null => None,
-        DataType::List(_) => Some(Shape::List),
-        DataType::Struct(_) => Some(Shape::Object),
-        _ => Some(Shape::Scalar),
+impl<'de> de::DeserializeSeed<'de> for InferSeed {
+    type Value = Ty;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Ty, D::Error> {
+        d.deserialize_any(Infer)
     }
 }
 
-/// Per column: for each shape, the merged type and how many lines had it.
+/// The type of one line, or `None` when it is not a JSON object (the reader reports it).
+fn infer_line(text: &str) -> Option<Vec<(String, Ty)>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let ty = de::DeserializeSeed::deserialize(InferSeed, &mut de).ok()?;
+    de.end().ok()?;
+    match ty {
+        Ty::Object(fields) => Some(fields),
+        _ => None,
+    }
+}
+
+/// Per column: per vote class, the merged type, how many lines had it, and when it was first
+/// seen.
 #[derive(Default)]
-struct Votes([Option<(DataType, usize)>; 3]);
+struct Votes([Option<(Ty, u64, u64)>; 5]);
 
 impl Votes {
-    fn add(&mut self, t: &DataType) {
-        let Some(s) = shape(t) else { return };
-        let slot = &mut self.0[s as usize];
+    fn add(&mut self, t: Ty, line: u64) {
+        let Some(c) = t.class() else { return };
+        let slot = &mut self.0[c];
         *slot = Some(match slot.take() {
-            None => (t.clone(), 1),
-            Some((old, n)) => (merge(&old, t), n + 1),
+            None => (t, 1, line),
+            Some((old, n, first)) => (old.merge(t), n + 1, first),
         });
     }
 
-    /// The type most lines agree on (the first shape on ties); Null if all were null.
+    /// The type most lines agree on (the earliest on ties); Null if all were null.
     fn winner(&self) -> DataType {
-        let mut best: Option<&(DataType, usize)> = None;
+        let mut best: Option<&(Ty, u64, u64)> = None;
         for v in self.0.iter().flatten() {
-            if best.is_none_or(|b| v.1 > b.1) {
+            if best.is_none_or(|b| v.1 > b.1 || (v.1 == b.1 && v.2 < b.2)) {
                 best = Some(v);
             }
         }
-        best.map_or(DataType::Null, |(t, _)| t.clone())
+        best.map_or(DataType::Null, |(t, _, _)| t.data_type())
     }
 }
 
-/// Merges two inferred types of the same column; on a shape conflict the first one stays.
-fn merge(a: &DataType, b: &DataType) -> DataType {
-    use DataType::*;
-    let scalar = |t: &DataType| matches!(shape(t), Some(Shape::Scalar));
-    match (a, b) {
-        _ if a == b => a.clone(),
-        (Null, t) | (t, Null) => t.clone(),
-        (x, y) if x.is_numeric() && y.is_numeric() => Float64,
-        // Mixed scalars read as text, as arrow-json's own inference does.
-        (x, y) if scalar(x) && scalar(y) => Utf8,
-        (List(x), List(y)) => {
-            List(Field::new(x.name(), merge(x.data_type(), y.data_type()), true).into())
-        }
-        (Struct(x), Struct(y)) => Struct(merge_fields(x, y)),
-        _ => a.clone(),
-    }
-}
-
-/// Member-wise union of two struct types.
-fn merge_fields(x: &Fields, y: &Fields) -> Fields {
-    let mut out: Vec<Field> = x.iter().map(|f| f.as_ref().clone()).collect();
-    for f in y {
-        match out.iter_mut().find(|o| o.name() == f.name()) {
-            Some(o) => *o = Field::new(f.name(), merge(o.data_type(), f.data_type()), true),
-            None => out.push(f.as_ref().clone()),
-        }
-    }
-    out.into()
-}
-
-/// Infers a file's schema from its first lines, columns in order of first appearance.
+/// Infers a file's schema from all of its lines, columns in order of first appearance.
 ///
 /// Bad lines are skipped here; reading reports them with their line numbers.
-pub(crate) fn infer_schema(path: &Path, compression: Compression) -> Result<Schema, IoError> {
-    let mut lines = LineReader::open(path, compression)?;
+pub(crate) fn infer_schema(
+    path: &Path,
+    compression: Compression,
+    snapshot: Option<Snapshot>,
+) -> Result<Schema, IoError> {
+    let mut lines = LineReader::open(path, compression, snapshot)?;
     let mut columns: Vec<(String, Votes)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut sampled = 0;
-    while sampled < INFER_LINES {
-        let Some((_, text)) = lines.next_line()? else {
-            break;
-        };
-        let Ok(text) = text else { continue };
-        let Ok(map) = parse_object(text) else {
+    while let Some((line, text)) = lines.next_line()? {
+        let Some(fields) = text.ok().and_then(infer_line) else {
             continue;
         };
-        sampled += 1;
-        if let Ok(OrderedKeys(keys)) = serde_json::from_str(text) {
-            for k in keys {
-                if !index.contains_key(&k) {
+        for (k, t) in fields {
+            let i = match index.get(&k) {
+                Some(&i) => i,
+                None => {
                     index.insert(k.clone(), columns.len());
                     columns.push((k, Votes::default()));
+                    columns.len() - 1
                 }
-            }
-        }
-        let value = Value::Object(map);
-        let line_schema = infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(
-            &value,
-        )))
-        .map_err(|source| IoError::Arrow {
-            path: path.to_path_buf(),
-            context: "cannot infer a schema".into(),
-            source,
-        })?;
-        for field in line_schema.fields() {
-            if let Some(&i) = index.get(field.name()) {
-                columns[i].1.add(field.data_type());
-            }
+            };
+            columns[i].1.add(t, line);
         }
     }
     let fields: Vec<Field> = columns
@@ -174,24 +241,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.jsonl");
         std::fs::write(&p, text).unwrap();
-        let s = infer_schema(&p, Compression::None).unwrap();
+        let s = infer_schema(&p, Compression::None, None).unwrap();
         s.fields()
             .iter()
             .map(|f| (f.name().clone(), f.data_type().clone()))
             .collect()
     }
 
+    fn col(name: &str, t: DataType) -> (String, DataType) {
+        (name.to_string(), t)
+    }
+
     #[test]
     fn columns_keep_file_order_and_widen() {
         let got = infer(
-            "{\"zeta\":1,\"alpha\":\"x\"}\nnot json\n{\"mid\":true,\"zeta\":2.5,\"alpha\":3}\n",
+            "{\"zeta\":1,\"alpha\":\"x\"}\nnot json\n{\"mid\":true,\"zeta\":2.5,\"alpha\":\"y\"}\n",
         );
         assert_eq!(
             got,
             [
-                ("zeta".to_string(), DataType::Float64),
-                ("alpha".to_string(), DataType::Utf8),
-                ("mid".to_string(), DataType::Boolean)
+                col("zeta", DataType::Float64),
+                col("alpha", DataType::Utf8),
+                col("mid", DataType::Boolean)
             ]
         );
     }
@@ -199,13 +270,7 @@ mod tests {
     #[test]
     fn an_odd_object_does_not_break_inference() {
         let got = infer("{\"text\":{\"x\":1}}\n{\"text\":\"a\"}\n{\"text\":\"b\"}\n{\"text\":null,\"n\":null}\n");
-        assert_eq!(
-            got,
-            [
-                ("text".to_string(), DataType::Utf8),
-                ("n".to_string(), DataType::Null)
-            ]
-        );
+        assert_eq!(got, [col("text", DataType::Utf8), col("n", DataType::Null)]);
     }
 
     #[test]
@@ -216,5 +281,46 @@ mod tests {
         };
         let names: Vec<_> = f.iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_key_first_seen_after_line_1000_is_kept() {
+        let mut text = "{\"id\":1}\n".repeat(1200);
+        text.push_str("{\"id\":2,\"late\":\"x\"}\n");
+        assert_eq!(
+            infer(&text),
+            [col("id", DataType::Int64), col("late", DataType::Utf8)]
+        );
+    }
+
+    #[test]
+    fn a_float_after_line_1000_makes_the_column_float() {
+        let mut text = "{\"n\":1}\n".repeat(1200);
+        text.push_str("{\"n\":1.5}\n");
+        assert_eq!(infer(&text), [col("n", DataType::Float64)]);
+    }
+
+    #[test]
+    fn integers_above_2_63_keep_an_exact_type() {
+        assert_eq!(
+            infer("{\"id\":1}\n{\"id\":9223372036854775808}\n"),
+            [col("id", DataType::UInt64)]
+        );
+        assert_eq!(
+            infer("{\"id\":-1}\n{\"id\":18446744073709551615}\n"),
+            [col("id", DataType::Decimal128(WIDE_INT_PRECISION, 0))]
+        );
+    }
+
+    #[test]
+    fn mixed_kinds_vote_and_ties_go_to_the_first_seen() {
+        assert_eq!(
+            infer("{\"id\":1}\n{\"id\":\"two\"}\n"),
+            [col("id", DataType::Int64)]
+        );
+        assert_eq!(
+            infer("{\"id\":\"one\"}\n{\"id\":2}\n{\"id\":\"three\"}\n"),
+            [col("id", DataType::Utf8)]
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Turning an input spec (file, directory or glob) into a sorted list of typed files.
 
+use std::fs::File;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::IoError;
 
@@ -38,15 +41,78 @@ pub struct InputFile {
     /// Only these rows (0-based row indices of the file; JSON lines count non-blank lines);
     /// `None` reads the whole file. Shards and resumed runs read part of a file.
     pub rows: Option<Range<u64>>,
+    /// Size and modification time when the file was listed (`None` if it could not be
+    /// stat'ed): reads never go past that size and fail if the file changed.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A file's size and modification time at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Modification time, where the filesystem has one.
+    pub modified: Option<SystemTime>,
+}
+
+impl Snapshot {
+    /// Stats `path` now.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            bytes: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// Fails (naming the file) if `path` no longer has this size and modification time.
+    pub(crate) fn check(&self, path: &Path) -> Result<(), IoError> {
+        let now = Snapshot::of(path).map_err(|source| IoError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let detail = if now.bytes != self.bytes {
+            format!(
+                "{} bytes when the run started, {} now",
+                self.bytes, now.bytes
+            )
+        } else if now.modified != self.modified {
+            "its modification time changed".to_string()
+        } else {
+            return Ok(());
+        };
+        Err(IoError::Changed {
+            path: path.to_path_buf(),
+            detail,
+        })
+    }
+}
+
+/// Opens an input for reading: checks it still matches `snapshot`, and limits reads to the
+/// snapshot's size so bytes appended meanwhile are never read.
+pub(crate) fn open_input(
+    path: &Path,
+    snapshot: Option<Snapshot>,
+) -> Result<std::io::Take<File>, IoError> {
+    let file = File::open(path).map_err(|source| IoError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some(s) = snapshot {
+        s.check(path)?;
+    }
+    Ok(file.take(snapshot.map_or(u64::MAX, |s| s.bytes)))
 }
 
 impl InputFile {
-    /// The whole file at `path`.
+    /// The whole file at `path`, as it is now (see [`InputFile::snapshot`]).
     pub fn new(path: PathBuf, format: InputFormat) -> Self {
+        let snapshot = Snapshot::of(&path).ok();
         Self {
             path,
             format,
             rows: None,
+            snapshot,
         }
     }
 
@@ -79,8 +145,8 @@ pub fn detect_format(path: &Path) -> Option<InputFormat> {
 /// True for names that readers of an output folder treat as hidden (in-progress or metadata).
 fn is_hidden(path: &Path) -> bool {
     path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+        .and_then(|n| n.as_encoded_bytes().first().copied())
+        .is_some_and(|b| b == b'.' || b == b'_')
 }
 
 /// A file, a directory (its files with known extensions, non-recursive, hidden `_`/`.` names
@@ -154,7 +220,24 @@ fn expand_glob(spec: &str) -> Result<Vec<InputFile>, IoError> {
 /// `Some` for a regular, non-hidden file with a known extension; other visible files are
 /// skipped with a warning, so a stray `.csv` in an input folder is not silently ignored.
 fn visible_input(path: PathBuf) -> Option<InputFile> {
-    if !path.is_file() || is_hidden(&path) {
+    if is_hidden(&path) {
+        return None;
+    }
+    if !path.is_file() {
+        // A dangling link is most likely an input that went missing: say so.
+        if path.symlink_metadata().is_ok_and(|m| m.is_symlink()) && !path.exists() {
+            tracing::warn!(
+                "skipping input {}: a symbolic link whose target does not exist",
+                path.display()
+            );
+        }
+        return None;
+    }
+    if path.file_name().is_some_and(|n| n.to_str().is_none()) {
+        tracing::warn!(
+            "skipping input {}: its file name is not valid UTF-8 (rename it to read it)",
+            path.display()
+        );
         return None;
     }
     let Some(format) = detect_format(&path) else {

@@ -2,28 +2,28 @@
 //! batch decoding with arrow-json.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder};
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 
+use crate::inputs::{open_input, Snapshot};
 use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
 use crate::{Compression, IoError};
 
-/// Opens a JSON lines file, decompressing as a stream.
-fn open_reader(path: &Path, compression: Compression) -> Result<Box<dyn BufRead + Send>, IoError> {
-    let file = File::open(path).map_err(|source| IoError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let raw = BufReader::new(file);
+/// Opens a JSON lines file, decompressing as a stream, reading no more than its snapshot's size.
+fn open_reader(
+    path: &Path,
+    compression: Compression,
+    snapshot: Option<Snapshot>,
+) -> Result<Box<dyn BufRead + Send>, IoError> {
+    let raw = BufReader::new(open_input(path, snapshot)?);
     Ok(match compression {
         Compression::None => Box::new(raw),
         // Multi-member: concatenated .gz files (as `cat a.gz b.gz` makes) are valid gzip.
@@ -43,8 +43,12 @@ fn open_reader(path: &Path, compression: Compression) -> Result<Box<dyn BufRead 
 pub(crate) type Line<'a> = (u64, Result<&'a str, String>);
 
 /// The number of rows (non-blank lines) of a JSON lines file, read as a stream.
-pub(crate) fn count_rows(path: &Path, compression: Compression) -> Result<u64, IoError> {
-    let mut lines = LineReader::open(path, compression)?;
+pub(crate) fn count_rows(
+    path: &Path,
+    compression: Compression,
+    snapshot: Option<Snapshot>,
+) -> Result<u64, IoError> {
+    let mut lines = LineReader::open(path, compression, snapshot)?;
     let mut rows = 0;
     while lines.next_line()?.is_some() {
         rows += 1;
@@ -58,15 +62,23 @@ pub(crate) struct LineReader {
     reader: Box<dyn BufRead + Send>,
     buf: Vec<u8>,
     line: u64,
+    /// Checked again at the end: a file rewritten in place while it was read is an error.
+    snapshot: Option<Snapshot>,
 }
 
 impl LineReader {
     /// Opens `path` for line reading.
-    pub(crate) fn open(path: &Path, compression: Compression) -> Result<Self, IoError> {
-        Ok(Self::new(
+    pub(crate) fn open(
+        path: &Path,
+        compression: Compression,
+        snapshot: Option<Snapshot>,
+    ) -> Result<Self, IoError> {
+        let mut r = Self::new(
             path.to_path_buf(),
-            open_reader(path, compression)?,
-        ))
+            open_reader(path, compression, snapshot)?,
+        );
+        r.snapshot = snapshot;
+        Ok(r)
     }
 
     /// Wraps an already open stream.
@@ -76,6 +88,7 @@ impl LineReader {
             reader,
             buf: Vec::new(),
             line: 0,
+            snapshot: None,
         }
     }
 
@@ -94,6 +107,9 @@ impl LineReader {
                     source,
                 })?;
             if n == 0 {
+                if let Some(s) = self.snapshot {
+                    s.check(&self.path)?;
+                }
                 return Ok(None);
             }
             self.line += 1;
@@ -147,8 +163,10 @@ pub(crate) fn parse_object(text: &str) -> Result<serde_json::Map<String, Value>,
     }
 }
 
-/// Checks a line against the row rules that arrow-json does not enforce.
-fn validate(text: &str, opts: &SourceOptions) -> Result<(), String> {
+/// Checks a line against the row rules that arrow-json does not enforce: text columns are
+/// strings within the size limit, and every value fits its column's type exactly (arrow-json
+/// would truncate 1.5 to 1 in an Int64 column or round a large integer in a Float64 one).
+fn validate(text: &str, opts: &SourceOptions, schema: &Schema) -> Result<(), String> {
     let map = parse_object(text)?;
     for col in &opts.string_columns {
         match map.get(col) {
@@ -169,7 +187,63 @@ fn validate(text: &str, opts: &SourceOptions) -> Result<(), String> {
             }
         }
     }
+    // Keys outside the schema are columns the caller left out (inference covers every line).
+    for (key, value) in &map {
+        let Ok(field) = schema.field_with_name(key) else {
+            continue;
+        };
+        if let Some(expected) = misfit(value, field.data_type()) {
+            return Err(format!(
+                "column `{key}`: expected {expected} ({}), found {}",
+                field.data_type(),
+                shown(value)
+            ));
+        }
+    }
     Ok(())
+}
+
+/// What a column of type `t` needs, in words, when `value` does not fit it; `None` when it
+/// fits (or when arrow-json's own checks cover the type).
+fn misfit(value: &Value, t: &DataType) -> Option<&'static str> {
+    if value.is_null() {
+        return None;
+    }
+    let (ok, expected) = match t {
+        DataType::Null => (false, "null (the column is null in every line)"),
+        DataType::Boolean => (value.is_boolean(), "a boolean"),
+        DataType::Int64 => (value.is_i64(), "an integer from -2^63 to 2^63-1"),
+        DataType::UInt64 => (value.is_u64(), "an integer from 0 to 2^64-1"),
+        DataType::Decimal128(_, 0) => (value.is_i64() || value.is_u64(), "an integer"),
+        DataType::Float64 => (
+            match value {
+                Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+                    (Some(i), _) => i as f64 as i128 == i as i128,
+                    (None, Some(u)) => u as f64 as i128 == u as i128,
+                    _ => true,
+                },
+                _ => false,
+            },
+            "a number that Float64 holds exactly",
+        ),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            (value.is_string(), "a string")
+        }
+        DataType::List(_) | DataType::LargeList(_) => (value.is_array(), "an array"),
+        DataType::Struct(_) => (value.is_object(), "an object"),
+        _ => (true, ""),
+    };
+    (!ok).then_some(expected)
+}
+
+/// A value as shown in a row error: scalars as written, containers by kind.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Number(_) | Value::Bool(_) => value.to_string(),
+        Value::String(s) if s.len() <= 40 => format!("the string {value}"),
+        Value::String(_) => "a string".into(),
+        other => kind(other).into(),
+    }
 }
 
 /// Streams one JSON lines file as batches of validated rows.
@@ -198,6 +272,7 @@ impl JsonlReader {
         path: &Path,
         compression: Compression,
         rows: Option<Range<u64>>,
+        snapshot: Option<Snapshot>,
         schema: SchemaRef,
         opts: Arc<SourceOptions>,
     ) -> Result<Self, IoError> {
@@ -205,7 +280,7 @@ impl JsonlReader {
         Ok(Self {
             file,
             path: path.to_path_buf(),
-            lines: LineReader::open(path, compression)?,
+            lines: LineReader::open(path, compression, snapshot)?,
             schema,
             opts,
             decoder,
@@ -237,7 +312,7 @@ impl JsonlReader {
             if row < self.rows.start {
                 continue;
             }
-            match text.and_then(|t| validate(t, &self.opts).map(|()| t)) {
+            match text.and_then(|t| validate(t, &self.opts, &self.schema).map(|()| t)) {
                 Ok(text) => {
                     if self.pending.is_empty() {
                         self.pending_first_row = row;
@@ -428,7 +503,12 @@ mod tests {
             max_text_bytes: Some(5),
             ..SourceOptions::default()
         };
-        let r = |t: &str| validate(t, &opts).unwrap_err();
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "text",
+            DataType::Utf8,
+            true,
+        )]);
+        let r = |t: &str| validate(t, &opts, &schema).unwrap_err();
         assert_eq!(
             r("{\"a\":1 \"b\":2}"),
             "invalid JSON: expected `,` or `}` at column 8"
@@ -442,7 +522,7 @@ mod tests {
             r("{\"text\":\"toolong\"}"),
             "field `text` is 7 bytes, more than the limit of 5"
         );
-        assert!(validate("{\"text\":null}", &opts).is_ok());
-        assert!(validate("{\"other\":1}", &opts).is_ok());
+        assert!(validate("{\"text\":null}", &opts, &schema).is_ok());
+        assert!(validate("{\"other\":1}", &opts, &schema).is_ok());
     }
 }

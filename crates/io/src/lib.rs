@@ -20,6 +20,8 @@ mod infer;
 mod inputs;
 mod jsonl;
 mod parquet_source;
+#[cfg(test)]
+mod passthrough_tests;
 mod schema;
 mod sink;
 mod source;
@@ -28,7 +30,7 @@ mod split;
 mod tests;
 
 pub use error::IoError;
-pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat};
+pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat, Snapshot};
 pub use schema::unified_schema;
 pub use sink::{
     part_file_name, write_atomic, OutputFormat, PartWriter, RejectsWriter, REJECTS_FILE,

@@ -12,17 +12,22 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
+use crate::inputs::{open_input, Snapshot};
 use crate::schema::conform;
 use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
 use crate::IoError;
 
-/// Opens a Parquet file's metadata; `None` for a zero-byte file, which holds no rows.
-fn open_builder(path: &Path) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>, IoError> {
+/// Opens a Parquet file's metadata; `None` for a zero-byte file, which holds no rows. The file
+/// must still match `snapshot`.
+fn open_builder(
+    path: &Path,
+    snapshot: Option<Snapshot>,
+) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>, IoError> {
     let open_err = |source| IoError::Open {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(open_err)?;
+    let file = open_input(path, snapshot)?.into_inner();
     if file.metadata().map_err(open_err)?.len() == 0 {
         return Ok(None);
     }
@@ -35,8 +40,8 @@ fn open_builder(path: &Path) -> Result<Option<ParquetRecordBatchReaderBuilder<Fi
 }
 
 /// The row count of each row group of a Parquet file (footer only); empty for a zero-byte file.
-pub(crate) fn row_group_rows(path: &Path) -> Result<Vec<u64>, IoError> {
-    Ok(open_builder(path)?.map_or_else(Vec::new, |b| {
+pub(crate) fn row_group_rows(path: &Path, snapshot: Option<Snapshot>) -> Result<Vec<u64>, IoError> {
+    Ok(open_builder(path, snapshot)?.map_or_else(Vec::new, |b| {
         b.metadata()
             .row_groups()
             .iter()
@@ -46,14 +51,19 @@ pub(crate) fn row_group_rows(path: &Path) -> Result<Vec<u64>, IoError> {
 }
 
 /// The Arrow schema stored in a Parquet file (footer only, no data read).
-pub(crate) fn file_schema(path: &Path) -> Result<Option<SchemaRef>, IoError> {
-    Ok(open_builder(path)?.map(|b| b.schema().clone()))
+pub(crate) fn file_schema(
+    path: &Path,
+    snapshot: Option<Snapshot>,
+) -> Result<Option<SchemaRef>, IoError> {
+    Ok(open_builder(path, snapshot)?.map(|b| b.schema().clone()))
 }
 
 /// Streams one Parquet file as batches fitted to the unified schema.
 pub(crate) struct ParquetReader {
     file: usize,
     path: PathBuf,
+    /// Checked again at the end: a file rewritten while it was read is an error.
+    snapshot: Option<Snapshot>,
     reader: Option<ParquetRecordBatchReader>,
     schema: SchemaRef,
     opts: Arc<SourceOptions>,
@@ -67,11 +77,12 @@ impl ParquetReader {
         file: usize,
         path: &Path,
         rows: Option<Range<u64>>,
+        snapshot: Option<Snapshot>,
         schema: SchemaRef,
         opts: Arc<SourceOptions>,
     ) -> Result<Self, IoError> {
         let first_row = rows.as_ref().map_or(0, |r| r.start);
-        let reader = match open_builder(path)? {
+        let reader = match open_builder(path, snapshot)? {
             None => None,
             Some(builder) => {
                 // Top-level Arrow fields map one-to-one onto Parquet root columns.
@@ -105,6 +116,7 @@ impl ParquetReader {
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            snapshot,
             reader,
             schema,
             opts,
@@ -121,7 +133,12 @@ impl ParquetReader {
             return Ok(false);
         };
         let batch = match reader.next() {
-            None => return Ok(false),
+            None => {
+                if let Some(s) = self.snapshot {
+                    s.check(&self.path)?;
+                }
+                return Ok(false);
+            }
             Some(Err(source)) => {
                 return Err(IoError::Arrow {
                     path: self.path.clone(),
@@ -131,21 +148,26 @@ impl ParquetReader {
             }
             Some(Ok(batch)) => conform(&batch, &self.schema, &self.path)?,
         };
+        let (batch, mut bad) = batch;
         let first_row = self.next_row;
         self.next_row += batch.num_rows() as u64;
-        self.push_checked(batch, first_row, out);
+        bad.extend(oversized_rows(&batch, &self.opts));
+        bad.sort_by_key(|(i, _)| *i);
+        bad.dedup_by_key(|(i, _)| *i);
+        self.push_checked(batch, first_row, bad, out);
         Ok(true)
     }
 
-    /// Pushes the batch, splitting out rows whose text is over `max_text_bytes`.
+    /// Pushes the batch, splitting out the `bad` rows (ascending, each once) as row problems.
     fn push_checked(
         &self,
         batch: RecordBatch,
         first_row: u64,
+        bad: Vec<(usize, String)>,
         out: &mut VecDeque<Result<SourceItem, IoError>>,
     ) {
         let mut start = 0;
-        for (i, reason) in oversized_rows(&batch, &self.opts) {
+        for (i, reason) in bad {
             if i > start {
                 out.push_back(Ok(
                     self.item(batch.slice(start, i - start), first_row + start as u64)

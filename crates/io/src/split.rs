@@ -22,7 +22,7 @@ struct FileLayout {
 fn layout(file: &InputFile) -> Result<FileLayout, IoError> {
     match file.format {
         InputFormat::Parquet => {
-            let groups = row_group_rows(&file.path)?;
+            let groups = row_group_rows(&file.path, file.snapshot)?;
             let mut cuts = vec![0];
             for g in &groups {
                 cuts.push(cuts.last().copied().unwrap_or(0) + g);
@@ -33,7 +33,7 @@ fn layout(file: &InputFile) -> Result<FileLayout, IoError> {
             })
         }
         InputFormat::JsonLines { compression } => Ok(FileLayout {
-            rows: count_rows(&file.path, compression)?,
+            rows: count_rows(&file.path, compression, file.snapshot)?,
             cuts: None,
         }),
     }

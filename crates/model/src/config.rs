@@ -183,6 +183,7 @@ impl ModernBertConfig {
                 }
             }
         }
+        check_limits(&raw)?;
         if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
         {
             return Err(format!(
@@ -255,6 +256,44 @@ impl ModernBertConfig {
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
+}
+
+/// Upper bounds far above any ModernBERT, so that a corrupt or hostile config.json gets a clear
+/// error instead of sizing an allocation (the weights' shapes are checked when they load).
+const LIMITS: [(&str, usize); 6] = [
+    ("vocab_size", 1 << 24),
+    ("hidden_size", 1 << 16),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 1024),
+    ("num_attention_heads", 1024),
+    ("max_position_embeddings", 1 << 20),
+];
+
+/// Checks the sizes against [`LIMITS`] and that none is zero.
+fn check_limits(raw: &RawConfig) -> Result<(), String> {
+    let values = [
+        raw.vocab_size,
+        raw.hidden_size,
+        raw.intermediate_size,
+        raw.num_hidden_layers,
+        raw.num_attention_heads,
+        raw.max_position_embeddings,
+    ];
+    for ((key, max), value) in LIMITS.iter().zip(values) {
+        if value == 0 || value > *max {
+            return Err(format!(
+                "{key} is {value}; expected 1 to {max} (is config.json the model's own?)"
+            ));
+        }
+    }
+    let window = raw.local_attention.or(raw.sliding_window).unwrap_or(0);
+    if window > 1 << 20 {
+        return Err(format!(
+            "local_attention / sliding_window is {window}; expected at most {}",
+            1 << 20
+        ));
+    }
+    Ok(())
 }
 
 /// Per layer: attention kind and RoPE theta, from whichever format the config uses.
@@ -371,6 +410,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("multiple"), "{err}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        // max_position_embeddings = 1e15 used to abort the process at load.
+        for (key, value) in [
+            ("max_position_embeddings", "1000000000000000"),
+            ("max_position_embeddings", "0"),
+            ("num_hidden_layers", "1000000000000"),
+            ("vocab_size", "100000000000"),
+            ("local_attention", "1000000000000"),
+        ] {
+            let mut cfg: serde_json::Value = serde_json::from_str(&format!("{{{BASE}}}")).unwrap();
+            cfg[key] = serde_json::from_str(value).unwrap();
+            let json = cfg.to_string();
+            let err = ModernBertConfig::from_json(&json).unwrap_err();
+            assert!(err.contains(key) && err.contains(value), "{key}: {err}");
+        }
+        assert!(ModernBertConfig::from_json(&format!(
+            r#"{{{BASE}, "max_position_embeddings": 1048576}}"#
+        ))
+        .is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The ModernBERT encoder over a packed batch: embeddings, layers, final norm.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -14,9 +15,14 @@ use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
 use crate::weights::Weights;
 
-/// cos/sin tables `[max_positions, head_dim / 2]` for one RoPE theta: as tensors in the model
+/// Positions the RoPE tables cover at load; they grow when a longer sequence comes (up to the
+/// model's max_position_embeddings), so a config's maximum never sizes memory by itself.
+const INITIAL_ROPE_POSITIONS: usize = 8192;
+
+/// cos/sin tables `[positions, head_dim / 2]` for one RoPE theta: as tensors in the model
 /// dtype for the candle path, and as f32 slices for the fused CPU attention.
 struct Rotary {
+    positions: usize,
     cos: Tensor,
     sin: Tensor,
     cos_f32: Vec<f32>,
@@ -48,6 +54,7 @@ impl Rotary {
         let cos_t = Tensor::from_slice(&cos, (max_pos, half), device)?.to_dtype(dtype)?;
         let sin_t = Tensor::from_slice(&sin, (max_pos, half), device)?.to_dtype(dtype)?;
         Ok(Rotary {
+            positions: max_pos,
             cos: cos_t,
             sin: sin_t,
             cos_f32: cos,
@@ -120,9 +127,10 @@ pub struct Encoder {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
-    rotary: BTreeMap<u64, Rotary>,
+    rotary: RwLock<BTreeMap<u64, Arc<Rotary>>>,
     config: ModernBertConfig,
     device: Device,
+    dtype: DType,
 }
 
 impl Encoder {
@@ -140,13 +148,13 @@ impl Encoder {
         let mut rotary = BTreeMap::new();
         for &(_, theta) in &config.layers {
             if let std::collections::btree_map::Entry::Vacant(e) = rotary.entry(theta.to_bits()) {
-                e.insert(Rotary::new(
+                e.insert(Arc::new(Rotary::new(
                     theta,
                     config.head_dim(),
-                    config.max_position_embeddings,
+                    config.max_position_embeddings.min(INITIAL_ROPE_POSITIONS),
                     device,
                     dtype,
-                )?);
+                )?));
             }
         }
         let load = |(n, &(kind, theta)): (usize, &(AttentionKind, f64))| {
@@ -171,10 +179,46 @@ impl Encoder {
             emb_norm,
             layers,
             final_norm,
-            rotary,
+            rotary: RwLock::new(rotary),
             config: config.clone(),
             device: device.clone(),
+            dtype,
         })
+    }
+
+    /// The RoPE tables of every theta, covering at least `len` positions (grown, doubling up to
+    /// max_position_embeddings, when a sequence is longer than any before).
+    fn rotary_tables(&self, len: usize) -> Result<BTreeMap<u64, Arc<Rotary>>> {
+        {
+            let tables = self.rotary.read().unwrap_or_else(|e| e.into_inner());
+            if tables.values().all(|r| r.positions >= len) {
+                return Ok(tables.clone());
+            }
+        }
+        let mut tables = self.rotary.write().unwrap_or_else(|e| e.into_inner());
+        let positions = len
+            .next_power_of_two()
+            .min(self.config.max_position_embeddings)
+            .max(len);
+        for (key, rotary) in tables.iter_mut() {
+            if rotary.positions < len {
+                *rotary = Arc::new(Rotary::new(
+                    f64::from_bits(*key),
+                    self.config.head_dim(),
+                    positions,
+                    &self.device,
+                    self.dtype,
+                )?);
+            }
+        }
+        Ok(tables.clone())
+    }
+
+    /// Positions the RoPE tables cover now (for tests of their sizing).
+    #[cfg(test)]
+    pub(crate) fn rope_positions(&self) -> usize {
+        let tables = self.rotary.read().unwrap_or_else(|e| e.into_inner());
+        tables.values().map(|r| r.positions).min().unwrap_or(0)
     }
 
     /// The token embedding matrix (the MLM decoder is tied to it).
@@ -215,8 +259,9 @@ impl Encoder {
             self.emb_norm
                 .forward(&self.tok_embeddings.index_select(&ids, 0)?)
         })?;
+        let rotaries = self.rotary_tables(max_len)?;
         for layer in &self.layers {
-            let rotary = &self.rotary[&layer.theta_key];
+            let rotary = &rotaries[&layer.theta_key];
             let mut rope_rows = || -> Result<(Tensor, Tensor)> {
                 if let Some(t) = tables.get(&layer.theta_key) {
                     return Ok(t.clone());
@@ -297,5 +342,63 @@ impl Encoder {
         timed(5, || {
             Ok(attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?)
         })
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A one-layer bare encoder (hidden 8, 2 heads, vocab 10) with the given position limit.
+    fn tiny_encoder(dir: &std::path::Path, max_pos: usize) -> Encoder {
+        let config = ModernBertConfig::from_json(&format!(
+            r#"{{"vocab_size": 10, "hidden_size": 8, "intermediate_size": 4,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": {max_pos}}}"#
+        ))
+        .unwrap();
+        let dev = Device::Cpu;
+        let r = |shape: &[usize]| Tensor::randn(0f32, 0.2, shape, &dev).unwrap();
+        let mut w = HashMap::new();
+        w.insert("embeddings.tok_embeddings.weight".to_string(), r(&[10, 8]));
+        for name in ["embeddings.norm", "layers.0.mlp_norm", "final_norm"] {
+            w.insert(
+                format!("{name}.weight"),
+                Tensor::ones(8, DType::F32, &dev).unwrap(),
+            );
+        }
+        w.insert("layers.0.attn.Wqkv.weight".into(), r(&[24, 8]));
+        w.insert("layers.0.attn.Wo.weight".into(), r(&[8, 8]));
+        w.insert("layers.0.mlp.Wi.weight".into(), r(&[8, 8]));
+        w.insert("layers.0.mlp.Wo.weight".into(), r(&[8, 4]));
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&w, &path).unwrap();
+        let weights = Weights::open(&[path], dir, &dev, DType::F32).unwrap();
+        Encoder::load(&weights, &config, &dev, DType::F32).unwrap()
+    }
+
+    #[test]
+    fn rope_tables_are_sized_by_use_not_by_max_position_embeddings() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The old encoder built tables for every allowed position at load (1e8 took 23 GB).
+        let enc = tiny_encoder(tmp.path(), 1 << 20);
+        assert_eq!(enc.rope_positions(), INITIAL_ROPE_POSITIONS);
+        let before = enc.rotary_tables(10).unwrap();
+        let hidden = enc
+            .forward(&PackedBatch::from_sequences(&[vec![1u32, 5, 7, 2]]))
+            .unwrap();
+        assert_eq!(hidden.dims(), &[4, 8]);
+        // A longer sequence grows them (doubling), keeping the rows they had.
+        let grown = enc.rotary_tables(9000).unwrap();
+        assert_eq!(enc.rope_positions(), 16384);
+        for (key, old) in &before {
+            let new = &grown[key];
+            assert_eq!(new.cos_f32[..old.cos_f32.len()], old.cos_f32[..]);
+            assert_eq!(new.sin_f32[..old.sin_f32.len()], old.sin_f32[..]);
+        }
+        // A small model is never sized beyond its own limit.
+        let small = tiny_encoder(tmp.path(), 64);
+        assert_eq!(small.rope_positions(), 64);
     }
 }

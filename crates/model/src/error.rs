@@ -56,6 +56,14 @@ pub enum ModelError {
         /// Shape in the checkpoint.
         found: Vec<usize>,
     },
+    /// A tensor is not floating point (weights stored as integers cannot be used).
+    #[error("tensor `{name}` has dtype {found}; the engine needs floating-point weights (F32, F16 or BF16)")]
+    TensorDtype {
+        /// Name of the tensor.
+        name: String,
+        /// The dtype in the checkpoint.
+        found: String,
+    },
     /// A pickled PyTorch checkpoint: refused, since loading it would run code from the file.
     #[error(
         "`{path}` is a pickled PyTorch checkpoint, which mbpipe never loads (unpickling runs code \
@@ -115,6 +123,9 @@ impl ModelError {
                 | ModelError::PickleRefused { .. }
                 | ModelError::MissingTensor { .. }
                 | ModelError::TensorShape { .. }
+                | ModelError::TensorDtype { .. }
+                | ModelError::Weights { .. }
+                | ModelError::Tokenizer { .. }
                 | ModelError::Unsupported(_)
         )
     }

@@ -108,6 +108,13 @@ impl Weights {
                 found: view.shape().to_vec(),
             });
         }
+        // Integer weights would load (converted) into nonsense; refuse them by name.
+        if !DType::try_from(view.dtype()).is_ok_and(|d| d.is_float()) {
+            return Err(ModelError::TensorDtype {
+                name: name.to_string(),
+                found: format!("{:?}", view.dtype()),
+            });
+        }
         let t = self.tensors.load(name, &Device::Cpu)?;
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
     }

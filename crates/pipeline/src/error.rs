@@ -33,11 +33,13 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
-    /// Whether this is a configuration problem (exit code 2) rather than a run failure (1).
+    /// Whether this is a configuration problem (exit code 2: the pipeline, its input spec or its
+    /// model files) rather than a run failure (1).
     pub fn is_invalid_configuration(&self) -> bool {
         match self {
             PipelineError::Invalid(_) => true,
             PipelineError::Model(e) => e.is_configuration_error(),
+            PipelineError::Io(e) => e.is_input_spec_error(),
             _ => false,
         }
     }

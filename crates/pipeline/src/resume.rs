@@ -133,11 +133,20 @@ pub struct Fingerprint {
     pub inputs: Vec<FileStamp>,
 }
 
+/// Whether two pipeline files say the same thing: compared as parsed TOML, so comments, blank
+/// lines, key order and quoting do not block a resume (raw text when either does not parse).
+fn same_pipeline(a: &str, b: &str) -> bool {
+    match (a.parse::<toml::Table>(), b.parse::<toml::Table>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 impl Fingerprint {
     /// What differs between the committed run (`self`) and now, in words.
     pub fn changes(&self, now: &Fingerprint) -> Vec<String> {
         let mut out = Vec::new();
-        if self.pipeline != now.pipeline {
+        if !same_pipeline(&self.pipeline, &now.pipeline) {
             out.push("the pipeline file's content".to_string());
         }
         if self.dtype != now.dtype {
@@ -474,6 +483,20 @@ mod tests {
             }],
             inputs: vec![stamp("a.jsonl", 5), stamp("b.jsonl", 6)],
         }
+    }
+
+    #[test]
+    fn a_comment_only_change_to_the_pipeline_file_does_not_block_resume() {
+        let mut a = fingerprint();
+        a.pipeline = "[input]\npath = \"a.jsonl\"\n[output]\npath = \"o\"\n".into();
+        let mut b = a.clone();
+        b.pipeline = format!(
+            "# nightly run\n\n{}# done\n",
+            a.pipeline.replace("\"o\"", "'o'")
+        );
+        assert!(a.changes(&b).is_empty(), "{:?}", a.changes(&b));
+        b.pipeline = a.pipeline.replace("\"o\"", "\"p\"");
+        assert_eq!(a.changes(&b), ["the pipeline file's content"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use mbpipe_text::TextEncoder;
 use crate::config::LongText;
 use crate::engine::LoadedModel;
 use crate::error::PipelineError;
-use crate::template::Template;
+use crate::template::{Piece, Template};
 use crate::validate::{check_weight_labels, TaskKind, TaskSpec};
 
 /// A task with everything resolved that needs its model.
@@ -92,6 +92,9 @@ impl BoundTask {
                 config.max_position_embeddings
             )));
         }
+        // A limit with no room for text fails here, at `validate`, not at the first row.
+        let encoder =
+            TextEncoder::new(m.tokenizer.clone(), max_length).map_err(|e| fail(e.to_string()))?;
         let weights_for = |weights: &Option<Vec<(String, f64)>>,
                            labels: &[String]|
          -> Result<Option<Vec<f64>>, PipelineError> {
@@ -166,6 +169,8 @@ impl BoundTask {
                         }
                     }
                 }
+                // The template alone must leave room for some text.
+                encode_prompt(&encoder, template, "").map_err(|e| fail(e.to_string()))?;
                 let names: Vec<String> = labels.iter().map(|l| l.0.clone()).collect();
                 BoundKind::ZeroShot {
                     template: template.clone(),
@@ -299,48 +304,26 @@ impl InputVariant {
     }
 }
 
-/// Renders a zero-shot prompt; when it is too long, cuts the text (never the template, whose
-/// [MASK] must survive) until the prompt fits.
+/// Renders a zero-shot prompt; when it is too long, cuts the text from its end (never the
+/// template, whose [MASK] must survive) so the prompt fills `max_length` exactly.
 fn encode_prompt(
     encoder: &TextEncoder,
     template: &Template,
     text: &str,
 ) -> Result<RowInput, PipelineError> {
-    let first = encoder.encode(&template.render(|_| text))?;
-    if !first.truncated {
-        return Ok(RowInput {
-            sequences: vec![first.ids],
-            truncated: false,
-        });
-    }
-    let overhead = encoder.encode(&template.render(|_| ""))?.ids.len();
-    let text_tokens = encoder
-        .tokenizer()
-        .encode_fast(text, false)
-        .map_err(|e| mbpipe_text::TextError::Tokenizer(e.to_string()))?;
-    let offsets = text_tokens.get_offsets();
-    let mut room = encoder.max_length().saturating_sub(overhead);
-    // Token boundaries can merge differently once the text is cut; shrink until it fits.
-    for _ in 0..8 {
-        let cut = if room == 0 {
-            0
-        } else {
-            offsets.get(room - 1).map_or(text.len(), |o| o.1)
-        };
-        let cut_text = &text[..cut.min(text.len())];
-        let e = encoder.encode(&template.render(|_| cut_text))?;
-        if !e.truncated {
-            return Ok(RowInput {
-                sequences: vec![e.ids],
-                truncated: true,
-            });
-        }
-        room = room.saturating_sub(2);
-    }
-    Err(PipelineError::Invalid(format!(
-        "the zero-shot template alone is longer than max_length {}",
-        encoder.max_length()
-    )))
+    let parts: Vec<(&str, bool)> = template
+        .pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Literal(l) => (l.as_str(), false),
+            Piece::Field(_) => (text, true),
+        })
+        .collect();
+    let e = encoder.encode_parts(&parts)?;
+    Ok(RowInput {
+        sequences: vec![e.ids],
+        truncated: e.truncated,
+    })
 }
 
 /// What one packed batch yields for one task, per sequence of the batch.

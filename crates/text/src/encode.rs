@@ -45,7 +45,7 @@ impl TextEncoder {
             .unwrap_or(0);
         if max_length <= special_tokens {
             return Err(TextError::Config(format!(
-                "max_length {max_length} leaves no room for text (the template adds {special_tokens} special tokens)"
+                "max_length {max_length} leaves no room for text (the tokenizer adds {special_tokens} special tokens)"
             )));
         }
         Ok(TextEncoder {
@@ -81,6 +81,82 @@ impl TextEncoder {
         let enc = self
             .tokenizer
             .post_process(enc, None, true)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            truncated,
+        })
+    }
+
+    /// Tokenizes `parts` joined into one text, cutting only the parts flagged `true` (from
+    /// their ends, at token boundaries) so that the whole, special tokens included, fits
+    /// `max_length`; the other parts (a prompt template's literals) are always kept whole.
+    /// Several cuttable parts share the room equally. The tokens are those of the joined text
+    /// (so an uncut prompt tokenizes exactly as the plain text would), each assigned to the
+    /// part where it starts.
+    pub fn encode_parts(&self, parts: &[(&str, bool)]) -> Result<Encoded, TextError> {
+        let mut joined = String::new();
+        let mut spans = Vec::with_capacity(parts.len());
+        let mut byte_cut = false;
+        for &(text, cuttable) in parts {
+            let text = if cuttable {
+                let (t, cut) = cut_at_char_boundary(text, self.max_bytes);
+                byte_cut |= cut;
+                t
+            } else {
+                text
+            };
+            let start = joined.len();
+            joined.push_str(text);
+            spans.push((start..joined.len(), cuttable));
+        }
+        // Offsets are needed here (encode_fast leaves them all zero) to tell the parts apart.
+        let enc = self
+            .tokenizer
+            .encode(joined.as_str(), false)
+            .map_err(|e| TextError::Tokenizer(e.to_string()))?;
+        let mut part_of = Vec::with_capacity(enc.len());
+        let mut current = 0;
+        for &(start, _) in enc.get_offsets() {
+            // Offsets only grow; a token starts in the last part whose range begins at or
+            // before it (empty parts never own a token).
+            while current + 1 < spans.len() && spans[current + 1].0.start <= start {
+                current += 1;
+            }
+            part_of.push(current);
+        }
+        let fixed = part_of.iter().filter(|&&p| !spans[p].1).count();
+        let cuttable_parts = spans.iter().filter(|s| s.1).count();
+        let budget = self.max_length - self.special_tokens;
+        if fixed > budget || (fixed == budget && cuttable_parts > 0) {
+            return Err(TextError::Config(format!(
+                "the prompt template alone is {fixed} tokens, which with {} special tokens leaves no room for the text in max_length {}",
+                self.special_tokens, self.max_length
+            )));
+        }
+        let mut kept = vec![0usize; spans.len()];
+        let per_part = (budget - fixed) / cuttable_parts.max(1);
+        let mut ids = Vec::with_capacity(budget);
+        let mut truncated = byte_cut;
+        for (&id, &p) in enc.get_ids().iter().zip(&part_of) {
+            if spans[p].1 {
+                if kept[p] == per_part {
+                    truncated = true;
+                    continue;
+                }
+                kept[p] += 1;
+            }
+            ids.push(id);
+        }
+        let piece = tokenizers::Encoding::from_tokens(
+            ids.into_iter()
+                .map(|id| tokenizers::Token::new(id, String::new(), (0, 0)))
+                .collect(),
+            0,
+        );
+        let enc = self
+            .tokenizer
+            .post_process(piece, None, true)
             .map_err(|e| TextError::Tokenizer(e.to_string()))?;
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
