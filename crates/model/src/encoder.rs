@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::attend;
+use crate::attention::attend_with;
 use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
 use crate::fused_attention::{attend_qkv, RopeTables};
+use crate::kernel::AttentionKernel;
 use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
 use crate::weights::Weights;
@@ -123,6 +124,8 @@ pub struct Encoder {
     rotary: BTreeMap<u64, Rotary>,
     config: ModernBertConfig,
     device: Device,
+    /// The attention kernel of the candle path (set by the model after its load-time check).
+    kernel: AttentionKernel,
 }
 
 impl Encoder {
@@ -174,7 +177,18 @@ impl Encoder {
             rotary,
             config: config.clone(),
             device: device.clone(),
+            kernel: crate::kernel::choose(device, dtype, config.head_dim()),
         })
+    }
+
+    /// The attention kernel in use.
+    pub(crate) fn kernel(&self) -> AttentionKernel {
+        self.kernel
+    }
+
+    /// Replaces the attention kernel (the model's load-time check may refuse FlashAttention-2).
+    pub(crate) fn set_kernel(&mut self, kernel: AttentionKernel) {
+        self.kernel = kernel;
     }
 
     /// The token embedding matrix (the MLM decoder is tied to it).
@@ -293,7 +307,7 @@ impl Encoder {
             let v = qkv.get(2)?;
             Ok((q, k, v))
         })?;
-        let attn = timed(4, || attend(&q, &k, &v, batch, kind))?; // [heads, T, hd]
+        let attn = timed(4, || attend_with(self.kernel, &q, &k, &v, batch, kind))?; // [heads, T, hd]
         timed(5, || {
             Ok(attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?)
         })
