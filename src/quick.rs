@@ -146,7 +146,8 @@ fn run_packed<T: Clone>(
     let device = args.runtime.device.0.first().map(|d| d.to_string());
     let mut splitter = OomSplitter::new(device.unwrap_or_default());
     for packed in batches {
-        let PerSequence(outputs) = splitter.run(&packed.batch, &mut |batch| {
+        let estimate = |batch: &mbpipe_model::PackedBatch| loaded.model.memory_estimate(batch);
+        let PerSequence(outputs) = splitter.run(&packed.batch, &estimate, &mut |batch| {
             let hidden = loaded.model.encode(batch)?;
             let outputs = per_batch(loaded, &hidden, batch).map_err(|e| {
                 e.downcast::<PipelineError>()

@@ -10,12 +10,14 @@ use candle_core::{DType, Device, Tensor};
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
+use crate::kernel::AttentionKernel;
 
 /// Query rows per block in banded local attention.
-const LOCAL_BLOCK: usize = 128;
+pub(crate) const LOCAL_BLOCK: usize = 128;
 
 /// Attention over every sequence of `batch` (`q`, `k`, `v`: `[heads, tokens, head_dim]`, RoPE
-/// applied); returns `[heads, tokens, head_dim]`.
+/// applied) with the kernel a model on this device and dtype would choose; returns
+/// `[heads, tokens, head_dim]`.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
@@ -23,10 +25,36 @@ pub fn attend(
     batch: &PackedBatch,
     kind: AttentionKind,
 ) -> Result<Tensor> {
-    // GPUs: FlashAttention-2 varlen or padded groups, a few launches per layer (varlen.rs).
-    if !q.device().is_cpu() && crate::varlen::enabled() {
-        return crate::varlen::attend(q, k, v, batch, kind);
+    let kernel = crate::kernel::choose(q.device(), q.dtype(), q.dim(2)?);
+    attend_with(kernel, q, k, v, batch, kind)
+}
+
+/// [`attend`] with a given kernel (the model's, after its load-time check).
+pub(crate) fn attend_with(
+    kernel: AttentionKernel,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    batch: &PackedBatch,
+    kind: AttentionKind,
+) -> Result<Tensor> {
+    match kernel {
+        AttentionKernel::Cpu | AttentionKernel::PerSequence => per_sequence(q, k, v, batch, kind),
+        // GPUs: FlashAttention-2 varlen or padded groups, a few launches per layer (varlen.rs).
+        #[cfg(feature = "flash-attn")]
+        AttentionKernel::Flash => crate::varlen::flash(q, k, v, batch, kind),
+        _ => crate::varlen::attend_padded(q, k, v, batch, kind),
     }
+}
+
+/// The per-sequence candle path (any device): the reference the GPU kernels are tested against.
+pub(crate) fn per_sequence(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    batch: &PackedBatch,
+    kind: AttentionKind,
+) -> Result<Tensor> {
     let head_dim = q.dim(2)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let mut outputs = Vec::with_capacity(batch.num_sequences());
@@ -50,17 +78,50 @@ pub fn attend(
     Ok(Tensor::cat(&outputs, 1)?)
 }
 
-/// Softmax attention of `q` over `k`/`v`, with an optional additive mask `[q_len, k_len]`.
-fn block(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Tensor> {
+/// Softmax attention of `q` over `k`/`v`, with an optional additive mask (broadcast over the
+/// scores `[.., q_len, k_len]`).
+pub(crate) fn block(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let dtype = q.dtype();
-    let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    // Scaling the queries (small) rather than the scores (large) saves one score-sized tensor.
+    let scores = (q * scale)?.matmul(&k.t()?)?;
+    let probs = softmax_freeing(scores, mask)?.to_dtype(dtype)?;
     Ok(probs.matmul(&v.contiguous()?)?)
 }
+
+/// Softmax over the last dimension in f32 of `scores` (any dtype) plus `mask`, dropping each
+/// intermediate as soon as the next exists: at most two score-sized tensors are alive at once
+/// (8 bytes per score, [`SCORE_BYTES`]), where a chained expression keeps all of them to its end.
+pub(crate) fn softmax_freeing(scores: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    // Each step takes the previous tensor by value, so it is freed on return (shadowing a
+    // binding would keep it alive to the end of the function).
+    let scores = to_f32_owned(scores)?;
+    let scores = match mask {
+        Some(m) => add_owned(scores, m)?,
+        None => scores,
+    };
+    softmax_owned(scores)
+}
+
+fn to_f32_owned(scores: Tensor) -> Result<Tensor> {
+    Ok(scores.to_dtype(DType::F32)?)
+}
+
+fn add_owned(scores: Tensor, mask: &Tensor) -> Result<Tensor> {
+    Ok(scores.broadcast_add(mask)?)
+}
+
+fn softmax_owned(scores: Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+}
+
+/// Peak bytes per score element of [`softmax_freeing`]: two f32 tensors alive at once.
+pub(crate) const SCORE_BYTES: usize = 8;
 
 /// Local attention computing only the band of keys each block of queries can see.
 pub(crate) fn banded(q: &Tensor, k: &Tensor, v: &Tensor, w: usize, scale: f64) -> Result<Tensor> {
@@ -87,7 +148,7 @@ pub(crate) fn banded(q: &Tensor, k: &Tensor, v: &Tensor, w: usize, scale: f64) -
 }
 
 /// 0 where `|i - j| <= w`, -inf elsewhere, for queries `q0..q0+qn` and keys `k0..k0+kn`.
-fn band_mask(
+pub(crate) fn band_mask(
     q0: usize,
     qn: usize,
     k0: usize,

@@ -6,11 +6,12 @@ use std::sync::{Arc, RwLock};
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::attend;
+use crate::attention::attend_with;
 use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
 use crate::fused_attention::{attend_qkv, RopeTables};
+use crate::kernel::AttentionKernel;
 use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
 use crate::weights::Weights;
@@ -131,6 +132,8 @@ pub struct Encoder {
     config: ModernBertConfig,
     device: Device,
     dtype: DType,
+    /// The attention kernel of the candle path (set by the model after its load-time check).
+    kernel: AttentionKernel,
 }
 
 impl Encoder {
@@ -183,6 +186,7 @@ impl Encoder {
             config: config.clone(),
             device: device.clone(),
             dtype,
+            kernel: crate::kernel::choose(device, dtype, config.head_dim()),
         })
     }
 
@@ -219,6 +223,16 @@ impl Encoder {
     pub(crate) fn rope_positions(&self) -> usize {
         let tables = self.rotary.read().unwrap_or_else(|e| e.into_inner());
         tables.values().map(|r| r.positions).min().unwrap_or(0)
+    }
+
+    /// The attention kernel in use.
+    pub(crate) fn kernel(&self) -> AttentionKernel {
+        self.kernel
+    }
+
+    /// Replaces the attention kernel (the model's load-time check may refuse FlashAttention-2).
+    pub(crate) fn set_kernel(&mut self, kernel: AttentionKernel) {
+        self.kernel = kernel;
     }
 
     /// The token embedding matrix (the MLM decoder is tied to it).
@@ -338,7 +352,7 @@ impl Encoder {
             let v = qkv.get(2)?;
             Ok((q, k, v))
         })?;
-        let attn = timed(4, || attend(&q, &k, &v, batch, kind))?; // [heads, T, hd]
+        let attn = timed(4, || attend_with(self.kernel, &q, &k, &v, batch, kind))?; // [heads, T, hd]
         timed(5, || {
             Ok(attn.transpose(0, 1)?.contiguous()?.reshape((t, h))?)
         })

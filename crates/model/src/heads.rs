@@ -4,7 +4,7 @@ use candle_core::{DType, Tensor};
 
 use crate::batch::PackedBatch;
 use crate::config::{ModernBertConfig, Pooling, ProblemType};
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, Linear};
 use crate::weights::Weights;
 
@@ -34,6 +34,18 @@ impl PredictionHead {
 pub(crate) fn pool(hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Result<Tensor> {
     let device = hidden.device();
     let n = batch.num_sequences();
+    // An empty sequence has no token to pool: cls would read the next sequence's first token
+    // (or, on a GPU, past the end: a device assert), mean would divide by zero.
+    if let Some(empty) = (0..n).find(|&i| batch.range(i).is_empty()) {
+        return Err(ModelError::Input(format!(
+            "sequence {empty} of the batch has no tokens; {} pooling needs at least one",
+            if pooling == Pooling::Cls {
+                "cls"
+            } else {
+                "mean"
+            }
+        )));
+    }
     let pooled = match pooling {
         Pooling::Cls => {
             let first: Vec<u32> = (0..n).map(|i| batch.range(i).start as u32).collect();
@@ -160,6 +172,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Regression: cls pooling of an empty sequence read the next sequence's first token (and on
+    /// a GPU, for the last sequence, indexed past the end: a device assert).
+    #[test]
+    fn pooling_an_empty_sequence_is_a_clear_error() {
+        use candle_core::Device;
+        let batch = PackedBatch::from_sequences(&[vec![1u32, 2], vec![], vec![3]]);
+        let hidden = Tensor::zeros((batch.num_tokens(), 4), DType::F32, &Device::Cpu).unwrap();
+        for pooling in [Pooling::Cls, Pooling::Mean] {
+            let err = pool(&hidden, &batch, pooling).unwrap_err().to_string();
+            assert!(
+                err.contains("sequence 1 of the batch has no tokens"),
+                "{err}"
+            );
         }
     }
 

@@ -28,10 +28,13 @@ mod fused;
 mod fused_attention;
 mod heads;
 mod hub;
+mod kernel;
 mod layers;
+mod memory;
 mod model;
 #[doc(hidden)]
 pub mod profile;
+mod selfcheck;
 mod simd;
 mod tokenizer;
 mod varlen;
@@ -41,7 +44,23 @@ mod weights;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::attention::attend;
+    pub use crate::selfcheck::{relative_error, seeded_normal, seeded_tensor};
     pub use crate::varlen::attend_per_sequence;
+
+    /// The kernel [`attend`] runs for tensors on `device` in `dtype` with `head_dim` (a model's
+    /// own may differ only after a failed load-time check: see `ModernBert::attention_kernel`).
+    pub fn kernel_for(
+        device: &crate::Device,
+        dtype: crate::DType,
+        head_dim: usize,
+    ) -> crate::AttentionKernel {
+        crate::kernel::choose(device, dtype, head_dim)
+    }
+
+    /// A CUDA device's compute capability `(major, minor)`; `None` elsewhere.
+    pub fn compute_capability(device: &crate::Device) -> Option<(i32, i32)> {
+        crate::kernel::compute_capability(device)
+    }
 
     /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
     /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices.
@@ -65,6 +84,7 @@ pub use device::{DeviceSpec, Precision};
 pub use error::{ModelError, Result};
 pub use files::{ModelFiles, ModelRef, SentenceTransformersConfig};
 pub use heads::{argmax, scores_from_logits, top_k};
+pub use kernel::{gpu_required, require_gpu_value, AttentionKernel, REQUIRE_GPU_ENV};
 pub use model::{MaskPredictions, ModernBert};
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;

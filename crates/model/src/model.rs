@@ -3,11 +3,12 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::batch::PackedBatch;
-use crate::config::{ModernBertConfig, Pooling};
+use crate::config::{AttentionKind, ModernBertConfig, Pooling};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::files::ModelFiles;
 use crate::heads::{pool, top_k, PredictionHead};
+use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
 use crate::weights::Weights;
 
@@ -47,12 +48,33 @@ impl ModernBert {
         bf16_kernel: bool,
     ) -> Result<Self> {
         let config = ModernBertConfig::from_file(&files.config)?;
+        // Before any upload: bf16 on a GPU older than 8.0 would fail at its first kernel.
+        if let Some(capability) = crate::kernel::compute_capability(device) {
+            let name = crate::kernel::device_name(device);
+            crate::kernel::check_precision(&name, capability, dtype)
+                .map_err(ModelError::Unsupported)?;
+        }
         let packed =
             bf16_kernel && dtype == DType::BF16 && device.is_cpu() && crate::bf16_gemm::available();
         let compute_dtype = if packed { DType::F32 } else { dtype };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
         w.set_pack_bf16(packed);
-        let encoder = Encoder::load(&w, &config, device, compute_dtype)?;
+        let mut encoder = Encoder::load(&w, &config, device, compute_dtype)?;
+        let half_window = config
+            .layers
+            .iter()
+            .find_map(|(kind, _)| match kind {
+                AttentionKind::Local { half_window } => Some(*half_window),
+                AttentionKind::Global => None,
+            })
+            .unwrap_or(64);
+        encoder.set_kernel(crate::selfcheck::checked_kernel(
+            device,
+            compute_dtype,
+            config.num_attention_heads,
+            config.head_dim(),
+            half_window,
+        )?);
         let head = if w.has("head.dense.weight") {
             Some(PredictionHead::load(&w, &config)?)
         } else {
@@ -135,11 +157,29 @@ impl ModernBert {
         self.encoder.tok_embeddings().device()
     }
 
-    /// Which attention kernel the encoder runs on this device and dtype, in words (for logs):
-    /// on GPUs, FlashAttention-2 varlen (`flash-attn` feature, f16/bf16, compute capability 8.0+)
-    /// or padded groups of candle ops.
-    pub fn attention_kernel(&self) -> &'static str {
-        crate::varlen::kernel_name(self.device(), self.compute_dtype, self.config.head_dim())
+    /// Which attention kernel the encoder runs (its `Display` is the line logs print): on GPUs,
+    /// FlashAttention-2 varlen (`flash-attn` feature, f16/bf16, compute capability 8.0+, and
+    /// agreeing with the padded path at load) or padded groups of candle ops.
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.encoder.kernel()
+    }
+
+    /// Approximate peak device memory, in bytes, of a forward over `batch`: activations linear
+    /// in its tokens, plus the attention's largest score block, which on the padded path grows
+    /// with the square of the longest sequence (up to the chunking budget) and with
+    /// FlashAttention-2 not at all. The out-of-memory split learns its limit in these terms, so
+    /// one long document that runs out does not shrink later batches of short texts.
+    pub fn memory_estimate(&self, batch: &PackedBatch) -> u64 {
+        let mut lengths: Vec<usize> = (0..batch.num_sequences())
+            .map(|i| batch.range(i).len())
+            .collect();
+        lengths.sort_unstable();
+        crate::memory::forward_bytes(
+            &self.config,
+            self.attention_kernel(),
+            self.compute_dtype.size_in_bytes(),
+            &lengths,
+        )
     }
 
     /// Whether the checkpoint has a masked-LM head.
@@ -183,6 +223,13 @@ impl ModernBert {
                 "this checkpoint has no masked-LM head (head.* and decoder.bias)".into(),
             ));
         };
+        // On a GPU an index past the end is a device assert that poisons the worker's context.
+        let tokens = hidden.dim(0)?;
+        if let Some(bad) = rows.iter().find(|&&r| r as usize >= tokens) {
+            return Err(ModelError::Input(format!(
+                "mask row {bad} is outside the batch's {tokens} tokens"
+            )));
+        }
         let idx = Tensor::from_slice(rows, rows.len(), hidden.device())?;
         let picked = hidden.index_select(&idx, 0)?;
         Ok(decoder
@@ -245,6 +292,14 @@ impl ModernBert {
         rows: &[Option<u32>],
         candidates: &[u32],
     ) -> Result<Vec<Option<Vec<f32>>>> {
+        // Checked before any device work: an id past the vocabulary would be a device assert.
+        let vocab = self.config.vocab_size;
+        if let Some(bad) = candidates.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "verbalizer token id {bad} is outside the vocabulary (vocab_size = {vocab}); is \
+                 the tokenizer the model's own?"
+            )));
+        }
         let present: Vec<u32> = rows.iter().flatten().copied().collect();
         if present.is_empty() {
             return Ok(vec![None; rows.len()]);

@@ -1,7 +1,8 @@
 //! Attention over a packed batch on GPUs (any non-CPU device): few large launches instead of a
 //! handful of small ones per sequence.
 //!
-//! Two kernels, chosen per call:
+//! Two kernels, chosen once per model ([`crate::kernel::choose`], then checked at load against
+//! each other, [`crate::selfcheck`]):
 //! - with the `flash-attn` feature, on f16/bf16 tensors of a CUDA GPU of compute capability 8.0 or
 //!   newer: FlashAttention-2's variable-length kernel (candle-flash-attn,
 //!   `flash_attn_varlen_windowed`) straight on the packed token stream and `cu_seqlens`, with the
@@ -12,39 +13,24 @@
 //!   (padding only up to the longest sequence of the group, which sorting keeps small), masked
 //!   (keys past each sequence's end, and the band on local layers), and run as two batched
 //!   matmuls and one softmax. Local layers on sequences longer than [`LONG_LOCAL`] use the
-//!   banded per-sequence path, whose cost grows with `len × window`, not `len²`.
+//!   banded per-sequence path, whose cost grows with `len × window`, not `len²`. A sequence
+//!   whose scores alone exceed the budget runs in blocks of queries, one block's scores at a time
+//!   ([`Piece::Chunked`]), so one long document fits where its whole score matrix would not.
 //!
 //! The padded path is device-agnostic and tested on the CPU against the per-sequence attention.
 
-use std::cell::Cell;
-use std::sync::OnceLock;
-
 use candle_core::{DType, Device, Tensor};
 
+use crate::attention::{block, SCORE_BYTES};
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
 
-/// Most score elements (`group × heads × len × len`, f32) one padded group computes at once
-/// (2^27 = 512 MiB of f32 scores).
-const GROUP_SCORES: usize = 1 << 27;
+/// Most score elements (`group × heads × len × len`, f32) one padded group, or one query block of
+/// a long sequence, computes at once (2^27: 512 MiB of f32 scores, 1 GiB at the softmax's peak).
+pub(crate) const GROUP_SCORES: usize = 1 << 27;
 /// Local-layer sequences longer than this take the banded per-sequence path.
 pub(crate) const LONG_LOCAL: usize = 1024;
-
-thread_local! {
-    /// Set while [`attend_per_sequence`] runs.
-    static PER_SEQUENCE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether non-CPU devices use this module's kernels; `MBPIPE_GPU_ATTENTION=per-sequence` keeps
-/// the per-sequence candle path (for comparisons and as an escape hatch).
-pub(crate) fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(|| {
-        std::env::var("MBPIPE_GPU_ATTENTION").map_or(true, |v| v != "per-sequence")
-    });
-    on && !PER_SEQUENCE.with(Cell::get)
-}
 
 /// [`crate::attention::attend`] with the per-sequence candle path on every device: the reference
 /// the GPU kernels are tested against.
@@ -55,71 +41,124 @@ pub fn attend_per_sequence(
     batch: &PackedBatch,
     kind: AttentionKind,
 ) -> Result<Tensor> {
-    PER_SEQUENCE.with(|p| p.set(true));
-    let out = crate::attention::attend(q, k, v, batch, kind);
-    PER_SEQUENCE.with(|p| p.set(false));
-    out
+    crate::attention::per_sequence(q, k, v, batch, kind)
 }
 
-/// Attention for every sequence of `batch` on a GPU (`q`, `k`, `v`: `[heads, tokens, head_dim]`,
-/// RoPE applied); returns `[heads, tokens, head_dim]`.
-pub(crate) fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    batch: &PackedBatch,
-    kind: AttentionKind,
-) -> Result<Tensor> {
-    #[cfg(feature = "flash-attn")]
-    if flash_applies(q.device(), q.dtype(), q.dim(2)?) {
-        return flash(q, k, v, batch, kind);
+/// One launch unit of the padded path, over the batch's sequences sorted by length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// Sorted sequences `start..end`, padded to the longest (the last).
+    Group { start: usize, end: usize },
+    /// One long sequence of a local layer, banded.
+    Banded(usize),
+    /// One sequence whose scores alone exceed the budget: blocks of `rows` queries, each against
+    /// all its keys, one after the other.
+    Chunked { at: usize, rows: usize },
+}
+
+/// Cuts sequences of `sorted` lengths (ascending) into [`Piece`]s whose scores (`heads` per
+/// sequence) fit `max_scores` elements; `half_window` is the local window (`None` on global
+/// layers).
+pub(crate) fn plan(
+    sorted: &[usize],
+    heads: usize,
+    half_window: Option<usize>,
+    max_scores: usize,
+) -> Vec<Piece> {
+    let long_local = |len: usize| half_window.is_some_and(|w| len > LONG_LOCAL && len > w + 1);
+    let mut pieces = Vec::new();
+    let mut g = 0;
+    while g < sorted.len() {
+        let len = sorted[g];
+        if long_local(len) {
+            pieces.push(Piece::Banded(g));
+            g += 1;
+            continue;
+        }
+        let per_query = heads * len;
+        if per_query * len > max_scores {
+            let rows = (max_scores / per_query).max(1);
+            pieces.push(Piece::Chunked { at: g, rows });
+            g += 1;
+            continue;
+        }
+        // Grow the group while its padded scores fit the budget.
+        let mut end = g + 1;
+        while end < sorted.len() {
+            let len = sorted[end];
+            if long_local(len) || (end + 1 - g) * heads * len * len > max_scores {
+                break;
+            }
+            end += 1;
+        }
+        pieces.push(Piece::Group { start: g, end });
+        g = end;
     }
-    attend_padded(q, k, v, batch, kind)
+    pieces
 }
 
-/// Name of the attention kernel a model on `device` in `dtype` with `head_dim` runs, for logs.
-pub(crate) fn kernel_name(device: &Device, dtype: DType, head_dim: usize) -> &'static str {
-    if device.is_cpu() {
-        return "per-sequence (CPU)";
-    }
-    if !enabled() {
-        return "per-sequence candle ops (MBPIPE_GPU_ATTENTION=per-sequence)";
-    }
-    if flash_applies(device, dtype, head_dim) {
-        return "flash-attn varlen (FlashAttention-2, windowed)";
-    }
-    if cfg!(feature = "flash-attn") {
-        "padded groups, candle ops (flash-attn needs f16/bf16, compute capability >= 8.0, head_dim a multiple of 8 up to 256)"
-    } else {
-        "padded groups, candle ops (build with --features flash-attn for FlashAttention-2)"
-    }
+/// Approximate peak bytes of the attention of one layer over sequences of `sorted` lengths on the
+/// padded path: the largest piece's scores at the softmax ([`SCORE_BYTES`] each), its mask, and
+/// its gathered queries, keys, values and output (`hidden` wide, `dtype_bytes` each).
+pub(crate) fn padded_peak_bytes(
+    sorted: &[usize],
+    heads: usize,
+    hidden: usize,
+    dtype_bytes: usize,
+    half_window: Option<usize>,
+) -> usize {
+    let mask = |rows: usize, keys: usize| {
+        if half_window.is_some() {
+            rows * keys * 4
+        } else {
+            0
+        }
+    };
+    plan(sorted, heads, half_window, GROUP_SCORES)
+        .iter()
+        .map(|piece| match *piece {
+            Piece::Group { start, end } => {
+                let (b, len) = (end - start, sorted[end - 1]);
+                b * heads * len * len * SCORE_BYTES
+                    + b * mask(len, len)
+                    + 4 * b * len * hidden * dtype_bytes
+            }
+            Piece::Banded(_) => {
+                let w = half_window.unwrap_or(0);
+                let rows = crate::attention::LOCAL_BLOCK.max(w);
+                heads * rows * (rows + 2 * w) * SCORE_BYTES + mask(rows, rows + 2 * w)
+            }
+            Piece::Chunked { at, rows } => {
+                let len = sorted[at];
+                heads * rows * len * SCORE_BYTES + mask(rows, len) + rows * hidden * dtype_bytes
+            }
+        })
+        .max()
+        .unwrap_or(0)
 }
 
-/// Whether FlashAttention-2 runs here: the feature, a CUDA device of compute capability >= 8.0,
-/// f16/bf16, and a head size it has kernels for.
-fn flash_applies(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    cfg!(feature = "flash-attn")
-        && matches!(dtype, DType::F16 | DType::BF16)
-        && head_dim.is_multiple_of(8)
-        && head_dim <= 256
-        && compute_capability(device).is_some_and(|(major, _)| major >= 8)
+/// Approximate peak bytes of one layer's attention over sequences of `sorted` lengths on the
+/// per-sequence path: a whole sequence's scores on global layers, a band block on local ones.
+pub(crate) fn per_sequence_peak_bytes(
+    sorted: &[usize],
+    heads: usize,
+    half_window: Option<usize>,
+) -> usize {
+    let len = sorted.last().copied().unwrap_or(0);
+    let keys = match half_window {
+        Some(w) if len > w + 1 => (crate::attention::LOCAL_BLOCK.max(w) + 2 * w).min(len),
+        _ => len,
+    };
+    let rows = match half_window {
+        Some(w) if len > w + 1 => crate::attention::LOCAL_BLOCK.max(w).min(len),
+        _ => len,
+    };
+    heads * rows * keys * SCORE_BYTES
 }
 
-/// Compute capability of a CUDA device; `None` elsewhere.
-#[cfg(feature = "cuda")]
-pub(crate) fn compute_capability(device: &Device) -> Option<(i32, i32)> {
-    let Device::Cuda(d) = device else { return None };
-    d.cuda_stream().context().compute_capability().ok()
-}
-
-/// Compute capability of a CUDA device; `None` elsewhere (built without CUDA).
-#[cfg(not(feature = "cuda"))]
-pub(crate) fn compute_capability(_device: &Device) -> Option<(i32, i32)> {
-    None
-}
-
+/// FlashAttention-2 varlen over the packed batch.
 #[cfg(feature = "flash-attn")]
-fn flash(
+pub(crate) fn flash(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -181,6 +220,7 @@ fn attend_padded_within(
     };
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| batch.range(i).len());
+    let sorted: Vec<usize> = order.iter().map(|&i| batch.range(i).len()).collect();
     // Token-major copies with one zero row at the end, which padding slots gather.
     let device = q.device();
     let token_major = |x: &Tensor| -> Result<Tensor> {
@@ -191,48 +231,50 @@ fn attend_padded_within(
     // Output pieces, token-major, and the batch token each of their rows belongs to.
     let mut pieces: Vec<Tensor> = Vec::new();
     let mut rows: Vec<u32> = Vec::with_capacity(tokens);
-    let mut g = 0;
-    while g < n {
-        let longest = batch.range(order[g]).len();
-        if let Some(w) = half_window.filter(|&w| longest > LONG_LOCAL && longest > w + 1) {
-            let r = batch.range(order[g]);
-            let out = crate::attention::banded(
-                &q.narrow(1, r.start, r.len())?,
-                &k.narrow(1, r.start, r.len())?,
-                &v.narrow(1, r.start, r.len())?,
-                w,
-                scale,
-            )?;
-            pieces.push(out.transpose(0, 1)?);
-            rows.extend(r.map(|t| t as u32));
-            g += 1;
-            continue;
-        }
-        // Grow the group while its padded scores fit the budget (one sequence always fits).
-        let mut end = g + 1;
-        while end < n {
-            let len = batch.range(order[end]).len();
-            let long_local = half_window.is_some() && len > LONG_LOCAL;
-            if long_local || (end + 1 - g) * heads * len * len > max_scores {
-                break;
+    let one = |at: usize| -> Result<(std::ops::Range<usize>, Tensor, Tensor, Tensor)> {
+        let r = batch.range(order[at]);
+        let (s, l) = (r.start, r.len());
+        Ok((
+            r,
+            q.narrow(1, s, l)?,
+            k.narrow(1, s, l)?,
+            v.narrow(1, s, l)?,
+        ))
+    };
+    for piece in plan(&sorted, heads, half_window, max_scores) {
+        match piece {
+            Piece::Banded(at) => {
+                let (r, qs, ks, vs) = one(at)?;
+                let w = half_window.expect("banded pieces are local, this is a bug");
+                let out = crate::attention::banded(&qs, &ks, &vs, w, scale)?;
+                pieces.push(out.transpose(0, 1)?);
+                rows.extend(r.map(|t| t as u32));
             }
-            end += 1;
+            Piece::Chunked {
+                at,
+                rows: block_rows,
+            } => {
+                let (r, qs, ks, vs) = one(at)?;
+                pieces.push(chunked(&qs, &ks, &vs, block_rows, half_window, scale)?);
+                rows.extend(r.map(|t| t as u32));
+            }
+            Piece::Group { start, end } => {
+                let group: Vec<std::ops::Range<usize>> =
+                    order[start..end].iter().map(|&i| batch.range(i)).collect();
+                pieces.push(padded_group(
+                    &qt,
+                    &kt,
+                    &vt,
+                    &group,
+                    tokens,
+                    half_window,
+                    scale,
+                )?);
+                for r in &group {
+                    rows.extend(r.clone().map(|t| t as u32));
+                }
+            }
         }
-        let group: Vec<std::ops::Range<usize>> =
-            order[g..end].iter().map(|&i| batch.range(i)).collect();
-        pieces.push(padded_group(
-            &qt,
-            &kt,
-            &vt,
-            &group,
-            tokens,
-            half_window,
-            scale,
-        )?);
-        for r in &group {
-            rows.extend(r.clone().map(|t| t as u32));
-        }
-        g = end;
     }
     let out = Tensor::cat(&pieces, 0)?; // [tokens, heads, head_dim], rows in `rows` order
     let out = if rows.iter().enumerate().all(|(i, &r)| i as u32 == r) {
@@ -245,6 +287,32 @@ fn attend_padded_within(
         out.index_select(&Tensor::from_vec(inverse, tokens, device)?, 0)?
     };
     Ok(out.transpose(0, 1)?)
+}
+
+/// Attention of one sequence (`[heads, len, head_dim]`) in blocks of `block_rows` queries, each
+/// against all the sequence's keys (banded by a mask on local layers): the scores of one block,
+/// not of the whole sequence, exist at a time. Returns `[len, heads, head_dim]`.
+fn chunked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    block_rows: usize,
+    half_window: Option<usize>,
+    scale: f64,
+) -> Result<Tensor> {
+    let len = q.dim(1)?;
+    let mut outputs = Vec::with_capacity(len.div_ceil(block_rows));
+    let mut q0 = 0;
+    while q0 < len {
+        let qn = block_rows.min(len - q0);
+        let mask = match half_window {
+            Some(w) => Some(crate::attention::band_mask(q0, qn, 0, len, w, q.device())?),
+            None => None,
+        };
+        outputs.push(block(&q.narrow(1, q0, qn)?, k, v, mask.as_ref(), scale)?);
+        q0 += qn;
+    }
+    Ok(Tensor::cat(&outputs, 1)?.transpose(0, 1)?)
 }
 
 /// Attention of one group of sequences (token ranges into the batch), padded to the longest;
@@ -285,9 +353,9 @@ fn padded_group(
     };
     let (qg, kg, vg) = (padded(qt)?, padded(kt)?, padded(vt)?);
     let dtype = qg.dtype();
-    let scores = (qg.matmul(&kg.t()?)? * scale)?.to_dtype(DType::F32)?; // [b, heads, len, len]
+    let scores = (qg * scale)?.matmul(&kg.t()?)?; // [b, heads, len, len]
     let mask = group_mask(group, len, half_window, device)?; // [b, 1, len or 1, len]
-    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?.to_dtype(dtype)?;
+    let probs = crate::attention::softmax_freeing(scores, Some(&mask))?.to_dtype(dtype)?;
     let out = probs
         .matmul(&vg)? // [b, heads, len, hd]
         .transpose(1, 2)?
@@ -339,7 +407,7 @@ fn group_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attention::attend as per_sequence;
+    use crate::attention::per_sequence;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -402,30 +470,75 @@ mod tests {
         }
     }
 
+    /// bf16 against an f32 reference on the same (rounded) seeded inputs, relative to the
+    /// output's scale: bf16 keeps 8 bits, so a correct kernel is within about 1%.
     #[test]
     fn low_precision_matches_f32_closely() {
+        use crate::selfcheck::{relative_error, seeded_tensor};
         let dev = Device::Cpu;
         let batch = PackedBatch::from_sequences(&[vec![1; 20], vec![1; 7], vec![1; 33]]);
-        let t = batch.num_tokens();
-        let r = || Tensor::randn(0f32, 1., (2, t, 16), &dev).unwrap();
-        let (q, k, v) = (r(), r(), r());
+        let shape = [2, batch.num_tokens(), 16];
+        let r = |seed| seeded_tensor(seed, &shape, DType::BF16, &dev).unwrap();
+        let (q, k, v) = (r(11), r(12), r(13));
+        let f = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
         let kind = AttentionKind::Local { half_window: 5 };
-        let want = attend_padded(&q, &k, &v, &batch, kind).unwrap();
-        let h = |x: &Tensor| x.to_dtype(DType::BF16).unwrap();
-        let got = attend_padded(&h(&q), &h(&k), &h(&v), &batch, kind)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        let d = max_diff(&got, &want);
-        assert!(d < 5e-2, "bf16 vs f32: max diff {d}");
+        let want = per_sequence(&f(&q), &f(&k), &f(&v), &batch, kind).unwrap();
+        let got = attend_padded(&q, &k, &v, &batch, kind).unwrap();
+        let err = relative_error(&got, &want).unwrap();
+        assert!(err < 1e-2, "bf16 vs f32: relative error {err}");
     }
 
     #[test]
-    fn cpu_reports_its_kernel() {
+    fn long_sequences_are_chunked_into_query_blocks_that_fit() {
+        // 2 heads × 100 keys: a budget of 2 × 30 × 100 scores is 30 query rows per block.
+        let sorted = [3, 5, 100];
+        let budget = 2 * 30 * 100;
         assert_eq!(
-            kernel_name(&Device::Cpu, DType::F32, 64),
-            "per-sequence (CPU)"
+            plan(&sorted, 2, None, budget),
+            vec![
+                Piece::Group { start: 0, end: 2 },
+                Piece::Chunked { at: 2, rows: 30 }
+            ]
         );
-        assert!(!flash_applies(&Device::Cpu, DType::BF16, 64));
+        // Local layers: long sequences are banded, whatever the budget.
+        let long = [4, LONG_LOCAL + 1];
+        assert_eq!(
+            plan(&long, 2, Some(8), GROUP_SCORES),
+            vec![Piece::Group { start: 0, end: 1 }, Piece::Banded(1)]
+        );
+        for kind in [
+            AttentionKind::Global,
+            AttentionKind::Local { half_window: 7 },
+            AttentionKind::Local { half_window: 200 },
+        ] {
+            // 3 heads: blocks of 30, 4 and 1 query rows of a 100-token sequence.
+            for budget in [3 * 30 * 100, 3 * 4 * 100, 1] {
+                check_within(&[100, 5, 3], kind, budget);
+            }
+        }
+    }
+
+    #[test]
+    fn the_memory_estimate_grows_with_the_longest_sequence_not_the_token_count() {
+        let est = |lens: &[usize]| padded_peak_bytes(lens, 12, 768, 2, None);
+        // Same tokens: 64 texts of 128 against one of 8,192.
+        let short = est(&[128; 64]);
+        let long = est(&[8192]);
+        assert!(long > 4 * short, "{long} vs {short}");
+        // A long sequence is chunked: its peak stays near the budget, not 12 × 8192² × 8.
+        assert!(
+            long <= GROUP_SCORES * SCORE_BYTES + 8192 * 8192 * 4,
+            "{long}"
+        );
+        assert!(long > GROUP_SCORES * SCORE_BYTES / 2, "{long}");
+        // Local layers of long sequences are banded: far below the global peak.
+        let local = padded_peak_bytes(&[8192], 12, 768, 2, Some(64));
+        assert!(local * 10 < long, "{local} vs {long}");
+        // The per-sequence path does not chunk.
+        assert_eq!(
+            per_sequence_peak_bytes(&[5, 8192], 12, None),
+            12 * 8192 * 8192 * 8
+        );
+        assert_eq!(est(&[]), 0);
     }
 }

@@ -334,3 +334,60 @@ fn sequence_longer_than_positions_is_an_error() {
         .to_string();
     assert!(err.contains("513") && err.contains("512"), "{err}");
 }
+
+/// Regression: verbalizer token ids were not checked against the vocabulary, and a mask row
+/// past the batch was not checked either; on a GPU each is a device assert that poisons the
+/// worker's CUDA context. Both are now errors naming the value and the limit.
+#[test]
+fn out_of_range_verbalizer_ids_and_mask_rows_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(
+        tmp.path(),
+        &published_config(0),
+        &random_weights("model.", 0),
+    );
+    let model = load(tmp.path()).unwrap();
+    let batch = PackedBatch::from_sequences(&[sequence(5, 1), sequence(7, 2)]);
+    let hidden = model.encode(&batch).unwrap();
+    let rows = [Some(1), None];
+    let ok = model.candidate_logits(&hidden, &rows, &[3, VOCAB as u32 - 1]);
+    assert_eq!(ok.unwrap()[0].as_ref().map(Vec::len), Some(2));
+    let err = model
+        .candidate_logits(&hidden, &rows, &[3, VOCAB as u32])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "verbalizer token id {VOCAB} is outside the vocabulary"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("vocab_size = {VOCAB}")), "{err}");
+    let err = model
+        .mask_logits(&hidden, &[1, 12])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("mask row 12 is outside the batch's 12 tokens"),
+        "{err}"
+    );
+}
+
+/// The out-of-memory split's estimate, through a loaded model: on the CPU (per-sequence
+/// attention) the same tokens in one long sequence estimate more than in short ones.
+#[test]
+fn memory_estimate_reflects_the_longest_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(
+        tmp.path(),
+        &published_config(0),
+        &random_weights("model.", 0),
+    );
+    let model = load(tmp.path()).unwrap();
+    let short = PackedBatch::from_sequences(&vec![sequence(16, 1); 32]);
+    let long = PackedBatch::from_sequences(&[sequence(512, 1)]);
+    assert_eq!(short.num_tokens(), long.num_tokens());
+    let (s, l) = (model.memory_estimate(&short), model.memory_estimate(&long));
+    assert!(l > s, "long {l} vs short {s}");
+    assert_eq!(model.attention_kernel(), mbpipe_model::AttentionKernel::Cpu);
+}

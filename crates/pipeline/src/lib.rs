@@ -22,6 +22,7 @@ pub mod columns;
 pub mod config;
 pub mod engine;
 mod error;
+mod oom;
 pub mod output;
 mod progress;
 mod query;
@@ -35,8 +36,8 @@ pub mod validate;
 mod workers;
 
 pub use error::PipelineError;
+pub use oom::{is_out_of_memory, MemoryEstimate, OomSplitter, PerSequence, SplitOutput};
 pub use runner::{
     default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_CUDA_MAX_BATCH_TOKENS,
     DEFAULT_MAX_BATCH_TOKENS,
 };
-pub use workers::{is_out_of_memory, OomSplitter, PerSequence, SplitOutput};

@@ -20,16 +20,26 @@ impl Fixture {
     /// The fixture under `$MBPIPE_SHARED` (default `../shared` beside the checkout), or `None`
     /// after printing why `test` is skipped.
     pub fn load(test: &str) -> Option<Self> {
+        match Self::load_quietly() {
+            Ok(fx) => Some(fx),
+            Err(reason) => {
+                eprintln!("SKIPPED {test}: {reason}");
+                None
+            }
+        }
+    }
+
+    /// The fixture, or why it is not there.
+    pub fn load_quietly() -> Result<Self, String> {
         let dir = std::env::var_os("MBPIPE_SHARED")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
             .join("fixtures/modernbert-tiny");
         if !dir.join("expected.safetensors").is_file() {
-            eprintln!(
-                "SKIPPED {test}: fixture not found at {} (set MBPIPE_SHARED to the shared/ folder)",
+            return Err(format!(
+                "fixture not found at {} (set MBPIPE_SHARED to the shared/ folder)",
                 dir.display()
-            );
-            return None;
+            ));
         }
         let expected =
             candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
@@ -43,7 +53,7 @@ impl Fixture {
                     .to_string()
             })
             .collect();
-        Some(Fixture {
+        Ok(Fixture {
             dir,
             texts,
             expected,
