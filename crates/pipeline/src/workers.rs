@@ -7,7 +7,7 @@
 //! sequence that still does not fit is an error naming the device and its length.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -164,6 +164,28 @@ impl Pending {
             out.push((tag, result?));
         }
         Ok(out)
+    }
+
+    /// Like [`Pending::wait`], but gives up (`None`, cancelling the jobs not started) soon after
+    /// `stop` is set, so an interrupt waits for the batches on the devices, not the whole window.
+    pub fn wait_unless(
+        self,
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<(usize, Vec<TaskBatchOutput>)>>, PipelineError> {
+        let mut out = Vec::with_capacity(self.count);
+        while out.len() < self.count {
+            match self.replies.recv_timeout(Duration::from_millis(50)) {
+                Ok((tag, result)) => out.push((tag, result?)),
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(PipelineError::Run(
+                        "a worker stopped before finishing its batches".into(),
+                    ))
+                }
+            }
+        }
+        Ok(Some(out))
     }
 }
 
