@@ -12,10 +12,6 @@ use crate::names::{claim, OutputNames};
 /// A checked output folder, locked for this run until dropped.
 #[derive(Debug)]
 pub struct OutputFolder {
-    /// The folder.
-    pub dir: PathBuf,
-    /// The names of this run's files in it.
-    pub names: OutputNames,
     /// The folder's entries when it was locked (mbpipe's files only).
     pub entries: Vec<String>,
     _lock: OutputLock,
@@ -46,8 +42,6 @@ pub fn open(
     check_foreign(dir, &entries)?;
     check_layout(dir, names, &entries)?;
     Ok(OutputFolder {
-        dir: dir.to_path_buf(),
-        names,
         entries,
         _lock: lock,
     })
@@ -242,7 +236,7 @@ mod tests {
         check_layout(dir, plain, &unsharded).unwrap();
         let err = check_layout(dir, s0, &unsharded).unwrap_err().to_string();
         assert!(
-            err.contains("an unsharded run (_manifest.json)") && err.contains("shard 0/2"),
+            err.contains("an unsharded run (part-00000.parquet)") && err.contains("shard 0/2"),
             "{err}"
         );
         let three = names(&["_lock.shard-1-of-3"]);

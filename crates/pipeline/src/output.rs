@@ -68,7 +68,7 @@ enum SinkItem {
 
 /// Writes parts on a thread of its own so Parquet encoding overlaps inference.
 pub struct PartSink {
-    tx: Option<SyncSender<OutputChunk>>,
+    tx: Option<SyncSender<SinkItem>>,
     handle: Option<JoinHandle<Result<Vec<PartRecord>, PipelineError>>>,
 }
 

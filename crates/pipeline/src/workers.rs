@@ -73,7 +73,7 @@ impl ModelClock {
     }
 }
 
-/// Jobs handed to the pool by [`WorkerPool::submit`]; dropping it before [`Pending::wait`]
+/// Jobs handed to the pool by [`WorkerPool::submit`]; dropping it before [`Pending::wait_unless`]
 /// cancels those not started.
 pub struct Pending {
     replies: Receiver<JobResult>,
@@ -151,22 +151,8 @@ impl WorkerPool {
 }
 
 impl Pending {
-    /// Waits for every job; results in order of completion, with tags. The first error is
-    /// returned (and the jobs not yet started are cancelled).
-    pub fn wait(self) -> Result<Vec<(usize, Vec<TaskBatchOutput>)>, PipelineError> {
-        let mut out = Vec::with_capacity(self.count);
-        for _ in 0..self.count {
-            let Ok((tag, result)) = self.replies.recv() else {
-                return Err(PipelineError::Run(
-                    "a worker stopped before finishing its batches".into(),
-                ));
-            };
-            out.push((tag, result?));
-        }
-        Ok(out)
-    }
-
-    /// Like [`Pending::wait`], but gives up (`None`, cancelling the jobs not started) soon after
+    /// Waits for every job (results in order of completion, with tags; the first error is
+    /// returned), but gives up (`None`, cancelling the jobs not started) soon after
     /// `stop` is set, so an interrupt waits for the batches on the devices, not the whole window.
     pub fn wait_unless(
         self,
