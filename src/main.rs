@@ -65,6 +65,9 @@ fn run_sql(a: args::SqlArgs) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    for warning in mbpipe_sql::incomplete_outputs(&a.tables) {
+        eprintln!("warning: {warning}");
+    }
     let mut out = std::io::stdout().lock();
     runtime.block_on(mbpipe_sql::run_query(
         &a.tables, &a.query, a.format, &mut out,

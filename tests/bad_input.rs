@@ -113,6 +113,67 @@ fn skip_policy_logs_rejects_counts_them_and_exits_3() {
     assert!(d.join("out-mixed/_SUCCESS").exists());
 }
 
+/// The part files of an output folder (none when it does not exist).
+fn part_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("part-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_run_failing_on_its_first_row_commits_no_empty_part() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("first.jsonl"), "{nope\n{\"text\":\"fine\"}\n").unwrap();
+    pipeline(&fx, d, "first", "first.jsonl", "", None);
+    expect(d, "first", 1, &["first.jsonl:1: invalid JSON"]);
+    assert_eq!(part_files(&d.join("out-first")), Vec::<String>::new());
+}
+
+#[test]
+fn skipped_rows_do_not_cut_parts() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 2,000 rows, every 20th bad: 100 rejects.
+    let body: String = (0..2000)
+        .map(|i| {
+            if i % 20 == 7 {
+                format!("{{\"id\":{i},\"text\":{i}}}\n")
+            } else {
+                format!("{{\"id\":{i},\"text\":\"row {i} reads well\"}}\n")
+            }
+        })
+        .collect();
+    std::fs::write(d.join("many.jsonl"), body).unwrap();
+    pipeline(&fx, d, "many", "many.jsonl", "on_error = \"skip\"", None);
+    expect(d, "many", 3, &["1900 rows", "(100 rejected"]);
+    let out = d.join("out-many");
+    assert_eq!(part_files(&out), ["part-00000.parquet"]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("_manifest.json")).unwrap())
+            .unwrap();
+    // The part covers the whole input, rejected rows included, so a resume starts after it.
+    let p = &m["parts"][0];
+    assert_eq!(
+        (
+            p["first_row"].as_u64(),
+            p["input_rows"].as_u64(),
+            p["rows"].as_u64()
+        ),
+        (Some(0), Some(2000), Some(1900))
+    );
+    assert_eq!(m["rejected"], 100);
+}
+
 #[test]
 fn broken_files_and_pipelines_name_their_cause() {
     let Some(fx) = fixture() else { return };

@@ -19,7 +19,7 @@ const FLOAT_TOL: f64 = 1e-5;
 
 /// A few thousand rows of varied length over two JSONL files and a Parquet file with several
 /// row groups.
-fn write_corpus(dir: &Path, rows: usize) {
+pub(crate) fn write_corpus(dir: &Path, rows: usize) {
     let words = [
         "the", "night", "job", "reads", "every", "row", "once", "and", "writes", "it", "back",
         "with", "scores", "models", "tokens", "river", "quiet", "loud", "great", "awful",
@@ -63,7 +63,7 @@ fn write_corpus(dir: &Path, rows: usize) {
     w.close().unwrap();
 }
 
-fn write_pipeline(fx: &Fixture, dir: &Path, out: &str, part_rows: usize) {
+pub(crate) fn write_pipeline(fx: &Fixture, dir: &Path, out: &str, part_rows: usize) {
     let toml = format!(
         r#"[input]
 path = "input/*"
@@ -89,7 +89,7 @@ model = "{mlm}"
     std::fs::write(dir.join(format!("{out}.toml")), toml).unwrap();
 }
 
-fn spawn(cwd: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn(cwd: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_mbpipe"))
         .args(args)
         .current_dir(cwd)
@@ -101,7 +101,7 @@ fn spawn(cwd: &Path, args: &[&str]) -> Child {
         .expect("cannot start mbpipe")
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -110,7 +110,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// The visible part files of an output folder, in name order.
-fn part_names(dir: &Path) -> Vec<String> {
+pub(crate) fn part_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -122,7 +122,7 @@ fn part_names(dir: &Path) -> Vec<String> {
 }
 
 /// Every row of an output folder as JSON, reading parts in name order as any reader would.
-fn rows_of(dir: &Path) -> Vec<Value> {
+pub(crate) fn rows_of(dir: &Path) -> Vec<Value> {
     let mut rows = Vec::new();
     for name in part_names(dir) {
         let f = std::fs::File::open(dir.join(name)).unwrap();
@@ -176,7 +176,7 @@ fn assert_same_output(got: &Path, want: &Path) {
     }
 }
 
-fn manifest(dir: &Path, name: &str) -> Value {
+pub(crate) fn manifest(dir: &Path, name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
 }
 
@@ -296,6 +296,33 @@ fn sigint_commits_finished_parts_and_the_rerun_resumes() {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(hidden.is_empty(), "{hidden:?}");
+        // The stop is announced at once with the rows it commits, and those are what is on disk.
+        let committed: u64 = err
+            .split("stopping: finishing the current batch, committing ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no stopping line in:\n{err}"));
+        assert!(
+            err.contains(&format!("interrupted: {committed} rows are committed")),
+            "{err}"
+        );
+        assert_eq!(rows_of(&dir.join("out")).len() as u64, committed);
+
+        // A committed part damaged on disk is refused, never resumed over.
+        let first = dir.join("out/part-00000.parquet");
+        let bytes = std::fs::read(&first).unwrap();
+        std::fs::write(&first, &bytes[..bytes.len() / 2]).unwrap();
+        let o = mbpipe(dir, &["run", "out.toml"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("part-00000.parquet is")
+                && stderr(&o).contains("use --overwrite to start over"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!dir.join("out/_SUCCESS").exists());
+        std::fs::write(&first, &bytes).unwrap();
 
         // A different dtype would compute different values: refused, saying what changed.
         let o = mbpipe(dir, &["run", "out.toml", "--dtype", "bf16"]);

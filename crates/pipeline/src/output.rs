@@ -12,7 +12,8 @@ use mbpipe_io::{OutputFormat, PartWriter};
 use serde::Serialize;
 
 use crate::error::PipelineError;
-use crate::resume::{Journal, OutputNames};
+use crate::names::OutputNames;
+use crate::resume::Journal;
 
 /// Default rows per part file; a part never spans two input files.
 pub const PART_ROWS: u64 = 100_000;
@@ -49,11 +50,25 @@ pub struct PartRecord {
     /// Real tokens computed for the part's rows.
     #[serde(default)]
     pub tokens: u64,
+    /// The file's size when committed; a resume checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// What the writer thread is sent, in input order.
+enum SinkItem {
+    /// A window of output rows.
+    Chunk(OutputChunk),
+    /// A rejected input row (file index, row): the part that goes on past it covers it, so
+    /// rejected rows do not cut parts.
+    Rejected(usize, u64),
+    /// The run completed: a run without any row still gets one (empty) part for the schema.
+    Complete,
 }
 
 /// Writes parts on a thread of its own so Parquet encoding overlaps inference.
 pub struct PartSink {
-    tx: Option<SyncSender<OutputChunk>>,
+    tx: Option<SyncSender<SinkItem>>,
     handle: Option<JoinHandle<Result<Vec<PartRecord>, PipelineError>>>,
 }
 
@@ -68,20 +83,49 @@ impl PartSink {
         mut journal: Journal,
         first_seq: u64,
     ) -> Self {
-        let (tx, rx) = sync_channel::<OutputChunk>(2);
+        let (tx, rx) = sync_channel::<SinkItem>(2);
         let handle = std::thread::Builder::new()
             .name("mbpipe-writer".into())
             .spawn(move || {
                 let mut parts = Vec::new();
                 let mut current: Option<OpenPart> = None;
                 let mut seq = first_seq;
-                let mut commit = |part: OpenPart, parts: &mut Vec<PartRecord>| {
-                    part.writer.finish()?;
+                let mut commit = |mut part: OpenPart, parts: &mut Vec<PartRecord>| {
+                    let path = part.writer.finish()?;
+                    let bytes = std::fs::metadata(&path).map_err(|e| {
+                        PipelineError::Run(format!("cannot stat {}: {e}", path.display()))
+                    })?;
+                    part.record.bytes = Some(bytes.len());
                     journal.append(part.seq, &part.record)?;
                     parts.push(part.record);
                     Ok::<_, PipelineError>(())
                 };
-                for chunk in rx {
+                let mut complete = false;
+                // Rejected rows (file, first, end) met while no part was open: the next part
+                // starts at them when it continues right after.
+                let mut gap: Option<(usize, u64, u64)> = None;
+                for item in rx {
+                    let chunk = match item {
+                        SinkItem::Chunk(chunk) => chunk,
+                        SinkItem::Complete => {
+                            complete = true;
+                            continue;
+                        }
+                        SinkItem::Rejected(file, row) => {
+                            let open_part = current.as_mut().filter(|p| {
+                                p.record.input == inputs[file]
+                                    && p.record.first_row + p.record.input_rows == row
+                            });
+                            if let Some(p) = open_part {
+                                p.record.input_rows += 1;
+                            } else if gap.is_some_and(|(f, _, end)| f == file && end == row) {
+                                gap = gap.map(|(f, first, end)| (f, first, end + 1));
+                            } else {
+                                gap = Some((file, row, row + 1));
+                            }
+                            continue;
+                        }
+                    };
                     let continues = current.as_ref().is_some_and(|p| {
                         p.record.input == inputs[chunk.file]
                             && p.record.first_row + p.record.input_rows == chunk.first_input_row
@@ -95,14 +139,22 @@ impl PartSink {
                         let name = layout.names.part(seq, layout.format);
                         let writer =
                             PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
-                        let record = PartRecord {
+                        let mut record = PartRecord {
                             file: name,
                             input: inputs[chunk.file].clone(),
                             first_row: chunk.first_input_row,
                             input_rows: 0,
                             rows: 0,
                             tokens: 0,
+                            bytes: None,
                         };
+                        if let Some((_, first, end)) = gap
+                            .take()
+                            .filter(|&(f, _, end)| f == chunk.file && end == chunk.first_input_row)
+                        {
+                            record.first_row = first;
+                            record.input_rows = end - first;
+                        }
                         current = Some(OpenPart {
                             writer,
                             record,
@@ -111,6 +163,7 @@ impl PartSink {
                         });
                         seq += 1;
                     }
+                    gap = None;
                     let p = current.as_mut().expect("a part is open, this is a bug");
                     p.writer.write(&chunk.batch)?;
                     p.record.input_rows += chunk.input_rows;
@@ -120,8 +173,9 @@ impl PartSink {
                 if let Some(p) = current.take() {
                     commit(p, &mut parts)?;
                 }
-                if parts.is_empty() && first_seq == 0 {
-                    // No rows at all: one empty part still gives readers the schema.
+                if complete && parts.is_empty() && first_seq == 0 {
+                    // No rows at all: one empty part still gives readers the schema. Never for a
+                    // failed or interrupted run: it would look like committed work.
                     let name = layout.names.part(seq, layout.format);
                     let writer =
                         PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
@@ -132,6 +186,7 @@ impl PartSink {
                         input_rows: 0,
                         rows: 0,
                         tokens: 0,
+                        bytes: None,
                     };
                     let opened = Instant::now();
                     commit(
@@ -155,16 +210,30 @@ impl PartSink {
 
     /// Queues a window for writing (blocks while the writer is two windows behind).
     pub fn send(&self, chunk: OutputChunk) -> Result<(), PipelineError> {
+        self.send_item(SinkItem::Chunk(chunk))
+    }
+
+    /// Records rejected input row `row` of input file `file`, after the windows before it.
+    pub fn rejected(&self, file: usize, row: u64) -> Result<(), PipelineError> {
+        self.send_item(SinkItem::Rejected(file, row))
+    }
+
+    fn send_item(&self, item: SinkItem) -> Result<(), PipelineError> {
         let tx = self.tx.as_ref().expect("sink is open, this is a bug");
-        if tx.send(chunk).is_err() {
+        if tx.send(item).is_err() {
             // The writer stopped on an error; `finish` reports it.
             return Err(PipelineError::Run("the output writer stopped".into()));
         }
         Ok(())
     }
 
-    /// Closes the last part and returns the records of every committed part.
-    pub fn finish(mut self) -> Result<Vec<PartRecord>, PipelineError> {
+    /// Closes the last part and returns the records of every committed part; `complete` says
+    /// the run read all its input (an interrupted or failed one did not).
+    pub fn finish(mut self, complete: bool) -> Result<Vec<PartRecord>, PipelineError> {
+        if complete {
+            // A writer that stopped on an error reports it below.
+            let _ = self.send_item(SinkItem::Complete);
+        }
         self.tx.take();
         let handle = self.handle.take().expect("finish runs once, this is a bug");
         handle

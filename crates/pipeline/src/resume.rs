@@ -2,81 +2,26 @@
 //! resumes where the last committed part ended.
 //!
 //! The journal (`_progress.jsonl`, per shard `_progress.shard-I-of-N.jsonl`) starts with the
-//! run's fingerprint (pipeline text, dtype, model files, input files) and gets one line per part,
-//! appended and synced after the part's atomic rename. A part on disk that the journal does not
-//! list (killed between the rename and the append) is removed on resume and computed again.
+//! run's fingerprint (pipeline text, dtype, model files, input files) and gets one line per part
+//! (its file, size, rows and input range), appended and synced after the part's atomic rename. A
+//! part on disk numbered after the journal's last (killed between the rename and the append) is
+//! removed on resume and computed again. A resume first checks that the journal is contiguous and
+//! every committed part is on disk as recorded; a damaged folder is an error, never resumed.
+//!
+//! Nothing is changed before the whole run is checked: [`plan`] decides (reading only) what to
+//! keep and what to delete, [`start`] does it once the models are loaded and every check passed.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
-use mbpipe_io::{InputFile, OutputFormat};
+use mbpipe_io::InputFile;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
+use crate::names::OutputNames;
 use crate::output::PartRecord;
-
-/// Names of one run's files in the output directory: plain, or with a shard suffix.
-#[derive(Debug, Clone, Copy)]
-pub struct OutputNames {
-    /// `(I, N)` for `--shard I/N`.
-    pub shard: Option<(usize, usize)>,
-}
-
-impl OutputNames {
-    fn suffix(&self) -> String {
-        self.shard
-            .map_or(String::new(), |(i, n)| format!(".shard-{i}-of-{n}"))
-    }
-
-    /// The journal of committed parts.
-    pub fn journal(&self) -> String {
-        format!("_progress{}.jsonl", self.suffix())
-    }
-
-    /// The rejected-rows log (shards keep their own, so concurrent shards never share a file).
-    pub fn rejects(&self) -> String {
-        format!("_rejects{}.jsonl", self.suffix())
-    }
-
-    /// The manifest.
-    pub fn manifest(&self) -> String {
-        format!("_manifest{}.json", self.suffix())
-    }
-
-    /// The success marker.
-    pub fn success(&self) -> String {
-        format!("_SUCCESS{}", self.suffix())
-    }
-
-    /// The name prefix of this run's part files.
-    fn part_prefix(&self) -> String {
-        match self.shard {
-            None => "part-".to_string(),
-            Some((i, _)) => format!("part-{i:05}-"),
-        }
-    }
-
-    /// Part `seq` of this run: `part-00007.parquet`, or `part-00002-00007.parquet` for shard 2,
-    /// so that the parts of all shards sort by name into input order.
-    pub fn part(&self, seq: u64, format: OutputFormat) -> String {
-        format!("{}{seq:05}.{}", self.part_prefix(), format.extension())
-    }
-
-    /// Whether `name` is one of this run's part files, finished (`part-…`) or not (`.part-….tmp`).
-    fn owns_part(&self, name: &str) -> bool {
-        let name = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(".tmp"))
-            .unwrap_or(name);
-        let Some(rest) = name.strip_prefix(&self.part_prefix()) else {
-            return false;
-        };
-        let seq = rest.split('.').next().unwrap_or("");
-        !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit())
-    }
-}
 
 /// A file's identity for change detection: path, size and modification time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,60 +186,129 @@ impl Resumed {
     }
 }
 
-/// Opens the journal for a run: resumes a previous unfinished run with the same fingerprint
-/// (removing its uncommitted leftovers), refuses one whose fingerprint differs, and starts a new
-/// journal otherwise.
-pub fn open(
+/// What starting the run will do to its output folder, decided and checked before any change.
+#[derive(Debug)]
+pub struct Plan {
+    dir: PathBuf,
+    names: OutputNames,
+    fingerprint: Fingerprint,
+    /// The committed parts kept, and where reading restarts.
+    pub resumed: Resumed,
+    /// This run's files to delete: uncommitted leftovers, or everything of this run's with
+    /// `--overwrite`.
+    remove: Vec<String>,
+}
+
+/// Decides, reading only, how a run starts in `dir` (whose entries, all mbpipe's, are
+/// `entries`): with `overwrite`, from scratch, deleting only this run's (shard's) own files; else
+/// resuming a previous unfinished run with the same fingerprint, after checking that its journal
+/// is contiguous and its parts are intact. Refuses a changed fingerprint, a damaged folder and
+/// part files that no journal or manifest accounts for.
+pub fn plan(
     dir: &Path,
     names: OutputNames,
+    entries: &[String],
     fingerprint: &Fingerprint,
-) -> Result<(Journal, Resumed), PipelineError> {
-    let path = dir.join(names.journal());
-    let resumed = if path.exists() {
-        let (old, resumed) = read_journal(&path)?;
-        let changes = old.changes(fingerprint);
-        // Nothing committed yet means nothing to be inconsistent with: start over quietly.
-        if !changes.is_empty() && !resumed.parts.is_empty() {
-            return Err(PipelineError::Invalid(format!(
-                "{} holds an unfinished run that cannot be resumed: since it started, {} changed. Use --overwrite to start over",
-                dir.display(),
-                changes.join("; ")
-            )));
+    overwrite: bool,
+) -> Result<Plan, PipelineError> {
+    let has = |name: &str| entries.iter().any(|e| e == name);
+    let parts: Vec<(&String, u64)> = entries
+        .iter()
+        .filter_map(|n| names.part_seq(n).map(|seq| (n, seq)))
+        .collect();
+    let temps = entries.iter().filter(|n| names.owns_temp(n)).cloned();
+    let journal_path = dir.join(names.journal());
+    let mut plan = Plan {
+        dir: dir.to_path_buf(),
+        names,
+        fingerprint: fingerprint.clone(),
+        resumed: Resumed::default(),
+        remove: temps.collect(),
+    };
+    if overwrite {
+        // Without a journal (whose run numbered every part of this shard), only the parts the
+        // manifest lists are known to be mbpipe's.
+        if !has(&names.journal()) {
+            let listed = manifest_parts(dir, names);
+            if let Some(stray) = parts.iter().map(|(n, _)| *n).find(|n| !listed.contains(*n)) {
+                return Err(PipelineError::Invalid(format!(
+                    "{} holds {stray}, which neither a progress journal nor a manifest of {} \
+                     lists, so mbpipe cannot tell that it wrote it (--overwrite deletes only \
+                     files it wrote); move it away or choose another [output] path",
+                    dir.display(),
+                    names.describe()
+                )));
+            }
         }
-        Some(resumed)
-    } else {
-        if let Some(stray) = owned_parts(dir, names)?.into_iter().next() {
+        plan.remove.extend(parts.iter().map(|(n, _)| n.to_string()));
+        plan.remove
+            .extend(names.own_metadata().into_iter().filter(|n| has(n)));
+        return Ok(plan);
+    }
+    if !has(&names.journal()) {
+        if let Some((stray, _)) = parts.first() {
             return Err(PipelineError::Invalid(format!(
                 "{} already holds part files ({stray}) but no progress journal to resume from; use --overwrite to start over",
                 dir.display()
             )));
         }
-        None
+        return Ok(plan);
+    }
+    let Some((old, resumed)) = read_journal(&journal_path, names)? else {
+        // Killed before its first line: nothing was committed.
+        plan.remove.extend(parts.iter().map(|(n, _)| n.to_string()));
+        return Ok(plan);
     };
-    let keep: Vec<String> = resumed
-        .iter()
-        .flat_map(|r| r.parts.iter().map(|p| p.file.clone()))
-        .collect();
-    for name in owned_parts(dir, names)? {
-        if !keep.contains(&name) {
-            let p = dir.join(&name);
-            std::fs::remove_file(&p).map_err(|e| {
-                PipelineError::Run(format!("cannot remove uncommitted {}: {e}", p.display()))
-            })?;
-        }
+    let changes = old.changes(fingerprint);
+    // Nothing committed yet means nothing to be inconsistent with: start over quietly.
+    if !changes.is_empty() && !resumed.parts.is_empty() {
+        return Err(PipelineError::Invalid(format!(
+            "{} holds an unfinished run that cannot be resumed: since it started, {} changed. Use --overwrite to start over",
+            dir.display(),
+            changes.join("; ")
+        )));
     }
-    let mut resumed = resumed.unwrap_or_default();
+    check_contiguous(&journal_path, &resumed, fingerprint)?;
     for p in &resumed.parts {
-        if !dir.join(&p.file).is_file() {
-            return Err(PipelineError::Run(format!(
-                "{} lists committed part {} but it is missing from {}; use --overwrite to start over",
-                path.display(),
-                p.file,
-                dir.display()
-            )));
+        check_part(dir, p, &journal_path)?;
+    }
+    // Contiguous from 0, so every part numbered below `next_seq` is listed; those after it were
+    // renamed into place but never journaled.
+    plan.remove.extend(
+        parts
+            .iter()
+            .filter(|(_, seq)| *seq >= resumed.next_seq)
+            .map(|(n, _)| n.to_string()),
+    );
+    plan.resumed = resumed;
+    Ok(plan)
+}
+
+/// Carries out `plan` once every check of the run passed: deletes what it names, keeps the
+/// rejections before the resume point and opens the journal.
+pub fn start(plan: Plan) -> Result<(Journal, Resumed), PipelineError> {
+    let Plan {
+        dir,
+        names,
+        fingerprint,
+        mut resumed,
+        remove,
+    } = plan;
+    for name in &remove {
+        let p = dir.join(name);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(PipelineError::Run(format!(
+                    "cannot remove {}: {e}",
+                    p.display()
+                )))
+            }
         }
     }
-    resumed.rejected = trim_rejects(&dir.join(names.rejects()), &resumed, fingerprint)?;
+    let path = dir.join(names.journal());
+    resumed.rejected = trim_rejects(&dir.join(names.rejects()), &resumed, &fingerprint)?;
     let journal = if resumed.parts.is_empty() {
         let mut j = Journal {
             path: path.clone(),
@@ -302,14 +316,14 @@ pub fn open(
                 PipelineError::Run(format!("cannot create {}: {e}", path.display()))
             })?,
         };
-        j.write_entry(&Entry::Fingerprint(fingerprint.clone()))?;
+        j.write_entry(&Entry::Fingerprint(fingerprint))?;
         j
     } else {
         // Rewrite the journal whole: drops a line torn by a crash mid-append.
-        let mut lines = vec![Entry::Fingerprint(fingerprint.clone())];
+        let mut lines = vec![Entry::Fingerprint(fingerprint)];
         for (i, p) in resumed.parts.iter().enumerate() {
             lines.push(Entry::Part {
-                seq: resumed.next_seq - (resumed.parts.len() - i) as u64,
+                seq: i as u64,
                 part: p.clone(),
             });
         }
@@ -330,13 +344,120 @@ pub fn open(
     Ok((journal, resumed))
 }
 
+/// Checks, before `_SUCCESS` is written, that every part of the run is on disk as recorded.
+pub fn verify(dir: &Path, parts: &[PartRecord], names: OutputNames) -> Result<(), PipelineError> {
+    let journal = dir.join(names.journal());
+    parts.iter().try_for_each(|p| check_part(dir, p, &journal))
+}
+
 /// Removes the journal once the manifest and success marker are written.
 pub fn finish(dir: &Path, names: OutputNames) {
     let _ = std::fs::remove_file(dir.join(names.journal()));
 }
 
-/// Reads a journal: its fingerprint and committed parts. A torn last line is ignored.
-fn read_journal(path: &Path) -> Result<(Fingerprint, Resumed), PipelineError> {
+/// The part files a manifest of this run lists (none when there is no readable manifest).
+fn manifest_parts(dir: &Path, names: OutputNames) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Parts {
+        parts: Vec<PartRecord>,
+    }
+    std::fs::read_to_string(dir.join(names.manifest()))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Parts>(&t).ok())
+        .map_or_else(Vec::new, |m| m.parts.into_iter().map(|p| p.file).collect())
+}
+
+/// The words every "cannot resume" error ends with.
+const START_OVER: &str = "the output cannot be resumed safely; use --overwrite to start over";
+
+/// Refuses a journal whose parts are not numbered 0, 1, 2, ... with the names this run gives
+/// them, or whose input ranges leave a gap or overlap within a file or go back to an earlier file.
+fn check_contiguous(
+    path: &Path,
+    resumed: &Resumed,
+    fingerprint: &Fingerprint,
+) -> Result<(), PipelineError> {
+    let order = |input: &str| fingerprint.inputs.iter().position(|f| f.path == input);
+    for pair in resumed.parts.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let end = a.first_row + a.input_rows;
+        let broken = if a.input == b.input {
+            (b.first_row != end).then(|| {
+                format!(
+                    "part {} starts at row {} of {} but the part before it ({}) ends at row {end}",
+                    b.file, b.first_row, b.input, a.file
+                )
+            })
+        } else {
+            let backwards = matches!(
+                (order(&a.input), order(&b.input)),
+                (Some(x), Some(y)) if y <= x
+            );
+            backwards.then(|| {
+                format!(
+                    "part {} reads {} after part {} read {}, out of input order",
+                    b.file, b.input, a.file, a.input
+                )
+            })
+        };
+        if let Some(why) = broken {
+            return Err(PipelineError::Run(format!(
+                "{} is not contiguous: {why}; {START_OVER}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a committed part exists with the size (and, for Parquet, the rows) recorded.
+fn check_part(dir: &Path, p: &PartRecord, journal: &Path) -> Result<(), PipelineError> {
+    let path = dir.join(&p.file);
+    let damaged = |what: String| {
+        Err(PipelineError::Run(format!(
+            "committed part {} {what} ({} records it); {START_OVER}",
+            path.display(),
+            journal.display()
+        )))
+    };
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return damaged("is missing".into()),
+        Err(e) => return damaged(format!("cannot be read: {e}")),
+    };
+    if let Some(bytes) = p.bytes.filter(|&b| b != len) {
+        return damaged(format!(
+            "is {len} bytes but was {bytes} when committed: it was truncated or changed since"
+        ));
+    }
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let rows = File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                parquet::file::reader::SerializedFileReader::new(f).map_err(|e| e.to_string())
+            })
+            .map(|r| {
+                use parquet::file::reader::FileReader;
+                r.metadata().file_metadata().num_rows()
+            });
+        match rows {
+            Err(e) => return damaged(format!("cannot be read as Parquet: {e}")),
+            Ok(n) if n as u64 != p.rows => {
+                return damaged(format!("holds {n} rows but {} were committed", p.rows))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reads a journal: its fingerprint and committed parts, checking that the parts are numbered
+/// 0, 1, 2, ... with this run's names. A torn last line is ignored; `None` when not even the
+/// fingerprint line was written.
+fn read_journal(
+    path: &Path,
+    names: OutputNames,
+) -> Result<Option<(Fingerprint, Resumed)>, PipelineError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| PipelineError::Run(format!("cannot read {}: {e}", path.display())))?;
     let lines: Vec<&str> = text.lines().collect();
@@ -349,48 +470,45 @@ fn read_journal(path: &Path) -> Result<(Fingerprint, Resumed), PipelineError> {
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
             Err(e) => {
                 return Err(PipelineError::Run(format!(
-                    "{} line {} is damaged ({e}); use --overwrite to start over",
+                    "{} line {} is damaged ({e}); {START_OVER}",
                     path.display(),
                     i + 1
                 )))
             }
         };
         match entry {
-            Entry::Fingerprint(f) => fingerprint = Some(f),
+            Entry::Fingerprint(f) if i == 0 => fingerprint = Some(f),
+            Entry::Fingerprint(_) => {
+                return Err(PipelineError::Run(format!(
+                    "{} line {} repeats the fingerprint; {START_OVER}",
+                    path.display(),
+                    i + 1
+                )))
+            }
             Entry::Part { seq, part } => {
+                let want = resumed.parts.len() as u64;
+                if seq != want || names.part_seq(&part.file) != Some(seq) {
+                    return Err(PipelineError::Run(format!(
+                        "{} is not contiguous: line {} records part {seq} ({}) where part {want} \
+                         was expected (a line is missing or was changed); {START_OVER}",
+                        path.display(),
+                        i + 1,
+                        part.file
+                    )));
+                }
                 resumed.next_seq = seq + 1;
                 resumed.parts.push(part);
             }
         }
     }
-    let fingerprint = fingerprint.ok_or_else(|| {
-        PipelineError::Run(format!(
-            "{} has no fingerprint line; use --overwrite to start over",
+    match fingerprint {
+        Some(f) => Ok(Some((f, resumed))),
+        None if resumed.parts.is_empty() => Ok(None),
+        None => Err(PipelineError::Run(format!(
+            "{} has no fingerprint line; {START_OVER}",
             path.display()
-        ))
-    })?;
-    Ok((fingerprint, resumed))
-}
-
-/// This run's part files in `dir`, finished or not.
-fn owned_parts(dir: &Path, names: OutputNames) -> Result<Vec<String>, PipelineError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(PipelineError::Run(format!(
-                "cannot list {}: {e}",
-                dir.display()
-            )))
-        }
-    };
-    let mut out: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| names.owns_part(n))
-        .collect();
-    out.sort();
-    Ok(out)
+        ))),
+    }
 }
 
 /// Keeps only the rejections before the resume point (the rest will be met again); returns how
@@ -460,169 +578,4 @@ pub fn remaining_inputs(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stamp(path: &str, bytes: u64) -> FileStamp {
-        FileStamp {
-            path: path.into(),
-            bytes,
-            modified_ns: Some(1),
-        }
-    }
-
-    fn fingerprint() -> Fingerprint {
-        Fingerprint {
-            pipeline: "p".into(),
-            dtype: "f32".into(),
-            models: vec![ModelStamp {
-                task: "t".into(),
-                model: "m".into(),
-                revision: None,
-                files: vec![stamp("m/model.safetensors", 10)],
-            }],
-            inputs: vec![stamp("a.jsonl", 5), stamp("b.jsonl", 6)],
-        }
-    }
-
-    #[test]
-    fn a_comment_only_change_to_the_pipeline_file_does_not_block_resume() {
-        let mut a = fingerprint();
-        a.pipeline = "[input]\npath = \"a.jsonl\"\n[output]\npath = \"o\"\n".into();
-        let mut b = a.clone();
-        b.pipeline = format!(
-            "# nightly run\n\n{}# done\n",
-            a.pipeline.replace("\"o\"", "'o'")
-        );
-        assert!(a.changes(&b).is_empty(), "{:?}", a.changes(&b));
-        b.pipeline = a.pipeline.replace("\"o\"", "\"p\"");
-        assert_eq!(a.changes(&b), ["the pipeline file's content"]);
-    }
-
-    #[test]
-    fn changes_are_named() {
-        let a = fingerprint();
-        assert!(a.changes(&a).is_empty());
-        let mut b = a.clone();
-        b.pipeline = "q".into();
-        b.dtype = "bf16".into();
-        b.models[0].files[0].bytes = 11;
-        b.inputs[1].bytes = 7;
-        b.inputs.push(stamp("c.jsonl", 1));
-        let c = a.changes(&b).join("; ");
-        for want in [
-            "pipeline file",
-            "--dtype (was f32, now bf16)",
-            "model of task `t`",
-            "input b.jsonl was modified (6 bytes before, 7 now)",
-            "input c.jsonl is new",
-        ] {
-            assert!(c.contains(want), "{want} missing from {c}");
-        }
-    }
-
-    #[test]
-    fn part_names_sort_across_shards_and_are_recognised() {
-        let plain = OutputNames { shard: None };
-        let s2 = OutputNames {
-            shard: Some((2, 10)),
-        };
-        let s10 = OutputNames {
-            shard: Some((10, 11)),
-        };
-        assert_eq!(plain.part(7, OutputFormat::Parquet), "part-00007.parquet");
-        assert_eq!(s2.part(7, OutputFormat::ArrowIpc), "part-00002-00007.arrow");
-        assert!(s2.part(99, OutputFormat::Parquet) < s10.part(0, OutputFormat::Parquet));
-        assert!(plain.owns_part("part-00007.parquet"));
-        assert!(plain.owns_part(".part-00007.parquet.tmp"));
-        assert!(!plain.owns_part("part-00002-00007.parquet"));
-        assert!(s2.owns_part("part-00002-00007.parquet"));
-        assert!(!s2.owns_part("part-00003-00007.parquet"));
-        assert!(!plain.owns_part("_manifest.json"));
-        assert_eq!(s2.journal(), "_progress.shard-2-of-10.jsonl");
-    }
-
-    #[test]
-    fn journal_round_trip_drops_uncommitted_parts_and_late_rejects() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = OutputNames { shard: None };
-        let fp = fingerprint();
-        let (mut j, r) = open(dir.path(), names, &fp).unwrap();
-        assert!(r.parts.is_empty());
-        let part = |seq: u64, first_row: u64| PartRecord {
-            file: names.part(seq, OutputFormat::Parquet),
-            input: "a.jsonl".into(),
-            first_row,
-            input_rows: 10,
-            rows: 10,
-            tokens: 40,
-        };
-        for seq in 0..2 {
-            std::fs::write(
-                dir.path().join(names.part(seq, OutputFormat::Parquet)),
-                b"x",
-            )
-            .unwrap();
-            j.append(seq, &part(seq, seq * 10)).unwrap();
-        }
-        drop(j);
-        // Killed after renaming part 2 but before journaling it; a temp file of part 3; and a
-        // half-written journal line.
-        std::fs::write(dir.path().join("part-00002.parquet"), b"x").unwrap();
-        std::fs::write(dir.path().join(".part-00003.parquet.tmp"), b"x").unwrap();
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join(names.journal()))
-            .unwrap();
-        f.write_all(b"{\"part\":{\"seq\":2,").unwrap();
-        std::fs::write(
-            dir.path().join(names.rejects()),
-            "{\"file\":\"a.jsonl\",\"row\":5,\"reason\":\"x\"}\n{\"file\":\"a.jsonl\",\"row\":25,\"reason\":\"y\"}\n",
-        )
-        .unwrap();
-
-        let (_, r) = open(dir.path(), names, &fp).unwrap();
-        assert_eq!(r.parts, [part(0, 0), part(1, 10)]);
-        assert_eq!(r.next_seq, 2);
-        assert_eq!(r.position(), Some(("a.jsonl", 20)));
-        assert_eq!(r.rejected, 1);
-        assert!(!dir.path().join("part-00002.parquet").exists());
-        assert!(!dir.path().join(".part-00003.parquet.tmp").exists());
-        let rejects = std::fs::read_to_string(dir.path().join(names.rejects())).unwrap();
-        assert!(rejects.contains("\"row\":5") && !rejects.contains("\"row\":25"));
-
-        let mut changed = fp.clone();
-        changed.inputs[0].bytes = 99;
-        let err = open(dir.path(), names, &changed).unwrap_err().to_string();
-        assert!(err.contains("input a.jsonl was modified"), "{err}");
-    }
-
-    #[test]
-    fn remaining_inputs_start_after_the_last_part() {
-        let f = |p: &str| {
-            InputFile::new(
-                PathBuf::from(p),
-                mbpipe_io::InputFormat::JsonLines {
-                    compression: mbpipe_io::Compression::None,
-                },
-            )
-        };
-        let resumed = Resumed {
-            parts: vec![PartRecord {
-                file: "part-00000.parquet".into(),
-                input: "b.jsonl".into(),
-                first_row: 0,
-                input_rows: 7,
-                rows: 7,
-                tokens: 0,
-            }],
-            next_seq: 1,
-            rejected: 0,
-        };
-        let rest =
-            remaining_inputs(vec![f("a.jsonl"), f("b.jsonl"), f("c.jsonl")], &resumed).unwrap();
-        assert_eq!(rest.len(), 2);
-        assert_eq!(rest[0].rows, Some(7..u64::MAX));
-        assert_eq!(rest[1].rows, None);
-    }
-}
+mod tests;

@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -27,10 +27,11 @@ use crate::columns::{task_columns, RowValue};
 use crate::config::{OnErrorSetting, OutputFormatSetting};
 use crate::engine::{configure_threads, LoadedModel};
 use crate::error::PipelineError;
+use crate::names::OutputNames;
 use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartLayout, PartSink};
 use crate::progress::{Progress, TotalRows};
 use crate::query::InputQuery;
-use crate::resume::{self, FileStamp, Fingerprint, ModelStamp, OutputNames};
+use crate::resume::{self, FileStamp, Fingerprint, ModelStamp};
 use crate::rows::{check_text_columns, row_texts};
 use crate::tasks::{BoundTask, InputVariant, RowInput, TaskBatchOutput, TaskBatchRow};
 use crate::validate::Pipeline;
@@ -133,18 +134,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     check_text_columns(&pipeline.input.text, &row_schema)?;
 
     let out_dir = pipeline.output_dir.clone();
-    if out_dir.exists() && !out_dir.is_dir() {
-        return Err(PipelineError::Invalid(format!(
-            "[output] path {} exists and is not a directory; the output is a folder of part files",
-            out_dir.display()
-        )));
-    }
+    // Checked and locked, but nothing in it changes before every check of the run has passed.
+    let folder = crate::folder::open(&out_dir, names, &pipeline.input.path, &all_files)?;
     let marker = out_dir.join(names.success());
-    if opts.overwrite && out_dir.exists() {
-        std::fs::remove_dir_all(&out_dir)
-            .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", out_dir.display())))?;
-    }
-    if marker.exists() {
+    if !opts.overwrite && folder.entries.contains(&names.success()) {
         eprintln!(
             "mbpipe: {} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
             out_dir.display(),
@@ -161,8 +154,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         Some((i, n)) => mbpipe_io::shard_files(&all_files, i, n)?,
         None => all_files.clone(),
     };
-    std::fs::create_dir_all(&out_dir)
-        .map_err(|e| PipelineError::Run(format!("cannot create {}: {e}", out_dir.display())))?;
 
     // Models: one replica of each distinct model per device.
     let load_start = Instant::now();
@@ -202,15 +193,15 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             .map(|f| FileStamp::of(&f.path))
             .collect::<Result<_, _>>()?,
     };
-    let (journal, resumed) = resume::open(&out_dir, names, &fingerprint)?;
-    if let Some((input, row)) = resumed.position() {
-        eprintln!(
-            "mbpipe: resuming: {} committed part file(s) kept; continuing from {input} row {row}",
-            resumed.parts.len()
-        );
-    }
+    let plan = resume::plan(
+        &out_dir,
+        names,
+        &folder.entries,
+        &fingerprint,
+        opts.overwrite,
+    )?;
     let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-    let files = resume::remaining_inputs(files, &resumed)?;
+    let files = resume::remaining_inputs(files, &plan.resumed)?;
     let mut replicas: Vec<Replica> = Vec::new();
     for &device in &opts.devices {
         let dev = device.open()?;
@@ -283,19 +274,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         OutputFormatSetting::Parquet => OutputFormat::Parquet,
         OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
     };
-    let input_names: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-    let sink = PartSink::start(
-        out_dir.clone(),
-        out_schema.clone(),
-        PartLayout {
-            names,
-            format,
-            part_rows: pipeline.part_rows,
-        },
-        input_names,
-        journal,
-        resumed.next_seq,
-    );
 
     // Reader thread.
     let on_error = match pipeline.input.on_error {
@@ -325,6 +303,32 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             ..Default::default()
         },
     )?;
+
+    // Every check passed: only now is the folder changed (leftovers removed, or with
+    // --overwrite this run's own files).
+    let (journal, resumed) = resume::start(plan)?;
+    if let Some((input, row)) = resumed.position() {
+        eprintln!(
+            "mbpipe: resuming: {} committed part file(s) kept; continuing from {input} row {row}",
+            resumed.parts.len()
+        );
+    }
+    let input_names: Vec<String> = files_to_count
+        .iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
+    let sink = PartSink::start(
+        out_dir.clone(),
+        out_schema.clone(),
+        PartLayout {
+            names,
+            format,
+            part_rows: pipeline.part_rows,
+        },
+        input_names.clone(),
+        journal,
+        resumed.next_seq,
+    );
     let (src_tx, src_rx) = sync_channel(2);
     let reader = std::thread::Builder::new()
         .name("mbpipe-reader".into())
@@ -371,8 +375,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         tokenizers: &tokenizers,
         pool: &pool,
         max_batch_tokens: opts.max_batch_tokens.max(1),
+        stop: &stop,
     };
     let mut interrupted = false;
+    let resumed_rows: u64 = resumed.parts.iter().map(|p| p.rows).sum();
     // Tokenizing and packing run one window ahead on their own thread, so the workers never
     // wait for the tokenizer; the bounded channel keeps at most two windows prepared.
     let (prep_tx, prep_rx) = sync_channel::<Result<Prepared, PipelineError>>(1);
@@ -394,31 +400,34 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 }
             })
             .map_err(|e| PipelineError::Run(format!("cannot start the tokenizer: {e}")))?;
-        let mut in_flight: Option<(usize, u64, u64, SubmittedWindow)> = None;
-        // Assembles and sends a finished window; returns (rows, input rows, tokens).
-        let write_window = |(file, first_row, input_rows, submitted): (
-            usize,
-            u64,
-            u64,
-            SubmittedWindow,
-        )|
-         -> Result<(u64, u64, u64), PipelineError> {
-            let (batch, window_tokens) = finish_window(ctx, submitted)?;
+        let mut in_flight: Option<InFlight> = None;
+        // Assembles and sends a finished window and the rejected rows after it; returns (rows,
+        // input rows, tokens), or None when a stop signal came first.
+        let write_window = |w: InFlight| -> Result<Option<(u64, u64, u64)>, PipelineError> {
+            let Some((batch, window_tokens)) = finish_window(ctx, w.submitted)? else {
+                return Ok(None);
+            };
             let rows = batch.num_rows() as u64;
             sink.send(OutputChunk {
-                file,
-                first_input_row: first_row,
-                input_rows,
+                file: w.file,
+                first_input_row: w.first_row,
+                input_rows: w.input_rows,
                 batch,
                 tokens: window_tokens,
             })?;
-            Ok((rows, input_rows, window_tokens))
-        };
-        for prepared in prep_rx {
-            if stop.load(Ordering::Relaxed) {
-                interrupted = true;
-                break;
+            for (file, row) in w.rejected_after {
+                sink.rejected(file, row)?;
             }
+            Ok(Some((rows, w.input_rows, window_tokens)))
+        };
+        // Only this loop watches for a stop (polling, so a signal is seen at once): it alone
+        // knows what was finished.
+        while !stop.load(Ordering::Relaxed) {
+            let prepared = match prep_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(p) => p,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             match prepared? {
                 Prepared::Rejected(rej) => {
                     let w = match &mut rejects {
@@ -429,6 +438,17 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     };
                     w.write(&rej)?;
                     progress.rejected(1);
+                    // The part that goes on past a rejected row covers it (after the window
+                    // before it), so rejects do not cut parts.
+                    let file = input_names
+                        .iter()
+                        .position(|n| *n == rej.path.display().to_string());
+                    if let Some(at) = file.zip(rej.row) {
+                        match &mut in_flight {
+                            Some(w) => w.rejected_after.push(at),
+                            None => sink.rejected(at.0, at.1)?,
+                        }
+                    }
                 }
                 Prepared::Window {
                     file,
@@ -439,10 +459,18 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     // The devices start on this window while the previous one is assembled and
                     // written, so they do not idle between windows.
                     let submitted = submit_window(ctx, window);
-                    if let Some(previous) =
-                        in_flight.replace((file, first_row, input_rows, submitted))
-                    {
-                        let (rows, input_rows, window_tokens) = write_window(previous)?;
+                    let next = InFlight {
+                        file,
+                        first_row,
+                        input_rows,
+                        submitted,
+                        rejected_after: Vec::new(),
+                    };
+                    if let Some(previous) = in_flight.replace(next) {
+                        let Some((rows, input_rows, window_tokens)) = write_window(previous)?
+                        else {
+                            break;
+                        };
                         tokens += window_tokens;
                         rows_written += rows;
                         progress.advance(rows, input_rows, window_tokens);
@@ -450,22 +478,37 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 }
             }
         }
-        // Interrupted: the window in flight is dropped (its unstarted batches are cancelled);
-        // it was never committed, so a resume redoes it.
+        // The tokenizer stops at its next send.
+        drop(prep_rx);
+        interrupted = stop.load(Ordering::Relaxed);
         if !interrupted {
             if let Some(last) = in_flight.take() {
-                let (rows, input_rows, window_tokens) = write_window(last)?;
-                tokens += window_tokens;
-                rows_written += rows;
-                progress.advance(rows, input_rows, window_tokens);
+                match write_window(last)? {
+                    Some((rows, input_rows, window_tokens)) => {
+                        tokens += window_tokens;
+                        rows_written += rows;
+                        progress.advance(rows, input_rows, window_tokens);
+                    }
+                    None => interrupted = true,
+                }
             }
+        }
+        if interrupted {
+            // The window in flight is dropped: its unstarted batches are cancelled and only
+            // the batches on the devices finish. It was never committed, so a resume redoes it.
+            drop(in_flight.take());
+            eprintln!(
+                "mbpipe: stopping: finishing the current batch, committing {} rows (a second signal exits at once)",
+                resumed_rows + rows_written
+            );
         }
         Ok::<(), PipelineError>(())
     });
     drop(pool);
     let _ = reader.join();
     // A writer failure (a full disk) is the root cause of a failed send: report it first.
-    let new_parts = match (result, sink.finish()) {
+    let complete = result.is_ok() && !interrupted;
+    let new_parts = match (result, sink.finish(complete)) {
         (_, Err(writer)) => return Err(writer),
         (Err(e), _) => return Err(e),
         (Ok(()), Ok(parts)) => parts,
@@ -486,6 +529,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             out_dir.display()
         )));
     }
+    // Never a _SUCCESS over a folder that is not complete.
+    resume::verify(&out_dir, &parts, names)?;
     let manifest = Manifest {
         mbpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.source.clone(),
@@ -640,6 +685,8 @@ struct WindowContext<'a> {
     tokenizers: &'a [Tokenizer],
     pool: &'a WorkerPool,
     max_batch_tokens: usize,
+    /// Set by SIGINT/SIGTERM: waits for results give up, so a stop takes one batch.
+    stop: &'a AtomicBool,
 }
 
 /// A window tokenized and packed, ready for the workers.
@@ -713,6 +760,15 @@ fn prepare(
     })
 }
 
+/// The window on the workers, the input rows it covers, and the rejected rows right after it.
+struct InFlight {
+    file: usize,
+    first_row: u64,
+    input_rows: u64,
+    submitted: SubmittedWindow,
+    rejected_after: Vec<(usize, u64)>,
+}
+
 /// A window whose batches are on the workers.
 struct SubmittedWindow {
     rows: RecordBatch,
@@ -758,17 +814,18 @@ fn submit_window(ctx: &WindowContext<'_>, window: PreparedWindow) -> SubmittedWi
 }
 
 /// Waits for a submitted window's results and assembles its output batch; returns it with its
-/// real tokens.
+/// real tokens, or None when a stop signal came first.
 fn finish_window(
     ctx: &WindowContext<'_>,
     window: SubmittedWindow,
-) -> Result<(RecordBatch, u64), PipelineError> {
+) -> Result<Option<(RecordBatch, u64)>, PipelineError> {
     let WindowContext {
         keep,
         out_schema,
         tasks,
         groups,
         tokenizers,
+        stop,
         ..
     } = *ctx;
     let SubmittedWindow {
@@ -782,7 +839,10 @@ fn finish_window(
         // Per task in the group, per row: the sequence outputs in chunk order.
         let mut per_row: Vec<Vec<Vec<(usize, TaskBatchRow)>>> =
             vec![vec![Vec::new(); n]; group.tasks.len()];
-        for (tag, outputs) in pending.wait()? {
+        let Some(results) = pending.wait_unless(stop)? else {
+            return Ok(None);
+        };
+        for (tag, outputs) in results {
             for (slot, output) in outputs.into_iter().enumerate() {
                 for ((row, chunk), r) in keys[tag].iter().zip(TaskBatchOutput::into_rows(output)) {
                     per_row[slot][*row].push((*chunk, r));
@@ -809,7 +869,7 @@ fn finish_window(
         );
     }
     let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
-    Ok((batch, tokens))
+    Ok(Some((batch, tokens)))
 }
 
 #[cfg(test)]

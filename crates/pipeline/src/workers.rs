@@ -8,7 +8,7 @@
 //! length.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,7 +75,7 @@ impl ModelClock {
     }
 }
 
-/// Jobs handed to the pool by [`WorkerPool::submit`]; dropping it before [`Pending::wait`]
+/// Jobs handed to the pool by [`WorkerPool::submit`]; dropping it before [`Pending::wait_unless`]
 /// cancels those not started.
 pub struct Pending {
     replies: Receiver<JobResult>,
@@ -153,19 +153,27 @@ impl WorkerPool {
 }
 
 impl Pending {
-    /// Waits for every job; results in order of completion, with tags. The first error is
-    /// returned (and the jobs not yet started are cancelled).
-    pub fn wait(self) -> Result<Vec<(usize, Vec<TaskBatchOutput>)>, PipelineError> {
+    /// Waits for every job (results in order of completion, with tags; the first error is
+    /// returned), but gives up (`None`, cancelling the jobs not started) soon after
+    /// `stop` is set, so an interrupt waits for the batches on the devices, not the whole window.
+    pub fn wait_unless(
+        self,
+        stop: &AtomicBool,
+    ) -> Result<Option<Vec<(usize, Vec<TaskBatchOutput>)>>, PipelineError> {
         let mut out = Vec::with_capacity(self.count);
-        for _ in 0..self.count {
-            let Ok((tag, result)) = self.replies.recv() else {
-                return Err(PipelineError::Run(
-                    "a worker stopped before finishing its batches".into(),
-                ));
-            };
-            out.push((tag, result?));
+        while out.len() < self.count {
+            match self.replies.recv_timeout(Duration::from_millis(50)) {
+                Ok((tag, result)) => out.push((tag, result?)),
+                Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return Ok(None),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(PipelineError::Run(
+                        "a worker stopped before finishing its batches".into(),
+                    ))
+                }
+            }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }
 

@@ -71,6 +71,15 @@ pub enum SqlError {
         #[source]
         source: DataFusionError,
     },
+    /// The query names a table that no `--table` gave.
+    #[error("{source}; the tables given are: {tables}")]
+    UnknownTable {
+        /// DataFusion's message, naming the table.
+        #[source]
+        source: DataFusionError,
+        /// The names given, or a hint when there are none.
+        tables: String,
+    },
     /// The query failed to parse, plan or run; the message is DataFusion's.
     #[error(transparent)]
     Query(#[from] DataFusionError),

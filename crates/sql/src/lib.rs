@@ -1,9 +1,10 @@
 //! SQL over mbpipe outputs, with [DataFusion](https://datafusion.apache.org).
 //!
 //! Each [`TableSource`] names an mbpipe output directory (its `*.parquet` or `*.arrow` part
-//! files, skipping names that start with `_` or `.`), a single `.parquet` / `.arrow` file, or a
-//! `.jsonl` / `.ndjson` file. [`run_query`] registers them and prints the result of one
-//! read-only query; [`query_batches`] returns it as Arrow batches.
+//! files, skipping names that start with `_` or `.`), a single `.parquet` / `.arrow` file, a
+//! `.jsonl` / `.ndjson` file, or a glob matching files of one format. [`run_query`] registers
+//! them and prints the result of one read-only query; [`query_batches`] returns it as Arrow
+//! batches.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -37,6 +38,7 @@
 //! state (`CREATE`, `COPY`, `INSERT`, `SET`) are refused.
 #![deny(missing_docs)]
 
+mod complete;
 mod error;
 mod output;
 mod source;
@@ -49,6 +51,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use complete::incomplete_outputs;
 pub use error::SqlError;
 pub use output::OutputFormat;
 pub use source::TableSource;
@@ -96,5 +99,18 @@ async fn plan(tables: &[TableSource], query: &str) -> Result<DataFrame, SqlError
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    Ok(ctx.sql_with_options(query, read_only).await?)
+    ctx.sql_with_options(query, read_only).await.map_err(|e| {
+        let message = e.to_string();
+        if message.contains("table '") && message.contains("' not found") {
+            let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+            let tables = if names.is_empty() {
+                "none (add --table NAME=PATH)".to_owned()
+            } else {
+                names.join(", ")
+            };
+            SqlError::UnknownTable { source: e, tables }
+        } else {
+            SqlError::Query(e)
+        }
+    })
 }

@@ -22,7 +22,8 @@ use crate::SqlError;
 /// A table to register before running a query: `NAME=PATH` on the command line.
 ///
 /// `PATH` is an mbpipe output directory (its `*.parquet` or `*.arrow` part files), a single
-/// `.parquet` or `.arrow` file, or a `.jsonl` / `.ndjson` file.
+/// `.parquet` or `.arrow` file, a `.jsonl` / `.ndjson` file, a directory of files of one of
+/// these formats, or a glob (`out/*.parquet`) matching files of one format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSource {
     /// Name the query uses for the table; case-insensitive, like any unquoted SQL identifier.
@@ -155,6 +156,13 @@ fn data_files(source: &TableSource) -> Result<(Kind, Vec<PathBuf>), SqlError> {
     };
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
+        // A path that exists is literal, whatever its characters; one that does not may be a glob.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path.to_string_lossy().contains(['*', '?', '[']) =>
+        {
+            return glob_files(source)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(SqlError::MissingPath {
                 table: source.name.clone(),
@@ -189,41 +197,89 @@ fn data_files(source: &TableSource) -> Result<(Kind, Vec<PathBuf>), SqlError> {
         };
     }
 
-    let mut parquet = Vec::new();
-    let mut arrow = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(&resolved).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
         if is_hidden(&entry.file_name().to_string_lossy()) || entry.path().is_dir() {
             continue;
         }
-        match Kind::of(Path::new(&entry.file_name())) {
-            Some(Kind::Parquet) => parquet.push(entry.path()),
-            Some(Kind::Arrow) => arrow.push(entry.path()),
-            // Manifests, logs and anything else an output directory may hold are not rows.
-            _ => {}
+        // Manifests, logs and anything else an output directory may hold are not rows.
+        if let Some(kind) = Kind::of(Path::new(&entry.file_name())) {
+            files.push((kind, entry.path()));
         }
     }
-    let (kind, mut files) = match (parquet.is_empty(), arrow.is_empty()) {
-        (false, true) => (Kind::Parquet, parquet),
-        (true, false) => (Kind::Arrow, arrow),
-        (false, false) => {
-            return Err(unsupported(format!(
-                "expected part files of one format, found {} .parquet and {} .arrow files",
-                parquet.len(),
-                arrow.len()
-            )))
-        }
-        (true, true) => {
-            return Err(unsupported(
-                "expected *.parquet or *.arrow part files in this directory, found none \
-                 (names starting with `_` or `.` are skipped)"
-                    .to_owned(),
-            ))
-        }
+    one_kind(files).map_err(|why| {
+        unsupported(format!(
+            "{why} in this directory (names starting with `_` or `.` are skipped); to read some \
+             of them, give a glob such as {}/*.parquet",
+            path.display()
+        ))
+    })
+}
+
+/// The files a glob matches (hidden names skipped), which must all be of one format.
+fn glob_files(source: &TableSource) -> Result<(Kind, Vec<PathBuf>), SqlError> {
+    let path = &source.path;
+    let unsupported = |reason: String| SqlError::Unsupported {
+        table: source.name.clone(),
+        path: path.clone(),
+        reason,
     };
-    // Part files are numbered; name order is write order.
-    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok((kind, files))
+    let pattern = path.to_string_lossy();
+    let matches = glob::glob(&pattern).map_err(|e| unsupported(format!("invalid glob: {e}")))?;
+    let mut files = Vec::new();
+    for m in matches {
+        let m = m.map_err(|e| SqlError::Io {
+            table: source.name.clone(),
+            path: e.path().to_path_buf(),
+            source: e.into_error(),
+        })?;
+        let hidden = m
+            .file_name()
+            .is_some_and(|n| is_hidden(&n.to_string_lossy()));
+        if hidden || m.is_dir() {
+            continue;
+        }
+        let kind = Kind::of(&m).ok_or_else(|| {
+            unsupported(format!(
+                "the glob matches {}, which is not a .parquet, .arrow, .jsonl or .ndjson file",
+                m.display()
+            ))
+        })?;
+        let resolved = std::fs::canonicalize(&m).map_err(|e| SqlError::Io {
+            table: source.name.clone(),
+            path: m.clone(),
+            source: e,
+        })?;
+        files.push((kind, resolved));
+    }
+    one_kind(files).map_err(|why| unsupported(format!("{why} matching the glob")))
+}
+
+/// Files sorted by name (part files are numbered: name order is write order), all of one kind;
+/// otherwise why not.
+fn one_kind(mut files: Vec<(Kind, PathBuf)>) -> Result<(Kind, Vec<PathBuf>), String> {
+    let Some(&(kind, _)) = files.first() else {
+        return Err("expected .parquet, .arrow, .jsonl or .ndjson files, found none".to_owned());
+    };
+    if files.iter().any(|(k, _)| *k != kind) {
+        let count = |k: Kind| files.iter().filter(|(x, _)| *x == k).count();
+        let found: Vec<String> = [
+            (Kind::Parquet, ".parquet"),
+            (Kind::Arrow, ".arrow"),
+            (Kind::Json, ".jsonl/.ndjson"),
+        ]
+        .into_iter()
+        .filter(|(k, _)| count(*k) > 0)
+        .map(|(k, ext)| format!("{} {ext}", count(k)))
+        .collect();
+        return Err(format!(
+            "expected files of one format, found {} files",
+            found.join(" and ")
+        ));
+    }
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok((kind, files.into_iter().map(|(_, f)| f).collect()))
 }
 
 /// Names starting with `_` or `.` are metadata or unfinished writes (`_manifest.json`,

@@ -409,3 +409,50 @@ async fn json_output_is_one_object_per_line() {
     let insult = lines[1]["toxicity_scores"]["insult"].as_f64().unwrap();
     assert!((insult - 0.9).abs() < 1e-6, "{insult}");
 }
+
+#[tokio::test]
+async fn a_folder_mixing_formats_is_refused_and_a_glob_picks_one() {
+    let dir = output_dir();
+    std::fs::write(dir.path().join("raw.jsonl"), "{\"id\":9,\"text\":\"x\"}\n").unwrap();
+    let err = query_batches(&[table("o", dir.path())], "SELECT id FROM o")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("found 2 .parquet and 1 .jsonl/.ndjson files") && err.contains("glob"),
+        "{err}"
+    );
+    let parts = dir.path().join("part-*.parquet");
+    let batches = query_batches(&[table("o", &parts)], "SELECT id FROM o")
+        .await
+        .unwrap();
+    assert_eq!(i64s(&batches, 0), vec![1, 2, 3, 4, 5]);
+    let json = dir.path().join("*.jsonl");
+    let batches = query_batches(&[table("j", &json)], "SELECT id FROM j")
+        .await
+        .unwrap();
+    assert_eq!(i64s(&batches, 0), vec![9]);
+    let none = dir.path().join("nothing-*.parquet");
+    let err = query_batches(&[table("n", &none)], "SELECT 1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("found none matching the glob"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_table_name_lists_the_tables_given() {
+    let dir = output_dir();
+    let tables = [table("out", dir.path()), table("raw", dir.path())];
+    let err = query_batches(&tables, "SELECT * FROM outt")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SqlError::UnknownTable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("outt")
+            && err.to_string().contains("the tables given are: out, raw"),
+        "{err}"
+    );
+}

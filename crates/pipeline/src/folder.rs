@@ -1,0 +1,252 @@
+//! The output folder before a run writes to it: not an input, holding only mbpipe's files of
+//! one layout, and locked for this run (or shard).
+
+use std::path::{Component, Path, PathBuf};
+
+use mbpipe_io::InputFile;
+
+use crate::error::PipelineError;
+use crate::lock::{self, OutputLock};
+use crate::names::{claim, OutputNames};
+
+/// A checked output folder, locked for this run until dropped.
+#[derive(Debug)]
+pub struct OutputFolder {
+    /// The folder's entries when it was locked (mbpipe's files only).
+    pub entries: Vec<String>,
+    _lock: OutputLock,
+}
+
+/// Checks `dir` as the output of a run reading `inputs` (from `spec`), creates it, locks it and
+/// checks that it holds only mbpipe's files of this run's layout. Changes nothing else.
+pub fn open(
+    dir: &Path,
+    names: OutputNames,
+    spec: &str,
+    inputs: &[InputFile],
+) -> Result<OutputFolder, PipelineError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(PipelineError::Invalid(format!(
+            "[output] path {} exists and is not a directory; the output is a folder of part files",
+            dir.display()
+        )));
+    }
+    check_placement(dir, spec, inputs)?;
+    check_foreign(dir, &list(dir)?)?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PipelineError::Run(format!("cannot create {}: {e}", dir.display())))?;
+    let lock = lock::acquire(dir, &names.lock())?;
+    // Listed again under the lock: a run of another layout may have started meanwhile (its lock
+    // file tells).
+    let entries = list(dir)?;
+    check_foreign(dir, &entries)?;
+    check_layout(dir, names, &entries)?;
+    Ok(OutputFolder {
+        entries,
+        _lock: lock,
+    })
+}
+
+/// The names in `dir` (none when it does not exist yet).
+fn list(dir: &Path) -> Result<Vec<String>, PipelineError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(PipelineError::Run(format!(
+                "cannot list {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| PipelineError::Run(format!("cannot list {}: {e}", dir.display())))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Refuses a folder holding anything mbpipe does not write.
+fn check_foreign(dir: &Path, entries: &[String]) -> Result<(), PipelineError> {
+    // `.nfsXXXX` are NFS's stand-ins for deleted files still open; they vanish on their own.
+    let foreign: Vec<&String> = entries
+        .iter()
+        .filter(|n| claim(n).is_none() && !n.starts_with(".nfs"))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = foreign.iter().take(5).map(|s| s.as_str()).collect();
+    let more = match foreign.len() - shown.len() {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Err(PipelineError::Invalid(format!(
+        "output folder {} holds files mbpipe did not write ({}{more}); mbpipe writes only into a \
+         new or empty folder or one holding its own output, and never deletes other files: \
+         choose another [output] path",
+        dir.display(),
+        shown.join(", ")
+    )))
+}
+
+/// Refuses a folder holding another layout's files (unsharded vs N shards).
+fn check_layout(dir: &Path, names: OutputNames, entries: &[String]) -> Result<(), PipelineError> {
+    let other = entries
+        .iter()
+        .filter_map(|n| claim(n).map(|c| (n, c)))
+        .find(|(_, c)| !names.same_layout(*c));
+    let Some((name, c)) = other else {
+        return Ok(());
+    };
+    Err(PipelineError::Invalid(format!(
+        "output folder {} holds the output of {} ({name}), and this run is {}; a folder holds \
+         one layout (unsharded, or N shards), so mixing them would count rows twice. Use the \
+         same sharding as the files there, or another [output] path",
+        dir.display(),
+        c.describe(),
+        names.describe()
+    )))
+}
+
+/// Refuses an output folder that is, contains or lies inside an input path.
+fn check_placement(dir: &Path, spec: &str, inputs: &[InputFile]) -> Result<(), PipelineError> {
+    let out = resolve(dir)?;
+    let refuse = |what: String| {
+        Err(PipelineError::Invalid(format!(
+            "[output] path {} {what}; mbpipe would write among its own inputs. Choose an output \
+             folder outside the input",
+            dir.display()
+        )))
+    };
+    let spec_path = Path::new(spec);
+    if spec_path.is_dir() {
+        let input_dir = resolve(spec_path)?;
+        if out == input_dir {
+            return refuse(format!("is the input folder {spec}"));
+        }
+        if out.starts_with(&input_dir) {
+            return refuse(format!("lies inside the input folder {spec}"));
+        }
+        if input_dir.starts_with(&out) {
+            return refuse(format!("contains the input folder {spec}"));
+        }
+    }
+    for f in inputs {
+        let file = resolve(&f.path)?;
+        if file == out || file.starts_with(&out) {
+            return refuse(format!("contains the input file {}", f.path.display()));
+        }
+        if out.starts_with(&file) {
+            return refuse(format!("lies inside the input {}", f.path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved, for the part that exists; the rest (a folder to
+/// be created) is appended with `.` and `..` applied.
+fn resolve(path: &Path) -> Result<PathBuf, PipelineError> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| PipelineError::Run(format!("cannot read the current directory: {e}")))?
+            .join(path)
+    };
+    let mut base = abs.as_path();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(r) = base.canonicalize() {
+            break r;
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            // `..` at the end, or the root: no further to go.
+            _ => break base.to_path_buf(),
+        }
+    };
+    let mut out = resolved;
+    for part in rest.iter().rev() {
+        match Path::new(part).components().next() {
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(Component::CurDir) | None => {}
+            _ => out.push(part),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jsonl(path: &Path) -> InputFile {
+        InputFile::new(
+            path.to_path_buf(),
+            mbpipe_io::InputFormat::JsonLines {
+                compression: mbpipe_io::Compression::None,
+            },
+        )
+    }
+
+    #[test]
+    fn output_overlapping_an_input_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::create_dir_all(d.join("in/sub")).unwrap();
+        std::fs::write(d.join("in/a.jsonl"), "{}\n").unwrap();
+        let spec = d.join("in").display().to_string();
+        let inputs = [jsonl(&d.join("in/a.jsonl"))];
+        let err =
+            |out: &Path, spec: &str| check_placement(out, spec, &inputs).unwrap_err().to_string();
+        assert!(err(&d.join("in"), &spec).contains("is the input folder"));
+        assert!(err(&d.join("in/sub/../out"), &spec).contains("lies inside the input folder"));
+        assert!(err(d, &spec).contains("contains the input folder"));
+        let glob = format!("{}/in/*.jsonl", d.display());
+        assert!(err(&d.join("in"), &glob).contains("contains the input file"));
+        assert!(err(&d.join("in/./"), &glob).contains("contains the input file"));
+        // Beside the input is fine, also when the glob's folder holds it.
+        check_placement(&d.join("out"), &spec, &inputs).unwrap();
+        check_placement(&d.join("in/sub/new"), &glob, &inputs).unwrap();
+    }
+
+    #[test]
+    fn foreign_files_and_other_layouts_are_refused() {
+        let dir = Path::new("out");
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        check_foreign(dir, &names(&["part-00000.parquet", "_SUCCESS", ".nfs0001"])).unwrap();
+        let err = check_foreign(dir, &names(&["_SUCCESS", "notes.txt", "data.csv"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(data.csv, notes.txt)") || err.contains("(notes.txt, data.csv)"));
+        let plain = OutputNames { shard: None };
+        let s0 = OutputNames {
+            shard: Some((0, 2)),
+        };
+        let unsharded = names(&["part-00000.parquet", "_manifest.json"]);
+        check_layout(dir, plain, &unsharded).unwrap();
+        let err = check_layout(dir, s0, &unsharded).unwrap_err().to_string();
+        assert!(
+            err.contains("an unsharded run (part-00000.parquet)") && err.contains("shard 0/2"),
+            "{err}"
+        );
+        let three = names(&["_lock.shard-1-of-3"]);
+        let err = check_layout(dir, s0, &three).unwrap_err().to_string();
+        assert!(err.contains("a run in 3 shards"), "{err}");
+        check_layout(
+            dir,
+            s0,
+            &names(&["part-00001-00000.parquet", "_SUCCESS.shard-1-of-2"]),
+        )
+        .unwrap();
+    }
+}
