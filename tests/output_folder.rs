@@ -240,6 +240,8 @@ fn a_second_run_is_refused_while_the_first_holds_the_folder_and_a_stale_lock_is_
     let deadline = Instant::now() + Duration::from_secs(60);
     while !lock.exists() {
         if first.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = first.kill();
+            let _ = first.wait();
             eprintln!("SKIPPED: the first run finished before its lock was seen");
             return;
         }
@@ -248,6 +250,7 @@ fn a_second_run_is_refused_while_the_first_holds_the_folder_and_a_stale_lock_is_
     signal(&first, "-STOP");
     if !lock.exists() {
         signal(&first, "-KILL");
+        let _ = first.wait();
         eprintln!("SKIPPED: the first run finished before it was stopped");
         return;
     }

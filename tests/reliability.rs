@@ -189,16 +189,32 @@ fn killed_at_any_moment_then_resumed_equals_an_uninterrupted_run() {
     write_pipeline(&fx, dir, "clean", 200);
     write_pipeline(&fx, dir, "crashy", 200);
 
-    let start = Instant::now();
     ok(mbpipe(dir, &["run", "clean.toml"]));
-    let clean_time = start.elapsed();
 
-    // SIGKILL at several moments: during model load, early, in the middle, late. Each rerun
-    // continues from what the killed one committed.
+    // SIGKILL at several moments: during model load, then once the journal holds 1, 3 and 6
+    // more committed parts than before the run (so a kill always lands after a commit, however
+    // fast the machine or the build is). Each rerun continues from what the killed one committed.
+    let journal = dir.join("crashy/_progress.jsonl");
+    let committed = || {
+        std::fs::read_to_string(&journal)
+            .map(|j| j.lines().filter(|l| l.starts_with("{\"part\"")).count())
+            .unwrap_or(0)
+    };
     let mut resumed = 0;
-    for fraction in [0.02, 0.2, 0.3, 0.25, 0.3] {
-        let child = spawn(dir, &["run", "crashy.toml"]);
-        std::thread::sleep(clean_time.mul_f64(fraction));
+    for more_parts in [0, 1, 3, 6] {
+        let before = committed();
+        let mut child = spawn(dir, &["run", "crashy.toml"]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        if more_parts == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        } else {
+            while committed() < before + more_parts
+                && child.try_wait().unwrap().is_none()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         signal(&child, "-KILL");
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -152,14 +152,14 @@ impl WorkerPool {
     }
 }
 
+/// The outputs of a window's jobs, each with its tag, in order of completion.
+pub type TaggedOutputs = Vec<(usize, Vec<TaskBatchOutput>)>;
+
 impl Pending {
     /// Waits for every job (results in order of completion, with tags; the first error is
     /// returned), but gives up (`None`, cancelling the jobs not started) soon after
     /// `stop` is set, so an interrupt waits for the batches on the devices, not the whole window.
-    pub fn wait_unless(
-        self,
-        stop: &AtomicBool,
-    ) -> Result<Option<Vec<(usize, Vec<TaskBatchOutput>)>>, PipelineError> {
+    pub fn wait_unless(self, stop: &AtomicBool) -> Result<Option<TaggedOutputs>, PipelineError> {
         let mut out = Vec::with_capacity(self.count);
         while out.len() < self.count {
             match self.replies.recv_timeout(Duration::from_millis(50)) {

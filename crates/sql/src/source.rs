@@ -232,7 +232,7 @@ fn glob_files(source: &TableSource) -> Result<(Kind, Vec<PathBuf>), SqlError> {
         let m = m.map_err(|e| SqlError::Io {
             table: source.name.clone(),
             path: e.path().to_path_buf(),
-            source: e.into_error(),
+            source: e.into(),
         })?;
         let hidden = m
             .file_name()
