@@ -174,7 +174,10 @@ ok_all = True
 with open(results, "a") as out:
     for dt in dtypes:
         emb = [json.loads(l)["embedding"] for l in open(f"{work}/embed-{dt}.jsonl")]
-        cls = [json.loads(l)["logits"] for l in open(f"{work}/classify-{dt}.jsonl")]
+        # `--json` logits are keyed by label; the reference's are in id2label order.
+        labels = json.load(open(f"{fixture}/expected.json"))["labels"]
+        cls = [[json.loads(l)["logits"][name] for name in labels]
+               for l in open(f"{work}/classify-{dt}.jsonl")]
         assert len(emb) == n and len(cls) == n, f"{dt}: {len(emb)} embeddings, {len(cls)} logits for {n} texts"
         max_mean = max_logit = 0.0
         min_cos = 1.0
