@@ -185,15 +185,7 @@ pub(crate) fn checked_kernel(
 mod tests {
     use super::*;
 
-    fn per_sequence(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        b: &PackedBatch,
-        kind: AttentionKind,
-    ) -> Result<Tensor> {
-        crate::attention::per_sequence(q, k, v, b, kind)
-    }
+    use crate::varlen::attend_per_sequence as per_sequence;
 
     fn padded(
         q: &Tensor,

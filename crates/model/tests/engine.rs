@@ -87,6 +87,19 @@ fn write_model(dir: &Path, config: &serde_json::Value, weights: &HashMap<String,
     candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
 }
 
+/// The published-layout tiny model with seed-0 weights, loaded (the folder lives as long as the
+/// returned guard).
+fn tiny_model() -> (tempfile::TempDir, ModernBert) {
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(
+        tmp.path(),
+        &published_config(0),
+        &random_weights("model.", 0),
+    );
+    let model = load(tmp.path()).unwrap();
+    (tmp, model)
+}
+
 fn load(dir: &Path) -> Result<ModernBert, mbpipe_model::ModelError> {
     let files = ModelFiles::from_dir(dir)?;
     ModernBert::load(&files, &Device::Cpu, DType::F32)
@@ -103,13 +116,7 @@ fn sequence(len: usize, seed: u32) -> Vec<u32> {
 
 #[test]
 fn output_shapes() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(0),
-        &random_weights("model.", 0),
-    );
-    let model = load(tmp.path()).unwrap();
+    let (_tmp, model) = tiny_model();
     let batch = PackedBatch::from_sequences(&[sequence(5, 1), sequence(40, 2), sequence(2, 3)]);
     let hidden = model.encode(&batch).unwrap();
     assert_eq!(hidden.dims(), &[47, HIDDEN]);
@@ -321,13 +328,7 @@ fn sharded_checkpoint_loads() {
 
 #[test]
 fn sequence_longer_than_positions_is_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(0),
-        &random_weights("model.", 0),
-    );
-    let model = load(tmp.path()).unwrap();
+    let (_tmp, model) = tiny_model();
     let err = model
         .encode(&PackedBatch::from_sequences(&[vec![3u32; 513]]))
         .unwrap_err()
@@ -340,13 +341,7 @@ fn sequence_longer_than_positions_is_an_error() {
 /// worker's CUDA context. Both are now errors naming the value and the limit.
 #[test]
 fn out_of_range_verbalizer_ids_and_mask_rows_are_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(0),
-        &random_weights("model.", 0),
-    );
-    let model = load(tmp.path()).unwrap();
+    let (_tmp, model) = tiny_model();
     let batch = PackedBatch::from_sequences(&[sequence(5, 1), sequence(7, 2)]);
     let hidden = model.encode(&batch).unwrap();
     let rows = [Some(1), None];
@@ -377,13 +372,7 @@ fn out_of_range_verbalizer_ids_and_mask_rows_are_clear_errors() {
 /// attention) the same tokens in one long sequence estimate more than in short ones.
 #[test]
 fn memory_estimate_reflects_the_longest_sequence() {
-    let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(0),
-        &random_weights("model.", 0),
-    );
-    let model = load(tmp.path()).unwrap();
+    let (_tmp, model) = tiny_model();
     let short = PackedBatch::from_sequences(&vec![sequence(16, 1); 32]);
     let long = PackedBatch::from_sequences(&[sequence(512, 1)]);
     assert_eq!(short.num_tokens(), long.num_tokens());
