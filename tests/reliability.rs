@@ -168,7 +168,7 @@ fn assert_same_value(a: &Value, b: &Value, at: &str) {
 }
 
 /// Same rows in the same order with the same values.
-fn assert_same_output(got: &Path, want: &Path) {
+pub(crate) fn assert_same_output(got: &Path, want: &Path) {
     let (g, w) = (rows_of(got), rows_of(want));
     assert_eq!(g.len(), w.len(), "row count of {}", got.display());
     for (i, (g, w)) in g.iter().zip(&w).enumerate() {

@@ -9,6 +9,9 @@ use parquet::errors::ParquetError;
 /// Errors from reading inputs or writing outputs.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
+    /// An object storage operation failed (after its retries); the error names the URL.
+    #[error(transparent)]
+    Store(#[from] mbpipe_store::StoreError),
     /// An input spec matched no file.
     #[error("no input files match `{spec}`")]
     NoMatch {
@@ -156,10 +159,14 @@ impl IoError {
     /// Whether the input spec itself is wrong (no file matches, a bad glob, an unknown
     /// extension): invalid usage rather than a failure while reading.
     pub fn is_input_spec_error(&self) -> bool {
-        matches!(
-            self,
-            IoError::NoMatch { .. } | IoError::Glob { .. } | IoError::UnknownExtension { .. }
-        )
+        match self {
+            IoError::NoMatch { .. } | IoError::Glob { .. } | IoError::UnknownExtension { .. } => {
+                true
+            }
+            // No such bucket, denied access, bad credentials: retrying will not help.
+            IoError::Store(e) => e.is_permanent(),
+            _ => false,
+        }
     }
 }
 

@@ -6,6 +6,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use parquet::file::reader::{ChunkReader, Length};
+
+use crate::remote::{remote_of, RemoteChunks};
 use crate::IoError;
 
 /// Compression of a JSON lines file.
@@ -56,21 +59,32 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Stats `path` now.
-    pub fn of(path: &Path) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
+    /// Stats `path` (a local path or an object storage URL) now.
+    pub fn of(path: &Path) -> Result<Self, IoError> {
+        if let Some(remote) = remote_of(path)? {
+            return crate::remote::snapshot(&remote);
+        }
+        let meta = std::fs::metadata(path).map_err(|source| IoError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Self {
             bytes: meta.len(),
             modified: meta.modified().ok(),
         })
     }
 
+    /// An object's size and last modification (milliseconds since the Unix epoch).
+    pub(crate) fn from_remote(bytes: u64, modified_ms: i64) -> Self {
+        let modified = u64::try_from(modified_ms)
+            .ok()
+            .map(|ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        Self { bytes, modified }
+    }
+
     /// Fails (naming the file) if `path` no longer has this size and modification time.
     pub(crate) fn check(&self, path: &Path) -> Result<(), IoError> {
-        let now = Snapshot::of(path).map_err(|source| IoError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let now = Snapshot::of(path)?;
         let detail = if now.bytes != self.bytes {
             format!(
                 "{} bytes when the run started, {} now",
@@ -88,20 +102,78 @@ impl Snapshot {
     }
 }
 
-/// Opens an input for reading: checks it still matches `snapshot`, and limits reads to the
+/// Opens an input as a stream: checks it still matches `snapshot`, and limits reads to the
 /// snapshot's size so bytes appended meanwhile are never read.
 pub(crate) fn open_input(
     path: &Path,
     snapshot: Option<Snapshot>,
-) -> Result<std::io::Take<File>, IoError> {
+) -> Result<Box<dyn Read + Send>, IoError> {
+    if let Some(s) = snapshot {
+        s.check(path)?;
+    }
+    if let Some(remote) = remote_of(path)? {
+        return Ok(Box::new(remote.reader(snapshot.map(|s| s.bytes))));
+    }
     let file = File::open(path).map_err(|source| IoError::Open {
         path: path.to_path_buf(),
         source,
     })?;
+    Ok(Box::new(file.take(snapshot.map_or(u64::MAX, |s| s.bytes))))
+}
+
+/// An input read by ranges (Parquet): a local file, or an object fetched range by range.
+pub(crate) enum InputChunks {
+    Local(File),
+    Remote(RemoteChunks),
+}
+
+/// Opens an input for ranged reads, checked against `snapshot`; `None` when it is empty.
+pub(crate) fn open_chunks(
+    path: &Path,
+    snapshot: Option<Snapshot>,
+) -> Result<Option<InputChunks>, IoError> {
+    let now = Snapshot::of(path)?;
     if let Some(s) = snapshot {
         s.check(path)?;
     }
-    Ok(file.take(snapshot.map_or(u64::MAX, |s| s.bytes)))
+    if now.bytes == 0 {
+        return Ok(None);
+    }
+    if let Some(remote) = remote_of(path)? {
+        return Ok(Some(InputChunks::Remote(RemoteChunks::new(remote, now.bytes))));
+    }
+    let file = File::open(path).map_err(|source| IoError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Some(InputChunks::Local(file)))
+}
+
+impl Length for InputChunks {
+    fn len(&self) -> u64 {
+        match self {
+            InputChunks::Local(f) => f.len(),
+            InputChunks::Remote(r) => r.len(),
+        }
+    }
+}
+
+impl ChunkReader for InputChunks {
+    type T = Box<dyn Read + Send>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(match self {
+            InputChunks::Local(f) => Box::new(f.get_read(start)?),
+            InputChunks::Remote(r) => Box::new(r.get_read(start)?),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        match self {
+            InputChunks::Local(f) => f.get_bytes(start, length),
+            InputChunks::Remote(r) => r.get_bytes(start, length),
+        }
+    }
 }
 
 impl InputFile {
@@ -109,10 +181,18 @@ impl InputFile {
     pub fn new(path: PathBuf, format: InputFormat) -> Self {
         let snapshot = Snapshot::of(&path).ok();
         Self {
+            snapshot,
+            ..Self::new_unchecked(path, format)
+        }
+    }
+
+    /// The whole file at `path`, without a snapshot.
+    pub(crate) fn new_unchecked(path: PathBuf, format: InputFormat) -> Self {
+        Self {
             path,
             format,
             rows: None,
-            snapshot,
+            snapshot: None,
         }
     }
 
@@ -149,12 +229,19 @@ fn is_hidden(path: &Path) -> bool {
         .is_some_and(|b| b == b'.' || b == b'_')
 }
 
+/// [`is_hidden`] for a name.
+pub(crate) fn is_hidden_name(name: &str) -> bool {
+    name.starts_with(['.', '_'])
+}
+
 /// A file, a directory (its files with known extensions, non-recursive, hidden `_`/`.` names
 /// skipped), or a glob; sorted by path. Errors (naming the spec) when nothing matches, or when an
 /// explicitly named file has an unknown extension.
 pub fn expand_inputs(spec: &str) -> Result<Vec<InputFile>, IoError> {
     let path = Path::new(spec);
-    let mut files = if path.is_dir() {
+    let mut files = if mbpipe_store::is_url(spec) {
+        crate::remote::expand(spec)?
+    } else if path.is_dir() {
         list_dir(path)?
     } else if path.is_file() {
         // An explicit file is read even if hidden: the user named it.

@@ -19,7 +19,9 @@ mod error;
 mod infer;
 mod inputs;
 mod jsonl;
+mod output_dir;
 mod parquet_source;
+mod remote;
 #[cfg(test)]
 mod passthrough_tests;
 mod schema;
@@ -31,6 +33,7 @@ mod tests;
 
 pub use error::IoError;
 pub use inputs::{detect_format, expand_inputs, Compression, InputFile, InputFormat, Snapshot};
+pub use output_dir::OutputDir;
 pub use schema::unified_schema;
 pub use sink::{
     part_file_name, write_atomic, OutputFormat, PartWriter, RejectsWriter, REJECTS_FILE,

@@ -1,7 +1,6 @@
 //! Streaming Parquet input: metadata-only schema reads and batch-at-a-time decoding.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 
-use crate::inputs::{open_input, Snapshot};
+use crate::inputs::{open_chunks, InputChunks, Snapshot};
 use crate::schema::conform;
 use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
 use crate::IoError;
@@ -22,15 +21,10 @@ use crate::IoError;
 fn open_builder(
     path: &Path,
     snapshot: Option<Snapshot>,
-) -> Result<Option<ParquetRecordBatchReaderBuilder<File>>, IoError> {
-    let open_err = |source| IoError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = open_input(path, snapshot)?.into_inner();
-    if file.metadata().map_err(open_err)?.len() == 0 {
+) -> Result<Option<ParquetRecordBatchReaderBuilder<InputChunks>>, IoError> {
+    let Some(file) = open_chunks(path, snapshot)? else {
         return Ok(None);
-    }
+    };
     ParquetRecordBatchReaderBuilder::try_new(file)
         .map(Some)
         .map_err(|source| IoError::Parquet {

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use mbpipe_io::InputFile;
+use mbpipe_io::{InputFile, OutputDir};
 
 use crate::error::PipelineError;
 use crate::lock::{self, OutputLock};
@@ -20,25 +20,26 @@ pub struct OutputFolder {
 /// Checks `dir` as the output of a run reading `inputs` (from `spec`), creates it, locks it and
 /// checks that it holds only mbpipe's files of this run's layout. Changes nothing else.
 pub fn open(
-    dir: &Path,
+    dir: &OutputDir,
     names: OutputNames,
     spec: &str,
     inputs: &[InputFile],
 ) -> Result<OutputFolder, PipelineError> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(PipelineError::Invalid(format!(
-            "[output] path {} exists and is not a directory; the output is a folder of part files",
-            dir.display()
-        )));
+    if let Some(path) = dir.local() {
+        if path.exists() && !path.is_dir() {
+            return Err(PipelineError::Invalid(format!(
+                "[output] path {} exists and is not a directory; the output is a folder of part files",
+                path.display()
+            )));
+        }
     }
     check_placement(dir, spec, inputs)?;
-    check_foreign(dir, &list(dir)?)?;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| PipelineError::Run(format!("cannot create {}: {e}", dir.display())))?;
+    check_foreign(dir, &dir.list()?)?;
+    dir.create()?;
     let lock = lock::acquire(dir, &names.lock())?;
     // Listed again under the lock: a run of another layout may have started meanwhile (its lock
     // file tells).
-    let entries = list(dir)?;
+    let entries = dir.list()?;
     check_foreign(dir, &entries)?;
     check_layout(dir, names, &entries)?;
     Ok(OutputFolder {
@@ -47,30 +48,8 @@ pub fn open(
     })
 }
 
-/// The names in `dir` (none when it does not exist yet).
-fn list(dir: &Path) -> Result<Vec<String>, PipelineError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(PipelineError::Run(format!(
-                "cannot list {}: {e}",
-                dir.display()
-            )))
-        }
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry =
-            entry.map_err(|e| PipelineError::Run(format!("cannot list {}: {e}", dir.display())))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Refuses a folder holding anything mbpipe does not write.
-fn check_foreign(dir: &Path, entries: &[String]) -> Result<(), PipelineError> {
+fn check_foreign(dir: &OutputDir, entries: &[String]) -> Result<(), PipelineError> {
     // `.nfsXXXX` are NFS's stand-ins for deleted files still open; they vanish on their own.
     let foreign: Vec<&String> = entries
         .iter()
@@ -88,13 +67,13 @@ fn check_foreign(dir: &Path, entries: &[String]) -> Result<(), PipelineError> {
         "output folder {} holds files mbpipe did not write ({}{more}); mbpipe writes only into a \
          new or empty folder or one holding its own output, and never deletes other files: \
          choose another [output] path",
-        dir.display(),
+        dir,
         shown.join(", ")
     )))
 }
 
 /// Refuses a folder holding another layout's files (unsharded vs N shards).
-fn check_layout(dir: &Path, names: OutputNames, entries: &[String]) -> Result<(), PipelineError> {
+fn check_layout(dir: &OutputDir, names: OutputNames, entries: &[String]) -> Result<(), PipelineError> {
     let other = entries
         .iter()
         .filter_map(|n| claim(n).map(|c| (n, c)))
@@ -106,22 +85,37 @@ fn check_layout(dir: &Path, names: OutputNames, entries: &[String]) -> Result<()
         "output folder {} holds the output of {} ({name}), and this run is {}; a folder holds \
          one layout (unsharded, or N shards), so mixing them would count rows twice. Use the \
          same sharding as the files there, or another [output] path",
-        dir.display(),
+        dir,
         c.describe(),
         names.describe()
     )))
 }
 
 /// Refuses an output folder that is, contains or lies inside an input path.
-fn check_placement(dir: &Path, spec: &str, inputs: &[InputFile]) -> Result<(), PipelineError> {
-    let out = resolve(dir)?;
+fn check_placement(dir: &OutputDir, spec: &str, inputs: &[InputFile]) -> Result<(), PipelineError> {
     let refuse = |what: String| {
         Err(PipelineError::Invalid(format!(
-            "[output] path {} {what}; mbpipe would write among its own inputs. Choose an output \
-             folder outside the input",
-            dir.display()
+            "[output] path {dir} {what}; mbpipe would write among its own inputs. Choose an output \
+             folder outside the input"
         )))
     };
+    let Some(dir) = dir.local() else {
+        // In a bucket, keys are compared as text: an input key under the output prefix (or the
+        // output under an input's key) is the same overlap.
+        let out = format!("{}/", dir.remote().map(|r| r.url()).unwrap_or_default());
+        for f in inputs {
+            let input = f.path.display().to_string();
+            if input.starts_with(&out) || out.starts_with(&format!("{input}/")) {
+                return refuse(format!("contains the input file {input}"));
+            }
+        }
+        let spec_dir = format!("{}/", spec.trim_end_matches('/'));
+        if !spec.contains(['*', '?', '[']) && (out.starts_with(&spec_dir) || spec_dir.starts_with(&out)) {
+            return refuse(format!("overlaps the input folder {spec}"));
+        }
+        return Ok(());
+    };
+    let out = resolve(dir)?;
     let spec_path = Path::new(spec);
     if spec_path.is_dir() {
         let input_dir = resolve(spec_path)?;
@@ -136,6 +130,9 @@ fn check_placement(dir: &Path, spec: &str, inputs: &[InputFile]) -> Result<(), P
         }
     }
     for f in inputs {
+        if mbpipe_store::is_url(&f.path.display().to_string()) {
+            continue;
+        }
         let file = resolve(&f.path)?;
         if file == out || file.starts_with(&out) {
             return refuse(format!("contains the input file {}", f.path.display()));
@@ -206,8 +203,10 @@ mod tests {
         std::fs::write(d.join("in/a.jsonl"), "{}\n").unwrap();
         let spec = d.join("in").display().to_string();
         let inputs = [jsonl(&d.join("in/a.jsonl"))];
-        let err =
-            |out: &Path, spec: &str| check_placement(out, spec, &inputs).unwrap_err().to_string();
+        let check = |out: &Path, spec: &str| {
+            check_placement(&OutputDir::Local(out.to_path_buf()), spec, &inputs)
+        };
+        let err = |out: &Path, spec: &str| check(out, spec).unwrap_err().to_string();
         assert!(err(&d.join("in"), &spec).contains("is the input folder"));
         assert!(err(&d.join("in/sub/../out"), &spec).contains("lies inside the input folder"));
         assert!(err(d, &spec).contains("contains the input folder"));
@@ -215,13 +214,13 @@ mod tests {
         assert!(err(&d.join("in"), &glob).contains("contains the input file"));
         assert!(err(&d.join("in/./"), &glob).contains("contains the input file"));
         // Beside the input is fine, also when the glob's folder holds it.
-        check_placement(&d.join("out"), &spec, &inputs).unwrap();
-        check_placement(&d.join("in/sub/new"), &glob, &inputs).unwrap();
+        check(&d.join("out"), &spec).unwrap();
+        check(&d.join("in/sub/new"), &glob).unwrap();
     }
 
     #[test]
     fn foreign_files_and_other_layouts_are_refused() {
-        let dir = Path::new("out");
+        let dir = &OutputDir::Local(PathBuf::from("out"));
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         check_foreign(dir, &names(&["part-00000.parquet", "_SUCCESS", ".nfs0001"])).unwrap();
         let err = check_foreign(dir, &names(&["_SUCCESS", "notes.txt", "data.csv"]))

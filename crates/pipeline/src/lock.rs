@@ -6,14 +6,15 @@
 //! host (shared storage, where the process cannot be checked) when it was not refreshed for
 //! [`STALE_AFTER`]; a running holder refreshes it every [`REFRESH_EVERY`].
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use mbpipe_io::OutputDir;
 
 use crate::error::PipelineError;
 
@@ -65,38 +66,26 @@ impl Holder {
 /// A held lock; dropping it releases it.
 #[derive(Debug)]
 pub struct OutputLock {
-    path: PathBuf,
+    dir: OutputDir,
+    name: String,
     me: Holder,
     stop: Option<Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
 
 /// Takes the lock `dir/name`, taking over a stale one (with a message), or fails naming the
-/// folder and the holder.
-pub fn acquire(dir: &Path, name: &str) -> Result<OutputLock, PipelineError> {
-    let path = dir.join(name);
+/// folder and the holder. In a bucket the lock is a lease: created with the store's
+/// create-if-absent put, refreshed by the holder, taken over when stale as on a local disk.
+pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError> {
     let me = Holder::me();
     let text = serde_json::to_string(&me).map_err(|e| PipelineError::Run(e.to_string()))?;
+    let path = dir.show(name);
     // A takeover that loses a race to another taker tries again; three rounds are plenty.
     for _ in 0..3 {
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes())
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| {
-                        PipelineError::Run(format!("cannot write {}: {e}", path.display()))
-                    })?;
-                return Ok(OutputLock::hold(path, me));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(PipelineError::Run(format!(
-                    "cannot create the lock {}: {e}",
-                    path.display()
-                )))
-            }
+        if dir.create_new(name, text.as_bytes())? {
+            return Ok(OutputLock::hold(dir.clone(), name, me, text));
         }
-        let (raw, age) = match read_lock(&path) {
+        let (raw, age) = match read_lock(dir, name)? {
             Some(x) => x,
             None => continue, // released meanwhile
         };
@@ -109,36 +98,30 @@ pub fn acquire(dir: &Path, name: &str) -> Result<OutputLock, PipelineError> {
         let Some(reason) = stale else {
             let who = holder.map_or("a run that is starting".to_string(), |h| h.describe());
             return Err(PipelineError::Run(format!(
-                "output folder {} is in use by another mbpipe run ({who}; lock file {}). Wait \
-                 for it to finish or stop it; a lock whose process is gone is taken over \
+                "output folder {dir} is in use by another mbpipe run ({who}; lock file {path}). \
+                 Wait for it to finish or stop it; a lock whose process is gone is taken over \
                  automatically (from another host, after {} minutes without a refresh)",
-                dir.display(),
-                path.display(),
                 STALE_AFTER.as_secs() / 60
             )));
         };
         eprintln!(
-            "mbpipe: taking over the stale lock {} ({}): {reason}",
-            path.display(),
+            "mbpipe: taking over the stale lock {path} ({}): {reason}",
             holder.map_or("unreadable".to_string(), |h| h.describe())
         );
-        take_over(&path, &raw, me.pid)?;
+        take_over(dir, name, &raw, me.pid)?;
     }
     Err(PipelineError::Run(format!(
-        "cannot take the lock {}: other runs keep taking it",
-        path.display()
+        "cannot take the lock {path}: other runs keep taking it"
     )))
 }
 
-/// The lock file's text and age, or `None` when it is gone.
-fn read_lock(path: &Path) -> Option<(String, Duration)> {
-    let raw = std::fs::read_to_string(path).ok()?;
-    let age = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .unwrap_or_default();
-    Some((raw, age))
+/// The lock's text and age, or `None` when it is gone.
+fn read_lock(dir: &OutputDir, name: &str) -> Result<Option<(String, Duration)>, PipelineError> {
+    let Some(raw) = dir.read_string(name)? else {
+        return Ok(None);
+    };
+    let age = Duration::from_secs(dir.age_seconds(name)?.unwrap_or(0));
+    Ok(Some((raw, age)))
 }
 
 /// Why `holder`'s lock is stale, or `None` while it may still be running.
@@ -160,43 +143,77 @@ fn stale_reason(holder: &Holder, me: &Holder, age: Duration) -> Option<String> {
     })
 }
 
-/// Removes the stale lock whose text is `raw`, unless another run replaced it meanwhile: the
-/// file is first renamed away (only one taker can), then checked.
-fn take_over(path: &Path, raw: &str, pid: u32) -> Result<(), PipelineError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let aside = path.with_file_name(format!(".{}.stale-{pid}.tmp", name.unwrap_or_default()));
-    if std::fs::rename(path, &aside).is_err() {
+/// Removes the stale lock whose text is `raw`, unless another run replaced it meanwhile. On a
+/// local disk the file is first renamed away (only one taker can), then checked; a bucket has
+/// no rename, so the lease is read again just before it is deleted (a narrow race between two
+/// takers of the same stale lease remains; see the README).
+fn take_over(dir: &OutputDir, name: &str, raw: &str, pid: u32) -> Result<(), PipelineError> {
+    let Some(local) = dir.local() else {
+        if dir.read_string(name)?.is_some_and(|now| now == raw) {
+            dir.remove(name)?;
+        }
+        return Ok(());
+    };
+    let path = local.join(name);
+    let aside = local.join(format!(".{name}.stale-{pid}.tmp"));
+    if std::fs::rename(&path, &aside).is_err() {
         return Ok(()); // another taker was first; the next round sees its lock
     }
     let same = std::fs::read_to_string(&aside).is_ok_and(|now| now == raw);
     if !same {
         // A fresh lock of another run: put it back (a link fails if a third run holds it now).
-        let _ = std::fs::hard_link(&aside, path);
+        let _ = std::fs::hard_link(&aside, &path);
     }
     std::fs::remove_file(&aside)
         .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", aside.display())))
 }
 
 impl OutputLock {
-    fn hold(path: PathBuf, me: Holder) -> Self {
+    fn hold(dir: OutputDir, name: &str, me: Holder, text: String) -> Self {
         let (stop, stopped) = channel::<()>();
-        let refresh_path = path.clone();
+        let (refresh_dir, refresh_name) = (dir.clone(), name.to_string());
         let refresher = std::thread::Builder::new()
             .name("mbpipe-lock".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH_EVERY) {
-                    let _ = File::options()
-                        .write(true)
-                        .open(&refresh_path)
-                        .and_then(|f| f.set_modified(SystemTime::now()));
+                    refresh(&refresh_dir, &refresh_name, &text);
                 }
             })
             .ok();
         OutputLock {
-            path,
+            dir,
+            name: name.to_string(),
             me,
             stop: Some(stop),
             refresher,
+        }
+    }
+
+    /// Whether the lock still names this run (a run that took it over keeps its own).
+    fn ours(&self) -> bool {
+        self.dir
+            .read_string(&self.name)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str::<Holder>(&t).ok())
+            .is_some_and(|h| h == self.me)
+    }
+}
+
+/// Renews the lock's modification time, which tells other hosts that its holder is alive.
+fn refresh(dir: &OutputDir, name: &str, text: &str) {
+    match dir.local() {
+        Some(local) => {
+            let _ = File::options()
+                .write(true)
+                .open(local.join(name))
+                .and_then(|f| f.set_modified(SystemTime::now()));
+        }
+        // An object's time changes only when it is written again; only while it is still ours.
+        None => {
+            if dir.read_string(name).ok().flatten().as_deref() == Some(text) {
+                let _ = dir.write_atomic(name, text.as_bytes());
+            }
         }
     }
 }
@@ -207,13 +224,8 @@ impl Drop for OutputLock {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
-        // Only our own lock: a run that took it over (we looked dead) keeps its.
-        let ours = std::fs::read_to_string(&self.path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Holder>(&t).ok())
-            .is_some_and(|h| h == self.me);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
+        if self.ours() {
+            let _ = self.dir.remove(&self.name);
         }
     }
 }
@@ -282,7 +294,7 @@ mod tests {
     #[test]
     fn a_live_holder_is_refused_and_a_lock_is_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = acquire(dir.path(), "_lock").unwrap();
+        let lock = acquire(&OutputDir::Local(dir.path().to_path_buf()), "_lock").unwrap();
         let held: Holder =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("_lock")).unwrap())
                 .unwrap();
@@ -300,7 +312,7 @@ mod tests {
             };
             let text = serde_json::to_string(&holder).unwrap();
             std::fs::write(dir.path().join("_lock"), &text).unwrap();
-            let err = acquire(dir.path(), "_lock").unwrap_err().to_string();
+            let err = acquire(&OutputDir::Local(dir.path().to_path_buf()), "_lock").unwrap_err().to_string();
             assert!(
                 err.contains("is in use by another mbpipe run")
                     && err.contains(&format!("pid {parent} on host {}", holder.host)),

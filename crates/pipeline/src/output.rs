@@ -1,14 +1,13 @@
 //! The output directory: part files in input order, written by their own thread, and the
 //! manifest that describes a finished run.
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use mbpipe_io::{OutputFormat, PartWriter};
+use mbpipe_io::{OutputDir, OutputFormat, PartWriter};
 use serde::Serialize;
 
 use crate::error::PipelineError;
@@ -76,7 +75,7 @@ impl PartSink {
     /// Starts the writer; `inputs` names input files by index for the records. Each committed
     /// part is recorded in `journal` with its sequence number, counting from `first_seq`.
     pub fn start(
-        dir: PathBuf,
+        dir: OutputDir,
         schema: SchemaRef,
         layout: PartLayout,
         inputs: Vec<String>,
@@ -96,6 +95,10 @@ impl PartSink {
                         PipelineError::Run(format!("cannot stat {}: {e}", path.display()))
                     })?;
                     part.record.bytes = Some(bytes.len());
+                    // The part in place under its final name, and the rejected rows it covers
+                    // stored, before the journal records it as committed.
+                    dir.publish(&part.record.file)?;
+                    dir.publish_log(&layout.names.rejects())?;
                     journal.append(part.seq, &part.record)?;
                     parts.push(part.record);
                     Ok::<_, PipelineError>(())
@@ -137,8 +140,12 @@ impl PartSink {
                             commit(p, &mut parts)?;
                         }
                         let name = layout.names.part(seq, layout.format);
-                        let writer =
-                            PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
+                        let writer = PartWriter::create_named(
+                            dir.staging(),
+                            &name,
+                            schema.clone(),
+                            layout.format,
+                        )?;
                         let mut record = PartRecord {
                             file: name,
                             input: inputs[chunk.file].clone(),
@@ -177,8 +184,12 @@ impl PartSink {
                     // No rows at all: one empty part still gives readers the schema. Never for a
                     // failed or interrupted run: it would look like committed work.
                     let name = layout.names.part(seq, layout.format);
-                    let writer =
-                        PartWriter::create_named(&dir, &name, schema.clone(), layout.format)?;
+                    let writer = PartWriter::create_named(
+                        dir.staging(),
+                        &name,
+                        schema.clone(),
+                        layout.format,
+                    )?;
                     let record = PartRecord {
                         file: name,
                         input: inputs.first().cloned().unwrap_or_default(),
@@ -326,13 +337,14 @@ pub struct ModelRecord {
 
 /// Writes the manifest and then the success marker, each atomically.
 pub fn write_manifest(
-    dir: &Path,
+    dir: &OutputDir,
     manifest: &Manifest,
     names: OutputNames,
 ) -> Result<(), PipelineError> {
     let json =
         serde_json::to_vec_pretty(manifest).map_err(|e| PipelineError::Run(e.to_string()))?;
-    mbpipe_io::write_atomic(&dir.join(names.manifest()), &json)?;
-    mbpipe_io::write_atomic(&dir.join(names.success()), b"")?;
+    dir.publish_log(&names.rejects())?;
+    dir.write_atomic(&names.manifest(), &json)?;
+    dir.write_atomic(&names.success(), b"")?;
     Ok(())
 }

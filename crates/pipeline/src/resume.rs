@@ -13,10 +13,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use mbpipe_io::InputFile;
+use mbpipe_io::{InputFile, OutputDir};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PipelineError;
@@ -35,6 +35,23 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// An input file's stamp, from the snapshot taken when it was listed (a local file or an
+    /// object); stats it when there is none.
+    pub fn of_input(file: &InputFile) -> Result<Self, PipelineError> {
+        let snapshot = match file.snapshot {
+            Some(s) => s,
+            None => mbpipe_io::Snapshot::of(&file.path)?,
+        };
+        Ok(Self {
+            path: file.path.display().to_string(),
+            bytes: snapshot.bytes,
+            modified_ns: snapshot
+                .modified
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as u64),
+        })
+    }
+
     /// Stats `path`.
     pub fn of(path: &Path) -> Result<Self, PipelineError> {
         let meta = std::fs::metadata(path)
@@ -136,11 +153,14 @@ enum Entry {
     Part { seq: u64, part: PartRecord },
 }
 
-/// Appends committed parts to the journal, durably.
+/// Appends committed parts to the journal, durably: appended and synced on a local disk,
+/// written whole again in a bucket (objects cannot be appended to; a journal is small).
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    dir: OutputDir,
+    name: String,
+    text: String,
+    file: Option<File>,
 }
 
 impl Journal {
@@ -157,10 +177,15 @@ impl Journal {
         let mut line =
             serde_json::to_string(entry).map_err(|e| PipelineError::Run(e.to_string()))?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| PipelineError::Run(format!("cannot write {}: {e}", self.path.display())))
+        let Some(file) = self.file.as_mut() else {
+            self.text.push_str(&line);
+            return Ok(self.dir.write_atomic(&self.name, self.text.as_bytes())?);
+        };
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|e| {
+                PipelineError::Run(format!("cannot write {}: {e}", self.dir.show(&self.name)))
+            })
     }
 }
 
@@ -189,7 +214,7 @@ impl Resumed {
 /// What starting the run will do to its output folder, decided and checked before any change.
 #[derive(Debug)]
 pub struct Plan {
-    dir: PathBuf,
+    dir: OutputDir,
     names: OutputNames,
     fingerprint: Fingerprint,
     /// The committed parts kept, and where reading restarts.
@@ -205,7 +230,7 @@ pub struct Plan {
 /// is contiguous and its parts are intact. Refuses a changed fingerprint, a damaged folder and
 /// part files that no journal or manifest accounts for.
 pub fn plan(
-    dir: &Path,
+    dir: &OutputDir,
     names: OutputNames,
     entries: &[String],
     fingerprint: &Fingerprint,
@@ -217,9 +242,9 @@ pub fn plan(
         .filter_map(|n| names.part_seq(n).map(|seq| (n, seq)))
         .collect();
     let temps = entries.iter().filter(|n| names.owns_temp(n)).cloned();
-    let journal_path = dir.join(names.journal());
+    let journal_path = dir.show(&names.journal());
     let mut plan = Plan {
-        dir: dir.to_path_buf(),
+        dir: dir.clone(),
         names,
         fingerprint: fingerprint.clone(),
         resumed: Resumed::default(),
@@ -229,13 +254,13 @@ pub fn plan(
         // Without a journal (whose run numbered every part of this shard), only the parts the
         // manifest lists are known to be mbpipe's.
         if !has(&names.journal()) {
-            let listed = manifest_parts(dir, names);
+            let listed = manifest_parts(dir, names)?;
             if let Some(stray) = parts.iter().map(|(n, _)| *n).find(|n| !listed.contains(*n)) {
                 return Err(PipelineError::Invalid(format!(
                     "{} holds {stray}, which neither a progress journal nor a manifest of {} \
                      lists, so mbpipe cannot tell that it wrote it (--overwrite deletes only \
                      files it wrote); move it away or choose another [output] path",
-                    dir.display(),
+                    dir,
                     names.describe()
                 )));
             }
@@ -248,13 +273,12 @@ pub fn plan(
     if !has(&names.journal()) {
         if let Some((stray, _)) = parts.first() {
             return Err(PipelineError::Invalid(format!(
-                "{} already holds part files ({stray}) but no progress journal to resume from; use --overwrite to start over",
-                dir.display()
+                "{dir} already holds part files ({stray}) but no progress journal to resume from; use --overwrite to start over"
             )));
         }
         return Ok(plan);
     }
-    let Some((old, resumed)) = read_journal(&journal_path, names)? else {
+    let Some((old, resumed)) = read_journal(dir, names)? else {
         // Killed before its first line: nothing was committed.
         plan.remove.extend(parts.iter().map(|(n, _)| n.to_string()));
         return Ok(plan);
@@ -263,8 +287,7 @@ pub fn plan(
     // Nothing committed yet means nothing to be inconsistent with: start over quietly.
     if !changes.is_empty() && !resumed.parts.is_empty() {
         return Err(PipelineError::Invalid(format!(
-            "{} holds an unfinished run that cannot be resumed: since it started, {} changed. Use --overwrite to start over",
-            dir.display(),
+            "{dir} holds an unfinished run that cannot be resumed: since it started, {} changed. Use --overwrite to start over",
             changes.join("; ")
         )));
     }
@@ -295,26 +318,26 @@ pub fn start(plan: Plan) -> Result<(Journal, Resumed), PipelineError> {
         remove,
     } = plan;
     for name in &remove {
-        let p = dir.join(name);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(PipelineError::Run(format!(
-                    "cannot remove {}: {e}",
-                    p.display()
-                )))
-            }
-        }
+        dir.remove(name)?;
     }
-    let path = dir.join(names.journal());
-    resumed.rejected = trim_rejects(&dir.join(names.rejects()), &resumed, &fingerprint)?;
+    let name = names.journal();
+    resumed.rejected = trim_rejects(&dir, &names.rejects(), &resumed, &fingerprint)?;
+    dir.stage_log(&names.rejects())?;
     let journal = if resumed.parts.is_empty() {
+        let file = match dir.local() {
+            Some(local) => {
+                let path = local.join(&name);
+                Some(File::create(&path).map_err(|e| {
+                    PipelineError::Run(format!("cannot create {}: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
         let mut j = Journal {
-            path: path.clone(),
-            file: File::create(&path).map_err(|e| {
-                PipelineError::Run(format!("cannot create {}: {e}", path.display()))
-            })?,
+            dir: dir.clone(),
+            name,
+            text: String::new(),
+            file,
         };
         j.write_entry(&Entry::Fingerprint(fingerprint))?;
         j
@@ -332,39 +355,51 @@ pub fn start(plan: Plan) -> Result<(Journal, Resumed), PipelineError> {
             .map(|e| serde_json::to_string(e).map(|s| s + "\n"))
             .collect::<Result<_, _>>()
             .map_err(|e| PipelineError::Run(e.to_string()))?;
-        mbpipe_io::write_atomic(&path, text.as_bytes())?;
+        dir.write_atomic(&name, text.as_bytes())?;
+        let file = match dir.local() {
+            Some(local) => {
+                let path = local.join(&name);
+                Some(OpenOptions::new().append(true).open(&path).map_err(|e| {
+                    PipelineError::Run(format!("cannot open {}: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
         Journal {
-            path: path.clone(),
-            file: OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(|e| PipelineError::Run(format!("cannot open {}: {e}", path.display())))?,
+            dir: dir.clone(),
+            name,
+            text,
+            file,
         }
     };
     Ok((journal, resumed))
 }
 
 /// Checks, before `_SUCCESS` is written, that every part of the run is on disk as recorded.
-pub fn verify(dir: &Path, parts: &[PartRecord], names: OutputNames) -> Result<(), PipelineError> {
-    let journal = dir.join(names.journal());
+pub fn verify(
+    dir: &OutputDir,
+    parts: &[PartRecord],
+    names: OutputNames,
+) -> Result<(), PipelineError> {
+    let journal = dir.show(&names.journal());
     parts.iter().try_for_each(|p| check_part(dir, p, &journal))
 }
 
 /// Removes the journal once the manifest and success marker are written.
-pub fn finish(dir: &Path, names: OutputNames) {
-    let _ = std::fs::remove_file(dir.join(names.journal()));
+pub fn finish(dir: &OutputDir, names: OutputNames) {
+    let _ = dir.remove(&names.journal());
 }
 
 /// The part files a manifest of this run lists (none when there is no readable manifest).
-fn manifest_parts(dir: &Path, names: OutputNames) -> Vec<String> {
+fn manifest_parts(dir: &OutputDir, names: OutputNames) -> Result<Vec<String>, PipelineError> {
     #[derive(Deserialize)]
     struct Parts {
         parts: Vec<PartRecord>,
     }
-    std::fs::read_to_string(dir.join(names.manifest()))
-        .ok()
+    Ok(dir
+        .read_string(&names.manifest())?
         .and_then(|t| serde_json::from_str::<Parts>(&t).ok())
-        .map_or_else(Vec::new, |m| m.parts.into_iter().map(|p| p.file).collect())
+        .map_or_else(Vec::new, |m| m.parts.into_iter().map(|p| p.file).collect()))
 }
 
 /// The words every "cannot resume" error ends with.
@@ -373,7 +408,7 @@ const START_OVER: &str = "the output cannot be resumed safely; use --overwrite t
 /// Refuses a journal whose parts are not numbered 0, 1, 2, ... with the names this run gives
 /// them, or whose input ranges leave a gap or overlap within a file or go back to an earlier file.
 fn check_contiguous(
-    path: &Path,
+    path: &str,
     resumed: &Resumed,
     fingerprint: &Fingerprint,
 ) -> Result<(), PipelineError> {
@@ -402,8 +437,7 @@ fn check_contiguous(
         };
         if let Some(why) = broken {
             return Err(PipelineError::Run(format!(
-                "{} is not contiguous: {why}; {START_OVER}",
-                path.display()
+                "{path} is not contiguous: {why}; {START_OVER}"
             )));
         }
     }
@@ -411,18 +445,16 @@ fn check_contiguous(
 }
 
 /// Checks that a committed part exists with the size (and, for Parquet, the rows) recorded.
-fn check_part(dir: &Path, p: &PartRecord, journal: &Path) -> Result<(), PipelineError> {
-    let path = dir.join(&p.file);
+fn check_part(dir: &OutputDir, p: &PartRecord, journal: &str) -> Result<(), PipelineError> {
+    let path = dir.show(&p.file);
     let damaged = |what: String| {
         Err(PipelineError::Run(format!(
-            "committed part {} {what} ({} records it); {START_OVER}",
-            path.display(),
-            journal.display()
+            "committed part {path} {what} ({journal} records it); {START_OVER}"
         )))
     };
-    let len = match std::fs::metadata(&path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return damaged("is missing".into()),
+    let len = match dir.size(&p.file) {
+        Ok(Some(len)) => len,
+        Ok(None) => return damaged("is missing".into()),
         Err(e) => return damaged(format!("cannot be read: {e}")),
     };
     if let Some(bytes) = p.bytes.filter(|&b| b != len) {
@@ -430,17 +462,8 @@ fn check_part(dir: &Path, p: &PartRecord, journal: &Path) -> Result<(), Pipeline
             "is {len} bytes but was {bytes} when committed: it was truncated or changed since"
         ));
     }
-    if path.extension().is_some_and(|e| e == "parquet") {
-        let rows = File::open(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                parquet::file::reader::SerializedFileReader::new(f).map_err(|e| e.to_string())
-            })
-            .map(|r| {
-                use parquet::file::reader::FileReader;
-                r.metadata().file_metadata().num_rows()
-            });
-        match rows {
+    if p.file.ends_with(".parquet") {
+        match dir.parquet_rows(&p.file) {
             Err(e) => return damaged(format!("cannot be read as Parquet: {e}")),
             Ok(n) if n as u64 != p.rows => {
                 return damaged(format!("holds {n} rows but {} were committed", p.rows))
@@ -455,11 +478,13 @@ fn check_part(dir: &Path, p: &PartRecord, journal: &Path) -> Result<(), Pipeline
 /// 0, 1, 2, ... with this run's names. A torn last line is ignored; `None` when not even the
 /// fingerprint line was written.
 fn read_journal(
-    path: &Path,
+    dir: &OutputDir,
     names: OutputNames,
 ) -> Result<Option<(Fingerprint, Resumed)>, PipelineError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PipelineError::Run(format!("cannot read {}: {e}", path.display())))?;
+    let path = dir.show(&names.journal());
+    let text = dir
+        .read_string(&names.journal())?
+        .ok_or_else(|| PipelineError::Run(format!("cannot read {path}: it is gone")))?;
     let lines: Vec<&str> = text.lines().collect();
     let mut fingerprint = None;
     let mut resumed = Resumed::default();
@@ -471,7 +496,7 @@ fn read_journal(
             Err(e) => {
                 return Err(PipelineError::Run(format!(
                     "{} line {} is damaged ({e}); {START_OVER}",
-                    path.display(),
+                    path,
                     i + 1
                 )))
             }
@@ -481,7 +506,7 @@ fn read_journal(
             Entry::Fingerprint(_) => {
                 return Err(PipelineError::Run(format!(
                     "{} line {} repeats the fingerprint; {START_OVER}",
-                    path.display(),
+                    path,
                     i + 1
                 )))
             }
@@ -491,7 +516,7 @@ fn read_journal(
                     return Err(PipelineError::Run(format!(
                         "{} is not contiguous: line {} records part {seq} ({}) where part {want} \
                          was expected (a line is missing or was changed); {START_OVER}",
-                        path.display(),
+                        path,
                         i + 1,
                         part.file
                     )));
@@ -506,7 +531,7 @@ fn read_journal(
         None if resumed.parts.is_empty() => Ok(None),
         None => Err(PipelineError::Run(format!(
             "{} has no fingerprint line; {START_OVER}",
-            path.display()
+            path
         ))),
     }
 }
@@ -514,19 +539,18 @@ fn read_journal(
 /// Keeps only the rejections before the resume point (the rest will be met again); returns how
 /// many were kept.
 fn trim_rejects(
-    path: &Path,
+    dir: &OutputDir,
+    name: &str,
     resumed: &Resumed,
     fingerprint: &Fingerprint,
 ) -> Result<u64, PipelineError> {
-    if !path.exists() {
+    let Some(text) = dir.read_string(name)? else {
         return Ok(0);
-    }
+    };
     let order = |file: &str| fingerprint.inputs.iter().position(|f| f.path == file);
     let cut = resumed
         .position()
         .and_then(|(file, row)| order(file).map(|i| (i, row)));
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PipelineError::Run(format!("cannot read {}: {e}", path.display())))?;
     let mut kept = String::new();
     let mut count = 0;
     for line in text.lines() {
@@ -541,10 +565,9 @@ fn trim_rejects(
         }
     }
     if count == 0 {
-        std::fs::remove_file(path)
-            .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", path.display())))?;
+        dir.remove(name)?;
     } else {
-        mbpipe_io::write_atomic(path, kept.as_bytes())?;
+        dir.write_atomic(name, kept.as_bytes())?;
     }
     Ok(count)
 }

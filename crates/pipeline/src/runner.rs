@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use mbpipe_io::{
-    expand_inputs, open_source, unified_schema, OnError, OutputFormat, RejectsWriter, SourceItem,
+    expand_inputs, open_source, unified_schema, OnError, OutputDir, OutputFormat, RejectsWriter,
+    SourceItem,
     SourceOptions,
 };
 use mbpipe_model::{DeviceSpec, ModelFiles, Precision, Tokenizer};
@@ -133,15 +134,13 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         .map_or(input_schema.clone(), |q| q.output_schema());
     check_text_columns(&pipeline.input.text, &row_schema)?;
 
-    let out_dir = pipeline.output_dir.clone();
+    let out_dir = OutputDir::new(&pipeline.output_dir)?;
     // Checked and locked, but nothing in it changes before every check of the run has passed.
     let folder = crate::folder::open(&out_dir, names, &pipeline.input.path, &all_files)?;
-    let marker = out_dir.join(names.success());
+    let marker = out_dir.show(&names.success());
     if !opts.overwrite && folder.entries.contains(&names.success()) {
         eprintln!(
-            "mbpipe: {} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
-            out_dir.display(),
-            marker.display()
+            "mbpipe: {out_dir} is already complete ({marker} exists); nothing to do. Use --overwrite to run again."
         );
         return Ok(RunOutcome {
             rows: 0,
@@ -190,7 +189,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             .collect::<Result<_, _>>()?,
         inputs: all_files
             .iter()
-            .map(|f| FileStamp::of(&f.path))
+            .map(FileStamp::of_input)
             .collect::<Result<_, _>>()?,
     };
     let plan = resume::plan(
@@ -433,7 +432,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     let w = match &mut rejects {
                         Some(w) => w,
                         None => {
-                            rejects.insert(RejectsWriter::create_named(&out_dir, &names.rejects())?)
+                            rejects.insert(RejectsWriter::create_named(
+                            out_dir.staging(),
+                            &names.rejects(),
+                        )?)
                         }
                     };
                     w.write(&rej)?;
@@ -526,7 +528,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         return Err(PipelineError::Interrupted(format!(
             "interrupted: {total_rows} rows are committed in {} part file(s) of {}; run the same command again to resume",
             parts.len(),
-            out_dir.display()
+            out_dir
         )));
     }
     // Never a _SUCCESS over a folder that is not complete.
@@ -563,7 +565,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         if rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
         manifest.tokens_per_second,
         manifest.model_tokens_per_second,
-        out_dir.display(),
+        out_dir,
         parts.len(),
         if parts.len() == 1 { "" } else { "s" },
     );

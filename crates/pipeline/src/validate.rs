@@ -184,13 +184,13 @@ impl Pipeline {
         Ok(Pipeline {
             source,
             input: InputSpec {
-                path: file.input.path,
+                path: without_file_scheme(&file.input.path),
                 text,
                 query: file.input.query,
                 keep: file.input.keep,
                 on_error: file.input.on_error,
             },
-            output_dir: PathBuf::from(file.output.path),
+            output_dir: PathBuf::from(without_file_scheme(&file.output.path)),
             output_format: file.output.format,
             part_rows: file.output.part_rows.unwrap_or(crate::output::PART_ROWS),
             tasks,
@@ -335,6 +335,11 @@ pub(crate) fn check_weight_labels(
         }
     }
     Ok(())
+}
+
+/// `file:///data/x` is the local path `/data/x`; anything else is kept as written.
+fn without_file_scheme(path: &str) -> String {
+    mbpipe_store::file_url_path(path).unwrap_or(path).to_string()
 }
 
 #[cfg(test)]

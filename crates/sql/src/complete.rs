@@ -22,13 +22,26 @@ pub fn incomplete_outputs(tables: &[TableSource]) -> Vec<String> {
         .collect()
 }
 
+/// The names in a local folder or under a prefix in a bucket; `None` when it cannot be listed.
+fn folder_names(dir: &Path) -> Option<Vec<String>> {
+    if let Some(url) = dir.to_str().filter(|u| mbpipe_store::is_url(u)) {
+        let listed = mbpipe_store::Remote::parse(url.trim_end_matches('/'))
+            .and_then(|r| r.list_dir())
+            .ok()?;
+        return Some(listed.into_iter().map(|e| e.name).collect());
+    }
+    Some(
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
 /// What marks `dir` as unfinished, or `None` when it is complete or not an mbpipe output.
 fn missing_markers(dir: &Path) -> Option<String> {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = folder_names(dir)?;
     let has = |n: &str| names.iter().any(|x| x == n);
     if has("_SUCCESS") {
         return None;

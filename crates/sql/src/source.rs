@@ -109,17 +109,22 @@ impl Kind {
 pub(crate) async fn register(ctx: &SessionContext, source: &TableSource) -> Result<(), SqlError> {
     // Also checked here: a `TableSource` may be built without `FromStr`.
     check_name(&source.name)?;
-    let (kind, files) = data_files(source)?;
     let register_err = |e: DataFusionError| SqlError::Register {
         table: source.name.clone(),
         path: source.path.clone(),
         source: e,
     };
-
-    let urls = files
-        .iter()
-        .map(|file| file_url(source, file))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (kind, urls) = match source.path.to_str().filter(|p| mbpipe_store::is_url(p)) {
+        Some(url) => remote_files(ctx, source, url)?,
+        None => {
+            let (kind, files) = data_files(source)?;
+            let urls = files
+                .iter()
+                .map(|file| file_url(source, file))
+                .collect::<Result<Vec<_>, _>>()?;
+            (kind, urls)
+        }
+    };
     // Every file is named explicitly, so the extension filter only has to let them through.
     let options = ListingOptions::new(kind.format()).with_file_extension("");
     let state = ctx.state();
@@ -144,6 +149,69 @@ pub(crate) async fn register(ctx: &SessionContext, source: &TableSource) -> Resu
     )
     .map_err(register_err)?;
     Ok(())
+}
+
+/// The objects behind a table in object storage (an object, a prefix or a glob over keys),
+/// sorted by name; registers the bucket's store with DataFusion.
+fn remote_files(
+    ctx: &SessionContext,
+    source: &TableSource,
+    url: &str,
+) -> Result<(Kind, Vec<ListingTableUrl>), SqlError> {
+    let unsupported = |reason: String| SqlError::Unsupported {
+        table: source.name.clone(),
+        path: source.path.clone(),
+        reason,
+    };
+    let store_err = |e: mbpipe_store::StoreError| unsupported(e.to_string());
+    let trimmed = url.trim_end_matches('/');
+    let glob_at = trimmed.find(['*', '?', '[']);
+    let base = match glob_at {
+        Some(i) => &trimmed[..trimmed[..i].rfind('/').unwrap_or(i)],
+        None => trimmed,
+    };
+    let remote = mbpipe_store::Remote::parse(base).map_err(store_err)?;
+    let entries = match glob_at {
+        Some(_) => {
+            let pattern = glob::Pattern::new(trimmed)
+                .map_err(|e| unsupported(format!("invalid glob: {e}")))?;
+            let options = glob::MatchOptions {
+                require_literal_separator: true,
+                ..Default::default()
+            };
+            let all = remote.list_all().map_err(store_err)?;
+            all.into_iter()
+                .filter(|e| pattern.matches_with(&e.url, options))
+                .collect()
+        }
+        None => match remote.head().map_err(store_err)? {
+            Some(object) if !url.ends_with('/') => vec![object],
+            _ => remote.list_dir().map_err(store_err)?,
+        },
+    };
+    let files: Vec<(Kind, PathBuf)> = entries
+        .into_iter()
+        .filter(|e| !is_hidden(e.url.rsplit('/').next().unwrap_or("")))
+        .filter_map(|e| {
+            let path = PathBuf::from(e.url);
+            Kind::of(&path).map(|k| (k, path))
+        })
+        .collect();
+    let (kind, files) = one_kind(files).map_err(|why| unsupported(format!("{why} at {url}")))?;
+    let (root, store) = remote.store();
+    let root_url = url::Url::parse(root).map_err(|e| unsupported(e.to_string()))?;
+    ctx.runtime_env().register_object_store(&root_url, store);
+    let urls = files
+        .iter()
+        .map(|f| {
+            ListingTableUrl::parse(f.to_string_lossy()).map_err(|e| SqlError::Register {
+                table: source.name.clone(),
+                path: f.clone(),
+                source: e,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((kind, urls))
 }
 
 /// The files behind a table, sorted by name, and how to read them.

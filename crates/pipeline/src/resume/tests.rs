@@ -1,6 +1,6 @@
 //! Unit tests of the journal: resume, damage, overwrite.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use mbpipe_io::OutputFormat;
 
@@ -74,13 +74,17 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
+fn local(dir: &Path) -> OutputDir {
+    OutputDir::Local(dir.to_path_buf())
+}
+
 fn open(
     dir: &Path,
     names: OutputNames,
     fp: &Fingerprint,
     overwrite: bool,
 ) -> Result<(Journal, Resumed), PipelineError> {
-    start(plan(dir, names, &entries(dir), fp, overwrite)?)
+    start(plan(&local(dir), names, &entries(dir), fp, overwrite)?)
 }
 
 /// Part `seq` (an Arrow name, so its content need not be Parquet) covering rows
@@ -128,13 +132,13 @@ fn journal_round_trip_drops_uncommitted_parts_and_late_rejects() {
 
     let mut changed = fp.clone();
     changed.inputs[0].bytes = 99;
-    let err = plan(d, names, &entries(d), &changed, false)
+    let err = plan(&local(d), names, &entries(d), &changed, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("input a.jsonl was modified"), "{err}");
 
     // Planning changes nothing; starting removes the leftovers.
-    let p = plan(d, names, &entries(d), &fp, false).unwrap();
+    let p = plan(&local(d), names, &entries(d), &fp, false).unwrap();
     assert!(d.join("part-00002.arrow").exists());
     let (_, r) = start(p).unwrap();
     assert_eq!(r.parts, parts);
@@ -159,7 +163,7 @@ fn resume_after(damage: impl Fn(&Path, OutputNames)) -> String {
     }
     drop(j);
     damage(d, names);
-    let err = plan(d, names, &entries(d), &fp, false)
+    let err = plan(&local(d), names, &entries(d), &fp, false)
         .unwrap_err()
         .to_string();
     // Nothing was deleted by the refused resume.
@@ -236,7 +240,7 @@ fn overwrite_deletes_only_this_shards_own_files() {
     // A part no journal or manifest lists is not known to be mbpipe's: not deleted.
     std::fs::remove_file(d.join(s1.journal())).unwrap();
     std::fs::write(d.join("part-00001-00004.arrow"), b"x").unwrap();
-    let err = plan(d, s1, &entries(d), &fp, true).unwrap_err().to_string();
+    let err = plan(&local(d), s1, &entries(d), &fp, true).unwrap_err().to_string();
     assert!(
         err.contains("part-00001-00004.arrow, which neither"),
         "{err}"

@@ -1,0 +1,167 @@
+//! Inputs in object storage: listing a prefix or a glob, and reading objects as streams
+//! (JSON lines) or by ranges (Parquet: the footer and the projected column chunks only).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use mbpipe_store::Remote;
+use parquet::file::reader::{ChunkReader, Length};
+
+use crate::inputs::{detect_format, is_hidden_name, InputFile, Snapshot};
+use crate::IoError;
+
+/// The object behind `path` when it is an object storage URL.
+pub(crate) fn remote_of(path: &Path) -> Result<Option<Remote>, IoError> {
+    match path.to_str().filter(|s| mbpipe_store::is_url(s)) {
+        Some(url) => Ok(Some(Remote::parse(url)?)),
+        None => Ok(None),
+    }
+}
+
+/// The size and modification time of an object now.
+pub(crate) fn snapshot(remote: &Remote) -> Result<Snapshot, IoError> {
+    let entry = remote.head()?.ok_or_else(|| IoError::Open {
+        path: PathBuf::from(remote.url()),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such object"),
+    })?;
+    Ok(Snapshot::from_remote(entry.size, entry.modified_ms))
+}
+
+/// Expands an object storage spec: one object, a prefix ("folder": its objects with known
+/// extensions, not in sub-prefixes, hidden names skipped) or a glob over keys.
+pub(crate) fn expand(spec: &str) -> Result<Vec<InputFile>, IoError> {
+    let trimmed = spec.trim_end_matches('/');
+    if let Some((base, _)) = trimmed
+        .find(['*', '?', '['])
+        .and_then(|i| trimmed[..i].rfind('/').map(|j| trimmed.split_at(j)))
+    {
+        let pattern = glob::Pattern::new(trimmed).map_err(|source| IoError::Glob {
+            spec: spec.to_string(),
+            source,
+        })?;
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let listed = Remote::parse(base)?.list_all()?;
+        return Ok(listed
+            .into_iter()
+            .filter(|e| pattern.matches_with(&e.url, options))
+            .filter_map(|e| visible(e.url, e.size, e.modified_ms))
+            .collect());
+    }
+    let remote = Remote::parse(trimmed)?;
+    if !spec.ends_with('/') {
+        if let Some(e) = remote.head()? {
+            // An explicit object is read even if hidden: the user named it.
+            let path = PathBuf::from(remote.url());
+            let format = detect_format(&path).ok_or(IoError::UnknownExtension { path })?;
+            let mut file = InputFile::new_unchecked(PathBuf::from(e.url), format);
+            file.snapshot = Some(Snapshot::from_remote(e.size, e.modified_ms));
+            return Ok(vec![file]);
+        }
+    }
+    Ok(remote
+        .list_dir()?
+        .into_iter()
+        .filter_map(|e| visible(e.url, e.size, e.modified_ms))
+        .collect())
+}
+
+/// An input for a listed object with a known extension and a visible name.
+fn visible(url: String, size: u64, modified_ms: i64) -> Option<InputFile> {
+    let path = PathBuf::from(url);
+    let name = path.file_name()?.to_str()?;
+    if is_hidden_name(name) {
+        return None;
+    }
+    let Some(format) = detect_format(&path) else {
+        tracing::warn!(
+            "skipping input {}: not .parquet, .jsonl or .ndjson (optionally .gz/.zst)",
+            path.display()
+        );
+        return None;
+    };
+    let mut file = InputFile::new_unchecked(path, format);
+    file.snapshot = Some(Snapshot::from_remote(size, modified_ms));
+    Some(file)
+}
+
+/// An object read by ranged requests, for the Parquet reader: the footer first, then only the
+/// column chunks it asks for.
+pub(crate) struct RemoteChunks {
+    remote: Remote,
+    len: u64,
+}
+
+/// Bytes fetched per request when the Parquet reader streams from an offset.
+const READ_AHEAD: u64 = 1 << 20;
+
+impl RemoteChunks {
+    pub(crate) fn new(remote: Remote, len: u64) -> Self {
+        Self { remote, len }
+    }
+
+    fn fetch(&self, start: u64, end: u64) -> parquet::errors::Result<Bytes> {
+        self.remote
+            .get_range(start..end.min(self.len))
+            .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+    }
+}
+
+impl Length for RemoteChunks {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for RemoteChunks {
+    type T = RangeReader;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<RangeReader> {
+        Ok(RangeReader {
+            chunks: RemoteChunks::new(self.remote.clone(), self.len),
+            pos: start,
+            buf: Bytes::new(),
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        let bytes = self.fetch(start, start + length as u64)?;
+        if bytes.len() != length {
+            return Err(parquet::errors::ParquetError::EOF(format!(
+                "{}: expected {length} bytes at {start}, got {}",
+                self.remote.url(),
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Reads an object from an offset, a megabyte per request.
+pub(crate) struct RangeReader {
+    chunks: RemoteChunks,
+    pos: u64,
+    buf: Bytes,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.buf.is_empty() {
+            if self.pos >= self.chunks.len {
+                return Ok(0);
+            }
+            self.buf = self
+                .chunks
+                .fetch(self.pos, self.pos + READ_AHEAD)
+                .map_err(std::io::Error::other)?;
+            self.pos += self.buf.len() as u64;
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf.split_to(n));
+        Ok(n)
+    }
+}

@@ -1,0 +1,108 @@
+//! What went wrong with a bucket, in words a user can act on.
+
+/// What kind of failure a [`StoreError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The URL is malformed or names no bucket.
+    InvalidUrl,
+    /// No such object or bucket.
+    NotFound,
+    /// Credentials missing or wrong, or access denied.
+    Denied,
+    /// The object changed since it was listed (its version tag no longer matches).
+    Changed,
+    /// Reading a local file for an upload failed.
+    Local,
+    /// Anything else left after retries (network, server errors).
+    Other,
+}
+
+/// A failed object storage operation, naming the URL and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {message}")]
+pub struct StoreError {
+    /// The object or prefix.
+    pub url: String,
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    message: String,
+}
+
+impl StoreError {
+    pub(crate) fn invalid(url: &str, why: String) -> Self {
+        Self {
+            url: url.to_string(),
+            kind: ErrorKind::InvalidUrl,
+            message: format!("not a valid object storage URL ({why})"),
+        }
+    }
+
+    pub(crate) fn local(url: &str, message: String) -> Self {
+        Self {
+            url: url.to_string(),
+            kind: ErrorKind::Local,
+            message,
+        }
+    }
+
+    /// Classifies an `object_store` error (after its retries) for `url`.
+    pub(crate) fn from_store(url: &str, e: object_store::Error) -> Self {
+        use object_store::Error as E;
+        let text = full_text(&e);
+        let kind = match &e {
+            E::NotFound { .. } => ErrorKind::NotFound,
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Denied,
+            E::Precondition { .. } => ErrorKind::Changed,
+            E::Generic { store, .. } if *store == "local file" => ErrorKind::Local,
+            _ if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"]
+                .iter()
+                .any(|c| text.contains(c)) =>
+            {
+                ErrorKind::Denied
+            }
+            _ if text.contains("NoSuchBucket") => ErrorKind::NotFound,
+            _ => ErrorKind::Other,
+        };
+        let message = match kind {
+            ErrorKind::Denied => format!(
+                "access denied: check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
+                 GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) and the bucket's permissions ({text})"
+            ),
+            ErrorKind::NotFound if text.contains("NoSuchBucket") => {
+                format!("no such bucket ({text})")
+            }
+            ErrorKind::NotFound => format!("no such object ({text})"),
+            ErrorKind::Changed => format!("the object changed since it was listed ({text})"),
+            _ => text,
+        };
+        Self {
+            url: url.to_string(),
+            kind,
+            message,
+        }
+    }
+
+    /// A failure that retrying will not mend: a bad URL, a missing bucket or object, denied
+    /// access. The CLI exits with code 2 for these.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::InvalidUrl | ErrorKind::NotFound | ErrorKind::Denied
+        )
+    }
+}
+
+/// The error and its sources on one line.
+fn full_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,383 @@
+//! Object storage for mbpipe: `s3://`, `gs://` and `az://` URLs, credentials and endpoints
+//! from the environment (as `object_store`'s builders read them), and blocking operations for
+//! the pipeline's reader and writer threads.
+//!
+//! Every operation runs on one small runtime of this crate's own and the caller waits on a
+//! channel, so these functions may be called from any thread, inside another Tokio runtime too.
+//! Transient failures (timeouts, 5xx, throttling) are retried with backoff by `object_store`;
+//! what is left is a [`StoreError`] naming the URL and the cause.
+//!
+//! ```no_run
+//! let dir = mbpipe_store::Remote::parse("s3://corpus/comments")?;
+//! for entry in dir.list_dir()? {
+//!     println!("{} ({} bytes)", entry.name, entry.size);
+//! }
+//! # Ok::<(), mbpipe_store::StoreError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod reader;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as Key;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
+};
+
+pub use error::{ErrorKind, StoreError};
+pub use object_store::ObjectStore as DynObjectStore;
+pub use reader::ObjectReader;
+
+/// URL schemes read and written through `object_store`.
+const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+
+/// Objects above this size are uploaded in parts (multipart upload), others in one put.
+const SINGLE_PUT_BYTES: u64 = 16 << 20;
+
+/// True when `spec` is an object storage URL (`s3://`, `gs://`, `az://`, ...).
+pub fn is_url(spec: &str) -> bool {
+    spec.split_once("://")
+        .is_some_and(|(scheme, _)| SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()))
+}
+
+/// The local path of a `file://` URL (`file:///data/x` is `/data/x`); `None` for anything else.
+pub fn file_url_path(spec: &str) -> Option<&str> {
+    spec.strip_prefix("file://")
+}
+
+/// The runtime every store operation runs on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mbpipe-store")
+            .enable_all()
+            .build()
+            .expect("cannot start the object storage runtime")
+    })
+}
+
+/// Runs `fut` on the store runtime and waits for it; callable from any thread.
+fn wait<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .expect("an object storage task panicked; this is a bug")
+}
+
+/// How long transient failures are retried before an operation fails:
+/// `MBPIPE_STORE_RETRY_SECONDS`, default 180.
+fn retry_config() -> RetryConfig {
+    let seconds = std::env::var("MBPIPE_STORE_RETRY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(180);
+    RetryConfig {
+        max_retries: 10,
+        retry_timeout: Duration::from_secs(seconds),
+        ..Default::default()
+    }
+}
+
+/// Builds the store for `root` (`scheme://bucket`) from the environment.
+fn build(root: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let scheme = root.split_once("://").map_or("", |(s, _)| s);
+    let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme {
+        "s3" | "s3a" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(root)
+                .with_retry(retry_config());
+            // An S3-compatible server on plain http (MinIO, a test server) is what the user
+            // configured; object_store refuses http unless told.
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .unwrap_or_default();
+            if endpoint.starts_with("http://") {
+                b = b.with_allow_http(true);
+            }
+            b.build().map(|s| Arc::new(s) as _)
+        }
+        "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+            .with_url(root)
+            .with_retry(retry_config())
+            .build()
+            .map(|s| Arc::new(s) as _),
+        _ => object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_url(root)
+            .with_retry(retry_config())
+            .build()
+            .map(|s| Arc::new(s) as _),
+    };
+    built.map_err(|e| StoreError::from_store(root, e))
+}
+
+/// The store for `root`, built once per process and shared (one connection pool per bucket).
+fn store_for(root: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = stores.get(root) {
+        return Ok(s.clone());
+    }
+    let store = build(root)?;
+    stores.insert(root.to_string(), store.clone());
+    Ok(store)
+}
+
+/// An object or a prefix ("folder") in a bucket, with the bucket's store.
+#[derive(Clone)]
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://bucket`.
+    root: String,
+    key: Key,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
+    }
+}
+
+/// One object found by a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its name relative to the listed prefix.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Its version tag, where the store has one.
+    pub e_tag: Option<String>,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
+
+impl Remote {
+    /// Parses `scheme://bucket/key`. The store is built from the environment (credentials,
+    /// region, endpoint) the first time a bucket is used.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let parsed = url::Url::parse(url).map_err(|e| StoreError::invalid(url, e.to_string()))?;
+        let bucket = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| StoreError::invalid(url, "the URL names no bucket".into()))?;
+        let root = format!("{}://{bucket}", parsed.scheme());
+        let key = Key::from_url_path(parsed.path())
+            .map_err(|e| StoreError::invalid(url, e.to_string()))?;
+        Ok(Self {
+            store: store_for(&root)?,
+            root,
+            key,
+        })
+    }
+
+    /// The URL, e.g. `s3://bucket/key`.
+    pub fn url(&self) -> String {
+        if self.key.as_ref().is_empty() {
+            self.root.clone()
+        } else {
+            format!("{}/{}", self.root, self.key)
+        }
+    }
+
+    /// `scheme://bucket`, and the store serving it (for DataFusion's object store registry).
+    pub fn store(&self) -> (&str, Arc<dyn ObjectStore>) {
+        (&self.root, self.store.clone())
+    }
+
+    /// The object `name` under this prefix.
+    pub fn join(&self, name: &str) -> Remote {
+        let key = name
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .fold(self.key.clone(), |k, part| k.clone().join(part));
+        Remote {
+            store: self.store.clone(),
+            root: self.root.clone(),
+            key,
+        }
+    }
+
+    /// The last segment of the key.
+    pub fn name(&self) -> &str {
+        self.key.filename().unwrap_or("")
+    }
+
+    fn err(&self, e: object_store::Error) -> StoreError {
+        StoreError::from_store(&self.url(), e)
+    }
+
+    /// Objects directly under this prefix (not in sub-prefixes), sorted by name.
+    pub fn list_dir(&self) -> Result<Vec<Entry>, StoreError> {
+        let (store, key, me) = (self.store.clone(), self.key.clone(), self.clone());
+        let listed = wait(async move { store.list_with_delimiter(Some(&key)).await })
+            .map_err(|e| me.err(e))?;
+        let mut out: Vec<Entry> = listed
+            .objects
+            .into_iter()
+            .map(|m| self.entry(m))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Every object under this prefix, sub-prefixes included, sorted by name.
+    pub fn list_all(&self) -> Result<Vec<Entry>, StoreError> {
+        let (store, key, me) = (self.store.clone(), self.key.clone(), self.clone());
+        let listed: Vec<_> = wait(async move { store.list(Some(&key)).try_collect().await })
+            .map_err(|e| me.err(e))?;
+        let mut out: Vec<Entry> = listed.into_iter().map(|m| self.entry(m)).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn entry(&self, m: object_store::ObjectMeta) -> Entry {
+        let full = m.location.as_ref();
+        let prefix = self.key.as_ref();
+        let name = full
+            .strip_prefix(prefix)
+            .map(|n| n.trim_start_matches('/'))
+            .unwrap_or(full)
+            .to_string();
+        Entry {
+            name,
+            url: format!("{}/{}", self.root, full),
+            size: m.size,
+            e_tag: m.e_tag,
+            modified_ms: m.last_modified.timestamp_millis(),
+        }
+    }
+
+    /// The object's size and version, `None` when there is no such object.
+    pub fn head(&self) -> Result<Option<Entry>, StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        match wait(async move { store.head(&key).await }) {
+            Ok(m) => Ok(Some(Entry {
+                name: self.name().to_string(),
+                url: self.url(),
+                size: m.size,
+                e_tag: m.e_tag,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Bytes `range` of the object.
+    pub fn get_range(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let (store, key) = (self.store.clone(), self.key.clone());
+        wait(async move { store.get_range(&key, range).await }).map_err(|e| self.err(e))
+    }
+
+    /// The whole object (small objects: journals, manifests), `None` when there is none.
+    pub fn read_all(&self) -> Result<Option<Bytes>, StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        match wait(async move { store.get(&key).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Streams the object from its start (a few chunks buffered at a time), its first `limit`
+    /// bytes when given.
+    pub fn reader(&self, limit: Option<u64>) -> ObjectReader {
+        ObjectReader::start(self.clone(), limit)
+    }
+
+    /// Writes the object whole, replacing any object of that name.
+    pub fn put(&self, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let payload = PutPayload::from(bytes.into());
+        wait(async move { store.put(&key, payload).await.map(|_| ()) }).map_err(|e| self.err(e))
+    }
+
+    /// Writes the object only if there is none of that name (the store's conditional put):
+    /// `Ok(false)` when one exists.
+    pub fn put_new(&self, bytes: impl Into<Bytes>) -> Result<bool, StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let payload = PutPayload::from(bytes.into());
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match wait(async move { store.put_opts(&key, payload, opts).await }) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Uploads the local file `path` as this object. It becomes visible only when complete:
+    /// one put, or above 16 MiB a multipart upload that is completed last (and aborted when a
+    /// part fails).
+    pub fn upload(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        let local_err = |e: std::io::Error| {
+            StoreError::local(&self.url(), format!("cannot read {}: {e}", path.display()))
+        };
+        let mut file = std::fs::File::open(path).map_err(local_err)?;
+        let size = file.metadata().map_err(local_err)?.len();
+        if size <= SINGLE_PUT_BYTES {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes).map_err(local_err)?;
+            return self.put(bytes);
+        }
+        let (store, key) = (self.store.clone(), self.key.clone());
+        wait(async move {
+            let upload = store.put_multipart(&key).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, SINGLE_PUT_BYTES as usize);
+            let mut buf = vec![0u8; 4 << 20];
+            loop {
+                // At most two parts in flight: memory stays bounded for any file size.
+                let step = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => writer.wait_for_capacity(2).await.map(|()| n),
+                    Err(e) => Err(object_store::Error::Generic {
+                        store: "local file",
+                        source: Box::new(e),
+                    }),
+                };
+                match step {
+                    Ok(n) => writer.write(&buf[..n]),
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(e);
+                    }
+                }
+            }
+            // Completing the upload is what makes the object visible; a failure aborts it.
+            writer.finish().await.map(|_| ())
+        })
+        .map_err(|e| self.err(e))
+    }
+
+    /// Deletes the object; no error when there is none.
+    pub fn delete(&self) -> Result<(), StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        match wait(async move { store.delete(&key).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}

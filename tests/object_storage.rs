@@ -1,0 +1,472 @@
+//! Object storage end to end, against a real S3 server on loopback (`moto_server`, started and
+//! stopped by each test on a free port of 127.0.0.1; nothing else is contacted). The bucket is
+//! read and written by the test through `object_store` directly, independently of mbpipe.
+//!
+//! Outputs are compared with a local run of the same pipeline on the same input, row by row
+//! (`reliability::assert_same_output`: exact for ids and strings, 1e-5 for floats).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::reliability::{assert_same_output, write_corpus, write_pipeline};
+use crate::util::{fixture, ok, stderr, stdout};
+
+/// A moto S3 server on 127.0.0.1, killed on drop.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl S3Server {
+    /// Starts a server, or `None` (with a message) where `moto_server` is not installed.
+    fn start() -> Option<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = match Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED: moto_server cannot be started ({e}); `pip install 'moto[server]'` \
+                     (.ci/run does) to run the object storage tests"
+                );
+                return None;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Some(Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            rt,
+        })
+    }
+
+    /// The environment mbpipe reads the server and credentials from.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("MBPIPE_STORE_RETRY_SECONDS", "3".into()),
+        ]
+    }
+
+    fn store(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap()
+    }
+
+    /// Creates `bucket` (S3's CreateBucket is a PUT on the bucket's path), retrying while the
+    /// server is still starting.
+    fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let port = self.endpoint.rsplit(':').next().unwrap();
+        let mut last = String::new();
+        for _ in 0..50 {
+            let attempt = (|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect(format!("127.0.0.1:{port}"))?;
+                write!(
+                    s,
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply)?;
+                Ok(reply)
+            })();
+            match attempt {
+                Ok(reply) if reply.starts_with("HTTP/1.1 200") => return,
+                Ok(reply) => last = reply,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cannot create bucket {bucket}: {last}");
+    }
+
+    /// Uploads the files of local `dir` under `prefix`.
+    fn upload_dir(&self, bucket: &str, dir: &Path, prefix: &str) {
+        let store = self.store(bucket);
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let key = Key::from(format!("{prefix}/{}", entry.file_name().to_string_lossy()));
+            let bytes = std::fs::read(entry.path()).unwrap();
+            self.rt
+                .block_on(store.put(&key, PutPayload::from(bytes)))
+                .unwrap();
+        }
+    }
+
+    /// Names (relative to `prefix`) and sizes of the objects under it.
+    fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
+        let store = self.store(bucket);
+        let prefix = Key::from(prefix);
+        let metas: Vec<_> = self
+            .rt
+            .block_on(store.list(Some(&prefix)).try_collect())
+            .unwrap();
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .map(|m| {
+                let name = m.location.as_ref()[prefix.as_ref().len() + 1..].to_string();
+                (name, m.size)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let store = self.store(bucket);
+        let r = self.rt.block_on(async {
+            match store.get(&Key::from(key)).await {
+                Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("get {key}: {e}"),
+            }
+        });
+        r
+    }
+
+    /// Copies the objects under `prefix` into a new local folder.
+    fn download(&self, bucket: &str, prefix: &str, to: &Path) -> PathBuf {
+        std::fs::create_dir_all(to).unwrap();
+        for (name, _) in self.list(bucket, prefix) {
+            let bytes = self.get(bucket, &format!("{prefix}/{name}")).unwrap();
+            std::fs::write(to.join(name), bytes).unwrap();
+        }
+        to.to_path_buf()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_with(server: &S3Server, cwd: &Path, args: &[&str]) -> Output {
+    command(server, cwd, args).output().expect("cannot run mbpipe")
+}
+
+fn command(server: &S3Server, cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mbpipe"));
+    c.args(args)
+        .current_dir(cwd)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("RUST_LOG")
+        .envs(server.env());
+    c
+}
+
+/// A pipeline reading `input` and writing `output` (the reliability tests' tasks: a classifier
+/// and an embedding), saved as `name.toml` in `dir`.
+fn pipeline(dir: &Path, name: &str, input: &str, output: &str, part_rows: usize) {
+    let fx = fixture().expect("checked by the caller");
+    write_pipeline(&fx, dir, name, part_rows);
+    let path = dir.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("path = \"input/*\"", &format!("path = \"{input}\""))
+        .replace(&format!("path = \"{name}\""), &format!("path = \"{output}\""));
+    std::fs::write(path, text).unwrap();
+}
+
+/// A local corpus in `dir/input`, the same in `bucket/input/`, and a clean local run of it in
+/// `dir/local`.
+fn corpus_and_local_run(server: &S3Server, dir: &Path, bucket: &str, rows: usize) {
+    server.create_bucket(bucket);
+    write_corpus(dir, rows);
+    server.upload_dir(bucket, &dir.join("input"), "input");
+    pipeline(dir, "local", "input/*", "local", 100);
+    ok(run_with(server, dir, &["run", "local.toml"]));
+}
+
+#[test]
+fn bucket_input_and_output_equal_a_local_run_and_sql_reads_the_bucket() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "corpus", 900);
+    pipeline(
+        dir,
+        "remote",
+        "s3://corpus/input/*",
+        "s3://corpus/results/run1",
+        100,
+    );
+    let out = run_with(&server, dir, &["run", "remote.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("s3://corpus/results/run1"), "{}", stderr(&out));
+
+    // Only finished objects: parts, the manifest and the marker; no lock, journal or temp file.
+    let listed = server.list("corpus", "results/run1");
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"_SUCCESS") && names.contains(&"_manifest.json"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("part-") || *n == "_SUCCESS" || *n == "_manifest.json"),
+        "{names:?}"
+    );
+    let got = server.download("corpus", "results/run1", &dir.join("downloaded"));
+    assert_same_output(&got, &dir.join("local"));
+    // The manifest records the sizes the objects have.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&server.get("corpus", "results/run1/_manifest.json").unwrap())
+            .unwrap();
+    assert_eq!(manifest["rows"], 900);
+    for p in manifest["parts"].as_array().unwrap() {
+        let size = listed
+            .iter()
+            .find(|(n, _)| n == p["file"].as_str().unwrap())
+            .map(|(_, s)| *s);
+        assert_eq!(size, p["bytes"].as_u64(), "{p}");
+    }
+    assert_eq!(
+        manifest["inputs"][0].as_str(),
+        Some("s3://corpus/input/a.jsonl")
+    );
+
+    // A second run finds it complete and changes nothing.
+    let again = run_with(&server, dir, &["run", "remote.toml"]);
+    assert!(stderr(&again).contains("already complete"), "{}", stderr(&again));
+
+    // mbpipe sql reads the bucket output (the prefix, and a glob) like a local folder.
+    let query = "SELECT count(*) AS n, sum(CAST(sentiment_label = 'positive' AS INT)) AS pos FROM c";
+    let remote_sql = ok(run_with(
+        &server,
+        dir,
+        &["sql", "--table", "c=s3://corpus/results/run1", query],
+    ));
+    let local_sql = ok(run_with(&server, dir, &["sql", "--table", "c=local", query]));
+    assert_eq!(remote_sql, local_sql);
+    assert!(remote_sql.contains("900"), "{remote_sql}");
+    let glob_sql = ok(run_with(
+        &server,
+        dir,
+        &["sql", "--table", "c=s3://corpus/results/run1/part-*.parquet", query],
+    ));
+    assert_eq!(glob_sql, local_sql);
+}
+
+#[test]
+fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "nightly", 1500);
+    pipeline(dir, "remote", "s3://nightly/input/", "s3://nightly/out", 100);
+    let committed = || {
+        server
+            .get("nightly", "out/_progress.jsonl")
+            .map(|j| {
+                String::from_utf8_lossy(&j)
+                    .lines()
+                    .filter(|l| l.starts_with("{\"part\""))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut resumed = 0;
+    for more_parts in [0, 1, 2, 4] {
+        let before = committed();
+        let mut child = command(&server, dir, &["run", "remote.toml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        if more_parts == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        } else {
+            while committed() < before + more_parts
+                && child.try_wait().unwrap().is_none()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = child.kill(); // SIGKILL
+        let out = child.wait_with_output().unwrap();
+        if String::from_utf8_lossy(&out.stderr).contains("resuming:") {
+            resumed += 1;
+        }
+        if out.status.success() {
+            break;
+        }
+        let listed = server.list("nightly", "out");
+        assert!(
+            !listed.iter().any(|(n, _)| n == "_SUCCESS"),
+            "a killed run must not look complete"
+        );
+        // Every listed part is whole: its Parquet footer reads.
+        let local = server.download("nightly", "out", &dir.join(format!("killed-{more_parts}")));
+        for (name, _) in listed.iter().filter(|(n, _)| n.starts_with("part-")) {
+            let f = std::fs::File::open(local.join(name)).unwrap();
+            parquet::file::reader::SerializedFileReader::new(f)
+                .unwrap_or_else(|e| panic!("{name} is listed but not a whole Parquet file: {e}"));
+        }
+    }
+    assert!(resumed >= 1, "no kill landed after a committed part");
+    let out = run_with(&server, dir, &["run", "remote.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = server.download("nightly", "out", &dir.join("final"));
+    assert!(got.join("_SUCCESS").exists());
+    assert!(!got.join("_progress.jsonl").exists() && !got.join("_lock").exists());
+    assert_same_output(&got, &dir.join("local"));
+}
+
+#[test]
+fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "shards", 900);
+    pipeline(dir, "remote", "s3://shards/input/*", "s3://shards/out", 100);
+    let children: Vec<Child> = ["0/2", "1/2"]
+        .iter()
+        .map(|s| {
+            command(&server, dir, &["run", "remote.toml", "--shard", s])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let got = server.download("shards", "out", &dir.join("sharded"));
+    assert!(got.join("_SUCCESS.shard-0-of-2").exists() && got.join("_SUCCESS.shard-1-of-2").exists());
+    assert_same_output(&got, &dir.join("local"));
+}
+
+#[test]
+fn a_second_run_on_the_same_bucket_output_is_refused_and_the_first_finishes() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "twice", 1500);
+    pipeline(dir, "remote", "s3://twice/input/*", "s3://twice/out", 100);
+    let first = command(&server, dir, &["run", "remote.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get("twice", "out/_lock").is_none() {
+        assert!(Instant::now() < deadline, "the first run never took the lease");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = run_with(&server, dir, &["run", "remote.toml"]);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    if second.status.success() && stderr(&second).contains("already complete") {
+        eprintln!("SKIPPED: the first run finished before the second started");
+        return;
+    }
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("in use by another mbpipe run")
+            && stderr(&second).contains("s3://twice/out/_lock"),
+        "{}",
+        stderr(&second)
+    );
+    let got = server.download("twice", "out", &dir.join("got"));
+    assert_same_output(&got, &dir.join("local"));
+}
+
+#[test]
+fn bucket_errors_name_the_url_and_the_cause() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "errs", 30);
+
+    // No such bucket (input): a usage error, exit 2, naming the URL.
+    pipeline(dir, "nobucket", "s3://no-such-bucket/in/*", "s3://errs/out1", 100);
+    let o = run_with(&server, dir, &["run", "nobucket.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s3://no-such-bucket"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    // No such object: nothing matches, exit 2.
+    pipeline(dir, "nokey", "s3://errs/input/missing.jsonl", "s3://errs/out2", 100);
+    let o = run_with(&server, dir, &["run", "nokey.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s3://errs/input/missing.jsonl"), "{}", stderr(&o));
+
+    // Output into a missing bucket: exit 2 naming it, and nothing written.
+    pipeline(dir, "noout", "s3://errs/input/*", "s3://no-such-out/x", 100);
+    let o = run_with(&server, dir, &["run", "noout.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s3://no-such-out"), "{}", stderr(&o));
+
+    // A server that is not there: fails after the retries, naming the URL, not a backtrace.
+    let o = command(&server, dir, &["run", "nokey.toml"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("MBPIPE_STORE_RETRY_SECONDS", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("s3://errs/input/missing.jsonl"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+}
