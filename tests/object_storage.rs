@@ -372,7 +372,9 @@ fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
     let children: Vec<Child> = ["0/2", "1/2"]
         .iter()
         .map(|s| {
+            // Every part by multipart upload (one part each), so that path runs too.
             command(&server, dir, &["run", "remote.toml", "--shard", s])
+                .env("MBPIPE_STORE_MULTIPART_BYTES", "1")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()

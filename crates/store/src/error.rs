@@ -48,7 +48,7 @@ impl StoreError {
     /// Classifies an `object_store` error (after its retries) for `url`.
     pub(crate) fn from_store(url: &str, e: object_store::Error) -> Self {
         use object_store::Error as E;
-        let text = full_text(&e);
+        let text = short_cause(&full_text(&e));
         let kind = match &e {
             E::NotFound { .. } => ErrorKind::NotFound,
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Denied,
@@ -61,6 +61,11 @@ impl StoreError {
                 ErrorKind::Denied
             }
             _ if text.contains("NoSuchBucket") => ErrorKind::NotFound,
+            // No credentials in the environment: object_store then asks the cloud machine's
+            // metadata service, which is not there off the cloud.
+            _ if text.contains("169.254.169.254") || text.contains("metadata") => {
+                ErrorKind::Denied
+            }
             _ => ErrorKind::Other,
         };
         let message = match kind {
@@ -92,6 +97,22 @@ impl StoreError {
     }
 }
 
+/// The cause in a few words: the S3/GCS/Azure error code and message from an XML error body
+/// (the rest of the body is request ids), else the text cut to 300 characters.
+fn short_cause(text: &str) -> String {
+    let tag = |name: &str| -> Option<&str> {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(&text[start..end])
+    };
+    let head = text.split("<?xml").next().unwrap_or(text).trim_end();
+    match (tag("Code"), tag("Message")) {
+        (Some(code), Some(message)) => format!("{head} {code}: {message}"),
+        _ if text.chars().count() > 300 => text.chars().take(300).collect::<String>() + "...",
+        _ => text.to_string(),
+    }
+}
+
 /// The error and its sources on one line.
 fn full_text(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -105,4 +126,49 @@ fn full_text(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn store_errors_are_classified_and_shortened() {
+        let body = "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\
+                    <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not \
+                    exist</Message><RequestId>XYZ</RequestId></Error>";
+        let e = StoreError::from_store("s3://b/k", generic(body));
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.is_permanent());
+        let text = e.to_string();
+        assert!(text.starts_with("s3://b/k: no such bucket"), "{text}");
+        assert!(text.contains("NoSuchBucket: The specified bucket does not exist"), "{text}");
+        assert!(!text.contains("RequestId"), "{text}");
+
+        let e = StoreError::from_store(
+            "s3://b/k",
+            generic("403 Forbidden: <Error><Code>InvalidAccessKeyId</Code><Message>no such key id</Message></Error>"),
+        );
+        assert_eq!(e.kind, ErrorKind::Denied);
+        assert!(e.to_string().contains("check the credentials"), "{e}");
+
+        let e = StoreError::from_store(
+            "s3://b/k",
+            generic("Error performing PUT http://169.254.169.254/latest/api/token"),
+        );
+        assert_eq!(e.kind, ErrorKind::Denied);
+
+        let e = StoreError::from_store("s3://b/k", generic("connection refused"));
+        assert_eq!(e.kind, ErrorKind::Other);
+        assert!(!e.is_permanent());
+        let long = StoreError::from_store("s3://b/k", generic(&"x".repeat(1000)));
+        assert!(long.to_string().len() < 400);
+    }
 }

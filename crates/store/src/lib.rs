@@ -41,8 +41,18 @@ pub use reader::ObjectReader;
 /// URL schemes read and written through `object_store`.
 const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
-/// Objects above this size are uploaded in parts (multipart upload), others in one put.
+/// Objects above this size are uploaded in parts (multipart upload), others in one put;
+/// `MBPIPE_STORE_MULTIPART_BYTES` changes the threshold.
 const SINGLE_PUT_BYTES: u64 = 16 << 20;
+/// The size of each part of a multipart upload (S3 wants at least 5 MiB but for the last).
+const UPLOAD_PART_BYTES: usize = 16 << 20;
+
+fn multipart_threshold() -> u64 {
+    std::env::var("MBPIPE_STORE_MULTIPART_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SINGLE_PUT_BYTES)
+}
 
 /// True when `spec` is an object storage URL (`s3://`, `gs://`, `az://`, ...).
 pub fn is_url(spec: &str) -> bool {
@@ -330,15 +340,15 @@ impl Remote {
     }
 
     /// Uploads the local file `path` as this object. It becomes visible only when complete:
-    /// one put, or above 16 MiB a multipart upload that is completed last (and aborted when a
-    /// part fails).
+    /// one put, or above 16 MiB a multipart upload of 16 MiB parts that is completed last (and
+    /// aborted when a part fails).
     pub fn upload(&self, path: &std::path::Path) -> Result<(), StoreError> {
         let local_err = |e: std::io::Error| {
             StoreError::local(&self.url(), format!("cannot read {}: {e}", path.display()))
         };
         let mut file = std::fs::File::open(path).map_err(local_err)?;
         let size = file.metadata().map_err(local_err)?.len();
-        if size <= SINGLE_PUT_BYTES {
+        if size <= multipart_threshold() {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes).map_err(local_err)?;
             return self.put(bytes);
@@ -346,7 +356,7 @@ impl Remote {
         let (store, key) = (self.store.clone(), self.key.clone());
         wait(async move {
             let upload = store.put_multipart(&key).await?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, SINGLE_PUT_BYTES as usize);
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
             let mut buf = vec![0u8; 4 << 20];
             loop {
                 // At most two parts in flight: memory stays bounded for any file size.
@@ -379,5 +389,22 @@ impl Remote {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        for url in ["s3://b/k", "S3://b", "gs://b/x/*.parquet", "az://c/p", "abfss://c@a/p"] {
+            assert!(is_url(url), "{url}");
+        }
+        for path in ["/data/x.parquet", "data/s3:/x", "file:///data", "http://host/x", "s3"] {
+            assert!(!is_url(path), "{path}");
+        }
+        assert_eq!(file_url_path("file:///data/x"), Some("/data/x"));
+        assert_eq!(file_url_path("/data/x"), None);
     }
 }
