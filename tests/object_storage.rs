@@ -176,7 +176,9 @@ impl Drop for S3Server {
 }
 
 fn run_with(server: &S3Server, cwd: &Path, args: &[&str]) -> Output {
-    command(server, cwd, args).output().expect("cannot run mbpipe")
+    command(server, cwd, args)
+        .output()
+        .expect("cannot run mbpipe")
 }
 
 fn command(server: &S3Server, cwd: &Path, args: &[&str]) -> Command {
@@ -198,7 +200,10 @@ fn pipeline(dir: &Path, name: &str, input: &str, output: &str, part_rows: usize)
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("path = \"input/*\"", &format!("path = \"{input}\""))
-        .replace(&format!("path = \"{name}\""), &format!("path = \"{output}\""));
+        .replace(
+            &format!("path = \"{name}\""),
+            &format!("path = \"{output}\""),
+        );
     std::fs::write(path, text).unwrap();
 }
 
@@ -232,12 +237,19 @@ fn bucket_input_and_output_equal_a_local_run_and_sql_reads_the_bucket() {
     );
     let out = run_with(&server, dir, &["run", "remote.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("s3://corpus/results/run1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("s3://corpus/results/run1"),
+        "{}",
+        stderr(&out)
+    );
 
     // Only finished objects: parts, the manifest and the marker; no lock, journal or temp file.
     let listed = server.list("corpus", "results/run1");
     let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"_SUCCESS") && names.contains(&"_manifest.json"), "{names:?}");
+    assert!(
+        names.contains(&"_SUCCESS") && names.contains(&"_manifest.json"),
+        "{names:?}"
+    );
     assert!(
         names
             .iter()
@@ -265,22 +277,36 @@ fn bucket_input_and_output_equal_a_local_run_and_sql_reads_the_bucket() {
 
     // A second run finds it complete and changes nothing.
     let again = run_with(&server, dir, &["run", "remote.toml"]);
-    assert!(stderr(&again).contains("already complete"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already complete"),
+        "{}",
+        stderr(&again)
+    );
 
     // mbpipe sql reads the bucket output (the prefix, and a glob) like a local folder.
-    let query = "SELECT count(*) AS n, sum(CAST(sentiment_label = 'positive' AS INT)) AS pos FROM c";
+    let query =
+        "SELECT count(*) AS n, sum(CAST(sentiment_label = 'positive' AS INT)) AS pos FROM c";
     let remote_sql = ok(run_with(
         &server,
         dir,
         &["sql", "--table", "c=s3://corpus/results/run1", query],
     ));
-    let local_sql = ok(run_with(&server, dir, &["sql", "--table", "c=local", query]));
+    let local_sql = ok(run_with(
+        &server,
+        dir,
+        &["sql", "--table", "c=local", query],
+    ));
     assert_eq!(remote_sql, local_sql);
     assert!(remote_sql.contains("900"), "{remote_sql}");
     let glob_sql = ok(run_with(
         &server,
         dir,
-        &["sql", "--table", "c=s3://corpus/results/run1/part-*.parquet", query],
+        &[
+            "sql",
+            "--table",
+            "c=s3://corpus/results/run1/part-*.parquet",
+            query,
+        ],
     ));
     assert_eq!(glob_sql, local_sql);
 }
@@ -296,7 +322,13 @@ fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "nightly", 1500);
-    pipeline(dir, "remote", "s3://nightly/input/", "s3://nightly/out", 100);
+    pipeline(
+        dir,
+        "remote",
+        "s3://nightly/input/",
+        "s3://nightly/out",
+        100,
+    );
     let committed = || {
         server
             .get("nightly", "out/_progress.jsonl")
@@ -358,6 +390,50 @@ fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
 }
 
 #[test]
+fn a_multipart_upload_left_by_a_killed_run_is_aborted_when_the_next_run_starts() {
+    use object_store::multipart::MultipartStore;
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "mpart", 300);
+    // What a run killed mid-upload leaves: an incomplete upload of a part, and its marker.
+    let store = server.store("mpart");
+    let key = Key::from("out/part-00000.parquet");
+    let id = server.rt.block_on(store.create_multipart(&key)).unwrap();
+    let marker = Key::from("out/.part-00000.parquet.tmp");
+    server
+        .rt
+        .block_on(store.put(&marker, format!("multipart upload {id}").into()))
+        .unwrap();
+    let upload_is_open = || {
+        let payload = PutPayload::from(vec![0u8; 16]);
+        server
+            .rt
+            .block_on(store.put_part(&key, &id, 0, payload))
+            .is_ok()
+    };
+    assert!(upload_is_open());
+
+    pipeline(dir, "remote", "s3://mpart/input/*", "s3://mpart/out", 100);
+    let out = run_with(&server, dir, &["run", "remote.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!upload_is_open(), "the incomplete upload was not aborted");
+    let names: Vec<String> = server
+        .list("mpart", "out")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    let got = server.download("mpart", "out", &dir.join("got"));
+    assert_same_output(&got, &dir.join("local"));
+}
+
+#[test]
 fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
     if fixture().is_none() {
         return;
@@ -383,10 +459,16 @@ fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let got = server.download("shards", "out", &dir.join("sharded"));
-    assert!(got.join("_SUCCESS.shard-0-of-2").exists() && got.join("_SUCCESS.shard-1-of-2").exists());
+    assert!(
+        got.join("_SUCCESS.shard-0-of-2").exists() && got.join("_SUCCESS.shard-1-of-2").exists()
+    );
     assert_same_output(&got, &dir.join("local"));
 }
 
@@ -409,12 +491,19 @@ fn a_second_run_on_the_same_bucket_output_is_refused_and_the_first_finishes() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.get("twice", "out/_lock").is_none() {
-        assert!(Instant::now() < deadline, "the first run never took the lease");
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lease"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let second = run_with(&server, dir, &["run", "remote.toml"]);
     let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     if second.status.success() && stderr(&second).contains("already complete") {
         eprintln!("SKIPPED: the first run finished before the second started");
         return;
@@ -431,6 +520,62 @@ fn a_second_run_on_the_same_bucket_output_is_refused_and_the_first_finishes() {
 }
 
 #[test]
+fn rejected_rows_go_to_the_rejects_object_and_the_exit_code_is_3() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    server.create_bucket("rej");
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut body = String::new();
+    for i in 0..250 {
+        body += &match i % 50 {
+            7 => format!("{{\"id\": {i}, \"text\": {{\"nested\": 1}}}}\n"),
+            9 => "{not json\n".to_string(),
+            _ => format!("{{\"id\": {i}, \"text\": \"row {i} was great\"}}\n"),
+        };
+    }
+    std::fs::write(input.join("mixed.jsonl"), body).unwrap();
+    server.upload_dir("rej", &input, "input");
+    for (name, input, output) in [
+        ("local", "input/mixed.jsonl", "local"),
+        ("remote", "s3://rej/input/mixed.jsonl", "s3://rej/out"),
+    ] {
+        pipeline(dir, name, input, output, 60);
+        let path = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("text = \"text\"", "text = \"text\"\non_error = \"skip\"");
+        std::fs::write(&path, text).unwrap();
+        let o = run_with(&server, dir, &["run", &format!("{name}.toml")]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    }
+    let got = server.download("rej", "out", &dir.join("got"));
+    assert_same_output(&got, &dir.join("local"));
+    let lines = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("_rejects.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (remote, local) = (lines(&got), lines(&dir.join("local")));
+    assert_eq!(remote.len(), 10);
+    for (r, l) in remote.iter().zip(&local) {
+        assert_eq!(r["file"], "s3://rej/input/mixed.jsonl");
+        assert_eq!(
+            (&r["line"], &r["row"], &r["reason"]),
+            (&l["line"], &l["row"], &l["reason"])
+        );
+    }
+}
+
+#[test]
 fn bucket_errors_name_the_url_and_the_cause() {
     if fixture().is_none() {
         return;
@@ -443,17 +588,33 @@ fn bucket_errors_name_the_url_and_the_cause() {
     corpus_and_local_run(&server, dir, "errs", 30);
 
     // No such bucket (input): a usage error, exit 2, naming the URL.
-    pipeline(dir, "nobucket", "s3://no-such-bucket/in/*", "s3://errs/out1", 100);
+    pipeline(
+        dir,
+        "nobucket",
+        "s3://no-such-bucket/in/*",
+        "s3://errs/out1",
+        100,
+    );
     let o = run_with(&server, dir, &["run", "nobucket.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("s3://no-such-bucket"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 
     // No such object: nothing matches, exit 2.
-    pipeline(dir, "nokey", "s3://errs/input/missing.jsonl", "s3://errs/out2", 100);
+    pipeline(
+        dir,
+        "nokey",
+        "s3://errs/input/missing.jsonl",
+        "s3://errs/out2",
+        100,
+    );
     let o = run_with(&server, dir, &["run", "nokey.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("s3://errs/input/missing.jsonl"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("s3://errs/input/missing.jsonl"),
+        "{}",
+        stderr(&o)
+    );
 
     // Output into a missing bucket: exit 2 naming it, and nothing written.
     pipeline(dir, "noout", "s3://errs/input/*", "s3://no-such-out/x", 100);
@@ -468,7 +629,11 @@ fn bucket_errors_name_the_url_and_the_cause() {
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("s3://errs/input/missing.jsonl"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("s3://errs/input/missing.jsonl"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
 }

@@ -140,7 +140,9 @@ pub(crate) fn open_chunks(
         return Ok(None);
     }
     if let Some(remote) = remote_of(path)? {
-        return Ok(Some(InputChunks::Remote(RemoteChunks::new(remote, now.bytes))));
+        return Ok(Some(InputChunks::Remote(RemoteChunks::new(
+            remote, now.bytes,
+        ))));
     }
     let file = File::open(path).map_err(|source| IoError::Open {
         path: path.to_path_buf(),

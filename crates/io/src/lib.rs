@@ -21,9 +21,9 @@ mod inputs;
 mod jsonl;
 mod output_dir;
 mod parquet_source;
-mod remote;
 #[cfg(test)]
 mod passthrough_tests;
+mod remote;
 mod schema;
 mod sink;
 mod source;

@@ -225,17 +225,31 @@ impl OutputDir {
                     source,
                 }),
             },
-            OutputDir::Remote { remote, .. } => Ok(remote.join(name).delete()?),
+            OutputDir::Remote { remote, .. } => {
+                // The marker of a multipart upload a killed run left incomplete: abort the upload
+                // (invisible, but stored and billed until aborted), then remove the marker.
+                if let Some(part) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+                    let marker = remote.join(name).read_all()?.unwrap_or_default();
+                    let text = String::from_utf8_lossy(&marker);
+                    if let Some(id) = text.strip_prefix(mbpipe_store::MULTIPART_MARK) {
+                        remote.join(part).abort_upload(id.trim())?;
+                    }
+                }
+                Ok(remote.join(name).delete()?)
+            }
         }
     }
 
     /// Commits `name`, finished in [`OutputDir::staging`]: a local part is already in place
     /// (renamed by its writer); in a bucket it is uploaded under its final key and the local
-    /// copy removed.
+    /// copy removed. A multipart upload's id is kept meanwhile in the hidden `.NAME.tmp`, which
+    /// [`OutputDir::remove`] aborts when a killed run left it.
     pub fn publish(&self, name: &str) -> Result<(), IoError> {
         if let OutputDir::Remote { remote, staging } = self {
             let local = staging.path().join(name);
-            remote.join(name).upload(&local)?;
+            remote
+                .join(name)
+                .upload(&local, &remote.join(&format!(".{name}.tmp")))?;
             let _ = std::fs::remove_file(local);
         }
         Ok(())
@@ -251,7 +265,12 @@ impl OutputDir {
         let mut bytes = match std::fs::read(&local) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(IoError::Open { path: local, source }),
+            Err(source) => {
+                return Err(IoError::Open {
+                    path: local,
+                    source,
+                })
+            }
         };
         // A line being appended right now goes up with the next upload.
         bytes.truncate(bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1));

@@ -73,7 +73,11 @@ fn check_foreign(dir: &OutputDir, entries: &[String]) -> Result<(), PipelineErro
 }
 
 /// Refuses a folder holding another layout's files (unsharded vs N shards).
-fn check_layout(dir: &OutputDir, names: OutputNames, entries: &[String]) -> Result<(), PipelineError> {
+fn check_layout(
+    dir: &OutputDir,
+    names: OutputNames,
+    entries: &[String],
+) -> Result<(), PipelineError> {
     let other = entries
         .iter()
         .filter_map(|n| claim(n).map(|c| (n, c)))
@@ -110,7 +114,9 @@ fn check_placement(dir: &OutputDir, spec: &str, inputs: &[InputFile]) -> Result<
             }
         }
         let spec_dir = format!("{}/", spec.trim_end_matches('/'));
-        if !spec.contains(['*', '?', '[']) && (out.starts_with(&spec_dir) || spec_dir.starts_with(&out)) {
+        if !spec.contains(['*', '?', '['])
+            && (out.starts_with(&spec_dir) || spec_dir.starts_with(&out))
+        {
             return refuse(format!("overlaps the input folder {spec}"));
         }
         return Ok(());

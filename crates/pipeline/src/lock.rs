@@ -312,7 +312,9 @@ mod tests {
             };
             let text = serde_json::to_string(&holder).unwrap();
             std::fs::write(dir.path().join("_lock"), &text).unwrap();
-            let err = acquire(&OutputDir::Local(dir.path().to_path_buf()), "_lock").unwrap_err().to_string();
+            let err = acquire(&OutputDir::Local(dir.path().to_path_buf()), "_lock")
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("is in use by another mbpipe run")
                     && err.contains(&format!("pid {parent} on host {}", holder.host)),

@@ -17,8 +17,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use mbpipe_io::{
     expand_inputs, open_source, unified_schema, OnError, OutputDir, OutputFormat, RejectsWriter,
-    SourceItem,
-    SourceOptions,
+    SourceItem, SourceOptions,
 };
 use mbpipe_model::{DeviceSpec, ModelFiles, Precision, Tokenizer};
 use mbpipe_text::{pack_by_length, Packed, TextEncoder};
@@ -431,12 +430,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 Prepared::Rejected(rej) => {
                     let w = match &mut rejects {
                         Some(w) => w,
-                        None => {
-                            rejects.insert(RejectsWriter::create_named(
+                        None => rejects.insert(RejectsWriter::create_named(
                             out_dir.staging(),
                             &names.rejects(),
-                        )?)
-                        }
+                        )?),
                     };
                     w.write(&rej)?;
                     progress.rejected(1);

@@ -339,7 +339,9 @@ pub(crate) fn check_weight_labels(
 
 /// `file:///data/x` is the local path `/data/x`; anything else is kept as written.
 fn without_file_scheme(path: &str) -> String {
-    mbpipe_store::file_url_path(path).unwrap_or(path).to_string()
+    mbpipe_store::file_url_path(path)
+        .unwrap_or(path)
+        .to_string()
 }
 
 #[cfg(test)]

@@ -54,18 +54,20 @@ impl StoreError {
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => ErrorKind::Denied,
             E::Precondition { .. } => ErrorKind::Changed,
             E::Generic { store, .. } if *store == "local file" => ErrorKind::Local,
-            _ if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"]
-                .iter()
-                .any(|c| text.contains(c)) =>
+            _ if [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+            ]
+            .iter()
+            .any(|c| text.contains(c)) =>
             {
                 ErrorKind::Denied
             }
             _ if text.contains("NoSuchBucket") => ErrorKind::NotFound,
             // No credentials in the environment: object_store then asks the cloud machine's
             // metadata service, which is not there off the cloud.
-            _ if text.contains("169.254.169.254") || text.contains("metadata") => {
-                ErrorKind::Denied
-            }
+            _ if text.contains("169.254.169.254") || text.contains("metadata") => ErrorKind::Denied,
             _ => ErrorKind::Other,
         };
         let message = match kind {
@@ -149,7 +151,10 @@ mod tests {
         assert!(e.is_permanent());
         let text = e.to_string();
         assert!(text.starts_with("s3://b/k: no such bucket"), "{text}");
-        assert!(text.contains("NoSuchBucket: The specified bucket does not exist"), "{text}");
+        assert!(
+            text.contains("NoSuchBucket: The specified bucket does not exist"),
+            "{text}"
+        );
         assert!(!text.contains("RequestId"), "{text}");
 
         let e = StoreError::from_store(

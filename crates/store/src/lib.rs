@@ -30,13 +30,22 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    multipart::MultipartStore, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig,
 };
 
 pub use error::{ErrorKind, StoreError};
 pub use object_store::ObjectStore as DynObjectStore;
 pub use reader::ObjectReader;
+
+/// What a multipart upload marker holds before the upload id.
+pub const MULTIPART_MARK: &str = "multipart upload ";
+
+/// Why uploading parts failed.
+enum UploadError {
+    Store(object_store::Error),
+    Local(std::io::Error),
+}
 
 /// URL schemes read and written through `object_store`.
 const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
@@ -102,10 +111,25 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-/// Builds the store for `root` (`scheme://bucket`) from the environment.
-fn build(root: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+/// A bucket's client, as the two traits mbpipe uses.
+#[derive(Clone)]
+struct Client {
+    store: Arc<dyn ObjectStore>,
+    multipart: Arc<dyn MultipartStore>,
+}
+
+fn client<S: ObjectStore + MultipartStore>(s: S) -> Client {
+    let s = Arc::new(s);
+    Client {
+        store: s.clone(),
+        multipart: s,
+    }
+}
+
+/// Builds the client for `root` (`scheme://bucket`) from the environment.
+fn build(root: &str) -> Result<Client, StoreError> {
     let scheme = root.split_once("://").map_or("", |(s, _)| s);
-    let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme {
+    let built = match scheme {
         "s3" | "s3a" => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
                 .with_url(root)
@@ -118,41 +142,42 @@ fn build(root: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
             if endpoint.starts_with("http://") {
                 b = b.with_allow_http(true);
             }
-            b.build().map(|s| Arc::new(s) as _)
+            b.build().map(client)
         }
         "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
             .with_url(root)
             .with_retry(retry_config())
             .build()
-            .map(|s| Arc::new(s) as _),
+            .map(client),
         _ => object_store::azure::MicrosoftAzureBuilder::from_env()
             .with_url(root)
             .with_retry(retry_config())
             .build()
-            .map(|s| Arc::new(s) as _),
+            .map(client),
     };
     built.map_err(|e| StoreError::from_store(root, e))
 }
 
-/// The store for `root`, built once per process and shared (one connection pool per bucket).
-fn store_for(root: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
-    let mut stores = STORES
+/// The client for `root`, built once per process and shared (one connection pool per bucket).
+fn client_for(root: &str) -> Result<Client, StoreError> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Client>>> = OnceLock::new();
+    let mut clients = CLIENTS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(s) = stores.get(root) {
-        return Ok(s.clone());
+    if let Some(c) = clients.get(root) {
+        return Ok(c.clone());
     }
-    let store = build(root)?;
-    stores.insert(root.to_string(), store.clone());
-    Ok(store)
+    let c = build(root)?;
+    clients.insert(root.to_string(), c.clone());
+    Ok(c)
 }
 
 /// An object or a prefix ("folder") in a bucket, with the bucket's store.
 #[derive(Clone)]
 pub struct Remote {
     store: Arc<dyn ObjectStore>,
+    multipart: Arc<dyn MultipartStore>,
     /// `scheme://bucket`.
     root: String,
     key: Key,
@@ -191,8 +216,10 @@ impl Remote {
         let root = format!("{}://{bucket}", parsed.scheme());
         let key = Key::from_url_path(parsed.path())
             .map_err(|e| StoreError::invalid(url, e.to_string()))?;
+        let Client { store, multipart } = client_for(&root)?;
         Ok(Self {
-            store: store_for(&root)?,
+            store,
+            multipart,
             root,
             key,
         })
@@ -219,9 +246,8 @@ impl Remote {
             .filter(|p| !p.is_empty())
             .fold(self.key.clone(), |k, part| k.clone().join(part));
         Remote {
-            store: self.store.clone(),
-            root: self.root.clone(),
             key,
+            ..self.clone()
         }
     }
 
@@ -239,11 +265,7 @@ impl Remote {
         let (store, key, me) = (self.store.clone(), self.key.clone(), self.clone());
         let listed = wait(async move { store.list_with_delimiter(Some(&key)).await })
             .map_err(|e| me.err(e))?;
-        let mut out: Vec<Entry> = listed
-            .objects
-            .into_iter()
-            .map(|m| self.entry(m))
-            .collect();
+        let mut out: Vec<Entry> = listed.objects.into_iter().map(|m| self.entry(m)).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -340,9 +362,11 @@ impl Remote {
     }
 
     /// Uploads the local file `path` as this object. It becomes visible only when complete:
-    /// one put, or above 16 MiB a multipart upload of 16 MiB parts that is completed last (and
-    /// aborted when a part fails).
-    pub fn upload(&self, path: &std::path::Path) -> Result<(), StoreError> {
+    /// one put, or above 16 MiB a multipart upload of 16 MiB parts that is completed last. A
+    /// multipart upload's id is first written to `marker`, so that one left incomplete by a
+    /// killed process can be aborted later ([`Remote::abort_upload`]); the marker is deleted
+    /// once the upload is completed or aborted.
+    pub fn upload(&self, path: &std::path::Path, marker: &Remote) -> Result<(), StoreError> {
         let local_err = |e: std::io::Error| {
             StoreError::local(&self.url(), format!("cannot read {}: {e}", path.display()))
         };
@@ -353,33 +377,57 @@ impl Remote {
             file.read_to_end(&mut bytes).map_err(local_err)?;
             return self.put(bytes);
         }
-        let (store, key) = (self.store.clone(), self.key.clone());
-        wait(async move {
-            let upload = store.put_multipart(&key).await?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES);
-            let mut buf = vec![0u8; 4 << 20];
-            loop {
-                // At most two parts in flight: memory stays bounded for any file size.
-                let step = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => writer.wait_for_capacity(2).await.map(|()| n),
-                    Err(e) => Err(object_store::Error::Generic {
-                        store: "local file",
-                        source: Box::new(e),
-                    }),
-                };
-                match step {
-                    Ok(n) => writer.write(&buf[..n]),
-                    Err(e) => {
-                        let _ = writer.abort().await;
-                        return Err(e);
-                    }
-                }
+        let (mp, key) = (self.multipart.clone(), self.key.clone());
+        let id = wait(async move { mp.create_multipart(&key).await }).map_err(|e| self.err(e))?;
+        marker.put(format!("{MULTIPART_MARK}{id}"))?;
+        let result = self.upload_parts(&mut file, &id).map_err(|e| match e {
+            UploadError::Store(e) => self.err(e),
+            UploadError::Local(e) => local_err(e),
+        });
+        if result.is_err() {
+            let _ = self.abort_upload(&id);
+        }
+        marker.delete()?;
+        result
+    }
+
+    /// Sends `file` as the parts of upload `id`, one part in memory at a time, and completes it.
+    fn upload_parts(&self, file: &mut std::fs::File, id: &str) -> Result<(), UploadError> {
+        let mut parts = Vec::new();
+        loop {
+            let mut chunk = Vec::with_capacity(UPLOAD_PART_BYTES);
+            file.by_ref()
+                .take(UPLOAD_PART_BYTES as u64)
+                .read_to_end(&mut chunk)
+                .map_err(UploadError::Local)?;
+            if chunk.is_empty() && !parts.is_empty() {
+                break;
             }
-            // Completing the upload is what makes the object visible; a failure aborts it.
-            writer.finish().await.map(|_| ())
-        })
-        .map_err(|e| self.err(e))
+            let (mp, key, id) = (self.multipart.clone(), self.key.clone(), id.to_string());
+            let index = parts.len();
+            let last = chunk.len() < UPLOAD_PART_BYTES;
+            let part =
+                wait(async move { mp.put_part(&key, &id, index, PutPayload::from(chunk)).await })
+                    .map_err(UploadError::Store)?;
+            parts.push(part);
+            if last {
+                break;
+            }
+        }
+        let (mp, key, id) = (self.multipart.clone(), self.key.clone(), id.to_string());
+        wait(async move { mp.complete_multipart(&key, &id, parts).await })
+            .map(|_| ())
+            .map_err(UploadError::Store)
+    }
+
+    /// Aborts multipart upload `id` of this object (one a killed run left incomplete); no error
+    /// when it is already gone.
+    pub fn abort_upload(&self, id: &str) -> Result<(), StoreError> {
+        let (mp, key, id) = (self.multipart.clone(), self.key.clone(), id.to_string());
+        match wait(async move { mp.abort_multipart(&key, &id).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
     }
 
     /// Deletes the object; no error when there is none.
@@ -398,10 +446,22 @@ mod tests {
 
     #[test]
     fn urls_are_told_from_paths() {
-        for url in ["s3://b/k", "S3://b", "gs://b/x/*.parquet", "az://c/p", "abfss://c@a/p"] {
+        for url in [
+            "s3://b/k",
+            "S3://b",
+            "gs://b/x/*.parquet",
+            "az://c/p",
+            "abfss://c@a/p",
+        ] {
             assert!(is_url(url), "{url}");
         }
-        for path in ["/data/x.parquet", "data/s3:/x", "file:///data", "http://host/x", "s3"] {
+        for path in [
+            "/data/x.parquet",
+            "data/s3:/x",
+            "file:///data",
+            "http://host/x",
+            "s3",
+        ] {
             assert!(!is_url(path), "{path}");
         }
         assert_eq!(file_url_path("file:///data/x"), Some("/data/x"));

@@ -240,7 +240,9 @@ fn overwrite_deletes_only_this_shards_own_files() {
     // A part no journal or manifest lists is not known to be mbpipe's: not deleted.
     std::fs::remove_file(d.join(s1.journal())).unwrap();
     std::fs::write(d.join("part-00001-00004.arrow"), b"x").unwrap();
-    let err = plan(&local(d), s1, &entries(d), &fp, true).unwrap_err().to_string();
+    let err = plan(&local(d), s1, &entries(d), &fp, true)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("part-00001-00004.arrow, which neither"),
         "{err}"
