@@ -8,6 +8,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -573,6 +575,117 @@ fn rejected_rows_go_to_the_rejects_object_and_the_exit_code_is_3() {
             (&l["line"], &l["row"], &l["reason"])
         );
     }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the S3 server that can be cut (every connection
+/// closed, new ones closed at once) and restored: a server that goes away and comes back.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (cut2, open2) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut guard = open2.lock().unwrap();
+                for s in [&client, &server] {
+                    guard.push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, cut, open }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            for s in self.open.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_server_that_goes_away_mid_run_fails_the_run_clearly_and_the_rerun_resumes() {
+    if fixture().is_none() {
+        return;
+    }
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    corpus_and_local_run(&server, dir, "flaky", 1500);
+    pipeline(dir, "remote", "s3://flaky/input/*", "s3://flaky/out", 100);
+    let proxy = Proxy::start(&server.endpoint);
+    let through_proxy = |c: &mut Command| {
+        c.env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("MBPIPE_STORE_RETRY_SECONDS", "2");
+    };
+    let mut run = command(&server, dir, &["run", "remote.toml"]);
+    through_proxy(&mut run);
+    let child = run
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let committed = || {
+        server
+            .get("flaky", "out/_progress.jsonl")
+            .is_some_and(|j| String::from_utf8_lossy(&j).contains("{\"part\""))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !committed() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy.set_cut(true);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        eprintln!("SKIPPED: the run finished before the server went away");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("s3://flaky/"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(server.get("flaky", "out/_SUCCESS").is_none());
+
+    proxy.set_cut(false);
+    let mut rerun = command(&server, dir, &["run", "remote.toml"]);
+    through_proxy(&mut rerun);
+    let out = rerun.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming:"), "{}", stderr(&out));
+    let got = server.download("flaky", "out", &dir.join("got"));
+    assert_same_output(&got, &dir.join("local"));
 }
 
 #[test]
