@@ -21,6 +21,7 @@ pub mod cli;
 pub mod columns;
 pub mod config;
 pub mod engine;
+mod enrich;
 mod error;
 mod folder;
 mod lock;
@@ -38,6 +39,7 @@ pub mod template;
 pub mod validate;
 mod workers;
 
+pub use enrich::{input_query, EnrichOptions, Enricher, ResolvedModels, RowShape};
 pub use error::PipelineError;
 pub use oom::{is_out_of_memory, MemoryEstimate, OomSplitter, PerSequence, SplitOutput};
 pub use runner::{

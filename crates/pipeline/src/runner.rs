@@ -6,7 +6,6 @@
 //! channel is bounded and windows are written in input order, so memory stays flat however large
 //! the corpus is.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
@@ -14,28 +13,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use mbpipe_io::{
     expand_inputs, open_source, unified_schema, OnError, OutputDir, OutputFormat, RejectsWriter,
-    SourceItem, SourceOptions,
+    SourceOptions,
 };
-use mbpipe_model::{DeviceSpec, ModelFiles, Precision, Tokenizer};
-use mbpipe_text::{pack_by_length, Packed, TextEncoder};
-use rayon::prelude::*;
+use mbpipe_model::{DeviceSpec, ModelFiles, Precision};
 
-use crate::columns::{task_columns, RowValue};
 use crate::config::{OnErrorSetting, OutputFormatSetting};
-use crate::engine::{configure_threads, LoadedModel};
+use crate::engine::configure_threads;
+use crate::enrich::{
+    finish_window, input_query, prepare, submit_window, EnrichOptions, Enricher, Prepared,
+    ResolvedModels, SubmittedWindow, WINDOW_ROWS,
+};
 use crate::error::PipelineError;
 use crate::names::OutputNames;
-use crate::output::{write_manifest, Manifest, ModelRecord, OutputChunk, PartLayout, PartSink};
+use crate::output::{write_manifest, Manifest, OutputChunk, PartLayout, PartSink};
 use crate::progress::{Progress, TotalRows};
-use crate::query::InputQuery;
 use crate::resume::{self, FileStamp, Fingerprint, ModelStamp};
-use crate::rows::{check_text_columns, row_texts};
-use crate::tasks::{BoundTask, InputVariant, RowInput, TaskBatchOutput, TaskBatchRow};
 use crate::validate::Pipeline;
-use crate::workers::{Job, Pending, Replica, WorkerPool};
 
 /// Default token budget of one packed batch on the CPU. Measured on a 2-core EPYC (AVX2), base
 /// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (larger
@@ -59,8 +54,6 @@ pub fn default_max_batch_tokens(devices: &[DeviceSpec]) -> usize {
 fn device_is_cpu(device: DeviceSpec) -> bool {
     matches!(device, DeviceSpec::Cpu)
 }
-/// Input rows per window: the unit that is tokenized, packed and written together.
-const WINDOW_ROWS: usize = 2048;
 
 /// What `mbpipe run` was asked to do.
 #[derive(Debug, Clone)]
@@ -105,12 +98,13 @@ impl RunOutcome {
     }
 }
 
-/// Tasks sharing one encoder pass: same model, same input variant, same limit.
-struct EncodeGroup {
-    model: usize,
-    variant: InputVariant,
-    encoder: TextEncoder,
-    tasks: Arc<Vec<usize>>,
+/// The window on the workers, the input rows it covers, and the rejected rows right after it.
+struct InFlight {
+    file: usize,
+    first_row: u64,
+    input_rows: u64,
+    submitted: SubmittedWindow,
+    rejected_after: Vec<(usize, u64)>,
 }
 
 /// Runs a pipeline end to end.
@@ -122,16 +116,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let all_files = expand_inputs(&pipeline.input.path)?;
     // One schema for every shard, so their union is one table.
     let input_schema = with_text_columns_if_empty(unified_schema(&all_files)?, &pipeline);
-    let query = pipeline
-        .input
-        .query
-        .as_deref()
-        .map(|q| InputQuery::new(q, input_schema.clone()))
-        .transpose()?;
-    let row_schema = query
-        .as_ref()
-        .map_or(input_schema.clone(), |q| q.output_schema());
-    check_text_columns(&pipeline.input.text, &row_schema)?;
+    let (query, row_schema) = input_query(&pipeline, &input_schema)?;
 
     let out_dir = OutputDir::new(&pipeline.output_dir)?;
     // Checked and locked, but nothing in it changes before every check of the run has passed.
@@ -155,36 +140,18 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
 
     // Models: one replica of each distinct model per device.
     let load_start = Instant::now();
-    let mut model_keys: Vec<String> = Vec::new();
-    let mut task_model = Vec::new();
-    for t in &pipeline.tasks {
-        let key = t.model.to_string();
-        let idx = model_keys
-            .iter()
-            .position(|k| *k == key)
-            .unwrap_or_else(|| {
-                model_keys.push(key);
-                model_keys.len() - 1
-            });
-        task_model.push(idx);
-    }
-    let mut resolved: Vec<(mbpipe_model::ModelRef, ModelFiles)> = Vec::new();
-    for key in &model_keys {
-        let t = pipeline
-            .tasks
-            .iter()
-            .find(|t| t.model.to_string() == *key)
-            .expect("key comes from a task, this is a bug");
-        resolved.push((t.model.clone(), ModelFiles::resolve(&t.model)?));
-    }
+    let resolved = ResolvedModels::resolve(&pipeline)?;
     let fingerprint = Fingerprint {
         pipeline: pipeline.source.clone(),
         dtype: opts.precision.to_string(),
         models: pipeline
             .tasks
             .iter()
-            .zip(&task_model)
-            .map(|(t, &m)| model_stamp(&t.name, &resolved[m].0, &resolved[m].1))
+            .zip(&resolved.task_model)
+            .map(|(t, &m)| {
+                let (model, files) = &resolved.models[m];
+                model_stamp(&t.name, model, files)
+            })
             .collect::<Result<_, _>>()?,
         inputs: all_files
             .iter()
@@ -200,74 +167,19 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     )?;
     let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     let files = resume::remaining_inputs(files, &plan.resumed)?;
-    let mut replicas: Vec<Replica> = Vec::new();
-    for &device in &opts.devices {
-        let dev = device.open()?;
-        let mut models = Vec::new();
-        for (r, f) in &resolved {
-            let loaded = LoadedModel::load_files(r.clone(), f.clone(), &dev, opts.precision)?;
-            if !device_is_cpu(device) {
-                eprintln!(
-                    "mbpipe: {device}: {} loaded ({}), attention: {}",
-                    r,
-                    opts.precision,
-                    loaded.model.attention_kernel()
-                );
-            }
-            models.push(loaded);
-        }
-        replicas.push(Replica { device, models });
-    }
-    let tasks: Vec<BoundTask> = pipeline
-        .tasks
-        .iter()
-        .zip(&task_model)
-        .map(|(spec, &m)| BoundTask::bind(spec, m, &replicas[0].models[m]))
-        .collect::<Result<_, _>>()?;
-    let tokenizers: Vec<Tokenizer> = replicas[0]
-        .models
-        .iter()
-        .map(|m| m.tokenizer.clone())
-        .collect();
-    let model_records: Vec<ModelRecord> = pipeline
-        .tasks
-        .iter()
-        .zip(&task_model)
-        .map(|(t, &m)| ModelRecord {
-            task: t.name.clone(),
-            model: t.model.to_string(),
-            revision: resolved[m].1.revision.clone(),
-        })
-        .collect();
-    let groups = encode_groups(&tasks, &tokenizers)?;
+    let enricher = Enricher::load(
+        &pipeline,
+        &resolved,
+        &EnrichOptions {
+            devices: opts.devices.clone(),
+            precision: opts.precision,
+            max_batch_tokens: opts.max_batch_tokens,
+        },
+    )?;
+    let model_records = resolved.records(&pipeline);
+    let shape = enricher.shape(query, &row_schema)?;
+    let out_schema = shape.output_schema().clone();
     let load_seconds = load_start.elapsed().as_secs_f64();
-
-    // Output schema: kept input columns, then task columns.
-    let keep: Vec<usize> = match &pipeline.input.keep {
-        None => (0..row_schema.fields().len()).collect(),
-        Some(names) => names
-            .iter()
-            .map(|n| {
-                row_schema.index_of(n).map_err(|_| {
-                    PipelineError::Invalid(format!(
-                        "[input] keep names column `{n}`, which the input does not have"
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let probe = empty_task_columns(&tasks, &tokenizers);
-    let mut fields: Vec<Field> = keep.iter().map(|&i| row_schema.field(i).clone()).collect();
-    for f in &probe {
-        if fields.iter().any(|g| g.name() == f.name()) {
-            return Err(PipelineError::Invalid(format!(
-                "output column `{}` would clash with an input column of that name; rename the task or drop the column with `keep`",
-                f.name()
-            )));
-        }
-        fields.push(f.clone());
-    }
-    let out_schema: SchemaRef = Arc::new(Schema::new(fields));
     let format = match pipeline.output_format {
         OutputFormatSetting::Parquet => OutputFormat::Parquet,
         OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
@@ -278,7 +190,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         OnErrorSetting::Fail => OnError::Fail,
         OnErrorSetting::Skip => OnError::Skip,
     };
-    let string_columns: Vec<String> = if query.is_none() {
+    let string_columns: Vec<String> = if pipeline.input.query.is_none() {
         pipeline
             .input
             .text
@@ -340,9 +252,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         .map_err(|e| PipelineError::Run(format!("cannot start the reader: {e}")))?;
 
     let stop = stop_on_signals()?;
-    let tasks = Arc::new(tasks);
-    let pool = WorkerPool::start(replicas, Arc::clone(&tasks));
-    let (model_clock, workers) = (pool.model_clock(), pool.workers());
+    let (model_clock, workers) = (enricher.pool().model_clock(), enricher.pool().workers());
     let mut rejects: Option<RejectsWriter> = None;
     // Counting rows reads JSON lines files once more; it runs beside the job, for the ETA.
     let total_rows: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
@@ -364,17 +274,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let run_start = Instant::now();
     let mut rows_written = 0u64;
     let mut tokens = 0u64;
-    let ctx = WindowContext {
-        keep: &keep,
-        out_schema: &out_schema,
-        pipeline: &pipeline,
-        tasks: &tasks,
-        groups: &groups,
-        tokenizers: &tokenizers,
-        pool: &pool,
-        max_batch_tokens: opts.max_batch_tokens.max(1),
-        stop: &stop,
-    };
+    let ctx = enricher.context(&shape, &stop);
     let mut interrupted = false;
     let resumed_rows: u64 = resumed.parts.iter().map(|p| p.rows).sum();
     // Tokenizing and packing run one window ahead on their own thread, so the workers never
@@ -382,7 +282,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let (prep_tx, prep_rx) = sync_channel::<Result<Prepared, PipelineError>>(1);
     let result = std::thread::scope(|scope| {
         let ctx = &ctx;
-        let query = query.as_ref();
         std::thread::Builder::new()
             .name("mbpipe-tokenize".into())
             .spawn_scoped(scope, move || {
@@ -390,7 +289,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 for item in src_rx {
                     let prepared = item
                         .map_err(PipelineError::from)
-                        .and_then(|i| prepare(ctx, query, i));
+                        .and_then(|i| prepare(ctx, i));
                     let failed = prepared.is_err();
                     if prep_tx.send(prepared).is_err() || failed {
                         return;
@@ -503,7 +402,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         }
         Ok::<(), PipelineError>(())
     });
-    drop(pool);
+    drop(ctx);
+    drop(enricher);
     let _ = reader.join();
     // A writer failure (a full disk) is the root cause of a failed send: report it first.
     let complete = result.is_ok() && !interrupted;
@@ -629,246 +529,6 @@ fn model_stamp(
         revision: files.revision.clone(),
         files: paths.map(|p| FileStamp::of(p)).collect::<Result<_, _>>()?,
     })
-}
-
-fn encode_groups(
-    tasks: &[BoundTask],
-    tokenizers: &[Tokenizer],
-) -> Result<Vec<EncodeGroup>, PipelineError> {
-    let mut groups: Vec<EncodeGroup> = Vec::new();
-    let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, t) in tasks.iter().enumerate() {
-        let variant = t.input_variant();
-        let found = groups.iter().position(|g| {
-            g.model == t.model && g.variant == variant && g.encoder.max_length() == t.max_length
-        });
-        let g = match found {
-            Some(g) => g,
-            None => {
-                groups.push(EncodeGroup {
-                    model: t.model,
-                    variant,
-                    encoder: TextEncoder::new(tokenizers[t.model].clone(), t.max_length)?,
-                    tasks: Arc::new(Vec::new()),
-                });
-                groups.len() - 1
-            }
-        };
-        members.entry(g).or_default().push(i);
-    }
-    for (g, m) in members {
-        groups[g].tasks = Arc::new(m);
-    }
-    Ok(groups)
-}
-
-/// Column fields of every task, from a zero-row build (names and types only).
-fn empty_task_columns(tasks: &[BoundTask], tokenizers: &[Tokenizer]) -> Vec<Field> {
-    tasks
-        .iter()
-        .flat_map(|t| {
-            task_columns(t, &tokenizers[t.model], &[])
-                .into_iter()
-                .map(|(f, _)| f)
-        })
-        .collect()
-}
-
-/// Everything a window needs besides its rows.
-struct WindowContext<'a> {
-    keep: &'a [usize],
-    out_schema: &'a SchemaRef,
-    pipeline: &'a Pipeline,
-    tasks: &'a [BoundTask],
-    groups: &'a [EncodeGroup],
-    tokenizers: &'a [Tokenizer],
-    pool: &'a WorkerPool,
-    max_batch_tokens: usize,
-    /// Set by SIGINT/SIGTERM: waits for results give up, so a stop takes one batch.
-    stop: &'a AtomicBool,
-}
-
-/// A window tokenized and packed, ready for the workers.
-struct PreparedWindow {
-    /// The rows (after the input query).
-    rows: RecordBatch,
-    /// Per encode group, in group order.
-    groups: Vec<PreparedGroup>,
-}
-
-/// One encode group's share of a window: each row's input (None for a null text) and the
-/// packed batches, keyed by (row, chunk).
-type PreparedGroup = (Vec<Option<RowInput>>, Vec<Packed<(usize, usize)>>);
-
-/// What the tokenizing thread hands to the compute loop, in input order.
-enum Prepared {
-    Rejected(mbpipe_io::Rejection),
-    Window {
-        file: usize,
-        first_row: u64,
-        input_rows: u64,
-        window: PreparedWindow,
-    },
-}
-
-/// Applies the query to a source item and tokenizes and packs its rows.
-fn prepare(
-    ctx: &WindowContext<'_>,
-    query: Option<&InputQuery>,
-    item: SourceItem,
-) -> Result<Prepared, PipelineError> {
-    let sb = match item {
-        SourceItem::Rejected(r) => return Ok(Prepared::Rejected(r)),
-        SourceItem::Batch(sb) => sb,
-    };
-    let input_rows = sb.batch.num_rows() as u64;
-    let rows = match query {
-        Some(q) => q.apply(sb.batch)?,
-        None => sb.batch,
-    };
-    let texts = row_texts(&ctx.pipeline.input.text, &rows)?;
-    let mut groups = Vec::with_capacity(ctx.groups.len());
-    for group in ctx.groups {
-        let inputs: Vec<Option<RowInput>> = texts
-            .par_iter()
-            .map(|t| {
-                t.as_deref()
-                    .map(|t| group.variant.encode(&group.encoder, t))
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
-        // Key: (row, chunk).
-        let seqs = inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(row, inp)| inp.as_ref().map(|inp| (row, inp)))
-            .flat_map(|(row, inp)| {
-                inp.sequences
-                    .iter()
-                    .enumerate()
-                    .map(move |(c, s)| ((row, c), s.as_slice()))
-            });
-        let packed = pack_by_length(seqs, ctx.max_batch_tokens);
-        groups.push((inputs, packed));
-    }
-    Ok(Prepared::Window {
-        file: sb.file,
-        first_row: sb.first_row,
-        input_rows,
-        window: PreparedWindow { rows, groups },
-    })
-}
-
-/// The window on the workers, the input rows it covers, and the rejected rows right after it.
-struct InFlight {
-    file: usize,
-    first_row: u64,
-    input_rows: u64,
-    submitted: SubmittedWindow,
-    rejected_after: Vec<(usize, u64)>,
-}
-
-/// A window whose batches are on the workers.
-struct SubmittedWindow {
-    rows: RecordBatch,
-    groups: Vec<SubmittedGroup>,
-    tokens: u64,
-}
-
-/// One encode group's share of a submitted window: each row's input, the (row, chunk) keys of
-/// each packed batch, and the pending results.
-type SubmittedGroup = (Vec<Option<RowInput>>, Vec<Vec<(usize, usize)>>, Pending);
-
-/// Hands a prepared window's batches to the workers and returns at once.
-fn submit_window(ctx: &WindowContext<'_>, window: PreparedWindow) -> SubmittedWindow {
-    let PreparedWindow {
-        rows,
-        groups: prepared,
-    } = window;
-    let mut tokens = 0u64;
-    let mut groups = Vec::with_capacity(prepared.len());
-    for (group, (inputs, packed)) in ctx.groups.iter().zip(prepared) {
-        tokens += packed
-            .iter()
-            .map(|p| p.batch.num_tokens() as u64)
-            .sum::<u64>();
-        let keys: Vec<Vec<(usize, usize)>> = packed.iter().map(|p| p.keys.clone()).collect();
-        let jobs: Vec<Job> = packed
-            .into_iter()
-            .enumerate()
-            .map(|(tag, p)| Job {
-                model: group.model,
-                tasks: Arc::clone(&group.tasks),
-                batch: p.batch,
-                tag,
-            })
-            .collect();
-        groups.push((inputs, keys, ctx.pool.submit(jobs)));
-    }
-    SubmittedWindow {
-        rows,
-        groups,
-        tokens,
-    }
-}
-
-/// Waits for a submitted window's results and assembles its output batch; returns it with its
-/// real tokens, or None when a stop signal came first.
-fn finish_window(
-    ctx: &WindowContext<'_>,
-    window: SubmittedWindow,
-) -> Result<Option<(RecordBatch, u64)>, PipelineError> {
-    let WindowContext {
-        keep,
-        out_schema,
-        tasks,
-        groups,
-        tokenizers,
-        stop,
-        ..
-    } = *ctx;
-    let SubmittedWindow {
-        rows,
-        groups: submitted,
-        tokens,
-    } = window;
-    let n = rows.num_rows();
-    let mut values: Vec<Vec<RowValue>> = vec![vec![None; n]; tasks.len()];
-    for (group, (inputs, keys, pending)) in groups.iter().zip(submitted) {
-        // Per task in the group, per row: the sequence outputs in chunk order.
-        let mut per_row: Vec<Vec<Vec<(usize, TaskBatchRow)>>> =
-            vec![vec![Vec::new(); n]; group.tasks.len()];
-        let Some(results) = pending.wait_unless(stop)? else {
-            return Ok(None);
-        };
-        for (tag, outputs) in results {
-            for (slot, output) in outputs.into_iter().enumerate() {
-                for ((row, chunk), r) in keys[tag].iter().zip(TaskBatchOutput::into_rows(output)) {
-                    per_row[slot][*row].push((*chunk, r));
-                }
-            }
-        }
-        for (slot, &task_idx) in group.tasks.iter().enumerate() {
-            for (row, parts) in per_row[slot].drain(..).enumerate() {
-                let Some(inp) = &inputs[row] else { continue };
-                let mut parts = parts;
-                parts.sort_by_key(|(c, _)| *c);
-                let value = tasks[task_idx].finish_row(parts.into_iter().map(|(_, r)| r).collect());
-                values[task_idx][row] = Some((value, inp.truncated));
-            }
-        }
-    }
-    let mut columns: Vec<arrow::array::ArrayRef> =
-        keep.iter().map(|&i| rows.column(i).clone()).collect();
-    for (t, task) in tasks.iter().enumerate() {
-        columns.extend(
-            task_columns(task, &tokenizers[task.model], &values[t])
-                .into_iter()
-                .map(|(_, a)| a),
-        );
-    }
-    let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
-    Ok(Some((batch, tokens)))
 }
 
 #[cfg(test)]
