@@ -14,5 +14,19 @@ if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' || echo "warning: moto not installed; the object storage tests will be skipped"
 fi
 
+# The Python package's tests (crates/python/tests) run on Ray Data and PySpark (local, loopback).
+for module in pytest ray pyspark; do
+  if ! python3 -c "import $module" 2>/dev/null; then
+    package=$module
+    [ "$module" = ray ] && package='ray[data]'
+    python3 -m pip install --quiet --disable-pip-version-check "$package" || echo "warning: $package not installed; its tests will be skipped"
+  fi
+done
+
+# One build for everything below: the test binaries and, with the same features (so nothing is
+# compiled twice), the Python extension module target/debug/lib_native.so.
+cargo build --workspace --all-targets
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+# The Python package (crates/python), on that extension module.
+python3 -m pytest -q -p no:cacheprovider crates/python/tests
