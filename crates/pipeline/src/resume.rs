@@ -465,7 +465,7 @@ fn check_part(dir: &OutputDir, p: &PartRecord, journal: &str) -> Result<(), Pipe
     if p.file.ends_with(".parquet") {
         match dir.parquet_rows(&p.file) {
             Err(e) => return damaged(format!("cannot be read as Parquet: {e}")),
-            Ok(n) if n as u64 != p.rows => {
+            Ok(n) if n != p.rows => {
                 return damaged(format!("holds {n} rows but {} were committed", p.rows))
             }
             Ok(_) => {}

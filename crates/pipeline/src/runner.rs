@@ -402,7 +402,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         }
         Ok::<(), PipelineError>(())
     });
-    drop(ctx);
     drop(enricher);
     let _ = reader.join();
     // A writer failure (a full disk) is the root cause of a failed send: report it first.

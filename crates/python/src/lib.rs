@@ -81,12 +81,11 @@ impl Tasks {
         let file =
             mbpipe_pipeline::config::PipelineFile::parse(&source).map_err(PyValueError::new_err)?;
         let pipeline = Pipeline::from_file(file, source).map_err(PyValueError::new_err)?;
-        let enricher = py
-            .detach(|| {
-                let resolved = ResolvedModels::resolve(&pipeline)?;
-                Enricher::load(&pipeline, &resolved, &opts)
-            })
-            .map_err(py_err)?;
+        // PyErr is built inside: a PipelineError is too large to return by value (clippy).
+        let enricher = py.detach(|| {
+            let resolved = ResolvedModels::resolve(&pipeline).map_err(py_err)?;
+            Enricher::load(&pipeline, &resolved, &opts).map_err(py_err)
+        })?;
         Ok(Self {
             pipeline,
             enricher: Mutex::new(enricher),
@@ -104,12 +103,10 @@ impl Tasks {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let batch = import_batch(schema, array)?;
         let shape = self.shape(batch.schema())?;
-        let out = py
-            .detach(|| {
-                let enricher = self.enricher.lock().unwrap_or_else(|p| p.into_inner());
-                enricher.apply(&shape, &batch)
-            })
-            .map_err(py_err)?;
+        let out = py.detach(|| {
+            let enricher = self.enricher.lock().unwrap_or_else(|p| p.into_inner());
+            enricher.apply(&shape, &batch).map_err(py_err)
+        })?;
         export_batch(py, out)
     }
 }
@@ -192,19 +189,18 @@ fn run<'py>(
     max_batch_tokens: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let opts = enrich_options(device, dtype, threads, max_batch_tokens)?;
-    let outcome = py
-        .detach(|| {
-            mbpipe_pipeline::cli::run(RunOptions {
-                pipeline,
-                devices: opts.devices,
-                precision: opts.precision,
-                threads,
-                max_batch_tokens: opts.max_batch_tokens,
-                shard,
-                overwrite,
-            })
+    let outcome = py.detach(|| {
+        mbpipe_pipeline::cli::run(RunOptions {
+            pipeline,
+            devices: opts.devices,
+            precision: opts.precision,
+            threads,
+            max_batch_tokens: opts.max_batch_tokens,
+            shard,
+            overwrite,
         })
-        .map_err(py_err)?;
+        .map_err(py_err)
+    })?;
     let d = PyDict::new(py);
     d.set_item("rows", outcome.rows)?;
     d.set_item("rejected", outcome.rejected)?;
