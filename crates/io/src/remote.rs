@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mbpipe_store::Remote;
+use mbpipe_store::{Expanded, Remote};
 use parquet::file::reader::{ChunkReader, Length};
 
 use crate::inputs::{detect_format, is_hidden_name, InputFile, Snapshot};
@@ -31,43 +31,20 @@ pub(crate) fn snapshot(remote: &Remote) -> Result<Snapshot, IoError> {
 /// Expands an object storage spec: one object, a prefix ("folder": its objects with known
 /// extensions, not in sub-prefixes, hidden names skipped) or a glob over keys.
 pub(crate) fn expand(spec: &str) -> Result<Vec<InputFile>, IoError> {
-    let trimmed = spec.trim_end_matches('/');
-    if let Some((base, _)) = trimmed
-        .find(['*', '?', '['])
-        .and_then(|i| trimmed[..i].rfind('/').map(|j| trimmed.split_at(j)))
-    {
-        let pattern = glob::Pattern::new(trimmed).map_err(|source| IoError::Glob {
-            spec: spec.to_string(),
-            source,
-        })?;
-        let options = glob::MatchOptions {
-            case_sensitive: true,
-            require_literal_separator: true,
-            require_literal_leading_dot: true,
-        };
-        let listed = Remote::parse(base)?.list_all()?;
-        return Ok(listed
-            .into_iter()
-            .filter(|e| pattern.matches_with(&e.url, options))
-            .filter_map(|e| visible(e.url, e.size, e.modified_ms))
-            .collect());
-    }
-    let remote = Remote::parse(trimmed)?;
-    if !spec.ends_with('/') {
-        if let Some(e) = remote.head()? {
+    Ok(match mbpipe_store::expand(spec)? {
+        Expanded::Object(e) => {
             // An explicit object is read even if hidden: the user named it.
-            let path = PathBuf::from(remote.url());
+            let path = PathBuf::from(&e.url);
             let format = detect_format(&path).ok_or(IoError::UnknownExtension { path })?;
             let mut file = InputFile::new_unchecked(PathBuf::from(e.url), format);
             file.snapshot = Some(Snapshot::from_remote(e.size, e.modified_ms));
-            return Ok(vec![file]);
+            vec![file]
         }
-    }
-    Ok(remote
-        .list_dir()?
-        .into_iter()
-        .filter_map(|e| visible(e.url, e.size, e.modified_ms))
-        .collect())
+        Expanded::Listed(entries) => entries
+            .into_iter()
+            .filter_map(|e| visible(e.url, e.size, e.modified_ms))
+            .collect(),
+    })
 }
 
 /// An input for a listed object with a known extension and a visible name.

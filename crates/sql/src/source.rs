@@ -164,30 +164,9 @@ fn remote_files(
         reason,
     };
     let store_err = |e: mbpipe_store::StoreError| unsupported(e.to_string());
-    let trimmed = url.trim_end_matches('/');
-    let glob_at = trimmed.find(['*', '?', '[']);
-    let base = match glob_at {
-        Some(i) => &trimmed[..trimmed[..i].rfind('/').unwrap_or(i)],
-        None => trimmed,
-    };
-    let remote = mbpipe_store::Remote::parse(base).map_err(store_err)?;
-    let entries = match glob_at {
-        Some(_) => {
-            let pattern = glob::Pattern::new(trimmed)
-                .map_err(|e| unsupported(format!("invalid glob: {e}")))?;
-            let options = glob::MatchOptions {
-                require_literal_separator: true,
-                ..Default::default()
-            };
-            let all = remote.list_all().map_err(store_err)?;
-            all.into_iter()
-                .filter(|e| pattern.matches_with(&e.url, options))
-                .collect()
-        }
-        None => match remote.head().map_err(store_err)? {
-            Some(object) if !url.ends_with('/') => vec![object],
-            _ => remote.list_dir().map_err(store_err)?,
-        },
+    let entries = match mbpipe_store::expand(url).map_err(store_err)? {
+        mbpipe_store::Expanded::Object(object) => vec![object],
+        mbpipe_store::Expanded::Listed(entries) => entries,
     };
     let files: Vec<(Kind, PathBuf)> = entries
         .into_iter()
@@ -198,6 +177,7 @@ fn remote_files(
         })
         .collect();
     let (kind, files) = one_kind(files).map_err(|why| unsupported(format!("{why} at {url}")))?;
+    let remote = mbpipe_store::Remote::parse(url).map_err(store_err)?;
     let (root, store) = remote.store();
     let root_url = url::Url::parse(root).map_err(|e| unsupported(e.to_string()))?;
     ctx.runtime_env().register_object_store(&root_url, store);

@@ -173,6 +173,50 @@ fn client_for(root: &str) -> Result<Client, StoreError> {
     Ok(c)
 }
 
+/// What an object storage spec names.
+#[derive(Debug)]
+pub enum Expanded {
+    /// One object, named in full.
+    Object(Entry),
+    /// The objects listed under a prefix or matching a glob, sorted by URL.
+    Listed(Vec<Entry>),
+}
+
+/// The objects `spec` names: one object (`s3://b/k.parquet`), the objects directly under a
+/// prefix (`s3://b/dir`, `s3://b/dir/`: not in sub-prefixes), or the objects whose URL matches
+/// a glob (`s3://b/dir/*.parquet`, listed under the glob's literal part; `*` stays within one
+/// `/` segment).
+pub fn expand(spec: &str) -> Result<Expanded, StoreError> {
+    let trimmed = spec.trim_end_matches('/');
+    let glob_base = trimmed
+        .find(['*', '?', '['])
+        .and_then(|i| trimmed[..i].rfind('/'))
+        .map(|j| &trimmed[..j]);
+    if let Some(base) = glob_base {
+        let pattern = glob::Pattern::new(trimmed)
+            .map_err(|e| StoreError::invalid(spec, format!("invalid glob: {e}")))?;
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let listed = Remote::parse(base)?.list_all()?;
+        return Ok(Expanded::Listed(
+            listed
+                .into_iter()
+                .filter(|e| pattern.matches_with(&e.url, options))
+                .collect(),
+        ));
+    }
+    let remote = Remote::parse(trimmed)?;
+    if !spec.ends_with('/') && !remote.name().is_empty() {
+        if let Some(object) = remote.head()? {
+            return Ok(Expanded::Object(object));
+        }
+    }
+    Ok(Expanded::Listed(remote.list_dir()?))
+}
+
 /// An object or a prefix ("folder") in a bucket, with the bucket's store.
 #[derive(Clone)]
 pub struct Remote {
