@@ -30,6 +30,11 @@ struct S3Server {
 impl S3Server {
     /// Starts a server, or `None` (with a message) where `moto_server` is not installed.
     fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra environment for moto.
+    fn start_with(env: &[(&str, &str)]) -> Option<Self> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,6 +42,7 @@ impl S3Server {
             .port();
         let child = match Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -686,6 +692,32 @@ fn a_server_that_goes_away_mid_run_fails_the_run_clearly_and_the_rerun_resumes()
     assert!(stderr(&out).contains("resuming:"), "{}", stderr(&out));
     let got = server.download("flaky", "out", &dir.join("got"));
     assert_same_output(&got, &dir.join("local"));
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_usage_error() {
+    if fixture().is_none() {
+        return;
+    }
+    // moto checks credentials after its first request (the bucket's creation): its IAM has no
+    // key "test", so every request mbpipe signs with it is refused as S3 refuses a wrong key.
+    let Some(server) = S3Server::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    server.create_bucket("locked");
+    write_corpus(dir, 30);
+    pipeline(dir, "remote", "s3://locked/input/*", "s3://locked/out", 100);
+    let o = run_with(&server, dir, &["run", "remote.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("s3://locked/input"), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains("credentials"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
