@@ -354,6 +354,28 @@ mod tests {
     }
 
     #[test]
+    fn file_urls_are_local_paths_and_bucket_urls_are_kept() {
+        let paths = |input: &str, output: &str| {
+            let text = format!(
+                "[input]\npath = \"{input}\"\n[output]\npath = \"{output}\"\n[[tasks]]\nname = \"t\"\nkind = \"embed\"\nmodel = \"org/m\"\n"
+            );
+            let p = Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap();
+            (p.input.path, p.output_dir)
+        };
+        assert_eq!(
+            paths("file:///data/in/*.jsonl", "file:///data/out"),
+            ("/data/in/*.jsonl".to_string(), PathBuf::from("/data/out"))
+        );
+        assert_eq!(
+            paths("s3://corpus/in/", "gs://results/out"),
+            (
+                "s3://corpus/in/".to_string(),
+                PathBuf::from("gs://results/out")
+            )
+        );
+    }
+
+    #[test]
     fn keys_of_another_kind_are_rejected() {
         let err = check("kind = \"embed\"\ntop_k = 3").unwrap_err();
         assert!(err.contains("`top_k` does not apply"), "{err}");
