@@ -7,5 +7,6 @@ mod output_formats;
 mod pipeline;
 mod quick;
 mod reliability;
+mod s3_server;
 mod util;
 mod zero_shot;
