@@ -74,12 +74,14 @@ pub fn file_url_path(spec: &str) -> Option<&str> {
     spec.strip_prefix("file://")
 }
 
-/// The runtime every store operation runs on.
+/// The runtime every store operation runs on: one worker thread, as the work is waiting on the
+/// network (each allocating thread costs glibc a malloc arena: a second worker measured ~5 MiB
+/// more peak RSS on a 90 MiB run).
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("mbpipe-store")
             .enable_all()
             .build()
