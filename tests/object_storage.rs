@@ -16,6 +16,22 @@ use crate::reliability::{assert_same_output, write_corpus, write_pipeline};
 use crate::s3_server::{Proxy, S3Server};
 use crate::util::{fixture, ok, stderr, stdout};
 
+/// The fixture and a fresh S3 server with a temporary folder, or `None` (with a message) where
+/// either is missing.
+fn setup() -> Option<(S3Server, tempfile::TempDir)> {
+    fixture()?;
+    let server = S3Server::start()?;
+    Some((server, tempfile::tempdir().unwrap()))
+}
+
+/// Starts `c` in the background, stderr captured.
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start mbpipe")
+}
+
 fn run_with(server: &S3Server, cwd: &Path, args: &[&str]) -> Output {
     command(server, cwd, args)
         .output()
@@ -60,13 +76,9 @@ fn corpus_and_local_run(server: &S3Server, dir: &Path, bucket: &str, rows: usize
 
 #[test]
 fn bucket_input_and_output_equal_a_local_run_and_sql_reads_the_bucket() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "corpus", 900);
     pipeline(
@@ -154,13 +166,9 @@ fn bucket_input_and_output_equal_a_local_run_and_sql_reads_the_bucket() {
 
 #[test]
 fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "nightly", 1500);
     pipeline(
@@ -184,11 +192,7 @@ fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
     let mut resumed = 0;
     for more_parts in [0, 1, 2, 4] {
         let before = committed();
-        let mut child = command(&server, dir, &["run", "remote.toml"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(command(&server, dir, &["run", "remote.toml"]));
         let deadline = Instant::now() + Duration::from_secs(120);
         if more_parts == 0 {
             std::thread::sleep(Duration::from_millis(50));
@@ -233,13 +237,9 @@ fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
 #[test]
 fn a_multipart_upload_left_by_a_killed_run_is_aborted_when_the_next_run_starts() {
     use object_store::multipart::MultipartStore;
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "mpart", 300);
     // What a run killed mid-upload leaves: an incomplete upload of a part, and its marker.
@@ -276,13 +276,9 @@ fn a_multipart_upload_left_by_a_killed_run_is_aborted_when_the_next_run_starts()
 
 #[test]
 fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "shards", 900);
     pipeline(dir, "remote", "s3://shards/input/*", "s3://shards/out", 100);
@@ -290,12 +286,9 @@ fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
         .iter()
         .map(|s| {
             // Every part by multipart upload (one part each), so that path runs too.
-            command(&server, dir, &["run", "remote.toml", "--shard", s])
-                .env("MBPIPE_STORE_MULTIPART_BYTES", "1")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let mut c = command(&server, dir, &["run", "remote.toml", "--shard", s]);
+            c.env("MBPIPE_STORE_MULTIPART_BYTES", "1");
+            spawn(c)
         })
         .collect();
     for c in children {
@@ -315,21 +308,13 @@ fn shards_writing_into_one_bucket_prefix_equal_the_unsharded_run() {
 
 #[test]
 fn a_second_run_on_the_same_bucket_output_is_refused_and_the_first_finishes() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "twice", 1500);
     pipeline(dir, "remote", "s3://twice/input/*", "s3://twice/out", 100);
-    let first = command(&server, dir, &["run", "remote.toml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = spawn(command(&server, dir, &["run", "remote.toml"]));
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.get("twice", "out/_lock").is_none() {
         assert!(
@@ -362,13 +347,9 @@ fn a_second_run_on_the_same_bucket_output_is_refused_and_the_first_finishes() {
 
 #[test]
 fn rejected_rows_go_to_the_rejects_object_and_the_exit_code_is_3() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     server.create_bucket("rej");
     let input = dir.join("input");
@@ -418,13 +399,9 @@ fn rejected_rows_go_to_the_rejects_object_and_the_exit_code_is_3() {
 
 #[test]
 fn a_server_that_goes_away_mid_run_fails_the_run_clearly_and_the_rerun_resumes() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "flaky", 1500);
     pipeline(dir, "remote", "s3://flaky/input/*", "s3://flaky/out", 100);
@@ -435,11 +412,7 @@ fn a_server_that_goes_away_mid_run_fails_the_run_clearly_and_the_rerun_resumes()
     };
     let mut run = command(&server, dir, &["run", "remote.toml"]);
     through_proxy(&mut run);
-    let child = run
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(run);
     let committed = || {
         server
             .get("flaky", "out/_progress.jsonl")
@@ -499,13 +472,9 @@ fn wrong_credentials_are_a_clear_usage_error() {
 
 #[test]
 fn bucket_errors_name_the_url_and_the_cause() {
-    if fixture().is_none() {
-        return;
-    }
-    let Some(server) = S3Server::start() else {
+    let Some((server, tmp)) = setup() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     corpus_and_local_run(&server, dir, "errs", 30);
 

@@ -84,7 +84,11 @@ impl Snapshot {
 
     /// Fails (naming the file) if `path` no longer has this size and modification time.
     pub(crate) fn check(&self, path: &Path) -> Result<(), IoError> {
-        let now = Snapshot::of(path)?;
+        self.compare(&Snapshot::of(path)?, path)
+    }
+
+    /// Fails (naming the file) if `now`, taken of `path`, differs from this snapshot.
+    fn compare(&self, now: &Snapshot, path: &Path) -> Result<(), IoError> {
         let detail = if now.bytes != self.bytes {
             format!(
                 "{} bytes when the run started, {} now",
@@ -132,9 +136,10 @@ pub(crate) fn open_chunks(
     path: &Path,
     snapshot: Option<Snapshot>,
 ) -> Result<Option<InputChunks>, IoError> {
+    // One stat (or HEAD request) both checks the snapshot and gives the size.
     let now = Snapshot::of(path)?;
     if let Some(s) = snapshot {
-        s.check(path)?;
+        s.compare(&now, path)?;
     }
     if now.bytes == 0 {
         return Ok(None);
@@ -329,14 +334,21 @@ fn visible_input(path: PathBuf) -> Option<InputFile> {
         );
         return None;
     }
-    let Some(format) = detect_format(&path) else {
+    let format = known_format(&path)?;
+    Some(InputFile::new(path, format))
+}
+
+/// The format of a listed file, or `None` with a warning naming it: a stray `.csv` in an input
+/// folder or prefix is skipped, never silently.
+pub(crate) fn known_format(path: &Path) -> Option<InputFormat> {
+    let format = detect_format(path);
+    if format.is_none() {
         tracing::warn!(
             "skipping input {}: not .parquet, .jsonl or .ndjson (optionally .gz/.zst)",
             path.display()
         );
-        return None;
-    };
-    Some(InputFile::new(path, format))
+    }
+    format
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mbpipe_store::{Expanded, Remote};
+use mbpipe_store::{Entry, Expanded, Remote};
 use parquet::file::reader::{ChunkReader, Length};
 
-use crate::inputs::{detect_format, is_hidden_name, InputFile, Snapshot};
+use crate::inputs::{detect_format, is_hidden_name, known_format, InputFile, Snapshot};
+use crate::InputFormat;
 use crate::IoError;
 
 /// The object behind `path` when it is an object storage URL.
@@ -36,34 +37,21 @@ pub(crate) fn expand(spec: &str) -> Result<Vec<InputFile>, IoError> {
             // An explicit object is read even if hidden: the user named it.
             let path = PathBuf::from(&e.url);
             let format = detect_format(&path).ok_or(IoError::UnknownExtension { path })?;
-            let mut file = InputFile::new_unchecked(PathBuf::from(e.url), format);
-            file.snapshot = Some(Snapshot::from_remote(e.size, e.modified_ms));
-            vec![file]
+            vec![listed(e, format)]
         }
         Expanded::Listed(entries) => entries
             .into_iter()
-            .filter_map(|e| visible(e.url, e.size, e.modified_ms))
+            .filter(|e| !is_hidden_name(e.url.rsplit('/').next().unwrap_or("")))
+            .filter_map(|e| known_format(Path::new(&e.url)).map(|f| listed(e, f)))
             .collect(),
     })
 }
 
-/// An input for a listed object with a known extension and a visible name.
-fn visible(url: String, size: u64, modified_ms: i64) -> Option<InputFile> {
-    let path = PathBuf::from(url);
-    let name = path.file_name()?.to_str()?;
-    if is_hidden_name(name) {
-        return None;
-    }
-    let Some(format) = detect_format(&path) else {
-        tracing::warn!(
-            "skipping input {}: not .parquet, .jsonl or .ndjson (optionally .gz/.zst)",
-            path.display()
-        );
-        return None;
-    };
-    let mut file = InputFile::new_unchecked(path, format);
-    file.snapshot = Some(Snapshot::from_remote(size, modified_ms));
-    Some(file)
+/// The input for a listed object, with the snapshot the listing gave.
+fn listed(e: Entry, format: InputFormat) -> InputFile {
+    let mut file = InputFile::new_unchecked(PathBuf::from(e.url), format);
+    file.snapshot = Some(Snapshot::from_remote(e.size, e.modified_ms));
+    file
 }
 
 /// An object read by ranged requests, for the Parquet reader: the footer first, then only the
