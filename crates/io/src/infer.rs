@@ -6,22 +6,27 @@
 //! reject with their line numbers. The whole file is read, so a key or a wider number first seen
 //! late is never dropped or narrowed. Numbers get the narrowest type that holds every value
 //! exactly: Int64, UInt64 when a value is above 2^63 - 1, Decimal128(20, 0) for both negative
-//! values and values above 2^63 - 1, Float64 once a value has a fraction or exponent.
+//! values and values above 2^63 - 1, Decimal128(38, 0) beyond the 64-bit range, Float64 once a
+//! value has a fraction or exponent. Integers are judged on their literal, never on serde_json's
+//! f64 for them.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::inputs::Snapshot;
+use crate::json_literal::{self, Json};
 use crate::jsonl::LineReader;
 use crate::{Compression, IoError};
 
 /// Precision of the decimal type that holds both i64 and u64 values exactly.
 pub(crate) const WIDE_INT_PRECISION: u8 = 20;
+/// Precision of the widest decimal, for integers beyond the 64-bit range (a longer one is a row
+/// error when read).
+pub(crate) const BIG_INT_PRECISION: u8 = 38;
 
 /// The inferred type of one JSON value (or of all values of one column).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +41,8 @@ enum Ty {
     UInt,
     /// Integers, some negative and some above i64::MAX.
     WideInt,
+    /// Integers, some beyond the range of both i64 and u64.
+    BigInt,
     Float,
     Str,
     List(Box<Ty>),
@@ -48,7 +55,7 @@ impl Ty {
         Some(match self {
             Ty::Null => return None,
             Ty::Bool => 0,
-            Ty::Int { .. } | Ty::UInt | Ty::WideInt | Ty::Float => 1,
+            Ty::Int { .. } | Ty::UInt | Ty::WideInt | Ty::BigInt | Ty::Float => 1,
             Ty::Str => 2,
             Ty::List(_) => 3,
             Ty::Object(_) => 4,
@@ -65,7 +72,11 @@ impl Ty {
             (Int { neg: a }, Int { neg: b }) => Int { neg: a || b },
             (Int { neg: false }, UInt) | (UInt, Int { neg: false }) | (UInt, UInt) => UInt,
             (Int { .. } | UInt | WideInt, Int { .. } | UInt | WideInt) => WideInt,
-            (Int { .. } | UInt | WideInt | Float, Int { .. } | UInt | WideInt | Float) => Float,
+            (Int { .. } | UInt | WideInt | BigInt, Int { .. } | UInt | WideInt | BigInt) => BigInt,
+            (
+                Int { .. } | UInt | WideInt | BigInt | Float,
+                Int { .. } | UInt | WideInt | BigInt | Float,
+            ) => Float,
             (List(a), List(b)) => List(Box::new(a.merge(*b))),
             (Object(mut a), Object(b)) => {
                 for (k, t) in b {
@@ -87,6 +98,7 @@ impl Ty {
             Ty::Int { .. } => DataType::Int64,
             Ty::UInt => DataType::UInt64,
             Ty::WideInt => DataType::Decimal128(WIDE_INT_PRECISION, 0),
+            Ty::BigInt => DataType::Decimal128(BIG_INT_PRECISION, 0),
             Ty::Float => DataType::Float64,
             Ty::Str => DataType::Utf8,
             Ty::List(t) => DataType::List(Arc::new(Field::new("item", t.data_type(), true))),
@@ -100,76 +112,37 @@ impl Ty {
     }
 }
 
-/// Infers a [`Ty`] while parsing, without building a `serde_json::Value` (whose map sorts keys).
-struct Infer;
-
-impl<'de> Visitor<'de> for Infer {
-    type Value = Ty;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Ty, E> {
-        Ok(Ty::Null)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Ty, E> {
-        Ok(Ty::Bool)
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Ty, E> {
-        Ok(Ty::Int { neg: v < 0 })
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ty, E> {
-        Ok(if v > i64::MAX as u64 {
-            Ty::UInt
-        } else {
-            Ty::Int { neg: false }
-        })
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Ty, E> {
-        Ok(Ty::Float)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Ty, E> {
-        Ok(Ty::Str)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Ty, A::Error> {
-        let mut item = Ty::Null;
-        while let Some(t) = seq.next_element_seed(InferSeed)? {
-            item = item.merge(t);
-        }
-        Ok(Ty::List(Box::new(item)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ty, A::Error> {
-        let mut fields: Vec<(String, Ty)> = Vec::new();
-        while let Some(k) = map.next_key::<String>()? {
-            let t = map.next_value_seed(InferSeed)?;
-            // A repeated key: serde_json keeps the last value; so does this.
-            match fields.iter_mut().find(|(n, _)| *n == k) {
-                Some(slot) => slot.1 = t,
-                None => fields.push((k, t)),
+/// The type of one value, judged on its literal (see [`Json`]).
+fn ty_of(raw: &RawValue) -> Ty {
+    match Json::of(raw) {
+        None | Some(Json::Null) => Ty::Null,
+        Some(Json::Bool) => Ty::Bool,
+        Some(Json::Int(i)) => {
+            if i64::try_from(i).is_ok() {
+                Ty::Int { neg: i < 0 }
+            } else if u64::try_from(i).is_ok() {
+                Ty::UInt
+            } else {
+                Ty::BigInt
             }
         }
-        Ok(Ty::Object(fields))
-    }
-}
-
-struct InferSeed;
-
-impl<'de> de::DeserializeSeed<'de> for InferSeed {
-    type Value = Ty;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Ty, D::Error> {
-        d.deserialize_any(Infer)
+        // Typed as the widest decimal; the row is rejected when read, naming the value.
+        Some(Json::HugeInt) => Ty::BigInt,
+        Some(Json::Float) => Ty::Float,
+        Some(Json::Str(_)) => Ty::Str,
+        Some(Json::List(items)) => Ty::List(Box::new(
+            items.into_iter().map(ty_of).fold(Ty::Null, Ty::merge),
+        )),
+        Some(Json::Object(members)) => {
+            Ty::Object(members.into_iter().map(|(k, v)| (k, ty_of(v))).collect())
+        }
     }
 }
 
 /// The type of one line, or `None` when it is not a JSON object (the reader reports it).
 fn infer_line(text: &str) -> Option<Vec<(String, Ty)>> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let ty = de::DeserializeSeed::deserialize(InferSeed, &mut de).ok()?;
-    de.end().ok()?;
-    match ty {
-        Ty::Object(fields) => Some(fields),
-        _ => None,
-    }
+    let members = json_literal::object(text).ok()?;
+    Some(members.into_iter().map(|(k, v)| (k, ty_of(v))).collect())
 }
 
 /// Per column: per vote class, the merged type, how many lines had it, and when it was first
@@ -199,18 +172,21 @@ impl Votes {
     }
 }
 
-/// Infers a file's schema from all of its lines, columns in order of first appearance.
+/// Infers a file's schema from all of its lines, columns in order of first appearance, and
+/// counts its rows (non-blank lines) on the way.
 ///
 /// Bad lines are skipped here; reading reports them with their line numbers.
 pub(crate) fn infer_schema(
     path: &Path,
     compression: Compression,
     snapshot: Option<Snapshot>,
-) -> Result<Schema, IoError> {
+) -> Result<(Schema, u64), IoError> {
     let mut lines = LineReader::open(path, compression, snapshot)?;
+    let mut rows = 0;
     let mut columns: Vec<(String, Votes)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     while let Some((line, text)) = lines.next_line()? {
+        rows += 1;
         let Some(fields) = text.ok().and_then(infer_line) else {
             continue;
         };
@@ -230,7 +206,7 @@ pub(crate) fn infer_schema(
         .iter()
         .map(|(name, votes)| Field::new(name, votes.winner(), true))
         .collect();
-    Ok(Schema::new(fields))
+    Ok((Schema::new(fields), rows))
 }
 
 #[cfg(test)]
@@ -241,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.jsonl");
         std::fs::write(&p, text).unwrap();
-        let s = infer_schema(&p, Compression::None, None).unwrap();
+        let (s, _) = infer_schema(&p, Compression::None, None).unwrap();
         s.fields()
             .iter()
             .map(|f| (f.name().clone(), f.data_type().clone()))
@@ -309,6 +285,30 @@ mod tests {
         assert_eq!(
             infer("{\"id\":-1}\n{\"id\":18446744073709551615}\n"),
             [col("id", DataType::Decimal128(WIDE_INT_PRECISION, 0))]
+        );
+        // serde_json reads these as rounded floats; the literal says integer.
+        assert_eq!(
+            infer("{\"id\":1}\n{\"id\":18446744073709551617}\n{\"id\":-5}\n"),
+            [col("id", DataType::Decimal128(BIG_INT_PRECISION, 0))]
+        );
+        assert_eq!(
+            infer("{\"a\":{\"n\":[1,99999999999999999999999]}}\n"),
+            [col(
+                "a",
+                DataType::Struct(Fields::from(vec![Field::new(
+                    "n",
+                    DataType::List(Arc::new(Field::new(
+                        "item",
+                        DataType::Decimal128(BIG_INT_PRECISION, 0),
+                        true
+                    ))),
+                    true
+                )]))
+            )]
+        );
+        assert_eq!(
+            infer("{\"x\":1e400}\n{\"x\":1}\n"),
+            [col("x", DataType::Float64)]
         );
     }
 

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use parquet::file::reader::{ChunkReader, Length};
@@ -47,7 +48,40 @@ pub struct InputFile {
     /// Size and modification time when the file was listed (`None` if it could not be
     /// stat'ed): reads never go past that size and fail if the file changed.
     pub snapshot: Option<Snapshot>,
+    /// The whole file's row count, once a pass over it has counted them.
+    pub(crate) row_count: RowCount,
 }
+
+/// A file's row count, kept by the first pass that reads every line (schema inference does) and
+/// shared by the copies that shards and resumes make, so a JSON lines file is not read again
+/// just to count its rows. Not part of a file's identity: equality ignores it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RowCount(Arc<OnceLock<u64>>);
+
+impl RowCount {
+    /// Records the count a pass found (the first one recorded stays).
+    pub(crate) fn record(&self, rows: u64) {
+        let _ = self.0.set(rows);
+    }
+
+    /// The recorded count, or `count()`'s, recorded for next time.
+    pub(crate) fn get_or_count<E>(&self, count: impl FnOnce() -> Result<u64, E>) -> Result<u64, E> {
+        if let Some(&rows) = self.0.get() {
+            return Ok(rows);
+        }
+        let rows = count()?;
+        self.record(rows);
+        Ok(rows)
+    }
+}
+
+impl PartialEq for RowCount {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RowCount {}
 
 /// A file's size and modification time at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +234,7 @@ impl InputFile {
             format,
             rows: None,
             snapshot: None,
+            row_count: RowCount::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! JSON lines: line splitting with exact line numbers, per-row validation, schema inference and
 //! batch decoding with arrow-json.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::ops::Range;
@@ -11,9 +12,10 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder};
 use arrow::record_batch::RecordBatch;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::inputs::{open_input, Snapshot};
+use crate::json_literal::{self, Json};
 use crate::source::{row_problem, SourceBatch, SourceItem, SourceOptions};
 use crate::{Compression, IoError};
 
@@ -136,17 +138,6 @@ impl LineReader {
 }
 
 /// A short name for a JSON value's kind, for messages.
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// "invalid JSON: <serde message> at column N" (the line is always 1 within one line).
 fn json_reason(err: &serde_json::Error) -> String {
     let msg = err.to_string();
@@ -154,95 +145,145 @@ fn json_reason(err: &serde_json::Error) -> String {
     format!("invalid JSON: {msg} at column {}", err.column())
 }
 
-/// Parses one line as a JSON object, or says why it is not one.
-pub(crate) fn parse_object(text: &str) -> Result<serde_json::Map<String, Value>, String> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("expected a JSON object, found {}", kind(&other))),
-        Err(e) => Err(json_reason(&e)),
-    }
+/// Parses one line as a JSON object (members in file order, values as written), or says why it
+/// is not one.
+fn parse_object(text: &str) -> Result<Vec<(String, &RawValue)>, String> {
+    json_literal::object(text).map_err(|e| match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => format!(
+            "expected a JSON object, found {}",
+            Json::of(raw).map_or("a value", |j| j.kind())
+        ),
+        Err(_) => json_reason(&e),
+    })
 }
 
 /// Checks a line against the row rules that arrow-json does not enforce: text columns are
 /// strings within the size limit, and every value fits its column's type exactly (arrow-json
 /// would truncate 1.5 to 1 in an Int64 column or round a large integer in a Float64 one).
 fn validate(text: &str, opts: &SourceOptions, schema: &Schema) -> Result<(), String> {
-    let map = parse_object(text)?;
+    let members = parse_object(text)?;
+    let member = |name: &str| members.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
     for col in &opts.string_columns {
-        match map.get(col) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => {
-                if let Some(max) = opts.max_text_bytes.filter(|&max| s.len() > max) {
+        let Some(raw) = member(col) else { continue };
+        match Json::of(raw) {
+            Some(Json::Null) => {}
+            Some(Json::Str(s)) => {
+                let len = serde_json::from_str::<Cow<str>>(s.get()).map_or(0, |s| s.len());
+                if let Some(max) = opts.max_text_bytes.filter(|&max| len > max) {
                     return Err(format!(
-                        "field `{col}` is {} bytes, more than the limit of {max}",
-                        s.len()
+                        "field `{col}` is {len} bytes, more than the limit of {max}"
                     ));
                 }
             }
-            Some(other) => {
+            other => {
                 return Err(format!(
                     "field `{col}` must be a string or null, found {}",
-                    kind(other)
+                    other.map_or("a value", |j| j.kind())
                 ))
             }
         }
     }
     // Keys outside the schema are columns the caller left out (inference covers every line).
-    for (key, value) in &map {
+    for (key, raw) in &members {
         let Ok(field) = schema.field_with_name(key) else {
             continue;
         };
-        if let Some(expected) = misfit(value, field.data_type()) {
+        if let Some(m) = misfit(raw, field.data_type()) {
             return Err(format!(
-                "column `{key}`: expected {expected} ({}), found {}",
-                field.data_type(),
-                shown(value)
+                "column `{key}{}`: expected {} ({}), found {}",
+                m.path,
+                m.expected,
+                m.data_type,
+                shown(m.value)
             ));
         }
     }
     Ok(())
 }
 
-/// What a column of type `t` needs, in words, when `value` does not fit it; `None` when it
-/// fits (or when arrow-json's own checks cover the type).
-fn misfit(value: &Value, t: &DataType) -> Option<&'static str> {
-    if value.is_null() {
-        return None;
-    }
-    let (ok, expected) = match t {
-        DataType::Null => (false, "null (the column is null in every line)"),
-        DataType::Boolean => (value.is_boolean(), "a boolean"),
-        DataType::Int64 => (value.is_i64(), "an integer from -2^63 to 2^63-1"),
-        DataType::UInt64 => (value.is_u64(), "an integer from 0 to 2^64-1"),
-        DataType::Decimal128(_, 0) => (value.is_i64() || value.is_u64(), "an integer"),
-        DataType::Float64 => (
-            match value {
-                Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-                    (Some(i), _) => i as f64 as i128 == i as i128,
-                    (None, Some(u)) => u as f64 as i128 == u as i128,
-                    _ => true,
-                },
-                _ => false,
-            },
-            "a number that Float64 holds exactly",
-        ),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-            (value.is_string(), "a string")
-        }
-        DataType::List(_) | DataType::LargeList(_) => (value.is_array(), "an array"),
-        DataType::Struct(_) => (value.is_object(), "an object"),
-        _ => (true, ""),
-    };
-    (!ok).then_some(expected)
+/// A value, maybe nested in a column's value, that does not fit its type exactly.
+struct Misfit<'a> {
+    /// Where inside the column's value: `""`, `[2]`, `.x[0]`.
+    path: String,
+    /// What the type needs, in words.
+    expected: String,
+    data_type: DataType,
+    value: &'a RawValue,
 }
 
-/// A value as shown in a row error: scalars as written, containers by kind.
-fn shown(value: &Value) -> String {
-    match value {
-        Value::Number(_) | Value::Bool(_) => value.to_string(),
-        Value::String(s) if s.len() <= 40 => format!("the string {value}"),
-        Value::String(_) => "a string".into(),
-        other => kind(other).into(),
+/// The first value in `raw` (itself or one nested in it) that does not fit `t` exactly; `None`
+/// when all fit (or when arrow-json's own checks cover the type).
+fn misfit<'a>(raw: &'a RawValue, t: &DataType) -> Option<Misfit<'a>> {
+    let json = Json::of(raw)?;
+    let int = |lo: i128, hi: i128| matches!(json, Json::Int(i) if (lo..=hi).contains(&i));
+    let expected: String = match (t, &json) {
+        (_, Json::Null) => return None,
+        (DataType::Null, _) => "null (the column is null in every line)".into(),
+        (DataType::Boolean, Json::Bool) => return None,
+        (DataType::Boolean, _) => "a boolean".into(),
+        (DataType::Int64, _) if int(i64::MIN.into(), i64::MAX.into()) => return None,
+        (DataType::Int64, _) => "an integer from -2^63 to 2^63-1".into(),
+        (DataType::UInt64, _) if int(0, u64::MAX.into()) => return None,
+        (DataType::UInt64, _) => "an integer from 0 to 2^64-1".into(),
+        (DataType::Decimal128(p, 0), _) => {
+            let limit = json_literal::decimal_limit(*p);
+            if int(1 - limit, limit - 1) {
+                return None;
+            }
+            format!("an integer of at most {p} digits")
+        }
+        (DataType::Float64, Json::Int(_) | Json::HugeInt | Json::Float) => {
+            let integer = !matches!(json, Json::Float);
+            if json_literal::fits_f64(raw.get().trim(), integer) {
+                return None;
+            }
+            "a number that Float64 holds exactly".into()
+        }
+        (DataType::Float64, _) => "a number that Float64 holds exactly".into(),
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Json::Str(_)) => return None,
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, _) => "a string".into(),
+        (DataType::List(item) | DataType::LargeList(item), Json::List(items)) => {
+            return items.iter().enumerate().find_map(|(i, v)| {
+                misfit(v, item.data_type()).map(|m| Misfit {
+                    path: format!("[{i}]{}", m.path),
+                    ..m
+                })
+            })
+        }
+        (DataType::List(_) | DataType::LargeList(_), _) => "an array".into(),
+        (DataType::Struct(fields), Json::Object(members)) => {
+            return members.iter().find_map(|(k, v)| {
+                let field = fields.iter().find(|f| f.name() == k)?;
+                misfit(v, field.data_type()).map(|m| Misfit {
+                    path: format!(".{k}{}", m.path),
+                    ..m
+                })
+            })
+        }
+        (DataType::Struct(_), _) => "an object".into(),
+        _ => return None,
+    };
+    Some(Misfit {
+        path: String::new(),
+        expected,
+        data_type: t.clone(),
+        value: raw,
+    })
+}
+
+/// A value as shown in a row error: numbers and booleans as written (long ones cut), short
+/// strings quoted, anything else by kind.
+fn shown(raw: &RawValue) -> String {
+    let text = raw.get().trim();
+    match Json::of(raw) {
+        Some(Json::Str(_)) if text.len() <= 42 => format!("the string {text}"),
+        Some(Json::Bool | Json::Int(_) | Json::HugeInt | Json::Float) if text.len() <= 60 => {
+            text.to_string()
+        }
+        Some(Json::Bool | Json::Int(_) | Json::HugeInt | Json::Float) => {
+            format!("a number of {} characters", text.len())
+        }
+        other => other.map_or("a value", |j| j.kind()).into(),
     }
 }
 

@@ -18,6 +18,7 @@
 mod error;
 mod infer;
 mod inputs;
+mod json_literal;
 mod jsonl;
 mod output_dir;
 mod parquet_source;
@@ -25,6 +26,8 @@ mod parquet_source;
 mod passthrough_tests;
 mod remote;
 mod schema;
+#[cfg(test)]
+mod shard_tests;
 mod sink;
 mod source;
 mod split;

@@ -137,6 +137,63 @@ fn an_integer_that_float64_cannot_hold_is_a_row_error() {
 }
 
 #[test]
+fn integers_beyond_64_bits_are_read_exactly_not_rounded() {
+    use arrow::datatypes::Decimal128Type;
+
+    let dir = tempfile::tempdir().unwrap();
+    // serde_json alone reads both big ids as the same f64, 18446744073709551616.
+    let text = "{\"id\":1}\n{\"id\":18446744073709551617}\n{\"id\":18446744073709551619}\n{\"id\":-99999999999999999999999999999999999999}\n";
+    let b = clean(read(dir.path(), "a.jsonl", text, OnError::Fail));
+    let ids: Vec<i128> = b
+        .iter()
+        .flat_map(|b| {
+            let col = b.batch.column_by_name("id").unwrap();
+            assert_eq!(col.data_type(), &DataType::Decimal128(38, 0));
+            col.as_primitive::<Decimal128Type>().values().to_vec()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            1,
+            18446744073709551617,
+            18446744073709551619,
+            -99999999999999999999999999999999999999
+        ]
+    );
+}
+
+#[test]
+fn integers_no_exact_type_holds_are_row_errors_naming_line_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // 39 digits: beyond Decimal128(38, 0), the widest exact integer type.
+    let huge = "1".repeat(39);
+    let items = read(
+        dir.path(),
+        "a.jsonl",
+        &format!("{{\"id\":1}}\n{{\"id\":{huge}}}\n"),
+        OnError::Fail,
+    );
+    let err = items.into_iter().find_map(Result::err).unwrap().to_string();
+    assert!(
+        err.contains(&format!("a.jsonl:2: column `id`: expected an integer of at most 38 digits (Decimal128(38, 0)), found {huge}")),
+        "{err}"
+    );
+    // In a Float64 column an integer literal must come back digit for digit, also nested.
+    let items = read(
+        dir.path(),
+        "b.jsonl",
+        "{\"x\":0.5,\"v\":{\"y\":[0.5]}}\n{\"x\":18446744073709551616,\"v\":{\"y\":[1,18446744073709551617]}}\n",
+        OnError::Fail,
+    );
+    let err = items.into_iter().find_map(Result::err).unwrap().to_string();
+    assert!(
+        err.contains("b.jsonl:2: column `v.y[1]`: expected a number that Float64 holds exactly (Float64), found 18446744073709551617"),
+        "{err}"
+    );
+}
+
+#[test]
 fn integers_from_parquet_that_float64_cannot_hold_are_row_errors() {
     use std::sync::Arc;
 
@@ -211,7 +268,14 @@ fn an_input_that_grows_after_it_was_listed_is_not_read_past_its_size() {
         ),
         "{err}"
     );
-    assert!(count_file_rows(&files[0]).is_err());
+    // The row count is the listed file's (inference counted it before the append); a count
+    // that has to read the file now fails the same way.
+    assert_eq!(count_file_rows(&files[0]).unwrap(), 1);
+    let relisted = InputFile {
+        snapshot: files[0].snapshot,
+        ..InputFile::new(p.clone(), files[0].format)
+    };
+    assert!(count_file_rows(&relisted).is_err());
 }
 
 #[test]

@@ -18,11 +18,11 @@ pub fn unified_schema(files: &[InputFile]) -> Result<SchemaRef, IoError> {
     for file in files {
         let schema = match file.format {
             InputFormat::Parquet => parquet_source::file_schema(&file.path, file.snapshot)?,
-            InputFormat::JsonLines { compression } => Some(Arc::new(infer::infer_schema(
-                &file.path,
-                compression,
-                file.snapshot,
-            )?)),
+            InputFormat::JsonLines { compression } => {
+                let (schema, rows) = infer::infer_schema(&file.path, compression, file.snapshot)?;
+                file.row_count.record(rows);
+                Some(Arc::new(schema))
+            }
         };
         for field in schema.iter().flat_map(|s| s.fields().iter()) {
             merged.add(field, &file.path)?;

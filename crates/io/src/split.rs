@@ -33,14 +33,16 @@ fn layout(file: &InputFile) -> Result<FileLayout, IoError> {
             })
         }
         InputFormat::JsonLines { compression } => Ok(FileLayout {
-            rows: count_rows(&file.path, compression, file.snapshot)?,
+            rows: file
+                .row_count
+                .get_or_count(|| count_rows(&file.path, compression, file.snapshot))?,
             cuts: None,
         }),
     }
 }
 
 /// How many rows `file` holds within its row range: Parquet from the footer, JSON lines by
-/// reading the file once.
+/// reading the file once (unless schema inference already counted them).
 pub fn count_file_rows(file: &InputFile) -> Result<u64, IoError> {
     let total = layout(file)?.rows;
     Ok(match &file.rows {
@@ -50,8 +52,8 @@ pub fn count_file_rows(file: &InputFile) -> Result<u64, IoError> {
 }
 
 /// The part of `files` that shard `index` of `count` reads: each file with the row range that
-/// falls in the shard (files outside it are left out). JSON lines files are read once to count
-/// their rows (compressed ones are decompressed for that); Parquet needs only footers.
+/// falls in the shard (files outside it are left out). JSON lines row counts come from schema
+/// inference when it ran on these files, else from one read; Parquet needs only footers.
 pub fn shard_files(
     files: &[InputFile],
     index: usize,

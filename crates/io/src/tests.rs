@@ -10,13 +10,13 @@ use arrow::record_batch::RecordBatch;
 
 use crate::*;
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
 }
 
-fn opts(on_error: OnError) -> SourceOptions {
+pub(crate) fn opts(on_error: OnError) -> SourceOptions {
     SourceOptions {
         on_error,
         string_columns: vec!["text".into()],
@@ -31,7 +31,7 @@ fn read_all(spec: &str, opts: SourceOptions) -> Vec<Result<SourceItem, IoError>>
     open_source(files, schema, opts).unwrap().collect()
 }
 
-fn batches(items: &[Result<SourceItem, IoError>]) -> Vec<&SourceBatch> {
+pub(crate) fn batches(items: &[Result<SourceItem, IoError>]) -> Vec<&SourceBatch> {
     items
         .iter()
         .filter_map(|i| match i {
@@ -51,7 +51,7 @@ fn rejections(items: &[Result<SourceItem, IoError>]) -> Vec<&Rejection> {
         .collect()
 }
 
-fn texts(b: &SourceBatch) -> Vec<Option<String>> {
+pub(crate) fn texts(b: &SourceBatch) -> Vec<Option<String>> {
     let col = b.batch.column_by_name("text").unwrap().as_string::<i32>();
     (0..col.len())
         .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
@@ -529,119 +529,4 @@ fn source_can_move_to_another_thread() {
     assert_send::<Source>();
     assert_send::<PartWriter>();
     assert_send::<RejectsWriter>();
-}
-
-/// `{"id":i,"text":"t{i}"}` for each id, one per line.
-fn id_lines(ids: std::ops::Range<i64>) -> String {
-    ids.map(|i| format!("{{\"id\":{i},\"text\":\"t{i}\"}}\n"))
-        .collect()
-}
-
-/// A Parquet file of `ids` in row groups of `group` rows.
-fn id_parquet(dir: &Path, name: &str, ids: std::ops::Range<i64>, group: usize) -> PathBuf {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("text", DataType::Utf8, true),
-    ]));
-    let texts: Vec<String> = ids.clone().map(|i| format!("t{i}")).collect();
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(arrow::array::Int64Array::from_iter_values(ids)),
-            Arc::new(StringArray::from_iter_values(texts)),
-        ],
-    )
-    .unwrap();
-    let path = dir.join(name);
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_max_row_group_row_count(Some(group))
-        .build();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        schema,
-        Some(props),
-    )
-    .unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    path
-}
-
-/// (file index, first row, ids) of every batch read from `files`.
-fn read_ids(files: Vec<InputFile>, schema: arrow::datatypes::SchemaRef) -> Vec<(u64, Vec<i64>)> {
-    open_source(files, schema, opts(OnError::Fail))
-        .unwrap()
-        .map(|item| match item.unwrap() {
-            SourceItem::Batch(b) => (
-                b.first_row,
-                b.batch
-                    .column_by_name("id")
-                    .unwrap()
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .to_vec(),
-            ),
-            SourceItem::Rejected(r) => panic!("unexpected rejection {r:?}"),
-        })
-        .collect()
-}
-
-#[test]
-fn row_range_of_jsonl_skips_rows_unparsed_and_keeps_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    // Row 1 is broken JSON: outside the range it is never parsed, so it is no error.
-    let text = "{\"id\":0,\"text\":\"a\"}\n{broken\n\n{\"id\":2,\"text\":\"c\"}\n{\"id\":3,\"text\":\"d\"}\n{\"id\":4,\"text\":\"e\"}\n";
-    let p = write(dir.path(), "a.jsonl", text.as_bytes());
-    let mut file = expand_inputs(p.to_str().unwrap()).unwrap().remove(0);
-    file.rows = Some(2..4);
-    let schema = unified_schema(std::slice::from_ref(&file)).unwrap();
-    let items: Vec<_> = open_source(vec![file], schema, opts(OnError::Fail))
-        .unwrap()
-        .collect();
-    let b = batches(&items);
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(b[0].first_row, 2);
-    assert_eq!(b[0].lines.as_deref(), Some(&[4u64, 5][..]));
-    assert_eq!(texts(b[0]), [Some("c".into()), Some("d".into())]);
-}
-
-#[test]
-fn row_range_of_parquet_reads_exactly_those_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = id_parquet(dir.path(), "a.parquet", 0..10, 4);
-    let mut file = expand_inputs(p.to_str().unwrap()).unwrap().remove(0);
-    file.rows = Some(3..9);
-    let schema = unified_schema(std::slice::from_ref(&file)).unwrap();
-    let got = read_ids(vec![file], schema);
-    assert_eq!(got, [(3, vec![3, 4, 5, 6, 7, 8])]);
-}
-
-#[test]
-fn shards_partition_the_input_in_order_at_row_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "a.jsonl", id_lines(0..7).as_bytes());
-    id_parquet(dir.path(), "b.parquet", 7..17, 4);
-    write(dir.path(), "c.jsonl", b"");
-    write(dir.path(), "d.jsonl", id_lines(17..20).as_bytes());
-    let files = expand_inputs(dir.path().to_str().unwrap()).unwrap();
-    let schema = unified_schema(&files).unwrap();
-    for n in 1..=6 {
-        let mut all = Vec::new();
-        for i in 0..n {
-            let part = shard_files(&files, i, n).unwrap();
-            for f in &part {
-                if f.format == InputFormat::Parquet {
-                    // Parquet shards start and end on row-group boundaries (groups of 4 rows).
-                    let r = f.rows.clone().unwrap_or(0..10);
-                    assert!(r.start % 4 == 0 && (r.end % 4 == 0 || r.end == 10), "{r:?}");
-                }
-            }
-            all.extend(
-                read_ids(part, schema.clone())
-                    .into_iter()
-                    .flat_map(|(_, ids)| ids),
-            );
-        }
-        assert_eq!(all, (0..20).collect::<Vec<i64>>(), "{n} shards");
-    }
 }
