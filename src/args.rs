@@ -17,7 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline file: read the input, run every task, write Parquet part files.
     Run(RunArgs),
-    /// Check a pipeline file (config, models, columns, templates) without running it.
+    /// Check everything `run` with the same flags checks before its first row (pipeline, inputs,
+    /// output folder and resume, devices, models, tasks, output columns), changing nothing.
     Validate(ValidateArgs),
     /// Run SQL over output directories or Parquet / JSON-lines files.
     Sql(SqlArgs),
@@ -95,8 +96,9 @@ impl RunArgs {
 
 #[derive(Args)]
 pub struct ValidateArgs {
-    /// The pipeline TOML file.
-    pub pipeline: PathBuf,
+    /// The run to check, with the same flags as `mbpipe run`.
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Args)]

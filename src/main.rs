@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Command::Run(a) => mbpipe_pipeline::cli::run(a.into_options())
             .map(|o| o.exit_code())
             .map_err(anyhow::Error::from),
-        Command::Validate(a) => mbpipe_pipeline::cli::validate(&a.pipeline)
+        Command::Validate(a) => mbpipe_pipeline::cli::validate(&a.run.into_options())
             .map(|_| 0)
             .map_err(anyhow::Error::from),
         Command::Sql(a) => run_sql(a),

@@ -9,4 +9,5 @@ mod quick;
 mod reliability;
 mod s3_server;
 mod util;
+mod validate_plan;
 mod zero_shot;

@@ -1,76 +1,63 @@
-//! `mbpipe validate`: everything a run would check before reading the first row.
-
-use std::path::Path;
-
-use mbpipe_io::{expand_inputs, unified_schema};
-use mbpipe_model::{DeviceSpec, ModelError, ModelFiles, ModelRef, Precision};
+//! `mbpipe validate`: the run's plan, built and checked exactly as `mbpipe run` builds it (same
+//! flags), then the models loaded on the first device at `--dtype` and the tasks bound to them,
+//! as a run does before its first row. Reads only; changes nothing.
 
 use crate::engine::LoadedModel;
+use crate::enrich::{bind_tasks, row_shape};
 use crate::error::PipelineError;
-use crate::query::InputQuery;
-use crate::rows::check_text_columns;
-use crate::tasks::BoundTask;
-use crate::validate::Pipeline;
+use crate::plan::{Purpose, RunPlan, Work};
+use crate::runner::RunOptions;
 
-/// Checks a pipeline file; returns one line per thing checked. Hub models that cannot be
-/// fetched (offline, not cached) are reported as unchecked rather than failing.
-pub fn check(path: &Path) -> Result<Vec<String>, PipelineError> {
-    let pipeline = Pipeline::load(path)?;
+/// Checks everything a run with `opts` would check before its first row; returns one line per
+/// thing checked. Hub models that cannot be fetched (offline, not cached) are reported as
+/// unchecked rather than failing.
+pub fn check(opts: &RunOptions) -> Result<Vec<String>, PipelineError> {
+    let mut plan = RunPlan::build(opts, Purpose::Validate)?;
     let mut report = vec![format!(
         "ok: {} parses ({} tasks)",
-        path.display(),
-        pipeline.tasks.len()
+        opts.pipeline.display(),
+        plan.pipeline.tasks.len()
     )];
-    let files = expand_inputs(&pipeline.input.path)?;
-    let schema = unified_schema(&files)?;
-    let schema = match &pipeline.input.query {
-        Some(q) => InputQuery::new(q, schema)?.output_schema(),
-        None => schema,
+    report.extend(plan.describe());
+    let Some(models) = plan.work.models() else {
+        if let Work::Unfetched { reason } = &plan.work {
+            report.push(format!("unchecked: {reason}"));
+        }
+        for t in &plan.pipeline.tasks {
+            report.push(format!("ok: task `{}` settings (model not loaded)", t.name));
+        }
+        return Ok(report);
     };
-    check_text_columns(&pipeline.input.text, &schema)?;
-    report.push(format!(
-        "ok: input `{}`: {} file(s), text from {:?}",
-        pipeline.input.path,
-        files.len(),
-        pipeline.input.text.fields()
-    ));
-    let device = DeviceSpec::Cpu.open()?;
-    let mut checked: Vec<(String, Option<LoadedModel>)> = Vec::new();
-    for task in &pipeline.tasks {
-        let key = task.model.to_string();
-        if !checked.iter().any(|(k, _)| *k == key) {
-            let loaded = match ModelFiles::resolve(&task.model) {
-                Ok(files) => Some(LoadedModel::load_files(
-                    task.model.clone(),
-                    files,
-                    &device,
-                    Precision::F32,
-                )?),
-                Err(ModelError::Hub { reason, .. })
-                    if matches!(task.model, ModelRef::Hub { .. }) =>
-                {
-                    report.push(format!(
-                        "unchecked: model `{key}` could not be fetched from the Hub ({reason})"
-                    ));
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            };
-            checked.push((key.clone(), loaded));
-        }
-        let (_, loaded) = checked
-            .iter()
-            .find(|(k, _)| *k == key)
-            .expect("inserted above, this is a bug");
-        if let Some(m) = loaded {
-            BoundTask::bind(task, 0, m)?;
-            report.push(format!("ok: task `{}` on `{key}`", task.name));
-        } else {
-            report.push(format!(
-                "ok: task `{}` settings (model not loaded)",
-                task.name
-            ));
-        }
+    let device = opts
+        .devices
+        .first()
+        .ok_or_else(|| PipelineError::Invalid("no device to run the models on".into()))?;
+    let dev = device.open()?;
+    let loaded: Vec<LoadedModel> = models
+        .models
+        .iter()
+        .map(|(r, f)| LoadedModel::load_files(r.clone(), f.clone(), &dev, opts.precision))
+        .collect::<Result<_, _>>()?;
+    let bound = bind_tasks(&plan.pipeline, models, &loaded)?;
+    let shape = row_shape(
+        &plan.pipeline,
+        &bound.tasks,
+        &bound.tokenizers,
+        plan.query.take(),
+        &plan.row_schema,
+    )?;
+    for (t, &m) in plan.pipeline.tasks.iter().zip(&models.task_model) {
+        report.push(format!(
+            "ok: task `{}` on `{}` ({device}, {})",
+            t.name, models.models[m].0, opts.precision
+        ));
     }
+    let columns: Vec<String> = shape
+        .output_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    report.push(format!("ok: output columns: {}", columns.join(", ")));
     Ok(report)
 }

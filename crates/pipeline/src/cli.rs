@@ -11,10 +11,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     crate::runner::run(opts)
 }
 
-/// `mbpipe validate`: checks the file, the input columns and every model that can be reached
-/// (local directories, or Hub models already in the cache or downloadable); prints what it checked.
-pub fn validate(path: &Path) -> Result<(), PipelineError> {
-    let report = crate::check::check(path)?;
+/// `mbpipe validate`: checks everything `run` with the same options would check before its first
+/// row (the plan, then every model that can be reached: local directories, or Hub models already
+/// in the cache or downloadable); prints what it checked. Changes nothing.
+pub fn validate(opts: &RunOptions) -> Result<(), PipelineError> {
+    let report = crate::check::check(opts)?;
     for line in &report {
         println!("{line}");
     }

@@ -154,14 +154,11 @@ impl Enricher {
         let first = replicas
             .first()
             .ok_or_else(|| PipelineError::Invalid("no device to run the models on".into()))?;
-        let tasks: Vec<BoundTask> = pipeline
-            .tasks
-            .iter()
-            .zip(&resolved.task_model)
-            .map(|(spec, &m)| BoundTask::bind(spec, m, &first.models[m]))
-            .collect::<Result<_, _>>()?;
-        let tokenizers: Vec<Tokenizer> = first.models.iter().map(|m| m.tokenizer.clone()).collect();
-        let groups = encode_groups(&tasks, &tokenizers)?;
+        let BoundTasks {
+            tasks,
+            tokenizers,
+            groups,
+        } = bind_tasks(pipeline, resolved, &first.models)?;
         let tasks = Arc::new(tasks);
         Ok(Self {
             pipeline: pipeline.clone(),
@@ -178,41 +175,20 @@ impl Enricher {
         &self.pool
     }
 
-    /// What this pipeline makes of rows whose schema (after `query`) is `row_schema`; refuses a
-    /// `keep` naming a missing column and task columns that clash with kept ones.
+    /// What this pipeline makes of rows whose schema (after `query`) is `row_schema` (see
+    /// [`row_shape`]).
     pub fn shape(
         &self,
         query: Option<InputQuery>,
         row_schema: &SchemaRef,
     ) -> Result<RowShape, PipelineError> {
-        let keep: Vec<usize> = match &self.pipeline.input.keep {
-            None => (0..row_schema.fields().len()).collect(),
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    row_schema.index_of(n).map_err(|_| {
-                        PipelineError::Invalid(format!(
-                            "[input] keep names column `{n}`, which the input does not have"
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let mut fields: Vec<Field> = keep.iter().map(|&i| row_schema.field(i).clone()).collect();
-        for f in empty_task_columns(&self.tasks, &self.tokenizers) {
-            if fields.iter().any(|g| g.name() == f.name()) {
-                return Err(PipelineError::Invalid(format!(
-                    "output column `{}` would clash with an input column of that name; rename the task or drop the column with `keep`",
-                    f.name()
-                )));
-            }
-            fields.push(f);
-        }
-        Ok(RowShape {
+        row_shape(
+            &self.pipeline,
+            &self.tasks,
+            &self.tokenizers,
             query,
-            keep,
-            out_schema: Arc::new(Schema::new(fields)),
-        })
+            row_schema,
+        )
     }
 
     /// The context of windows of rows of `shape`, stopping when `stop` is set.
@@ -258,6 +234,76 @@ impl Enricher {
         }
         Ok(arrow::compute::concat_batches(&shape.out_schema, &out)?)
     }
+}
+
+/// A pipeline's tasks bound to its models.
+pub(crate) struct BoundTasks {
+    pub(crate) tasks: Vec<BoundTask>,
+    /// Each model's tokenizer, in model order.
+    pub(crate) tokenizers: Vec<Tokenizer>,
+    groups: Vec<EncodeGroup>,
+}
+
+/// Binds every task to its model (`models`: one device's replicas, in `resolved` order) and
+/// groups the tasks by encoder pass; refuses what a task needs that its model lacks.
+pub(crate) fn bind_tasks(
+    pipeline: &Pipeline,
+    resolved: &ResolvedModels,
+    models: &[LoadedModel],
+) -> Result<BoundTasks, PipelineError> {
+    let tasks: Vec<BoundTask> = pipeline
+        .tasks
+        .iter()
+        .zip(&resolved.task_model)
+        .map(|(spec, &m)| BoundTask::bind(spec, m, &models[m]))
+        .collect::<Result<_, _>>()?;
+    let tokenizers: Vec<Tokenizer> = models.iter().map(|m| m.tokenizer.clone()).collect();
+    let groups = encode_groups(&tasks, &tokenizers)?;
+    Ok(BoundTasks {
+        tasks,
+        tokenizers,
+        groups,
+    })
+}
+
+/// What `pipeline`'s bound `tasks` make of rows whose schema (after `query`) is `row_schema`:
+/// the kept columns, then the task columns. Refuses a `keep` naming a missing column and task
+/// columns that clash with kept ones.
+pub(crate) fn row_shape(
+    pipeline: &Pipeline,
+    tasks: &[BoundTask],
+    tokenizers: &[Tokenizer],
+    query: Option<InputQuery>,
+    row_schema: &SchemaRef,
+) -> Result<RowShape, PipelineError> {
+    let keep: Vec<usize> = match &pipeline.input.keep {
+        None => (0..row_schema.fields().len()).collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                row_schema.index_of(n).map_err(|_| {
+                    PipelineError::Invalid(format!(
+                        "[input] keep names column `{n}`, which the input does not have"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut fields: Vec<Field> = keep.iter().map(|&i| row_schema.field(i).clone()).collect();
+    for f in empty_task_columns(tasks, tokenizers) {
+        if fields.iter().any(|g| g.name() == f.name()) {
+            return Err(PipelineError::Invalid(format!(
+                "output column `{}` would clash with an input column of that name; rename the task or drop the column with `keep`",
+                f.name()
+            )));
+        }
+        fields.push(f);
+    }
+    Ok(RowShape {
+        query,
+        keep,
+        out_schema: Arc::new(Schema::new(fields)),
+    })
 }
 
 /// Tasks sharing one encoder pass: same model, same input variant, same limit.

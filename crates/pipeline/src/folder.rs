@@ -17,14 +17,15 @@ pub struct OutputFolder {
     _lock: OutputLock,
 }
 
-/// Checks `dir` as the output of a run reading `inputs` (from `spec`), creates it, locks it and
-/// checks that it holds only mbpipe's files of this run's layout. Changes nothing else.
-pub fn open(
+/// Checks `dir` as the output of a run reading `inputs` (from `spec`), reading only: not a file,
+/// not an input, holding only mbpipe's files of this run's layout. Returns its entries (none
+/// when it does not exist yet).
+pub fn inspect(
     dir: &OutputDir,
     names: OutputNames,
     spec: &str,
     inputs: &[InputFile],
-) -> Result<OutputFolder, PipelineError> {
+) -> Result<Vec<String>, PipelineError> {
     if let Some(path) = dir.local() {
         if path.exists() && !path.is_dir() {
             return Err(PipelineError::Invalid(format!(
@@ -34,7 +35,21 @@ pub fn open(
         }
     }
     check_placement(dir, spec, inputs)?;
-    check_foreign(dir, &dir.list()?)?;
+    let entries = dir.list()?;
+    check_foreign(dir, &entries)?;
+    check_layout(dir, names, &entries)?;
+    Ok(entries)
+}
+
+/// [`inspect`]s `dir`, creates it, locks it and checks it again under the lock. Changes nothing
+/// else.
+pub fn open(
+    dir: &OutputDir,
+    names: OutputNames,
+    spec: &str,
+    inputs: &[InputFile],
+) -> Result<OutputFolder, PipelineError> {
+    inspect(dir, names, spec, inputs)?;
     dir.create()?;
     let lock = lock::acquire(dir, &names.lock())?;
     // Listed again under the lock: a run of another layout may have started meanwhile (its lock

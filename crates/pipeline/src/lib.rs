@@ -28,6 +28,7 @@ mod lock;
 mod names;
 mod oom;
 pub mod output;
+mod plan;
 mod progress;
 mod query;
 mod resume;
@@ -42,6 +43,7 @@ mod workers;
 pub use enrich::{input_query, EnrichOptions, Enricher, ResolvedModels, RowShape};
 pub use error::PipelineError;
 pub use oom::{is_out_of_memory, MemoryEstimate, OomSplitter, PerSequence, SplitOutput};
+pub use plan::{Purpose, RunPlan, Work};
 pub use runner::{
     default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_CUDA_MAX_BATCH_TOKENS,
     DEFAULT_MAX_BATCH_TOKENS,

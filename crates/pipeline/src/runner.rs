@@ -12,25 +12,20 @@ use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
-use mbpipe_io::{
-    expand_inputs, open_source, unified_schema, OnError, OutputDir, OutputFormat, RejectsWriter,
-    SourceOptions,
-};
-use mbpipe_model::{DeviceSpec, ModelFiles, Precision};
+use mbpipe_io::{open_source, OnError, OutputFormat, RejectsWriter, SourceOptions};
+use mbpipe_model::{DeviceSpec, Precision};
 
 use crate::config::{OnErrorSetting, OutputFormatSetting};
 use crate::engine::configure_threads;
 use crate::enrich::{
-    finish_window, input_query, prepare, submit_window, EnrichOptions, Enricher, Prepared,
-    ResolvedModels, SubmittedWindow, WINDOW_ROWS,
+    finish_window, prepare, submit_window, EnrichOptions, Enricher, Prepared, SubmittedWindow,
+    WINDOW_ROWS,
 };
 use crate::error::PipelineError;
-use crate::names::OutputNames;
 use crate::output::{write_manifest, Manifest, OutputChunk, PartLayout, PartSink};
+use crate::plan::{Purpose, RunPlan, Work};
 use crate::progress::{Progress, TotalRows};
-use crate::resume::{self, FileStamp, Fingerprint, ModelStamp};
-use crate::validate::Pipeline;
+use crate::resume;
 
 /// Default token budget of one packed batch on the CPU. Measured on a 2-core EPYC (AVX2), base
 /// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (larger
@@ -107,69 +102,45 @@ struct InFlight {
     rejected_after: Vec<(usize, u64)>,
 }
 
-/// Runs a pipeline end to end.
+/// Runs a pipeline end to end: builds the [`RunPlan`] (every check, reading only), locks the
+/// output folder, loads the models, then streams the input through them.
 pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     configure_threads(opts.threads);
-    let pipeline = Pipeline::load(&opts.pipeline)?;
-    let shard = crate::shard::parse(opts.shard.as_deref())?;
-    let names = OutputNames { shard };
-    let all_files = expand_inputs(&pipeline.input.path)?;
-    // One schema for every shard, so their union is one table.
-    let input_schema = with_text_columns_if_empty(unified_schema(&all_files)?, &pipeline);
-    let (query, row_schema) = input_query(&pipeline, &input_schema)?;
-
-    let out_dir = OutputDir::new(&pipeline.output_dir)?;
+    let mut plan = RunPlan::build(&opts, Purpose::Run)?;
+    let query = plan.query.take();
+    let (pipeline, names, out_dir) = (plan.pipeline.clone(), plan.names, &plan.out_dir);
+    let (files, input_schema, row_schema) = (&plan.files, &plan.input_schema, &plan.row_schema);
     // Checked and locked, but nothing in it changes before every check of the run has passed.
-    let folder = crate::folder::open(&out_dir, names, &pipeline.input.path, &all_files)?;
-    let marker = out_dir.show(&names.success());
-    if !opts.overwrite && folder.entries.contains(&names.success()) {
-        eprintln!(
-            "mbpipe: {out_dir} is already complete ({marker} exists); nothing to do. Use --overwrite to run again."
-        );
-        return Ok(RunOutcome {
-            rows: 0,
-            rejected: 0,
-            tokens: 0,
-            already_complete: true,
-        });
-    }
-    let files = match shard {
-        Some((i, n)) => mbpipe_io::shard_files(&all_files, i, n)?,
-        None => all_files.clone(),
+    let folder = crate::folder::open(out_dir, names, &pipeline.input.path, &plan.all_files)?;
+    let (resolved, fingerprint) = match &plan.work {
+        // Checked again under the lock: another run may have finished meanwhile.
+        Work::Run {
+            models,
+            fingerprint,
+            ..
+        } if opts.overwrite || !folder.entries.contains(&names.success()) => (models, fingerprint),
+        _ => {
+            eprintln!(
+                "mbpipe: {out_dir} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
+                out_dir.show(&names.success())
+            );
+            return Ok(RunOutcome {
+                rows: 0,
+                rejected: 0,
+                tokens: 0,
+                already_complete: true,
+            });
+        }
     };
-
+    // Decided again on the entries seen under the lock.
+    let start = plan.resume(&folder.entries, fingerprint, opts.overwrite)?;
+    let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
+    let files = resume::remaining_inputs(files.clone(), &start.resumed)?;
     // Models: one replica of each distinct model per device.
     let load_start = Instant::now();
-    let resolved = ResolvedModels::resolve(&pipeline)?;
-    let fingerprint = Fingerprint {
-        pipeline: pipeline.source.clone(),
-        dtype: opts.precision.to_string(),
-        models: pipeline
-            .tasks
-            .iter()
-            .zip(&resolved.task_model)
-            .map(|(t, &m)| {
-                let (model, files) = &resolved.models[m];
-                model_stamp(&t.name, model, files)
-            })
-            .collect::<Result<_, _>>()?,
-        inputs: all_files
-            .iter()
-            .map(FileStamp::of_input)
-            .collect::<Result<_, _>>()?,
-    };
-    let plan = resume::plan(
-        &out_dir,
-        names,
-        &folder.entries,
-        &fingerprint,
-        opts.overwrite,
-    )?;
-    let shard_inputs: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
-    let files = resume::remaining_inputs(files, &plan.resumed)?;
     let enricher = Enricher::load(
         &pipeline,
-        &resolved,
+        resolved,
         &EnrichOptions {
             devices: opts.devices.clone(),
             precision: opts.precision,
@@ -177,7 +148,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         },
     )?;
     let model_records = resolved.records(&pipeline);
-    let shape = enricher.shape(query, &row_schema)?;
+    let shape = enricher.shape(query, row_schema)?;
     let out_schema = shape.output_schema().clone();
     let load_seconds = load_start.elapsed().as_secs_f64();
     let format = match pipeline.output_format {
@@ -216,7 +187,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
 
     // Every check passed: only now is the folder changed (leftovers removed, or with
     // --overwrite this run's own files).
-    let (journal, resumed) = resume::start(plan)?;
+    let (journal, resumed) = resume::start(start)?;
     if let Some((input, row)) = resumed.position() {
         eprintln!(
             "mbpipe: resuming: {} committed part file(s) kept; continuing from {input} row {row}",
@@ -254,7 +225,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let stop = stop_on_signals()?;
     let (model_clock, workers) = (enricher.pool().model_clock(), enricher.pool().workers());
     let mut rejects: Option<RejectsWriter> = None;
-    // Counting rows reads JSON lines files once more; it runs beside the job, for the ETA.
+    // The ETA's row count (JSON lines files were counted by schema inference; it runs beside
+    // the job for any file that was not).
     let total_rows: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
     {
         let (files, total) = (files_to_count, Arc::clone(&total_rows));
@@ -428,13 +400,13 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         )));
     }
     // Never a _SUCCESS over a folder that is not complete.
-    resume::verify(&out_dir, &parts, names)?;
+    resume::verify(out_dir, &parts, names)?;
     let manifest = Manifest {
         mbpipe_version: env!("CARGO_PKG_VERSION").to_string(),
         pipeline: pipeline.source.clone(),
         models: model_records,
         inputs: shard_inputs,
-        shard: shard.map(|(i, n)| format!("{i}/{n}")),
+        shard: names.shard.map(|(i, n)| format!("{i}/{n}")),
         parts: parts.clone(),
         rows: total_rows,
         rejected,
@@ -453,8 +425,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             .join(","),
         dtype: opts.precision.to_string(),
     };
-    write_manifest(&out_dir, &manifest, names)?;
-    resume::finish(&out_dir, names);
+    write_manifest(out_dir, &manifest, names)?;
+    resume::finish(out_dir, names);
     eprintln!(
         "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, model-only {:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
         if kept > 0 { format!(" (after {kept} part file(s) kept from the interrupted run)") } else { String::new() },
@@ -483,22 +455,6 @@ fn model_tokens_per_second(tokens: u64, model_seconds: f64, workers: usize) -> f
     tokens as f64 / (model_seconds / workers.max(1) as f64)
 }
 
-/// Inputs that are all empty JSON lines files have no columns at all; an empty input is a
-/// successful run with zero rows, so give it the text columns (as strings) it would have had.
-fn with_text_columns_if_empty(schema: SchemaRef, pipeline: &Pipeline) -> SchemaRef {
-    if !schema.fields().is_empty() {
-        return schema;
-    }
-    let fields: Vec<Field> = pipeline
-        .input
-        .text
-        .fields()
-        .iter()
-        .map(|name| Field::new(name.to_string(), arrow::datatypes::DataType::Utf8, true))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
 /// A flag that SIGINT or SIGTERM sets; the run stops at the next window and commits what is
 /// finished. A second signal exits at once (committed parts stay committed).
 fn stop_on_signals() -> Result<Arc<AtomicBool>, PipelineError> {
@@ -511,23 +467,6 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, PipelineError> {
             .map_err(|e| PipelineError::Run(format!("cannot install signal handlers: {e}")))?;
     }
     Ok(stop)
-}
-
-/// A task's model files, for the resume fingerprint.
-fn model_stamp(
-    task: &str,
-    model: &mbpipe_model::ModelRef,
-    files: &ModelFiles,
-) -> Result<ModelStamp, PipelineError> {
-    let paths = [&files.config, &files.tokenizer]
-        .into_iter()
-        .chain(&files.weights);
-    Ok(ModelStamp {
-        task: task.to_string(),
-        model: model.to_string(),
-        revision: files.revision.clone(),
-        files: paths.map(|p| FileStamp::of(p)).collect::<Result<_, _>>()?,
-    })
 }
 
 #[cfg(test)]
