@@ -61,6 +61,13 @@ impl PackedBatch {
         self.cu_seqlens[i]..self.cu_seqlens[i + 1]
     }
 
+    /// The sequences' lengths, ascending.
+    pub fn sorted_lengths(&self) -> Vec<usize> {
+        let mut lengths: Vec<usize> = self.cu_seqlens.windows(2).map(|w| w[1] - w[0]).collect();
+        lengths.sort_unstable();
+        lengths
+    }
+
     /// Sequences `0..at` and `at..` as two batches (the OOM split of the worker pool).
     ///
     /// ```

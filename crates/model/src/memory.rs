@@ -59,6 +59,33 @@ pub(crate) fn forward_bytes(
     (tokens * per_token + attention) as u64
 }
 
+/// Padding the attention of a forward over sequences of `sorted` lengths computes with
+/// `kernel`, and all the positions it computes, both summed over layers: `(padding, positions)`,
+/// positions being the tokens plus the padding. Only the padded GPU path pads; the CPU kernels,
+/// the per-sequence path and FlashAttention-2 compute exactly the tokens.
+pub(crate) fn attention_padding(
+    config: &ModernBertConfig,
+    kernel: AttentionKernel,
+    sorted: &[usize],
+) -> (u64, u64) {
+    let tokens: usize = sorted.iter().sum();
+    let mut padding = 0;
+    for (kind, _) in &config.layers {
+        let half_window = match *kind {
+            AttentionKind::Global => None,
+            AttentionKind::Local { half_window } => Some(half_window),
+        };
+        if matches!(
+            kernel,
+            AttentionKernel::Padded | AttentionKernel::PaddedAfterFlashFailed
+        ) {
+            padding += crate::varlen::padded_slots(sorted, config.num_attention_heads, half_window);
+        }
+    }
+    let positions = tokens * config.layers.len() + padding;
+    (padding as u64, positions as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +98,22 @@ mod tests {
                 "local_attention": 128, "max_position_embeddings": 8192}"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_the_padded_path_pads_and_every_layer_counts() {
+        let c = base();
+        let lens = [100, 128];
+        for kernel in [
+            AttentionKernel::Cpu,
+            AttentionKernel::PerSequence,
+            AttentionKernel::Flash,
+        ] {
+            assert_eq!(attention_padding(&c, kernel, &lens), (0, 228 * 22));
+        }
+        // One group padded to 128 on each of the 22 layers: 28 slots each.
+        let (padding, positions) = attention_padding(&c, AttentionKernel::Padded, &lens);
+        assert_eq!((padding, positions), (28 * 22, (228 + 28) * 22));
     }
 
     #[test]

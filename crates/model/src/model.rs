@@ -164,21 +164,28 @@ impl ModernBert {
         self.encoder.kernel()
     }
 
+    /// The attention's padding in a forward over `batch`, and all the positions it computes,
+    /// summed over layers (`(padding, positions)`): zero padding on the CPU and with
+    /// FlashAttention-2; the padded GPU path pads each group of sequences to its longest.
+    pub fn attention_padding(&self, batch: &PackedBatch) -> (u64, u64) {
+        crate::memory::attention_padding(
+            &self.config,
+            self.attention_kernel(),
+            &batch.sorted_lengths(),
+        )
+    }
+
     /// Approximate peak device memory, in bytes, of a forward over `batch`: activations linear
     /// in its tokens, plus the attention's largest score block, which on the padded path grows
     /// with the square of the longest sequence (up to the chunking budget) and with
     /// FlashAttention-2 not at all. The out-of-memory split learns its limit in these terms, so
     /// one long document that runs out does not shrink later batches of short texts.
     pub fn memory_estimate(&self, batch: &PackedBatch) -> u64 {
-        let mut lengths: Vec<usize> = (0..batch.num_sequences())
-            .map(|i| batch.range(i).len())
-            .collect();
-        lengths.sort_unstable();
         crate::memory::forward_bytes(
             &self.config,
             self.attention_kernel(),
             self.compute_dtype.size_in_bytes(),
-            &lengths,
+            &batch.sorted_lengths(),
         )
     }
 

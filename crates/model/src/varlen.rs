@@ -137,6 +137,22 @@ pub(crate) fn padded_peak_bytes(
         .unwrap_or(0)
 }
 
+/// Padding slots (query positions that are not a token) of one layer's attention over sequences
+/// of `sorted` lengths on the padded path: each group is padded to its longest sequence; banded
+/// and chunked pieces hold one sequence and pad nothing.
+pub(crate) fn padded_slots(sorted: &[usize], heads: usize, half_window: Option<usize>) -> usize {
+    plan(sorted, heads, half_window, GROUP_SCORES)
+        .iter()
+        .map(|piece| match *piece {
+            Piece::Group { start, end } => {
+                let group = &sorted[start..end];
+                group.len() * sorted[end - 1] - group.iter().sum::<usize>()
+            }
+            Piece::Banded(_) | Piece::Chunked { .. } => 0,
+        })
+        .sum()
+}
+
 /// Approximate peak bytes of one layer's attention over sequences of `sorted` lengths on the
 /// per-sequence path: a whole sequence's scores on global layers, a band block on local ones.
 pub(crate) fn per_sequence_peak_bytes(
@@ -454,6 +470,16 @@ mod tests {
             check(&[12], kind);
             check(&[8, 8, 8], kind);
         }
+    }
+
+    #[test]
+    fn padding_is_each_group_padded_to_its_longest() {
+        // One group (budget allows): 3 sequences padded to 40 -> 3 * 40 - (3 + 39 + 40) = 38.
+        assert_eq!(padded_slots(&[3, 39, 40], 1, None), 38);
+        assert_eq!(padded_slots(&[7, 7, 7], 12, None), 0);
+        assert_eq!(padded_slots(&[], 12, None), 0);
+        // A long local sequence is banded on its own: only the short ones pad.
+        assert_eq!(padded_slots(&[10, 20, 5000], 1, Some(64)), 10);
     }
 
     #[test]

@@ -302,7 +302,9 @@ pub struct Manifest {
     pub rejected: u64,
     /// Real tokens run through models.
     pub tokens: u64,
-    /// Fraction of computed positions that were padding (packing makes this 0).
+    /// Fraction of the attention's computed positions (over layers) that were padding, as
+    /// measured: 0 on the CPU and with FlashAttention-2; the padded GPU path pads each group of
+    /// sequences to its longest. The linear layers run on packed tokens and never pad.
     pub padding_fraction: f64,
     /// Seconds spent loading models.
     pub load_seconds: f64,

@@ -411,7 +411,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         rows: total_rows,
         rejected,
         tokens: total_tokens,
-        padding_fraction: 0.0,
+        padding_fraction: model_clock.padding_fraction(),
         load_seconds,
         run_seconds,
         tokens_per_second: tokens as f64 / run_seconds.max(1e-9),
@@ -428,11 +428,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     write_manifest(out_dir, &manifest, names)?;
     resume::finish(out_dir, names);
     eprintln!(
-        "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, model-only {:.0} tokens/s, padding 0.0%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
+        "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, model-only {:.0} tokens/s, padding {:.1}%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
         if kept > 0 { format!(" (after {kept} part file(s) kept from the interrupted run)") } else { String::new() },
         if rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
         manifest.tokens_per_second,
         manifest.model_tokens_per_second,
+        manifest.padding_fraction * 100.0,
         out_dir,
         parts.len(),
         if parts.len() == 1 { "" } else { "s" },

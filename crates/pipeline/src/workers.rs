@@ -60,6 +60,9 @@ pub struct WorkerPool {
 #[derive(Debug, Default)]
 pub struct ModelClock {
     nanos: AtomicU64,
+    /// Attention positions that were padding, and all attention positions, over layers.
+    padding: AtomicU64,
+    positions: AtomicU64,
 }
 
 impl ModelClock {
@@ -72,6 +75,22 @@ impl ModelClock {
     /// Seconds so far, summed over workers.
     pub fn seconds(&self) -> f64 {
         self.nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Adds one forward call's attention padding and positions (see
+    /// `ModernBert::attention_padding`).
+    pub fn add_padding(&self, (padding, positions): (u64, u64)) {
+        self.padding.fetch_add(padding, Ordering::Relaxed);
+        self.positions.fetch_add(positions, Ordering::Relaxed);
+    }
+
+    /// The fraction of attention positions that were padding, so far (0 when none ran).
+    pub fn padding_fraction(&self) -> f64 {
+        let positions = self.positions.load(Ordering::Relaxed);
+        if positions == 0 {
+            return 0.0;
+        }
+        self.padding.load(Ordering::Relaxed) as f64 / positions as f64
     }
 }
 
@@ -229,6 +248,9 @@ fn run_job(
             .map_err(PipelineError::from)
             .and_then(|hidden| run_heads(model, &group, &hidden, batch));
         clock.add(start.elapsed());
+        if out.is_ok() {
+            clock.add_padding(model.model.attention_padding(batch));
+        }
         out
     })
 }
