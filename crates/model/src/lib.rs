@@ -85,6 +85,6 @@ pub use error::{ModelError, Result};
 pub use files::{ModelFiles, ModelRef, SentenceTransformersConfig};
 pub use heads::{argmax, scores_from_logits, top_k};
 pub use kernel::{gpu_required, require_gpu_value, AttentionKernel, REQUIRE_GPU_ENV};
-pub use model::{MaskPredictions, ModernBert};
+pub use model::{CpuBf16, MaskPredictions, ModernBert};
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;

@@ -15,6 +15,31 @@ use crate::weights::Weights;
 /// Fill-mask output of one sequence: per [MASK], the top tokens `(token_id, probability)`.
 pub type MaskPredictions = Vec<Vec<(u32, f32)>>;
 
+/// How `--dtype bf16` runs on a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// bf16 weights on the AVX512-BF16 dot-product kernel, activations in f32.
+    DotProduct,
+    /// f32 throughout: on a CPU without bf16 instructions, candle's emulated bf16 is slower than
+    /// the f32 kernels, and no more accurate.
+    F32,
+    /// candle's bf16 throughout (`MBPIPE_BF16_GEMM=0`: the reference the kernel is tested
+    /// against).
+    Candle,
+}
+
+impl CpuBf16 {
+    /// The path for a CPU that has (`has_dot_product`) the AVX512-BF16 instructions or not, when
+    /// the own kernel is allowed (`kernel_allowed`) or not.
+    pub fn choose(has_dot_product: bool, kernel_allowed: bool) -> Self {
+        match (kernel_allowed, has_dot_product) {
+            (false, _) => CpuBf16::Candle,
+            (true, true) => CpuBf16::DotProduct,
+            (true, false) => CpuBf16::F32,
+        }
+    }
+}
+
 /// A ModernBERT model ready to run packed batches.
 pub struct ModernBert {
     config: ModernBertConfig,
@@ -26,6 +51,8 @@ pub struct ModernBert {
     dtype: DType,
     /// Dtype of activations (f32 when bf16 runs on the AVX512-BF16 kernel).
     compute_dtype: DType,
+    /// How bf16 runs, for bf16 on a CPU.
+    cpu_bf16: Option<CpuBf16>,
 }
 
 impl ModernBert {
@@ -33,7 +60,8 @@ impl ModernBert {
     ///
     /// `bf16` on a CPU with AVX512-BF16 multiplies with bf16 weights on the dot-product
     /// instructions and keeps activations, norms and softmax in f32 (more accurate than all-bf16
-    /// at the same speed); elsewhere, or with `MBPIPE_BF16_GEMM=0`, it is candle's bf16 throughout.
+    /// at the same speed); on other CPUs it runs the f32 kernels (saying so once), faster there
+    /// than emulated bf16; with `MBPIPE_BF16_GEMM=0` it is candle's bf16 throughout.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let fast = std::env::var_os("MBPIPE_BF16_GEMM").is_none_or(|v| v != "0");
         Self::load_with_kernel(files, device, dtype, fast)
@@ -47,6 +75,28 @@ impl ModernBert {
         dtype: DType,
         bf16_kernel: bool,
     ) -> Result<Self> {
+        let path = CpuBf16::choose(crate::bf16_gemm::available(), bf16_kernel);
+        if path == CpuBf16::F32 && dtype == DType::BF16 && device.is_cpu() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs the f32 \
+                     kernels (faster here than emulated bf16, and at least as accurate)"
+                )
+            });
+        }
+        Self::load_with_cpu_bf16(files, device, dtype, path)
+    }
+
+    /// [`ModernBert::load`] with the given bf16 path for a CPU (tests: every path on any CPU;
+    /// [`CpuBf16::DotProduct`] needs the AVX512-BF16 instructions).
+    #[doc(hidden)]
+    pub fn load_with_cpu_bf16(
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        path: CpuBf16,
+    ) -> Result<Self> {
         let config = ModernBertConfig::from_file(&files.config)?;
         // Before any upload: bf16 on a GPU older than 8.0 would fail at its first kernel.
         if let Some(capability) = crate::kernel::compute_capability(device) {
@@ -54,9 +104,17 @@ impl ModernBert {
             crate::kernel::check_precision(&name, capability, dtype)
                 .map_err(ModelError::Unsupported)?;
         }
-        let packed =
-            bf16_kernel && dtype == DType::BF16 && device.is_cpu() && crate::bf16_gemm::available();
-        let compute_dtype = if packed { DType::F32 } else { dtype };
+        let cpu_bf16 = (dtype == DType::BF16 && device.is_cpu()).then_some(path);
+        if cpu_bf16 == Some(CpuBf16::DotProduct) && !crate::bf16_gemm::available() {
+            return Err(ModelError::Unsupported(
+                "the bf16 dot-product kernel needs a CPU with avx512f and avx512bf16".into(),
+            ));
+        }
+        let packed = cpu_bf16 == Some(CpuBf16::DotProduct);
+        let compute_dtype = match cpu_bf16 {
+            Some(CpuBf16::DotProduct | CpuBf16::F32) => DType::F32,
+            _ => dtype,
+        };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
         w.set_pack_bf16(packed);
         let mut encoder = Encoder::load(&w, &config, device, compute_dtype)?;
@@ -128,6 +186,7 @@ impl ModernBert {
             classifier,
             dtype,
             compute_dtype,
+            cpu_bf16,
         })
     }
 
@@ -141,15 +200,20 @@ impl ModernBert {
         self.dtype
     }
 
-    /// Dtype of activations and hidden states: the precision, except bf16 on the AVX512-BF16
-    /// kernel, whose activations are f32.
+    /// Dtype of activations and hidden states: the precision, except bf16 on a CPU (see
+    /// [`CpuBf16`]), whose activations are f32 unless candle's bf16 was asked for.
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
     }
 
     /// Whether linear layers run on the AVX512-BF16 kernel.
     pub fn uses_bf16_kernel(&self) -> bool {
-        self.dtype != self.compute_dtype
+        self.cpu_bf16 == Some(CpuBf16::DotProduct)
+    }
+
+    /// How bf16 runs, for a bf16 model on a CPU.
+    pub fn cpu_bf16(&self) -> Option<CpuBf16> {
+        self.cpu_bf16
     }
 
     /// The device the weights live on.

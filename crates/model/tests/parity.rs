@@ -6,7 +6,9 @@
 mod common;
 
 use common::{assert_same_embeddings_and_labels, max_abs_diff, means_and_logits, Fixture};
-use mbpipe_model::{load_tokenizer, DType, Device, PackedBatch, Pooling};
+use mbpipe_model::{
+    load_tokenizer, CpuBf16, DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling,
+};
 
 const F32_TOL: f32 = 1e-4;
 
@@ -112,6 +114,40 @@ fn bf16_keeps_embeddings_and_labels() {
 #[test]
 fn bf16_candle_fallback_keeps_embeddings_and_labels() {
     check_low_precision_with(DType::BF16, false);
+}
+
+/// Each CPU takes its bf16 path: the dot-product kernel where it has AVX512-BF16, else the f32
+/// kernels; `MBPIPE_BF16_GEMM=0` (kernel not allowed) candle's bf16.
+#[test]
+fn bf16_takes_the_path_this_cpu_runs_fastest() {
+    assert_eq!(CpuBf16::choose(true, true), CpuBf16::DotProduct);
+    assert_eq!(CpuBf16::choose(false, true), CpuBf16::F32);
+    assert_eq!(CpuBf16::choose(true, false), CpuBf16::Candle);
+    let Some(fx) = Fixture::load("bf16 path") else {
+        return;
+    };
+    let m = fx.model("mlm", &Device::Cpu, DType::BF16, true);
+    let want = CpuBf16::choose(mbpipe_model::bf16_gemm::available(), true);
+    assert_eq!(m.cpu_bf16(), Some(want));
+    assert_eq!(m.compute_dtype(), DType::F32);
+}
+
+/// On a CPU without bf16 instructions `--dtype bf16` runs the f32 kernels: its outputs are the
+/// f32 model's, bit for bit (tested here on any CPU by asking for that path).
+#[test]
+fn bf16_on_the_f32_kernels_equals_f32_exactly() {
+    let Some(fx) = Fixture::load("bf16 on the f32 kernels") else {
+        return;
+    };
+    let files = ModelFiles::from_dir(&fx.dir.join("mlm")).unwrap();
+    let load =
+        |dtype| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, dtype, CpuBf16::F32).unwrap();
+    let (bf16, f32) = (load(DType::BF16), load(DType::F32));
+    assert!(!bf16.uses_bf16_kernel());
+    let batch = fx.batch();
+    let (a, b) = (bf16.encode(&batch).unwrap(), f32.encode(&batch).unwrap());
+    assert_eq!(a.dtype(), DType::F32);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
 #[test]
