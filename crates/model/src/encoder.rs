@@ -14,6 +14,7 @@ use crate::fused_attention::{attend_qkv, RopeTables};
 use crate::kernel::AttentionKernel;
 use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
+use crate::simd::Cpu;
 use crate::weights::Weights;
 
 /// Positions the RoPE tables cover at load; they grow when a longer sequence comes (up to the
@@ -134,6 +135,8 @@ pub struct Encoder {
     dtype: DType,
     /// The attention kernel of the candle path (set by the model after its load-time check).
     kernel: AttentionKernel,
+    /// The fused CPU attention's instructions (`None`: the candle path), chosen at load.
+    fused_attention: Option<Cpu>,
 }
 
 impl Encoder {
@@ -187,6 +190,7 @@ impl Encoder {
             device: device.clone(),
             dtype,
             kernel: crate::kernel::choose(device, dtype, config.head_dim()),
+            fused_attention: w.cpu_kernels().attention,
         })
     }
 
@@ -312,7 +316,10 @@ impl Encoder {
             cos: &rotary.cos_f32,
             sin: &rotary.sin_f32,
         };
-        let fused = timed(4, || attend_qkv(&qkv, &rope, batch, layer.kind, heads))?;
+        let fused = match self.fused_attention {
+            Some(isa) => timed(4, || attend_qkv(&qkv, &rope, batch, layer.kind, heads, isa))?,
+            None => None,
+        };
         let attn = match fused {
             Some(attn) => attn,
             None => {

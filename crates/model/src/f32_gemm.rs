@@ -23,7 +23,8 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{cpu, Cpu};
+use crate::overrides::CpuKernels;
+use crate::simd::Cpu;
 
 /// Rows of output per work block (a multiple of every `MR`): its packed activations (`MC × kc`
 /// floats) stay in L2.
@@ -37,12 +38,6 @@ const B_PANEL_BYTES: usize = 16 * 1024;
 const AVX2_KC: usize = 1152;
 /// Output columns a task covers at least (so re-packing its rows is cheap against its FMAs).
 const MIN_TASK_COLUMNS: usize = 128;
-
-/// Whether `MBPIPE_F32_GEMM=0` turned the kernel off.
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MBPIPE_F32_GEMM").map_or(true, |v| v != "0"))
-}
 
 /// A weight `[n, k]` packed for the kernel of this CPU.
 pub struct PackedF32 {
@@ -70,23 +65,29 @@ enum Columns {
 }
 
 impl PackedF32 {
-    /// Packs a row-major `[n, k]` weight, or `None` when this CPU has no kernel (or it was
-    /// turned off).
+    /// Packs a row-major `[n, k]` weight for this CPU's kernel, or `None` when it has none (or
+    /// `MBPIPE_F32_GEMM=0` turned it off).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        Self::pack_for(CpuKernels::detect().gemm, w, n, k)
+    }
+
+    /// Packs for the kernel of `isa` (a model's choice at load; `None`: no kernel).
+    pub(crate) fn pack_for(isa: Option<Cpu>, w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
-        Self::pack_columns(w, n, k, Columns::Plain)
+        Self::pack_columns_for(isa?, w, n, k, Columns::Plain)
     }
 
     /// Packs a GEGLU weight `[2n, k]`: rows `..n` are `W_in`, rows `n..` `W_gate`; products give
     /// `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, `[m, n]`, with a `[2n]` bias (`b_in`
     /// then `b_gate`). `None` as for [`pack`](Self::pack).
     pub fn pack_gated(w: &[f32], n: usize, k: usize) -> Option<Self> {
-        assert_eq!(w.len(), 2 * n * k, "gated weight is not [2 x {n}, {k}]");
-        Self::pack_columns(w, n, k, Columns::Gated)
+        Self::pack_gated_for(CpuKernels::detect().gemm, w, n, k)
     }
 
-    fn pack_columns(w: &[f32], n: usize, k: usize, columns: Columns) -> Option<Self> {
-        Self::pack_columns_for(cpu(), w, n, k, columns)
+    /// [`pack_gated`](Self::pack_gated) for the kernel of `isa`.
+    pub(crate) fn pack_gated_for(isa: Option<Cpu>, w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), 2 * n * k, "gated weight is not [2 x {n}, {k}]");
+        Self::pack_columns_for(isa?, w, n, k, Columns::Gated)
     }
 
     /// Packs for the kernels of `isa`, which the caller knows this CPU executes.
@@ -96,9 +97,6 @@ impl PackedF32 {
             Cpu::Avx2 => 8,
             Cpu::Other => return None,
         };
-        if !enabled() {
-            return None;
-        }
         let nr = 2 * lanes;
         let kc_target = match isa {
             Cpu::Avx2 => AVX2_KC,

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
-use crate::simd::{cpu, Cpu};
+use crate::simd::Cpu;
 
 /// How many `qkv` rows ahead the gather prefetches.
 const PREFETCH_ROWS: usize = 2;
@@ -34,17 +34,18 @@ pub(crate) struct RopeTables<'a> {
 }
 
 /// Attention of a packed batch from `qkv [tokens, 3 * hidden]` (Q, K, V each laid out as
-/// `heads x head_dim`), RoPE at `batch.position_ids`; returns `[tokens, hidden]`. `None` when
-/// `qkv` is not a contiguous f32 CPU tensor, or `MBPIPE_FUSED_ATTENTION=0` is set (for A/B
-/// measurements); the caller then takes the candle path.
+/// `heads x head_dim`), RoPE at `batch.position_ids`, on the micro-kernels of `isa` (the
+/// model's choice at load; [`Cpu::Other`]: the generic path); returns `[tokens, hidden]`.
+/// `None` when `qkv` is not a contiguous f32 CPU tensor; the caller then takes the candle path.
 pub(crate) fn attend_qkv(
     qkv: &Tensor,
     rope: &RopeTables<'_>,
     batch: &PackedBatch,
     kind: AttentionKind,
     heads: usize,
+    isa: Cpu,
 ) -> Result<Option<Tensor>> {
-    if qkv.dtype() != DType::F32 || !qkv.device().is_cpu() || !enabled() {
+    if qkv.dtype() != DType::F32 || !qkv.device().is_cpu() {
         return Ok(None);
     }
     let (t, three_h) = qkv.dims2()?;
@@ -69,15 +70,9 @@ pub(crate) fn attend_qkv(
         head_dim,
         heads,
     };
-    let out = attend_slices(qkv_data, rope, batch, kind, shape);
+    let out = attend_slices(qkv_data, rope, batch, kind, shape, isa);
     drop(storage);
     Ok(Some(Tensor::from_vec(out, (t, hidden), qkv.device())?))
-}
-
-/// Whether the fused path is on (read once).
-fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("MBPIPE_FUSED_ATTENTION").is_none_or(|v| v != "0"))
 }
 
 /// What every task reads.
@@ -87,6 +82,8 @@ struct Inputs<'a> {
     rope: &'a RopeTables<'a>,
     /// `1 / sqrt(head_dim)`, folded into Q.
     scale: f32,
+    /// Whose micro-kernels run (the caller checked that the CPU has them).
+    isa: Cpu,
 }
 
 /// One head of one sequence, gathered into contiguous `[len, head_dim]` buffers, with RoPE
@@ -111,6 +108,7 @@ fn attend_slices(
     batch: &PackedBatch,
     kind: AttentionKind,
     shape: Shape,
+    isa: Cpu,
 ) -> Vec<f32> {
     let Shape { hidden, .. } = shape;
     let t = batch.num_tokens();
@@ -122,6 +120,7 @@ fn attend_slices(
         positions: &batch.position_ids,
         rope,
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
+        isa,
     };
     tasks.par_iter().for_each(|task| {
         let dst = &dst;
@@ -236,10 +235,10 @@ impl HeadTask {
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         #[cfg(target_arch = "x86_64")]
         if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) {
-            // SAFETY: the CPU has the instructions (just detected); the task's rows and head
+            // SAFETY: the CPU has the instructions (chosen from detection); the task's rows and head
             // columns lie inside `qkv` and the output (checked by `attend_qkv`), and this task
             // alone writes its part of the output.
-            match cpu() {
+            match inputs.isa {
                 Cpu::Avx512 => return unsafe { self.run_avx512(inputs, dst, kind, shape) },
                 Cpu::Avx2 => return unsafe { self.run_avx2(inputs, dst, kind, shape) },
                 Cpu::Other => {}
@@ -780,7 +779,7 @@ mod simd {
 /// instructions (for callers that are not).
 fn softmax_in_band(row: &mut [f32], lo: usize, hi: usize) {
     #[cfg(target_arch = "x86_64")]
-    match cpu() {
+    match crate::simd::cpu() {
         // SAFETY: `cpu()` detected the features.
         Cpu::Avx512 => return unsafe { softmax_avx512(row, lo, hi) },
         Cpu::Avx2 => return unsafe { softmax_avx2(row, lo, hi) },
@@ -926,30 +925,35 @@ mod tests {
                 .unwrap()
                 .reshape((t, hidden))
                 .unwrap();
-            let fused = attend_qkv(&qkv, &rope, &batch, kind, heads)
-                .unwrap()
-                .expect("f32 CPU input takes the fused path");
-            let max_abs = |t: &Tensor| {
-                t.abs()
+            // Every variant this host executes, and the generic path, against the reference.
+            for isa in crate::simd::executable().into_iter().chain([Cpu::Other]) {
+                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, isa)
                     .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
-            let diff = max_abs(&(&fused - &reference).unwrap());
-            // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
-            let tolerance = 4e-6 * max_abs(&reference).max(1.0);
-            assert!(
-                diff < tolerance,
-                "{kind:?}: max diff {diff} (tolerance {tolerance})"
-            );
+                    .expect("f32 CPU input takes the fused path");
+                let max_abs = |t: &Tensor| {
+                    t.abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                };
+                let diff = max_abs(&(&fused - &reference).unwrap());
+                // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
+                let tolerance = 4e-6 * max_abs(&reference).max(1.0);
+                assert!(
+                    diff < tolerance,
+                    "{kind:?} on {isa:?}: max diff {diff} (tolerance {tolerance})"
+                );
+            }
         }
         let bf = qkv.to_dtype(DType::BF16).unwrap();
-        assert!(attend_qkv(&bf, &rope, &batch, AttentionKind::Global, heads)
-            .unwrap()
-            .is_none());
+        assert!(
+            attend_qkv(&bf, &rope, &batch, AttentionKind::Global, heads, Cpu::Other)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -4,28 +4,15 @@
 //! The decisions are pure functions of (device facts, dtype, head size), so they are tested on
 //! the CPU; only reading a GPU's compute capability needs one.
 
-use std::sync::OnceLock;
-
 use candle_core::{DType, Device};
 
-/// Environment switch: `MBPIPE_REQUIRE_GPU=1` turns every GPU test skip into a failure and a
-/// failed load-time kernel check into an error (instead of a fallback). `scripts/gpu-check.sh`
-/// sets it, so a green GPU check means the GPU and the intended kernel ran.
-pub const REQUIRE_GPU_ENV: &str = "MBPIPE_REQUIRE_GPU";
+use crate::overrides::Overrides;
 
-/// Whether [`REQUIRE_GPU_ENV`] is set to a true value (`1`, `true`, `yes`).
+/// Whether `MBPIPE_REQUIRE_GPU` is set to a true value (`1`, `true`, `yes`): every GPU test
+/// skip becomes a failure and a failed load-time kernel check an error (instead of a fallback).
+/// `scripts/gpu-check.sh` sets it, so a green GPU check means the GPU and the intended kernel ran.
 pub fn gpu_required() -> bool {
-    require_gpu_value(std::env::var(REQUIRE_GPU_ENV).ok().as_deref())
-}
-
-/// The switch's value parsed: unset, empty, `0`, `false` and `no` are off.
-pub fn require_gpu_value(value: Option<&str>) -> bool {
-    value.is_some_and(|v| {
-        !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "" | "0" | "false" | "no"
-        )
-    })
+    Overrides::get().require_gpu
 }
 
 /// The attention kernel a loaded model runs (printed per device when a run starts).
@@ -73,19 +60,13 @@ impl std::fmt::Display for AttentionKernel {
     }
 }
 
-/// Whether GPUs use the batched kernels; `MBPIPE_GPU_ATTENTION=per-sequence` keeps the
-/// per-sequence candle path (for comparisons and as an escape hatch).
-fn batched_on_gpu() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MBPIPE_GPU_ATTENTION").map_or(true, |v| v != "per-sequence"))
-}
-
 /// The kernel a model on `device` in `dtype` with `head_dim` runs, before the load-time check.
 pub(crate) fn choose(device: &Device, dtype: DType, head_dim: usize) -> AttentionKernel {
     if device.is_cpu() {
         return AttentionKernel::Cpu;
     }
-    if !batched_on_gpu() {
+    // `MBPIPE_GPU_ATTENTION=per-sequence`: for comparisons and as an escape hatch.
+    if !Overrides::get().gpu_batched_attention {
         return AttentionKernel::PerSequence;
     }
     choose_for(
@@ -161,16 +142,6 @@ pub(crate) fn device_name(device: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_require_gpu_switch_reads_true_values_only() {
-        for on in ["1", "true", "YES", " 1 "] {
-            assert!(require_gpu_value(Some(on)), "{on:?}");
-        }
-        for off in [None, Some(""), Some("0"), Some("false"), Some("No")] {
-            assert!(!require_gpu_value(off), "{off:?}");
-        }
-    }
 
     #[test]
     fn bf16_is_refused_below_compute_capability_8() {

@@ -8,6 +8,7 @@ use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
 use crate::f32_gemm::PackedF32;
 use crate::profile::timed;
+use crate::simd::Cpu;
 use crate::weights::Weights;
 
 /// `y = x W^T (+ b)` on a `[tokens, in]` matrix.
@@ -40,8 +41,13 @@ enum Kernel {
 
 impl Linear {
     /// A layer from its tensors; `pack_bf16` packs an f32 CPU weight for the bf16 kernel. An f32
-    /// CPU weight is otherwise packed for the f32 kernel where the CPU has one.
-    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, pack_bf16: bool) -> Result<Self> {
+    /// CPU weight is otherwise packed for the f32 GEMM of `gemm` (`None`: candle's matmul).
+    pub(crate) fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        pack_bf16: bool,
+        gemm: Option<Cpu>,
+    ) -> Result<Self> {
         let f32_cpu = weight.device().is_cpu() && weight.dtype() == DType::F32;
         if !pack_bf16 && !f32_cpu {
             return Ok(Linear {
@@ -56,7 +62,7 @@ impl Linear {
             if pack_bf16 {
                 Some(Packed::Bf16(PackedWeight::pack(data, n, k)))
             } else {
-                PackedF32::pack(data, n, k).map(Packed::F32)
+                PackedF32::pack_for(gemm, data, n, k).map(Packed::F32)
             }
         };
         let w32 = weight.to_dtype(DType::F32)?.contiguous()?;
@@ -87,7 +93,7 @@ impl Linear {
         bias: bool,
     ) -> Result<Self> {
         let (weight, bias) = load_weight_and_bias(w, name, encoder, (out, inp), bias)?;
-        Linear::new(weight, bias, w.pack_bf16())
+        Linear::new(weight, bias, w.pack_bf16(), w.gemm())
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -178,9 +184,10 @@ impl GatedLinear {
         let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
         if !w.pack_bf16() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
             let weight = weight.contiguous()?;
-            let packed =
-                with_f32_slice(&weight, |data| PackedF32::pack_gated(data, inter, hidden))?
-                    .flatten();
+            let packed = with_f32_slice(&weight, |data| {
+                PackedF32::pack_gated_for(w.gemm(), data, inter, hidden)
+            })?
+            .flatten();
             if let Some(packed) = packed {
                 return Ok(GatedLinear::Fused {
                     weight: packed,
@@ -189,7 +196,7 @@ impl GatedLinear {
             }
         }
         Ok(GatedLinear::Separate {
-            wi: Linear::new(weight, bias, w.pack_bf16())?,
+            wi: Linear::new(weight, bias, w.pack_bf16(), w.gemm())?,
             inter,
         })
     }

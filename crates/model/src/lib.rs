@@ -32,6 +32,7 @@ mod kernel;
 mod layers;
 mod memory;
 mod model;
+mod overrides;
 #[doc(hidden)]
 pub mod profile;
 mod selfcheck;
@@ -73,7 +74,7 @@ pub mod internals {
         heads: usize,
     ) -> crate::Result<Option<crate::Tensor>> {
         let rope = crate::fused_attention::RopeTables { cos, sin };
-        crate::fused_attention::attend_qkv(qkv, &rope, batch, kind, heads)
+        crate::fused_attention::attend_qkv(qkv, &rope, batch, kind, heads, crate::simd::cpu())
     }
 }
 
@@ -84,7 +85,8 @@ pub use device::{DeviceSpec, Precision};
 pub use error::{ModelError, Result};
 pub use files::{ModelFiles, ModelRef, SentenceTransformersConfig};
 pub use heads::{argmax, scores_from_logits, top_k};
-pub use kernel::{gpu_required, require_gpu_value, AttentionKernel, REQUIRE_GPU_ENV};
+pub use kernel::{gpu_required, AttentionKernel};
 pub use model::{CpuBf16, MaskPredictions, ModernBert};
+pub use overrides::{require_gpu_value, Overrides, REQUIRE_GPU_ENV};
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;

@@ -10,6 +10,7 @@ use crate::files::ModelFiles;
 use crate::heads::{pool, top_k, PredictionHead};
 use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
+use crate::overrides::{CpuKernels, Overrides};
 use crate::weights::Weights;
 
 /// Fill-mask output of one sequence: per [MASK], the top tokens `(token_id, probability)`.
@@ -53,6 +54,8 @@ pub struct ModernBert {
     compute_dtype: DType,
     /// How bf16 runs, for bf16 on a CPU.
     cpu_bf16: Option<CpuBf16>,
+    /// The CPU kernels chosen at load (none on a GPU).
+    cpu_kernels: CpuKernels,
 }
 
 impl ModernBert {
@@ -63,8 +66,7 @@ impl ModernBert {
     /// at the same speed); on other CPUs it runs the f32 kernels (saying so once), faster there
     /// than emulated bf16; with `MBPIPE_BF16_GEMM=0` it is candle's bf16 throughout.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
-        let fast = std::env::var_os("MBPIPE_BF16_GEMM").is_none_or(|v| v != "0");
-        Self::load_with_kernel(files, device, dtype, fast)
+        Self::load_with_kernel(files, device, dtype, Overrides::get().bf16_gemm)
     }
 
     /// [`ModernBert::load`], choosing whether bf16 may use the AVX512-BF16 kernel (tests, benches).
@@ -117,6 +119,12 @@ impl ModernBert {
         };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
         w.set_pack_bf16(packed);
+        let cpu_kernels = if device.is_cpu() {
+            CpuKernels::detect()
+        } else {
+            CpuKernels::NONE
+        };
+        w.set_cpu_kernels(cpu_kernels);
         let mut encoder = Encoder::load(&w, &config, device, compute_dtype)?;
         let half_window = config
             .layers
@@ -156,7 +164,7 @@ impl ModernBert {
                 } else {
                     None
                 };
-                Some(Linear::new(weight, bias, packed)?)
+                Some(Linear::new(weight, bias, packed, w.gemm())?)
             }
             _ => None,
         };
@@ -187,6 +195,7 @@ impl ModernBert {
             dtype,
             compute_dtype,
             cpu_bf16,
+            cpu_kernels,
         })
     }
 
@@ -209,6 +218,21 @@ impl ModernBert {
     /// Whether linear layers run on the AVX512-BF16 kernel.
     pub fn uses_bf16_kernel(&self) -> bool {
         self.cpu_bf16 == Some(CpuBf16::DotProduct)
+    }
+
+    /// The kernels chosen at load, in words: on a CPU the f32 GEMM's and the attention's
+    /// instructions (and the bf16 path), on a GPU the attention kernel.
+    pub fn kernels(&self) -> String {
+        if !self.device().is_cpu() {
+            return format!("attention: {}", self.attention_kernel());
+        }
+        let bf16 = match self.cpu_bf16 {
+            Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
+            Some(CpuBf16::F32) => ", bf16 on the f32 kernels (no AVX512-BF16)",
+            Some(CpuBf16::Candle) => ", bf16 on candle's ops",
+            None => "",
+        };
+        format!("{}{bf16}", self.cpu_kernels)
     }
 
     /// How bf16 runs, for a bf16 model on a CPU.

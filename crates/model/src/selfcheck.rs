@@ -168,7 +168,7 @@ pub(crate) fn checked_kernel(
         if crate::kernel::gpu_required() {
             return Err(ModelError::Unsupported(format!(
                 "{what}; refusing to run ({} is set)",
-                crate::kernel::REQUIRE_GPU_ENV
+                crate::overrides::REQUIRE_GPU_ENV
             )));
         }
         eprintln!("mbpipe: {what}; using the padded path instead (slower, correct)");

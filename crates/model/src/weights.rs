@@ -7,6 +7,8 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::overrides::CpuKernels;
+use crate::simd::Cpu;
 
 /// Tensors of one checkpoint, converted to the engine's device and dtype on request.
 pub(crate) struct Weights {
@@ -19,6 +21,8 @@ pub(crate) struct Weights {
     dtype: DType,
     /// Linear layers pack their (f32) weights for the bf16 kernel.
     pack_bf16: bool,
+    /// The CPU kernels a model chose at load (none on a GPU).
+    cpu_kernels: CpuKernels,
 }
 
 impl Weights {
@@ -63,6 +67,7 @@ impl Weights {
             device: device.clone(),
             dtype,
             pack_bf16: false,
+            cpu_kernels: CpuKernels::NONE,
         })
     }
 
@@ -74,6 +79,21 @@ impl Weights {
     /// Whether linear layers pack their weights for the bf16 kernel.
     pub(crate) fn pack_bf16(&self) -> bool {
         self.pack_bf16
+    }
+
+    /// Sets the CPU kernels the model's layers are built for.
+    pub(crate) fn set_cpu_kernels(&mut self, kernels: CpuKernels) {
+        self.cpu_kernels = kernels;
+    }
+
+    /// The CPU kernels the model's layers are built for.
+    pub(crate) fn cpu_kernels(&self) -> CpuKernels {
+        self.cpu_kernels
+    }
+
+    /// The f32 GEMM linear layers pack for (`None`: candle's matmul).
+    pub(crate) fn gemm(&self) -> Option<Cpu> {
+        self.cpu_kernels.gemm
     }
 
     /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.

@@ -48,8 +48,11 @@ pub fn check(opts: &RunOptions) -> Result<Vec<String>, PipelineError> {
     )?;
     for (t, &m) in plan.pipeline.tasks.iter().zip(&models.task_model) {
         report.push(format!(
-            "ok: task `{}` on `{}` ({device}, {})",
-            t.name, models.models[m].0, opts.precision
+            "ok: task `{}` on `{}` ({device}, {}; {})",
+            t.name,
+            models.models[m].0,
+            opts.precision,
+            loaded[m].model.kernels()
         ));
     }
     let columns: Vec<String> = shape
