@@ -4,9 +4,9 @@
 //! Writes random weights to a temporary folder, packs sequences with a long-tailed length mix
 //! (log-normal around `median`), and prints real tokens/s and linear-layer GFLOP/s per rep.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
+use mbpipe_model::synthetic::Synthetic;
 use mbpipe_model::{DType, Device, ModelFiles, ModernBert, PackedBatch, Tensor};
 
 fn main() {
@@ -21,47 +21,12 @@ fn main() {
     let median: f64 = arg(2, "44").parse().unwrap();
     let layers: usize = arg(3, "22").parse().unwrap();
     let reps: usize = arg(4, "3").parse().unwrap();
-    let (h, inter, vocab) = (768, 1152, 50368);
+    let (h, inter) = (768, 1152);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = serde_json::json!({
-        "architectures": ["ModernBertForSequenceClassification"], "model_type": "modernbert",
-        "vocab_size": vocab, "hidden_size": h, "intermediate_size": inter,
-        "num_hidden_layers": layers, "num_attention_heads": 12,
-        "global_attn_every_n_layers": 3, "local_attention": 128, "max_position_embeddings": 8192,
-        "global_rope_theta": 160000.0, "local_rope_theta": 10000.0, "norm_eps": 1e-5,
-        "classifier_pooling": "mean", "cls_token_id": 50281, "sep_token_id": 50282,
-        "id2label": {"0": "a", "1": "b"}
-    });
-    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
-    let dev = Device::Cpu;
-    let r = |s: &[usize], std: f32| Tensor::randn(0f32, std, s, &dev).unwrap();
-    let ones = |n: usize| Tensor::ones(n, DType::F32, &dev).unwrap();
-    let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert(
-        "model.embeddings.tok_embeddings.weight".into(),
-        r(&[vocab, h], 0.5),
-    );
-    w.insert("model.embeddings.norm.weight".into(), ones(h));
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        if l > 0 {
-            w.insert(format!("{p}.attn_norm.weight"), ones(h));
-        }
-        w.insert(format!("{p}.attn.Wqkv.weight"), r(&[3 * h, h], 0.03));
-        w.insert(format!("{p}.attn.Wo.weight"), r(&[h, h], 0.03));
-        w.insert(format!("{p}.mlp_norm.weight"), ones(h));
-        w.insert(format!("{p}.mlp.Wi.weight"), r(&[2 * inter, h], 0.03));
-        w.insert(format!("{p}.mlp.Wo.weight"), r(&[h, inter], 0.03));
-    }
-    w.insert("model.final_norm.weight".into(), ones(h));
-    w.insert("head.dense.weight".into(), r(&[h, h], 0.03));
-    w.insert("head.norm.weight".into(), ones(h));
-    w.insert("classifier.weight".into(), r(&[2, h], 0.03));
-    w.insert("classifier.bias".into(), r(&[2], 0.03));
-    candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
-    drop(w);
+    let mut checkpoint = Synthetic::base(layers, 50368);
+    checkpoint.special_ids = (50281, 50282);
+    checkpoint.write(dir.path()).unwrap();
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let t0 = Instant::now();
     let model = ModernBert::load(&files, &Device::Cpu, dtype).unwrap();
@@ -108,7 +73,8 @@ fn main() {
     let flop_per_token =
         2.0 * layers as f64 * (h * 3 * h + h * h + h * 2 * inter + inter * h) as f64;
     // The machine's f32 GEMM rate right now (shared machines are noisy): candle on Wqkv's shape.
-    let (a, b) = (r(&[2048, 768], 1.0), r(&[2304, 768], 1.0));
+    let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &Device::Cpu).unwrap();
+    let (a, b) = (r(&[2048, 768]), r(&[2304, 768]));
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t0 = Instant::now();

@@ -37,6 +37,7 @@ mod overrides;
 pub mod profile;
 mod selfcheck;
 mod simd;
+pub mod synthetic;
 mod tokenizer;
 mod varlen;
 mod weights;

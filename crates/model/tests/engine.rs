@@ -6,6 +6,7 @@ use std::path::Path;
 mod common;
 
 use common::max_abs_diff;
+use mbpipe_model::synthetic::{Synthetic, SyntheticHead};
 use mbpipe_model::{DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling, Tensor};
 
 const VOCAB: usize = 97;
@@ -15,61 +16,36 @@ const LAYERS: usize = 3;
 /// Same-dtype f32 computations of one sequence in different batches agree to this.
 const INVARIANCE_TOL: f32 = 2e-5;
 
-fn published_config(labels: usize) -> serde_json::Value {
-    let mut cfg = serde_json::json!({
-        "architectures": ["ModernBertForMaskedLM"], "model_type": "modernbert",
-        "vocab_size": VOCAB, "hidden_size": HIDDEN, "intermediate_size": INTER,
-        "num_hidden_layers": LAYERS, "num_attention_heads": 4,
-        "global_attn_every_n_layers": 2, "local_attention": 8, "max_position_embeddings": 512,
-        "global_rope_theta": 160000.0, "local_rope_theta": 10000.0, "norm_eps": 1e-5,
-        "classifier_pooling": "cls", "cls_token_id": 1, "sep_token_id": 2
-    });
-    if labels > 0 {
-        cfg["architectures"] = serde_json::json!(["ModernBertForSequenceClassification"]);
-        let id2label: serde_json::Map<String, serde_json::Value> = (0..labels)
-            .map(|i| (i.to_string(), format!("label_{i}").into()))
-            .collect();
-        cfg["id2label"] = id2label.into();
+/// The tests' tiny model in the published layout: a classifier of `labels` labels, or a masked
+/// LM when 0.
+fn tiny(labels: usize) -> Synthetic {
+    Synthetic {
+        hidden: HIDDEN,
+        intermediate: INTER,
+        heads: 4,
+        layers: LAYERS,
+        vocab: VOCAB,
+        global_every: 2,
+        local_attention: 8,
+        max_positions: 512,
+        head: match labels {
+            0 => SyntheticHead::MaskedLm,
+            n => SyntheticHead::Classifier(n),
+        },
+        pooling: "cls",
+        special_ids: (1, 2),
+        weight_std: 0.2,
+        norm_noise: 0.1,
+        tokenizer_json: TOKENIZER_JSON.into(),
     }
-    cfg
 }
 
-fn random_weights(prefix: &str, labels: usize) -> HashMap<String, Tensor> {
-    let dev = Device::Cpu;
-    let r = |shape: &[usize], std: f64| Tensor::randn(0f32, std as f32, shape, &dev).unwrap();
-    let ones = |n: usize| (Tensor::ones(n, DType::F32, &dev).unwrap() + r(&[n], 0.1)).unwrap();
-    let mut w = HashMap::new();
-    w.insert(
-        format!("{prefix}embeddings.tok_embeddings.weight"),
-        r(&[VOCAB, HIDDEN], 0.5),
-    );
-    w.insert(format!("{prefix}embeddings.norm.weight"), ones(HIDDEN));
-    for l in 0..LAYERS {
-        let p = format!("{prefix}layers.{l}");
-        if l > 0 {
-            w.insert(format!("{p}.attn_norm.weight"), ones(HIDDEN));
-        }
-        w.insert(
-            format!("{p}.attn.Wqkv.weight"),
-            r(&[3 * HIDDEN, HIDDEN], 0.2),
-        );
-        w.insert(format!("{p}.attn.Wo.weight"), r(&[HIDDEN, HIDDEN], 0.2));
-        w.insert(format!("{p}.mlp_norm.weight"), ones(HIDDEN));
-        w.insert(format!("{p}.mlp.Wi.weight"), r(&[2 * INTER, HIDDEN], 0.2));
-        w.insert(format!("{p}.mlp.Wo.weight"), r(&[HIDDEN, INTER], 0.2));
-    }
-    w.insert(format!("{prefix}final_norm.weight"), ones(HIDDEN));
-    if !prefix.is_empty() {
-        w.insert("head.dense.weight".into(), r(&[HIDDEN, HIDDEN], 0.2));
-        w.insert("head.norm.weight".into(), ones(HIDDEN));
-        if labels > 0 {
-            w.insert("classifier.weight".into(), r(&[labels, HIDDEN], 0.3));
-            w.insert("classifier.bias".into(), r(&[labels], 0.1));
-        } else {
-            w.insert("decoder.bias".into(), r(&[VOCAB], 0.1));
-        }
-    }
-    w
+fn published_config(labels: usize) -> serde_json::Value {
+    tiny(labels).config()
+}
+
+fn random_weights(labels: usize) -> HashMap<String, Tensor> {
+    tiny(labels).weights()
 }
 
 const TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
@@ -77,25 +53,14 @@ const TOKENIZER_JSON: &str = r#"{"version":"1.0","truncation":null,"padding":nul
  "model":{"type":"WordLevel","vocab":{"[UNK]":0,"[CLS]":1,"[SEP]":2},"unk_token":"[UNK]"}}"#;
 
 fn write_model(dir: &Path, config: &serde_json::Value, weights: &HashMap<String, Tensor>) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(config).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("tokenizer.json"), TOKENIZER_JSON).unwrap();
-    candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
+    tiny(0).write_with(dir, config, weights).unwrap();
 }
 
 /// The published-layout tiny model with seed-0 weights, loaded (the folder lives as long as the
 /// returned guard).
 fn tiny_model() -> (tempfile::TempDir, ModernBert) {
     let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(0),
-        &random_weights("model.", 0),
-    );
+    write_model(tmp.path(), &published_config(0), &random_weights(0));
     let model = load(tmp.path()).unwrap();
     (tmp, model)
 }
@@ -139,11 +104,7 @@ fn output_shapes() {
 #[test]
 fn padding_free_outputs_do_not_depend_on_neighbours() {
     let tmp = tempfile::tempdir().unwrap();
-    write_model(
-        tmp.path(),
-        &published_config(3),
-        &random_weights("model.", 3),
-    );
+    write_model(tmp.path(), &published_config(3), &random_weights(3));
     let model = load(tmp.path()).unwrap();
     let seqs: Vec<Vec<u32>> = [3, 9, 200, 17, 450, 1, 64]
         .iter()
@@ -189,7 +150,7 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
 #[test]
 fn bare_encoder_without_prefix_matches_prefixed_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let with = random_weights("model.", 0);
+    let with = random_weights(0);
     let bare: HashMap<String, Tensor> = with
         .iter()
         .filter_map(|(k, v)| k.strip_prefix("model.").map(|k| (k.to_string(), v.clone())))
@@ -206,7 +167,7 @@ fn bare_encoder_without_prefix_matches_prefixed_checkpoint() {
 #[test]
 fn v5_config_format_gives_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
-    let weights = random_weights("model.", 0);
+    let weights = random_weights(0);
     let published = published_config(0);
     let mut v5 = published.clone();
     let obj = v5.as_object_mut().unwrap();
@@ -244,7 +205,7 @@ fn load_errors_name_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = published_config(0);
 
-    let mut w = random_weights("model.", 0);
+    let mut w = random_weights(0);
     w.remove("model.layers.1.mlp.Wo.weight");
     write_model(&tmp.path().join("missing"), &cfg, &w);
     let err = load(&tmp.path().join("missing")).err().unwrap().to_string();
@@ -253,7 +214,7 @@ fn load_errors_name_the_problem() {
         "{err}"
     );
 
-    let mut w = random_weights("model.", 0);
+    let mut w = random_weights(0);
     w.insert(
         "model.layers.2.attn.Wo.weight".into(),
         Tensor::zeros((HIDDEN, HIDDEN + 1), DType::F32, &Device::Cpu).unwrap(),
@@ -268,7 +229,7 @@ fn load_errors_name_the_problem() {
     );
 
     let dir = tmp.path().join("truncated");
-    write_model(&dir, &cfg, &random_weights("model.", 0));
+    write_model(&dir, &cfg, &random_weights(0));
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let err = load(&dir).err().unwrap().to_string();
@@ -278,7 +239,7 @@ fn load_errors_name_the_problem() {
     );
 
     let dir = tmp.path().join("noconfig");
-    write_model(&dir, &cfg, &random_weights("model.", 0));
+    write_model(&dir, &cfg, &random_weights(0));
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = load(&dir).err().unwrap().to_string();
     assert!(
@@ -287,7 +248,7 @@ fn load_errors_name_the_problem() {
     );
 
     let dir = tmp.path().join("badconfig");
-    write_model(&dir, &cfg, &random_weights("model.", 0));
+    write_model(&dir, &cfg, &random_weights(0));
     std::fs::write(dir.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
     let err = load(&dir).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
@@ -297,7 +258,7 @@ fn load_errors_name_the_problem() {
 fn sharded_checkpoint_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let w = random_weights("model.", 0);
+    let w = random_weights(0);
     write_model(dir, &published_config(0), &w);
     let batch = PackedBatch::from_sequences(&[sequence(12, 9)]);
     let single = load(dir).unwrap().encode(&batch).unwrap();
