@@ -1,9 +1,12 @@
 //! The quick commands: try a model on one text, or on a file of them, before writing a pipeline.
 
-use std::io::{BufRead, Write};
-use std::path::Path;
+use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use mbpipe_io::{InputFormat, OnError, SourceItem, SourceOptions};
 use mbpipe_model::{argmax, scores_from_logits, Pooling, Tensor};
 use mbpipe_pipeline::engine::{configure_threads, LoadedModel};
 use mbpipe_pipeline::tasks::l2_normalize;
@@ -18,79 +21,68 @@ use crate::args::{ClassifyArgs, EmbedArgs, FillMaskArgs, QuickArgs};
 #[error("{0}")]
 pub struct UsageError(String);
 
-/// The texts to run: the positional TEXT, or the `text` field of every line of --input (a null
-/// text is `None`: its outputs are null, as in pipelines).
-fn read_texts(args: &QuickArgs) -> anyhow::Result<Vec<Option<String>>> {
-    match (&args.text, &args.input) {
-        (Some(t), None) => Ok(vec![Some(t.clone())]),
-        (None, Some(path)) => read_jsonl_texts(path),
-        _ => Err(UsageError("give a TEXT or --input FILE.jsonl".into()).into()),
-    }
-}
+/// Rows of --input per window: tokenized, packed and printed together, so memory stays bounded
+/// however long the file.
+const WINDOW_ROWS: usize = 2048;
 
-fn read_jsonl_texts(path: &Path) -> anyhow::Result<Vec<Option<String>>> {
-    if matches!(
+/// Runs `window` over the texts and prints its lines: the positional TEXT, or the `text` field
+/// of every row of --input (JSON lines, `.gz` / `.zst` too), read as a stream through the same
+/// reader as pipelines (same checks, same messages), one window of rows at a time, in input
+/// order. A null or missing text is `None`: its outputs are null, as in pipelines.
+fn for_each_window(
+    args: &QuickArgs,
+    mut window: impl FnMut(Vec<Option<String>>) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<u8> {
+    let path = match (&args.text, &args.input) {
+        (Some(t), None) => return print_lines(window(vec![Some(t.clone())])?),
+        (None, Some(path)) => path,
+        _ => return Err(UsageError("give a TEXT or --input FILE.jsonl".into()).into()),
+    };
+    if !matches!(
         mbpipe_io::detect_format(path),
-        Some(mbpipe_io::InputFormat::Parquet)
+        Some(InputFormat::JsonLines { .. })
     ) {
         return Err(UsageError(format!(
-            "{}: --input takes JSON lines (one {{\"text\": ...}} object per line), not Parquet; \
-             write a pipeline file to run over Parquet",
+            "{}: --input takes JSON lines (one {{\"text\": ...}} object per line, `.jsonl`, \
+             `.ndjson`, optionally `.gz` or `.zst`); write a pipeline file to run over Parquet",
             path.display()
         ))
         .into());
     }
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut texts = Vec::new();
-    let mut reader = std::io::BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut line_no = 0;
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let Ok(line) = std::str::from_utf8(&buf) else {
-            return Err(UsageError(format!(
-                "{}:{line_no}: not valid UTF-8; --input takes JSON lines (UTF-8 text, one object per line)",
-                path.display()
-            ))
-            .into());
+    let files = mbpipe_io::expand_inputs(&path.to_string_lossy())?;
+    let schema = with_text_column(mbpipe_io::unified_schema(&files)?);
+    let options = SourceOptions {
+        batch_rows: WINDOW_ROWS,
+        on_error: OnError::Fail,
+        string_columns: vec![TEXT.into()],
+        ..SourceOptions::default()
+    };
+    for item in mbpipe_io::open_source(files, schema, options)? {
+        let SourceItem::Batch(b) = item? else {
+            continue; // Rejections come only with OnError::Skip.
         };
-        let line = line.trim_start_matches('\u{feff}').trim();
-        if line.is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{line_no}: invalid JSON", path.display()))?;
-        match value.get("text") {
-            Some(serde_json::Value::String(s)) => texts.push(Some(s.clone())),
-            Some(serde_json::Value::Null) => texts.push(None),
-            Some(other) => anyhow::bail!(
-                "{}:{line_no}: field `text` must be a string or null, found {}",
-                path.display(),
-                json_kind(other)
-            ),
-            None => anyhow::bail!("{}:{line_no}: no `text` field", path.display()),
-        }
+        let column = b
+            .batch
+            .column_by_name(TEXT)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .context("the `text` column is not a string column; this is a bug")?;
+        let texts = column.iter().map(|t| t.map(str::to_string)).collect();
+        print_lines(window(texts)?)?;
     }
-    Ok(texts)
+    Ok(0)
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// The field --input reads.
+const TEXT: &str = "text";
+
+/// `schema` with a `text` column (a file whose lines all lack one has nulls only).
+fn with_text_column(schema: SchemaRef) -> SchemaRef {
+    if schema.field_with_name(TEXT).is_ok() {
+        return schema;
     }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(TEXT, DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
 }
 
 /// Loads `--model` onto the first `--device`.
@@ -175,12 +167,22 @@ const NULL_TEXT: &str = "(null text)";
 
 /// `mbpipe fill-mask`.
 pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
-    let texts = read_texts(&a.common)?;
-    let mut mask_id = None;
     let loaded = load_model(&a.common)?;
-    let preds = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
-        let id = *mask_id.get_or_insert(m.special_token("[MASK]")?);
-        Ok(m.model.fill_mask(hidden, batch, id, a.top_k)?)
+    let mask_id = loaded.special_token("[MASK]")?;
+    for_each_window(&a.common, |texts| {
+        fill_mask_lines(&a, &loaded, mask_id, texts)
+    })
+}
+
+/// `mbpipe fill-mask`'s lines for one window of texts.
+fn fill_mask_lines(
+    a: &FillMaskArgs,
+    loaded: &LoadedModel,
+    mask_id: u32,
+    texts: Vec<Option<String>>,
+) -> anyhow::Result<Vec<String>> {
+    let preds = run_packed(&a.common, loaded, &texts, |m, hidden, batch| {
+        Ok(m.model.fill_mask(hidden, batch, mask_id, a.top_k)?)
     })?;
     let render = |masks: &Vec<Vec<(u32, f32)>>| -> Vec<Vec<serde_json::Value>> {
         masks
@@ -193,11 +195,10 @@ pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
             .collect()
     };
     if a.common.json {
-        return print_lines(
-            preds
-                .iter()
-                .map(|p| json!({"predictions": p.as_ref().map(&render)}).to_string()),
-        );
+        return Ok(preds
+            .iter()
+            .map(|p| json!({"predictions": p.as_ref().map(&render)}).to_string())
+            .collect());
     }
     let mut lines = Vec::new();
     for (text, masks) in texts.iter().zip(&preds) {
@@ -214,14 +215,22 @@ pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<u8> {
             lines.push(format!("  [MASK] #{}: {}", n + 1, best.join(", ")));
         }
     }
-    print_lines(lines)
+    Ok(lines)
 }
 
 /// `mbpipe classify`.
 pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
-    let texts = read_texts(&a.common)?;
     let loaded = load_model(&a.common)?;
-    let logits = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
+    for_each_window(&a.common, |texts| classify_lines(&a, &loaded, texts))
+}
+
+/// `mbpipe classify`'s lines for one window of texts.
+fn classify_lines(
+    a: &ClassifyArgs,
+    loaded: &LoadedModel,
+    texts: Vec<Option<String>>,
+) -> anyhow::Result<Vec<String>> {
+    let logits = run_packed(&a.common, loaded, &texts, |m, hidden, batch| {
         Ok(m.model.classify(hidden, batch)?.to_vec2::<f32>()?)
     })?;
     let config = loaded.model.config();
@@ -270,12 +279,11 @@ pub fn classify(a: ClassifyArgs) -> anyhow::Result<u8> {
             ));
         }
     }
-    print_lines(lines)
+    Ok(lines)
 }
 
 /// `mbpipe embed`.
 pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
-    let mut texts = read_texts(&a.common)?;
     let loaded = load_model(&a.common)?;
     let st = loaded
         .files
@@ -287,29 +295,33 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
         .clone()
         .or(st.default_prompt.clone())
         .unwrap_or_default();
-    if !prefix.is_empty() {
-        texts = texts
+    let pooling = a.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
+    let normalize = a.normalize || st.normalize;
+    for_each_window(&a.common, |texts| {
+        let texts: Vec<Option<String>> = texts
             .into_iter()
             .map(|t| t.map(|t| format!("{prefix}{t}")))
             .collect();
+        let embeddings = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
+            let mut rows = m.model.pool(hidden, batch, pooling)?.to_vec2::<f32>()?;
+            if normalize {
+                rows.iter_mut().for_each(|r| l2_normalize(r));
+            }
+            Ok(rows)
+        })?;
+        Ok(embeddings
+            .iter()
+            .map(|e| embedding_line(e, a.common.json))
+            .collect())
+    })
+}
+
+/// One embedding as `mbpipe embed` prints it: JSON, or its size and first values.
+fn embedding_line(e: &Option<Vec<f32>>, json: bool) -> String {
+    if json {
+        return json!({"embedding": e}).to_string();
     }
-    let pooling = a.pooling.or(st.pooling).unwrap_or(Pooling::Mean);
-    let normalize = a.normalize || st.normalize;
-    let embeddings = run_packed(&a.common, &loaded, &texts, |m, hidden, batch| {
-        let mut rows = m.model.pool(hidden, batch, pooling)?.to_vec2::<f32>()?;
-        if normalize {
-            rows.iter_mut().for_each(|r| l2_normalize(r));
-        }
-        Ok(rows)
-    })?;
-    if a.common.json {
-        return print_lines(
-            embeddings
-                .iter()
-                .map(|e| json!({"embedding": e}).to_string()),
-        );
-    }
-    print_lines(embeddings.iter().map(|e| match e {
+    match e {
         None => NULL_TEXT.to_string(),
         Some(e) => {
             let shown: Vec<String> = e.iter().take(8).map(|v| format!("{v:.5}")).collect();
@@ -320,5 +332,5 @@ pub fn embed(a: EmbedArgs) -> anyhow::Result<u8> {
                 if e.len() > 8 { ", ..." } else { "" }
             )
         }
-    }))
+    }
 }

@@ -251,3 +251,53 @@ fn a_null_text_in_input_gets_null_outputs_as_in_pipelines() {
         assert_eq!(line["label"], fx.json["texts"][i]["classifier"]["label"]);
     }
 }
+
+/// A gzip'd --input longer than one window (2,048 rows) streams through the pipelines' reader:
+/// every row comes out once, in input order, each equal to the reference for its text.
+#[test]
+fn compressed_input_longer_than_a_window_streams_in_order() {
+    use std::io::Write;
+
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let n = fx.texts.len();
+    let rows = 2 * 2048 + 7;
+    let path = tmp.path().join("many.jsonl.gz");
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    for i in 0..rows {
+        writeln!(gz, "{}", serde_json::json!({ "text": fx.texts[i % n] })).unwrap();
+    }
+    gz.finish().unwrap();
+    let out = ok(mbpipe(
+        tmp.path(),
+        &[
+            "classify",
+            "--model",
+            &fx.model("classifier"),
+            "--input",
+            path.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), rows);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(
+            line["label"],
+            fx.json["texts"][i % n]["classifier"]["label"],
+            "row {i}"
+        );
+        let logits: Vec<f32> = ["negative", "neutral", "positive"]
+            .iter()
+            .map(|l| line["logits"][l].as_f64().unwrap() as f32)
+            .collect();
+        let want = fx.vec(&format!("cls_logits.{}", i % n)).unwrap();
+        assert_close(&logits, &want, TOL, &format!("row {i} logits"));
+    }
+}
