@@ -24,6 +24,42 @@ pub enum PipelineError {
     /// The input query failed.
     #[error("input query: {0}")]
     Query(String),
+    /// A local file could not be read, written, created or stat'ed.
+    #[error("cannot {action} {path}: {source}")]
+    File {
+        /// `read`, `write`, `open`, `create`, `stat`, `remove`.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread or runtime of the run could not start.
+    #[error("cannot start the {what}: {source}")]
+    Start {
+        /// Which (the reader, the tokenizer, ...).
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A previous run's output cannot be resumed safely: what is wrong, and that `--overwrite`
+    /// starts over.
+    #[error("{0}")]
+    Resume(String),
+    /// The output folder is held by another run.
+    #[error("{0}")]
+    Locked(String),
+    /// A batch ran out of device memory and cannot be split further.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// Encoding a journal line, lock or manifest failed.
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An internal invariant failed.
+    #[error("{0}; this is a bug")]
+    Bug(String),
     /// Anything else at run time, with context.
     #[error("{0}")]
     Run(String),
@@ -33,6 +69,19 @@ pub enum PipelineError {
 }
 
 impl PipelineError {
+    /// A [`PipelineError::File`] error.
+    pub(crate) fn file(
+        action: &'static str,
+        path: impl std::fmt::Display,
+        source: std::io::Error,
+    ) -> Self {
+        PipelineError::File {
+            action,
+            path: path.to_string(),
+            source,
+        }
+    }
+
     /// Whether this is a configuration problem (exit code 2: the pipeline, its input spec or its
     /// model files) rather than a run failure (1).
     pub fn is_invalid_configuration(&self) -> bool {

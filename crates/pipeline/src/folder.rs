@@ -172,7 +172,7 @@ fn resolve(path: &Path) -> Result<PathBuf, PipelineError> {
         path.to_path_buf()
     } else {
         std::env::current_dir()
-            .map_err(|e| PipelineError::Run(format!("cannot read the current directory: {e}")))?
+            .map_err(|e| PipelineError::file("read", "the current directory", e))?
             .join(path)
     };
     let mut base = abs.as_path();

@@ -78,7 +78,7 @@ pub struct OutputLock {
 /// create-if-absent put, refreshed by the holder, taken over when stale as on a local disk.
 pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError> {
     let me = Holder::me();
-    let text = serde_json::to_string(&me).map_err(|e| PipelineError::Run(e.to_string()))?;
+    let text = serde_json::to_string(&me)?;
     let path = dir.show(name);
     // A takeover that loses a race to another taker tries again; three rounds are plenty.
     for _ in 0..3 {
@@ -97,7 +97,7 @@ pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError>
         };
         let Some(reason) = stale else {
             let who = holder.map_or("a run that is starting".to_string(), |h| h.describe());
-            return Err(PipelineError::Run(format!(
+            return Err(PipelineError::Locked(format!(
                 "output folder {dir} is in use by another mbpipe run ({who}; lock file {path}). \
                  Wait for it to finish or stop it; a lock whose process is gone is taken over \
                  automatically (from another host, after {} minutes without a refresh)",
@@ -110,7 +110,7 @@ pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError>
         );
         take_over(dir, name, &raw, me.pid)?;
     }
-    Err(PipelineError::Run(format!(
+    Err(PipelineError::Locked(format!(
         "cannot take the lock {path}: other runs keep taking it"
     )))
 }
@@ -164,8 +164,7 @@ fn take_over(dir: &OutputDir, name: &str, raw: &str, pid: u32) -> Result<(), Pip
         // A fresh lock of another run: put it back (a link fails if a third run holds it now).
         let _ = std::fs::hard_link(&aside, &path);
     }
-    std::fs::remove_file(&aside)
-        .map_err(|e| PipelineError::Run(format!("cannot remove {}: {e}", aside.display())))
+    std::fs::remove_file(&aside).map_err(|e| PipelineError::file("remove", aside.display(), e))
 }
 
 impl OutputLock {

@@ -89,7 +89,7 @@ impl OomSplitter {
             Err(e) if is_out_of_memory(&e) => {
                 self.limit = Some(self.limit.map_or(bytes, |l| l.min(bytes)));
                 if sequences <= 1 {
-                    return Err(PipelineError::Run(format!(
+                    return Err(PipelineError::OutOfMemory(format!(
                         "{}: out of memory on a single sequence of {tokens} tokens, which cannot be \
                          split further; lower the task's max_length or use a device with more \
                          memory ({e})",
@@ -142,9 +142,8 @@ pub trait SplitOutput: Sized {
 impl SplitOutput for Vec<TaskBatchOutput> {
     fn join(&mut self, rest: Self) -> Result<(), PipelineError> {
         if self.len() != rest.len() {
-            return Err(PipelineError::Run(
-                "the halves of a split batch gave different numbers of task outputs; this is a bug"
-                    .into(),
+            return Err(PipelineError::Bug(
+                "the halves of a split batch gave different numbers of task outputs".into(),
             ));
         }
         for (o, r) in self.iter_mut().zip(rest) {

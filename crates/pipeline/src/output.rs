@@ -91,9 +91,8 @@ impl PartSink {
                 let mut seq = first_seq;
                 let mut commit = |mut part: OpenPart, parts: &mut Vec<PartRecord>| {
                     let path = part.writer.finish()?;
-                    let bytes = std::fs::metadata(&path).map_err(|e| {
-                        PipelineError::Run(format!("cannot stat {}: {e}", path.display()))
-                    })?;
+                    let bytes = std::fs::metadata(&path)
+                        .map_err(|e| PipelineError::file("stat", path.display(), e))?;
                     part.record.bytes = Some(bytes.len());
                     // The part in place under its final name, and the rejected rows it covers
                     // stored, before the journal records it as committed.
@@ -233,7 +232,7 @@ impl PartSink {
         let tx = self.tx.as_ref().expect("sink is open, this is a bug");
         if tx.send(item).is_err() {
             // The writer stopped on an error; `finish` reports it.
-            return Err(PipelineError::Run("the output writer stopped".into()));
+            return Err(PipelineError::Bug("the output writer stopped".into()));
         }
         Ok(())
     }
@@ -249,7 +248,7 @@ impl PartSink {
         let handle = self.handle.take().expect("finish runs once, this is a bug");
         handle
             .join()
-            .map_err(|_| PipelineError::Run("the output writer panicked".into()))?
+            .map_err(|_| PipelineError::Bug("the output writer panicked".into()))?
     }
 }
 
@@ -343,8 +342,7 @@ pub fn write_manifest(
     manifest: &Manifest,
     names: OutputNames,
 ) -> Result<(), PipelineError> {
-    let json =
-        serde_json::to_vec_pretty(manifest).map_err(|e| PipelineError::Run(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(manifest)?;
     dir.publish_log(&names.rejects())?;
     dir.write_atomic(&names.manifest(), &json)?;
     dir.write_atomic(&names.success(), b"")?;

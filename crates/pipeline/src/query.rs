@@ -24,7 +24,10 @@ impl InputQuery {
     pub fn new(sql: &str, input_schema: SchemaRef) -> Result<Self, PipelineError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
-            .map_err(|e| PipelineError::Run(format!("cannot start the query runtime: {e}")))?;
+            .map_err(|source| PipelineError::Start {
+                what: "query runtime",
+                source,
+            })?;
         let ctx = context(&input_schema, Vec::new())?;
         let plan = runtime
             .block_on(async { ctx.sql(sql).await?.into_optimized_plan() })

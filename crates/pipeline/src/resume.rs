@@ -53,8 +53,7 @@ impl Journal {
     }
 
     fn write_entry(&mut self, entry: &Entry) -> Result<(), PipelineError> {
-        let mut line =
-            serde_json::to_string(entry).map_err(|e| PipelineError::Run(e.to_string()))?;
+        let mut line = serde_json::to_string(entry)?;
         line.push('\n');
         let Some(file) = self.file.as_mut() else {
             self.text.push_str(&line);
@@ -62,9 +61,7 @@ impl Journal {
         };
         file.write_all(line.as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(|e| {
-                PipelineError::Run(format!("cannot write {}: {e}", self.dir.show(&self.name)))
-            })
+            .map_err(|e| PipelineError::file("write", self.dir.show(&self.name), e))
     }
 }
 
@@ -206,9 +203,10 @@ pub fn start(plan: Plan) -> Result<(Journal, Resumed), PipelineError> {
         let file = match dir.local() {
             Some(local) => {
                 let path = local.join(&name);
-                Some(File::create(&path).map_err(|e| {
-                    PipelineError::Run(format!("cannot create {}: {e}", path.display()))
-                })?)
+                Some(
+                    File::create(&path)
+                        .map_err(|e| PipelineError::file("create", path.display(), e))?,
+                )
             }
             None => None,
         };
@@ -232,15 +230,17 @@ pub fn start(plan: Plan) -> Result<(Journal, Resumed), PipelineError> {
         let text: String = lines
             .iter()
             .map(|e| serde_json::to_string(e).map(|s| s + "\n"))
-            .collect::<Result<_, _>>()
-            .map_err(|e| PipelineError::Run(e.to_string()))?;
+            .collect::<Result<_, _>>()?;
         dir.write_atomic(&name, text.as_bytes())?;
         let file = match dir.local() {
             Some(local) => {
                 let path = local.join(&name);
-                Some(OpenOptions::new().append(true).open(&path).map_err(|e| {
-                    PipelineError::Run(format!("cannot open {}: {e}", path.display()))
-                })?)
+                Some(
+                    OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| PipelineError::file("open", path.display(), e))?,
+                )
             }
             None => None,
         };
@@ -315,7 +315,7 @@ fn check_contiguous(
             })
         };
         if let Some(why) = broken {
-            return Err(PipelineError::Run(format!(
+            return Err(PipelineError::Resume(format!(
                 "{path} is not contiguous: {why}; {START_OVER}"
             )));
         }
@@ -327,7 +327,7 @@ fn check_contiguous(
 fn check_part(dir: &OutputDir, p: &PartRecord, journal: &str) -> Result<(), PipelineError> {
     let path = dir.show(&p.file);
     let damaged = |what: String| {
-        Err(PipelineError::Run(format!(
+        Err(PipelineError::Resume(format!(
             "committed part {path} {what} ({journal} records it); {START_OVER}"
         )))
     };
@@ -363,7 +363,7 @@ fn read_journal(
     let path = dir.show(&names.journal());
     let text = dir
         .read_string(&names.journal())?
-        .ok_or_else(|| PipelineError::Run(format!("cannot read {path}: it is gone")))?;
+        .ok_or_else(|| PipelineError::Resume(format!("cannot read {path}: it is gone")))?;
     let lines: Vec<&str> = text.lines().collect();
     let mut fingerprint = None;
     let mut resumed = Resumed::default();
@@ -373,7 +373,7 @@ fn read_journal(
             // Only the last line can be torn by a crash; anything else is damage.
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
             Err(e) => {
-                return Err(PipelineError::Run(format!(
+                return Err(PipelineError::Resume(format!(
                     "{} line {} is damaged ({e}); {START_OVER}",
                     path,
                     i + 1
@@ -383,7 +383,7 @@ fn read_journal(
         match entry {
             Entry::Fingerprint(f) if i == 0 => fingerprint = Some(f),
             Entry::Fingerprint(_) => {
-                return Err(PipelineError::Run(format!(
+                return Err(PipelineError::Resume(format!(
                     "{} line {} repeats the fingerprint; {START_OVER}",
                     path,
                     i + 1
@@ -392,7 +392,7 @@ fn read_journal(
             Entry::Part { seq, part } => {
                 let want = resumed.parts.len() as u64;
                 if seq != want || names.part_seq(&part.file) != Some(seq) {
-                    return Err(PipelineError::Run(format!(
+                    return Err(PipelineError::Resume(format!(
                         "{} is not contiguous: line {} records part {seq} ({}) where part {want} \
                          was expected (a line is missing or was changed); {START_OVER}",
                         path,
@@ -408,7 +408,7 @@ fn read_journal(
     match fingerprint {
         Some(f) => Ok(Some((f, resumed))),
         None if resumed.parts.is_empty() => Ok(None),
-        None => Err(PipelineError::Run(format!(
+        None => Err(PipelineError::Resume(format!(
             "{} has no fingerprint line; {START_OVER}",
             path
         ))),
@@ -464,7 +464,7 @@ pub fn remaining_inputs(
         .iter()
         .position(|f| f.path.display().to_string() == input)
         .ok_or_else(|| {
-            PipelineError::Run(format!(
+            PipelineError::Resume(format!(
                 "the committed parts end in {input}, which this run does not read; use --overwrite to start over"
             ))
         })?;

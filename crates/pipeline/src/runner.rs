@@ -220,7 +220,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                 }
             }
         })
-        .map_err(|e| PipelineError::Run(format!("cannot start the reader: {e}")))?;
+        .map_err(|source| PipelineError::Start {
+            what: "reader",
+            source,
+        })?;
 
     let stop = stop_on_signals()?;
     let (model_clock, workers) = (enricher.pool().model_clock(), enricher.pool().workers());
@@ -268,7 +271,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
                     }
                 }
             })
-            .map_err(|e| PipelineError::Run(format!("cannot start the tokenizer: {e}")))?;
+            .map_err(|source| PipelineError::Start {
+                what: "tokenizer",
+                source,
+            })?;
         let mut in_flight: Option<InFlight> = None;
         // Assembles and sends a finished window and the rejected rows after it; returns (rows,
         // input rows, tokens), or None when a stop signal came first.
@@ -465,7 +471,10 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, PipelineError> {
         // Registered first, so it sees the flag only once the plain handler has set it.
         signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
             .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
-            .map_err(|e| PipelineError::Run(format!("cannot install signal handlers: {e}")))?;
+            .map_err(|source| PipelineError::Start {
+                what: "signal handlers",
+                source,
+            })?;
     }
     Ok(stop)
 }

@@ -349,19 +349,37 @@ pub fn run_heads(
     let mut outputs = Vec::with_capacity(tasks.len());
     for task in tasks {
         outputs.push(match &task.kind {
-            BoundKind::Classify { .. } => TaskBatchOutput::Logits(m.model.classify(hidden, batch)?.to_vec2()?),
-            BoundKind::ZeroShot { token_ids, mask_id, mask_after_text, .. } => {
+            BoundKind::Classify { .. } => {
+                TaskBatchOutput::Logits(m.model.classify(hidden, batch)?.to_vec2()?)
+            }
+            BoundKind::ZeroShot {
+                token_ids,
+                mask_id,
+                mask_after_text,
+                ..
+            } => {
                 let positions = mbpipe_model::ModernBert::positions_of(batch, *mask_id);
                 let rows: Vec<Option<u32>> = positions
                     .iter()
-                    .map(|p| if *mask_after_text { p.last().copied() } else { p.first().copied() })
+                    .map(|p| {
+                        if *mask_after_text {
+                            p.last().copied()
+                        } else {
+                            p.first().copied()
+                        }
+                    })
                     .collect();
                 let logits = m.model.candidate_logits(hidden, &rows, token_ids)?;
                 let logits = logits
                     .into_iter()
                     .enumerate()
                     .map(|(i, l)| {
-                        l.ok_or_else(|| PipelineError::Run(format!("zero-shot task `{}`: prompt {i} of a batch lost its [MASK]; this is a bug", task.name)))
+                        l.ok_or_else(|| {
+                            PipelineError::Bug(format!(
+                                "zero-shot task `{}`: prompt {i} of a batch lost its [MASK]",
+                                task.name
+                            ))
+                        })
                     })
                     .collect::<Result<_, _>>()?;
                 TaskBatchOutput::Candidates(logits)
@@ -370,7 +388,9 @@ pub fn run_heads(
                 let pooled = m.model.pool(hidden, batch, *pooling)?;
                 TaskBatchOutput::Pooled(pooled.narrow(1, 0, *dim)?.to_vec2()?)
             }
-            BoundKind::FillMask { top_k, mask_id } => TaskBatchOutput::FillMask(m.model.fill_mask(hidden, batch, *mask_id, *top_k)?),
+            BoundKind::FillMask { top_k, mask_id } => {
+                TaskBatchOutput::FillMask(m.model.fill_mask(hidden, batch, *mask_id, *top_k)?)
+            }
         });
     }
     Ok(outputs)
@@ -447,8 +467,8 @@ impl TaskBatchOutput {
             | (TaskBatchOutput::Pooled(a), TaskBatchOutput::Pooled(b)) => a.extend(b),
             (TaskBatchOutput::FillMask(a), TaskBatchOutput::FillMask(b)) => a.extend(b),
             _ => {
-                return Err(PipelineError::Run(
-                    "task outputs of different kinds cannot be joined; this is a bug".into(),
+                return Err(PipelineError::Bug(
+                    "task outputs of different kinds cannot be joined".into(),
                 ))
             }
         }

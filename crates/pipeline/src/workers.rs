@@ -186,7 +186,7 @@ impl Pending {
                 Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return Ok(None),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(PipelineError::Run(
+                    return Err(PipelineError::Bug(
                         "a worker stopped before finishing its batches".into(),
                     ))
                 }

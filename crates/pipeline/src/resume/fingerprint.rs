@@ -40,8 +40,8 @@ impl FileStamp {
 
     /// Stats `path`.
     pub fn of(path: &Path) -> Result<Self, PipelineError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| PipelineError::Run(format!("cannot stat {}: {e}", path.display())))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| PipelineError::file("stat", path.display(), e))?;
         let modified_ns = meta
             .modified()
             .ok()
