@@ -129,6 +129,24 @@ fn validate_refuses_whatever_run_refuses_before_its_first_row() {
 }
 
 #[test]
+fn an_output_folder_an_input_glob_would_read_back_is_refused() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path(), &fx.model("classifier"), "", "");
+    let toml = std::fs::read_to_string(tmp.path().join("p.toml"))
+        .unwrap()
+        .replace("path = \"in/a.jsonl\"", "path = \"in/**/*\"")
+        .replace("path = \"out\"", "path = \"in/out\"");
+    std::fs::write(tmp.path().join("p.toml"), toml).unwrap();
+    both_refuse(
+        tmp.path(),
+        &[],
+        "would be read back as input (in/**/* matches",
+    );
+    assert!(!tmp.path().join("in/out").exists());
+}
+
+#[test]
 fn validate_refuses_a_device_the_build_cannot_run() {
     let Some(fx) = fixture() else { return };
     if cfg!(feature = "cuda") {

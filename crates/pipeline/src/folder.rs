@@ -110,6 +110,29 @@ fn check_layout(
     )))
 }
 
+/// The first of the part files a run writes into the folder `out` (ending in `/`) that the input
+/// glob `spec` matches: the next run would read the output as input. `None` for a plain path
+/// or when no part file matches.
+fn read_back(spec: &str, out: &str) -> Option<String> {
+    if !spec.contains(['*', '?', '[']) {
+        return None;
+    }
+    let pattern = glob::Pattern::new(spec.trim_end_matches('/')).ok()?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    [
+        "part-00000.parquet",
+        "part-00000.arrow",
+        "part-00000-00000.parquet",
+    ]
+    .into_iter()
+    .map(|name| format!("{out}{name}"))
+    .find(|part| pattern.matches_with(part, options))
+}
+
 /// Refuses an output folder that is, contains or lies inside an input path.
 fn check_placement(dir: &OutputDir, spec: &str, inputs: &[InputFile]) -> Result<(), PipelineError> {
     let refuse = |what: String| {
@@ -134,9 +157,25 @@ fn check_placement(dir: &OutputDir, spec: &str, inputs: &[InputFile]) -> Result<
         {
             return refuse(format!("overlaps the input folder {spec}"));
         }
+        if let Some(part) = read_back(spec, &out) {
+            return refuse(format!(
+                "would be read back as input ({spec} matches {part})"
+            ));
+        }
         return Ok(());
     };
     let out = resolve(dir)?;
+    let pattern = if Path::new(spec).is_absolute() {
+        spec.to_string()
+    } else {
+        let cwd = resolve(Path::new("."))?;
+        format!("{}/{spec}", glob::Pattern::escape(&cwd.to_string_lossy()))
+    };
+    if let Some(part) = read_back(&pattern, &format!("{}/", out.display())) {
+        return refuse(format!(
+            "would be read back as input ({spec} matches {part})"
+        ));
+    }
     let spec_path = Path::new(spec);
     if spec_path.is_dir() {
         let input_dir = resolve(spec_path)?;
@@ -237,6 +276,11 @@ mod tests {
         // Beside the input is fine, also when the glob's folder holds it.
         check(&d.join("out"), &spec).unwrap();
         check(&d.join("in/sub/new"), &glob).unwrap();
+        // A recursive glob would read the part files back as input on the next run; one of
+        // another extension leaves them alone.
+        let recursive = format!("{}/in/**/*", d.display());
+        assert!(err(&d.join("in/sub/new"), &recursive).contains("would be read back as input"));
+        check(&d.join("in/sub/new"), &format!("{recursive}.jsonl")).unwrap();
     }
 
     #[test]
