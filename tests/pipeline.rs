@@ -572,3 +572,53 @@ fn shipped_moderation_pipeline_matches_transformers_on_the_shipped_models() {
         );
     }
 }
+
+/// Text stored dictionary-encoded (pandas categoricals, Parquet written with the Arrow schema)
+/// gives exactly the outputs of the same text stored plain, and passes through as written.
+#[test]
+fn dictionary_encoded_text_gives_the_plain_texts_outputs() {
+    use arrow::array::DictionaryArray;
+    use arrow::datatypes::Int32Type;
+
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let texts: Vec<&str> = fx.texts.iter().map(String::as_str).collect();
+    let dict: DictionaryArray<Int32Type> = texts.iter().copied().collect();
+    let plain = StringArray::from(texts.clone());
+    for (name, array) in [
+        ("dict", Arc::new(dict) as arrow::array::ArrayRef),
+        ("plain", Arc::new(plain)),
+    ] {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "text",
+            array.data_type().clone(),
+            false,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
+        let f = std::fs::File::create(tmp.path().join(format!("{name}.parquet"))).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let toml = format!(
+            "[input]\npath = \"{name}.parquet\"\n[output]\npath = \"out_{name}\"\n[[tasks]]\nname = \"c\"\nkind = \"classify\"\nmodel = \"{}\"\n",
+            fx.model("classifier")
+        );
+        std::fs::write(tmp.path().join(format!("{name}.toml")), toml).unwrap();
+        ok(mbpipe(tmp.path(), &["run", &format!("{name}.toml")]));
+    }
+    let (d, p) = (
+        read_output(&tmp.path().join("out_dict")),
+        read_output(&tmp.path().join("out_plain")),
+    );
+    assert!(matches!(
+        d.column_by_name("text").unwrap().data_type(),
+        DataType::Dictionary(..)
+    ));
+    for col in ["c_label", "c_score", "c_scores"] {
+        assert_eq!(
+            d.column_by_name(col).unwrap(),
+            p.column_by_name(col).unwrap(),
+            "{col}"
+        );
+    }
+}

@@ -204,6 +204,18 @@ fn oversized_rows(batch: &RecordBatch, opts: &SourceOptions) -> Vec<(usize, Stri
         let Some(array) = batch.column_by_name(col) else {
             continue;
         };
+        // Dictionary-encoded strings are measured as the strings they stand for.
+        let array = match array.data_type() {
+            DataType::Dictionary(..) => match arrow::compute::cast(array, &DataType::LargeUtf8) {
+                Ok(strings) => strings,
+                Err(e) => {
+                    let reason = format!("field `{col}`: cannot decode its dictionary ({e})");
+                    bad.extend((0..array.len()).map(|i| (i, reason.clone())));
+                    continue;
+                }
+            },
+            _ => array.clone(),
+        };
         let len = |i: usize| -> usize {
             match array.data_type() {
                 DataType::Utf8 => array.as_string::<i32>().value(i).len(),

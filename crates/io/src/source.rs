@@ -242,6 +242,15 @@ pub fn open_source(
 }
 
 /// Checks that each string column exists with a string type; an all-null column becomes Utf8.
+/// Strings in any of Arrow's layouts, dictionary-encoded too.
+pub(crate) fn is_string(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
+}
+
 fn check_string_columns(schema: &SchemaRef, columns: &[String]) -> Result<SchemaRef, IoError> {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     for col in columns {
@@ -253,7 +262,7 @@ fn check_string_columns(schema: &SchemaRef, columns: &[String]) -> Result<Schema
             });
         };
         match field.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {}
+            t if is_string(t) => {}
             // JSON inference calls a column that was null in every sampled line Null.
             DataType::Null => *field = Field::new(col, DataType::Utf8, true),
             other => {

@@ -314,6 +314,39 @@ fn parquet_long_text_is_rejected_by_row() {
     assert_eq!(spans, [(0, 2)]);
 }
 
+/// Dictionary-encoded strings (pandas categoricals) are text like any other: accepted as a text
+/// column, passed through with their type, and held to the same size limit.
+#[test]
+fn dictionary_encoded_text_is_read_and_checked_like_plain_text() {
+    use arrow::array::DictionaryArray;
+    use arrow::datatypes::Int32Type;
+
+    let dir = tempfile::tempdir().unwrap();
+    let text: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("ccc")].into_iter().collect();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "text",
+        text.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(text)]).unwrap();
+    let mut w = PartWriter::create(dir.path(), 0, schema, OutputFormat::Parquet).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    let mut o = opts(OnError::Skip);
+    o.max_text_bytes = Some(2);
+    let items = read_all(dir.path().to_str().unwrap(), o);
+    let rej = rejections(&items);
+    assert_eq!(rej.len(), 1);
+    assert_eq!(rej[0].row, Some(2));
+    assert!(rej[0].reason.contains("3 bytes"), "{}", rej[0].reason);
+    let b = batches(&items);
+    assert_eq!(b[0].batch.num_rows(), 2);
+    assert!(matches!(
+        b[0].batch.column(0).data_type(),
+        DataType::Dictionary(..)
+    ));
+}
+
 #[test]
 fn arrow_ipc_part_is_readable() {
     let dir = tempfile::tempdir().unwrap();

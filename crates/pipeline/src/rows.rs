@@ -27,8 +27,14 @@ pub fn check_text_columns(template: &Template, schema: &Schema) -> Result<(), Pi
     Ok(())
 }
 
+/// Strings in any of Arrow's layouts, dictionary-encoded too (pandas categoricals, Parquet
+/// written with the Arrow schema).
 fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string(values),
+        _ => false,
+    }
 }
 
 /// The text of every row: `None` where the text column is null (for a template over several
@@ -47,7 +53,7 @@ pub fn row_texts(
         })?;
         let col = match col.data_type() {
             DataType::Utf8 => col.clone(),
-            DataType::Null | DataType::LargeUtf8 | DataType::Utf8View => {
+            t if *t == DataType::Null || is_string(t) => {
                 arrow::compute::cast(col, &DataType::Utf8)?
             }
             other => {
