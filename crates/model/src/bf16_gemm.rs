@@ -92,18 +92,89 @@ impl PackedWeight {
     /// `x [m, k]` (row-major f32) times the weight transposed, plus `bias [n]`, into a new
     /// `[m, n]` row-major f32 buffer. Panics when the CPU lacks the instructions ([`available`]).
     pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        self.matmul_add(x, m, bias, None)
+    }
+
+    /// [`matmul`](Self::matmul) plus `residual [m, n]`, added as the product is written (a
+    /// residual connection without another pass over the activations).
+    pub fn matmul_add(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
+        // Not zeroed: the kernel writes every element, and zeroing (and faulting in) a fresh
+        // output of tens of megabytes cost a third of the product at 4,096 rows.
+        let mut out: Vec<f32> = Vec::with_capacity(m * self.n);
+        // SAFETY: `out` has room for `[m, n]`; `write` sets every element of it.
+        unsafe {
+            self.write(x, m, bias, residual, out.as_mut_ptr());
+            out.set_len(m * self.n);
+        }
+        out
+    }
+
+    /// [`matmul_add`](Self::matmul_add) into `out [m, n]` (a buffer reused across calls, so a
+    /// large output is not mapped and faulted in afresh every time).
+    pub fn matmul_add_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
+        // SAFETY: `out` is `[m, n]`.
+        unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
+    }
+
+    /// Writes every element of `out [m, n]`.
+    ///
+    /// # Safety
+    /// `out` points to `m * n` writable floats.
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
         assert!(available(), "the bf16 kernel needs avx512f and avx512bf16");
         assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
         if let Some(b) = bias {
             assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
         }
-        let (n, kp) = (self.n, self.kp);
-        let mut out = vec![0f32; m * n];
-        if m == 0 || n == 0 {
-            return out;
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
         }
-        // Activations to bf16 pairs, row-major [m, kp].
-        let mut a = vec![0u32; m * kp];
+        if m == 0 || self.n == 0 {
+            return;
+        }
+        // A call nested in another on this thread (rayon may run one while waiting) takes a
+        // buffer of its own.
+        PAIRS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut a) => self.write_with(&mut a, x, m, bias, residual, out),
+            Err(_) => self.write_with(&mut Vec::new(), x, m, bias, residual, out),
+        });
+    }
+
+    /// [`write`](Self::write) with `a` as the buffer of activation pairs.
+    unsafe fn write_with(
+        &self,
+        a: &mut Vec<u32>,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        let (n, kp) = (self.n, self.kp);
+        // Activations to bf16 pairs, row-major [m, kp], in a buffer kept across calls.
+        a.resize(m * kp, 0);
+        let a = &mut a[..m * kp];
         a.par_chunks_mut(kp * 64)
             .zip(x.par_chunks(self.k * 64))
             .for_each(|(dst, src)| {
@@ -111,21 +182,23 @@ impl PackedWeight {
                     convert_row(s, d);
                 }
             });
+        let a = &*a;
         let panels = n.div_ceil(NR);
         let col_blocks = panels.div_ceil(PANELS_PER_BLOCK);
         let row_blocks = m.div_ceil(MC);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
+        let residual_ptr =
+            SendPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr() as *mut f32));
         (0..row_blocks * col_blocks).into_par_iter().for_each(|t| {
             let (rb, cb) = (t / col_blocks, t % col_blocks);
             let rows = rb * MC..(rb * MC + MC).min(m);
             let panel_range =
                 cb * PANELS_PER_BLOCK..(cb * PANELS_PER_BLOCK + PANELS_PER_BLOCK).min(panels);
-            let out_ptr = &out_ptr;
+            let (out_ptr, residual_ptr) = (&out_ptr, &residual_ptr);
             // SAFETY: tasks write disjoint (rows × columns) blocks of `out`, which outlives the
-            // parallel loop; `available()` was checked above.
-            unsafe { self.block(&a, rows, panel_range, bias, out_ptr.0) };
+            // parallel loop, and only read `residual`; `available()` was checked above.
+            unsafe { self.block(a, rows, panel_range, bias, residual_ptr.0, out_ptr.0) };
         });
-        out
     }
 
     /// One work block: `rows` × the columns of `panels`.
@@ -139,6 +212,7 @@ impl PackedWeight {
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
+        residual: *const f32,
         out: *mut f32,
     ) {
         let (n, kp) = (self.n, self.kp);
@@ -152,23 +226,50 @@ impl PackedWeight {
                 let b = self.data.as_ptr().add(p * kp * NR);
                 let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(col));
                 let c = out.add(r * n + col);
+                let res = if residual.is_null() {
+                    residual
+                } else {
+                    residual.add(r * n + col)
+                };
+                let t = Tile {
+                    c,
+                    ldc: n,
+                    cols,
+                    bias,
+                    residual: res,
+                };
                 #[cfg(target_arch = "x86_64")]
                 match mr {
-                    8 => x86::kernel::<8>(a_rows, kp, b, kp, c, n, cols, bias),
-                    7 => x86::kernel::<7>(a_rows, kp, b, kp, c, n, cols, bias),
-                    6 => x86::kernel::<6>(a_rows, kp, b, kp, c, n, cols, bias),
-                    5 => x86::kernel::<5>(a_rows, kp, b, kp, c, n, cols, bias),
-                    4 => x86::kernel::<4>(a_rows, kp, b, kp, c, n, cols, bias),
-                    3 => x86::kernel::<3>(a_rows, kp, b, kp, c, n, cols, bias),
-                    2 => x86::kernel::<2>(a_rows, kp, b, kp, c, n, cols, bias),
-                    _ => x86::kernel::<1>(a_rows, kp, b, kp, c, n, cols, bias),
+                    8 => x86::kernel::<8>(a_rows, kp, b, kp, t),
+                    7 => x86::kernel::<7>(a_rows, kp, b, kp, t),
+                    6 => x86::kernel::<6>(a_rows, kp, b, kp, t),
+                    5 => x86::kernel::<5>(a_rows, kp, b, kp, t),
+                    4 => x86::kernel::<4>(a_rows, kp, b, kp, t),
+                    3 => x86::kernel::<3>(a_rows, kp, b, kp, t),
+                    2 => x86::kernel::<2>(a_rows, kp, b, kp, t),
+                    _ => x86::kernel::<1>(a_rows, kp, b, kp, t),
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = (a_rows, b, bias, c, cols);
+                let _ = (a_rows, b, t);
             }
             r += mr;
         }
     }
+}
+
+/// Where a micro-kernel writes: its rows of `cols` columns at `c` (row stride `ldc`), plus
+/// `bias` (per column) and `residual` (same layout as `c`) where not null.
+struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    bias: *const f32,
+    residual: *const f32,
+}
+
+thread_local! {
+    /// The activations as bf16 pairs, reused across calls from one thread.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 struct SendPtr(*mut f32);
@@ -212,23 +313,27 @@ mod x86 {
         super::convert_row_scalar(&src[32 * full..], &mut dst[16 * full..]);
     }
 
-    /// `c[R, cols] = a[R, 2kp] · b_panelᵀ (+ bias)`: `R` rows of activation pairs (stride `lda`
-    /// words) against one packed panel of `NR` columns, accumulating in f32 over all of k.
+    /// `c[R, cols] = a[R, 2kp] · b_panelᵀ (+ bias) (+ residual)`: `R` rows of activation pairs
+    /// (stride `lda` words) against one packed panel of `NR` columns, accumulating in f32 over
+    /// all of k.
     ///
     /// # Safety
     /// Pointers cover what the shapes say; `cols <= NR`; the CPU has avx512f and avx512bf16.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn kernel<const R: usize>(
         a: *const u32,
         lda: usize,
         b: *const u32,
         kp: usize,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-        bias: *const f32,
+        t: super::Tile,
     ) {
+        let super::Tile {
+            c,
+            ldc,
+            cols,
+            bias,
+            residual,
+        } = t;
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         for p in 0..kp {
             let bp = b.add(p * super::NR);
@@ -260,7 +365,11 @@ mod x86 {
                 _mm512_maskz_loadu_ps(mask, bias.add(col))
             };
             for (r, acc) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, _mm512_add_ps(acc[v], bv));
+                let mut y = _mm512_add_ps(acc[v], bv);
+                if !residual.is_null() {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, residual.add(r * ldc + col)));
+                }
+                _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, y);
             }
         }
     }
@@ -369,6 +478,34 @@ mod tests {
             for i in 0..m * n {
                 assert!((no_bias[i] + b[i % n] - got[i]).abs() <= 1e-5 * (magnitude[i] + 1.0));
             }
+        }
+    }
+
+    /// The residual is added to every element as it is written, and writing into a reused
+    /// buffer (whatever it held) gives the same values as a fresh output, also when a smaller
+    /// product ran before it on the same thread.
+    #[test]
+    fn residual_and_reused_output_give_the_same_values() {
+        if skip_without_kernel() {
+            return;
+        }
+        for &(m, n, k) in &[(9, 49, 33), (300, 200, 768)] {
+            let x = random(m * k, 7);
+            let w = random(n * k, 8);
+            let b = random(n, 9);
+            let res = random(m * n, 10);
+            let packed = PackedWeight::pack(&w, n, k);
+            let plain = packed.matmul(&x, m, Some(&b));
+            let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
+            for i in 0..m * n {
+                assert!(
+                    (with_res[i] - (plain[i] + res[i])).abs() <= 1e-6 * (1.0 + plain[i].abs()),
+                    "{m}x{n}x{k} [{i}]"
+                );
+            }
+            let mut out = vec![f32::NAN; m * n];
+            packed.matmul_add_into(&x, m, Some(&b), Some(&res), &mut out);
+            assert_eq!(out, with_res);
         }
     }
 

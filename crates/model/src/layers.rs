@@ -17,24 +17,70 @@ pub(crate) struct Linear {
     bias: Option<Tensor>,
 }
 
-/// A weight packed for one of the CPU kernels.
-enum Packed {
-    Bf16(PackedWeight),
-    F32(PackedF32),
+/// A weight packed for one of the own CPU kernels: `x Wᵀ (+ bias) (+ residual)` on f32 rows.
+trait PackedGemm: Send + Sync {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    fn matmul_add(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32>;
+    fn matmul_add_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    );
 }
+
+/// Implements [`PackedGemm`] by the kernels' inherent methods of the same names.
+macro_rules! packed_gemm {
+    ($t:ty) => {
+        impl PackedGemm for $t {
+            fn in_features(&self) -> usize {
+                <$t>::in_features(self)
+            }
+            fn out_features(&self) -> usize {
+                <$t>::out_features(self)
+            }
+            fn matmul_add(
+                &self,
+                x: &[f32],
+                m: usize,
+                bias: Option<&[f32]>,
+                residual: Option<&[f32]>,
+            ) -> Vec<f32> {
+                <$t>::matmul_add(self, x, m, bias, residual)
+            }
+            fn matmul_add_into(
+                &self,
+                x: &[f32],
+                m: usize,
+                bias: Option<&[f32]>,
+                residual: Option<&[f32]>,
+                out: &mut [f32],
+            ) {
+                <$t>::matmul_add_into(self, x, m, bias, residual, out)
+            }
+        }
+    };
+}
+packed_gemm!(PackedF32);
+packed_gemm!(PackedWeight);
 
 /// How the product is computed.
 enum Kernel {
     /// candle's matmul in the model dtype (any device, any dtype).
     Candle(Tensor),
-    /// The AVX512-BF16 kernel: weight packed as bf16, f32 activations in and out.
-    PackedBf16 {
-        weight: PackedWeight,
-        bias: Option<Vec<f32>>,
-    },
-    /// The f32 kernel (AVX2 + FMA or AVX-512) on an f32 CPU weight packed at load.
-    PackedF32 {
-        weight: PackedF32,
+    /// An own CPU kernel on a weight packed at load: the AVX512-BF16 kernel (bf16 weight) or
+    /// the f32 kernel (AVX2 + FMA or AVX-512); f32 activations in and out.
+    Packed {
+        weight: Box<dyn PackedGemm>,
         bias: Option<Vec<f32>>,
     },
 }
@@ -58,11 +104,11 @@ impl Linear {
         let (n, k) = weight.dims2()?;
         let bias_vec = f32_values(bias.as_ref())?;
         // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
-        let pack = |data: &[f32]| {
+        let pack = |data: &[f32]| -> Option<Box<dyn PackedGemm>> {
             if pack_bf16 {
-                Some(Packed::Bf16(PackedWeight::pack(data, n, k)))
+                Some(Box::new(PackedWeight::pack(data, n, k)))
             } else {
-                PackedF32::pack_for(gemm, data, n, k).map(Packed::F32)
+                PackedF32::pack_for(gemm, data, n, k).map(|w| Box::new(w) as Box<dyn PackedGemm>)
             }
         };
         let w32 = weight.to_dtype(DType::F32)?.contiguous()?;
@@ -71,11 +117,7 @@ impl Linear {
             None => pack(&w32.flatten_all()?.to_vec1::<f32>()?),
         };
         let kernel = match packed {
-            Some(Packed::Bf16(weight)) => Kernel::PackedBf16 {
-                weight,
-                bias: bias_vec,
-            },
-            Some(Packed::F32(weight)) => Kernel::PackedF32 {
+            Some(weight) => Kernel::Packed {
                 weight,
                 bias: bias_vec,
             },
@@ -96,8 +138,22 @@ impl Linear {
         Linear::new(weight, bias, w.pack_bf16(), w.gemm())
     }
 
+    /// The packed weight and its bias, for the own CPU kernels.
+    fn packed(&self) -> Option<(&dyn PackedGemm, Option<&[f32]>)> {
+        match &self.kernel {
+            Kernel::Candle(_) => None,
+            Kernel::Packed { weight, bias } => Some((weight.as_ref(), bias.as_deref())),
+        }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.kernel {
+            Kernel::Packed { weight, bias } => {
+                let (k, n) = (weight.in_features(), weight.out_features());
+                on_f32_rows(x, k, n, |rows, m| {
+                    weight.matmul_add(rows, m, bias.as_deref(), None)
+                })
+            }
             Kernel::Candle(weight) => {
                 let y = x.matmul(&weight.t()?)?;
                 Ok(match &self.bias {
@@ -105,19 +161,11 @@ impl Linear {
                     None => y,
                 })
             }
-            Kernel::PackedBf16 { weight, bias } => {
-                let (k, n) = (weight.in_features(), weight.out_features());
-                on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias.as_deref()))
-            }
-            Kernel::PackedF32 { weight, bias } => {
-                let (k, n) = (weight.in_features(), weight.out_features());
-                on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias.as_deref()))
-            }
         }
     }
 
     /// [`forward`](Self::forward), written into `buffer` when it holds a tensor of the result's
-    /// shape from an earlier call (the f32 kernel; otherwise the result becomes the buffer).
+    /// shape from an earlier call (the packed kernels; otherwise the result becomes the buffer).
     /// The returned tensor shares the buffer: the next call with it overwrites the values, so
     /// it must be dead by then, as a layer's `Wqkv` and `Wi` outputs are at the next layer.
     /// Those are the largest activations (`[tokens, 2304]` for base), over glibc's mmap threshold
@@ -127,18 +175,16 @@ impl Linear {
         x: &Tensor,
         buffer: &mut Option<Tensor>,
     ) -> Result<Tensor> {
-        match &self.kernel {
-            Kernel::PackedF32 { weight, bias } => {
-                packed_reusing(weight, bias.as_deref(), x, buffer)
-            }
-            _ => self.forward(x),
+        match self.packed() {
+            Some((weight, bias)) => packed_reusing(weight, bias, x, buffer),
+            None => self.forward(x),
         }
     }
 
-    /// `residual + self.forward(x)`. The f32 kernel adds the residual as it writes the product
-    /// (one pass and one allocation fewer per residual connection); other kernels add after.
+    /// `residual + self.forward(x)`. The packed kernels add the residual as they write the
+    /// product (one pass and one allocation fewer per residual connection); candle adds after.
     pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if let Kernel::PackedF32 { weight, bias } = &self.kernel {
+        if let Some((weight, bias)) = self.packed() {
             let mut out_dims = x.dims().to_vec();
             if let Some(last) = out_dims.last_mut() {
                 *last = weight.out_features();
@@ -148,7 +194,7 @@ impl Linear {
                 let k = weight.in_features();
                 let fused = with_f32_slice(&residual, |res| {
                     on_f32_rows(x, k, weight.out_features(), |rows, m| {
-                        weight.matmul_add(rows, m, bias.as_deref(), Some(res))
+                        weight.matmul_add(rows, m, bias, Some(res))
                     })
                 })?;
                 if let Some(y) = fused {
@@ -258,7 +304,7 @@ fn load_weight_and_bias(
 /// `x` through a packed f32 weight, written into `buffer` when it holds a tensor of the result's
 /// shape (see [`Linear::forward_reusing`]); otherwise the result becomes the buffer.
 fn packed_reusing(
-    weight: &PackedF32,
+    weight: &dyn PackedGemm,
     bias: Option<&[f32]>,
     x: &Tensor,
     buffer: &mut Option<Tensor>,
@@ -278,7 +324,7 @@ fn packed_reusing(
             return Ok(buf.clone());
         }
     }
-    let y = on_f32_rows(x, k, n, |rows, m| weight.matmul(rows, m, bias))?;
+    let y = on_f32_rows(x, k, n, |rows, m| weight.matmul_add(rows, m, bias, None))?;
     *buffer = Some(y.clone());
     Ok(y)
 }
