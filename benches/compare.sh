@@ -4,8 +4,11 @@
 # Builds mbpipe (release), prepares the reference environment (../shared/tools/
 # setup_reference_env.sh, reused when present), makes a random ModernBERT-base classifier
 # (../shared/bench/make_base_model.py, cached), then runs on a short-text corpus:
-#   transformers padded f32, sorted f32, sorted bf16; `mbpipe run` f32 and bf16 (end to end:
-#   process start to exit, reading JSON lines, tokenizing, inference, writing Parquet)
+#   transformers padded f32, sorted f32, sorted bf16; ONNX Runtime f32 and int8 (dynamic
+#   quantization) and OpenVINO f32 and its default precision (bf16 where the CPU has AMX or
+#   AVX512-BF16), all through ../shared/bench/ort_baseline.py with transformers' sorted batches;
+#   `mbpipe run` f32 and bf16 (end to end: process start to exit, reading JSON lines,
+#   tokenizing, inference, writing Parquet)
 # and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32 and bf16.
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
@@ -20,6 +23,7 @@
 #   --size base|large   model shapes (default base)
 #   --no-build          use the existing target/release/mbpipe
 #   --no-bf16           f32 runs only (CPUs without AVX512-BF16, where bf16 is not the fast path)
+#   --no-ort            skip the ONNX Runtime and OpenVINO rows
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
 # GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; by default measured in this run
@@ -39,6 +43,7 @@ threads=2
 size=base
 build=1
 bf16=1
+ort=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) corpus=$2; shift 2 ;;
@@ -49,7 +54,8 @@ while [ $# -gt 0 ]; do
     --size) size=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --no-bf16) bf16=0; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --no-ort) ort=0; shift ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -162,6 +168,24 @@ print(json.dumps({"label": sys.argv[2], "corpus": sys.argv[3], "dtype": sys.argv
 EOF
 }
 
+run_ort() { # LABEL CORPUS_NAME FILE ENGINE   (ort, ort-int8, ov, ov-default)
+  local label=$1 cname=$2 file=$3 engine=$4 m=$work/m.json
+  log "$engine (ort_baseline.py) on $cname"
+  measure "$m" "$py" "$shared/bench/ort_baseline.py" --model "$model" --corpus "$file" \
+    --engines "$engine" --batch 32 --threads "$threads"
+  "$py" - "$m" "$label" "$cname" >> "$results" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+r = json.loads([l for l in m["stdout"].splitlines() if l.startswith("{")][-1])
+runtime = r.get("runtime", "")
+dtype = "int8" if r["impl"] == "ort-int8" else ("bf16" if "bf16" in runtime else "f32")
+print(json.dumps({"label": f"{sys.argv[2]} ({runtime})", "corpus": sys.argv[3], "dtype": dtype,
+                  "impl": r["impl"], "mode": "sorted", "tokens": r["real_tokens"],
+                  "tokens_per_s": r["tokens_per_s"], "padding": r["padding_fraction"],
+                  "rss_kib": m["rss_kib"], "how": "tokenize + forward (ort_baseline.py timer)"}))
+EOF
+}
+
 run_mbpipe() { # LABEL CORPUS_NAME FILE DTYPE
   local label=$1 cname=$2 file=$3 dtype=$4 m=$work/m.json
   local out=$work/out-$(echo "$cname" | tr -c 'A-Za-z0-9\n' '_')-$dtype
@@ -198,6 +222,12 @@ short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $l
 run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
 run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
 [ "$bf16" = 1 ] && run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
+if [ "$ort" = 1 ]; then
+  run_ort "ONNX Runtime f32" "$short_name" "$work/short.jsonl" ort
+  run_ort "ONNX Runtime int8" "$short_name" "$work/short.jsonl" ort-int8
+  run_ort "OpenVINO f32" "$short_name" "$work/short.jsonl" ov
+  [ "$bf16" = 1 ] && run_ort "OpenVINO default precision" "$short_name" "$work/short.jsonl" ov-default
+fi
 run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
 [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
 
@@ -217,7 +247,7 @@ cfg = json.load(open(sys.argv[2]))
 h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
 flop_per_token = 2 * L * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
 ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
-def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"
+def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"  # int8 rows: against f32
 bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
 print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 {bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -130,6 +130,7 @@ fn encoder_layer(c: &mut Criterion) {
 fn gemm(c: &mut Criterion) {
     use mbpipe_model::bf16_gemm::{available, PackedWeight};
     use mbpipe_model::f32_gemm::PackedF32;
+    use mbpipe_model::PackedGemm;
     let (m, k, n) = (2048, 768, 2304);
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();

@@ -1,7 +1,7 @@
 //! The quick commands against the reference fixture.
 //! Tolerance: 1e-4 absolute on probabilities, logits and embeddings (f32).
 
-use crate::util::{assert_close, fixture, mbpipe, ok, softmax, stderr};
+use crate::util::{assert_close, fixture, mbpipe, ok, softmax, stderr, Fixture};
 
 const TOL: f32 = 1e-4;
 
@@ -15,13 +15,14 @@ fn texts_file(dir: &std::path::Path, texts: &[String]) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn classify_file_matches_reference_in_order() {
-    let Some(fx) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let input = texts_file(tmp.path(), &fx.texts);
+/// `mbpipe classify --json` over `input`, one JSON object per line.
+fn classify_json(
+    fx: &Fixture,
+    dir: &std::path::Path,
+    input: &std::path::Path,
+) -> Vec<serde_json::Value> {
     let out = ok(mbpipe(
-        tmp.path(),
+        dir,
         &[
             "classify",
             "--model",
@@ -31,32 +32,45 @@ fn classify_file_matches_reference_in_order() {
             "--json",
         ],
     ));
-    let lines: Vec<serde_json::Value> = out
-        .lines()
+    out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One `classify --json` line against the reference for fixture text `i`: label, logits (keyed
+/// by label, like scores) and scores.
+fn check_classify_line(fx: &Fixture, line: &serde_json::Value, i: usize, at: &str) {
+    const LABELS: [&str; 3] = ["negative", "neutral", "positive"];
+    let want_logits = fx.vec(&format!("cls_logits.{i}")).unwrap();
+    let logits: Vec<f32> = LABELS
+        .iter()
+        .map(|l| line["logits"][l].as_f64().unwrap() as f32)
         .collect();
+    assert_close(&logits, &want_logits, TOL, &format!("{at} logits"));
+    let probs = softmax(&want_logits);
+    for (k, label) in LABELS.iter().enumerate() {
+        let p = line["scores"][label].as_f64().unwrap() as f32;
+        assert!(
+            (p - probs[k]).abs() < TOL,
+            "{at} {label}: {p} vs {}",
+            probs[k]
+        );
+    }
+    assert_eq!(
+        line["label"], fx.json["texts"][i]["classifier"]["label"],
+        "{at}"
+    );
+}
+
+#[test]
+fn classify_file_matches_reference_in_order() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = texts_file(tmp.path(), &fx.texts);
+    let lines = classify_json(&fx, tmp.path(), &input);
     assert_eq!(lines.len(), fx.texts.len());
     for (i, line) in lines.iter().enumerate() {
-        let want_logits = fx.vec(&format!("cls_logits.{i}")).unwrap();
-        // Logits are keyed by label, like scores.
-        let logits: Vec<f32> = ["negative", "neutral", "positive"]
-            .iter()
-            .map(|l| line["logits"][l].as_f64().unwrap() as f32)
-            .collect();
-        assert_close(&logits, &want_logits, TOL, &format!("text {i} logits"));
-        let probs = softmax(&want_logits);
-        for (k, label) in ["negative", "neutral", "positive"].iter().enumerate() {
-            let p = line["scores"][label].as_f64().unwrap() as f32;
-            assert!(
-                (p - probs[k]).abs() < TOL,
-                "text {i} {label}: {p} vs {}",
-                probs[k]
-            );
-        }
-        assert_eq!(
-            line["label"], fx.json["texts"][i]["classifier"]["label"],
-            "text {i}"
-        );
+        check_classify_line(&fx, line, i, &format!("text {i}"));
     }
 }
 
@@ -271,33 +285,9 @@ fn compressed_input_longer_than_a_window_streams_in_order() {
         writeln!(gz, "{}", serde_json::json!({ "text": fx.texts[i % n] })).unwrap();
     }
     gz.finish().unwrap();
-    let out = ok(mbpipe(
-        tmp.path(),
-        &[
-            "classify",
-            "--model",
-            &fx.model("classifier"),
-            "--input",
-            path.to_str().unwrap(),
-            "--json",
-        ],
-    ));
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = classify_json(&fx, tmp.path(), &path);
     assert_eq!(lines.len(), rows);
     for (i, line) in lines.iter().enumerate() {
-        assert_eq!(
-            line["label"],
-            fx.json["texts"][i % n]["classifier"]["label"],
-            "row {i}"
-        );
-        let logits: Vec<f32> = ["negative", "neutral", "positive"]
-            .iter()
-            .map(|l| line["logits"][l].as_f64().unwrap() as f32)
-            .collect();
-        let want = fx.vec(&format!("cls_logits.{}", i % n)).unwrap();
-        assert_close(&logits, &want, TOL, &format!("row {i} logits"));
+        check_classify_line(&fx, line, i % n, &format!("row {i}"));
     }
 }

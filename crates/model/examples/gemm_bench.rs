@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mbpipe_model::bf16_gemm::{available, PackedWeight};
 use mbpipe_model::f32_gemm::PackedF32;
+use mbpipe_model::PackedGemm;
 use mbpipe_model::{DType, Device, Tensor};
 
 /// Distinct copies of a weight for the cold-weight column (6 x 7 MiB for the largest shape).

@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use crate::packed_gemm::PackedGemm;
+
 /// Output columns per packed panel (three 16-lane f32 vectors).
 pub const NR: usize = 48;
 /// Rows per micro-kernel call.
@@ -77,88 +79,6 @@ impl PackedWeight {
                 }
             });
         PackedWeight { n, k, kp, data }
-    }
-
-    /// Output features.
-    pub fn out_features(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
-    /// `x [m, k]` (row-major f32) times the weight transposed, plus `bias [n]`, into a new
-    /// `[m, n]` row-major f32 buffer. Panics when the CPU lacks the instructions ([`available`]).
-    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        self.matmul_add(x, m, bias, None)
-    }
-
-    /// [`matmul`](Self::matmul) plus `residual [m, n]`, added as the product is written (a
-    /// residual connection without another pass over the activations).
-    pub fn matmul_add(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-    ) -> Vec<f32> {
-        // Not zeroed: the kernel writes every element, and zeroing (and faulting in) a fresh
-        // output of tens of megabytes cost a third of the product at 4,096 rows.
-        let mut out: Vec<f32> = Vec::with_capacity(m * self.n);
-        // SAFETY: `out` has room for `[m, n]`; `write` sets every element of it.
-        unsafe {
-            self.write(x, m, bias, residual, out.as_mut_ptr());
-            out.set_len(m * self.n);
-        }
-        out
-    }
-
-    /// [`matmul_add`](Self::matmul_add) into `out [m, n]` (a buffer reused across calls, so a
-    /// large output is not mapped and faulted in afresh every time).
-    pub fn matmul_add_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-    ) {
-        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
-        // SAFETY: `out` is `[m, n]`.
-        unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
-    }
-
-    /// Writes every element of `out [m, n]`.
-    ///
-    /// # Safety
-    /// `out` points to `m * n` writable floats.
-    unsafe fn write(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: *mut f32,
-    ) {
-        assert!(available(), "the bf16 kernel needs avx512f and avx512bf16");
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
-        }
-        if let Some(r) = residual {
-            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
-        }
-        if m == 0 || self.n == 0 {
-            return;
-        }
-        // A call nested in another on this thread (rayon may run one while waiting) takes a
-        // buffer of its own.
-        PAIRS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut a) => self.write_with(&mut a, x, m, bias, residual, out),
-            Err(_) => self.write_with(&mut Vec::new(), x, m, bias, residual, out),
-        });
     }
 
     /// [`write`](Self::write) with `a` as the buffer of activation pairs.
@@ -254,6 +174,45 @@ impl PackedWeight {
             }
             r += mr;
         }
+    }
+}
+
+impl PackedGemm for PackedWeight {
+    /// Output features.
+    fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    fn in_features(&self) -> usize {
+        self.k
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        assert!(available(), "the bf16 kernel needs avx512f and avx512bf16");
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
+        }
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
+        }
+        if m == 0 || self.n == 0 {
+            return;
+        }
+        // A call nested in another on this thread (rayon may run one while waiting) takes a
+        // buffer of its own.
+        PAIRS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut a) => self.write_with(&mut a, x, m, bias, residual, out),
+            Err(_) => self.write_with(&mut Vec::new(), x, m, bias, residual, out),
+        });
     }
 }
 

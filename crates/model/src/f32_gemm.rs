@@ -24,6 +24,7 @@
 use rayon::prelude::*;
 
 use crate::overrides::CpuKernels;
+use crate::packed_gemm::PackedGemm;
 use crate::simd::Cpu;
 
 /// Rows of output per work block (a multiple of every `MR`): its packed activations (`MC × kc`
@@ -154,129 +155,6 @@ impl PackedF32 {
         }
     }
 
-    /// Output features.
-    pub fn out_features(&self) -> usize {
-        self.n
-    }
-
-    /// Input features.
-    pub fn in_features(&self) -> usize {
-        self.k
-    }
-
-    /// `x [m, k]` (row-major) times the weight transposed, plus `bias [n]`, into a new `[m, n]`
-    /// row-major buffer (for a gated weight: GEGLU of the product, with a `[2n]` bias).
-    pub fn matmul(&self, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
-        self.matmul_add(x, m, bias, None)
-    }
-
-    /// [`matmul`](Self::matmul) plus `residual [m, n]`, added as the first block of input
-    /// features is written: a transformer's residual connection without another pass over
-    /// (and allocation of) the activations. A gated weight takes no residual.
-    pub fn matmul_add(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-    ) -> Vec<f32> {
-        // Not zeroed: `write` sets every element, and zeroing a fresh multi-megabyte output
-        // costs a few percent of the product.
-        let mut out: Vec<f32> = Vec::with_capacity(m * self.n);
-        // SAFETY: `out` has room for `[m, n]`; `write` sets every element of it.
-        unsafe {
-            self.write(x, m, bias, residual, out.as_mut_ptr());
-            out.set_len(m * self.n);
-        }
-        out
-    }
-
-    /// [`matmul_add`](Self::matmul_add) into an existing `[m, n]` buffer (its old contents are
-    /// ignored): a forward reuses one buffer for every layer's largest activations instead of
-    /// mapping fresh pages for each.
-    pub fn matmul_add_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-    ) {
-        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
-        // SAFETY: `out` is `[m, n]`.
-        unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
-    }
-
-    /// Sets every element of the `[m, n]` output at `out`.
-    ///
-    /// # Safety
-    /// `out` is valid for writes of `m * n` floats and aliases none of the inputs.
-    unsafe fn write(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: *mut f32,
-    ) {
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        if let Some(b) = bias {
-            assert_eq!(
-                b.len(),
-                self.bias_len(),
-                "bias is not [{}]",
-                self.bias_len()
-            );
-        }
-        if let Some(r) = residual {
-            assert!(!self.gated, "a gated product takes no residual");
-            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
-        }
-        let n = self.n;
-        if m == 0 || n == 0 || self.k == 0 {
-            for i in 0..m * n {
-                let b = |j: usize| bias.map_or(0.0, |b| b[j]);
-                let v = if self.gated {
-                    crate::fused::gelu_erf(b(i % n)) * b(n + i % n)
-                } else {
-                    residual.map_or(0.0, |r| r[i]) + b(i % n)
-                };
-                out.add(i).write(v);
-            }
-            return;
-        }
-        let panels = n.div_ceil(self.panel_cols());
-        let row_blocks = m.div_ceil(MC);
-        // Enough tasks to keep every thread busy when the batch has few rows.
-        let wanted = 8 * rayon::current_num_threads();
-        let max_chunks = panels
-            .div_ceil(MIN_TASK_COLUMNS.div_ceil(self.panel_cols()))
-            .max(1);
-        let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
-        let panels_per_chunk = panels.div_ceil(col_chunks);
-        let col_chunks = panels.div_ceil(panels_per_chunk);
-        let out_ptr = SendPtr(out);
-        let first = First {
-            bias: bias.map(<[f32]>::as_ptr),
-            residual: residual.map(<[f32]>::as_ptr),
-        };
-        // Every (row, column) of `[m, n]` belongs to one task, which writes all of its elements
-        // in its first block of input features (`Init::First`).
-        (0..row_blocks * col_chunks).into_par_iter().for_each(|t| {
-            let (rb, cb) = (t / col_chunks, t % col_chunks);
-            let rows = rb * MC..(rb * MC + MC).min(m);
-            let p0 = cb * panels_per_chunk;
-            let task = Task {
-                rows,
-                panels: p0..(p0 + panels_per_chunk).min(panels),
-            };
-            let out_ptr = &out_ptr;
-            // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
-            // the parallel loop; `isa` was detected on this CPU by `pack`.
-            unsafe { self.run(x, &task, first, out_ptr.0) };
-        });
-    }
-
     /// One task: packs its rows block by block of input features and runs the micro-kernel
     /// over every (row micro-panel, column panel).
     ///
@@ -379,6 +257,84 @@ impl PackedF32 {
                     pc += kc;
                 }
             })
+        });
+    }
+}
+
+impl PackedGemm for PackedF32 {
+    /// Output features.
+    fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// Input features.
+    fn in_features(&self) -> usize {
+        self.k
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        if let Some(b) = bias {
+            assert_eq!(
+                b.len(),
+                self.bias_len(),
+                "bias is not [{}]",
+                self.bias_len()
+            );
+        }
+        if let Some(r) = residual {
+            assert!(!self.gated, "a gated product takes no residual");
+            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
+        }
+        let n = self.n;
+        if m == 0 || n == 0 || self.k == 0 {
+            for i in 0..m * n {
+                let b = |j: usize| bias.map_or(0.0, |b| b[j]);
+                let v = if self.gated {
+                    crate::fused::gelu_erf(b(i % n)) * b(n + i % n)
+                } else {
+                    residual.map_or(0.0, |r| r[i]) + b(i % n)
+                };
+                out.add(i).write(v);
+            }
+            return;
+        }
+        let panels = n.div_ceil(self.panel_cols());
+        let row_blocks = m.div_ceil(MC);
+        // Enough tasks to keep every thread busy when the batch has few rows.
+        let wanted = 8 * rayon::current_num_threads();
+        let max_chunks = panels
+            .div_ceil(MIN_TASK_COLUMNS.div_ceil(self.panel_cols()))
+            .max(1);
+        let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
+        let panels_per_chunk = panels.div_ceil(col_chunks);
+        let col_chunks = panels.div_ceil(panels_per_chunk);
+        let out_ptr = SendPtr(out);
+        let first = First {
+            bias: bias.map(<[f32]>::as_ptr),
+            residual: residual.map(<[f32]>::as_ptr),
+        };
+        // Every (row, column) of `[m, n]` belongs to one task, which writes all of its elements
+        // in its first block of input features (`Init::First`).
+        (0..row_blocks * col_chunks).into_par_iter().for_each(|t| {
+            let (rb, cb) = (t / col_chunks, t % col_chunks);
+            let rows = rb * MC..(rb * MC + MC).min(m);
+            let p0 = cb * panels_per_chunk;
+            let task = Task {
+                rows,
+                panels: p0..(p0 + panels_per_chunk).min(panels),
+            };
+            let out_ptr = &out_ptr;
+            // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
+            // the parallel loop; `isa` was detected on this CPU by `pack`.
+            unsafe { self.run(x, &task, first, out_ptr.0) };
         });
     }
 }

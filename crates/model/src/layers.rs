@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, D};
 use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
 use crate::f32_gemm::PackedF32;
+use crate::packed_gemm::PackedGemm;
 use crate::profile::timed;
 use crate::simd::Cpu;
 use crate::weights::Weights;
@@ -16,62 +17,6 @@ pub(crate) struct Linear {
     kernel: Kernel,
     bias: Option<Tensor>,
 }
-
-/// A weight packed for one of the own CPU kernels: `x Wᵀ (+ bias) (+ residual)` on f32 rows.
-trait PackedGemm: Send + Sync {
-    fn in_features(&self) -> usize;
-    fn out_features(&self) -> usize;
-    fn matmul_add(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-    ) -> Vec<f32>;
-    fn matmul_add_into(
-        &self,
-        x: &[f32],
-        m: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
-        out: &mut [f32],
-    );
-}
-
-/// Implements [`PackedGemm`] by the kernels' inherent methods of the same names.
-macro_rules! packed_gemm {
-    ($t:ty) => {
-        impl PackedGemm for $t {
-            fn in_features(&self) -> usize {
-                <$t>::in_features(self)
-            }
-            fn out_features(&self) -> usize {
-                <$t>::out_features(self)
-            }
-            fn matmul_add(
-                &self,
-                x: &[f32],
-                m: usize,
-                bias: Option<&[f32]>,
-                residual: Option<&[f32]>,
-            ) -> Vec<f32> {
-                <$t>::matmul_add(self, x, m, bias, residual)
-            }
-            fn matmul_add_into(
-                &self,
-                x: &[f32],
-                m: usize,
-                bias: Option<&[f32]>,
-                residual: Option<&[f32]>,
-                out: &mut [f32],
-            ) {
-                <$t>::matmul_add_into(self, x, m, bias, residual, out)
-            }
-        }
-    };
-}
-packed_gemm!(PackedF32);
-packed_gemm!(PackedWeight);
 
 /// How the product is computed.
 enum Kernel {

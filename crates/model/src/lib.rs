@@ -33,6 +33,7 @@ mod layers;
 mod memory;
 mod model;
 mod overrides;
+mod packed_gemm;
 #[doc(hidden)]
 pub mod profile;
 mod selfcheck;
@@ -89,5 +90,6 @@ pub use heads::{argmax, scores_from_logits, top_k};
 pub use kernel::{gpu_required, AttentionKernel};
 pub use model::{CpuBf16, MaskPredictions, ModernBert};
 pub use overrides::{require_gpu_value, Overrides, REQUIRE_GPU_ENV};
+pub use packed_gemm::PackedGemm;
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;
