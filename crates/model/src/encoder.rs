@@ -120,7 +120,8 @@ impl Layer {
 #[derive(Default)]
 struct Scratch {
     qkv: Option<Tensor>,
-    wi: Option<Tensor>,
+    /// `Wi`'s product and, where it is not fused into the product, its GEGLU.
+    wi: [Option<Tensor>; 2],
 }
 
 /// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.

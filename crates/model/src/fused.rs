@@ -28,17 +28,27 @@ pub(crate) fn gelu_gate(wi: &Tensor, inter: usize) -> Result<Option<Tensor>> {
         let Some((start, end)) = layout.contiguous_offsets() else {
             return Ok(None);
         };
-        let src = &data[start..end];
-        out.par_chunks_mut(inter * 16)
-            .zip(src.par_chunks(two_i * 16))
-            .for_each(|(dst, src)| {
-                for (d, s) in dst.chunks_mut(inter).zip(src.chunks(two_i)) {
-                    let (input, gate) = s.split_at(inter);
-                    gelu_gate_row(input, gate, d);
-                }
-            });
+        gelu_gate_slices(&data[start..end], inter, &mut out);
     }
     Ok(Some(Tensor::from_vec(out, (t, inter), wi.device())?))
+}
+
+/// [`gelu_gate`] on slices: `wi [t, 2 * inter]` into `out [t, inter]`.
+pub(crate) fn gelu_gate_slices(wi: &[f32], inter: usize, out: &mut [f32]) {
+    let two_i = 2 * inter;
+    assert_eq!(
+        wi.len() / two_i.max(1),
+        out.len() / inter.max(1),
+        "rows differ"
+    );
+    out.par_chunks_mut(inter * 16)
+        .zip(wi.par_chunks(two_i * 16))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_mut(inter).zip(src.chunks(two_i)) {
+                let (input, gate) = s.split_at(inter);
+                gelu_gate_row(input, gate, d);
+            }
+        });
 }
 
 fn gelu_gate_row(input: &[f32], gate: &[f32], out: &mut [f32]) {

@@ -192,22 +192,17 @@ impl GatedLinear {
         })
     }
 
-    /// The GEGLU of `x [tokens, hidden]`, written into `buffer` as
-    /// [`Linear::forward_reusing`] does (the result is dead by the next layer).
-    pub(crate) fn forward(&self, x: &Tensor, buffer: &mut Option<Tensor>) -> Result<Tensor> {
+    /// The GEGLU of `x [tokens, hidden]`, written into `buffers` as
+    /// [`Linear::forward_reusing`] does (the result is dead by the next layer): the product
+    /// into the first, a separate GEGLU pass into the second.
+    pub(crate) fn forward(&self, x: &Tensor, buffers: &mut [Option<Tensor>; 2]) -> Result<Tensor> {
         match self {
-            GatedLinear::Fused { weight, bias } => {
-                timed(6, || packed_reusing(weight, bias.as_deref(), x, buffer))
-            }
+            GatedLinear::Fused { weight, bias } => timed(6, || {
+                packed_reusing(weight, bias.as_deref(), x, &mut buffers[0])
+            }),
             GatedLinear::Separate { wi, inter } => {
-                let wi = timed(6, || wi.forward_reusing(x, buffer))?;
-                timed(7, || {
-                    if let Some(g) = crate::fused::gelu_gate(&wi, *inter)? {
-                        return Ok(g);
-                    }
-                    let (input, gate) = (wi.narrow(1, 0, *inter)?, wi.narrow(1, *inter, *inter)?);
-                    Ok((input.gelu_erf()? * gate)?)
-                })
+                let wi = timed(6, || wi.forward_reusing(x, &mut buffers[0]))?;
+                timed(7, || geglu_reusing(&wi, *inter, &mut buffers[1]))
             }
         }
     }
@@ -271,6 +266,34 @@ fn packed_reusing(
     }
     let y = on_f32_rows(x, k, n, |rows, m| weight.matmul_add(rows, m, bias, None))?;
     *buffer = Some(y.clone());
+    Ok(y)
+}
+
+/// `gelu(wi[:, ..inter]) * wi[:, inter..]`, written into `buffer` when it holds an f32 tensor of
+/// the result's shape from an earlier call (a fresh `[tokens, inter]` output every layer was
+/// mapped and faulted in anew); otherwise the result becomes the buffer.
+fn geglu_reusing(wi: &Tensor, inter: usize, buffer: &mut Option<Tensor>) -> Result<Tensor> {
+    let rows = wi.dims().first().copied().unwrap_or(0);
+    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == [rows, inter]) {
+        if wi.is_contiguous() {
+            let written = with_f32_slice(wi, |src| {
+                with_f32_slice_mut(buf, |dst| crate::fused::gelu_gate_slices(src, inter, dst))
+            })?;
+            if let Some(Ok(Some(()))) = written {
+                return Ok(buf.clone());
+            }
+        }
+    }
+    let y = match crate::fused::gelu_gate(wi, inter)? {
+        Some(y) => y,
+        None => {
+            let (input, gate) = (wi.narrow(1, 0, inter)?, wi.narrow(1, inter, inter)?);
+            (input.gelu_erf()? * gate)?
+        }
+    };
+    if y.dtype() == DType::F32 && y.device().is_cpu() {
+        *buffer = Some(y.clone());
+    }
     Ok(y)
 }
 
