@@ -36,7 +36,7 @@ mod rows;
 mod runner;
 mod shard;
 pub mod tasks;
-pub mod template;
+pub use mbpipe_text::template;
 pub mod validate;
 mod workers;
 

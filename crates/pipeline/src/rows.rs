@@ -5,7 +5,7 @@ use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::PipelineError;
-use crate::template::Template;
+use mbpipe_text::template::Template;
 
 /// Checks that every column the template names exists and holds strings.
 pub fn check_text_columns(template: &Template, schema: &Schema) -> Result<(), PipelineError> {

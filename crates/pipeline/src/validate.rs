@@ -8,7 +8,7 @@ use crate::config::{
     LongText, OnErrorSetting, OutputFormatSetting, PipelineFile, TaskKindSetting, TaskSection,
 };
 use crate::error::PipelineError;
-use crate::template::Template;
+use mbpipe_text::template::Template;
 
 /// A checked pipeline.
 #[derive(Debug, Clone)]

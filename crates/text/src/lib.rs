@@ -1,5 +1,6 @@
-//! Text to packed batches: tokenization with bounded input, truncation flags, and length-sorted
-//! packing under a token budget (no padding anywhere).
+//! A row's text to packed batches: `{column}` templates, zero-shot prompts and prefixes
+//! ([`InputVariant`]), tokenization with bounded input, truncation flags and chunks, and
+//! length-sorted packing under a token budget (no padding anywhere).
 //!
 //! ```no_run
 //! use mbpipe_text::{pack_by_length, TextEncoder};
@@ -12,7 +13,10 @@
 #![deny(missing_docs)]
 
 mod encode;
+mod input;
 mod pack;
+pub mod template;
 
 pub use encode::{Encoded, TextEncoder, TextError};
+pub use input::{InputVariant, RowInput};
 pub use pack::{pack_by_length, Packed};
