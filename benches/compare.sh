@@ -178,7 +178,8 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 r = json.loads([l for l in m["stdout"].splitlines() if l.startswith("{")][-1])
 runtime = r.get("runtime", "")
-dtype = "int8" if r["impl"] == "ort-int8" else ("bf16" if "bf16" in runtime else "f32")
+bf16 = "bf16" in runtime or "bfloat16" in runtime  # OpenVINO reports its precision
+dtype = "int8" if r["impl"] == "ort-int8" else ("bf16" if bf16 else "f32")
 print(json.dumps({"label": f"{sys.argv[2]} ({runtime})", "corpus": sys.argv[3], "dtype": dtype,
                   "impl": r["impl"], "mode": "sorted", "tokens": r["real_tokens"],
                   "tokens_per_s": r["tokens_per_s"], "padding": r["padding_fraction"],
