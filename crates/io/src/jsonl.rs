@@ -137,7 +137,6 @@ impl LineReader {
     }
 }
 
-/// A short name for a JSON value's kind, for messages.
 /// "invalid JSON: <serde message> at column N" (the line is always 1 within one line).
 fn json_reason(err: &serde_json::Error) -> String {
     let msg = err.to_string();
