@@ -154,10 +154,10 @@ impl Linear {
 /// The MLP's gated input projection (GEGLU): `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, where
 /// the checkpoint's `Wi` `[2 · inter, hidden]` is `W_in` over `W_gate`; `[.., inter]` out.
 pub(crate) enum GatedLinear {
-    /// The f32 kernel with a gated weight: the GELU and product run on each output tile of the
-    /// product while it is in cache.
+    /// An own kernel with a gated weight: the GELU and product run on the product while it is
+    /// in cache (the f32 kernel per register tile, the bf16 kernel per block of rows).
     Fused {
-        weight: PackedF32,
+        weight: Box<dyn PackedGemm>,
         bias: Option<Vec<f32>>,
     },
     /// `Wi`'s product, then the GEGLU as an elementwise pass over it.
@@ -173,10 +173,15 @@ impl GatedLinear {
         bias: bool,
     ) -> Result<Self> {
         let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
-        if !w.pack_bf16() && weight.device().is_cpu() && weight.dtype() == DType::F32 {
+        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
             let weight = weight.contiguous()?;
-            let packed = with_f32_slice(&weight, |data| {
-                PackedF32::pack_gated_for(w.gemm(), data, inter, hidden)
+            let packed = with_f32_slice(&weight, |data| -> Option<Box<dyn PackedGemm>> {
+                if w.pack_bf16() {
+                    Some(Box::new(PackedWeight::pack_gated(data, inter, hidden)))
+                } else {
+                    let f32 = PackedF32::pack_gated_for(w.gemm(), data, inter, hidden)?;
+                    Some(Box::new(f32))
+                }
             })?
             .flatten();
             if let Some(packed) = packed {
@@ -198,7 +203,7 @@ impl GatedLinear {
     pub(crate) fn forward(&self, x: &Tensor, buffers: &mut [Option<Tensor>; 2]) -> Result<Tensor> {
         match self {
             GatedLinear::Fused { weight, bias } => timed(6, || {
-                packed_reusing(weight, bias.as_deref(), x, &mut buffers[0])
+                packed_reusing(weight.as_ref(), bias.as_deref(), x, &mut buffers[0])
             }),
             GatedLinear::Separate { wi, inter } => {
                 let wi = timed(6, || wi.forward_reusing(x, &mut buffers[0]))?;
