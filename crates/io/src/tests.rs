@@ -294,16 +294,20 @@ fn parquet_round_trip_through_part_writer() {
     assert_eq!(texts(b[0]), [Some("a".into()), None, Some("ccc".into())]);
 }
 
-#[test]
-fn parquet_long_text_is_rejected_by_row() {
+/// `batch` written as a Parquet file and read back with `text` limited to 2 bytes, skipping.
+fn read_with_a_2_byte_limit(batch: &RecordBatch) -> Vec<Result<SourceItem, IoError>> {
     let dir = tempfile::tempdir().unwrap();
-    let batch = sample_batch();
     let mut w = PartWriter::create(dir.path(), 0, batch.schema(), OutputFormat::Parquet).unwrap();
-    w.write(&batch).unwrap();
+    w.write(batch).unwrap();
     w.finish().unwrap();
     let mut o = opts(OnError::Skip);
     o.max_text_bytes = Some(2);
-    let items = read_all(dir.path().to_str().unwrap(), o);
+    read_all(dir.path().to_str().unwrap(), o)
+}
+
+#[test]
+fn parquet_long_text_is_rejected_by_row() {
+    let items = read_with_a_2_byte_limit(&sample_batch());
     let rej = rejections(&items);
     assert_eq!((rej[0].line, rej[0].row), (None, Some(2)));
     assert!(rej[0].reason.contains("3 bytes"));
@@ -321,20 +325,14 @@ fn dictionary_encoded_text_is_read_and_checked_like_plain_text() {
     use arrow::array::DictionaryArray;
     use arrow::datatypes::Int32Type;
 
-    let dir = tempfile::tempdir().unwrap();
     let text: DictionaryArray<Int32Type> = vec![Some("a"), None, Some("ccc")].into_iter().collect();
     let schema = Arc::new(Schema::new(vec![Field::new(
         "text",
         text.data_type().clone(),
         true,
     )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(text)]).unwrap();
-    let mut w = PartWriter::create(dir.path(), 0, schema, OutputFormat::Parquet).unwrap();
-    w.write(&batch).unwrap();
-    w.finish().unwrap();
-    let mut o = opts(OnError::Skip);
-    o.max_text_bytes = Some(2);
-    let items = read_all(dir.path().to_str().unwrap(), o);
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(text)]).unwrap();
+    let items = read_with_a_2_byte_limit(&batch);
     let rej = rejections(&items);
     assert_eq!(rej.len(), 1);
     assert_eq!(rej[0].row, Some(2));
