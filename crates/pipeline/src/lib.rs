@@ -20,6 +20,7 @@ mod check;
 pub mod cli;
 pub mod columns;
 pub mod config;
+mod drive;
 pub mod engine;
 mod enrich;
 mod error;

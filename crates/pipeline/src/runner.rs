@@ -8,24 +8,24 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
-use mbpipe_io::{open_source, OnError, OutputFormat, RejectsWriter, SourceOptions};
+use mbpipe_io::{open_source, IoError, OnError, OutputFormat, Source, SourceItem, SourceOptions};
 use mbpipe_model::{DeviceSpec, Precision};
 
 use crate::config::{OnErrorSetting, OutputFormatSetting};
+use crate::drive::Drive;
 use crate::engine::configure_threads;
-use crate::enrich::{
-    finish_window, prepare, submit_window, EnrichOptions, Enricher, Prepared, SubmittedWindow,
-    WINDOW_ROWS,
-};
+use crate::enrich::{EnrichOptions, Enricher, WINDOW_ROWS};
 use crate::error::PipelineError;
-use crate::output::{write_manifest, Manifest, OutputChunk, PartLayout, PartSink};
+use crate::output::{write_manifest, Manifest, PartLayout, PartSink};
 use crate::plan::{Purpose, RunPlan, Work};
 use crate::progress::{Progress, TotalRows};
 use crate::resume;
+use crate::validate::Pipeline;
 
 /// Default token budget of one packed batch on the CPU. Measured on a 2-core EPYC (AVX2), base
 /// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (larger
@@ -93,15 +93,6 @@ impl RunOutcome {
     }
 }
 
-/// The window on the workers, the input rows it covers, and the rejected rows right after it.
-struct InFlight {
-    file: usize,
-    first_row: u64,
-    input_rows: u64,
-    submitted: SubmittedWindow,
-    rejected_after: Vec<(usize, u64)>,
-}
-
 /// Runs a pipeline end to end: builds the [`RunPlan`] (every check, reading only), locks the
 /// output folder, loads the models, then streams the input through them.
 pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
@@ -156,34 +147,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
     };
 
-    // Reader thread.
-    let on_error = match pipeline.input.on_error {
-        OnErrorSetting::Fail => OnError::Fail,
-        OnErrorSetting::Skip => OnError::Skip,
-    };
-    let string_columns: Vec<String> = if pipeline.input.query.is_none() {
-        pipeline
-            .input
-            .text
-            .fields()
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        Vec::new()
-    };
     let files_to_count = files.clone();
-    let source = open_source(
-        files,
-        input_schema.clone(),
-        SourceOptions {
-            // Small parts need small windows: a part closes only between windows.
-            batch_rows: WINDOW_ROWS.min(pipeline.part_rows as usize).max(1),
-            on_error,
-            string_columns,
-            ..Default::default()
-        },
-    )?;
+    let source = open_source(files, input_schema.clone(), source_options(&pipeline))?;
 
     // Every check passed: only now is the folder changed (leftovers removed, or with
     // --overwrite this run's own files).
@@ -210,184 +175,33 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         journal,
         resumed.next_seq,
     );
-    let (src_tx, src_rx) = sync_channel(2);
-    let reader = std::thread::Builder::new()
-        .name("mbpipe-reader".into())
-        .spawn(move || {
-            for item in source {
-                if src_tx.send(item).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|source| PipelineError::Start {
-            what: "reader",
-            source,
-        })?;
+    let (src_rx, reader) = spawn_reader(source)?;
 
     let stop = stop_on_signals()?;
     let (model_clock, workers) = (enricher.pool().model_clock(), enricher.pool().workers());
-    let mut rejects: Option<RejectsWriter> = None;
-    // The ETA's row count (JSON lines files were counted by schema inference; it runs beside
-    // the job for any file that was not).
-    let total_rows: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
-    {
-        let (files, total) = (files_to_count, Arc::clone(&total_rows));
-        let _ = std::thread::Builder::new()
-            .name("mbpipe-count".into())
-            .spawn(move || {
-                let sum = files
-                    .iter()
-                    .map(mbpipe_io::count_file_rows)
-                    .sum::<Result<u64, _>>();
-                if let Ok(n) = sum {
-                    total.store(n, Ordering::Relaxed);
-                }
-            });
-    }
-    let mut progress = Progress::new(total_rows);
+    let total_rows = count_rows_beside(files_to_count);
     let run_start = Instant::now();
-    let mut rows_written = 0u64;
-    let mut tokens = 0u64;
     let ctx = enricher.context(&shape, &stop);
-    let mut interrupted = false;
     let resumed_rows: u64 = resumed.parts.iter().map(|p| p.rows).sum();
-    // Tokenizing and packing run one window ahead on their own thread, so the workers never
-    // wait for the tokenizer; the bounded channel keeps at most two windows prepared.
-    let (prep_tx, prep_rx) = sync_channel::<Result<Prepared, PipelineError>>(1);
-    let result = std::thread::scope(|scope| {
-        let ctx = &ctx;
-        std::thread::Builder::new()
-            .name("mbpipe-tokenize".into())
-            .spawn_scoped(scope, move || {
-                // Only the compute loop watches for a stop: it alone knows what was finished.
-                for item in src_rx {
-                    let prepared = item
-                        .map_err(PipelineError::from)
-                        .and_then(|i| prepare(ctx, i));
-                    let failed = prepared.is_err();
-                    if prep_tx.send(prepared).is_err() || failed {
-                        return;
-                    }
-                }
-            })
-            .map_err(|source| PipelineError::Start {
-                what: "tokenizer",
-                source,
-            })?;
-        let mut in_flight: Option<InFlight> = None;
-        // Assembles and sends a finished window and the rejected rows after it; returns (rows,
-        // input rows, tokens), or None when a stop signal came first.
-        let write_window = |w: InFlight| -> Result<Option<(u64, u64, u64)>, PipelineError> {
-            let Some((batch, window_tokens)) = finish_window(ctx, w.submitted)? else {
-                return Ok(None);
-            };
-            let rows = batch.num_rows() as u64;
-            sink.send(OutputChunk {
-                file: w.file,
-                first_input_row: w.first_row,
-                input_rows: w.input_rows,
-                batch,
-                tokens: window_tokens,
-            })?;
-            for (file, row) in w.rejected_after {
-                sink.rejected(file, row)?;
-            }
-            Ok(Some((rows, w.input_rows, window_tokens)))
-        };
-        // Only this loop watches for a stop (polling, so a signal is seen at once): it alone
-        // knows what was finished.
-        while !stop.load(Ordering::Relaxed) {
-            let prepared = match prep_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(p) => p,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            match prepared? {
-                Prepared::Rejected(rej) => {
-                    let w = match &mut rejects {
-                        Some(w) => w,
-                        None => rejects.insert(RejectsWriter::create_named(
-                            out_dir.staging(),
-                            &names.rejects(),
-                        )?),
-                    };
-                    w.write(&rej)?;
-                    progress.rejected(1);
-                    // The part that goes on past a rejected row covers it (after the window
-                    // before it), so rejects do not cut parts.
-                    let file = input_names
-                        .iter()
-                        .position(|n| *n == rej.path.display().to_string());
-                    if let Some(at) = file.zip(rej.row) {
-                        match &mut in_flight {
-                            Some(w) => w.rejected_after.push(at),
-                            None => sink.rejected(at.0, at.1)?,
-                        }
-                    }
-                }
-                Prepared::Window {
-                    file,
-                    first_row,
-                    input_rows,
-                    window,
-                } => {
-                    // The devices start on this window while the previous one is assembled and
-                    // written, so they do not idle between windows.
-                    let submitted = submit_window(ctx, window);
-                    let next = InFlight {
-                        file,
-                        first_row,
-                        input_rows,
-                        submitted,
-                        rejected_after: Vec::new(),
-                    };
-                    if let Some(previous) = in_flight.replace(next) {
-                        let Some((rows, input_rows, window_tokens)) = write_window(previous)?
-                        else {
-                            break;
-                        };
-                        tokens += window_tokens;
-                        rows_written += rows;
-                        progress.advance(rows, input_rows, window_tokens);
-                    }
-                }
-            }
-        }
-        // The tokenizer stops at its next send.
-        drop(prep_rx);
-        interrupted = stop.load(Ordering::Relaxed);
-        if !interrupted {
-            if let Some(last) = in_flight.take() {
-                match write_window(last)? {
-                    Some((rows, input_rows, window_tokens)) => {
-                        tokens += window_tokens;
-                        rows_written += rows;
-                        progress.advance(rows, input_rows, window_tokens);
-                    }
-                    None => interrupted = true,
-                }
-            }
-        }
-        if interrupted {
-            // The window in flight is dropped: its unstarted batches are cancelled and only
-            // the batches on the devices finish. It was never committed, so a resume redoes it.
-            drop(in_flight.take());
-            eprintln!(
-                "mbpipe: stopping: finishing the current batch, committing {} rows (a second signal exits at once)",
-                resumed_rows + rows_written
-            );
-        }
-        Ok::<(), PipelineError>(())
-    });
+    let mut drive = Drive::new(
+        &ctx,
+        &sink,
+        (out_dir, names),
+        &input_names,
+        Progress::new(total_rows),
+    );
+    let result = drive.run(src_rx, &stop, resumed_rows);
+    let (rows_written, tokens) = (drive.rows, drive.tokens);
+    let (progress, rejects) = (drive.progress, drive.rejects);
     drop(enricher);
     let _ = reader.join();
     // A writer failure (a full disk) is the root cause of a failed send: report it first.
-    let complete = result.is_ok() && !interrupted;
+    let interrupted = matches!(result, Ok(true));
+    let complete = matches!(result, Ok(false));
     let new_parts = match (result, sink.finish(complete)) {
         (_, Err(writer)) => return Err(writer),
         (Err(e), _) => return Err(e),
-        (Ok(()), Ok(parts)) => parts,
+        (Ok(_), Ok(parts)) => parts,
     };
     let run_seconds = run_start.elapsed().as_secs_f64();
     // The pool is dropped (its workers joined): every forward is on the clock.
@@ -460,6 +274,73 @@ fn model_tokens_per_second(tokens: u64, model_seconds: f64, workers: usize) -> f
         return 0.0;
     }
     tokens as f64 / (model_seconds / workers.max(1) as f64)
+}
+
+/// How the pipeline's inputs are read: its bad-row policy, its text columns checked as strings
+/// (when no query makes them), and windows no longer than a part.
+fn source_options(pipeline: &Pipeline) -> SourceOptions {
+    let on_error = match pipeline.input.on_error {
+        OnErrorSetting::Fail => OnError::Fail,
+        OnErrorSetting::Skip => OnError::Skip,
+    };
+    let string_columns: Vec<String> = match pipeline.input.query {
+        None => pipeline
+            .input
+            .text
+            .fields()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(_) => Vec::new(),
+    };
+    SourceOptions {
+        // Small parts need small windows: a part closes only between windows.
+        batch_rows: WINDOW_ROWS.min(pipeline.part_rows as usize).max(1),
+        on_error,
+        string_columns,
+        ..Default::default()
+    }
+}
+
+/// The reader thread: streams `source` into a channel of two items.
+#[allow(clippy::type_complexity)]
+fn spawn_reader(
+    source: Source,
+) -> Result<(Receiver<Result<SourceItem, IoError>>, JoinHandle<()>), PipelineError> {
+    let (src_tx, src_rx) = sync_channel(2);
+    let reader = std::thread::Builder::new()
+        .name("mbpipe-reader".into())
+        .spawn(move || {
+            for item in source {
+                if src_tx.send(item).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|source| PipelineError::Start {
+            what: "reader",
+            source,
+        })?;
+    Ok((src_rx, reader))
+}
+
+/// The ETA's row count, counted on a thread beside the job (JSON lines files were counted by
+/// schema inference already; others are read once).
+fn count_rows_beside(files: Vec<mbpipe_io::InputFile>) -> TotalRows {
+    let total: TotalRows = Arc::new(AtomicU64::new(u64::MAX));
+    let sum_into = Arc::clone(&total);
+    let _ = std::thread::Builder::new()
+        .name("mbpipe-count".into())
+        .spawn(move || {
+            let sum = files
+                .iter()
+                .map(mbpipe_io::count_file_rows)
+                .sum::<Result<u64, _>>();
+            if let Ok(n) = sum {
+                sum_into.store(n, Ordering::Relaxed);
+            }
+        });
+    total
 }
 
 /// A flag that SIGINT or SIGTERM sets; the run stops at the next window and commits what is
