@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use mbpipe_io::{open_source, IoError, OnError, OutputFormat, Source, SourceItem, SourceOptions};
+use mbpipe_io::{
+    open_source, IoError, OnError, OutputDir, OutputFormat, Source, SourceItem, SourceOptions,
+};
 use mbpipe_model::{DeviceSpec, Precision};
 
 use crate::config::{OnErrorSetting, OutputFormatSetting};
@@ -21,11 +23,13 @@ use crate::drive::Drive;
 use crate::engine::configure_threads;
 use crate::enrich::{EnrichOptions, Enricher, WINDOW_ROWS};
 use crate::error::PipelineError;
-use crate::output::{write_manifest, Manifest, PartLayout, PartSink};
+use crate::names::OutputNames;
+use crate::output::{write_manifest, Manifest, ModelRecord, PartLayout, PartRecord, PartSink};
 use crate::plan::{Purpose, RunPlan, Work};
 use crate::progress::{Progress, TotalRows};
 use crate::resume;
 use crate::validate::Pipeline;
+use crate::workers::ModelClock;
 
 /// Default token budget of one packed batch on the CPU. Measured on a 2-core EPYC (AVX2), base
 /// shapes: 4096 ran 1.25x faster than 16384 on short texts and 1.1x on long documents (larger
@@ -110,18 +114,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             fingerprint,
             ..
         } if opts.overwrite || !folder.entries.contains(&names.success()) => (models, fingerprint),
-        _ => {
-            eprintln!(
-                "mbpipe: {out_dir} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
-                out_dir.show(&names.success())
-            );
-            return Ok(RunOutcome {
-                rows: 0,
-                rejected: 0,
-                tokens: 0,
-                already_complete: true,
-            });
-        }
+        _ => return Ok(already_complete(out_dir, names)),
     };
     // Decided again on the entries seen under the lock.
     let start = plan.resume(&folder.entries, fingerprint, opts.overwrite)?;
@@ -142,10 +135,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     let shape = enricher.shape(query, row_schema)?;
     let out_schema = shape.output_schema().clone();
     let load_seconds = load_start.elapsed().as_secs_f64();
-    let format = match pipeline.output_format {
-        OutputFormatSetting::Parquet => OutputFormat::Parquet,
-        OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
-    };
 
     let files_to_count = files.clone();
     let source = open_source(files, input_schema.clone(), source_options(&pipeline))?;
@@ -168,7 +157,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         out_schema.clone(),
         PartLayout {
             names,
-            format,
+            format: match pipeline.output_format {
+                OutputFormatSetting::Parquet => OutputFormat::Parquet,
+                OutputFormatSetting::Arrow => OutputFormat::ArrowIpc,
+            },
             part_rows: pipeline.part_rows,
         },
         input_names.clone(),
@@ -204,15 +196,73 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         (Ok(_), Ok(parts)) => parts,
     };
     let run_seconds = run_start.elapsed().as_secs_f64();
-    // The pool is dropped (its workers joined): every forward is on the clock.
-    let model_seconds = model_clock.seconds();
-    let rejected = resumed.rejected + rejects.as_ref().map_or(0, |r| r.count());
     progress.finish();
-    let kept = resumed.parts.len();
-    let parts: Vec<_> = resumed.parts.into_iter().chain(new_parts).collect();
+    finish_run(Finished {
+        opts: &opts,
+        pipeline: &pipeline,
+        names,
+        out_dir,
+        model_records,
+        shard_inputs,
+        kept: resumed.parts.len(),
+        parts: resumed.parts.into_iter().chain(new_parts).collect(),
+        rejected: resumed.rejected + rejects.as_ref().map_or(0, |r| r.count()),
+        written: (rows_written, tokens),
+        interrupted,
+        seconds: (load_seconds, run_seconds),
+        // The pool is dropped (its workers joined): every forward is on the clock.
+        model: (&model_clock, workers),
+    })
+}
+
+/// A run whose output is complete already: says so and does nothing.
+fn already_complete(out_dir: &OutputDir, names: OutputNames) -> RunOutcome {
+    eprintln!(
+        "mbpipe: {out_dir} is already complete ({} exists); nothing to do. Use --overwrite to run again.",
+        out_dir.show(&names.success())
+    );
+    RunOutcome {
+        rows: 0,
+        rejected: 0,
+        tokens: 0,
+        already_complete: true,
+    }
+}
+
+/// What a run that stopped knows, for its manifest and summary.
+struct Finished<'a> {
+    opts: &'a RunOptions,
+    pipeline: &'a Pipeline,
+    names: OutputNames,
+    out_dir: &'a OutputDir,
+    model_records: Vec<ModelRecord>,
+    shard_inputs: Vec<String>,
+    /// Every committed part: kept from an interrupted run, then this run's.
+    parts: Vec<PartRecord>,
+    kept: usize,
+    rejected: u64,
+    /// Rows and tokens this run wrote.
+    written: (u64, u64),
+    interrupted: bool,
+    /// Loading and running, in seconds.
+    seconds: (f64, f64),
+    model: (&'a ModelClock, usize),
+}
+
+/// The end of a run: an interrupted one says what is committed; a complete one is checked part
+/// by part, then gets its manifest and success marker, and the summary line.
+fn finish_run(f: Finished) -> Result<RunOutcome, PipelineError> {
+    let Finished {
+        names,
+        out_dir,
+        parts,
+        rejected,
+        ..
+    } = &f;
+    let (rows_written, tokens) = f.written;
+    let ((load_seconds, run_seconds), (model_clock, workers)) = (f.seconds, f.model);
     let total_rows: u64 = parts.iter().map(|p| p.rows).sum();
-    let total_tokens: u64 = parts.iter().map(|p| p.tokens).sum();
-    if interrupted {
+    if f.interrupted {
         return Err(PipelineError::Interrupted(format!(
             "interrupted: {total_rows} rows are committed in {} part file(s) of {}; run the same command again to resume",
             parts.len(),
@@ -220,37 +270,40 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
         )));
     }
     // Never a _SUCCESS over a folder that is not complete.
-    resume::verify(out_dir, &parts, names)?;
+    resume::verify(out_dir, parts, *names)?;
+    let model_seconds = model_clock.seconds();
     let manifest = Manifest {
         mbpipe_version: env!("CARGO_PKG_VERSION").to_string(),
-        pipeline: pipeline.source.clone(),
-        models: model_records,
-        inputs: shard_inputs,
+        pipeline: f.pipeline.source.clone(),
+        models: f.model_records.clone(),
+        inputs: f.shard_inputs.clone(),
         shard: names.shard.map(|(i, n)| format!("{i}/{n}")),
         parts: parts.clone(),
         rows: total_rows,
-        rejected,
-        tokens: total_tokens,
+        rejected: *rejected,
+        tokens: parts.iter().map(|p| p.tokens).sum(),
         padding_fraction: model_clock.padding_fraction(),
         load_seconds,
         run_seconds,
         tokens_per_second: tokens as f64 / run_seconds.max(1e-9),
         model_seconds,
         model_tokens_per_second: model_tokens_per_second(tokens, model_seconds, workers),
-        devices: opts
+        devices: f
+            .opts
             .devices
             .iter()
             .map(|d| d.to_string())
             .collect::<Vec<_>>()
             .join(","),
-        dtype: opts.precision.to_string(),
+        dtype: f.opts.precision.to_string(),
     };
-    write_manifest(out_dir, &manifest, names)?;
-    resume::finish(out_dir, names);
+    write_manifest(out_dir, &manifest, *names)?;
+    resume::finish(out_dir, *names);
+    let kept = f.kept;
     eprintln!(
         "mbpipe: {rows_written} rows{}{}, {tokens} tokens in {run_seconds:.1} s ({:.0} tokens/s, model-only {:.0} tokens/s, padding {:.1}%, models loaded in {load_seconds:.1} s) -> {} ({} part file{})",
         if kept > 0 { format!(" (after {kept} part file(s) kept from the interrupted run)") } else { String::new() },
-        if rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
+        if *rejected > 0 { format!(" ({rejected} rejected, see {})", names.rejects()) } else { String::new() },
         manifest.tokens_per_second,
         manifest.model_tokens_per_second,
         manifest.padding_fraction * 100.0,
@@ -260,7 +313,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
     );
     Ok(RunOutcome {
         rows: rows_written,
-        rejected,
+        rejected: *rejected,
         tokens,
         already_complete: false,
     })
