@@ -15,6 +15,9 @@ use crate::names::OutputNames;
 use crate::output::{OutputChunk, PartSink};
 use crate::progress::Progress;
 
+/// The input's items, as the reader thread sends them.
+pub(crate) type SourceItems = Receiver<Result<SourceItem, mbpipe_io::IoError>>;
+
 /// The window on the workers, the input rows it covers, and the rejected rows right after it.
 struct InFlight {
     file: usize,
@@ -68,7 +71,7 @@ impl<'a> Drive<'a> {
     /// prepared. `committed_before` (rows of the parts a resume kept) is for the stop message.
     pub(crate) fn run(
         &mut self,
-        source: Receiver<Result<SourceItem, mbpipe_io::IoError>>,
+        source: SourceItems,
         stop: &AtomicBool,
         committed_before: u64,
     ) -> Result<bool, PipelineError> {

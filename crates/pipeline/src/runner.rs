@@ -8,18 +8,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use mbpipe_io::{
-    open_source, IoError, OnError, OutputDir, OutputFormat, Source, SourceItem, SourceOptions,
-};
+use mbpipe_io::{open_source, OnError, OutputDir, OutputFormat, Source, SourceOptions};
 use mbpipe_model::{DeviceSpec, Precision};
 
 use crate::config::{OnErrorSetting, OutputFormatSetting};
-use crate::drive::Drive;
+use crate::drive::{Drive, SourceItems};
 use crate::engine::configure_threads;
 use crate::enrich::{EnrichOptions, Enricher, WINDOW_ROWS};
 use crate::error::PipelineError;
@@ -356,10 +354,7 @@ fn source_options(pipeline: &Pipeline) -> SourceOptions {
 }
 
 /// The reader thread: streams `source` into a channel of two items.
-#[allow(clippy::type_complexity)]
-fn spawn_reader(
-    source: Source,
-) -> Result<(Receiver<Result<SourceItem, IoError>>, JoinHandle<()>), PipelineError> {
+fn spawn_reader(source: Source) -> Result<(SourceItems, JoinHandle<()>), PipelineError> {
     let (src_tx, src_rx) = sync_channel(2);
     let reader = std::thread::Builder::new()
         .name("mbpipe-reader".into())
