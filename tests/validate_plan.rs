@@ -192,3 +192,47 @@ fn validate_reports_the_plan_and_run_follows_it() {
     ok(mbpipe(d, &["run", "p.toml"]));
     assert!(d.join("out/_SUCCESS").exists());
 }
+
+/// A folder held by a running mbpipe (another host's fresh lock here) refuses `validate` as it
+/// refuses `run`, with the same message and exit code, touching nothing; a stale lock is
+/// reported as one the run would take over.
+#[test]
+fn validate_refuses_a_folder_another_run_holds_and_reports_a_stale_lock() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d, &fx.model("classifier"), "", "");
+    std::fs::create_dir_all(d.join("out")).unwrap();
+    let lock = d.join("out/_lock");
+    std::fs::write(
+        &lock,
+        r#"{"pid":4242,"host":"another-host","started":1700000000,"process_start":null}"#,
+    )
+    .unwrap();
+    let before = listing(d);
+    for cmd in ["validate", "run"] {
+        let o = mbpipe(d, &[cmd, "p.toml"]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is in use by another mbpipe run (pid 4242 on host another-host"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
+        assert_eq!(listing(d), before, "{cmd} changed files");
+    }
+    // Not refreshed for 20 minutes: stale; validate says the run would take it over.
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "20 minutes ago"])
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let report = ok(mbpipe(d, &["validate", "p.toml"]));
+    assert!(
+        report.contains(
+            "note: the stale lock out/_lock would be taken over: not refreshed for 20 minutes"
+        ),
+        "{report}"
+    );
+    assert!(lock.exists(), "validate removed the lock");
+}

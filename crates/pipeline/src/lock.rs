@@ -85,24 +85,11 @@ pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError>
         if dir.create_new(name, text.as_bytes())? {
             return Ok(OutputLock::hold(dir.clone(), name, me, text));
         }
-        let (raw, age) = match read_lock(dir, name)? {
-            Some(x) => x,
-            None => continue, // released meanwhile
-        };
-        let holder = serde_json::from_str::<Holder>(&raw).ok();
-        let stale = match &holder {
-            Some(h) => stale_reason(h, &me, age),
-            None if age >= EMPTY_GRACE => Some("its file is empty or damaged".to_string()),
-            None => None,
+        let Some(Existing { raw, holder, stale }) = existing(dir, name, &me)? else {
+            continue; // released meanwhile
         };
         let Some(reason) = stale else {
-            let who = holder.map_or("a run that is starting".to_string(), |h| h.describe());
-            return Err(PipelineError::Locked(format!(
-                "output folder {dir} is in use by another mbpipe run ({who}; lock file {path}). \
-                 Wait for it to finish or stop it; a lock whose process is gone is taken over \
-                 automatically (from another host, after {} minutes without a refresh)",
-                STALE_AFTER.as_secs() / 60
-            )));
+            return Err(in_use(dir, &path, holder.as_ref()));
         };
         eprintln!(
             "mbpipe: taking over the stale lock {path} ({}): {reason}",
@@ -113,6 +100,53 @@ pub fn acquire(dir: &OutputDir, name: &str) -> Result<OutputLock, PipelineError>
     Err(PipelineError::Locked(format!(
         "cannot take the lock {path}: other runs keep taking it"
     )))
+}
+
+/// A lock file found in place, and whether it is stale (why) for a run by `me`.
+struct Existing {
+    raw: String,
+    holder: Option<Holder>,
+    stale: Option<String>,
+}
+
+/// The lock `dir/name` as it is now (`None` when there is none), judged stale or held.
+fn existing(dir: &OutputDir, name: &str, me: &Holder) -> Result<Option<Existing>, PipelineError> {
+    let Some((raw, age)) = read_lock(dir, name)? else {
+        return Ok(None);
+    };
+    let holder = serde_json::from_str::<Holder>(&raw).ok();
+    let stale = match &holder {
+        Some(h) => stale_reason(h, me, age),
+        None if age >= EMPTY_GRACE => Some("its file is empty or damaged".to_string()),
+        None => None,
+    };
+    Ok(Some(Existing { raw, holder, stale }))
+}
+
+/// The error of a run that finds `dir` held by `holder` (`None`: a run that is starting).
+fn in_use(dir: &OutputDir, path: &str, holder: Option<&Holder>) -> PipelineError {
+    let who = holder.map_or("a run that is starting".to_string(), |h| h.describe());
+    PipelineError::Locked(format!(
+        "output folder {dir} is in use by another mbpipe run ({who}; lock file {path}). \
+         Wait for it to finish or stop it; a lock whose process is gone is taken over \
+         automatically (from another host, after {} minutes without a refresh)",
+        STALE_AFTER.as_secs() / 60
+    ))
+}
+
+/// Checks, reading only, that a run could take the lock `dir/name` now: the error a run would
+/// get when a live run holds it; a line saying it would be taken over when it is stale.
+pub fn check_free(dir: &OutputDir, name: &str) -> Result<Option<String>, PipelineError> {
+    let Some(found) = existing(dir, name, &Holder::me())? else {
+        return Ok(None);
+    };
+    match found.stale {
+        None => Err(in_use(dir, &dir.show(name), found.holder.as_ref())),
+        Some(reason) => Ok(Some(format!(
+            "the stale lock {} would be taken over: {reason}",
+            dir.show(name)
+        ))),
+    }
 }
 
 /// The lock's text and age, or `None` when it is gone.

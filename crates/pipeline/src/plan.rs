@@ -37,6 +37,8 @@ pub struct RunPlan {
     pub out_dir: OutputDir,
     /// Its entries now (mbpipe's own files only; checked).
     pub entries: Vec<String>,
+    /// A stale lock there that the run would take over (a live one fails the plan).
+    pub stale_lock: Option<String>,
     /// What the run does: nothing (complete), or run with these models.
     pub work: Work,
 }
@@ -91,7 +93,7 @@ pub enum Purpose {
 impl RunPlan {
     /// Builds and checks the plan for `opts`, reading only: the pipeline file, `--shard`, the
     /// inputs and their schema, the query and text columns, the output folder (placement, foreign
-    /// files, layout), whether it is complete, the models' files, the devices, and how the run
+    /// files, layout, not held by a running mbpipe), whether it is complete, the models' files, the devices, and how the run
     /// would start in the folder (resume or `--overwrite`).
     pub fn build(opts: &RunOptions, purpose: Purpose) -> Result<Self, PipelineError> {
         let pipeline = Pipeline::load(&opts.pipeline)?;
@@ -102,6 +104,11 @@ impl RunPlan {
         let (query, row_schema) = input_query(&pipeline, &input_schema)?;
         let out_dir = OutputDir::new(&pipeline.output_dir)?;
         let entries = crate::folder::inspect(&out_dir, names, &pipeline.input.path, &all_files)?;
+        // A run holding the folder now refuses this one at once; so does the plan.
+        let stale_lock = match entries.contains(&names.lock()) {
+            true => crate::lock::check_free(&out_dir, &names.lock())?,
+            false => None,
+        };
         let files = match shard {
             Some((i, n)) => mbpipe_io::shard_files(&all_files, i, n)?,
             None => all_files.clone(),
@@ -116,6 +123,7 @@ impl RunPlan {
             row_schema,
             out_dir,
             entries,
+            stale_lock,
             work: Work::Complete { models: None },
         };
         let complete = !opts.overwrite && plan.entries.contains(&names.success());
@@ -212,6 +220,9 @@ impl RunPlan {
             .map(|f| format!("{} {}", f.name(), f.data_type()))
             .collect();
         out.push(format!("ok: input columns: {}", columns.join(", ")));
+        if let Some(note) = &self.stale_lock {
+            out.push(format!("note: {note}"));
+        }
         out.push(format!(
             "ok: output {}: {}",
             self.out_dir,
