@@ -85,6 +85,15 @@ impl<'de> Visitor<'de> for Members {
 /// back digit for digit; a literal with a fraction or exponent must be finite (its nearest
 /// double is what JSON readers agree a decimal fraction means).
 pub(crate) fn fits_f64(literal: &str, integer: bool) -> bool {
+    // Every integer up to 2^53 is a double: no formatting for the common case (this runs per
+    // value of a Float64 column).
+    if integer
+        && literal
+            .parse::<i64>()
+            .is_ok_and(|i| i.unsigned_abs() <= 1 << 53)
+    {
+        return true;
+    }
     let Ok(v) = literal.parse::<f64>() else {
         return false;
     };

@@ -166,16 +166,7 @@ mod tests {
         let reference = (wi.narrow(1, 0, 50).unwrap().gelu_erf().unwrap()
             * wi.narrow(1, 50, 50).unwrap())
         .unwrap();
-        let diff = (fused - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::selfcheck::max_abs(&(fused - reference).unwrap());
         assert!(diff < 1e-5, "max diff {diff}");
         let bf = wi.to_dtype(DType::BF16).unwrap();
         assert!(gelu_gate(&bf, 50).unwrap().is_none());

@@ -859,6 +859,7 @@ fn softmax_generic(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selfcheck::max_abs;
     use candle_core::Device;
 
     /// The fused kernel equals RoPE by candle followed by the candle attention path.
@@ -930,16 +931,6 @@ mod tests {
                 let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, isa)
                     .unwrap()
                     .expect("f32 CPU input takes the fused path");
-                let max_abs = |t: &Tensor| {
-                    t.abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                };
                 let diff = max_abs(&(&fused - &reference).unwrap());
                 // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
                 let tolerance = 4e-6 * max_abs(&reference).max(1.0);

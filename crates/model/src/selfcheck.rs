@@ -55,6 +55,16 @@ pub fn seeded_tensor(seed: u64, shape: &[usize], dtype: DType, device: &Device) 
     Ok(Tensor::from_vec(seeded_normal(seed, n), shape, device)?.to_dtype(dtype)?)
 }
 
+/// The largest absolute value of `t` (f32, on its device): the tests' measure of a difference.
+#[cfg(test)]
+pub(crate) fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.max(0))
+        .and_then(|t| t.to_scalar::<f32>())
+        .expect("an f32 tensor")
+}
+
 /// How far `got` is from `reference`: the largest absolute difference relative to the largest
 /// absolute reference value. Non-finite values (NaN, inf) anywhere in `got` count as infinitely
 /// far, so garbage cannot hide.

@@ -426,16 +426,7 @@ mod tests {
     use crate::attention::per_sequence;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        crate::selfcheck::max_abs(&(a - b).unwrap())
     }
 
     fn check(lengths: &[usize], kind: AttentionKind) {
