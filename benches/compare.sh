@@ -7,9 +7,9 @@
 #   transformers padded f32, sorted f32, sorted bf16; ONNX Runtime f32 and int8 (dynamic
 #   quantization) and OpenVINO f32 and its default precision (bf16 where the CPU has AMX or
 #   AVX512-BF16), all through ../shared/bench/ort_baseline.py with transformers' sorted batches;
-#   `mbpipe run` f32 and bf16 (end to end: process start to exit, reading JSON lines,
+#   `mbpipe run` f32, bf16 and int8 (end to end: process start to exit, reading JSON lines,
 #   tokenizing, inference, writing Parquet)
-# and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32 and bf16.
+# and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32, bf16 and int8.
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
 # the end-to-end / model-only ratio (target >= 0.95).
@@ -24,6 +24,7 @@
 #   --no-build          use the existing target/release/mbpipe
 #   --no-bf16           f32 runs only (CPUs without AVX512-BF16, where bf16 is not the fast path)
 #   --no-ort            skip the ONNX Runtime and OpenVINO rows
+#   --no-int8           skip mbpipe's int8 rows
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
 # GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; by default measured in this run
@@ -44,6 +45,7 @@ size=base
 build=1
 bf16=1
 ort=1
+int8=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) corpus=$2; shift 2 ;;
@@ -55,7 +57,8 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --no-bf16) bf16=0; shift ;;
     --no-ort) ort=0; shift ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    --no-int8) int8=0; shift ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -231,6 +234,7 @@ if [ "$ort" = 1 ]; then
 fi
 run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
 [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
+[ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$short_name" "$work/short.jsonl" int8
 
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
@@ -238,6 +242,7 @@ if [ -n "$long" ] && [ -f "$long" ]; then
   run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
   run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
   [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
+  [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$long_name" "$work/long.jsonl" int8
 fi
 
 # The table.

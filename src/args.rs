@@ -44,7 +44,7 @@ pub struct RuntimeArgs {
     /// `cpu`, or `cuda:0,1,...` (one worker per GPU; needs the `cuda` build feature).
     #[arg(long, default_value = "cpu", value_parser = parse_devices)]
     pub device: Devices,
-    /// Weights and activations: f32, bf16 or f16.
+    /// Precision: f32, bf16 or f16; int8 (CPU) quantizes the encoder's linear layers.
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
     /// CPU threads for the matrix products and tokenization (default: all cores).

@@ -13,7 +13,7 @@ use crate::util::{assert_close, fixture, mbpipe, ok, softmax, stderr, Fixture};
 const TOL: f32 = 1e-4;
 
 /// Splits the fixture texts (plus a null text) over two JSONL files and one Parquet file.
-fn write_inputs(fx: &Fixture, dir: &Path) -> Vec<Option<String>> {
+pub(crate) fn write_inputs(fx: &Fixture, dir: &Path) -> Vec<Option<String>> {
     let mut rows: Vec<Option<String>> = fx.texts.iter().cloned().map(Some).collect();
     rows.insert(4, None);
     std::fs::create_dir_all(dir.join("input")).unwrap();
@@ -57,7 +57,7 @@ fn write_inputs(fx: &Fixture, dir: &Path) -> Vec<Option<String>> {
     rows
 }
 
-fn pipeline_toml(fx: &Fixture, extra: &str) -> String {
+pub(crate) fn pipeline_toml(fx: &Fixture, extra: &str) -> String {
     format!(
         r#"
 [input]

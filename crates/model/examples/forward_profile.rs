@@ -1,22 +1,18 @@
 //! Times the packed forward of a random ModernBERT-base-shaped model (profiling aid).
 //!
-//! `cargo run --release -p mbpipe-model --example forward_profile -- [f32|bf16] [tokens] [median] [layers] [reps]`
+//! `cargo run --release -p mbpipe-model --example forward_profile -- [f32|bf16|f16|int8] [tokens] [median] [layers] [reps]`
 //! Writes random weights to a temporary folder, packs sequences with a long-tailed length mix
 //! (log-normal around `median`), and prints real tokens/s and linear-layer GFLOP/s per rep.
 
 use std::time::Instant;
 
 use mbpipe_model::synthetic::Synthetic;
-use mbpipe_model::{DType, Device, ModelFiles, ModernBert, PackedBatch, Tensor};
+use mbpipe_model::{Device, ModelFiles, ModernBert, PackedBatch, Precision, Tensor};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: &str| args.get(i).cloned().unwrap_or_else(|| d.to_string());
-    let dtype = match arg(0, "f32").as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        _ => DType::F32,
-    };
+    let precision: Precision = arg(0, "f32").parse().unwrap();
     let tokens: usize = arg(1, "4096").parse().unwrap();
     let median: f64 = arg(2, "44").parse().unwrap();
     let layers: usize = arg(3, "22").parse().unwrap();
@@ -29,7 +25,7 @@ fn main() {
     checkpoint.write(dir.path()).unwrap();
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let t0 = Instant::now();
-    let model = ModernBert::load(&files, &Device::Cpu, dtype).unwrap();
+    let model = ModernBert::load_precision(&files, &Device::Cpu, precision).unwrap();
     eprintln!("load {:.2}s", t0.elapsed().as_secs_f64());
 
     // Log-normal lengths (sigma 1), deterministic.

@@ -1,5 +1,5 @@
 //! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, the packed f32 kernel, candle bf16,
-//! and the AVX512-BF16 kernel, measured back to back (shared machines are noisy; compare within one run).
+//! the AVX512-BF16 kernel and the int8 kernel (GOP/s), measured back to back (shared machines are noisy; compare within one run).
 //!
 //! `cargo run --release -p mbpipe-model --example gemm_bench -- [reps]`
 
@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mbpipe_model::bf16_gemm::{available, PackedWeight};
 use mbpipe_model::f32_gemm::PackedF32;
+use mbpipe_model::int8_gemm::PackedI8;
 use mbpipe_model::PackedGemm;
 use mbpipe_model::{DType, Device, Tensor};
 
@@ -28,7 +29,7 @@ fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
     println!(
-        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output (GFLOP/s)"
+        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | int8 kernel, reused output (GFLOP/s)"
     );
     for (m, k, n) in [
         (2048, 768, 2304),
@@ -97,8 +98,19 @@ fn main() {
         } else {
             "n/a (no avx512bf16) | n/a".into()
         };
+        let int8 = if mbpipe_model::int8_gemm::available() {
+            let packed = PackedI8::pack(&ws, n, k);
+            let mut out = vec![0f32; m * n];
+            let reused =
+                flop / best_of(reps, || {
+                    packed.matmul_add_into(&xs, m, None, None, &mut out)
+                }) / 1e9;
+            format!("{reused:.0}")
+        } else {
+            "n/a (no avx2)".into()
+        };
         println!(
-            "{m} x {k} x {n} | {:.0} | {f32_kernel} | {f32_cold} | {:.0} | {kernel}",
+            "{m} x {k} x {n} | {:.0} | {f32_kernel} | {f32_cold} | {:.0} | {kernel} | {int8}",
             flop / f32s / 1e9,
             flop / bf16s / 1e9
         );

@@ -14,7 +14,10 @@
 
 use rayon::prelude::*;
 
-use crate::packed_gemm::PackedGemm;
+use crate::packed_gemm::{
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PackedGemm,
+    PanelKernel,
+};
 
 /// Output columns per packed panel (three 16-lane f32 vectors).
 pub const NR: usize = 48;
@@ -115,7 +118,7 @@ impl PackedWeight {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        let (n, kp) = (self.n, self.kp);
+        let kp = self.kp;
         // Activations to bf16 pairs, row-major [m, kp], in a buffer kept across calls.
         a.resize(m * kp, 0);
         let a = &mut a[..m * kp];
@@ -127,79 +130,30 @@ impl PackedWeight {
                 }
             });
         let a = &*a;
-        let panels = n.div_ceil(NR);
         if self.gated {
-            return self.write_gated(a, m, bias, out);
+            return write_gated_blocks(self, a, m, GATED_MC, bias, out);
         }
-        let col_blocks = panels.div_ceil(PANELS_PER_BLOCK);
-        let row_blocks = m.div_ceil(MC);
-        let out_ptr = SendPtr(out);
-        let residual_ptr =
-            SendPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr() as *mut f32));
-        (0..row_blocks * col_blocks).into_par_iter().for_each(|t| {
-            let (rb, cb) = (t / col_blocks, t % col_blocks);
-            let rows = rb * MC..(rb * MC + MC).min(m);
-            let panel_range =
-                cb * PANELS_PER_BLOCK..(cb * PANELS_PER_BLOCK + PANELS_PER_BLOCK).min(panels);
-            let (out_ptr, residual_ptr) = (&out_ptr, &residual_ptr);
-            // SAFETY: tasks write disjoint (rows × columns) blocks of `out`, which outlives the
-            // parallel loop, and only read `residual`; `available()` was checked above.
-            let block_out = BlockOut {
-                ptr: out_ptr.0,
-                first_row: 0,
-            };
-            unsafe { self.block(a, rows, panel_range, bias, residual_ptr.0, block_out) };
-        });
+        let blocking = Blocking {
+            rows: MC,
+            panels: PANELS_PER_BLOCK,
+        };
+        write_blocks(self, a, m, blocking, bias, residual, out);
+    }
+}
+
+impl PanelKernel for PackedWeight {
+    type Rows = [u32];
+
+    fn packed_columns(&self) -> usize {
+        self.n
     }
 
-    /// The GEGLU product into `out [m, n / 2]`: blocks of [`GATED_MC`] rows, each multiplied
-    /// into a per-thread scratch `[rows, n]` and then reduced by the GELU and gate.
-    ///
-    /// # Safety
-    /// As [`block`](Self::block); `out` points to `m * n / 2` writable floats.
-    unsafe fn write_gated(&self, a: &[u32], m: usize, bias: Option<&[f32]>, out: *mut f32) {
-        let (n, inter) = (self.n, self.n / 2);
-        let panels = n.div_ceil(NR);
-        let out_ptr = SendPtr(out);
-        (0..m.div_ceil(GATED_MC)).into_par_iter().for_each(|rb| {
-            let rows = rb * GATED_MC..(rb * GATED_MC + GATED_MC).min(m);
-            let out_ptr = &out_ptr;
-            GATED_SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize(GATED_MC * n, 0.0);
-                // SAFETY: the scratch holds `GATED_MC` rows of `n`; this task alone writes its
-                // rows of `out`.
-                unsafe {
-                    let block_out = BlockOut {
-                        ptr: scratch.as_mut_ptr(),
-                        first_row: rows.start,
-                    };
-                    self.block(
-                        a,
-                        rows.clone(),
-                        0..panels,
-                        bias,
-                        std::ptr::null(),
-                        block_out,
-                    );
-                    for (i, y) in scratch.chunks_exact(n).take(rows.len()).enumerate() {
-                        let dst = std::slice::from_raw_parts_mut(
-                            out_ptr.0.add((rows.start + i) * inter),
-                            inter,
-                        );
-                        let (input, gate) = y.split_at(inter);
-                        crate::fused::gelu_gate_row(input, gate, dst);
-                    }
-                }
-            });
-        });
+    fn panel_width(&self) -> usize {
+        NR
     }
 
-    /// One work block: `rows` × the columns of `panels`.
-    ///
     /// # Safety
-    /// `out` covers this block's rows of the `[m, n]` product (from `out.first_row` on); no
-    /// other thread writes this block; the CPU has
-    /// avx512f and avx512bf16.
+    /// As the trait's; the CPU has avx512f and avx512bf16.
     unsafe fn block(
         &self,
         a: &[u32],
@@ -218,20 +172,7 @@ impl PackedWeight {
                 let col = p * NR;
                 let cols = NR.min(n - col);
                 let b = self.data.as_ptr().add(p * kp * NR);
-                let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr().add(col));
-                let c = out.ptr.add((r - out.first_row) * n + col);
-                let res = if residual.is_null() {
-                    residual
-                } else {
-                    residual.add(r * n + col)
-                };
-                let t = Tile {
-                    c,
-                    ldc: n,
-                    cols,
-                    bias,
-                    residual: res,
-                };
+                let t = out.tile((r, col, cols), n, bias, residual);
                 #[cfg(target_arch = "x86_64")]
                 match mr {
                     8 => x86::kernel::<8>(a_rows, kp, b, kp, t),
@@ -286,43 +227,14 @@ impl PackedGemm for PackedWeight {
         if m == 0 || self.n == 0 {
             return;
         }
-        // A call nested in another on this thread (rayon may run one while waiting) takes a
-        // buffer of its own.
-        PAIRS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut a) => self.write_with(&mut a, x, m, bias, residual, out),
-            Err(_) => self.write_with(&mut Vec::new(), x, m, bias, residual, out),
-        });
+        with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
     }
-}
-
-/// Where a work block writes: row `r` of the product at `ptr + (r - first_row) · n` (the whole
-/// output, or a scratch that holds the block's rows only).
-struct BlockOut {
-    ptr: *mut f32,
-    first_row: usize,
-}
-
-/// Where a micro-kernel writes: its rows of `cols` columns at `c` (row stride `ldc`), plus
-/// `bias` (per column) and `residual` (same layout as `c`) where not null.
-struct Tile {
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    bias: *const f32,
-    residual: *const f32,
 }
 
 thread_local! {
     /// The activations as bf16 pairs, reused across calls from one thread.
     static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// A gated product's block of rows before the GEGLU, reused across tasks on one thread.
-    static GATED_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint output blocks to rayon tasks.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// One row of f32 activations to bf16 pairs (the last pair zero-padded when `k` is odd).
 fn convert_row(src: &[f32], dst: &mut [u32]) {
@@ -372,9 +284,9 @@ mod x86 {
         lda: usize,
         b: *const u32,
         kp: usize,
-        t: super::Tile,
+        t: crate::packed_gemm::Tile,
     ) {
-        let super::Tile {
+        let crate::packed_gemm::Tile {
             c,
             ldc,
             cols,

@@ -14,13 +14,15 @@ pub enum Precision {
     Bf16,
     /// IEEE half.
     F16,
+    /// int8 linear layers on the CPU (see `ModernBert::load_int8`); activations in f32.
+    Int8,
 }
 
 impl Precision {
-    /// The candle dtype.
+    /// The candle dtype of the activations.
     pub fn dtype(self) -> DType {
         match self {
-            Precision::F32 => DType::F32,
+            Precision::F32 | Precision::Int8 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
         }
@@ -34,7 +36,10 @@ impl std::str::FromStr for Precision {
             "f32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             "f16" | "float16" => Ok(Precision::F16),
-            other => Err(format!("dtype must be f32, bf16 or f16, found `{other}`")),
+            "int8" => Ok(Precision::Int8),
+            other => Err(format!(
+                "dtype must be f32, bf16, f16 or int8, found `{other}`"
+            )),
         }
     }
 }
@@ -45,6 +50,7 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         })
     }
 }

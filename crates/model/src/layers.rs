@@ -4,12 +4,9 @@ use std::cell::Cell;
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, D};
 
-use crate::bf16_gemm::PackedWeight;
 use crate::error::{ModelError, Result};
-use crate::f32_gemm::PackedF32;
-use crate::packed_gemm::PackedGemm;
+use crate::packed_gemm::{PackedGemm, Packing};
 use crate::profile::timed;
-use crate::simd::Cpu;
 use crate::weights::Weights;
 
 /// `y = x W^T (+ b)` on a `[tokens, in]` matrix.
@@ -22,8 +19,8 @@ pub(crate) struct Linear {
 enum Kernel {
     /// candle's matmul in the model dtype (any device, any dtype).
     Candle(Tensor),
-    /// An own CPU kernel on a weight packed at load: the AVX512-BF16 kernel (bf16 weight) or
-    /// the f32 kernel (AVX2 + FMA or AVX-512); f32 activations in and out.
+    /// An own CPU kernel on a weight packed at load: the f32 kernel (AVX2 + FMA or AVX-512),
+    /// the AVX512-BF16 kernel (bf16 weight) or the int8 kernel; f32 activations in and out.
     Packed {
         weight: Box<dyn PackedGemm>,
         bias: Option<Vec<f32>>,
@@ -31,40 +28,22 @@ enum Kernel {
 }
 
 impl Linear {
-    /// A layer from its tensors; `pack_bf16` packs an f32 CPU weight for the bf16 kernel. An f32
-    /// CPU weight is otherwise packed for the f32 GEMM of `gemm` (`None`: candle's matmul).
-    pub(crate) fn new(
-        weight: Tensor,
-        bias: Option<Tensor>,
-        pack_bf16: bool,
-        gemm: Option<Cpu>,
-    ) -> Result<Self> {
-        let f32_cpu = weight.device().is_cpu() && weight.dtype() == DType::F32;
-        if !pack_bf16 && !f32_cpu {
+    /// A layer from its tensors; an f32 CPU weight is packed as `packing` says (candle's matmul
+    /// for any other, or where the packing has no kernel).
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, packing: Packing) -> Result<Self> {
+        if !weight.device().is_cpu() || weight.dtype() != DType::F32 {
             return Ok(Linear {
                 kernel: Kernel::Candle(weight),
                 bias,
             });
         }
         let (n, k) = weight.dims2()?;
-        let bias_vec = f32_values(bias.as_ref())?;
+        let weight = weight.contiguous()?;
         // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
-        let pack = |data: &[f32]| -> Option<Box<dyn PackedGemm>> {
-            if pack_bf16 {
-                Some(Box::new(PackedWeight::pack(data, n, k)))
-            } else {
-                PackedF32::pack_for(gemm, data, n, k).map(|w| Box::new(w) as Box<dyn PackedGemm>)
-            }
-        };
-        let w32 = weight.to_dtype(DType::F32)?.contiguous()?;
-        let packed = match with_f32_slice(&w32, pack)? {
-            Some(packed) => packed,
-            None => pack(&w32.flatten_all()?.to_vec1::<f32>()?),
-        };
-        let kernel = match packed {
-            Some(weight) => Kernel::Packed {
-                weight,
-                bias: bias_vec,
+        let kernel = match with_f32_slice(&weight, |data| packing.pack(data, n, k))?.flatten() {
+            Some(packed) => Kernel::Packed {
+                weight: packed,
+                bias: f32_values(bias.as_ref())?,
             },
             None => Kernel::Candle(weight),
         };
@@ -80,7 +59,7 @@ impl Linear {
         bias: bool,
     ) -> Result<Self> {
         let (weight, bias) = load_weight_and_bias(w, name, encoder, (out, inp), bias)?;
-        Linear::new(weight, bias, w.pack_bf16(), w.gemm())
+        Linear::new(weight, bias, w.packing(encoder))
     }
 
     /// The packed weight and its bias, for the own CPU kernels.
@@ -175,15 +154,9 @@ impl GatedLinear {
         let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
             let weight = weight.contiguous()?;
-            let packed = with_f32_slice(&weight, |data| -> Option<Box<dyn PackedGemm>> {
-                if w.pack_bf16() {
-                    Some(Box::new(PackedWeight::pack_gated(data, inter, hidden)))
-                } else {
-                    let f32 = PackedF32::pack_gated_for(w.gemm(), data, inter, hidden)?;
-                    Some(Box::new(f32))
-                }
-            })?
-            .flatten();
+            let packing = w.packing(true);
+            let packed =
+                with_f32_slice(&weight, |data| packing.pack_gated(data, inter, hidden))?.flatten();
             if let Some(packed) = packed {
                 return Ok(GatedLinear::Fused {
                     weight: packed,
@@ -192,7 +165,7 @@ impl GatedLinear {
             }
         }
         Ok(GatedLinear::Separate {
-            wi: Linear::new(weight, bias, w.pack_bf16(), w.gemm())?,
+            wi: Linear::new(weight, bias, w.packing(true))?,
             inter,
         })
     }

@@ -28,6 +28,7 @@ mod fused;
 mod fused_attention;
 mod heads;
 mod hub;
+pub mod int8_gemm;
 mod kernel;
 mod layers;
 mod memory;

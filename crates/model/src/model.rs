@@ -11,7 +11,8 @@ use crate::heads::{pool, top_k, PredictionHead};
 use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
 use crate::overrides::{CpuKernels, Overrides};
-use crate::weights::Weights;
+use crate::weights::{WeightPrecision, Weights};
+use crate::Precision;
 
 /// Fill-mask output of one sequence: per [MASK], the top tokens `(token_id, probability)`.
 pub type MaskPredictions = Vec<Vec<(u32, f32)>>;
@@ -56,6 +57,8 @@ pub struct ModernBert {
     cpu_bf16: Option<CpuBf16>,
     /// The CPU kernels chosen at load (none on a GPU).
     cpu_kernels: CpuKernels,
+    /// The encoder's linear layers run on the int8 kernel.
+    int8: bool,
 }
 
 impl ModernBert {
@@ -90,6 +93,46 @@ impl ModernBert {
         Self::load_with_cpu_bf16(files, device, dtype, path)
     }
 
+    /// Loads in `precision`: [`Precision::Int8`] as [`ModernBert::load_int8`], the others as
+    /// [`ModernBert::load`] in their dtype.
+    pub fn load_precision(
+        files: &ModelFiles,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        match precision {
+            Precision::Int8 => Self::load_int8(files, device),
+            other => Self::load(files, device, other.dtype()),
+        }
+    }
+
+    /// Loads for the CPU `int8` precision: the encoder's linear layers (all but a few percent of
+    /// a forward's arithmetic) quantized per output column at load and run on the int8 kernel,
+    /// their activations quantized per row on every product; embeddings, LayerNorms, attention,
+    /// the GEGLU's activation and the heads stay in f32. On a CPU without AVX2 it loads in f32
+    /// (saying so once); a GPU is refused (bf16 and f16 are its fast precisions).
+    pub fn load_int8(files: &ModelFiles, device: &Device) -> Result<Self> {
+        if !device.is_cpu() {
+            return Err(ModelError::Unsupported(
+                "--dtype int8 runs on CPUs; on a GPU use bf16 or f16".into(),
+            ));
+        }
+        if !crate::int8_gemm::available() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("mbpipe: this CPU has no AVX2 instructions; --dtype int8 runs in f32")
+            });
+            return Self::load(files, device, DType::F32);
+        }
+        Self::load_parts(
+            files,
+            device,
+            DType::F32,
+            CpuBf16::F32,
+            WeightPrecision::Int8,
+        )
+    }
+
     /// [`ModernBert::load`] with the given bf16 path for a CPU (tests: every path on any CPU;
     /// [`CpuBf16::DotProduct`] needs the AVX512-BF16 instructions).
     #[doc(hidden)]
@@ -98,6 +141,24 @@ impl ModernBert {
         device: &Device,
         dtype: DType,
         path: CpuBf16,
+    ) -> Result<Self> {
+        let cpu_bf16 = (dtype == DType::BF16 && device.is_cpu()).then_some(path);
+        let weights = if cpu_bf16 == Some(CpuBf16::DotProduct) {
+            WeightPrecision::Bf16
+        } else {
+            WeightPrecision::F32
+        };
+        Self::load_parts(files, device, dtype, path, weights)
+    }
+
+    /// Loads in `dtype` (bf16 on a CPU by `path`), with the linear layers' weights packed in
+    /// `weights` precision for the own CPU kernels.
+    fn load_parts(
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        path: CpuBf16,
+        weights: WeightPrecision,
     ) -> Result<Self> {
         let config = ModernBertConfig::from_file(&files.config)?;
         // Before any upload: bf16 on a GPU older than 8.0 would fail at its first kernel.
@@ -112,13 +173,12 @@ impl ModernBert {
                 "the bf16 dot-product kernel needs a CPU with avx512f and avx512bf16".into(),
             ));
         }
-        let packed = cpu_bf16 == Some(CpuBf16::DotProduct);
         let compute_dtype = match cpu_bf16 {
             Some(CpuBf16::DotProduct | CpuBf16::F32) => DType::F32,
             _ => dtype,
         };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
-        w.set_pack_bf16(packed);
+        w.set_weight_precision(weights);
         let cpu_kernels = if device.is_cpu() {
             CpuKernels::detect()
         } else {
@@ -164,7 +224,7 @@ impl ModernBert {
                 } else {
                     None
                 };
-                Some(Linear::new(weight, bias, packed, w.gemm())?)
+                Some(Linear::new(weight, bias, w.packing(false))?)
             }
             _ => None,
         };
@@ -196,6 +256,7 @@ impl ModernBert {
             compute_dtype,
             cpu_bf16,
             cpu_kernels,
+            int8: weights == WeightPrecision::Int8,
         })
     }
 
@@ -230,9 +291,17 @@ impl ModernBert {
             Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
             Some(CpuBf16::F32) => ", bf16 on the f32 kernels (no AVX512-BF16)",
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",
+            None if self.int8 => {
+                ", int8 on the AVX2 kernel (the encoder's linear layers; the rest in f32)"
+            }
             None => "",
         };
         format!("{}{bf16}", self.cpu_kernels)
+    }
+
+    /// Whether the encoder's linear layers run on the int8 kernel.
+    pub fn uses_int8_kernel(&self) -> bool {
+        self.int8
     }
 
     /// How bf16 runs, for a bf16 model on a CPU.

@@ -1,5 +1,47 @@
 //! What the own CPU GEMM kernels share: a weight packed once at load, multiplied by row-major
-//! f32 activations into f32 outputs, with the bias and a residual added as the output is written.
+//! f32 activations into f32 outputs, with the bias and a residual added as the output is written;
+//! and the blocked drivers of the panel kernels (bf16, int8).
+
+use crate::simd::Cpu;
+
+/// Which own CPU kernel a linear layer's f32 weight is packed for, chosen at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Packing {
+    /// The f32 GEMM for these instructions (`None`: none; candle's matmul).
+    F32(Option<Cpu>),
+    /// bf16 weights on the AVX512-BF16 kernel.
+    Bf16,
+    /// int8 weights on the int8 kernel.
+    Int8,
+}
+
+impl Packing {
+    /// The weight `[n, k]` packed, or `None` where this packing has no kernel (candle's matmul).
+    pub(crate) fn pack(self, w: &[f32], n: usize, k: usize) -> Option<Box<dyn PackedGemm>> {
+        Some(match self {
+            Packing::F32(isa) => Box::new(crate::f32_gemm::PackedF32::pack_for(isa, w, n, k)?),
+            Packing::Bf16 => Box::new(crate::bf16_gemm::PackedWeight::pack(w, n, k)),
+            Packing::Int8 => Box::new(crate::int8_gemm::PackedI8::pack(w, n, k)),
+        })
+    }
+
+    /// A GEGLU weight `[2 · inter, k]` packed (`W_in` rows, then `W_gate` rows) for a product
+    /// `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, or `None` as for [`pack`](Self::pack).
+    pub(crate) fn pack_gated(
+        self,
+        w: &[f32],
+        inter: usize,
+        k: usize,
+    ) -> Option<Box<dyn PackedGemm>> {
+        Some(match self {
+            Packing::F32(isa) => Box::new(crate::f32_gemm::PackedF32::pack_gated_for(
+                isa, w, inter, k,
+            )?),
+            Packing::Bf16 => Box::new(crate::bf16_gemm::PackedWeight::pack_gated(w, inter, k)),
+            Packing::Int8 => Box::new(crate::int8_gemm::PackedI8::pack_gated(w, inter, k)),
+        })
+    }
+}
 
 /// A weight `[n, k]` packed for one of the own CPU kernels (the f32 kernel, the AVX512-BF16
 /// kernel): `y = x Wᵀ (+ bias) (+ residual)` on row-major f32 rows.
@@ -68,3 +110,201 @@ pub trait PackedGemm: Send + Sync {
         unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
     }
 }
+
+/// A kernel over a weight packed in panels of columns, as the bf16 and int8 kernels are: the
+/// blocked drivers below split a product into rayon tasks of rows × panels and call
+/// [`block`](Self::block) on each.
+pub(crate) trait PanelKernel: Sync {
+    /// The activations as the kernel reads them, prepared once per product.
+    type Rows: Sync + ?Sized;
+
+    /// Packed columns (`2 · inter` for a gated weight).
+    fn packed_columns(&self) -> usize;
+
+    /// Columns per panel.
+    fn panel_width(&self) -> usize;
+
+    /// Rows `rows` of the product over the columns of `panels`, plus `bias` (per packed column)
+    /// and `residual` (`[m, packed columns]`, where not null), written to `out`.
+    ///
+    /// # Safety
+    /// `out` covers this block's rows of the product (from `out.first_row` on), and no other
+    /// thread writes this block; `residual` is null or covers the whole `[m, n]` product.
+    unsafe fn block(
+        &self,
+        a: &Self::Rows,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        residual: *const f32,
+        out: BlockOut,
+    );
+}
+
+/// Where a work block writes: row `r` of the product at `ptr + (r - first_row) · n` (the whole
+/// output, or a scratch that holds the block's rows only).
+pub(crate) struct BlockOut {
+    pub ptr: *mut f32,
+    pub first_row: usize,
+}
+
+impl BlockOut {
+    /// Where the micro-kernel for rows from `r` and `cols` columns from `col` of an `[m, n]`
+    /// product writes, with its slices of `bias` and `residual` (null: none).
+    ///
+    /// # Safety
+    /// Row `r` is in this block's rows; `col + cols <= n`; `residual` is null or `[m, n]`.
+    pub(crate) unsafe fn tile(
+        &self,
+        (r, col, cols): (usize, usize, usize),
+        n: usize,
+        bias: Option<&[f32]>,
+        residual: *const f32,
+    ) -> Tile {
+        Tile {
+            c: self.ptr.add((r - self.first_row) * n + col),
+            ldc: n,
+            cols,
+            bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(col)),
+            residual: if residual.is_null() {
+                residual
+            } else {
+                residual.add(r * n + col)
+            },
+        }
+    }
+}
+
+/// Where a micro-kernel writes: its rows of `cols` columns at `c` (row stride `ldc`), plus
+/// `bias` (per column) and `residual` (same layout as `c`) where not null.
+pub(crate) struct Tile {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub cols: usize,
+    pub bias: *const f32,
+    pub residual: *const f32,
+}
+
+/// Work-block sizes of [`write_blocks`].
+pub(crate) struct Blocking {
+    /// Rows per block.
+    pub rows: usize,
+    /// Panels per block: their columns of the weight stay in L2 while the block's rows stream
+    /// past them.
+    pub panels: usize,
+}
+
+/// The product of `m` prepared rows into `out [m, n]`, in parallel blocks.
+///
+/// # Safety
+/// `out` is valid for writes of `m · n` floats and aliases no input; `residual`, where given,
+/// is `[m, n]`; the CPU runs `kernel`'s instructions.
+pub(crate) unsafe fn write_blocks<K: PanelKernel>(
+    kernel: &K,
+    a: &K::Rows,
+    m: usize,
+    blocking: Blocking,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: *mut f32,
+) {
+    use rayon::prelude::*;
+    let panels = kernel.packed_columns().div_ceil(kernel.panel_width());
+    let col_blocks = panels.div_ceil(blocking.panels);
+    let row_blocks = m.div_ceil(blocking.rows);
+    let out_ptr = SendPtr(out);
+    let residual_ptr = SendPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr() as *mut f32));
+    (0..row_blocks * col_blocks).into_par_iter().for_each(|t| {
+        let (rb, cb) = (t / col_blocks, t % col_blocks);
+        let rows = rb * blocking.rows..(rb * blocking.rows + blocking.rows).min(m);
+        let first_panel = cb * blocking.panels;
+        let panel_range = first_panel..(first_panel + blocking.panels).min(panels);
+        let (out_ptr, residual_ptr) = (&out_ptr, &residual_ptr);
+        let block_out = BlockOut {
+            ptr: out_ptr.0,
+            first_row: 0,
+        };
+        // SAFETY: tasks write disjoint (rows × columns) blocks of `out`, which outlives the
+        // parallel loop, and only read `residual`; the caller vouches for the rest.
+        unsafe { kernel.block(a, rows, panel_range, bias, residual_ptr.0, block_out) };
+    });
+}
+
+/// A gated (GEGLU) product into `out [m, n / 2]` (`n` packed columns, `W_in`'s then
+/// `W_gate`'s): blocks of `block_rows` rows, each multiplied into a per-thread scratch
+/// `[rows, n]` that stays in L2 and then reduced by the GELU and gate.
+///
+/// # Safety
+/// As [`write_blocks`]; `out` is valid for writes of `m · n / 2` floats.
+pub(crate) unsafe fn write_gated_blocks<K: PanelKernel>(
+    kernel: &K,
+    a: &K::Rows,
+    m: usize,
+    block_rows: usize,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    use rayon::prelude::*;
+    let n = kernel.packed_columns();
+    let inter = n / 2;
+    let panels = n.div_ceil(kernel.panel_width());
+    let out_ptr = SendPtr(out);
+    (0..m.div_ceil(block_rows)).into_par_iter().for_each(|rb| {
+        let rows = rb * block_rows..(rb * block_rows + block_rows).min(m);
+        let out_ptr = &out_ptr;
+        GATED_SCRATCH.with_borrow_mut(|scratch| {
+            scratch.resize(block_rows * n, 0.0);
+            // SAFETY: the scratch holds `block_rows` rows of `n`; this task alone writes its
+            // rows of `out`.
+            unsafe {
+                let block_out = BlockOut {
+                    ptr: scratch.as_mut_ptr(),
+                    first_row: rows.start,
+                };
+                kernel.block(
+                    a,
+                    rows.clone(),
+                    0..panels,
+                    bias,
+                    std::ptr::null(),
+                    block_out,
+                );
+                for (i, y) in scratch.chunks_exact(n).take(rows.len()).enumerate() {
+                    let dst = std::slice::from_raw_parts_mut(
+                        out_ptr.0.add((rows.start + i) * inter),
+                        inter,
+                    );
+                    let (input, gate) = y.split_at(inter);
+                    crate::fused::gelu_gate_row(input, gate, dst);
+                }
+            }
+        });
+    });
+}
+
+/// Runs `f` with this thread's buffer of prepared activations: a call nested in another on
+/// this thread (rayon may run one while waiting) gets a fresh one.
+pub(crate) fn with_thread_buffer<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    let mut f = Some(f);
+    let done = key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => Some((f.take().expect("called once"))(&mut buffer)),
+        Err(_) => None,
+    });
+    match done {
+        Some(r) => r,
+        None => (f.take().expect("called once"))(&mut T::default()),
+    }
+}
+
+thread_local! {
+    /// A gated product's block of rows before the GEGLU, reused across tasks on one thread.
+    static GATED_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output blocks to rayon tasks.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}

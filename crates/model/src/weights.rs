@@ -8,7 +8,17 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::overrides::CpuKernels;
-use crate::simd::Cpu;
+use crate::packed_gemm::Packing;
+
+/// The precision of the weights on the own CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightPrecision {
+    F32,
+    /// Every linear layer on the AVX512-BF16 kernel.
+    Bf16,
+    /// The encoder's linear layers on the int8 kernel.
+    Int8,
+}
 
 /// Tensors of one checkpoint, converted to the engine's device and dtype on request.
 pub(crate) struct Weights {
@@ -19,8 +29,8 @@ pub(crate) struct Weights {
     dir: PathBuf,
     device: Device,
     dtype: DType,
-    /// Linear layers pack their (f32) weights for the bf16 kernel.
-    pack_bf16: bool,
+    /// The precision linear layers' weights are packed in for the own CPU kernels.
+    weight_precision: WeightPrecision,
     /// The CPU kernels a model chose at load (none on a GPU).
     cpu_kernels: CpuKernels,
 }
@@ -66,19 +76,25 @@ impl Weights {
             dir: dir.to_path_buf(),
             device: device.clone(),
             dtype,
-            pack_bf16: false,
+            weight_precision: WeightPrecision::F32,
             cpu_kernels: CpuKernels::NONE,
         })
     }
 
-    /// Makes linear layers pack their weights for the bf16 kernel (CPU, f32 activations).
-    pub(crate) fn set_pack_bf16(&mut self, on: bool) {
-        self.pack_bf16 = on;
+    /// Sets the precision linear layers pack their (f32) weights in (CPU, f32 activations).
+    pub(crate) fn set_weight_precision(&mut self, precision: WeightPrecision) {
+        self.weight_precision = precision;
     }
 
-    /// Whether linear layers pack their weights for the bf16 kernel.
-    pub(crate) fn pack_bf16(&self) -> bool {
-        self.pack_bf16
+    /// How a linear layer packs its weight: int8 only for the encoder's layers
+    /// (`encoder_layer`), whose products are nearly all of a forward; the heads' stay in f32,
+    /// where a label's score or a token's probability is decided.
+    pub(crate) fn packing(&self, encoder_layer: bool) -> Packing {
+        match self.weight_precision {
+            WeightPrecision::Bf16 => Packing::Bf16,
+            WeightPrecision::Int8 if encoder_layer => Packing::Int8,
+            _ => Packing::F32(self.cpu_kernels.gemm),
+        }
     }
 
     /// Sets the CPU kernels the model's layers are built for.
@@ -89,11 +105,6 @@ impl Weights {
     /// The CPU kernels the model's layers are built for.
     pub(crate) fn cpu_kernels(&self) -> CpuKernels {
         self.cpu_kernels
-    }
-
-    /// The f32 GEMM linear layers pack for (`None`: candle's matmul).
-    pub(crate) fn gemm(&self) -> Option<Cpu> {
-        self.cpu_kernels.gemm
     }
 
     /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.

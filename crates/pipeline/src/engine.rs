@@ -38,7 +38,7 @@ impl LoadedModel {
         device: &Device,
         precision: Precision,
     ) -> Result<Self, PipelineError> {
-        let model = ModernBert::load(&files, device, precision.dtype())?;
+        let model = ModernBert::load_precision(&files, device, precision)?;
         let tokenizer = load_tokenizer(&files.tokenizer)?;
         Ok(LoadedModel {
             model,

@@ -1,0 +1,628 @@
+//! `y = x Wᵀ (+ b)` with int8 weights and activations and i32 accumulation, for the CPU `int8`
+//! precision.
+//!
+//! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`, `s_j =
+//! max|W[j, :]| / 127`) once at load, the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i =
+//! max|x[i, :]| / 127`) on every product, so one outlier token costs only its own row's
+//! resolution. `y[i, j] = t_i · s_j · Σ p_i · q_j (+ b_j) (+ residual)` in f32; the sum is exact
+//! in i32 (127² · k < 2³¹ for k < 133,000).
+//!
+//! The weight is packed into panels of [`NR`] output columns; for each group of four input
+//! features a panel holds `NR` 32-bit words, word `j` carrying `q_j` at those four features,
+//! which is the layout the byte dot products multiply against one broadcast group of four
+//! activations. On AVX2 (`vpmaddubsw`, unsigned × signed bytes) the sign goes to the weight:
+//! `p · q = |p| · (sign(p) · q)` (`vpsignb`), so no pair sum can saturate its 16 bits
+//! (2 · 127² < 2¹⁵), unlike the usual unsigned-activation scheme; `vpmaddwd` then widens pairs
+//! to i32.
+//!
+//! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
+//! kernels.
+
+use rayon::prelude::*;
+
+use crate::packed_gemm::{
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PackedGemm,
+    PanelKernel,
+};
+
+/// Output columns per packed panel (two 8-lane vectors).
+pub const NR: usize = 16;
+/// Rows per micro-kernel call (4 × 2 accumulators, 2 weight vectors, 2 broadcasts and the
+/// constant of ones fit AVX2's 16 registers).
+const MR: usize = 4;
+/// Rows per work block.
+const MC: usize = 256;
+/// Panels per work block (at k = 1,152, 8 panels are 144 KiB of weight, kept in L2).
+const PANELS_PER_BLOCK: usize = 8;
+/// Rows per block of a gated (GEGLU) product, as the bf16 kernel's.
+const GATED_MC: usize = 64;
+/// The largest quantized magnitude: symmetric, so `-128` never occurs and `|p|` fits a byte.
+const QMAX: f32 = 127.0;
+
+/// Whether this CPU can run the int8 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The scale of a row or column whose largest magnitude is `max_abs`, and its inverse (0 for an
+/// all-zero one, whose values all quantize to 0).
+fn scale_of(max_abs: f32) -> (f32, f32) {
+    if max_abs > 0.0 && max_abs.is_finite() {
+        (max_abs / QMAX, QMAX / max_abs)
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+/// `v · inverse_scale` rounded to nearest even, as `vcvtps2dq` does.
+#[inline]
+fn quantize(v: f32, inverse_scale: f32) -> i8 {
+    (v * inverse_scale).round_ties_even().clamp(-QMAX, QMAX) as i8
+}
+
+/// A weight `[n, k]` quantized per output column and packed for the kernel.
+pub struct PackedI8 {
+    /// Packed columns (for a gated weight `2 · inter`).
+    n: usize,
+    k: usize,
+    /// GEGLU: the output is `gelu(y[:, ..n/2]) · y[:, n/2..]` of the product `y`.
+    gated: bool,
+    /// Groups of four input features: `k.div_ceil(4)`.
+    groups: usize,
+    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes.
+    data: Vec<i8>,
+    /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
+    scales: Vec<f32>,
+}
+
+impl PackedI8 {
+    /// Quantizes and packs a row-major `[n, k]` f32 weight.
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
+        let groups = k.div_ceil(4);
+        let panels = n.div_ceil(NR);
+        let mut scales = vec![0f32; panels * NR];
+        let mut data = vec![0i8; panels * groups * NR * 4];
+        data.par_chunks_mut((groups * NR * 4).max(1))
+            .zip(scales.par_chunks_mut(NR))
+            .enumerate()
+            .for_each(|(panel, (out, scales))| {
+                for (j, scale) in scales.iter_mut().enumerate() {
+                    let row = panel * NR + j;
+                    if row >= n {
+                        break;
+                    }
+                    let src = &w[row * k..(row + 1) * k];
+                    let (s, inverse) = scale_of(src.iter().fold(0f32, |m, v| m.max(v.abs())));
+                    *scale = s;
+                    for (l, &v) in src.iter().enumerate() {
+                        out[(l / 4) * NR * 4 + j * 4 + l % 4] = quantize(v, inverse);
+                    }
+                }
+            });
+        PackedI8 {
+            n,
+            k,
+            gated: false,
+            groups,
+            data,
+            scales,
+        }
+    }
+
+    /// Packs a GEGLU weight `[2 · inter, k]` (rows `..inter` are `W_in`, the rest `W_gate`), as
+    /// [`bf16_gemm::PackedWeight::pack_gated`](crate::bf16_gemm::PackedWeight::pack_gated).
+    pub fn pack_gated(w: &[f32], inter: usize, k: usize) -> Self {
+        PackedI8 {
+            gated: true,
+            ..Self::pack(w, 2 * inter, k)
+        }
+    }
+
+    /// [`write`](PackedGemm::write) with `rows` as the buffer of quantized activations.
+    unsafe fn write_with(
+        &self,
+        rows: &mut QuantizedRows,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        rows.quantize(x, m, self.k);
+        if self.gated {
+            return write_gated_blocks(self, rows, m, GATED_MC, bias, out);
+        }
+        let blocking = Blocking {
+            rows: MC,
+            panels: PANELS_PER_BLOCK,
+        };
+        write_blocks(self, rows, m, blocking, bias, residual, out);
+    }
+}
+
+/// Activations quantized per row: `p` and `|p|` row-major `[m, 4 · groups]` (zero-padded), and
+/// each row's scale `t`.
+#[derive(Default)]
+pub(crate) struct QuantizedRows {
+    values: Vec<i8>,
+    magnitudes: Vec<u8>,
+    scales: Vec<f32>,
+    /// Bytes per row: `4 · groups`.
+    stride: usize,
+}
+
+impl QuantizedRows {
+    /// Quantizes `x [m, k]` into this buffer.
+    fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
+        let stride = k.div_ceil(4) * 4;
+        self.stride = stride;
+        self.values.resize(m * stride, 0);
+        self.magnitudes.resize(m * stride, 0);
+        self.scales.resize(m, 0.0);
+        const ROWS_PER_TASK: usize = 64;
+        self.values[..m * stride]
+            .par_chunks_mut(stride * ROWS_PER_TASK)
+            .zip(self.magnitudes[..m * stride].par_chunks_mut(stride * ROWS_PER_TASK))
+            .zip(self.scales[..m].par_chunks_mut(ROWS_PER_TASK))
+            .zip(x.par_chunks(k * ROWS_PER_TASK))
+            .for_each(|(((values, magnitudes), scales), src)| {
+                let rows = values
+                    .chunks_mut(stride)
+                    .zip(magnitudes.chunks_mut(stride))
+                    .zip(scales.iter_mut())
+                    .zip(src.chunks(k));
+                for (((v, a), s), x) in rows {
+                    *s = quantize_row(x, &mut v[..k], &mut a[..k]);
+                    v[k..].fill(0);
+                    a[k..].fill(0);
+                }
+            });
+    }
+}
+
+/// One row quantized into `values` and `magnitudes`; returns its scale.
+fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { x86::quantize_row(x, values, magnitudes) };
+    }
+    quantize_row_scalar(x, values, magnitudes)
+}
+
+fn quantize_row_scalar(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+    let (scale, inverse) = scale_of(x.iter().fold(0f32, |m, v| m.max(v.abs())));
+    for ((&v, q), a) in x.iter().zip(values.iter_mut()).zip(magnitudes.iter_mut()) {
+        *q = quantize(v, inverse);
+        *a = q.unsigned_abs();
+    }
+    scale
+}
+
+impl PanelKernel for PackedI8 {
+    type Rows = QuantizedRows;
+
+    fn packed_columns(&self) -> usize {
+        self.n
+    }
+
+    fn panel_width(&self) -> usize {
+        NR
+    }
+
+    /// # Safety
+    /// As the trait's; the CPU has AVX2.
+    unsafe fn block(
+        &self,
+        a: &QuantizedRows,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        residual: *const f32,
+        out: BlockOut,
+    ) {
+        let (n, stride) = (self.n, a.stride);
+        let mut r = rows.start;
+        while r < rows.end {
+            let mr = MR.min(rows.end - r);
+            let lhs = Lhs {
+                values: a.values.as_ptr().add(r * stride),
+                magnitudes: a.magnitudes.as_ptr().add(r * stride),
+                stride,
+                scales: a.scales.as_ptr().add(r),
+            };
+            for p in panels.clone() {
+                let col = p * NR;
+                let rhs = Rhs {
+                    data: self.data.as_ptr().add(p * self.groups * NR * 4),
+                    groups: self.groups,
+                    scales: self.scales.as_ptr().add(col),
+                };
+                let t = out.tile((r, col, NR.min(n - col)), n, bias, residual);
+                #[cfg(target_arch = "x86_64")]
+                match mr {
+                    4 => x86::kernel::<4>(&lhs, &rhs, t),
+                    3 => x86::kernel::<3>(&lhs, &rhs, t),
+                    2 => x86::kernel::<2>(&lhs, &rhs, t),
+                    _ => x86::kernel::<1>(&lhs, &rhs, t),
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (&lhs, rhs, t);
+            }
+            r += mr;
+        }
+    }
+}
+
+/// A micro-kernel's rows of quantized activations.
+struct Lhs {
+    values: *const i8,
+    magnitudes: *const u8,
+    stride: usize,
+    scales: *const f32,
+}
+
+/// A micro-kernel's panel of the packed weight.
+struct Rhs {
+    data: *const i8,
+    groups: usize,
+    scales: *const f32,
+}
+
+impl PackedGemm for PackedI8 {
+    /// Output features (`inter` for a gated weight).
+    fn out_features(&self) -> usize {
+        if self.gated {
+            self.n / 2
+        } else {
+            self.n
+        }
+    }
+
+    fn in_features(&self) -> usize {
+        self.k
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        assert!(available(), "the int8 kernel needs AVX2");
+        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
+        if let Some(b) = bias {
+            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
+        }
+        if let Some(r) = residual {
+            assert!(!self.gated, "a gated product takes no residual");
+            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
+        }
+        if m == 0 || self.n == 0 {
+            return;
+        }
+        with_thread_buffer(&QUANTIZED, |rows| {
+            self.write_with(rows, x, m, bias, residual, out)
+        });
+    }
+}
+
+thread_local! {
+    /// The quantized activations, reused across calls from one thread.
+    static QUANTIZED: std::cell::RefCell<QuantizedRows> = std::cell::RefCell::new(QuantizedRows::default());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::packed_gemm::Tile;
+
+    /// Horizontal maximum of eight floats.
+    #[inline(always)]
+    unsafe fn max8(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+
+    /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (127 /
+    /// max)` to nearest even).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let full = x.len() / 8;
+        let mut max = _mm256_setzero_ps();
+        for i in 0..full {
+            let v = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), abs_mask);
+            max = _mm256_max_ps(max, v);
+        }
+        let max = x[8 * full..].iter().fold(max8(max), |m, v| m.max(v.abs()));
+        let (scale, inverse) = super::scale_of(max);
+        let inv = _mm256_set1_ps(inverse);
+        // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let blocks = x.len() / 32;
+        for i in 0..blocks {
+            let src = x.as_ptr().add(32 * i);
+            let q = |o: usize| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src.add(o)), inv));
+            let lo = _mm256_packs_epi32(q(0), q(8));
+            let hi = _mm256_packs_epi32(q(16), q(24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+            _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, bytes);
+            let abs = _mm256_abs_epi8(bytes);
+            _mm256_storeu_si256(magnitudes.as_mut_ptr().add(32 * i) as *mut __m256i, abs);
+        }
+        for l in 32 * blocks..x.len() {
+            let q = super::quantize(x[l], inverse);
+            values[l] = q;
+            magnitudes[l] = q.unsigned_abs();
+        }
+        scale
+    }
+
+    /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for one panel
+    /// of `NR` columns, accumulating in i32 over all of k.
+    ///
+    /// # Safety
+    /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn kernel<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for g in 0..b.groups {
+            let bp = b.data.add(g * super::NR * 4);
+            let b0 = _mm256_loadu_si256(bp as *const __m256i);
+            let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = r * a.stride + 4 * g;
+                let p = _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
+                let m = _mm256_set1_epi32((a.magnitudes.add(at) as *const i32).read_unaligned());
+                // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
+                let d0 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(b0, p));
+                let d1 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(b1, p));
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(d0, ones));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(d1, ones));
+            }
+        }
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for v in 0..2 {
+            let col = 8 * v;
+            if col >= t.cols {
+                break;
+            }
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
+            let s = _mm256_loadu_ps(b.scales.add(col));
+            let bias = if t.bias.is_null() {
+                _mm256_setzero_ps()
+            } else {
+                _mm256_maskload_ps(t.bias.add(col), mask)
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
+                let mut y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[v]), scale), bias);
+                if !t.residual.is_null() {
+                    y = _mm256_add_ps(y, _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask));
+                }
+                _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn skip_without_kernel() -> bool {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX2, so it has no int8 kernel");
+        }
+        !available()
+    }
+
+    /// Per-row (or per-column) quantization in scalar code: values and scales.
+    fn quantized(x: &[f32], rows: usize, k: usize) -> (Vec<i32>, Vec<f32>) {
+        let mut q = vec![0i32; rows * k];
+        let mut scales = vec![0f32; rows];
+        for i in 0..rows {
+            let row = &x[i * k..(i + 1) * k];
+            let (s, inverse) = scale_of(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            scales[i] = s;
+            for l in 0..k {
+                q[i * k + l] = quantize(row[l], inverse) as i32;
+            }
+        }
+        (q, scales)
+    }
+
+    /// What the kernel computes, in scalar code with the same f32 operations in the same order
+    /// (the i32 sums are exact, so the result must match bit for bit).
+    fn scalar_product(
+        x: &[f32],
+        w: &[f32],
+        b: Option<&[f32]>,
+        res: Option<&[f32]>,
+        (m, n, k): (usize, usize, usize),
+    ) -> Vec<f32> {
+        let (qx, sx) = quantized(x, m, k);
+        let (qw, sw) = quantized(w, n, k);
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: i32 = (0..k).map(|l| qx[i * k + l] * qw[j * k + l]).sum();
+                let mut y = dot as f32 * (sx[i] * sw[j]) + b.map_or(0.0, |b| b[j]);
+                if let Some(r) = res {
+                    y += r[i * n + j];
+                }
+                out[i * n + j] = y;
+            }
+        }
+        out
+    }
+
+    /// The kernel equals the scalar quantized product bit for bit, and the quantized product
+    /// is within the quantization's error bound of the exact f32 one: with `|x - t·p| <= t/2`
+    /// and `|w - s·q| <= s/2` per element, `|error| <= t/2 · Σ|w| + s/2 · Σ|x| + t·s·k/4`.
+    #[test]
+    fn matches_the_scalar_quantized_product_and_the_error_bound() {
+        if skip_without_kernel() {
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (4, 16, 4),
+            (5, 17, 33),
+            (17, 100, 31),
+            (257, 97, 65),
+            (300, 200, 768),
+            (13, 2304, 768),
+        ] {
+            let mut x = random(m * k, (m * 31 + k) as u64);
+            let w = random(n * k, (n * 17 + k) as u64);
+            let b = random(n, n as u64 + 5);
+            if m > 2 {
+                // An all-zero row and an outlier row.
+                x[k..2 * k].fill(0.0);
+                x[2 * k] = 40.0;
+            }
+            let packed = PackedI8::pack(&w, n, k);
+            assert_eq!((packed.out_features(), packed.in_features()), (n, k));
+            let got = packed.matmul(&x, m, Some(&b));
+            assert_eq!(
+                got,
+                scalar_product(&x, &w, Some(&b), None, (m, n, k)),
+                "{m}x{n}x{k}"
+            );
+            let (_, sx) = quantized(&x, m, k);
+            let (_, sw) = quantized(&w, n, k);
+            for i in 0..m {
+                let sum_x: f64 = x[i * k..(i + 1) * k].iter().map(|v| v.abs() as f64).sum();
+                for j in 0..n {
+                    let row = &w[j * k..(j + 1) * k];
+                    let sum_w: f64 = row.iter().map(|v| v.abs() as f64).sum();
+                    let exact: f64 = b[j] as f64
+                        + (0..k)
+                            .map(|l| x[i * k + l] as f64 * row[l] as f64)
+                            .sum::<f64>();
+                    let (t, s) = (sx[i] as f64, sw[j] as f64);
+                    let bound = t / 2.0 * sum_w + s / 2.0 * sum_x + t * s * k as f64 / 4.0;
+                    let err = (got[i * n + j] as f64 - exact).abs();
+                    assert!(
+                        err <= bound * 1.001 + 1e-5 * (1.0 + exact.abs()),
+                        "{m}x{n}x{k} [{i}, {j}]: {} vs {exact} (bound {bound})",
+                        got[i * n + j]
+                    );
+                }
+            }
+        }
+    }
+
+    /// The residual is added as the output is written, and a reused output buffer (whatever it
+    /// held) gets the same values.
+    #[test]
+    fn residual_and_reused_output_give_the_same_values() {
+        if skip_without_kernel() {
+            return;
+        }
+        for &(m, n, k) in &[(9, 49, 33), (300, 200, 768)] {
+            let x = random(m * k, 7);
+            let w = random(n * k, 8);
+            let b = random(n, 9);
+            let res = random(m * n, 10);
+            let packed = PackedI8::pack(&w, n, k);
+            let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
+            assert_eq!(
+                with_res,
+                scalar_product(&x, &w, Some(&b), Some(&res), (m, n, k))
+            );
+            let mut out = vec![f32::NAN; m * n];
+            packed.matmul_add_into(&x, m, Some(&b), Some(&res), &mut out);
+            assert_eq!(out, with_res);
+        }
+    }
+
+    /// The gated (GEGLU) product equals the plain product of the same weight followed by the
+    /// separate GELU x gate pass.
+    #[test]
+    fn gated_product_equals_product_then_geglu() {
+        if skip_without_kernel() {
+            return;
+        }
+        for &(m, inter, k) in &[(1, 5, 3), (31, 48, 64), (70, 1152, 768)] {
+            let x = random(m * k, 11);
+            let w = random(2 * inter * k, 12);
+            let b = random(2 * inter, 13);
+            let plain = PackedI8::pack(&w, 2 * inter, k).matmul(&x, m, Some(&b));
+            let mut want = vec![0f32; m * inter];
+            crate::fused::gelu_gate_slices(&plain, inter, &mut want);
+            let gated = PackedI8::pack_gated(&w, inter, k);
+            assert_eq!(gated.out_features(), inter);
+            let got = gated.matmul(&x, m, Some(&b));
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{m}x{inter}x{k} [{i}]"
+                );
+            }
+        }
+    }
+
+    /// The vector quantization gives the scalar one's values, scale and magnitudes, ties and
+    /// the clamp at the row's maximum included.
+    #[test]
+    fn vector_quantization_matches_scalar() {
+        if skip_without_kernel() {
+            return;
+        }
+        for len in [0, 1, 7, 31, 32, 33, 100, 768] {
+            let mut x = random(len, len as u64 + 1);
+            if len > 3 {
+                x[0] = 2.0; // max: 2.0 → 127
+                x[1] = 2.0 * 0.5 / QMAX; // exactly half a step: ties to even (0)
+                x[2] = -2.0;
+            }
+            let (mut v1, mut a1) = (vec![0i8; len], vec![0u8; len]);
+            let (mut v2, mut a2) = (vec![0i8; len], vec![0u8; len]);
+            let s1 = quantize_row_scalar(&x, &mut v1, &mut a1);
+            let s2 = quantize_row(&x, &mut v2, &mut a2);
+            assert_eq!((s1, &v1, &a1), (s2, &v2, &a2), "len {len}");
+            if len > 3 {
+                assert_eq!((v1[0], v1[2]), (127, -127));
+            }
+        }
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        if skip_without_kernel() {
+            return;
+        }
+        let packed = PackedI8::pack(&random(6, 1), 2, 3);
+        assert!(packed.matmul(&[], 0, None).is_empty());
+    }
+}
