@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use crate::packed_gemm::{
-    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PackedGemm,
-    PanelKernel,
+    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PackedGemm, PanelKernel,
 };
 
 /// Output columns per packed panel (three 16-lane f32 vectors).
@@ -216,15 +216,7 @@ impl PackedGemm for PackedWeight {
         out: *mut f32,
     ) {
         assert!(available(), "the bf16 kernel needs avx512f and avx512bf16");
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
-        }
-        if let Some(r) = residual {
-            assert!(!self.gated, "a gated product takes no residual");
-            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
-        }
-        if m == 0 || self.n == 0 {
+        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
             return;
         }
         with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));

@@ -21,8 +21,8 @@
 use rayon::prelude::*;
 
 use crate::packed_gemm::{
-    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PackedGemm,
-    PanelKernel,
+    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PackedGemm, PanelKernel,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -300,15 +300,7 @@ impl PackedGemm for PackedI8 {
         out: *mut f32,
     ) {
         assert!(available(), "the int8 kernel needs AVX2");
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        if let Some(b) = bias {
-            assert_eq!(b.len(), self.n, "bias is not [{}]", self.n);
-        }
-        if let Some(r) = residual {
-            assert!(!self.gated, "a gated product takes no residual");
-            assert_eq!(r.len(), m * self.n, "residual is not [{m}, {}]", self.n);
-        }
-        if m == 0 || self.n == 0 {
+        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
             return;
         }
         with_thread_buffer(&QUANTIZED, |rows| {

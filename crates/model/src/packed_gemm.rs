@@ -141,6 +141,27 @@ pub(crate) trait PanelKernel: Sync {
     );
 }
 
+/// Checks the arguments of a panel kernel's [`PackedGemm::write`] for a weight of `n` packed
+/// columns and `k` inputs (a shape mismatch is a bug: it panics); returns whether there is
+/// anything to compute.
+pub(crate) fn checked_write_args(
+    (n, k, gated): (usize, usize, bool),
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> bool {
+    assert_eq!(x.len(), m * k, "input is not [{m}, {k}]");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not [{n}]");
+    }
+    if let Some(r) = residual {
+        assert!(!gated, "a gated product takes no residual");
+        assert_eq!(r.len(), m * n, "residual is not [{m}, {n}]");
+    }
+    m > 0 && n > 0
+}
+
 /// Where a work block writes: row `r` of the product at `ptr + (r - first_row) · n` (the whole
 /// output, or a scratch that holds the block's rows only).
 pub(crate) struct BlockOut {
