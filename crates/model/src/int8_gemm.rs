@@ -61,6 +61,16 @@ fn scale_of(max_abs: f32) -> (f32, f32) {
     }
 }
 
+/// `scale`, or NaN where `values` hold a NaN or an infinity: the outputs that depend on them then
+/// come out NaN, as in f32, instead of a finite value computed from the other elements.
+fn finite_or_nan(values: &[f32], scale: f32) -> f32 {
+    if values.iter().sum::<f32>().is_finite() {
+        scale
+    } else {
+        f32::NAN
+    }
+}
+
 /// `v · inverse_scale` rounded to nearest even, as `vcvtps2dq` does.
 #[inline]
 fn quantize(v: f32, inverse_scale: f32) -> i8 {
@@ -101,7 +111,7 @@ impl PackedI8 {
                     }
                     let src = &w[row * k..(row + 1) * k];
                     let (s, inverse) = scale_of(src.iter().fold(0f32, |m, v| m.max(v.abs())));
-                    *scale = s;
+                    *scale = finite_or_nan(src, s);
                     for (l, &v) in src.iter().enumerate() {
                         out[(l / 4) * NR * 4 + j * 4 + l % 4] = quantize(v, inverse);
                     }
@@ -191,11 +201,15 @@ impl QuantizedRows {
 /// One row quantized into `values` and `magnitudes`; returns its scale.
 fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    let scale = if available() {
         // SAFETY: AVX2 was just detected.
-        return unsafe { x86::quantize_row(x, values, magnitudes) };
-    }
-    quantize_row_scalar(x, values, magnitudes)
+        unsafe { x86::quantize_row(x, values, magnitudes) }
+    } else {
+        quantize_row_scalar(x, values, magnitudes)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let scale = quantize_row_scalar(x, values, magnitudes);
+    finite_or_nan(x, scale)
 }
 
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
@@ -605,6 +619,33 @@ mod tests {
             assert_eq!((s1, &v1, &a1), (s2, &v2, &a2), "len {len}");
             if len > 3 {
                 assert_eq!((v1[0], v1[2]), (127, -127));
+            }
+        }
+    }
+
+    /// A NaN or an infinity in an activation row or a weight column makes the outputs that
+    /// depend on it NaN, as in f32, and leaves the others as they were.
+    #[test]
+    fn non_finite_values_give_nan_not_a_finite_guess() {
+        if skip_without_kernel() {
+            return;
+        }
+        let (m, n, k) = (4, 20, 9);
+        let mut x = random(m * k, 21);
+        let mut w = random(n * k, 22);
+        let clean = PackedI8::pack(&w, n, k).matmul(&x, m, None);
+        x[k + 3] = f32::NAN;
+        x[2 * k + 8] = f32::INFINITY;
+        w[5 * k + 1] = f32::NEG_INFINITY;
+        let got = PackedI8::pack(&w, n, k).matmul(&x, m, None);
+        for i in 0..m {
+            for j in 0..n {
+                let y = got[i * n + j];
+                if i == 1 || i == 2 || j == 5 {
+                    assert!(y.is_nan(), "[{i}, {j}]: {y}");
+                } else {
+                    assert_eq!(y, clean[i * n + j], "[{i}, {j}]");
+                }
             }
         }
     }
