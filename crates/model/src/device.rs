@@ -139,4 +139,24 @@ mod tests {
         assert!(DeviceSpec::parse_list("cuda:0,0").is_err());
         assert!(DeviceSpec::parse_list("tpu").is_err());
     }
+
+    /// Every precision reads back from the name it prints (the manifest and the resume
+    /// fingerprint store that name), int8's activations are f32, and a bad name lists them all.
+    #[test]
+    fn precisions_round_trip_through_their_names() {
+        for p in [
+            Precision::F32,
+            Precision::Bf16,
+            Precision::F16,
+            Precision::Int8,
+        ] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        assert_eq!(Precision::Int8.dtype(), DType::F32);
+        let err = "int4".parse::<Precision>().unwrap_err();
+        assert!(
+            err.contains("f32, bf16, f16 or int8") && err.contains("int4"),
+            "{err}"
+        );
+    }
 }
