@@ -10,7 +10,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
 
 use crate::pipeline::{pipeline_toml, read_output, write_inputs};
-use crate::util::{fixture, mbpipe, ok};
+use crate::util::{fixture, mbpipe, ok, shared_dir};
 
 /// Macro-F1 within this many points (of 100) of f32's.
 const MACRO_F1_POINTS: f64 = 0.5;
@@ -21,10 +21,7 @@ const EMBEDDING_COSINE: f32 = 0.99;
 
 /// `../shared/datasets`, or `None` with a message saying why the test skips.
 fn datasets() -> Option<PathBuf> {
-    let shared = std::env::var_os("MBPIPE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("datasets");
+    let dir = shared_dir().join("datasets");
     if !dir.join("davidson_hate_offensive/test.jsonl").is_file() {
         eprintln!(
             "SKIPPED: held-out sets not found under {} (set MBPIPE_SHARED to the shared/ folder)",

@@ -5,12 +5,16 @@ use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 
+/// The shared reference folder: `MBPIPE_SHARED`, else `../shared` beside the repository.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("MBPIPE_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
 /// `../shared/fixtures/modernbert-tiny`, or `None` (with a message saying why the test skips).
 pub fn fixture() -> Option<Fixture> {
-    let shared = std::env::var_os("MBPIPE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("fixtures/modernbert-tiny");
+    let dir = shared_dir().join("fixtures/modernbert-tiny");
     if !dir.join("expected.safetensors").is_file() {
         eprintln!(
             "SKIPPED: fixture not found at {} (set MBPIPE_SHARED to the shared/ folder)",
