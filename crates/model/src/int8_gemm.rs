@@ -52,22 +52,26 @@ pub fn available() -> bool {
 }
 
 /// The scale of a row or column whose largest magnitude is `max_abs`, and its inverse (0 for an
-/// all-zero one, whose values all quantize to 0).
+/// all-zero one, whose values all quantize to 0). A row or column holding a NaN or an infinity
+/// gets a NaN scale: the outputs that depend on it come out NaN, as in f32, instead of a finite
+/// value computed from the other elements.
 fn scale_of(max_abs: f32) -> (f32, f32) {
-    if max_abs > 0.0 && max_abs.is_finite() {
+    if !max_abs.is_finite() {
+        (f32::NAN, 0.0)
+    } else if max_abs > 0.0 {
         (max_abs / QMAX, QMAX / max_abs)
     } else {
         (0.0, 0.0)
     }
 }
 
-/// `scale`, or NaN where `values` hold a NaN or an infinity: the outputs that depend on them then
-/// come out NaN, as in f32, instead of a finite value computed from the other elements.
-fn finite_or_nan(values: &[f32], scale: f32) -> f32 {
-    if values.iter().sum::<f32>().is_finite() {
-        scale
-    } else {
+/// The running largest magnitude `m` with `v`, NaN once either is (`f32::max` would drop it).
+#[inline]
+fn max_abs(m: f32, v: f32) -> f32 {
+    if m.is_nan() || v.is_nan() {
         f32::NAN
+    } else {
+        m.max(v.abs())
     }
 }
 
@@ -110,8 +114,8 @@ impl PackedI8 {
                         break;
                     }
                     let src = &w[row * k..(row + 1) * k];
-                    let (s, inverse) = scale_of(src.iter().fold(0f32, |m, v| m.max(v.abs())));
-                    *scale = finite_or_nan(src, s);
+                    let (s, inverse) = scale_of(src.iter().copied().fold(0.0, max_abs));
+                    *scale = s;
                     for (l, &v) in src.iter().enumerate() {
                         out[(l / 4) * NR * 4 + j * 4 + l % 4] = quantize(v, inverse);
                     }
@@ -201,19 +205,15 @@ impl QuantizedRows {
 /// One row quantized into `values` and `magnitudes`; returns its scale.
 fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    let scale = if available() {
+    if available() {
         // SAFETY: AVX2 was just detected.
-        unsafe { x86::quantize_row(x, values, magnitudes) }
-    } else {
-        quantize_row_scalar(x, values, magnitudes)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let scale = quantize_row_scalar(x, values, magnitudes);
-    finite_or_nan(x, scale)
+        return unsafe { x86::quantize_row(x, values, magnitudes) };
+    }
+    quantize_row_scalar(x, values, magnitudes)
 }
 
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
-    let (scale, inverse) = scale_of(x.iter().fold(0f32, |m, v| m.max(v.abs())));
+    let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs));
     for ((&v, q), a) in x.iter().zip(values.iter_mut()).zip(magnitudes.iter_mut()) {
         *q = quantize(v, inverse);
         *a = q.unsigned_abs();
@@ -349,12 +349,19 @@ mod x86 {
     pub(super) unsafe fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let full = x.len() / 8;
-        let mut max = _mm256_setzero_ps();
+        let (mut max, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for i in 0..full {
             let v = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), abs_mask);
             max = _mm256_max_ps(max, v);
+            // `vmaxps` drops NaN; keep a lane mask of them.
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
         }
-        let max = x[8 * full..].iter().fold(max8(max), |m, v| m.max(v.abs()));
+        let first = if _mm256_movemask_ps(nan) == 0 {
+            max8(max)
+        } else {
+            f32::NAN
+        };
+        let max = x[8 * full..].iter().copied().fold(first, super::max_abs);
         let (scale, inverse) = super::scale_of(max);
         let inv = _mm256_set1_ps(inverse);
         // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
@@ -456,7 +463,7 @@ mod tests {
         let mut scales = vec![0f32; rows];
         for i in 0..rows {
             let row = &x[i * k..(i + 1) * k];
-            let (s, inverse) = scale_of(row.iter().fold(0f32, |m, v| m.max(v.abs())));
+            let (s, inverse) = scale_of(row.iter().copied().fold(0.0, max_abs));
             scales[i] = s;
             for l in 0..k {
                 q[i * k + l] = quantize(row[l], inverse) as i32;
