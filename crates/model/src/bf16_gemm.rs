@@ -329,18 +329,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::packed_gemm::test_support::random;
 
     /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
     fn skip_without_kernel() -> bool {
@@ -467,24 +456,11 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for &(m, inter, k) in &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)] {
-            let x = random(m * k, 11);
-            let w = random(2 * inter * k, 12);
-            let b = random(2 * inter, 13);
-            let plain = PackedWeight::pack(&w, 2 * inter, k).matmul(&x, m, Some(&b));
-            let mut want = vec![0f32; m * inter];
-            crate::fused::gelu_gate_slices(&plain, inter, &mut want);
-            let gated = PackedWeight::pack_gated(&w, inter, k);
-            assert_eq!(gated.out_features(), inter);
-            let got = gated.matmul(&x, m, Some(&b));
-            assert_eq!(got.len(), m * inter);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
-                    "{m}x{inter}x{k} [{i}]: {g} vs {w}"
-                );
-            }
-        }
+        crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
+            PackedWeight::pack,
+            PackedWeight::pack_gated,
+            &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)],
+        );
     }
 
     #[test]

@@ -329,3 +329,49 @@ struct SendPtr(*mut f32);
 // SAFETY: used only to hand disjoint output blocks to rayon tasks.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
+
+/// What the kernels' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::PackedGemm;
+
+    /// `len` values in [-1, 1) from a xorshift generator seeded by `seed`.
+    pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// For each `(m, inter, k)`: the gated (GEGLU) product of `pack_gated`'s weight equals the
+    /// plain product of `pack`'s (the same weight) followed by the separate GELU x gate pass.
+    pub(crate) fn check_gated_equals_product_then_geglu<P: PackedGemm, G: PackedGemm>(
+        pack: impl Fn(&[f32], usize, usize) -> P,
+        pack_gated: impl Fn(&[f32], usize, usize) -> G,
+        shapes: &[(usize, usize, usize)],
+    ) {
+        for &(m, inter, k) in shapes {
+            let x = random(m * k, 11);
+            let w = random(2 * inter * k, 12);
+            let b = random(2 * inter, 13);
+            let plain = pack(&w, 2 * inter, k).matmul(&x, m, Some(&b));
+            let mut want = vec![0f32; m * inter];
+            crate::fused::gelu_gate_slices(&plain, inter, &mut want);
+            let gated = pack_gated(&w, inter, k);
+            assert_eq!(gated.out_features(), inter);
+            let got = gated.matmul(&x, m, Some(&b));
+            assert_eq!(got.len(), m * inter);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "{m}x{inter}x{k} [{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
