@@ -1,13 +1,14 @@
 //! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, the packed f32 kernel, candle bf16,
-//! the AVX512-BF16 kernel and the int8 kernel (GOP/s), measured back to back (shared machines are noisy; compare within one run).
+//! the AVX512-BF16 kernel, the AMX bf16 kernel and the int8 kernel (GOP/s), measured back to back (shared machines are noisy; compare within one run).
 //!
 //! `cargo run --release -p mbpipe-model --example gemm_bench -- [reps]`
 
 use std::time::Instant;
 
+use mbpipe_model::amx_bf16_gemm::PackedAmxBf16;
 use mbpipe_model::bf16_gemm::{available, PackedWeight};
 use mbpipe_model::f32_gemm::PackedF32;
-use mbpipe_model::int8_gemm::PackedI8;
+use mbpipe_model::int8_gemm::{Int8Kernel, PackedI8};
 use mbpipe_model::PackedGemm;
 use mbpipe_model::{DType, Device, Tensor};
 
@@ -25,11 +26,18 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::MAX, f64::min)
 }
 
+/// GFLOP/s of `packed` writing into an output buffer reused across calls, as the forward runs it.
+fn reused_output(reps: usize, packed: &dyn PackedGemm, xs: &[f32], m: usize, n: usize) -> f64 {
+    let flop = 2.0 * (m * packed.in_features() * n) as f64;
+    let mut out = vec![0f32; m * n];
+    flop / best_of(reps, || packed.matmul_add_into(xs, m, None, None, &mut out)) / 1e9
+}
+
 fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
     println!(
-        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | int8 kernel, reused output (GFLOP/s)"
+        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | AMX bf16, reused output | int8 AVX2, reused output | int8 AMX, reused output (GFLOP/s)"
     );
     for (m, k, n) in [
         (2048, 768, 2304),
@@ -98,19 +106,24 @@ fn main() {
         } else {
             "n/a (no avx512bf16) | n/a".into()
         };
-        let int8 = if mbpipe_model::int8_gemm::available() {
-            let packed = PackedI8::pack(&ws, n, k);
-            let mut out = vec![0f32; m * n];
-            let reused =
-                flop / best_of(reps, || {
-                    packed.matmul_add_into(&xs, m, None, None, &mut out)
-                }) / 1e9;
-            format!("{reused:.0}")
+        let amx = if mbpipe_model::amx_bf16_gemm::available() {
+            let packed = PackedAmxBf16::pack(&ws, n, k);
+            format!("{:.0}", reused_output(reps, &packed, &xs, m, n))
         } else {
-            "n/a (no avx2)".into()
+            "n/a (no amx-bf16)".into()
         };
+        let int8 = [Int8Kernel::Avx2, Int8Kernel::Tiles]
+            .map(|kernel| {
+                if kernel.available() {
+                    let packed = PackedI8::pack_for(kernel, &ws, n, k);
+                    format!("{:.0}", reused_output(reps, &packed, &xs, m, n))
+                } else {
+                    "n/a".into()
+                }
+            })
+            .join(" | ");
         println!(
-            "{m} x {k} x {n} | {:.0} | {f32_kernel} | {f32_cold} | {:.0} | {kernel} | {int8}",
+            "{m} x {k} x {n} | {:.0} | {f32_kernel} | {f32_cold} | {:.0} | {kernel} | {amx} | {int8}",
             flop / f32s / 1e9,
             flop / bf16s / 1e9
         );

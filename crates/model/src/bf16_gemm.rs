@@ -229,7 +229,7 @@ thread_local! {
 }
 
 /// One row of f32 activations to bf16 pairs (the last pair zero-padded when `k` is odd).
-fn convert_row(src: &[f32], dst: &mut [u32]) {
+pub(crate) fn convert_row(src: &[f32], dst: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: `matmul` checked `available()`.
@@ -326,18 +326,11 @@ mod x86 {
     }
 }
 
+/// The checks every bf16 kernel's tests run (this one's and the AMX kernel's).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
     use crate::packed_gemm::test_support::random;
-
-    /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
-    fn skip_without_kernel() -> bool {
-        if !available() {
-            eprintln!("SKIPPED: this CPU has no avx512bf16 (scripts/check-avx512.sh runs it)");
-        }
-        !available()
-    }
+    use crate::PackedGemm;
 
     fn round(v: &[f32]) -> Vec<f32> {
         v.iter()
@@ -367,15 +360,11 @@ mod tests {
         out
     }
 
-    /// Against an f64 product of the bf16-rounded inputs the kernel differs only by f32
+    /// Against an f64 product of the bf16-rounded inputs a kernel differs only by f32
     /// accumulation order: 1e-5 relative to the sum of |terms| (k up to ~1k) is ample. Against
     /// the exact f32 inputs the bf16 rounding (unit roundoff 2^-8 per factor) dominates: the error
     /// is below (2^-7 + 2^-16) · Σ|x·w|, checked per element as Σ|x·w| / 100.
-    #[test]
-    fn matches_reference_on_odd_shapes() {
-        if skip_without_kernel() {
-            return;
-        }
+    pub(crate) fn check_matches_reference<P: PackedGemm>(pack: impl Fn(&[f32], usize, usize) -> P) {
         for &(m, n, k) in &[
             (1, 1, 1),
             (3, 5, 7),
@@ -389,7 +378,7 @@ mod tests {
             let x = random(m * k, (m * 31 + k) as u64);
             let w = random(n * k, (n * 17 + k) as u64);
             let b = random(n, n as u64 + 5);
-            let packed = PackedWeight::pack(&w, n, k);
+            let packed = pack(&w, n, k);
             assert_eq!((packed.out_features(), packed.in_features()), (n, k));
             let got = packed.matmul(&x, m, Some(&b));
             let exact_rounded = reference(&round(&x), &round(&w), Some(&b), m, n, k);
@@ -424,17 +413,15 @@ mod tests {
     /// The residual is added to every element as it is written, and writing into a reused
     /// buffer (whatever it held) gives the same values as a fresh output, also when a smaller
     /// product ran before it on the same thread.
-    #[test]
-    fn residual_and_reused_output_give_the_same_values() {
-        if skip_without_kernel() {
-            return;
-        }
+    pub(crate) fn check_residual_and_reused_output<P: PackedGemm>(
+        pack: impl Fn(&[f32], usize, usize) -> P,
+    ) {
         for &(m, n, k) in &[(9, 49, 33), (300, 200, 768)] {
             let x = random(m * k, 7);
             let w = random(n * k, 8);
             let b = random(n, 9);
             let res = random(m * n, 10);
-            let packed = PackedWeight::pack(&w, n, k);
+            let packed = pack(&w, n, k);
             let plain = packed.matmul(&x, m, Some(&b));
             let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
             for i in 0..m * n {
@@ -447,6 +434,36 @@ mod tests {
             packed.matmul_add_into(&x, m, Some(&b), Some(&res), &mut out);
             assert_eq!(out, with_res);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packed_gemm::test_support::random;
+
+    /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
+    fn skip_without_kernel() -> bool {
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no avx512bf16 (scripts/check-avx512.sh runs it)");
+        }
+        !available()
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes() {
+        if skip_without_kernel() {
+            return;
+        }
+        test_support::check_matches_reference(PackedWeight::pack);
+    }
+
+    #[test]
+    fn residual_and_reused_output_give_the_same_values() {
+        if skip_without_kernel() {
+            return;
+        }
+        test_support::check_residual_and_reused_output(PackedWeight::pack);
     }
 
     /// The gated (GEGLU) product equals the plain product of the same weight followed by the

@@ -16,7 +16,8 @@
 //! to i32.
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
-//! kernels.
+//! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
+//! `tdpbssd`: signed bytes, exact i32 sums), with k padded to whole tiles.
 
 use rayon::prelude::*;
 
@@ -39,7 +40,47 @@ const GATED_MC: usize = 64;
 /// The largest quantized magnitude: symmetric, so `-128` never occurs and `|p|` fits a byte.
 const QMAX: f32 = 127.0;
 
-/// Whether this CPU can run the int8 kernel.
+mod tiles;
+
+/// The instructions an int8 weight is packed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// `vpmaddubsw` on AVX2 (every x86-64 CPU of the last decade).
+    Avx2,
+    /// AMX-INT8 tiles (`tdpbssd`).
+    Tiles,
+}
+
+impl Int8Kernel {
+    /// Whether this CPU (and OS) runs the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Int8Kernel::Avx2 => available(),
+            Int8Kernel::Tiles => available() && tiles::available(),
+        }
+    }
+
+    /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
+    /// the tiles out), or `None` without AVX2.
+    pub fn detect() -> Option<Self> {
+        let tiles = crate::Overrides::get().amx && Int8Kernel::Tiles.available();
+        match (tiles, available()) {
+            (true, _) => Some(Int8Kernel::Tiles),
+            (false, true) => Some(Int8Kernel::Avx2),
+            (false, false) => None,
+        }
+    }
+
+    /// Every kernel this CPU runs (tests).
+    pub fn all_available() -> Vec<Self> {
+        [Int8Kernel::Avx2, Int8Kernel::Tiles]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+}
+
+/// Whether this CPU can run the (AVX2) int8 kernel.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -88,7 +129,8 @@ pub struct PackedI8 {
     k: usize,
     /// GEGLU: the output is `gelu(y[:, ..n/2]) · y[:, n/2..]` of the product `y`.
     gated: bool,
-    /// Groups of four input features: `k.div_ceil(4)`.
+    kernel: Int8Kernel,
+    /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
     /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes.
     data: Vec<i8>,
@@ -97,11 +139,22 @@ pub struct PackedI8 {
 }
 
 impl PackedI8 {
-    /// Quantizes and packs a row-major `[n, k]` f32 weight.
+    /// Quantizes and packs a row-major `[n, k]` f32 weight for the AVX2 kernel.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack_for(Int8Kernel::Avx2, w, n, k)
+    }
+
+    /// Quantizes and packs a row-major `[n, k]` f32 weight for `kernel`.
+    pub fn pack_for(kernel: Int8Kernel, w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
-        let groups = k.div_ceil(4);
-        let panels = n.div_ceil(NR);
+        let (groups, panels) = match kernel {
+            Int8Kernel::Avx2 => (k.div_ceil(4), n.div_ceil(NR)),
+            // Whole tiles of k, and panels in pairs (a tile product covers 32 columns).
+            Int8Kernel::Tiles => (
+                k.div_ceil(4).next_multiple_of(16).max(16),
+                n.div_ceil(NR).next_multiple_of(2),
+            ),
+        };
         let mut scales = vec![0f32; panels * NR];
         let mut data = vec![0i8; panels * groups * NR * 4];
         data.par_chunks_mut((groups * NR * 4).max(1))
@@ -125,6 +178,7 @@ impl PackedI8 {
             n,
             k,
             gated: false,
+            kernel,
             groups,
             data,
             scales,
@@ -134,9 +188,14 @@ impl PackedI8 {
     /// Packs a GEGLU weight `[2 · inter, k]` (rows `..inter` are `W_in`, the rest `W_gate`), as
     /// [`bf16_gemm::PackedWeight::pack_gated`](crate::bf16_gemm::PackedWeight::pack_gated).
     pub fn pack_gated(w: &[f32], inter: usize, k: usize) -> Self {
+        Self::pack_gated_for(Int8Kernel::Avx2, w, inter, k)
+    }
+
+    /// [`pack_gated`](Self::pack_gated) for `kernel`.
+    pub fn pack_gated_for(kernel: Int8Kernel, w: &[f32], inter: usize, k: usize) -> Self {
         PackedI8 {
             gated: true,
-            ..Self::pack(w, 2 * inter, k)
+            ..Self::pack_for(kernel, w, 2 * inter, k)
         }
     }
 
@@ -150,13 +209,18 @@ impl PackedI8 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        rows.quantize(x, m, self.k);
+        // Tiles load 32 rows at a time: the padding rows' sums are computed and never written.
+        let row_multiple = match self.kernel {
+            Int8Kernel::Avx2 => 1,
+            Int8Kernel::Tiles => crate::amx::BLOCK,
+        };
+        rows.quantize(x, (m, self.k), self.groups * 4, row_multiple);
         if self.gated {
             return write_gated_blocks(self, rows, m, GATED_MC, bias, out);
         }
         let blocking = Blocking {
             rows: MC,
-            panels: PANELS_PER_BLOCK,
+            panels: PANELS_PER_BLOCK * NR / self.panel_width(),
         };
         write_blocks(self, rows, m, blocking, bias, residual, out);
     }
@@ -174,11 +238,12 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x [m, k]` into this buffer.
-    fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
-        let stride = k.div_ceil(4) * 4;
+    /// Quantizes `x [m, k]` into this buffer, rows `stride` bytes apart (at least `k`, zero
+    /// past it), with room for `m` rounded up to `row_multiple` rows.
+    fn quantize(&mut self, x: &[f32], (m, k): (usize, usize), stride: usize, row_multiple: usize) {
         self.stride = stride;
-        self.values.resize(m * stride, 0);
+        self.values
+            .resize(m.next_multiple_of(row_multiple) * stride, 0);
         self.magnitudes.resize(m * stride, 0);
         self.scales.resize(m, 0.0);
         const ROWS_PER_TASK: usize = 64;
@@ -228,12 +293,16 @@ impl PanelKernel for PackedI8 {
         self.n
     }
 
+    /// [`NR`] columns; for tiles, pairs of panels.
     fn panel_width(&self) -> usize {
-        NR
+        match self.kernel {
+            Int8Kernel::Avx2 => NR,
+            Int8Kernel::Tiles => 2 * NR,
+        }
     }
 
     /// # Safety
-    /// As the trait's; the CPU has AVX2.
+    /// As the trait's; the CPU runs `self.kernel`.
     unsafe fn block(
         &self,
         a: &QuantizedRows,
@@ -243,6 +312,9 @@ impl PanelKernel for PackedI8 {
         residual: *const f32,
         out: BlockOut,
     ) {
+        if self.kernel == Int8Kernel::Tiles {
+            return tiles::block(self, a, rows, panels, (bias, residual), out);
+        }
         let (n, stride) = (self.n, a.stride);
         let mut r = rows.start;
         while r < rows.end {
@@ -313,7 +385,11 @@ impl PackedGemm for PackedI8 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        assert!(available(), "the int8 kernel needs AVX2");
+        assert!(
+            self.kernel.available(),
+            "this CPU does not run {:?}",
+            self.kernel
+        );
         if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
             return;
         }
@@ -446,6 +522,14 @@ mod tests {
         !available()
     }
 
+    /// Every int8 kernel this CPU runs (the tiles' absence said on stderr).
+    fn kernels() -> Vec<Int8Kernel> {
+        if !Int8Kernel::Tiles.available() {
+            eprintln!("SKIPPED for the AMX kernel: this CPU (or OS) offers no AMX-INT8 tiles");
+        }
+        Int8Kernel::all_available()
+    }
+
     /// Per-row (or per-column) quantization in scalar code: values and scales.
     fn quantized(x: &[f32], rows: usize, k: usize) -> (Vec<i32>, Vec<f32>) {
         let mut q = vec![0i32; rows * k];
@@ -494,16 +578,21 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for &(m, n, k) in &[
+        let shapes = [
             (1, 1, 1),
             (3, 5, 7),
             (4, 16, 4),
             (5, 17, 33),
             (17, 100, 31),
+            (33, 48, 130),
             (257, 97, 65),
             (300, 200, 768),
             (13, 2304, 768),
-        ] {
+        ];
+        for (kernel, &(m, n, k)) in kernels()
+            .into_iter()
+            .flat_map(|c| shapes.iter().map(move |s| (c, s)))
+        {
             let mut x = random(m * k, (m * 31 + k) as u64);
             let w = random(n * k, (n * 17 + k) as u64);
             let b = random(n, n as u64 + 5);
@@ -512,13 +601,13 @@ mod tests {
                 x[k..2 * k].fill(0.0);
                 x[2 * k] = 40.0;
             }
-            let packed = PackedI8::pack(&w, n, k);
+            let packed = PackedI8::pack_for(kernel, &w, n, k);
             assert_eq!((packed.out_features(), packed.in_features()), (n, k));
             let got = packed.matmul(&x, m, Some(&b));
             assert_eq!(
                 got,
                 scalar_product(&x, &w, Some(&b), None, (m, n, k)),
-                "{m}x{n}x{k}"
+                "{kernel:?} {m}x{n}x{k}"
             );
             let (_, sx) = quantized(&x, m, k);
             let (_, sw) = quantized(&w, n, k);
@@ -551,12 +640,16 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for &(m, n, k) in &[(9, 49, 33), (300, 200, 768)] {
+        let shapes = [(9, 49, 33), (300, 200, 768)];
+        for (kernel, &(m, n, k)) in kernels()
+            .into_iter()
+            .flat_map(|c| shapes.iter().map(move |s| (c, s)))
+        {
             let x = random(m * k, 7);
             let w = random(n * k, 8);
             let b = random(n, 9);
             let res = random(m * n, 10);
-            let packed = PackedI8::pack(&w, n, k);
+            let packed = PackedI8::pack_for(kernel, &w, n, k);
             let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
             assert_eq!(
                 with_res,
@@ -575,11 +668,13 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
-            PackedI8::pack,
-            PackedI8::pack_gated,
-            &[(1, 5, 3), (31, 48, 64), (70, 1152, 768)],
-        );
+        for kernel in kernels() {
+            crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
+                |w, n, k| PackedI8::pack_for(kernel, w, n, k),
+                |w, inter, k| PackedI8::pack_gated_for(kernel, w, inter, k),
+                &[(1, 5, 3), (31, 48, 64), (70, 1152, 768)],
+            );
+        }
     }
 
     /// The vector quantization gives the scalar one's values, scale and magnitudes, ties and
@@ -614,14 +709,20 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
+        for kernel in kernels() {
+            check_non_finite_values(kernel);
+        }
+    }
+
+    fn check_non_finite_values(kernel: Int8Kernel) {
         let (m, n, k) = (4, 20, 9);
         let mut x = random(m * k, 21);
         let mut w = random(n * k, 22);
-        let clean = PackedI8::pack(&w, n, k).matmul(&x, m, None);
+        let clean = PackedI8::pack_for(kernel, &w, n, k).matmul(&x, m, None);
         x[k + 3] = f32::NAN;
         x[2 * k + 8] = f32::INFINITY;
         w[5 * k + 1] = f32::NEG_INFINITY;
-        let got = PackedI8::pack(&w, n, k).matmul(&x, m, None);
+        let got = PackedI8::pack_for(kernel, &w, n, k).matmul(&x, m, None);
         for i in 0..m {
             for j in 0..n {
                 let y = got[i * n + j];
@@ -639,7 +740,9 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        let packed = PackedI8::pack(&random(6, 1), 2, 3);
-        assert!(packed.matmul(&[], 0, None).is_empty());
+        for kernel in kernels() {
+            let packed = PackedI8::pack_for(kernel, &random(6, 1), 2, 3);
+            assert!(packed.matmul(&[], 0, None).is_empty());
+        }
     }
 }

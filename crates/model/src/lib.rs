@@ -13,6 +13,8 @@
 //! ```
 #![deny(missing_docs)]
 
+mod amx;
+pub mod amx_bf16_gemm;
 mod attention;
 mod batch;
 #[doc(hidden)]

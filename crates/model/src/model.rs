@@ -8,6 +8,7 @@ use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::files::ModelFiles;
 use crate::heads::{pool, top_k, PredictionHead};
+use crate::int8_gemm::Int8Kernel;
 use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
 use crate::overrides::{CpuKernels, Overrides};
@@ -20,6 +21,8 @@ pub type MaskPredictions = Vec<Vec<(u32, f32)>>;
 /// How `--dtype bf16` runs on a CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuBf16 {
+    /// bf16 weights on AMX tiles (`tdpbf16ps`), activations in f32.
+    Tiles,
     /// bf16 weights on the AVX512-BF16 dot-product kernel, activations in f32.
     DotProduct,
     /// f32 throughout: on a CPU without bf16 instructions, candle's emulated bf16 is slower than
@@ -31,14 +34,23 @@ pub enum CpuBf16 {
 }
 
 impl CpuBf16 {
-    /// The path for a CPU that has (`has_dot_product`) the AVX512-BF16 instructions or not, when
-    /// the own kernel is allowed (`kernel_allowed`) or not.
-    pub fn choose(has_dot_product: bool, kernel_allowed: bool) -> Self {
-        match (kernel_allowed, has_dot_product) {
-            (false, _) => CpuBf16::Candle,
-            (true, true) => CpuBf16::DotProduct,
-            (true, false) => CpuBf16::F32,
+    /// The path for a CPU that has (`has_tiles`) AMX-BF16 tiles or not and (`has_dot_product`)
+    /// the AVX512-BF16 instructions or not, when the own kernels are allowed (`kernel_allowed`)
+    /// or not.
+    pub fn choose(has_tiles: bool, has_dot_product: bool, kernel_allowed: bool) -> Self {
+        match (kernel_allowed, has_tiles, has_dot_product) {
+            (false, _, _) => CpuBf16::Candle,
+            (true, true, _) => CpuBf16::Tiles,
+            (true, false, true) => CpuBf16::DotProduct,
+            (true, false, false) => CpuBf16::F32,
         }
+    }
+
+    /// The fastest path this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves the
+    /// tiles out).
+    pub fn detect(kernel_allowed: bool) -> Self {
+        let tiles = Overrides::get().amx && crate::amx_bf16_gemm::available();
+        Self::choose(tiles, crate::bf16_gemm::available(), kernel_allowed)
     }
 }
 
@@ -51,22 +63,22 @@ pub struct ModernBert {
     classifier: Option<Linear>,
     /// Precision asked for.
     dtype: DType,
-    /// Dtype of activations (f32 when bf16 runs on the AVX512-BF16 kernel).
+    /// Dtype of activations (f32 when bf16 runs on an own bf16 kernel).
     compute_dtype: DType,
     /// How bf16 runs, for bf16 on a CPU.
     cpu_bf16: Option<CpuBf16>,
     /// The CPU kernels chosen at load (none on a GPU).
     cpu_kernels: CpuKernels,
-    /// The encoder's linear layers run on the int8 kernel.
-    int8: bool,
+    /// The int8 kernel the encoder's linear layers run on.
+    int8: Option<Int8Kernel>,
 }
 
 impl ModernBert {
     /// Loads config and weights from resolved model files onto `device` in `dtype`.
     ///
-    /// `bf16` on a CPU with AVX512-BF16 multiplies with bf16 weights on the dot-product
-    /// instructions and keeps activations, norms and softmax in f32 (more accurate than all-bf16
-    /// at the same speed); on other CPUs it runs the f32 kernels (saying so once), faster there
+    /// `bf16` on a CPU with AMX-BF16 multiplies with bf16 weights on the tiles, on one with
+    /// AVX512-BF16 on the dot-product instructions, and keeps activations, norms and softmax in
+    /// f32 (more accurate than all-bf16 at the same speed); on other CPUs it runs the f32 kernels (saying so once), faster there
     /// than emulated bf16; with `MBPIPE_BF16_GEMM=0` it is candle's bf16 throughout.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         Self::load_with_kernel(files, device, dtype, Overrides::get().bf16_gemm)
@@ -80,7 +92,7 @@ impl ModernBert {
         dtype: DType,
         bf16_kernel: bool,
     ) -> Result<Self> {
-        let path = CpuBf16::choose(crate::bf16_gemm::available(), bf16_kernel);
+        let path = CpuBf16::detect(bf16_kernel);
         if path == CpuBf16::F32 && dtype == DType::BF16 && device.is_cpu() {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
@@ -112,29 +124,45 @@ impl ModernBert {
     /// the GEGLU's activation and the heads stay in f32. On a CPU without AVX2 it loads in f32
     /// (saying so once); a GPU is refused (bf16 and f16 are its fast precisions).
     pub fn load_int8(files: &ModelFiles, device: &Device) -> Result<Self> {
+        Self::load_int8_on(files, device, Int8Kernel::detect())
+    }
+
+    /// [`ModernBert::load_int8`] on the given kernel (`None`: f32), for tests on every kernel
+    /// the CPU runs.
+    #[doc(hidden)]
+    pub fn load_int8_on(
+        files: &ModelFiles,
+        device: &Device,
+        kernel: Option<Int8Kernel>,
+    ) -> Result<Self> {
         if !device.is_cpu() {
             return Err(ModelError::Unsupported(
                 "--dtype int8 runs on CPUs; on a GPU use bf16 or f16".into(),
             ));
         }
-        if !crate::int8_gemm::available() {
+        let Some(kernel) = kernel else {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 eprintln!("mbpipe: this CPU has no AVX2 instructions; --dtype int8 runs in f32")
             });
             return Self::load(files, device, DType::F32);
+        };
+        if !kernel.available() {
+            return Err(ModelError::Unsupported(format!(
+                "this CPU does not run the int8 {kernel:?} kernel"
+            )));
         }
         Self::load_parts(
             files,
             device,
             DType::F32,
             CpuBf16::F32,
-            WeightPrecision::Int8,
+            WeightPrecision::Int8(kernel),
         )
     }
 
     /// [`ModernBert::load`] with the given bf16 path for a CPU (tests: every path on any CPU;
-    /// [`CpuBf16::DotProduct`] needs the AVX512-BF16 instructions).
+    /// [`CpuBf16::DotProduct`] needs the AVX512-BF16 instructions, [`CpuBf16::Tiles`] AMX-BF16).
     #[doc(hidden)]
     pub fn load_with_cpu_bf16(
         files: &ModelFiles,
@@ -143,10 +171,10 @@ impl ModernBert {
         path: CpuBf16,
     ) -> Result<Self> {
         let cpu_bf16 = (dtype == DType::BF16 && device.is_cpu()).then_some(path);
-        let weights = if cpu_bf16 == Some(CpuBf16::DotProduct) {
-            WeightPrecision::Bf16
-        } else {
-            WeightPrecision::F32
+        let weights = match cpu_bf16 {
+            Some(CpuBf16::Tiles) => WeightPrecision::Bf16Tiles,
+            Some(CpuBf16::DotProduct) => WeightPrecision::Bf16,
+            _ => WeightPrecision::F32,
         };
         Self::load_parts(files, device, dtype, path, weights)
     }
@@ -173,8 +201,15 @@ impl ModernBert {
                 "the bf16 dot-product kernel needs a CPU with avx512f and avx512bf16".into(),
             ));
         }
+        if cpu_bf16 == Some(CpuBf16::Tiles) && !crate::amx_bf16_gemm::available() {
+            return Err(ModelError::Unsupported(
+                "the bf16 tile kernel needs a CPU with amx-bf16 and avx512bf16, and an OS that \
+                 grants the tiles"
+                    .into(),
+            ));
+        }
         let compute_dtype = match cpu_bf16 {
-            Some(CpuBf16::DotProduct | CpuBf16::F32) => DType::F32,
+            Some(CpuBf16::Tiles | CpuBf16::DotProduct | CpuBf16::F32) => DType::F32,
             _ => dtype,
         };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
@@ -256,7 +291,10 @@ impl ModernBert {
             compute_dtype,
             cpu_bf16,
             cpu_kernels,
-            int8: weights == WeightPrecision::Int8,
+            int8: match weights {
+                WeightPrecision::Int8(kernel) => Some(kernel),
+                _ => None,
+            },
         })
     }
 
@@ -276,9 +314,9 @@ impl ModernBert {
         self.compute_dtype
     }
 
-    /// Whether linear layers run on the AVX512-BF16 kernel.
+    /// Whether linear layers run on a bf16 kernel (AMX tiles or AVX512-BF16).
     pub fn uses_bf16_kernel(&self) -> bool {
-        self.cpu_bf16 == Some(CpuBf16::DotProduct)
+        matches!(self.cpu_bf16, Some(CpuBf16::Tiles | CpuBf16::DotProduct))
     }
 
     /// The kernels chosen at load, in words: on a CPU the f32 GEMM's and the attention's
@@ -288,19 +326,30 @@ impl ModernBert {
             return format!("attention: {}", self.attention_kernel());
         }
         let bf16 = match self.cpu_bf16 {
+            Some(CpuBf16::Tiles) => ", bf16 on AMX tiles",
             Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
             Some(CpuBf16::F32) => ", bf16 on the f32 kernels (no AVX512-BF16)",
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",
-            None if self.int8 => {
-                ", int8 on the AVX2 kernel (the encoder's linear layers; the rest in f32)"
-            }
-            None => "",
+            None => match self.int8 {
+                Some(Int8Kernel::Tiles) => {
+                    ", int8 on AMX tiles (the encoder's linear layers; the rest in f32)"
+                }
+                Some(Int8Kernel::Avx2) => {
+                    ", int8 on the AVX2 kernel (the encoder's linear layers; the rest in f32)"
+                }
+                None => "",
+            },
         };
         format!("{}{bf16}", self.cpu_kernels)
     }
 
-    /// Whether the encoder's linear layers run on the int8 kernel.
+    /// Whether the encoder's linear layers run on an int8 kernel.
     pub fn uses_int8_kernel(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// The int8 kernel the encoder's linear layers run on.
+    pub fn int8_kernel(&self) -> Option<Int8Kernel> {
         self.int8
     }
 

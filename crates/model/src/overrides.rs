@@ -15,6 +15,8 @@ pub struct Overrides {
     pub fused_attention: bool,
     /// `MBPIPE_BF16_GEMM=0`: candle's bf16 throughout for `--dtype bf16` on a CPU.
     pub bf16_gemm: bool,
+    /// `MBPIPE_AMX=0`: no AMX tiles; bf16 on the AVX512-BF16 kernel (A/B measurements).
+    pub amx: bool,
     /// `MBPIPE_GPU_ATTENTION=per-sequence`: per-sequence candle attention on GPUs.
     pub gpu_batched_attention: bool,
     /// `MBPIPE_REQUIRE_GPU=1`: GPU test skips and failed load-time kernel checks are errors.
@@ -38,6 +40,7 @@ impl Overrides {
             f32_gemm: not_zero("MBPIPE_F32_GEMM"),
             fused_attention: not_zero("MBPIPE_FUSED_ATTENTION"),
             bf16_gemm: not_zero("MBPIPE_BF16_GEMM"),
+            amx: not_zero("MBPIPE_AMX"),
             gpu_batched_attention: lookup("MBPIPE_GPU_ATTENTION")
                 .is_none_or(|v| v.trim() != "per-sequence"),
             require_gpu: require_gpu_value(lookup(REQUIRE_GPU_ENV).as_deref()),
@@ -121,6 +124,7 @@ mod tests {
             f32_gemm: true,
             fused_attention: true,
             bf16_gemm: true,
+            amx: true,
             gpu_batched_attention: true,
             require_gpu: false,
         };
@@ -135,10 +139,11 @@ mod tests {
         let off = parse(&[
             ("MBPIPE_FUSED_ATTENTION", "0"),
             ("MBPIPE_BF16_GEMM", " 0 "),
+            ("MBPIPE_AMX", "0"),
             ("MBPIPE_GPU_ATTENTION", "per-sequence"),
             ("MBPIPE_REQUIRE_GPU", "yes"),
         ]);
-        assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention);
+        assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);

@@ -11,8 +11,10 @@ pub(crate) enum Packing {
     F32(Option<Cpu>),
     /// bf16 weights on the AVX512-BF16 kernel.
     Bf16,
-    /// int8 weights on the int8 kernel.
-    Int8,
+    /// bf16 weights on the AMX-BF16 tile kernel.
+    Bf16Tiles,
+    /// int8 weights on the int8 kernel for these instructions.
+    Int8(crate::int8_gemm::Int8Kernel),
 }
 
 impl Packing {
@@ -21,7 +23,10 @@ impl Packing {
         Some(match self {
             Packing::F32(isa) => Box::new(crate::f32_gemm::PackedF32::pack_for(isa, w, n, k)?),
             Packing::Bf16 => Box::new(crate::bf16_gemm::PackedWeight::pack(w, n, k)),
-            Packing::Int8 => Box::new(crate::int8_gemm::PackedI8::pack(w, n, k)),
+            Packing::Bf16Tiles => Box::new(crate::amx_bf16_gemm::PackedAmxBf16::pack(w, n, k)),
+            Packing::Int8(kernel) => {
+                Box::new(crate::int8_gemm::PackedI8::pack_for(kernel, w, n, k))
+            }
         })
     }
 
@@ -38,7 +43,12 @@ impl Packing {
                 isa, w, inter, k,
             )?),
             Packing::Bf16 => Box::new(crate::bf16_gemm::PackedWeight::pack_gated(w, inter, k)),
-            Packing::Int8 => Box::new(crate::int8_gemm::PackedI8::pack_gated(w, inter, k)),
+            Packing::Bf16Tiles => {
+                Box::new(crate::amx_bf16_gemm::PackedAmxBf16::pack_gated(w, inter, k))
+            }
+            Packing::Int8(kernel) => Box::new(crate::int8_gemm::PackedI8::pack_gated_for(
+                kernel, w, inter, k,
+            )),
         })
     }
 }

@@ -16,8 +16,10 @@ pub(crate) enum WeightPrecision {
     F32,
     /// Every linear layer on the AVX512-BF16 kernel.
     Bf16,
-    /// The encoder's linear layers on the int8 kernel.
-    Int8,
+    /// Every linear layer on the AMX-BF16 tile kernel.
+    Bf16Tiles,
+    /// The encoder's linear layers on the int8 kernel for these instructions.
+    Int8(crate::int8_gemm::Int8Kernel),
 }
 
 /// Tensors of one checkpoint, converted to the engine's device and dtype on request.
@@ -92,7 +94,8 @@ impl Weights {
     pub(crate) fn packing(&self, encoder_layer: bool) -> Packing {
         match self.weight_precision {
             WeightPrecision::Bf16 => Packing::Bf16,
-            WeightPrecision::Int8 if encoder_layer => Packing::Int8,
+            WeightPrecision::Bf16Tiles => Packing::Bf16Tiles,
+            WeightPrecision::Int8(kernel) if encoder_layer => Packing::Int8(kernel),
             _ => Packing::F32(self.cpu_kernels.gemm),
         }
     }

@@ -5,9 +5,12 @@
 
 mod common;
 
-use common::{assert_same_embeddings_and_labels, max_abs_diff, means_and_logits, Fixture};
+use common::{
+    assert_same_embeddings_and_labels, max_abs_diff, means_and_logits, means_and_logits_of, Fixture,
+};
 use mbpipe_model::{
-    load_tokenizer, CpuBf16, DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling, Precision,
+    load_tokenizer, CpuBf16, DType, Device, ModelFiles, ModernBert, PackedBatch, Pooling,
+    Precision, Tensor,
 };
 
 const F32_TOL: f32 = 1e-4;
@@ -116,20 +119,51 @@ fn bf16_candle_fallback_keeps_embeddings_and_labels() {
     check_low_precision_with(DType::BF16, false);
 }
 
-/// Each CPU takes its bf16 path: the dot-product kernel where it has AVX512-BF16, else the f32
-/// kernels; `MBPIPE_BF16_GEMM=0` (kernel not allowed) candle's bf16.
+/// Each CPU takes its bf16 path: AMX tiles where it has AMX-BF16, the dot-product kernel where
+/// it has AVX512-BF16, else the f32 kernels; `MBPIPE_BF16_GEMM=0` (kernels not allowed)
+/// candle's bf16.
 #[test]
 fn bf16_takes_the_path_this_cpu_runs_fastest() {
-    assert_eq!(CpuBf16::choose(true, true), CpuBf16::DotProduct);
-    assert_eq!(CpuBf16::choose(false, true), CpuBf16::F32);
-    assert_eq!(CpuBf16::choose(true, false), CpuBf16::Candle);
+    assert_eq!(CpuBf16::choose(true, true, true), CpuBf16::Tiles);
+    assert_eq!(CpuBf16::choose(false, true, true), CpuBf16::DotProduct);
+    assert_eq!(CpuBf16::choose(false, false, true), CpuBf16::F32);
+    assert_eq!(CpuBf16::choose(true, true, false), CpuBf16::Candle);
     let Some(fx) = Fixture::load("bf16 path") else {
         return;
     };
     let m = fx.model("mlm", &Device::Cpu, DType::BF16, true);
-    let want = CpuBf16::choose(mbpipe_model::bf16_gemm::available(), true);
-    assert_eq!(m.cpu_bf16(), Some(want));
+    assert_eq!(m.cpu_bf16(), Some(CpuBf16::detect(true)));
     assert_eq!(m.compute_dtype(), DType::F32);
+}
+
+/// Every bf16 kernel this CPU runs (not only the one it picks: an AMX CPU also runs the
+/// AVX512-BF16 kernel) keeps the embeddings and labels of the reference.
+#[test]
+fn every_bf16_kernel_this_cpu_runs_keeps_embeddings_and_labels() {
+    let Some(fx) = Fixture::load("every bf16 kernel") else {
+        return;
+    };
+    let kernels = [
+        (CpuBf16::Tiles, mbpipe_model::amx_bf16_gemm::available()),
+        (CpuBf16::DotProduct, mbpipe_model::bf16_gemm::available()),
+    ];
+    for (path, runs) in kernels {
+        if !runs {
+            eprintln!("SKIPPED {path:?}: this CPU lacks its instructions");
+            continue;
+        }
+        let outputs = means_and_logits_of(&fx, |which| {
+            let files = ModelFiles::from_dir(&fx.dir.join(which)).unwrap();
+            let model = ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, DType::BF16, path);
+            let model = model.unwrap();
+            assert_eq!(
+                (model.cpu_bf16(), model.uses_bf16_kernel()),
+                (Some(path), true)
+            );
+            model
+        });
+        assert_same_embeddings_and_labels(&fx, &outputs, &format!("bf16 on {path:?}"));
+    }
 }
 
 /// On a CPU without bf16 instructions `--dtype bf16` runs the f32 kernels: its outputs are the
@@ -184,4 +218,30 @@ fn int8_keeps_mean_embeddings_within_cosine_0_99() {
         worst = worst.min(c);
     }
     eprintln!("int8 mean embeddings: lowest cosine {worst:.5}");
+}
+
+/// Every int8 kernel this CPU runs computes the same integer sums and the same f32 epilogue, so
+/// the AMX tiles give the AVX2 kernel's hidden states bit for bit (and so pass its gate above).
+#[test]
+fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
+    use mbpipe_model::int8_gemm::Int8Kernel;
+    let Some(fx) = Fixture::load("every int8 kernel") else {
+        return;
+    };
+    let kernels = Int8Kernel::all_available();
+    if kernels.len() < 2 {
+        eprintln!("SKIPPED: this CPU runs only {kernels:?} (the AMX tiles need AMX-INT8)");
+        return;
+    }
+    let files = ModelFiles::from_dir(&fx.dir.join("mlm")).unwrap();
+    let batch = fx.batch();
+    let hidden: Vec<Tensor> = kernels
+        .iter()
+        .map(|&kernel| {
+            let model = ModernBert::load_int8_on(&files, &Device::Cpu, Some(kernel)).unwrap();
+            assert_eq!(model.int8_kernel(), Some(kernel));
+            model.encode(&batch).unwrap()
+        })
+        .collect();
+    assert_eq!(max_abs_diff(&hidden[0], &hidden[1]), 0.0, "{kernels:?}");
 }

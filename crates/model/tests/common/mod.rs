@@ -155,15 +155,23 @@ pub fn means_and_logits(
     dtype: DType,
     bf16_kernel: bool,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    means_and_logits_of(fx, |which| fx.model(which, device, dtype, bf16_kernel))
+}
+
+/// [`means_and_logits`] of the models `load` gives for `"mlm"` and `"classifier"`.
+pub fn means_and_logits_of(
+    fx: &Fixture,
+    load: impl Fn(&str) -> ModernBert,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     use mbpipe_model::Pooling;
     let batch = fx.batch();
-    let mlm = fx.model("mlm", device, dtype, bf16_kernel);
+    let mlm = load("mlm");
     let means = mlm
         .pool(&mlm.encode(&batch).unwrap(), &batch, Pooling::Mean)
         .unwrap()
         .to_vec2()
         .unwrap();
-    let cls = fx.model("classifier", device, dtype, bf16_kernel);
+    let cls = load("classifier");
     let logits = cls
         .classify(&cls.encode(&batch).unwrap(), &batch)
         .unwrap()

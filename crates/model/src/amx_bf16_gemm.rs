@@ -1,0 +1,350 @@
+//! `y = x Wᵀ (+ b)` with bf16 inputs and f32 accumulation on AMX tiles (`tdpbf16ps`), for the
+//! CPU `bf16` precision on CPUs with AMX-BF16 (Intel Xeon Sapphire Rapids and later).
+//!
+//! One `tdpbf16ps` multiplies a 16-row × 32-bf16 tile of activations by a 32-bf16 × 16-column
+//! tile of weights into a 16 × 16 f32 tile. The micro-kernel keeps a 2 × 2 block of such output
+//! tiles (32 rows × 32 columns) over all of k: two activation and two weight tiles per step,
+//! the eight tile registers in all.
+//!
+//! The weight is packed once, at load, into panels of [`NR`] = 32 columns, k padded with zeros
+//! to whole tiles; inside a panel, for each block of 16 pairs of input features, the two weight
+//! tiles lie one after the other (1 KiB each, word `[p][j]` = `W[j, 2p]` low, `W[j, 2p + 1]`
+//! high), so every tile load reads contiguous memory. Activations stay f32 in the model; each
+//! product rounds them to bf16 pairs (rows padded to whole tiles) on the way in, and writes f32
+//! plus bias and residual from the accumulators, as the AVX512-BF16 kernel does.
+
+use rayon::prelude::*;
+
+use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
+use crate::packed_gemm::{
+    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PackedGemm, PanelKernel,
+};
+
+/// Output columns per packed panel: two tiles of 16.
+pub const NR: usize = BLOCK;
+/// Rows per micro-kernel call: two tiles of 16.
+const MR: usize = BLOCK;
+/// Pairs of bf16 per tile row (64 bytes).
+const KB: usize = TILE_BYTES / 4;
+/// Words of one weight tile.
+const B_TILE: usize = KB * 16;
+/// Rows per work block.
+const MC: usize = 256;
+/// Panels per work block.
+const PANELS_PER_BLOCK: usize = 4;
+/// Rows per block of a gated (GEGLU) product, as the other kernels'.
+const GATED_MC: usize = 64;
+
+/// Whether this CPU (and OS) runs the AMX-BF16 kernel: tiles for the products, AVX512-BF16 for
+/// the conversion of activations and the epilogue.
+pub fn available() -> bool {
+    crate::amx::available("amx-bf16") && crate::bf16_gemm::available()
+}
+
+/// A weight `[n, k]` packed for the AMX kernel.
+pub struct PackedAmxBf16 {
+    /// Packed columns (for a gated weight `2 · inter`).
+    n: usize,
+    k: usize,
+    /// GEGLU: the output is `gelu(y[:, ..n/2]) · y[:, n/2..]` of the product `y`.
+    gated: bool,
+    /// Pairs of input features, padded to whole tiles: a multiple of [`KB`].
+    kp: usize,
+    /// `n.div_ceil(NR)` panels of `kp / KB` blocks of two weight tiles.
+    data: Vec<u32>,
+}
+
+impl PackedAmxBf16 {
+    /// Packs a row-major `[n, k]` f32 weight (rounded to bf16, to nearest even).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
+        let kp = k.div_ceil(2).next_multiple_of(KB).max(KB);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u32; panels * kp * NR];
+        data.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                for j in 0..NR {
+                    let row = panel * NR + j;
+                    if row >= n {
+                        break;
+                    }
+                    let src = &w[row * k..(row + 1) * k];
+                    let (tile, col) = (j / 16, j % 16);
+                    for p in 0..k.div_ceil(2) {
+                        let lo = bf16_bits(src[2 * p]);
+                        let hi = src.get(2 * p + 1).map_or(0, |&v| bf16_bits(v));
+                        let (block, pair) = (p / KB, p % KB);
+                        out[(2 * block + tile) * B_TILE + pair * 16 + col] = lo | (hi << 16);
+                    }
+                }
+            });
+        PackedAmxBf16 {
+            n,
+            k,
+            gated: false,
+            kp,
+            data,
+        }
+    }
+
+    /// Packs a GEGLU weight `[2 · inter, k]` (rows `..inter` are `W_in`, the rest `W_gate`), as
+    /// the AVX512-BF16 kernel's [`pack_gated`](crate::bf16_gemm::PackedWeight::pack_gated).
+    pub fn pack_gated(w: &[f32], inter: usize, k: usize) -> Self {
+        PackedAmxBf16 {
+            gated: true,
+            ..Self::pack(w, 2 * inter, k)
+        }
+    }
+
+    /// [`write`](PackedGemm::write) with `a` as the buffer of activation pairs.
+    unsafe fn write_with(
+        &self,
+        a: &mut Vec<u32>,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        let (k, kp) = (self.k, self.kp);
+        // Rows padded to whole micro-kernel calls: the padding rows' products are computed and
+        // never written, so their contents do not matter, only that they are there to load.
+        a.resize(m.next_multiple_of(MR) * kp, 0);
+        // Tile-major: each group of 16 rows is `kp / KB` tiles of 16 rows × 16 pairs, one after
+        // the other, so a tile load reads 1 KiB of contiguous memory.
+        const ROWS_PER_TASK: usize = 4 * TILE_ROWS;
+        a[..m.next_multiple_of(TILE_ROWS) * kp]
+            .par_chunks_mut(kp * ROWS_PER_TASK)
+            .zip(x.par_chunks(k * ROWS_PER_TASK))
+            .for_each(|(dst, src)| {
+                let pairs = k.div_ceil(2);
+                // Padding pairs meet zero weights, but stale NaNs there would not vanish.
+                let mut row = vec![0u32; kp];
+                for (i, s) in src.chunks(k).enumerate() {
+                    crate::bf16_gemm::convert_row(s, &mut row[..pairs]);
+                    let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
+                    for (q, block) in row.chunks_exact(KB).enumerate() {
+                        let at = q * B_TILE + (i % TILE_ROWS) * KB;
+                        group[at..at + KB].copy_from_slice(block);
+                    }
+                }
+            });
+        let a = &*a;
+        if self.gated {
+            return write_gated_blocks(self, a, m, GATED_MC, bias, out);
+        }
+        let blocking = Blocking {
+            rows: MC,
+            panels: PANELS_PER_BLOCK,
+        };
+        write_blocks(self, a, m, blocking, bias, residual, out);
+    }
+}
+
+fn bf16_bits(v: f32) -> u32 {
+    half::bf16::from_f32(v).to_bits() as u32
+}
+
+impl PanelKernel for PackedAmxBf16 {
+    type Rows = [u32];
+
+    fn packed_columns(&self) -> usize {
+        self.n
+    }
+
+    fn panel_width(&self) -> usize {
+        NR
+    }
+
+    /// # Safety
+    /// As the trait's; [`available`] said yes; `a` holds `rows.end` rounded up to [`MR`] rows.
+    unsafe fn block(
+        &self,
+        a: &[u32],
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        residual: *const f32,
+        out: BlockOut,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        crate::amx::with_tiles(|| {
+            let (n, kp) = (self.n, self.kp);
+            let mut acc = crate::amx::Accumulators([0.0; MR * NR]);
+            for p in panels {
+                let b = self.data.as_ptr().add(p * kp * NR) as *const u8;
+                let b_tiles = (b, b.add(B_TILE * 4), TILE_BYTES, 2 * B_TILE * 4);
+                let col = p * NR;
+                let cols = NR.min(n - col);
+                let mut r = rows.start;
+                while r < rows.end {
+                    let mr = MR.min(rows.end - r);
+                    let a0 = a.as_ptr().add(r * kp) as *const u8;
+                    let a_tiles = (a0, a0.add(TILE_ROWS * kp * 4), TILE_BYTES, B_TILE * 4);
+                    crate::amx::product_bf16(a_tiles, b_tiles, kp / KB, &mut acc);
+                    let t = out.tile((r, col, cols), n, bias, residual);
+                    x86::write_tile(&acc, mr, t);
+                    r += mr;
+                }
+            }
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (a, rows, panels, bias, residual, out);
+    }
+}
+
+impl PackedGemm for PackedAmxBf16 {
+    /// Output features (`inter` for a gated weight).
+    fn out_features(&self) -> usize {
+        if self.gated {
+            self.n / 2
+        } else {
+            self.n
+        }
+    }
+
+    fn in_features(&self) -> usize {
+        self.k
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        assert!(
+            available(),
+            "the AMX bf16 kernel needs amx-bf16 and avx512bf16"
+        );
+        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
+            return;
+        }
+        with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
+    }
+}
+
+thread_local! {
+    /// The activations as bf16 pairs, reused across calls from one thread.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use crate::amx::Accumulators;
+    use crate::packed_gemm::Tile;
+    use std::arch::x86_64::*;
+
+    /// The first `rows` rows and `t.cols` columns of `acc`, plus bias and residual, to `t`.
+    ///
+    /// # Safety
+    /// `t` covers `rows` rows of `t.cols <= NR` columns; the CPU has avx512f.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn write_tile(acc: &Accumulators<f32>, rows: usize, t: Tile) {
+        let Tile {
+            c,
+            ldc,
+            cols,
+            bias,
+            residual,
+        } = t;
+        for v in 0..NR / 16 {
+            let col = 16 * v;
+            if col >= cols {
+                break;
+            }
+            let left = cols - col;
+            let mask: __mmask16 = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let bv = if bias.is_null() {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_maskz_loadu_ps(mask, bias.add(col))
+            };
+            for r in 0..rows {
+                let mut y = _mm512_add_ps(_mm512_load_ps(acc.0.as_ptr().add(r * NR + col)), bv);
+                if !residual.is_null() {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, residual.add(r * ldc + col)));
+                }
+                _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, y);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bf16_gemm::test_support as bf16_checks;
+
+    /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
+    fn skip_without_kernel() -> bool {
+        if !available() {
+            eprintln!("SKIPPED: this CPU (or OS) offers no AMX-BF16 tiles");
+        }
+        !available()
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes() {
+        if skip_without_kernel() {
+            return;
+        }
+        bf16_checks::check_matches_reference(PackedAmxBf16::pack);
+    }
+
+    #[test]
+    fn residual_and_reused_output_give_the_same_values() {
+        if skip_without_kernel() {
+            return;
+        }
+        bf16_checks::check_residual_and_reused_output(PackedAmxBf16::pack);
+    }
+
+    #[test]
+    fn gated_product_equals_product_then_geglu() {
+        if skip_without_kernel() {
+            return;
+        }
+        crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
+            PackedAmxBf16::pack,
+            PackedAmxBf16::pack_gated,
+            &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)],
+        );
+    }
+
+    /// The same products, to the last bit, as the AVX512-BF16 kernel: both round inputs to bf16
+    /// the same way and accumulate exact bf16 products in f32, but in another order, so equal
+    /// within f32 accumulation rounding.
+    #[test]
+    fn agrees_with_the_dot_product_kernel() {
+        if skip_without_kernel() {
+            return;
+        }
+        let (m, n, k) = (77, 130, 200);
+        let x = crate::packed_gemm::test_support::random(m * k, 3);
+        let w = crate::packed_gemm::test_support::random(n * k, 4);
+        let amx = PackedAmxBf16::pack(&w, n, k).matmul(&x, m, None);
+        let dp = crate::bf16_gemm::PackedWeight::pack(&w, n, k).matmul(&x, m, None);
+        for (i, (a, d)) in amx.iter().zip(&dp).enumerate() {
+            assert!((a - d).abs() <= 1e-5 * (1.0 + d.abs()), "[{i}]: {a} vs {d}");
+        }
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        if skip_without_kernel() {
+            return;
+        }
+        let packed = PackedAmxBf16::pack(&crate::packed_gemm::test_support::random(6, 1), 2, 3);
+        assert!(packed.matmul(&[], 0, None).is_empty());
+    }
+}

@@ -1,0 +1,115 @@
+//! The int8 product on AMX tiles: `tdpbssd` multiplies signed bytes into exact i32 sums, so the
+//! same packed weight and quantized rows as the AVX2 kernel give the same sums, and the same
+//! f32 epilogue (`sum · (t · s) + bias + residual`) the same outputs, bit for bit.
+//!
+//! A panel of the weight is [`NR`] = 16 columns of groups of four bytes: 16 groups of it are one
+//! B tile (1 KiB, contiguous). The micro-kernel takes two adjacent panels (32 columns) and 32
+//! rows of quantized activations (two A tiles of 64 bytes of k per step).
+
+use super::{PackedI8, QuantizedRows, NR};
+use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
+use crate::packed_gemm::BlockOut;
+
+/// Whether the CPU and OS run the tiles (and AVX-512 for the epilogue).
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::amx::available("amx-int8") && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows `rows` of the product over the columns of `pairs` (pairs of panels), as
+/// [`PanelKernel::block`](crate::packed_gemm::PanelKernel::block).
+///
+/// # Safety
+/// As that; [`available`] said yes; `w` is packed for tiles and `a` quantized for them (rows
+/// padded to [`BLOCK`]).
+pub(super) unsafe fn block(
+    w: &PackedI8,
+    a: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    pairs: std::ops::Range<usize>,
+    (bias, residual): (Option<&[f32]>, *const f32),
+    out: BlockOut,
+) {
+    #[cfg(target_arch = "x86_64")]
+    crate::amx::with_tiles(|| {
+        let panel_bytes = w.groups * NR * 4;
+        let b_tile_bytes = TILE_ROWS * NR * 4;
+        let mut acc = Accumulators([0i32; BLOCK * BLOCK]);
+        for pair in pairs {
+            let b0 = w.data.as_ptr().add(2 * pair * panel_bytes) as *const u8;
+            let b_tiles = (b0, b0.add(panel_bytes), TILE_BYTES, b_tile_bytes);
+            let col = pair * BLOCK;
+            let cols = BLOCK.min(w.n - col);
+            let mut r = rows.start;
+            while r < rows.end {
+                let mr = BLOCK.min(rows.end - r);
+                let a0 = a.values.as_ptr().add(r * a.stride) as *const u8;
+                let a_tiles = (a0, a0.add(TILE_ROWS * a.stride), a.stride, TILE_BYTES);
+                crate::amx::product_i8(a_tiles, b_tiles, w.groups / 16, &mut acc);
+                let t = out.tile((r, col, cols), w.n, bias, residual);
+                let scales = (a.scales.as_ptr().add(r), w.scales.as_ptr().add(col));
+                x86::write_tile(&acc, mr, scales, t);
+                r += mr;
+            }
+        }
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, a, rows, pairs, bias, residual, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::amx::{Accumulators, BLOCK};
+    use crate::packed_gemm::Tile;
+
+    /// `y = sum · (t · s) + bias (+ residual)` for the first `rows` rows and `t.cols` columns
+    /// of `acc`, in the AVX2 kernel's order of operations.
+    ///
+    /// # Safety
+    /// `t` covers `rows` rows of `t.cols <= 32` columns; `row_scales` has `rows` scales and
+    /// `col_scales` 32; the CPU has avx512f.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn write_tile(
+        acc: &Accumulators<i32>,
+        rows: usize,
+        (row_scales, col_scales): (*const f32, *const f32),
+        t: Tile,
+    ) {
+        for v in 0..BLOCK / 16 {
+            let col = 16 * v;
+            if col >= t.cols {
+                break;
+            }
+            let left = t.cols - col;
+            let mask: __mmask16 = if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            };
+            let s = _mm512_loadu_ps(col_scales.add(col));
+            let bias = if t.bias.is_null() {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_maskz_loadu_ps(mask, t.bias.add(col))
+            };
+            for r in 0..rows {
+                let sums = _mm512_load_si512(acc.0.as_ptr().add(r * BLOCK + col) as *const _);
+                let scale = _mm512_mul_ps(_mm512_set1_ps(*row_scales.add(r)), s);
+                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale), bias);
+                if !t.residual.is_null() {
+                    let res = _mm512_maskz_loadu_ps(mask, t.residual.add(r * t.ldc + col));
+                    y = _mm512_add_ps(y, res);
+                }
+                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + col), mask, y);
+            }
+        }
+    }
+}
