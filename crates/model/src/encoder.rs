@@ -119,6 +119,8 @@ impl Layer {
 /// Buffers one forward reuses across layers (see [`Linear::forward_reusing`]).
 #[derive(Default)]
 struct Scratch {
+    /// The attention's and the MLP's LayerNorm outputs (each read only by the next product).
+    normed: Option<Tensor>,
     qkv: Option<Tensor>,
     /// `Wi`'s product and, where it is not fused into the product, its GEGLU.
     wi: [Option<Tensor>; 2],
@@ -309,7 +311,7 @@ impl Encoder {
     ) -> Result<Tensor> {
         let heads = self.config.num_attention_heads;
         let normed = timed(1, || match &layer.attn_norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => norm.forward_reusing(x, &mut scratch.normed),
             None => Ok(x.clone()),
         })?;
         let qkv = timed(2, || layer.wqkv.forward_reusing(&normed, &mut scratch.qkv))?; // [T, 3H]
@@ -329,8 +331,10 @@ impl Encoder {
             }
         };
         let x = timed(5, || layer.wo.forward_add(&attn, x))?;
-        let normed = timed(1, || layer.mlp_norm.forward(&x))?;
-        drop(qkv);
+        drop((normed, qkv));
+        let normed = timed(1, || {
+            layer.mlp_norm.forward_reusing(&x, &mut scratch.normed)
+        })?;
         // Stages 6 and 7 (the product and the GEGLU) are timed inside.
         let gated = layer.wi.forward(&normed, &mut scratch.wi)?;
         timed(8, || layer.mlp_wo.forward_add(&gated, &x))

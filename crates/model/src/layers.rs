@@ -342,6 +342,8 @@ pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
+    /// Weight and bias as f32 values for the own kernel (f32 models on the CPU).
+    cpu_f32: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl LayerNorm {
@@ -366,17 +368,59 @@ impl LayerNorm {
         } else {
             weight.zeros_like()?
         };
+        let cpu_f32 = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            Some((weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?))
+        } else {
+            None
+        };
         Ok(LayerNorm {
             weight,
             bias,
             eps: eps as f32,
+            cpu_f32,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_reusing(x, &mut None)
+    }
+
+    /// The norm of `x`, on the own kernel for f32 CPU tensors written into `buffer` while it
+    /// holds one of `x`'s shape (a fresh `[tokens, hidden]` output per norm was mapped and
+    /// faulted in anew: most of the norms' time), otherwise into a new one that becomes the
+    /// buffer; candle's op for other devices and dtypes.
+    pub(crate) fn forward_reusing(
+        &self,
+        x: &Tensor,
+        buffer: &mut Option<Tensor>,
+    ) -> Result<Tensor> {
         debug_assert_eq!(x.dim(D::Minus1).ok(), self.weight.dims1().ok());
+        let x = x.contiguous()?;
+        if let (Some(params), DType::F32, true) = (&self.cpu_f32, x.dtype(), x.device().is_cpu()) {
+            let params = (params.0.as_slice(), params.1.as_slice());
+            if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == x.dims()) {
+                let written = with_f32_slice(&x, |src| {
+                    with_f32_slice_mut(buf, |dst| {
+                        crate::fused::layer_norm_slices(src, params, self.eps, dst)
+                    })
+                })?;
+                if let Some(Ok(Some(()))) = written {
+                    return Ok(buf.clone());
+                }
+            }
+            let normed = with_f32_slice(&x, |src| {
+                let mut dst = vec![0f32; src.len()];
+                crate::fused::layer_norm_slices(src, params, self.eps, &mut dst);
+                dst
+            })?;
+            if let Some(normed) = normed {
+                let y = Tensor::from_vec(normed, x.dims(), x.device())?;
+                *buffer = Some(y.clone());
+                return Ok(y);
+            }
+        }
         Ok(candle_nn::ops::layer_norm(
-            &x.contiguous()?,
+            &x,
             &self.weight,
             &self.bias,
             self.eps,
