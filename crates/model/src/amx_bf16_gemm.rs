@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
     checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
@@ -51,8 +52,8 @@ pub struct PackedAmxBf16 {
     gated: bool,
     /// Pairs of input features, padded to whole tiles: a multiple of [`KB`].
     kp: usize,
-    /// `n.div_ceil(NR)` panels of `kp / KB` blocks of two weight tiles.
-    data: Vec<u32>,
+    /// `n.div_ceil(NR)` panels of `kp / KB` blocks of two weight tiles, on cache lines.
+    data: AlignedVec<u32>,
 }
 
 impl PackedAmxBf16 {
@@ -61,7 +62,7 @@ impl PackedAmxBf16 {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
         let kp = k.div_ceil(2).next_multiple_of(KB).max(KB);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * kp * NR];
+        let mut data = AlignedVec::<u32>::zeroed(panels * kp * NR);
         data.par_chunks_mut(kp * NR)
             .enumerate()
             .for_each(|(panel, out)| {
@@ -101,7 +102,7 @@ impl PackedAmxBf16 {
     /// [`write`](PackedGemm::write) with `a` as the buffer of activation pairs.
     unsafe fn write_with(
         &self,
-        a: &mut Vec<u32>,
+        a: &mut AlignedVec<u32>,
         x: &[f32],
         m: usize,
         bias: Option<&[f32]>,
@@ -111,7 +112,7 @@ impl PackedAmxBf16 {
         let (k, kp) = (self.k, self.kp);
         // Rows padded to whole micro-kernel calls: the padding rows' products are computed and
         // never written, so their contents do not matter, only that they are there to load.
-        a.resize(m.next_multiple_of(MR) * kp, 0);
+        a.resize(m.next_multiple_of(MR) * kp);
         // Tile-major: each group of 16 rows is `kp / KB` tiles of 16 rows × 16 pairs, one after
         // the other, so a tile load reads 1 KiB of contiguous memory.
         const ROWS_PER_TASK: usize = 4 * TILE_ROWS;
@@ -229,8 +230,9 @@ impl PackedGemm for PackedAmxBf16 {
 }
 
 thread_local! {
-    /// The activations as bf16 pairs, reused across calls from one thread.
-    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The activations as bf16 pairs (tile-major, on cache lines), reused across calls from one
+    /// thread.
+    static PAIRS: std::cell::RefCell<AlignedVec<u32>> = std::cell::RefCell::new(AlignedVec::default());
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
     checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
     PackedGemm, PanelKernel,
@@ -133,7 +134,7 @@ pub struct PackedI8 {
     /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
     /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes.
-    data: Vec<i8>,
+    data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
 }
@@ -156,7 +157,7 @@ impl PackedI8 {
             ),
         };
         let mut scales = vec![0f32; panels * NR];
-        let mut data = vec![0i8; panels * groups * NR * 4];
+        let mut data = AlignedVec::<i8>::zeroed(panels * groups * NR * 4);
         data.par_chunks_mut((groups * NR * 4).max(1))
             .zip(scales.par_chunks_mut(NR))
             .enumerate()
@@ -230,7 +231,8 @@ impl PackedI8 {
 /// each row's scale `t`.
 #[derive(Default)]
 pub(crate) struct QuantizedRows {
-    values: Vec<i8>,
+    /// On cache lines: the tiles load rows of 64 bytes.
+    values: AlignedVec<i8>,
     magnitudes: Vec<u8>,
     scales: Vec<f32>,
     /// Bytes per row: `4 · groups`.
@@ -243,7 +245,7 @@ impl QuantizedRows {
     fn quantize(&mut self, x: &[f32], (m, k): (usize, usize), stride: usize, row_multiple: usize) {
         self.stride = stride;
         self.values
-            .resize(m.next_multiple_of(row_multiple) * stride, 0);
+            .resize(m.next_multiple_of(row_multiple) * stride);
         self.magnitudes.resize(m * stride, 0);
         self.scales.resize(m, 0.0);
         const ROWS_PER_TASK: usize = 64;

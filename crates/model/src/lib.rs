@@ -13,6 +13,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod aligned;
 mod amx;
 pub mod amx_bf16_gemm;
 mod attention;
