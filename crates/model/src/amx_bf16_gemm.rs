@@ -18,8 +18,8 @@ use rayon::prelude::*;
 use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
-    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PackedGemm, PanelKernel,
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
+    PanelKernel,
 };
 
 /// Output columns per packed panel: two tiles of 16.
@@ -196,21 +196,16 @@ impl PanelKernel for PackedAmxBf16 {
     }
 }
 
-impl PackedGemm for PackedAmxBf16 {
-    /// Output features (`inter` for a gated weight).
-    fn out_features(&self) -> usize {
-        if self.gated {
-            self.n / 2
-        } else {
-            self.n
-        }
+impl PanelGemm for PackedAmxBf16 {
+    fn shape(&self) -> (usize, usize, bool) {
+        (self.n, self.k, self.gated)
     }
 
-    fn in_features(&self) -> usize {
-        self.k
+    fn runs_here(&self) -> bool {
+        available()
     }
 
-    unsafe fn write(
+    unsafe fn write_prepared(
         &self,
         x: &[f32],
         m: usize,
@@ -218,13 +213,6 @@ impl PackedGemm for PackedAmxBf16 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        assert!(
-            available(),
-            "the AMX bf16 kernel needs amx-bf16 and avx512bf16"
-        );
-        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
-            return;
-        }
         with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
     }
 }
@@ -285,6 +273,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PackedGemm;
     use crate::bf16_gemm::test_support as bf16_checks;
 
     /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).

@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use crate::packed_gemm::{
-    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PackedGemm, PanelKernel,
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
+    PanelKernel,
 };
 
 /// Output columns per packed panel (three 16-lane f32 vectors).
@@ -192,22 +192,16 @@ impl PanelKernel for PackedWeight {
     }
 }
 
-impl PackedGemm for PackedWeight {
-    /// Output features (`inter` for a gated weight).
-    fn out_features(&self) -> usize {
-        if self.gated {
-            self.n / 2
-        } else {
-            self.n
-        }
+impl PanelGemm for PackedWeight {
+    fn shape(&self) -> (usize, usize, bool) {
+        (self.n, self.k, self.gated)
     }
 
-    /// Input features.
-    fn in_features(&self) -> usize {
-        self.k
+    fn runs_here(&self) -> bool {
+        available()
     }
 
-    unsafe fn write(
+    unsafe fn write_prepared(
         &self,
         x: &[f32],
         m: usize,
@@ -215,10 +209,6 @@ impl PackedGemm for PackedWeight {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        assert!(available(), "the bf16 kernel needs avx512f and avx512bf16");
-        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
-            return;
-        }
         with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
     }
 }
@@ -440,6 +430,7 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PackedGemm;
     use crate::packed_gemm::test_support::random;
 
     /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).

@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
-    checked_write_args, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PackedGemm, PanelKernel,
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
+    PanelKernel,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -365,21 +365,16 @@ struct Rhs {
     scales: *const f32,
 }
 
-impl PackedGemm for PackedI8 {
-    /// Output features (`inter` for a gated weight).
-    fn out_features(&self) -> usize {
-        if self.gated {
-            self.n / 2
-        } else {
-            self.n
-        }
+impl PanelGemm for PackedI8 {
+    fn shape(&self) -> (usize, usize, bool) {
+        (self.n, self.k, self.gated)
     }
 
-    fn in_features(&self) -> usize {
-        self.k
+    fn runs_here(&self) -> bool {
+        self.kernel.available()
     }
 
-    unsafe fn write(
+    unsafe fn write_prepared(
         &self,
         x: &[f32],
         m: usize,
@@ -387,14 +382,6 @@ impl PackedGemm for PackedI8 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        assert!(
-            self.kernel.available(),
-            "this CPU does not run {:?}",
-            self.kernel
-        );
-        if !checked_write_args((self.n, self.k, self.gated), x, m, bias, residual) {
-            return;
-        }
         with_thread_buffer(&QUANTIZED, |rows| {
             self.write_with(rows, x, m, bias, residual, out)
         });
@@ -515,6 +502,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PackedGemm;
     use crate::packed_gemm::test_support::random;
 
     fn skip_without_kernel() -> bool {

@@ -151,10 +151,65 @@ pub(crate) trait PanelKernel: Sync {
     );
 }
 
+/// What a panel kernel adds to [`PanelKernel`] to be a [`PackedGemm`] (the blanket impl below
+/// checks the arguments the same way for every one of them).
+pub(crate) trait PanelGemm: PanelKernel + Send + Sync {
+    /// `(packed columns, input features, gated)`.
+    fn shape(&self) -> (usize, usize, bool);
+
+    /// Whether this CPU runs the kernel's instructions (the model chose it at load, so `false`
+    /// is a bug).
+    fn runs_here(&self) -> bool;
+
+    /// [`PackedGemm::write`] after the arguments were checked, with this thread's buffer for the
+    /// prepared activations.
+    ///
+    /// # Safety
+    /// As [`PackedGemm::write`]'s.
+    unsafe fn write_prepared(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    );
+}
+
+impl<T: PanelGemm> PackedGemm for T {
+    fn in_features(&self) -> usize {
+        self.shape().1
+    }
+
+    /// `inter` for a gated weight.
+    fn out_features(&self) -> usize {
+        let (n, _, gated) = self.shape();
+        if gated {
+            n / 2
+        } else {
+            n
+        }
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        assert!(self.runs_here(), "this CPU lacks the kernel's instructions");
+        if checked_write_args(self.shape(), x, m, bias, residual) {
+            self.write_prepared(x, m, bias, residual, out);
+        }
+    }
+}
+
 /// Checks the arguments of a panel kernel's [`PackedGemm::write`] for a weight of `n` packed
 /// columns and `k` inputs (a shape mismatch is a bug: it panics); returns whether there is
 /// anything to compute.
-pub(crate) fn checked_write_args(
+fn checked_write_args(
     (n, k, gated): (usize, usize, bool),
     x: &[f32],
     m: usize,
