@@ -11,7 +11,9 @@
 //! tiles lie one after the other (1 KiB each, word `[p][j]` = `W[j, 2p]` low, `W[j, 2p + 1]`
 //! high), so every tile load reads contiguous memory. Activations stay f32 in the model; each
 //! product rounds them to bf16 pairs (rows padded to whole tiles) on the way in, and writes f32
-//! plus bias and residual from the accumulators, as the AVX512-BF16 kernel does.
+//! plus bias and residual from the accumulators, as the AVX512-BF16 kernel does. Its tests are
+//! the bf16 kernels' tests in `bf16_gemm` (every kernel the CPU runs, and the two against each
+//! other).
 
 use rayon::prelude::*;
 
@@ -267,75 +269,5 @@ mod x86 {
                 _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, y);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::PackedGemm;
-    use crate::bf16_gemm::test_support as bf16_checks;
-
-    /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
-    fn skip_without_kernel() -> bool {
-        if !available() {
-            eprintln!("SKIPPED: this CPU (or OS) offers no AMX-BF16 tiles");
-        }
-        !available()
-    }
-
-    #[test]
-    fn matches_reference_on_odd_shapes() {
-        if skip_without_kernel() {
-            return;
-        }
-        bf16_checks::check_matches_reference(PackedAmxBf16::pack);
-    }
-
-    #[test]
-    fn residual_and_reused_output_give_the_same_values() {
-        if skip_without_kernel() {
-            return;
-        }
-        bf16_checks::check_residual_and_reused_output(PackedAmxBf16::pack);
-    }
-
-    #[test]
-    fn gated_product_equals_product_then_geglu() {
-        if skip_without_kernel() {
-            return;
-        }
-        crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
-            PackedAmxBf16::pack,
-            PackedAmxBf16::pack_gated,
-            &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)],
-        );
-    }
-
-    /// The same products, to the last bit, as the AVX512-BF16 kernel: both round inputs to bf16
-    /// the same way and accumulate exact bf16 products in f32, but in another order, so equal
-    /// within f32 accumulation rounding.
-    #[test]
-    fn agrees_with_the_dot_product_kernel() {
-        if skip_without_kernel() {
-            return;
-        }
-        let (m, n, k) = (77, 130, 200);
-        let x = crate::packed_gemm::test_support::random(m * k, 3);
-        let w = crate::packed_gemm::test_support::random(n * k, 4);
-        let amx = PackedAmxBf16::pack(&w, n, k).matmul(&x, m, None);
-        let dp = crate::bf16_gemm::PackedWeight::pack(&w, n, k).matmul(&x, m, None);
-        for (i, (a, d)) in amx.iter().zip(&dp).enumerate() {
-            assert!((a - d).abs() <= 1e-5 * (1.0 + d.abs()), "[{i}]: {a} vs {d}");
-        }
-    }
-
-    #[test]
-    fn empty_input_gives_empty_output() {
-        if skip_without_kernel() {
-            return;
-        }
-        let packed = PackedAmxBf16::pack(&crate::packed_gemm::test_support::random(6, 1), 2, 3);
-        assert!(packed.matmul(&[], 0, None).is_empty());
     }
 }

@@ -430,8 +430,9 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PackedGemm;
     use crate::packed_gemm::test_support::random;
+    use crate::packed_gemm::Packing;
+    use crate::PackedGemm;
 
     /// Whether this CPU lacks the instructions (said on stderr: the caller's test then skips).
     fn skip_without_kernel() -> bool {
@@ -441,43 +442,80 @@ mod tests {
         !available()
     }
 
+    /// Every bf16 kernel this CPU runs: the dot-product kernel and the AMX tiles (each one it
+    /// lacks said on stderr).
+    fn kernels() -> Vec<Packing> {
+        let mut all = Vec::new();
+        if !skip_without_kernel() {
+            all.push(Packing::Bf16);
+        }
+        if crate::amx_bf16_gemm::available() {
+            all.push(Packing::Bf16Tiles);
+        } else {
+            eprintln!("SKIPPED for the AMX kernel: this CPU (or OS) offers no AMX-BF16 tiles");
+        }
+        all
+    }
+
+    fn pack(kernel: Packing) -> impl Fn(&[f32], usize, usize) -> Box<dyn PackedGemm> {
+        move |w, n, k| {
+            kernel
+                .pack(w, n, k)
+                .expect("a bf16 kernel packs every weight")
+        }
+    }
+
     #[test]
     fn matches_reference_on_odd_shapes() {
-        if skip_without_kernel() {
-            return;
+        for kernel in kernels() {
+            test_support::check_matches_reference(pack(kernel));
         }
-        test_support::check_matches_reference(PackedWeight::pack);
     }
 
     #[test]
     fn residual_and_reused_output_give_the_same_values() {
-        if skip_without_kernel() {
-            return;
+        for kernel in kernels() {
+            test_support::check_residual_and_reused_output(pack(kernel));
         }
-        test_support::check_residual_and_reused_output(PackedWeight::pack);
     }
 
     /// The gated (GEGLU) product equals the plain product of the same weight followed by the
     /// separate GELU x gate pass, for row counts around the block size.
     #[test]
     fn gated_product_equals_product_then_geglu() {
-        if skip_without_kernel() {
+        for kernel in kernels() {
+            crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
+                pack(kernel),
+                |w, inter, k| kernel.pack_gated(w, inter, k).expect("packs"),
+                &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)],
+            );
+        }
+    }
+
+    /// The AMX kernel's products equal the dot-product kernel's within f32 accumulation
+    /// rounding: both round the inputs to bf16 the same way and sum exact bf16 products in f32,
+    /// in another order.
+    #[test]
+    fn the_kernels_agree_with_each_other() {
+        let kernels = kernels();
+        if kernels.len() < 2 {
             return;
         }
-        crate::packed_gemm::test_support::check_gated_equals_product_then_geglu(
-            PackedWeight::pack,
-            PackedWeight::pack_gated,
-            &[(1, 5, 3), (31, 48, 64), (33, 100, 65), (70, 1152, 768)],
-        );
+        let (m, n, k) = (77, 130, 200);
+        let x = random(m * k, 3);
+        let w = random(n * k, 4);
+        let [a, b] = [0, 1].map(|i| pack(kernels[i])(&w, n, k).matmul(&x, m, None));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "[{i}]: {a} vs {b}");
+        }
     }
 
     #[test]
     fn empty_input_gives_empty_output() {
-        if skip_without_kernel() {
-            return;
+        for kernel in kernels() {
+            let packed = pack(kernel)(&random(6, 1), 2, 3);
+            assert!(packed.matmul(&[], 0, None).is_empty());
         }
-        let packed = PackedWeight::pack(&random(6, 1), 2, 3);
-        assert!(packed.matmul(&[], 0, None).is_empty());
     }
 
     #[test]

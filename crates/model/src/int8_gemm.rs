@@ -502,8 +502,8 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PackedGemm;
     use crate::packed_gemm::test_support::random;
+    use crate::PackedGemm;
 
     fn skip_without_kernel() -> bool {
         if !available() {

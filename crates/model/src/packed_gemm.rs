@@ -206,6 +206,28 @@ impl<T: PanelGemm> PackedGemm for T {
     }
 }
 
+/// A packed weight behind a box is one too (tests run every kernel through [`Packing`]).
+impl PackedGemm for Box<dyn PackedGemm> {
+    fn in_features(&self) -> usize {
+        (**self).in_features()
+    }
+
+    fn out_features(&self) -> usize {
+        (**self).out_features()
+    }
+
+    unsafe fn write(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        (**self).write(x, m, bias, residual, out)
+    }
+}
+
 /// Checks the arguments of a panel kernel's [`PackedGemm::write`] for a weight of `n` packed
 /// columns and `k` inputs (a shape mismatch is a bug: it panics); returns whether there is
 /// anything to compute.
