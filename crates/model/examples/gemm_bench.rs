@@ -37,7 +37,7 @@ fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
     println!(
-        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | AMX bf16, reused output | int8 AVX2, reused output | int8 AMX, reused output (GFLOP/s)"
+        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | AMX bf16, reused output | int8 AVX2 | int8 AVX512-VNNI | int8 AVX-VNNI | int8 AMX, reused output (GFLOP/s)"
     );
     for (m, k, n) in [
         (2048, 768, 2304),
@@ -112,16 +112,21 @@ fn main() {
         } else {
             "n/a (no amx-bf16)".into()
         };
-        let int8 = [Int8Kernel::Avx2, Int8Kernel::Tiles]
-            .map(|kernel| {
-                if kernel.available() {
-                    let packed = PackedI8::pack_for(kernel, &ws, n, k);
-                    format!("{:.0}", reused_output(reps, &packed, &xs, m, n))
-                } else {
-                    "n/a".into()
-                }
-            })
-            .join(" | ");
+        let int8 = [
+            Int8Kernel::Avx2,
+            Int8Kernel::Avx512Vnni,
+            Int8Kernel::AvxVnni,
+            Int8Kernel::Tiles,
+        ]
+        .map(|kernel| {
+            if kernel.available() {
+                let packed = PackedI8::pack_for(kernel, &ws, n, k);
+                format!("{:.0}", reused_output(reps, &packed, &xs, m, n))
+            } else {
+                "n/a".into()
+            }
+        })
+        .join(" | ");
         println!(
             "{m} x {k} x {n} | {:.0} | {f32_kernel} | {f32_cold} | {:.0} | {kernel} | {amx} | {int8}",
             flop / f32s / 1e9,

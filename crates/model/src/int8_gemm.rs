@@ -43,41 +43,61 @@ const QMAX: f32 = 127.0;
 
 mod tiles;
 
-/// The instructions an int8 weight is packed for.
+/// The instructions an int8 weight is packed for (all read the same packed weight; the tiles
+/// pad it to whole tiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
     /// `vpmaddubsw` on AVX2 (every x86-64 CPU of the last decade).
     Avx2,
+    /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI).
+    AvxVnni,
+    /// `vpdpbusd` on 256-bit vectors, EVEX-encoded (AVX512-VNNI with AVX512-VL).
+    Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbssd`).
     Tiles,
 }
 
 impl Int8Kernel {
+    /// Every kernel, slowest first.
+    const ALL: [Int8Kernel; 4] = [
+        Int8Kernel::Avx2,
+        Int8Kernel::Avx512Vnni,
+        Int8Kernel::AvxVnni,
+        Int8Kernel::Tiles,
+    ];
+
     /// Whether this CPU (and OS) runs the kernel.
     pub fn available(self) -> bool {
-        match self {
+        #[cfg(target_arch = "x86_64")]
+        let vnni = |features: &[bool]| available() && features.iter().all(|&f| f);
+        #[cfg(target_arch = "x86_64")]
+        return match self {
             Int8Kernel::Avx2 => available(),
+            Int8Kernel::AvxVnni => vnni(&[is_x86_feature_detected!("avxvnni")]),
+            Int8Kernel::Avx512Vnni => vnni(&[
+                is_x86_feature_detected!("avx512vnni"),
+                is_x86_feature_detected!("avx512vl"),
+            ]),
             Int8Kernel::Tiles => available() && tiles::available(),
-        }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
     /// the tiles out), or `None` without AVX2.
     pub fn detect() -> Option<Self> {
-        let tiles = crate::Overrides::get().amx && Int8Kernel::Tiles.available();
-        match (tiles, available()) {
-            (true, _) => Some(Int8Kernel::Tiles),
-            (false, true) => Some(Int8Kernel::Avx2),
-            (false, false) => None,
-        }
+        let amx = crate::Overrides::get().amx;
+        Self::ALL
+            .into_iter()
+            .rev()
+            .filter(|&k| amx || k != Int8Kernel::Tiles)
+            .find(|k| k.available())
     }
 
     /// Every kernel this CPU runs (tests).
     pub fn all_available() -> Vec<Self> {
-        [Int8Kernel::Avx2, Int8Kernel::Tiles]
-            .into_iter()
-            .filter(|k| k.available())
-            .collect()
+        Self::ALL.into_iter().filter(|k| k.available()).collect()
     }
 }
 
@@ -149,7 +169,9 @@ impl PackedI8 {
     pub fn pack_for(kernel: Int8Kernel, w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
         let (groups, panels) = match kernel {
-            Int8Kernel::Avx2 => (k.div_ceil(4), n.div_ceil(NR)),
+            Int8Kernel::Avx2 | Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => {
+                (k.div_ceil(4), n.div_ceil(NR))
+            }
             // Whole tiles of k, and panels in pairs (a tile product covers 32 columns).
             Int8Kernel::Tiles => (
                 k.div_ceil(4).next_multiple_of(16).max(16),
@@ -212,8 +234,8 @@ impl PackedI8 {
     ) {
         // Tiles load 32 rows at a time: the padding rows' sums are computed and never written.
         let row_multiple = match self.kernel {
-            Int8Kernel::Avx2 => 1,
             Int8Kernel::Tiles => crate::amx::BLOCK,
+            _ => 1,
         };
         rows.quantize(x, (m, self.k), self.groups * 4, row_multiple);
         if self.gated {
@@ -298,8 +320,8 @@ impl PanelKernel for PackedI8 {
     /// [`NR`] columns; for tiles, pairs of panels.
     fn panel_width(&self) -> usize {
         match self.kernel {
-            Int8Kernel::Avx2 => NR,
             Int8Kernel::Tiles => 2 * NR,
+            _ => NR,
         }
     }
 
@@ -336,11 +358,22 @@ impl PanelKernel for PackedI8 {
                 };
                 let t = out.tile((r, col, NR.min(n - col)), n, bias, residual);
                 #[cfg(target_arch = "x86_64")]
-                match mr {
-                    4 => x86::kernel::<4>(&lhs, &rhs, t),
-                    3 => x86::kernel::<3>(&lhs, &rhs, t),
-                    2 => x86::kernel::<2>(&lhs, &rhs, t),
-                    _ => x86::kernel::<1>(&lhs, &rhs, t),
+                {
+                    let kernel = match (self.kernel, mr) {
+                        (Int8Kernel::AvxVnni, 4) => x86::kernel_avx_vnni::<4>,
+                        (Int8Kernel::AvxVnni, 3) => x86::kernel_avx_vnni::<3>,
+                        (Int8Kernel::AvxVnni, 2) => x86::kernel_avx_vnni::<2>,
+                        (Int8Kernel::AvxVnni, _) => x86::kernel_avx_vnni::<1>,
+                        (Int8Kernel::Avx512Vnni, 4) => x86::kernel_avx512_vnni::<4>,
+                        (Int8Kernel::Avx512Vnni, 3) => x86::kernel_avx512_vnni::<3>,
+                        (Int8Kernel::Avx512Vnni, 2) => x86::kernel_avx512_vnni::<2>,
+                        (Int8Kernel::Avx512Vnni, _) => x86::kernel_avx512_vnni::<1>,
+                        (_, 4) => x86::kernel::<4>,
+                        (_, 3) => x86::kernel::<3>,
+                        (_, 2) => x86::kernel::<2>,
+                        (_, _) => x86::kernel::<1>,
+                    };
+                    kernel(&lhs, &rhs, t)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (&lhs, rhs, t);
@@ -450,53 +483,80 @@ mod x86 {
         scale
     }
 
-    /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for one panel
-    /// of `NR` columns, accumulating in i32 over all of k.
-    ///
-    /// # Safety
-    /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn kernel<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        for g in 0..b.groups {
-            let bp = b.data.add(g * super::NR * 4);
-            let b0 = _mm256_loadu_si256(bp as *const __m256i);
-            let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let at = r * a.stride + 4 * g;
-                let p = _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
-                let m = _mm256_set1_epi32((a.magnitudes.add(at) as *const i32).read_unaligned());
-                // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
-                let d0 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(b0, p));
-                let d1 = _mm256_maddubs_epi16(m, _mm256_sign_epi8(b1, p));
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(d0, ones));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(d1, ones));
-            }
-        }
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        for v in 0..2 {
-            let col = 8 * v;
-            if col >= t.cols {
-                break;
-            }
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
-            let s = _mm256_loadu_ps(b.scales.add(col));
-            let bias = if t.bias.is_null() {
-                _mm256_setzero_ps()
-            } else {
-                _mm256_maskload_ps(t.bias.add(col), mask)
-            };
-            for (r, acc) in acc.iter().enumerate() {
-                let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
-                let mut y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[v]), scale), bias);
-                if !t.residual.is_null() {
-                    y = _mm256_add_ps(y, _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask));
+    /// One micro-kernel per way of summing byte products (`$dot(acc, |p|, sign(p) · q)`: four
+    /// unsigned × signed byte products into each i32 lane).
+    macro_rules! int8_kernel {
+        ($name:ident, $features:literal, $dot:expr) => {
+            /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for one panel
+            /// of `NR` columns, accumulating in i32 over all of k.
+            ///
+            /// # Safety
+            /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has the kernel's features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+                let mut acc = [[_mm256_setzero_si256(); 2]; R];
+                for g in 0..b.groups {
+                    let bp = b.data.add(g * super::NR * 4);
+                    let b0 = _mm256_loadu_si256(bp as *const __m256i);
+                    let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let at = r * a.stride + 4 * g;
+                        let p =
+                            _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
+                        let m = _mm256_set1_epi32(
+                            (a.magnitudes.add(at) as *const i32).read_unaligned(),
+                        );
+                        // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
+                        acc[0] = $dot(acc[0], m, _mm256_sign_epi8(b0, p));
+                        acc[1] = $dot(acc[1], m, _mm256_sign_epi8(b1, p));
+                    }
                 }
-                _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
+                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                for v in 0..2 {
+                    let col = 8 * v;
+                    if col >= t.cols {
+                        break;
+                    }
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
+                    let s = _mm256_loadu_ps(b.scales.add(col));
+                    let bias = if t.bias.is_null() {
+                        _mm256_setzero_ps()
+                    } else {
+                        _mm256_maskload_ps(t.bias.add(col), mask)
+                    };
+                    for (r, acc) in acc.iter().enumerate() {
+                        let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
+                        let mut y =
+                            _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[v]), scale), bias);
+                        if !t.residual.is_null() {
+                            y = _mm256_add_ps(
+                                y,
+                                _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask),
+                            );
+                        }
+                        _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
+                    }
+                }
             }
-        }
+        };
     }
+
+    /// AVX2: `vpmaddubsw` (pairs into i16, which cannot saturate here) then `vpmaddwd` by ones.
+    #[inline(always)]
+    unsafe fn dot_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    int8_kernel!(kernel, "avx2", dot_avx2);
+    // VNNI's `vpdpbusd` does the same sums in one instruction: VEX-encoded (AVX-VNNI: Alder
+    // Lake, Sapphire Rapids, Zen 5) or EVEX-encoded (AVX512-VNNI: Ice Lake, Cascade Lake, Zen 4).
+    int8_kernel!(kernel_avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
+    int8_kernel!(
+        kernel_avx512_vnni,
+        "avx2,avx512vnni,avx512vl",
+        _mm256_dpbusd_epi32
+    );
 }
 
 #[cfg(test)]
