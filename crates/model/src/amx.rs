@@ -109,6 +109,20 @@ pub(crate) const BLOCK: usize = 2 * TILE_ROWS;
 #[repr(C, align(64))]
 pub(crate) struct Accumulators<T>(pub [T; BLOCK * BLOCK]);
 
+/// Where a tile product stores its 32 × 32 sums: rows 0-15 from `.0`, rows 16-31 from `.1`,
+/// rows `.2` bytes apart.
+pub(crate) type Destination<T> = (*mut T, *mut T, usize);
+
+impl<T> Accumulators<T> {
+    /// This block as a tile product's destination.
+    pub(crate) fn destination(&mut self) -> Destination<T> {
+        let c0 = self.0.as_mut_ptr();
+        // SAFETY: row 16 of a 32-row block.
+        let c1 = unsafe { c0.add(TILE_ROWS * BLOCK) };
+        (c0, c1, BLOCK * std::mem::size_of::<T>())
+    }
+}
+
 /// Where a tile product reads one operand: two tiles (at `.0` and `.1`, rows `.2` bytes apart),
 /// each advancing by `.3` bytes per block of k.
 pub(crate) type TilePair = (*const u8, *const u8, usize, usize);
@@ -127,7 +141,7 @@ macro_rules! tile_product {
             (a0, a1, lda, a_step): TilePair,
             (b0, b1, ldb, b_step): TilePair,
             blocks: usize,
-            acc: &mut Accumulators<$acc>,
+            (c0, c1, ldc): Destination<$acc>,
         ) {
             debug_assert!(blocks > 0);
             std::arch::asm!(
@@ -151,8 +165,8 @@ macro_rules! tile_product {
                 "add {b1}, {b_step}",
                 "dec {blocks}",
                 "jnz 2b",
-                "tilestored [{c} + {ldc} * 1], tmm0",
-                "tilestored [{c} + {ldc} * 1 + 64], tmm1",
+                "tilestored [{c0} + {ldc} * 1], tmm0",
+                "tilestored [{c0} + {ldc} * 1 + 64], tmm1",
                 "tilestored [{c1} + {ldc} * 1], tmm2",
                 "tilestored [{c1} + {ldc} * 1 + 64], tmm3",
                 a0 = inout(reg) a0 => _,
@@ -164,9 +178,9 @@ macro_rules! tile_product {
                 ldb = in(reg) ldb,
                 a_step = in(reg) a_step,
                 b_step = in(reg) b_step,
-                c = in(reg) acc.0.as_mut_ptr(),
-                c1 = in(reg) acc.0.as_mut_ptr().add(TILE_ROWS * BLOCK),
-                ldc = in(reg) BLOCK * 4,
+                c0 = in(reg) c0,
+                c1 = in(reg) c1,
+                ldc = in(reg) ldc,
                 options(nostack),
             );
         }

@@ -51,7 +51,7 @@ pub(super) unsafe fn block(
                 let mr = BLOCK.min(rows.end - r);
                 let a0 = a.values.as_ptr().add(r * a.stride) as *const u8;
                 let a_tiles = (a0, a0.add(TILE_ROWS * a.stride), a.stride, TILE_BYTES);
-                crate::amx::product_i8(a_tiles, b_tiles, w.groups / 16, &mut acc);
+                crate::amx::product_i8(a_tiles, b_tiles, w.groups / 16, acc.destination());
                 let t = out.tile((r, col, cols), w.n, bias, residual);
                 let scales = (a.scales.as_ptr().add(r), w.scales.as_ptr().add(col));
                 x86::write_tile(&acc, mr, scales, t);
