@@ -42,6 +42,7 @@ const GATED_MC: usize = 64;
 const QMAX: f32 = 127.0;
 
 mod tiles;
+mod vnni512;
 
 /// The instructions an int8 weight is packed for (all read the same packed weight; the tiles
 /// pad it to whole tiles).
@@ -51,7 +52,7 @@ pub enum Int8Kernel {
     Avx2,
     /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI).
     AvxVnni,
-    /// `vpdpbusd` on 256-bit vectors, EVEX-encoded (AVX512-VNNI with AVX512-VL).
+    /// `vpdpbusd` on 512-bit vectors (AVX512-VNNI), activations offset to unsigned.
     Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbssd`).
     Tiles,
@@ -61,8 +62,8 @@ impl Int8Kernel {
     /// Every kernel, slowest first.
     const ALL: [Int8Kernel; 4] = [
         Int8Kernel::Avx2,
-        Int8Kernel::Avx512Vnni,
         Int8Kernel::AvxVnni,
+        Int8Kernel::Avx512Vnni,
         Int8Kernel::Tiles,
     ];
 
@@ -74,10 +75,7 @@ impl Int8Kernel {
         return match self {
             Int8Kernel::Avx2 => available(),
             Int8Kernel::AvxVnni => vnni(&[is_x86_feature_detected!("avxvnni")]),
-            Int8Kernel::Avx512Vnni => vnni(&[
-                is_x86_feature_detected!("avx512vnni"),
-                is_x86_feature_detected!("avx512vl"),
-            ]),
+            Int8Kernel::Avx512Vnni => vnni(&[vnni512::available()]),
             Int8Kernel::Tiles => available() && tiles::available(),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -157,6 +155,9 @@ pub struct PackedI8 {
     data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
+    /// Per packed column `Σ q_j` (zero past `n`): the 512-bit VNNI kernel multiplies unsigned
+    /// `p + 128` and takes `128 · Σ q_j` back off.
+    column_sums: Vec<i32>,
 }
 
 impl PackedI8 {
@@ -179,12 +180,14 @@ impl PackedI8 {
             ),
         };
         let mut scales = vec![0f32; panels * NR];
+        let mut column_sums = vec![0i32; panels * NR];
         let mut data = AlignedVec::<i8>::zeroed(panels * groups * NR * 4);
         data.par_chunks_mut((groups * NR * 4).max(1))
             .zip(scales.par_chunks_mut(NR))
+            .zip(column_sums.par_chunks_mut(NR))
             .enumerate()
-            .for_each(|(panel, (out, scales))| {
-                for (j, scale) in scales.iter_mut().enumerate() {
+            .for_each(|(panel, ((out, scales), sums))| {
+                for (j, (scale, sum)) in scales.iter_mut().zip(sums).enumerate() {
                     let row = panel * NR + j;
                     if row >= n {
                         break;
@@ -193,7 +196,9 @@ impl PackedI8 {
                     let (s, inverse) = scale_of(src.iter().copied().fold(0.0, max_abs));
                     *scale = s;
                     for (l, &v) in src.iter().enumerate() {
-                        out[(l / 4) * NR * 4 + j * 4 + l % 4] = quantize(v, inverse);
+                        let q = quantize(v, inverse);
+                        out[(l / 4) * NR * 4 + j * 4 + l % 4] = q;
+                        *sum += q as i32;
                     }
                 }
             });
@@ -205,6 +210,7 @@ impl PackedI8 {
             groups,
             data,
             scales,
+            column_sums,
         }
     }
 
@@ -336,8 +342,12 @@ impl PanelKernel for PackedI8 {
         residual: *const f32,
         out: BlockOut,
     ) {
-        if self.kernel == Int8Kernel::Tiles {
-            return tiles::block(self, a, rows, panels, (bias, residual), out);
+        match self.kernel {
+            Int8Kernel::Tiles => return tiles::block(self, a, rows, panels, (bias, residual), out),
+            Int8Kernel::Avx512Vnni => {
+                return vnni512::block(self, a, rows, panels, (bias, residual), out)
+            }
+            _ => {}
         }
         let (n, stride) = (self.n, a.stride);
         let mut r = rows.start;
@@ -364,10 +374,6 @@ impl PanelKernel for PackedI8 {
                         (Int8Kernel::AvxVnni, 3) => x86::kernel_avx_vnni::<3>,
                         (Int8Kernel::AvxVnni, 2) => x86::kernel_avx_vnni::<2>,
                         (Int8Kernel::AvxVnni, _) => x86::kernel_avx_vnni::<1>,
-                        (Int8Kernel::Avx512Vnni, 4) => x86::kernel_avx512_vnni::<4>,
-                        (Int8Kernel::Avx512Vnni, 3) => x86::kernel_avx512_vnni::<3>,
-                        (Int8Kernel::Avx512Vnni, 2) => x86::kernel_avx512_vnni::<2>,
-                        (Int8Kernel::Avx512Vnni, _) => x86::kernel_avx512_vnni::<1>,
                         (_, 4) => x86::kernel::<4>,
                         (_, 3) => x86::kernel::<3>,
                         (_, 2) => x86::kernel::<2>,
@@ -549,14 +555,9 @@ mod x86 {
     }
 
     int8_kernel!(kernel, "avx2", dot_avx2);
-    // VNNI's `vpdpbusd` does the same sums in one instruction: VEX-encoded (AVX-VNNI: Alder
-    // Lake, Sapphire Rapids, Zen 5) or EVEX-encoded (AVX512-VNNI: Ice Lake, Cascade Lake, Zen 4).
+    // VNNI's `vpdpbusd` does the same sums in one instruction (AVX-VNNI: Alder Lake and later
+    // client CPUs; CPUs with AVX512-VNNI take the 512-bit kernel in `vnni512`).
     int8_kernel!(kernel_avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
-    int8_kernel!(
-        kernel_avx512_vnni,
-        "avx2,avx512vnni,avx512vl",
-        _mm256_dpbusd_epi32
-    );
 }
 
 #[cfg(test)]
