@@ -14,13 +14,28 @@ pub(crate) const TILE_ROWS: usize = 16;
 pub(crate) const TILE_BYTES: usize = 64;
 
 /// Whether this CPU has the tile instructions that `feature` names (`"amx-bf16"`,
-/// `"amx-int8"`) and this process may use them.
+/// `"amx-int8"`) and this process may use them. CPUID is read and the permission asked once per
+/// process (every product asks this; CPUID traps to the hypervisor in a VM).
 pub(crate) fn available(feature: &str) -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        static ALLOWED: OnceLock<bool> = OnceLock::new();
-        let allowed = *ALLOWED.get_or_init(|| has_tiles() && request_tile_permission());
-        allowed && cpu_has(feature)
+        // CPUID leaf 7 EDX where the process may use the tiles, else 0.
+        static GRANTED: OnceLock<u32> = OnceLock::new();
+        let edx = *GRANTED.get_or_init(|| {
+            let edx = cpuid7_edx();
+            const AMX_TILE: u32 = 1 << 24;
+            if edx & AMX_TILE != 0 && request_tile_permission() {
+                edx
+            } else {
+                0
+            }
+        });
+        let bit = match feature {
+            "amx-bf16" => 22,
+            "amx-int8" => 25,
+            _ => return false,
+        };
+        edx & (1 << bit) != 0
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
@@ -37,21 +52,6 @@ fn cpuid7_edx() -> u32 {
         return 0;
     }
     std::arch::x86_64::__cpuid_count(7, 0).edx
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn has_tiles() -> bool {
-    cpuid7_edx() & (1 << 24) != 0
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn cpu_has(feature: &str) -> bool {
-    let bit = match feature {
-        "amx-bf16" => 22,
-        "amx-int8" => 25,
-        _ => return false,
-    };
-    cpuid7_edx() & (1 << bit) != 0
 }
 
 /// Asks Linux for the tile data state (process-wide, for every thread).

@@ -236,7 +236,7 @@ thread_local! {
 mod x86 {
     use super::NR;
     use crate::amx::Accumulators;
-    use crate::packed_gemm::Tile;
+    use crate::packed_gemm::{avx512, Tile};
     use std::arch::x86_64::*;
 
     /// The first `rows` rows and `t.cols` columns of `acc`, plus bias and residual, to `t`.
@@ -245,35 +245,12 @@ mod x86 {
     /// `t` covers `rows` rows of `t.cols <= NR` columns; the CPU has avx512f.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn write_tile(acc: &Accumulators<f32>, rows: usize, t: Tile) {
-        let Tile {
-            c,
-            ldc,
-            cols,
-            bias,
-            residual,
-        } = t;
-        for v in 0..NR / 16 {
-            let col = 16 * v;
-            if col >= cols {
-                break;
-            }
-            let left = cols - col;
-            let mask: __mmask16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let bv = if bias.is_null() {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_maskz_loadu_ps(mask, bias.add(col))
-            };
+        for col in (0..t.cols).step_by(16) {
+            let mask = avx512::lane_mask(t.cols - col);
+            let bias = avx512::bias(&t, col, mask);
             for r in 0..rows {
-                let mut y = _mm512_add_ps(_mm512_load_ps(acc.0.as_ptr().add(r * NR + col)), bv);
-                if !residual.is_null() {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, residual.add(r * ldc + col)));
-                }
-                _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, y);
+                let y = _mm512_add_ps(_mm512_load_ps(acc.0.as_ptr().add(r * NR + col)), bias);
+                avx512::store_row(&t, (r, col), mask, y);
             }
         }
     }

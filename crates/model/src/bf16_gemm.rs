@@ -241,6 +241,8 @@ fn convert_row_scalar(src: &[f32], dst: &mut [u32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::packed_gemm::avx512;
+
     /// f32 row to bf16 pairs with `vcvtne2ps2bf16`, 32 values at a time.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn convert_row(src: &[f32], dst: &mut [u32]) {
@@ -268,13 +270,6 @@ mod x86 {
         kp: usize,
         t: crate::packed_gemm::Tile,
     ) {
-        let crate::packed_gemm::Tile {
-            c,
-            ldc,
-            cols,
-            bias,
-            residual,
-        } = t;
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         for p in 0..kp {
             let bp = b.add(p * super::NR);
@@ -289,28 +284,11 @@ mod x86 {
                 acc[2] = _mm512_dpbf16_ps(acc[2], av, b2);
             }
         }
-        for v in 0..3 {
-            let col = 16 * v;
-            if col >= cols {
-                break;
-            }
-            let left = cols - col;
-            let mask: __mmask16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
-            let bv = if bias.is_null() {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_maskz_loadu_ps(mask, bias.add(col))
-            };
+        for (v, col) in (0..t.cols).step_by(16).enumerate() {
+            let mask = avx512::lane_mask(t.cols - col);
+            let bias = avx512::bias(&t, col, mask);
             for (r, acc) in acc.iter().enumerate() {
-                let mut y = _mm512_add_ps(acc[v], bv);
-                if !residual.is_null() {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, residual.add(r * ldc + col)));
-                }
-                _mm512_mask_storeu_ps(c.add(r * ldc + col), mask, y);
+                avx512::store_row(&t, (r, col), mask, _mm512_add_ps(acc[v], bias));
             }
         }
     }

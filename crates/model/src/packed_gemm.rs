@@ -293,6 +293,72 @@ pub(crate) struct Tile {
     pub residual: *const f32,
 }
 
+/// The AVX-512 epilogue the bf16 and int8 kernels share: 16 output columns at a time, the bias
+/// added, the residual added as the row is stored.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Tile;
+
+    /// Lanes `..left` of 16 (all of them when `left >= 16`).
+    #[inline(always)]
+    pub(crate) fn lane_mask(left: usize) -> __mmask16 {
+        if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        }
+    }
+
+    /// The tile's bias for the 16 columns from `col` (zero where it has none).
+    ///
+    /// # Safety
+    /// The tile's bias, where not null, covers the masked columns; the CPU has avx512f.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn bias(t: &Tile, col: usize, mask: __mmask16) -> __m512 {
+        if t.bias.is_null() {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_maskz_loadu_ps(mask, t.bias.add(col))
+        }
+    }
+
+    /// `y` plus the residual (where the tile has one) stored to row `r`, columns from `col`.
+    ///
+    /// # Safety
+    /// Row `r` and the masked columns are in the tile; the CPU has avx512f.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn store_row(t: &Tile, (r, col): (usize, usize), mask: __mmask16, y: __m512) {
+        let at = r * t.ldc + col;
+        let y = if t.residual.is_null() {
+            y
+        } else {
+            _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, t.residual.add(at)))
+        };
+        _mm512_mask_storeu_ps(t.c.add(at), mask, y);
+    }
+
+    /// int8 sums back to f32: `sums · (row_scale · col_scales) + bias`, in the AVX2 kernel's
+    /// order of operations (so every int8 kernel writes the same bits).
+    ///
+    /// # Safety
+    /// The CPU has avx512f.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn dequantize(
+        sums: __m512i,
+        row_scale: f32,
+        col_scales: __m512,
+        bias: __m512,
+    ) -> __m512 {
+        let scale = _mm512_mul_ps(_mm512_set1_ps(row_scale), col_scales);
+        _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale), bias)
+    }
+}
+
 /// Work-block sizes of [`write_blocks`].
 pub(crate) struct Blocking {
     /// Rows per block.

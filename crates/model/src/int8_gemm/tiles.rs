@@ -68,7 +68,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use crate::amx::{Accumulators, BLOCK};
-    use crate::packed_gemm::Tile;
+    use crate::packed_gemm::{avx512, Tile};
 
     /// `y = sum · (t · s) + bias (+ residual)` for the first `rows` rows and `t.cols` columns
     /// of `acc`, in the AVX2 kernel's order of operations.
@@ -83,32 +83,14 @@ mod x86 {
         (row_scales, col_scales): (*const f32, *const f32),
         t: Tile,
     ) {
-        for v in 0..BLOCK / 16 {
-            let col = 16 * v;
-            if col >= t.cols {
-                break;
-            }
-            let left = t.cols - col;
-            let mask: __mmask16 = if left >= 16 {
-                0xffff
-            } else {
-                (1u16 << left) - 1
-            };
+        for col in (0..t.cols).step_by(16) {
+            let mask = avx512::lane_mask(t.cols - col);
             let s = _mm512_loadu_ps(col_scales.add(col));
-            let bias = if t.bias.is_null() {
-                _mm512_setzero_ps()
-            } else {
-                _mm512_maskz_loadu_ps(mask, t.bias.add(col))
-            };
+            let bias = avx512::bias(&t, col, mask);
             for r in 0..rows {
                 let sums = _mm512_load_si512(acc.0.as_ptr().add(r * BLOCK + col) as *const _);
-                let scale = _mm512_mul_ps(_mm512_set1_ps(*row_scales.add(r)), s);
-                let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale), bias);
-                if !t.residual.is_null() {
-                    let res = _mm512_maskz_loadu_ps(mask, t.residual.add(r * t.ldc + col));
-                    y = _mm512_add_ps(y, res);
-                }
-                _mm512_mask_storeu_ps(t.c.add(r * t.ldc + col), mask, y);
+                let y = avx512::dequantize(sums, *row_scales.add(r), s, bias);
+                avx512::store_row(&t, (r, col), mask, y);
             }
         }
     }

@@ -83,7 +83,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     #[cfg(target_arch = "x86_64")]
-    use crate::packed_gemm::Tile;
+    use crate::packed_gemm::{avx512, Tile};
 
     /// A micro-kernel's rows of quantized activations and panel of the weight.
     pub(super) struct Operands {
@@ -114,26 +114,14 @@ mod x86 {
                 *acc = _mm512_dpbusd_epi32(*acc, unsigned, q);
             }
         }
-        let mask: __mmask16 = if t.cols >= 16 {
-            0xffff
-        } else {
-            (1u16 << t.cols) - 1
-        };
+        let mask = avx512::lane_mask(t.cols);
         let offset = _mm512_slli_epi32::<7>(_mm512_loadu_si512(o.column_sums as *const _));
         let s = _mm512_loadu_ps(o.col_scales);
-        let bias = if t.bias.is_null() {
-            _mm512_setzero_ps()
-        } else {
-            _mm512_maskz_loadu_ps(mask, t.bias)
-        };
+        let bias = avx512::bias(&t, 0, mask);
         for (r, acc) in acc.iter().enumerate() {
             let sums = _mm512_sub_epi32(*acc, offset);
-            let scale = _mm512_mul_ps(_mm512_set1_ps(*o.row_scales.add(r)), s);
-            let mut y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sums), scale), bias);
-            if !t.residual.is_null() {
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, t.residual.add(r * t.ldc)));
-            }
-            _mm512_mask_storeu_ps(t.c.add(r * t.ldc), mask, y);
+            let y = avx512::dequantize(sums, *o.row_scales.add(r), s, bias);
+            avx512::store_row(&t, (r, 0), mask, y);
         }
     }
 }
