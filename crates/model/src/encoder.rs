@@ -122,6 +122,8 @@ struct Scratch {
     /// The attention's and the MLP's LayerNorm outputs (each read only by the next product).
     normed: Option<Tensor>,
     qkv: Option<Tensor>,
+    /// The attention's output (read only by `Wo`).
+    attn: Option<Tensor>,
     /// `Wi`'s product and, where it is not fused into the product, its GEGLU.
     wi: [Option<Tensor>; 2],
 }
@@ -320,7 +322,17 @@ impl Encoder {
             sin: &rotary.sin_f32,
         };
         let fused = match self.fused_attention {
-            Some(isa) => timed(4, || attend_qkv(&qkv, &rope, batch, layer.kind, heads, isa))?,
+            Some(isa) => timed(4, || {
+                attend_qkv(
+                    &qkv,
+                    &rope,
+                    batch,
+                    layer.kind,
+                    heads,
+                    isa,
+                    &mut scratch.attn,
+                )
+            })?,
             None => None,
         };
         let attn = match fused {

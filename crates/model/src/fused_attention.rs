@@ -18,10 +18,11 @@ use rayon::prelude::*;
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
+use crate::layers::with_f32_slice_mut;
 use crate::simd::Cpu;
 
 /// How many `qkv` rows ahead the gather prefetches.
-const PREFETCH_ROWS: usize = 2;
+const PREFETCH_ROWS: usize = 4;
 
 /// Queries per task: small enough that the scores of a 8k-token global row block stay in L2
 /// (64 x 8192 x 4 bytes = 2 MiB), large enough to amortise a GEMM call.
@@ -37,6 +38,9 @@ pub(crate) struct RopeTables<'a> {
 /// `heads x head_dim`), RoPE at `batch.position_ids`, on the micro-kernels of `isa` (the
 /// model's choice at load; [`Cpu::Other`]: the generic path); returns `[tokens, hidden]`.
 /// `None` when `qkv` is not a contiguous f32 CPU tensor; the caller then takes the candle path.
+/// The result is written into `buffer` while it holds an f32 tensor of its shape (every value
+/// is overwritten; a fresh 12 MiB output per layer was mapped and zeroed anew), otherwise into
+/// a new one that becomes the buffer.
 pub(crate) fn attend_qkv(
     qkv: &Tensor,
     rope: &RopeTables<'_>,
@@ -44,6 +48,7 @@ pub(crate) fn attend_qkv(
     kind: AttentionKind,
     heads: usize,
     isa: Cpu,
+    buffer: &mut Option<Tensor>,
 ) -> Result<Option<Tensor>> {
     if qkv.dtype() != DType::F32 || !qkv.device().is_cpu() {
         return Ok(None);
@@ -70,9 +75,18 @@ pub(crate) fn attend_qkv(
         head_dim,
         heads,
     };
-    let out = attend_slices(qkv_data, rope, batch, kind, shape, isa);
+    let attend = |out: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, isa, out);
+    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == [t, hidden]) {
+        if with_f32_slice_mut(buf, attend)?.is_some() {
+            return Ok(Some(buf.clone()));
+        }
+    }
+    let mut out = vec![0f32; t * hidden];
+    attend(&mut out);
     drop(storage);
-    Ok(Some(Tensor::from_vec(out, (t, hidden), qkv.device())?))
+    let out = Tensor::from_vec(out, (t, hidden), qkv.device())?;
+    *buffer = Some(out.clone());
+    Ok(Some(out))
 }
 
 /// What every task reads.
@@ -101,7 +115,8 @@ struct Shape {
     heads: usize,
 }
 
-/// The kernel on plain slices (see [`attend_qkv`]).
+/// The kernel on plain slices (see [`attend_qkv`]): writes every value of `out`
+/// `[tokens, hidden]`.
 fn attend_slices(
     qkv: &[f32],
     rope: &RopeTables<'_>,
@@ -109,10 +124,9 @@ fn attend_slices(
     kind: AttentionKind,
     shape: Shape,
     isa: Cpu,
-) -> Vec<f32> {
-    let Shape { hidden, .. } = shape;
-    let t = batch.num_tokens();
-    let mut out = vec![0f32; t * hidden];
+    out: &mut [f32],
+) {
+    assert_eq!(out.len(), batch.num_tokens() * shape.hidden);
     let tasks = tasks(batch, shape.heads);
     let dst = SharedOut(out.as_mut_ptr());
     let inputs = Inputs {
@@ -126,7 +140,6 @@ fn attend_slices(
         let dst = &dst;
         task.run(&inputs, dst, kind, shape);
     });
-    out
 }
 
 /// RoPE (rotate-half form) of the `heads x head_dim` row `src` into `dst`, times `scale`.
@@ -238,10 +251,15 @@ impl HeadTask {
             // SAFETY: the CPU has the instructions (chosen from detection); the task's rows and head
             // columns lie inside `qkv` and the output (checked by `attend_qkv`), and this task
             // alone writes its part of the output.
-            match inputs.isa {
-                Cpu::Avx512 => return unsafe { self.run_avx512(inputs, dst, kind, shape) },
-                Cpu::Avx2 => return unsafe { self.run_avx2(inputs, dst, kind, shape) },
-                Cpu::Other => {}
+            let run = |scratch: &mut HeadScratch| match inputs.isa {
+                Cpu::Avx512 => unsafe { self.run_avx512(inputs, dst, kind, shape, scratch) },
+                Cpu::Avx2 => unsafe { self.run_avx2(inputs, dst, kind, shape, scratch) },
+                Cpu::Other => unreachable!("checked below"),
+            };
+            if inputs.isa != Cpu::Other {
+                // The scratch is taken out here: a closure inside the target-feature code would
+                // not inherit its features, and the kernels would run as calls per vector op.
+                return crate::packed_gemm::with_thread_buffer(&HEAD_SCRATCH, run);
             }
         }
         let head = self.gather(inputs, shape);
@@ -259,8 +277,9 @@ impl HeadTask {
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
+        scratch: &mut HeadScratch,
     ) {
-        self.run_simd::<simd::Avx512>(inputs, dst, kind, shape)
+        self.run_simd::<simd::Avx512>(inputs, dst, kind, shape, scratch)
     }
 
     /// AVX2 + FMA micro-kernels (see [`HeadTask::run_simd`]).
@@ -272,8 +291,9 @@ impl HeadTask {
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
+        scratch: &mut HeadScratch,
     ) {
-        self.run_simd::<simd::Avx2>(inputs, dst, kind, shape)
+        self.run_simd::<simd::Avx2>(inputs, dst, kind, shape, scratch)
     }
 
     /// Register-blocked micro-kernels for head sizes that are a multiple of
@@ -290,6 +310,7 @@ impl HeadTask {
         dst: &SharedOut,
         kind: AttentionKind,
         shape: Shape,
+        scratch: &mut HeadScratch,
     ) {
         let Shape {
             hidden, head_dim, ..
@@ -300,10 +321,22 @@ impl HeadTask {
         // layout sit a power of two apart and collide in the cache); zero-padded at the end.
         let step = simd::key_step::<S>();
         let padded = len.next_multiple_of(step);
-        let mut q = vec![0f32; len * head_dim];
-        let mut kt = vec![0f32; head_dim * padded];
-        let mut v = vec![0f32; len * head_dim];
-        let mut k_row = vec![0f32; head_dim];
+        scratch.prepare(len * head_dim, head_dim * padded, head_dim);
+        let HeadScratch {
+            q,
+            kt,
+            v,
+            k_row,
+            scores,
+        } = scratch;
+        // The padding keys' columns of the last panel: zero, not a former head's keys (their
+        // scores are masked, but stale NaNs are better not multiplied at all).
+        if len < padded {
+            let last = &mut kt[(len / step) * head_dim * step..];
+            for d in 0..head_dim {
+                last[d * step + len % step..(d + 1) * step].fill(0.0);
+            }
+        }
         let rows = q
             .chunks_exact_mut(head_dim)
             .zip(v.chunks_exact_mut(head_dim));
@@ -315,7 +348,7 @@ impl HeadTask {
             }
             let Row { src, cos, sin } = self.row(inputs, shape, t);
             simd::rotate::<S>(&src[..head_dim], q_row, cos, sin, inputs.scale);
-            simd::rotate::<S>(&src[hidden..hidden + head_dim], &mut k_row, cos, sin, 1.0);
+            simd::rotate::<S>(&src[hidden..hidden + head_dim], k_row, cos, sin, 1.0);
             let panel = &mut kt[(j / step) * head_dim * step + j % step..];
             assert!(panel.len() > (head_dim - 1) * step);
             for (d, &x) in k_row.iter().enumerate() {
@@ -324,16 +357,36 @@ impl HeadTask {
             }
             simd::copy_row(&src[2 * hidden..2 * hidden + head_dim], v_row);
         }
-        let keys = simd::Keys {
-            kt: &kt,
-            padded,
-            v: &v,
-        };
-        let mut scores = Vec::new();
+        let keys = simd::Keys { kt, padded, v };
         for block in self.blocks() {
-            block.attend_simd::<S>(&q, &keys, &mut scores, dst, kind, shape);
+            block.attend_simd::<S>(q, &keys, scores, dst, kind, shape);
         }
     }
+}
+
+/// One head's prepared inputs and scores, reused by the tasks that run on one thread (a fresh
+/// set of zeroed vectors per head cost a tenth of the attention on short sequences).
+#[derive(Default)]
+struct HeadScratch {
+    q: Vec<f32>,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    k_row: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+impl HeadScratch {
+    /// `q` and `v` of `rows` values, `kt` of `keys`, `k_row` of `head_dim` (contents stale).
+    fn prepare(&mut self, rows: usize, keys: usize, head_dim: usize) {
+        self.q.resize(rows, 0.0);
+        self.v.resize(rows, 0.0);
+        self.kt.resize(keys, 0.0);
+        self.k_row.resize(head_dim, 0.0);
+    }
+}
+
+thread_local! {
+    static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
 }
 
 /// Queries `q0..q0 + qn` of one head of one sequence `seq`.
@@ -503,8 +556,12 @@ impl Block {
         }
         // Called directly (not through a function pointer) so it inlines into this
         // target-feature code: a call left outside ran scalar, with a libm `floorf` per exp.
-        for (row, lo, hi) in self.score_rows(scores, stride, (k0, k1), kind, shift) {
-            band_softmax(row, lo, hi);
+        // The rows stay unnormalised; PV scales its sums by each row's 1 / Σ instead (64 outputs
+        // a row rather than one multiply per key).
+        let mut inv_sums = [0f32; QUERY_BLOCK];
+        let rows = self.score_rows(scores, stride, (k0, k1), kind, shift);
+        for ((row, lo, hi), inv) in rows.zip(&mut inv_sums) {
+            *inv = band_exp(row, lo, hi);
         }
         for (r0, rows, (lo, hi)) in tiles() {
             let tile = simd::Tile {
@@ -512,7 +569,17 @@ impl Block {
                 rows,
                 keys: lo..hi,
             };
-            simd::weighted_values::<S>(scores, stride, keys, base, head_dim, out, hidden, tile);
+            let scales = &inv_sums[r0..r0 + rows];
+            simd::weighted_values::<S>(
+                scores,
+                stride,
+                keys,
+                base,
+                head_dim,
+                (out, hidden),
+                scales,
+                tile,
+            );
         }
     }
 }
@@ -688,8 +755,8 @@ mod simd {
         }
     }
 
-    /// `out[r, :] += Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's rows of
-    /// probabilities (row stride `p_stride`); `out` rows have stride `out_stride`.
+    /// `out[r, :] = scales[r] · Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's rows
+    /// of weights (row stride `p_stride`); `out` rows (stride `out_stride`) start at zero.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub unsafe fn weighted_values<S: Isa>(
@@ -698,8 +765,8 @@ mod simd {
         keys: &Keys<'_>,
         base: usize,
         head_dim: usize,
-        out: *mut f32,
-        out_stride: usize,
+        (out, out_stride): (*mut f32, usize),
+        scales: &[f32],
         tile: Tile,
     ) {
         let Tile {
@@ -710,26 +777,29 @@ mod simd {
         assert!((1..=ROWS).contains(&rows) && cols.end <= p_stride);
         assert!(head_dim.is_multiple_of(HEAD_DIM_STEP));
         assert!(keys.v.len() >= (base + cols.end) * head_dim);
-        assert!(p.len() >= (r0 + rows) * p_stride);
+        assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
         // Four vectors of columns per register tile.
         let width = 4 * S::LANES;
         let v = keys.v.as_ptr().add(base * head_dim);
         let mut chunk = cols.start;
         while chunk < cols.end {
             let chunk_keys = chunk..(chunk + KEY_CHUNK).min(cols.end);
+            let (first, last) = (chunk == cols.start, chunk_keys.end == cols.end);
             let mut r = r0;
             while r < r0 + rows {
                 let n = value_rows::<S>().min(r0 + rows - r);
                 let pp = p.as_ptr().add(r * p_stride);
+                // The rows' scales, applied as the last chunk stores its sums.
+                let scale = last.then(|| scales[r - r0..].as_ptr());
                 for c0 in (0..head_dim).step_by(width) {
                     let args = (pp, p_stride, v.add(c0), head_dim);
                     let o = (out.add(r * out_stride + c0), out_stride);
                     let k = chunk_keys.clone();
                     match n {
-                        1 => values_tile::<S, 1>(args, o, k),
-                        2 => values_tile::<S, 2>(args, o, k),
-                        3 => values_tile::<S, 3>(args, o, k),
-                        _ => values_tile::<S, ROWS>(args, o, k),
+                        1 => values_tile::<S, 1>(args, o, k, first, scale),
+                        2 => values_tile::<S, 2>(args, o, k, first, scale),
+                        3 => values_tile::<S, 3>(args, o, k, first, scale),
+                        _ => values_tile::<S, ROWS>(args, o, k, first, scale),
                     }
                 }
                 r += n;
@@ -738,17 +808,23 @@ mod simd {
         }
     }
 
-    /// `R` rows x four vectors of output columns per register tile, accumulating into `out`.
+    /// `R` rows x four vectors of output columns per register tile, accumulating into `out`
+    /// (from zero on the `first` chunk); `scale` (the rows' factors) multiplies the sums before
+    /// they are stored.
     #[inline(always)]
     unsafe fn values_tile<S: Isa, const R: usize>(
         (p, p_stride, v, v_stride): (*const f32, usize, *const f32, usize),
         (out, out_stride): (*mut f32, usize),
         keys: Range<usize>,
+        first: bool,
+        scale: Option<*const f32>,
     ) {
         let mut acc = [[S::zero(); 4]; R];
-        for (r, a) in acc.iter_mut().enumerate() {
-            for (c, x) in a.iter_mut().enumerate() {
-                *x = S::load(out.add(r * out_stride + c * S::LANES));
+        if !first {
+            for (r, a) in acc.iter_mut().enumerate() {
+                for (c, x) in a.iter_mut().enumerate() {
+                    *x = S::load(out.add(r * out_stride + c * S::LANES));
+                }
             }
         }
         for j in keys {
@@ -768,8 +844,9 @@ mod simd {
         }
         for (r, a) in acc.iter().enumerate() {
             let o = out.add(r * out_stride);
+            let factor = scale.map(|s| S::splat(*s.add(r)));
             for (c, &x) in a.iter().enumerate() {
-                S::store(o.add(c * S::LANES), x);
+                S::store(o.add(c * S::LANES), factor.map_or(x, |f| S::mul(x, f)));
             }
         }
     }
@@ -800,12 +877,22 @@ unsafe fn softmax_avx2(row: &mut [f32], lo: usize, hi: usize) {
     band_softmax(row, lo, hi)
 }
 
-/// Softmax of `row[lo..hi]`; every other entry becomes 0. The passes run over whole groups of
-/// [`LANES`] around the band, with the entries outside it set to -inf first (their exp is ~1e-38,
-/// nothing beside the band's sum of at least 1) and zeroed after, so no pass has a scalar tail
-/// (a band of 44 keys had 12 scalar entries in each of four passes).
+/// Softmax of `row[lo..hi]`; every other entry becomes 0.
 #[inline(always)]
 fn band_softmax(row: &mut [f32], lo: usize, hi: usize) {
+    let inv_sum = band_exp(row, lo, hi);
+    for v in &mut row[lo..hi] {
+        *v *= inv_sum;
+    }
+}
+
+/// Unnormalised softmax of `row[lo..hi]`: `exp(x - max)` there, 0 everywhere else; returns
+/// `1 / Σ`. The passes run over whole groups of [`LANES`] around the band, with the entries
+/// outside it set to -inf first (their exp is ~1e-38, nothing beside the band's sum of at least
+/// 1) and zeroed after, so no pass has a scalar tail (a band of 44 keys had 12 scalar entries in
+/// each pass).
+#[inline(always)]
+fn band_exp(row: &mut [f32], lo: usize, hi: usize) -> f32 {
     let (start, end) = (
         lo / LANES * LANES,
         hi.next_multiple_of(LANES).min(row.len()),
@@ -816,16 +903,18 @@ fn band_softmax(row: &mut [f32], lo: usize, hi: usize) {
     let (before, after) = (lo - start, hi - start);
     span[..before].fill(f32::NEG_INFINITY);
     span[after..].fill(f32::NEG_INFINITY);
-    softmax_generic(span);
+    let inv_sum = exp_minus_max(span);
     span[..before].fill(0.0);
     span[after..].fill(0.0);
+    inv_sum
 }
 
 /// Lanes of the partial max and sum, so both reductions vectorise; band spans are rounded to it.
 const LANES: usize = 16;
 
+/// `x = exp(x - max x)` in one pass after the max, summing as it goes; returns `1 / Σ`.
 #[inline(always)]
-fn softmax_generic(x: &mut [f32]) {
+fn exp_minus_max(x: &mut [f32]) -> f32 {
     let mut lane_max = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
@@ -839,21 +928,20 @@ fn softmax_generic(x: &mut [f32]) {
         .chain(&lane_max)
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    for v in x.iter_mut() {
-        *v = crate::fused::exp(*v - max);
-    }
     let mut lane_sum = [0f32; LANES];
-    let mut chunks = x.chunks_exact(LANES);
+    let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
-        for (s, &v) in lane_sum.iter_mut().zip(c) {
-            *s += v;
+        for (s, v) in lane_sum.iter_mut().zip(c) {
+            *v = crate::fused::exp(*v - max);
+            *s += *v;
         }
     }
-    let sum: f32 = chunks.remainder().iter().sum::<f32>() + lane_sum.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
+    let mut tail = 0f32;
+    for v in chunks.into_remainder() {
+        *v = crate::fused::exp(*v - max);
+        tail += *v;
     }
+    1.0 / (tail + lane_sum.iter().sum::<f32>())
 }
 
 #[cfg(test)]
@@ -926,11 +1014,21 @@ mod tests {
                 .unwrap()
                 .reshape((t, hidden))
                 .unwrap();
-            // Every variant this host executes, and the generic path, against the reference.
+            // Every variant this host executes, and the generic path, against the reference,
+            // written into a reused buffer of NaNs: every value must be overwritten.
             for isa in crate::simd::executable().into_iter().chain([Cpu::Other]) {
-                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, isa)
+                let nans = Tensor::full(f32::NAN, (t, hidden), &dev).unwrap();
+                let mut buffer = Some(nans.clone());
+                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, isa, &mut buffer)
                     .unwrap()
                     .expect("f32 CPU input takes the fused path");
+                assert_eq!(
+                    max_abs(&(&nans - &fused).unwrap()),
+                    0.0,
+                    "the result is written into the buffer"
+                );
+                let values = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(values.iter().all(|v| v.is_finite()), "a NaN was left");
                 let diff = max_abs(&(&fused - &reference).unwrap());
                 // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
                 let tolerance = 4e-6 * max_abs(&reference).max(1.0);
@@ -941,10 +1039,16 @@ mod tests {
             }
         }
         let bf = qkv.to_dtype(DType::BF16).unwrap();
-        assert!(
-            attend_qkv(&bf, &rope, &batch, AttentionKind::Global, heads, Cpu::Other)
-                .unwrap()
-                .is_none()
-        );
+        assert!(attend_qkv(
+            &bf,
+            &rope,
+            &batch,
+            AttentionKind::Global,
+            heads,
+            Cpu::Other,
+            &mut None
+        )
+        .unwrap()
+        .is_none());
     }
 }

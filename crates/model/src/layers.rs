@@ -277,7 +277,10 @@ fn geglu_reusing(wi: &Tensor, inter: usize, buffer: &mut Option<Tensor>) -> Resu
 
 /// `f` on the elements of a contiguous f32 CPU tensor, mutably (candle's in-place op); `None`
 /// for any other tensor. Every tensor sharing the storage sees the writes.
-fn with_f32_slice_mut<R>(t: &Tensor, f: impl FnOnce(&mut [f32]) -> R) -> Result<Option<R>> {
+pub(crate) fn with_f32_slice_mut<R>(
+    t: &Tensor,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> Result<Option<R>> {
     struct Op<F, R> {
         f: Cell<Option<F>>,
         result: Cell<Option<R>>,

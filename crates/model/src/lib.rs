@@ -80,7 +80,15 @@ pub mod internals {
         heads: usize,
     ) -> crate::Result<Option<crate::Tensor>> {
         let rope = crate::fused_attention::RopeTables { cos, sin };
-        crate::fused_attention::attend_qkv(qkv, &rope, batch, kind, heads, crate::simd::cpu())
+        crate::fused_attention::attend_qkv(
+            qkv,
+            &rope,
+            batch,
+            kind,
+            heads,
+            crate::simd::cpu(),
+            &mut None,
+        )
     }
 }
 
