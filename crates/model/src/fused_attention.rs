@@ -888,9 +888,9 @@ fn band_softmax(row: &mut [f32], lo: usize, hi: usize) {
 
 /// Unnormalised softmax of `row[lo..hi]`: `exp(x - max)` there, 0 everywhere else; returns
 /// `1 / Σ`. The passes run over whole groups of [`LANES`] around the band, with the entries
-/// outside it set to -inf first (their exp is ~1e-38, nothing beside the band's sum of at least
-/// 1) and zeroed after, so no pass has a scalar tail (a band of 44 keys had 12 scalar entries
-/// in each pass).
+/// outside it set to -inf first (their exp is ~1e-38, nothing beside the band's sum, which is
+/// at least one) and zeroed after, so no pass has a scalar tail (a band of 44 keys had 12
+/// scalar entries in each pass).
 #[inline(always)]
 fn band_exp(row: &mut [f32], lo: usize, hi: usize) -> f32 {
     let (start, end) = (
