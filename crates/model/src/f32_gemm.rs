@@ -30,13 +30,12 @@ use crate::simd::Cpu;
 /// Rows of output per work block (a multiple of every `MR`): its packed activations (`MC × kc`
 /// floats) stay in L2.
 const MC: usize = 144;
-/// AVX-512: bytes of one weight micro-panel (`kc × nr` floats), kept in L1 during a block.
-const B_PANEL_BYTES: usize = 16 * 1024;
-/// AVX2: input features per block. Every block reads and writes the whole output tile again,
-/// and on the 2-core Zen (AVX2, 32 KiB L1, 512 KiB L2) the whole depth of ModernBERT-base's
-/// layers (768, 1152) in one block ran 3-8% faster than L1-sized 256-deep blocks (interleaved
-/// A/B on the forward's shapes, 4096 rows), though its weight micro-panels stream from L2.
-const AVX2_KC: usize = 1152;
+/// Input features per block. Every block reads and writes the whole output tile again, and the
+/// whole depth of ModernBERT-base's layers (768, 1152) in one block ran faster than L1-sized
+/// blocks though its weight micro-panels stream from L2: 3-8% on the 2-core Zen 3 (AVX2, 32 KiB
+/// L1, 512 KiB L2; against 256-deep blocks) and 5-15% on the 2-core Sapphire Rapids (AVX-512,
+/// 48 KiB L1, 2 MiB L2; against 128-deep 16 KiB panels), interleaved A/B on the forward's shapes.
+const KC: usize = 1152;
 /// Output columns a task covers at least (so re-packing its rows is cheap against its FMAs).
 const MIN_TASK_COLUMNS: usize = 128;
 
@@ -99,12 +98,8 @@ impl PackedF32 {
             Cpu::Other => return None,
         };
         let nr = 2 * lanes;
-        let kc_target = match isa {
-            Cpu::Avx2 => AVX2_KC,
-            _ => (B_PANEL_BYTES / 4 / nr).max(1),
-        };
         // Equal k blocks, none much shorter than the others.
-        let kc = k.div_ceil(k.div_ceil(kc_target).max(1)).max(1);
+        let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
         let gated = matches!(columns, Columns::Gated);
         let panel_cols = if gated { lanes } else { nr };
         // The weight row behind column `j` of a panel whose first output column is `col`.
@@ -687,7 +682,7 @@ mod tests {
                 (145, 97, 65),
                 (300, 40, 1152),
                 (290, 770, 64),
-                // Deeper than one block of input features on every kernel (AVX2 takes 1152).
+                // Deeper than one block of input features (1152).
                 (20, 50, 2500),
             ] {
                 for (with_bias, with_residual) in [(false, false), (true, false), (true, true)] {
