@@ -129,9 +129,10 @@ pub(crate) type TilePair = (*const u8, *const u8, usize, usize);
 
 /// One tile product kernel per instruction: `acc = a · b` over `blocks` blocks of k, for 32
 /// rows of `a` (two A tiles of 16 rows × 64 bytes of k) and 32 columns of `b` (two B tiles of
-/// 16 groups of k × 16 columns), in the four C tiles, then stored to `acc`.
+/// 16 groups of k × 16 columns), in the four C tiles (zeroed by the prologue, or as
+/// [`load_accumulators`] left them), then stored to `acc`.
 macro_rules! tile_product {
-    ($name:ident, $op:literal, $acc:ty) => {
+    ($name:ident, $op:literal, $acc:ty, [$($prologue:literal),*]) => {
         /// # Safety
         /// The tiles are configured ([`with_tiles`]) and the CPU has the instruction; `a` and
         /// `b` cover `blocks` steps of their tiles; `blocks > 0`.
@@ -145,10 +146,7 @@ macro_rules! tile_product {
         ) {
             debug_assert!(blocks > 0);
             std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
+                $($prologue,)*
                 "2:",
                 // Each product right after its operands' loads (5-10% over four loads first).
                 "tileloadd tmm4, [{a0} + {lda} * 1]",
@@ -187,5 +185,49 @@ macro_rules! tile_product {
     };
 }
 
-tile_product!(product_bf16, "tdpbf16ps", f32);
-tile_product!(product_i8, "tdpbssd", i32);
+tile_product!(
+    product_bf16,
+    "tdpbf16ps",
+    f32,
+    [
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3"
+    ]
+);
+tile_product!(
+    product_i8,
+    "tdpbssd",
+    i32,
+    [
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3"
+    ]
+);
+// `a · b` added onto the 32 × 32 block that `load_accumulators` put in the C tiles.
+tile_product!(product_bf16_onto, "tdpbf16ps", f32, []);
+
+/// Loads a 32 × 32 f32 block (rows 0-15 at `.0`, 16-31 at `.1`, rows `.2` bytes apart) into the
+/// C tiles, for [`product_bf16_onto`] to add its products onto (a residual, added by the tiles
+/// instead of by a pass over their output).
+///
+/// # Safety
+/// The tiles are configured ([`with_tiles`]); the block is readable; the next tile instruction
+/// on this thread is that product.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) unsafe fn load_accumulators((c0, c1, ldc): (*const f32, *const f32, usize)) {
+    std::arch::asm!(
+        "tileloadd tmm0, [{c0} + {ldc} * 1]",
+        "tileloadd tmm1, [{c0} + {ldc} * 1 + 64]",
+        "tileloadd tmm2, [{c1} + {ldc} * 1]",
+        "tileloadd tmm3, [{c1} + {ldc} * 1 + 64]",
+        c0 = in(reg) c0,
+        c1 = in(reg) c1,
+        ldc = in(reg) ldc,
+        options(nostack, readonly),
+    );
+}

@@ -187,11 +187,18 @@ impl PanelKernel for PackedAmxBf16 {
                     let a0 = a.as_ptr().add(r * kp) as *const u8;
                     let a_tiles = (a0, a0.add(TILE_ROWS * kp * 4), TILE_BYTES, B_TILE * 4);
                     let t = out.tile((r, col, cols), n, bias, residual);
-                    if (mr, cols) == (MR, NR) && t.bias.is_null() && t.residual.is_null() {
-                        // A whole block with nothing to add: the tiles store straight into the
-                        // output (most of `Wqkv` and the gated `Wi`), not through a copy.
+                    if (mr, cols) == (MR, NR) && t.bias.is_null() {
+                        // A whole block with no bias: the tiles store straight into the output
+                        // (most of `Wqkv`, the gated `Wi`, and with the residual loaded into
+                        // the accumulators first, the two `Wo`s), not through a copy.
                         let dst = (t.c, t.c.add(TILE_ROWS * t.ldc), t.ldc * 4);
-                        crate::amx::product_bf16(a_tiles, b_tiles, kp / KB, dst);
+                        if t.residual.is_null() {
+                            crate::amx::product_bf16(a_tiles, b_tiles, kp / KB, dst);
+                        } else {
+                            let res = (t.residual, t.residual.add(TILE_ROWS * t.ldc), t.ldc * 4);
+                            crate::amx::load_accumulators(res);
+                            crate::amx::product_bf16_onto(a_tiles, b_tiles, kp / KB, dst);
+                        }
                     } else {
                         crate::amx::product_bf16(a_tiles, b_tiles, kp / KB, acc.destination());
                         x86::write_tile(&acc, mr, t);
