@@ -68,18 +68,17 @@ impl PackedAmxBf16 {
         data.par_chunks_mut(kp * NR)
             .enumerate()
             .for_each(|(panel, out)| {
+                let mut pairs = vec![0u32; k.div_ceil(2)];
                 for j in 0..NR {
                     let row = panel * NR + j;
                     if row >= n {
                         break;
                     }
-                    let src = &w[row * k..(row + 1) * k];
+                    crate::bf16_gemm::convert_weight_row(&w[row * k..(row + 1) * k], &mut pairs);
                     let (tile, col) = (j / 16, j % 16);
-                    for p in 0..k.div_ceil(2) {
-                        let lo = bf16_bits(src[2 * p]);
-                        let hi = src.get(2 * p + 1).map_or(0, |&v| bf16_bits(v));
-                        let (block, pair) = (p / KB, p % KB);
-                        out[(2 * block + tile) * B_TILE + pair * 16 + col] = lo | (hi << 16);
+                    for (p, &pair) in pairs.iter().enumerate() {
+                        let (block, at) = (p / KB, p % KB);
+                        out[(2 * block + tile) * B_TILE + at * 16 + col] = pair;
                     }
                 }
             });
@@ -144,10 +143,6 @@ impl PackedAmxBf16 {
         };
         write_blocks(self, a, m, blocking, bias, residual, out);
     }
-}
-
-fn bf16_bits(v: f32) -> u32 {
-    half::bf16::from_f32(v).to_bits() as u32
 }
 
 impl PanelKernel for PackedAmxBf16 {

@@ -75,16 +75,15 @@ impl PackedWeight {
         data.par_chunks_mut(kp * NR)
             .enumerate()
             .for_each(|(panel, out)| {
+                let mut pairs = vec![0u32; kp];
                 for j in 0..NR {
                     let row = panel * NR + j;
                     if row >= n {
                         break;
                     }
-                    let src = &w[row * k..(row + 1) * k];
-                    for p in 0..kp {
-                        let lo = to_bf16_bits(src[2 * p]) as u32;
-                        let hi = src.get(2 * p + 1).map_or(0, |&v| to_bf16_bits(v) as u32);
-                        out[p * NR + j] = lo | (hi << 16);
+                    convert_weight_row(&w[row * k..(row + 1) * k], &mut pairs);
+                    for (p, &pair) in pairs.iter().enumerate() {
+                        out[p * NR + j] = pair;
                     }
                 }
             });
@@ -227,6 +226,18 @@ pub(crate) fn convert_row(src: &[f32], dst: &mut [u32]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     convert_row_scalar(src, dst)
+}
+
+/// One weight row to bf16 pairs at load: `vcvtne2ps2bf16` where the CPU has it (it flushes
+/// subnormal weights to zero, as it does activations), the scalar conversion elsewhere (a
+/// kernel may be packed on a CPU that does not run it, in tests). The scalar loop was most of
+/// a bf16 model's load time.
+pub(crate) fn convert_weight_row(src: &[f32], dst: &mut [u32]) {
+    if available() {
+        convert_row(src, dst)
+    } else {
+        convert_row_scalar(src, dst)
+    }
 }
 
 fn convert_row_scalar(src: &[f32], dst: &mut [u32]) {

@@ -141,6 +141,28 @@ fn quantize(v: f32, inverse_scale: f32) -> i8 {
     (v * inverse_scale).round_ties_even().clamp(-QMAX, QMAX) as i8
 }
 
+/// One weight row quantized into `q`, returning `Σ q`. Compiled for AVX2 where the CPU has it:
+/// without SSE4.1 the rounding is a libm call per value, which made quantizing the weights most
+/// of an int8 model's load time.
+fn quantize_weight_row(src: &[f32], inverse_scale: f32, q: &mut [i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { x86::quantize_weight_row(src, inverse_scale, q) };
+    }
+    quantize_weight_row_generic(src, inverse_scale, q)
+}
+
+#[inline(always)]
+fn quantize_weight_row_generic(src: &[f32], inverse_scale: f32, q: &mut [i8]) -> i32 {
+    let mut sum = 0i32;
+    for (d, &v) in q.iter_mut().zip(src) {
+        *d = quantize(v, inverse_scale);
+        sum += *d as i32;
+    }
+    sum
+}
+
 /// A weight `[n, k]` quantized per output column and packed for the kernel.
 pub struct PackedI8 {
     /// Packed columns (for a gated weight `2 · inter`).
@@ -187,6 +209,7 @@ impl PackedI8 {
             .zip(column_sums.par_chunks_mut(NR))
             .enumerate()
             .for_each(|(panel, ((out, scales), sums))| {
+                let mut q = vec![0i8; k];
                 for (j, (scale, sum)) in scales.iter_mut().zip(sums).enumerate() {
                     let row = panel * NR + j;
                     if row >= n {
@@ -195,10 +218,9 @@ impl PackedI8 {
                     let src = &w[row * k..(row + 1) * k];
                     let (s, inverse) = scale_of(src.iter().copied().fold(0.0, max_abs));
                     *scale = s;
-                    for (l, &v) in src.iter().enumerate() {
-                        let q = quantize(v, inverse);
-                        out[(l / 4) * NR * 4 + j * 4 + l % 4] = q;
-                        *sum += q as i32;
+                    *sum = quantize_weight_row(src, inverse, &mut q);
+                    for (g, group) in q[..k].chunks(4).enumerate() {
+                        out[g * NR * 4 + j * 4..][..group.len()].copy_from_slice(group);
                     }
                 }
             });
@@ -437,6 +459,12 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use crate::packed_gemm::Tile;
+
+    /// [`super::quantize_weight_row`] compiled for AVX2 (`vroundps` instead of a libm call).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_weight_row(src: &[f32], inverse_scale: f32, q: &mut [i8]) -> i32 {
+        super::quantize_weight_row_generic(src, inverse_scale, q)
+    }
 
     /// Horizontal maximum of eight floats.
     #[inline(always)]
