@@ -17,30 +17,41 @@ pub(crate) const TILE_BYTES: usize = 64;
 /// `"amx-int8"`) and this process may use them. CPUID is read and the permission asked once per
 /// process (every product asks this; CPUID traps to the hypervisor in a VM).
 pub(crate) fn available(feature: &str) -> bool {
+    let (edx, granted) = tile_state();
+    granted && has(edx, feature)
+}
+
+/// Whether this CPU has the tile instructions that `feature` names but Linux refused this
+/// process their state (kernels before 5.16).
+pub(crate) fn refused(feature: &str) -> bool {
+    let (edx, granted) = tile_state();
+    !granted && has(edx, feature)
+}
+
+fn has(edx: u32, feature: &str) -> bool {
+    let bit = match feature {
+        "amx-bf16" => 22,
+        "amx-int8" => 25,
+        _ => return false,
+    };
+    edx & (1 << bit) != 0
+}
+
+/// CPUID leaf 7 EDX, and whether the tile state was granted (the CPU has AMX-TILE and Linux
+/// said yes), once per process.
+fn tile_state() -> (u32, bool) {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        // CPUID leaf 7 EDX where the process may use the tiles, else 0.
-        static GRANTED: OnceLock<u32> = OnceLock::new();
-        let edx = *GRANTED.get_or_init(|| {
+        static STATE: OnceLock<(u32, bool)> = OnceLock::new();
+        *STATE.get_or_init(|| {
             let edx = cpuid7_edx();
             const AMX_TILE: u32 = 1 << 24;
-            if edx & AMX_TILE != 0 && request_tile_permission() {
-                edx
-            } else {
-                0
-            }
-        });
-        let bit = match feature {
-            "amx-bf16" => 22,
-            "amx-int8" => 25,
-            _ => return false,
-        };
-        edx & (1 << bit) != 0
+            (edx, edx & AMX_TILE != 0 && request_tile_permission())
+        })
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     {
-        let _ = feature;
-        false
+        (0, false)
     }
 }
 
