@@ -8,8 +8,6 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-#[cfg(target_arch = "x86_64")]
-use crate::simd::Cpu;
 
 /// `gelu_erf(wi[:, ..inter]) * wi[:, inter..]` for `wi [T, 2 * inter]`; `None` when `wi` is not
 /// an f32 CPU tensor (the caller then uses candle's ops).
@@ -75,27 +73,9 @@ pub(crate) fn layer_norm_slices(
         });
 }
 
-fn layer_norm_row(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) {
-    // SAFETY: `crate::simd::cpu()` detected the features.
-    #[cfg(target_arch = "x86_64")]
-    match crate::simd::cpu() {
-        Cpu::Avx512 => return unsafe { layer_norm_row_avx512(x, params, eps, out) },
-        Cpu::Avx2 => return unsafe { layer_norm_row_avx2(x, params, eps, out) },
-        Cpu::Other => {}
-    }
-    layer_norm_row_generic(x, params, eps, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn layer_norm_row_avx512(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) {
-    layer_norm_row_generic(x, params, eps, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn layer_norm_row_avx2(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) {
-    layer_norm_row_generic(x, params, eps, out)
+crate::simd::vectorized! {
+    fn layer_norm_row(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) =
+        layer_norm_row_generic;
 }
 
 #[inline(always)]
@@ -123,28 +103,10 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + rest
 }
 
-/// `out = gelu(input) · gate`, elementwise, compiled for the CPU's vector instructions.
-pub(crate) fn gelu_gate_row(input: &[f32], gate: &[f32], out: &mut [f32]) {
-    // SAFETY: `crate::simd::cpu()` detected the features.
-    #[cfg(target_arch = "x86_64")]
-    match crate::simd::cpu() {
-        Cpu::Avx512 => return unsafe { gelu_gate_row_avx512(input, gate, out) },
-        Cpu::Avx2 => return unsafe { gelu_gate_row_avx2(input, gate, out) },
-        Cpu::Other => {}
-    }
-    gelu_gate_row_generic(input, gate, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gelu_gate_row_avx512(input: &[f32], gate: &[f32], out: &mut [f32]) {
-    gelu_gate_row_generic(input, gate, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_gate_row_avx2(input: &[f32], gate: &[f32], out: &mut [f32]) {
-    gelu_gate_row_generic(input, gate, out)
+crate::simd::vectorized! {
+    /// `out = gelu(input) · gate`, elementwise, compiled for the CPU's vector instructions.
+    pub(crate) fn gelu_gate_row(input: &[f32], gate: &[f32], out: &mut [f32]) =
+        gelu_gate_row_generic;
 }
 
 #[inline(always)]

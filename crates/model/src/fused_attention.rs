@@ -247,20 +247,18 @@ impl HeadTask {
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         #[cfg(target_arch = "x86_64")]
-        if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) {
-            // SAFETY: the CPU has the instructions (chosen from detection); the task's rows and head
-            // columns lie inside `qkv` and the output (checked by `attend_qkv`), and this task
-            // alone writes its part of the output.
-            let run = |scratch: &mut HeadScratch| match inputs.isa {
-                Cpu::Avx512 => unsafe { self.run_avx512(inputs, dst, kind, shape, scratch) },
-                Cpu::Avx2 => unsafe { self.run_avx2(inputs, dst, kind, shape, scratch) },
-                Cpu::Other => unreachable!("checked below"),
-            };
-            if inputs.isa != Cpu::Other {
-                // The scratch is taken out here: a closure inside the target-feature code would
-                // not inherit its features, and the kernels would run as calls per vector op.
-                return crate::packed_gemm::with_thread_buffer(&HEAD_SCRATCH, run);
-            }
+        if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) && inputs.isa != Cpu::Other {
+            // The scratch is taken out here: a closure inside the target-feature code would not
+            // inherit its features, and the kernels would run as calls per vector op.
+            // SAFETY: the CPU has the instructions (chosen from detection); the task's rows and
+            // head columns lie inside `qkv` and the output (checked by `attend_qkv`), and this
+            // task alone writes its part of the output.
+            return crate::packed_gemm::with_thread_buffer(&HEAD_SCRATCH, |scratch| unsafe {
+                match inputs.isa {
+                    Cpu::Avx512 => self.run_avx512(inputs, dst, kind, shape, scratch),
+                    _ => self.run_avx2(inputs, dst, kind, shape, scratch),
+                }
+            });
         }
         let head = self.gather(inputs, shape);
         for block in self.blocks() {
@@ -852,29 +850,10 @@ mod simd {
     }
 }
 
-/// Softmax of `row[lo..hi]`; every other entry becomes 0. Compiled for the CPU's vector
-/// instructions (for callers that are not).
-fn softmax_in_band(row: &mut [f32], lo: usize, hi: usize) {
-    #[cfg(target_arch = "x86_64")]
-    match crate::simd::cpu() {
-        // SAFETY: `cpu()` detected the features.
-        Cpu::Avx512 => return unsafe { softmax_avx512(row, lo, hi) },
-        Cpu::Avx2 => return unsafe { softmax_avx2(row, lo, hi) },
-        Cpu::Other => {}
-    }
-    band_softmax(row, lo, hi)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_avx512(row: &mut [f32], lo: usize, hi: usize) {
-    band_softmax(row, lo, hi)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], lo: usize, hi: usize) {
-    band_softmax(row, lo, hi)
+crate::simd::vectorized! {
+    /// Softmax of `row[lo..hi]`; every other entry becomes 0. Compiled for the CPU's vector
+    /// instructions (for callers that are not).
+    fn softmax_in_band(row: &mut [f32], lo: usize, hi: usize) = band_softmax;
 }
 
 /// Softmax of `row[lo..hi]`; every other entry becomes 0.

@@ -47,6 +47,37 @@ pub(crate) fn executable() -> Vec<Cpu> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{Avx2, Avx512, Isa};
 
+/// `fn name(args) -> ret = generic;` defines `name`, which runs `generic` (an
+/// `#[inline(always)]` function) compiled for the CPU's vector instructions: one copy for
+/// AVX-512, one for AVX2 + FMA, chosen by [`cpu`], and the plain one elsewhere. For elementwise
+/// and row loops that the compiler vectorises itself once it may use the instructions.
+macro_rules! vectorized {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $generic:path;) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $generic($($arg),*)
+                }
+                // SAFETY: `cpu()` detected the features.
+                match $crate::simd::cpu() {
+                    $crate::simd::Cpu::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Cpu::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Cpu::Other => {}
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+pub(crate) use vectorized;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
