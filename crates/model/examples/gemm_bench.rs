@@ -1,4 +1,4 @@
-//! GFLOP/s of `x Wᵀ` on ModernBERT-base shapes: candle f32, the packed f32 kernel, candle bf16,
+//! GFLOP/s of `x Wᵀ` on ModernBERT-base and -large shapes: candle f32, the packed f32 kernel, candle bf16,
 //! the AVX512-BF16 kernel, the AMX bf16 kernel and the int8 kernel (GOP/s), measured back to back (shared machines are noisy; compare within one run).
 //!
 //! `cargo run --release -p mbpipe-model --example gemm_bench -- [reps]`
@@ -47,7 +47,13 @@ fn main() {
         (100, 768, 768),
         (4096, 768, 2304),
         (4096, 1152, 768),
+        (4096, 768, 768),
         (8192, 768, 2304),
+        // ModernBERT-large: Wqkv, attention Wo, Wi, MLP Wo.
+        (4096, 1024, 3072),
+        (4096, 1024, 1024),
+        (4096, 1024, 5248),
+        (4096, 2624, 1024),
     ] {
         let flop = 2.0 * (m * k * n) as f64;
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();

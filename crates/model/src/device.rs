@@ -27,6 +27,20 @@ impl Precision {
             Precision::F16 => DType::F16,
         }
     }
+
+    /// Whether this precision's linear layers run on the CPU's AMX tiles here (bf16 on
+    /// AMX-BF16, int8 on AMX-INT8, under the process's switches), the kernels whose best batch
+    /// is smaller than the others' (see `mbpipe_pipeline::default_max_batch_tokens`).
+    pub fn runs_on_cpu_tiles(self) -> bool {
+        let switches = crate::Overrides::get();
+        match self {
+            Precision::Bf16 => crate::CpuBf16::detect(switches.bf16_gemm) == crate::CpuBf16::Tiles,
+            Precision::Int8 => {
+                crate::int8_gemm::Int8Kernel::detect() == Some(crate::int8_gemm::Int8Kernel::Tiles)
+            }
+            Precision::F32 | Precision::F16 => false,
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -158,5 +172,19 @@ mod tests {
             err.contains("f32, bf16, f16 or int8") && err.contains("int4"),
             "{err}"
         );
+    }
+
+    /// Only bf16 and int8 have tile kernels, and they claim the tiles only where the CPU and
+    /// the OS grant them (a batch budget chosen for tiles on a CPU without them would be slow).
+    #[test]
+    fn only_bf16_and_int8_run_on_tiles_and_only_where_granted() {
+        assert!(!Precision::F32.runs_on_cpu_tiles());
+        assert!(!Precision::F16.runs_on_cpu_tiles());
+        if Precision::Bf16.runs_on_cpu_tiles() {
+            assert!(crate::amx_bf16_gemm::available());
+        }
+        if Precision::Int8.runs_on_cpu_tiles() {
+            assert!(crate::int8_gemm::Int8Kernel::Tiles.available());
+        }
     }
 }

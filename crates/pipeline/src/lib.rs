@@ -46,6 +46,6 @@ pub use error::PipelineError;
 pub use oom::{is_out_of_memory, MemoryEstimate, OomSplitter, PerSequence, SplitOutput};
 pub use plan::{Purpose, RunPlan, Work};
 pub use runner::{
-    default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_CUDA_MAX_BATCH_TOKENS,
-    DEFAULT_MAX_BATCH_TOKENS,
+    default_max_batch_tokens, RunOptions, RunOutcome, DEFAULT_AMX_MAX_BATCH_TOKENS,
+    DEFAULT_CUDA_MAX_BATCH_TOKENS, DEFAULT_MAX_BATCH_TOKENS,
 };

@@ -48,7 +48,7 @@ fn enrich_options(
     mbpipe_pipeline::engine::configure_threads(threads);
     Ok(EnrichOptions {
         max_batch_tokens: max_batch_tokens
-            .unwrap_or_else(|| mbpipe_pipeline::default_max_batch_tokens(&devices)),
+            .unwrap_or_else(|| mbpipe_pipeline::default_max_batch_tokens(&devices, precision)),
         devices,
         precision,
     })
