@@ -58,8 +58,24 @@ impl Linear {
         (out, inp): (usize, usize),
         bias: bool,
     ) -> Result<Self> {
+        let packing = w.packing(encoder);
+        let packed = w.with_stored_f32(
+            &w.full_name(&format!("{name}.weight"), encoder),
+            &[out, inp],
+            |data| packing.pack(data, out, inp),
+        )?;
+        if let Some(weight) = packed.flatten() {
+            let bias = load_bias(w, name, encoder, out, bias)?;
+            return Ok(Linear {
+                kernel: Kernel::Packed {
+                    weight,
+                    bias: f32_values(bias.as_ref())?,
+                },
+                bias,
+            });
+        }
         let (weight, bias) = load_weight_and_bias(w, name, encoder, (out, inp), bias)?;
-        Linear::new(weight, bias, w.packing(encoder))
+        Linear::new(weight, bias, packing)
     }
 
     /// The packed weight and its bias, for the own CPU kernels.
@@ -151,6 +167,19 @@ impl GatedLinear {
         (inter, hidden): (usize, usize),
         bias: bool,
     ) -> Result<Self> {
+        let packing = w.packing(true);
+        let packed = w.with_stored_f32(
+            &w.full_name(&format!("{name}.weight"), true),
+            &[2 * inter, hidden],
+            |data| packing.pack_gated(data, inter, hidden),
+        )?;
+        if let Some(weight) = packed.flatten() {
+            let bias = load_bias(w, name, true, 2 * inter, bias)?;
+            return Ok(GatedLinear::Fused {
+                weight,
+                bias: f32_values(bias.as_ref())?,
+            });
+        }
         let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
         if weight.device().is_cpu() && weight.dtype() == DType::F32 {
             let weight = weight.contiguous()?;
@@ -203,20 +232,23 @@ fn load_weight_and_bias(
     (out, inp): (usize, usize),
     bias: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let get = |n: &str, s: &[usize]| {
-        if encoder {
-            w.encoder(n, s)
-        } else {
-            w.get(n, s)
-        }
-    };
-    let weight = get(&format!("{name}.weight"), &[out, inp])?;
-    let bias = if bias {
-        Some(get(&format!("{name}.bias"), &[out])?)
-    } else {
-        None
-    };
-    Ok((weight, bias))
+    let weight = w.get(
+        &w.full_name(&format!("{name}.weight"), encoder),
+        &[out, inp],
+    )?;
+    Ok((weight, load_bias(w, name, encoder, out, bias)?))
+}
+
+/// `{name}.bias` `[out]` when `bias`.
+fn load_bias(
+    w: &Weights,
+    name: &str,
+    encoder: bool,
+    out: usize,
+    bias: bool,
+) -> Result<Option<Tensor>> {
+    bias.then(|| w.get(&w.full_name(&format!("{name}.bias"), encoder), &[out]))
+        .transpose()
 }
 
 /// `x` through a packed f32 weight, written into `buffer` when it holds a tensor of the result's

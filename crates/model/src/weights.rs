@@ -112,7 +112,7 @@ impl Weights {
 
     /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.
     pub(crate) fn encoder(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get(&format!("{}{name}", self.encoder_prefix), shape)
+        self.get(&self.full_name(name, true), shape)
     }
 
     /// Whether an encoder tensor exists.
@@ -126,8 +126,56 @@ impl Weights {
         self.names.contains(name)
     }
 
+    /// A tensor's full name: the encoder's prefix applied when `encoder`.
+    pub(crate) fn full_name(&self, name: &str, encoder: bool) -> String {
+        if encoder {
+            format!("{}{name}", self.encoder_prefix)
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// `f` on a tensor's f32 values read in place from the mapped file, where the engine runs
+    /// f32 on the CPU and the file stores the tensor as aligned little-endian f32 (as published
+    /// checkpoints do); `None` otherwise (then [`get`](Self::get) converts a copy). Packing a
+    /// linear layer's weight from here skips a copy of every weight into fresh memory: that
+    /// copy and its page faults were 40% of loading a model.
+    pub(crate) fn with_stored_f32<R>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<Option<R>> {
+        let view = self.checked_view(name, shape)?;
+        if !self.device.is_cpu()
+            || self.dtype != DType::F32
+            || view.dtype() != safetensors::Dtype::F32
+            || cfg!(target_endian = "big")
+        {
+            return Ok(None);
+        }
+        // SAFETY: f32 has no invalid bit patterns; `align_to` puts into `values` only whole,
+        // aligned f32s, and the prefix check below refuses a misaligned tensor.
+        let (prefix, values, _) = unsafe { view.data().align_to::<f32>() };
+        if !prefix.is_empty() || values.len() != shape.iter().product::<usize>() {
+            return Ok(None);
+        }
+        Ok(Some(f(values)))
+    }
+
     /// A tensor by its full name, checked against the shape the config implies.
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.checked_view(name, shape)?;
+        let t = self.tensors.load(name, &Device::Cpu)?;
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// A tensor's view in the file, once its name, shape and (float) dtype are checked.
+    fn checked_view(
+        &self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<safetensors::tensor::TensorView<'_>> {
         if !self.names.contains(name) {
             return Err(ModelError::MissingTensor {
                 name: name.to_string(),
@@ -149,7 +197,60 @@ impl Weights {
                 found: format!("{:?}", view.dtype()),
             });
         }
-        let t = self.tensors.load(name, &Device::Cpu)?;
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// A checkpoint with an f32 and a bf16 tensor, opened for an f32 (or `dtype`) CPU engine.
+    fn checkpoint(dir: &Path, dtype: DType) -> Weights {
+        let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let f32s = Tensor::from_vec(values, (4, 6), &Device::Cpu).unwrap();
+        let tensors = HashMap::from([
+            ("embeddings.tok_embeddings.weight".to_string(), f32s.clone()),
+            ("layers.0.w".to_string(), f32s.clone()),
+            (
+                "layers.0.h".to_string(),
+                f32s.to_dtype(DType::BF16).unwrap(),
+            ),
+        ]);
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        Weights::open(&[path], dir, &Device::Cpu, dtype).unwrap()
+    }
+
+    /// The in-place values are the ones `get` copies; a tensor stored in another dtype, or an
+    /// engine in another precision, takes the converting path; a wrong name or shape is the
+    /// same error as from `get`.
+    #[test]
+    fn stored_f32_values_are_read_in_place_only_where_they_are_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = checkpoint(dir.path(), DType::F32);
+        let copied = w.get("layers.0.w", &[4, 6]).unwrap();
+        let copied = copied.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let in_place = w
+            .with_stored_f32("layers.0.w", &[4, 6], |v| v.to_vec())
+            .unwrap();
+        assert_eq!(in_place, Some(copied));
+        let stored_bf16 = w.with_stored_f32("layers.0.h", &[4, 6], |v| v.len());
+        assert_eq!(stored_bf16.unwrap(), None);
+        let err = w.with_stored_f32("layers.0.w", &[6, 4], |v| v.len());
+        assert!(
+            matches!(err, Err(ModelError::TensorShape { .. })),
+            "{err:?}"
+        );
+        let err = w.with_stored_f32("layers.0.x", &[4, 6], |v| v.len());
+        assert!(
+            matches!(err, Err(ModelError::MissingTensor { .. })),
+            "{err:?}"
+        );
+        let bf16_engine = checkpoint(dir.path(), DType::BF16);
+        let other_precision = bf16_engine.with_stored_f32("layers.0.w", &[4, 6], |v| v.len());
+        assert_eq!(other_precision.unwrap(), None);
     }
 }
