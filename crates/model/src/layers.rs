@@ -59,13 +59,8 @@ impl Linear {
         bias: bool,
     ) -> Result<Self> {
         let packing = w.packing(encoder);
-        let packed = w.with_stored_f32(
-            &w.full_name(&format!("{name}.weight"), encoder),
-            &[out, inp],
-            |data| packing.pack(data, out, inp),
-        )?;
-        if let Some(weight) = packed.flatten() {
-            let bias = load_bias(w, name, encoder, out, bias)?;
+        let pack = |data: &[f32]| packing.pack(data, out, inp);
+        if let Some((weight, bias)) = pack_in_place(w, name, encoder, (out, inp), bias, pack)? {
             return Ok(Linear {
                 kernel: Kernel::Packed {
                     weight,
@@ -168,13 +163,9 @@ impl GatedLinear {
         bias: bool,
     ) -> Result<Self> {
         let packing = w.packing(true);
-        let packed = w.with_stored_f32(
-            &w.full_name(&format!("{name}.weight"), true),
-            &[2 * inter, hidden],
-            |data| packing.pack_gated(data, inter, hidden),
-        )?;
-        if let Some(weight) = packed.flatten() {
-            let bias = load_bias(w, name, true, 2 * inter, bias)?;
+        let pack = |data: &[f32]| packing.pack_gated(data, inter, hidden);
+        let shape = (2 * inter, hidden);
+        if let Some((weight, bias)) = pack_in_place(w, name, true, shape, bias, pack)? {
             return Ok(GatedLinear::Fused {
                 weight,
                 bias: f32_values(bias.as_ref())?,
@@ -237,6 +228,30 @@ fn load_weight_and_bias(
         &[out, inp],
     )?;
     Ok((weight, load_bias(w, name, encoder, out, bias)?))
+}
+
+/// A packed weight and its bias tensor.
+type PackedWithBias = (Box<dyn PackedGemm>, Option<Tensor>);
+
+/// `{name}.weight` `[out, inp]` packed by `pack` straight from the mapped file (see
+/// [`Weights::with_stored_f32`]), and its bias when `bias`; `None` where the file does not
+/// store it as f32 or `pack` has no kernel (the caller then loads a converted copy).
+fn pack_in_place(
+    w: &Weights,
+    name: &str,
+    encoder: bool,
+    (out, inp): (usize, usize),
+    bias: bool,
+    pack: impl FnOnce(&[f32]) -> Option<Box<dyn PackedGemm>>,
+) -> Result<Option<PackedWithBias>> {
+    let weight_name = w.full_name(&format!("{name}.weight"), encoder);
+    match w
+        .with_stored_f32(&weight_name, &[out, inp], pack)?
+        .flatten()
+    {
+        Some(packed) => Ok(Some((packed, load_bias(w, name, encoder, out, bias)?))),
+        None => Ok(None),
+    }
 }
 
 /// `{name}.bias` `[out]` when `bias`.
