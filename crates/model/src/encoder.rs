@@ -154,7 +154,7 @@ impl Encoder {
         let h = config.hidden_size;
         let eps = config.norm_eps;
         let tok_embeddings =
-            w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h])?;
+            || w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h]);
         let emb_norm = LayerNorm::load(w, "embeddings.norm", true, h, config.norm_bias, eps)?;
         let mut rotary = BTreeMap::new();
         for &(_, theta) in &config.layers {
@@ -174,16 +174,26 @@ impl Encoder {
         // On the CPU, layers load in parallel: each copies its tensors out of the mapped files
         // and packs them for the kernels, memory-bound work that one thread left half done at
         // start-up. GPU uploads stay on one thread (one stream).
-        let layers = if device.is_cpu() {
-            config.layers.par_iter().enumerate().map(load).collect()
+        // The embedding table (a plain copy, single-threaded) loads beside them.
+        let (tok_embeddings, layers) = if device.is_cpu() {
+            rayon::join(tok_embeddings, || {
+                config
+                    .layers
+                    .par_iter()
+                    .enumerate()
+                    .map(load)
+                    .collect::<Result<Vec<_>>>()
+            })
         } else {
-            config
+            let layers = config
                 .layers
                 .iter()
                 .enumerate()
                 .map(load)
-                .collect::<Result<Vec<_>>>()
-        }?;
+                .collect::<Result<Vec<_>>>();
+            (tok_embeddings(), layers)
+        };
+        let (tok_embeddings, layers) = (tok_embeddings?, layers?);
         let final_norm = LayerNorm::load(w, "final_norm", true, h, config.norm_bias, eps)?;
         Ok(Encoder {
             tok_embeddings,
