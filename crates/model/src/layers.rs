@@ -31,23 +31,9 @@ impl Linear {
     /// A layer from its tensors; an f32 CPU weight is packed as `packing` says (candle's matmul
     /// for any other, or where the packing has no kernel).
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, packing: Packing) -> Result<Self> {
-        if !weight.device().is_cpu() || weight.dtype() != DType::F32 {
-            return Ok(Linear {
-                kernel: Kernel::Candle(weight),
-                bias,
-            });
-        }
         let (n, k) = weight.dims2()?;
-        let weight = weight.contiguous()?;
-        // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
-        let kernel = match with_f32_slice(&weight, |data| packing.pack(data, n, k))?.flatten() {
-            Some(packed) => Kernel::Packed {
-                weight: packed,
-                bias: f32_values(bias.as_ref())?,
-            },
-            None => Kernel::Candle(weight),
-        };
-        Ok(Linear { kernel, bias })
+        let weight = packed_or_tensor(weight, |data| packing.pack(data, n, k))?;
+        Linear::from_loaded(weight, bias)
     }
 
     /// Loads `{name}.weight` `[out, in]` and, when `bias`, `{name}.bias`.
@@ -59,18 +45,22 @@ impl Linear {
         bias: bool,
     ) -> Result<Self> {
         let packing = w.packing(encoder);
-        let pack = |data: &[f32]| packing.pack(data, out, inp);
-        if let Some((weight, bias)) = pack_in_place(w, name, encoder, (out, inp), bias, pack)? {
-            return Ok(Linear {
-                kernel: Kernel::Packed {
-                    weight,
-                    bias: f32_values(bias.as_ref())?,
-                },
-                bias,
-            });
-        }
-        let (weight, bias) = load_weight_and_bias(w, name, encoder, (out, inp), bias)?;
-        Linear::new(weight, bias, packing)
+        let weight_name = w.full_name(&format!("{name}.weight"), encoder);
+        let weight = load_weight(w, &weight_name, [out, inp], |data| {
+            packing.pack(data, out, inp)
+        })?;
+        Linear::from_loaded(weight, load_bias(w, name, encoder, out, bias)?)
+    }
+
+    fn from_loaded(weight: LoadedWeight, bias: Option<Tensor>) -> Result<Self> {
+        let kernel = match weight {
+            LoadedWeight::Packed(weight) => Kernel::Packed {
+                weight,
+                bias: f32_values(bias.as_ref())?,
+            },
+            LoadedWeight::Tensor(weight) => Kernel::Candle(weight),
+        };
+        Ok(Linear { kernel, bias })
     }
 
     /// The packed weight and its bias, for the own CPU kernels.
@@ -163,30 +153,20 @@ impl GatedLinear {
         bias: bool,
     ) -> Result<Self> {
         let packing = w.packing(true);
-        let pack = |data: &[f32]| packing.pack_gated(data, inter, hidden);
-        let shape = (2 * inter, hidden);
-        if let Some((weight, bias)) = pack_in_place(w, name, true, shape, bias, pack)? {
-            return Ok(GatedLinear::Fused {
+        let weight_name = w.full_name(&format!("{name}.weight"), true);
+        let weight = load_weight(w, &weight_name, [2 * inter, hidden], |data| {
+            packing.pack_gated(data, inter, hidden)
+        })?;
+        let bias = load_bias(w, name, true, 2 * inter, bias)?;
+        Ok(match weight {
+            LoadedWeight::Packed(weight) => GatedLinear::Fused {
                 weight,
                 bias: f32_values(bias.as_ref())?,
-            });
-        }
-        let (weight, bias) = load_weight_and_bias(w, name, true, (2 * inter, hidden), bias)?;
-        if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            let weight = weight.contiguous()?;
-            let packing = w.packing(true);
-            let packed =
-                with_f32_slice(&weight, |data| packing.pack_gated(data, inter, hidden))?.flatten();
-            if let Some(packed) = packed {
-                return Ok(GatedLinear::Fused {
-                    weight: packed,
-                    bias: f32_values(bias.as_ref())?,
-                });
-            }
-        }
-        Ok(GatedLinear::Separate {
-            wi: Linear::new(weight, bias, w.packing(true))?,
-            inter,
+            },
+            LoadedWeight::Tensor(weight) => GatedLinear::Separate {
+                wi: Linear::new(weight, bias, packing)?,
+                inter,
+            },
         })
     }
 
@@ -214,44 +194,42 @@ fn f32_values(bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
     })
 }
 
-/// `{name}.weight` `[out, inp]` and, when `bias`, `{name}.bias` (from the encoder's prefix when
-/// `encoder`).
-fn load_weight_and_bias(
-    w: &Weights,
-    name: &str,
-    encoder: bool,
-    (out, inp): (usize, usize),
-    bias: bool,
-) -> Result<(Tensor, Option<Tensor>)> {
-    let weight = w.get(
-        &w.full_name(&format!("{name}.weight"), encoder),
-        &[out, inp],
-    )?;
-    Ok((weight, load_bias(w, name, encoder, out, bias)?))
+/// A linear layer's weight as loaded: packed for an own kernel, or the tensor for candle.
+enum LoadedWeight {
+    Packed(Box<dyn PackedGemm>),
+    Tensor(Tensor),
 }
 
-/// A packed weight and its bias tensor.
-type PackedWithBias = (Box<dyn PackedGemm>, Option<Tensor>);
-
-/// `{name}.weight` `[out, inp]` packed by `pack` straight from the mapped file (see
-/// [`Weights::with_stored_f32`]), and its bias when `bias`; `None` where the file does not
-/// store it as f32 or `pack` has no kernel (the caller then loads a converted copy).
-fn pack_in_place(
+/// The weight `name` `[out, in]` packed by `pack`: straight from the mapped file where it stores
+/// f32 (see [`Weights::with_stored_f32`]), else from the converted tensor; the tensor itself
+/// where the engine is not f32 on the CPU or `pack` has no kernel.
+fn load_weight(
     w: &Weights,
     name: &str,
-    encoder: bool,
-    (out, inp): (usize, usize),
-    bias: bool,
-    pack: impl FnOnce(&[f32]) -> Option<Box<dyn PackedGemm>>,
-) -> Result<Option<PackedWithBias>> {
-    let weight_name = w.full_name(&format!("{name}.weight"), encoder);
-    match w
-        .with_stored_f32(&weight_name, &[out, inp], pack)?
-        .flatten()
-    {
-        Some(packed) => Ok(Some((packed, load_bias(w, name, encoder, out, bias)?))),
-        None => Ok(None),
+    shape: [usize; 2],
+    pack: impl Fn(&[f32]) -> Option<Box<dyn PackedGemm>>,
+) -> Result<LoadedWeight> {
+    match w.with_stored_f32(name, &shape, &pack)? {
+        Some(Some(packed)) => Ok(LoadedWeight::Packed(packed)),
+        Some(None) => Ok(LoadedWeight::Tensor(w.get(name, &shape)?)),
+        None => packed_or_tensor(w.get(name, &shape)?, pack),
     }
+}
+
+/// An f32 CPU `weight` packed by `pack`; any other, or one `pack` has no kernel for, as is.
+fn packed_or_tensor(
+    weight: Tensor,
+    pack: impl Fn(&[f32]) -> Option<Box<dyn PackedGemm>>,
+) -> Result<LoadedWeight> {
+    if !weight.device().is_cpu() || weight.dtype() != DType::F32 {
+        return Ok(LoadedWeight::Tensor(weight));
+    }
+    let weight = weight.contiguous()?;
+    // Packed straight from the loaded tensor: a copy of every weight fewer at start-up.
+    Ok(match with_f32_slice(&weight, pack)?.flatten() {
+        Some(packed) => LoadedWeight::Packed(packed),
+        None => LoadedWeight::Tensor(weight),
+    })
 }
 
 /// `{name}.bias` `[out]` when `bias`.
