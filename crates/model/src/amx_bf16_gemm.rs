@@ -121,16 +121,12 @@ impl PackedAmxBf16 {
             .par_chunks_mut(kp * ROWS_PER_TASK)
             .zip(x.par_chunks(k * ROWS_PER_TASK))
             .for_each(|(dst, src)| {
-                let pairs = k.div_ceil(2);
-                // Padding pairs meet zero weights, but stale NaNs there would not vanish.
-                let mut row = vec![0u32; kp];
                 for (i, s) in src.chunks(k).enumerate() {
-                    crate::bf16_gemm::convert_row(s, &mut row[..pairs]);
                     let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
-                    for (q, block) in row.chunks_exact(KB).enumerate() {
-                        let at = q * B_TILE + (i % TILE_ROWS) * KB;
-                        group[at..at + KB].copy_from_slice(block);
-                    }
+                    // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
+                    // there would not vanish.
+                    let row = &mut group[(i % TILE_ROWS) * KB..];
+                    crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
                 }
             });
         let a = &*a;

@@ -228,6 +228,31 @@ pub(crate) fn convert_row(src: &[f32], dst: &mut [u32]) {
     convert_row_scalar(src, dst)
 }
 
+/// One row of f32 activations to `blocks` blocks of 16 bf16 pairs, block `i` at
+/// `dst[stride * i..]` (the AMX tile layout), zero past the row's end: straight into place,
+/// where converting into a buffer and copying its blocks out was a second pass over every
+/// product's input.
+pub(crate) fn convert_row_into_blocks(src: &[f32], dst: &mut [u32], stride: usize, blocks: usize) {
+    assert!(
+        blocks * 32 >= src.len(),
+        "{blocks} blocks of 32 hold no {} values",
+        src.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `matmul` checked `available()`; `convert_blocks` checks `dst`'s length.
+    let full = unsafe { x86::convert_blocks(src, dst, stride) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let full = 0;
+    for block in full..blocks {
+        let out = &mut dst[stride * block..][..16];
+        let values = src.get(32 * block..).unwrap_or(&[]);
+        let values = &values[..values.len().min(32)];
+        let pairs = values.len().div_ceil(2);
+        convert_row_scalar(values, &mut out[..pairs]);
+        out[pairs..].fill(0);
+    }
+}
+
 /// One weight row to bf16 pairs at load: `vcvtne2ps2bf16` where the CPU has it (it flushes
 /// subnormal weights to zero, as it does activations), the scalar conversion elsewhere (a
 /// kernel may be packed on a CPU that does not run it, in tests). The scalar loop was most of
@@ -257,14 +282,32 @@ mod x86 {
     /// f32 row to bf16 pairs with `vcvtne2ps2bf16`, 32 values at a time.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn convert_row(src: &[f32], dst: &mut [u32]) {
+        let full = convert_blocks(src, dst, 16);
+        super::convert_row_scalar(&src[32 * full..], &mut dst[16 * full..]);
+    }
+
+    /// Converts the row's whole blocks of 32 values, block `i` to the 16 pairs at
+    /// `dst[stride * i..]`; returns how many.
+    ///
+    /// # Safety
+    /// `dst` holds `stride * (blocks - 1) + 16` pairs for the row's blocks (checked); the CPU
+    /// has avx512f and avx512bf16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert_blocks(src: &[f32], dst: &mut [u32], stride: usize) -> usize {
         let full = src.len() / 32;
+        if full > 0 {
+            assert!(
+                dst.len() >= stride * (full - 1) + 16,
+                "bf16 destination too short"
+            );
+        }
         for i in 0..full {
             let lo = _mm512_loadu_ps(src.as_ptr().add(32 * i));
             let hi = _mm512_loadu_ps(src.as_ptr().add(32 * i + 16));
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(dst.as_mut_ptr().add(16 * i) as *mut _, v);
+            _mm512_storeu_si512(dst.as_mut_ptr().add(stride * i) as *mut _, v);
         }
-        super::convert_row_scalar(&src[32 * full..], &mut dst[16 * full..]);
+        full
     }
 
     /// `c[R, cols] = a[R, 2kp] · b_panelᵀ (+ bias) (+ residual)`: `R` rows of activation pairs
@@ -546,6 +589,39 @@ mod tests {
                 continue;
             }
             assert_eq!(scalar[p], vector[p], "pair {p}");
+        }
+    }
+
+    /// Converting into tile blocks writes what `convert_row` writes, block by block at the
+    /// stride, and zeros (not the stale contents) past the row's end up to the last block.
+    #[test]
+    fn conversion_into_blocks_places_pairs_and_zero_pads() {
+        if skip_without_kernel() {
+            return;
+        }
+        let (stride, stale) = (40, f32::NAN.to_bits());
+        for len in [1, 31, 32, 33, 100, 768] {
+            let x = random(len, len as u64);
+            let pairs = len.div_ceil(2);
+            let mut want = vec![0u32; pairs];
+            convert_row(&x, &mut want);
+            // One block more than the row needs, as for a padded depth.
+            let blocks = len.div_ceil(32) + 1;
+            let mut got = vec![stale; stride * (blocks - 1) + 16];
+            convert_row_into_blocks(&x, &mut got, stride, blocks);
+            for block in 0..blocks {
+                for j in 0..16 {
+                    let p = block * 16 + j;
+                    let expected = want.get(p).copied().unwrap_or(0);
+                    assert_eq!(got[block * stride + j], expected, "len {len}, pair {p}");
+                }
+                if block + 1 < blocks {
+                    // Between blocks the destination is not ours to write.
+                    assert!(got[block * stride + 16..(block + 1) * stride]
+                        .iter()
+                        .all(|&v| v == stale));
+                }
+            }
         }
     }
 }
