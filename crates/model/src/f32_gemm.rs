@@ -563,11 +563,12 @@ mod x86 {
         }
         let mut acc = [[S::zero(); 2]; MR];
         for p in 0..shape.kc {
-            // The panel row `PREFETCH_STEPS` ahead (the last steps fetch past the panel's
-            // end, which prefetches may do).
-            let ahead = b.add((p + PREFETCH_STEPS) * nr) as *const i8;
+            // The panel row `PREFETCH_STEPS` ahead. The last steps' addresses lie past the
+            // panel, maybe past the allocation: wrapping arithmetic, since a prefetch may name
+            // any address but `add` may not leave its allocation.
+            let ahead = b.wrapping_add((p + PREFETCH_STEPS) * nr) as *const i8;
             for line in (0..nr * 4).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.add(line));
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
             }
             let b0 = S::load(b.add(p * nr));
             let b1 = S::load(b.add(p * nr + l));
