@@ -307,26 +307,14 @@ impl PackedGemm for PackedF32 {
             return;
         }
         let panels = n.div_ceil(self.panel_cols());
-        // Blocks of whole micro-panels, at most `MC` rows each, and where there are more
-        // blocks than threads a multiple of the threads, all within one micro-panel of the same
-        // size: with `m / MC` blocks, an odd count left one of two threads idle for the last
-        // block (a 3,900-row gated product: 402-407 → 415-418 GFLOP/s, 4,096 rows +1-2%).
         let threads = rayon::current_num_threads();
-        let micro_panels = m.div_ceil(self.mr());
-        let mut row_blocks = m.div_ceil(MC);
-        if row_blocks > threads {
-            row_blocks = row_blocks.next_multiple_of(threads).min(micro_panels);
-        }
-        let block_rows = |rb: usize| {
-            let mp = |b: usize| (b * micro_panels / row_blocks * self.mr()).min(m);
-            mp(rb)..mp(rb + 1)
-        };
+        let row_blocks = RowBlocks::new(m, self.mr(), threads);
         // Enough tasks to keep every thread busy when the batch has few rows.
         let wanted = 8 * threads;
         let max_chunks = panels
             .div_ceil(MIN_TASK_COLUMNS.div_ceil(self.panel_cols()))
             .max(1);
-        let col_chunks = wanted.div_ceil(row_blocks).clamp(1, max_chunks);
+        let col_chunks = wanted.div_ceil(row_blocks.count).clamp(1, max_chunks);
         let panels_per_chunk = panels.div_ceil(col_chunks);
         let col_chunks = panels.div_ceil(panels_per_chunk);
         let out_ptr = SendPtr(out);
@@ -336,20 +324,21 @@ impl PackedGemm for PackedF32 {
         };
         // Every (row, column) of `[m, n]` belongs to one task, which writes all of its elements
         // in its first block of input features (`Init::First`).
-        (0..row_blocks * col_chunks).into_par_iter().for_each(|t| {
-            let (rb, cb) = (t / col_chunks, t % col_chunks);
-            let rows = block_rows(rb);
-            debug_assert!(rows.len() <= MC, "a block's rows fill the gated scratch");
-            let p0 = cb * panels_per_chunk;
-            let task = Task {
-                rows,
-                panels: p0..(p0 + panels_per_chunk).min(panels),
-            };
-            let out_ptr = &out_ptr;
-            // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
-            // the parallel loop; `isa` was detected on this CPU by `pack`.
-            unsafe { self.run(x, &task, first, out_ptr.0) };
-        });
+        (0..row_blocks.count * col_chunks)
+            .into_par_iter()
+            .for_each(|t| {
+                let (rb, cb) = (t / col_chunks, t % col_chunks);
+                let rows = row_blocks.rows(rb);
+                let p0 = cb * panels_per_chunk;
+                let task = Task {
+                    rows,
+                    panels: p0..(p0 + panels_per_chunk).min(panels),
+                };
+                let out_ptr = &out_ptr;
+                // SAFETY: tasks write disjoint (rows × panel columns) blocks of `out`, which outlives
+                // the parallel loop; `isa` was detected on this CPU by `pack`.
+                unsafe { self.run(x, &task, first, out_ptr.0) };
+            });
     }
 }
 
@@ -358,6 +347,41 @@ thread_local! {
     static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A gated task's products before the GEGLU, reused across calls.
     static GATE_INPUTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How a product's `m` rows split into work blocks: whole micro-panels of `mr` rows, at most
+/// `MC` rows a block (the gated scratch holds `MC` rows), and where there are more blocks than
+/// threads a multiple of the threads, all within one micro-panel of the same size. With
+/// `m / MC` blocks, an odd count left one of two threads idle for the last block (a 3,900-row
+/// gated product: 402-407 → 415-418 GFLOP/s, 4,096 rows +1-2%).
+#[derive(Debug, Clone, Copy)]
+struct RowBlocks {
+    m: usize,
+    mr: usize,
+    micro_panels: usize,
+    count: usize,
+}
+
+impl RowBlocks {
+    fn new(m: usize, mr: usize, threads: usize) -> Self {
+        let micro_panels = m.div_ceil(mr);
+        let mut count = m.div_ceil(MC);
+        if count > threads {
+            count = count.next_multiple_of(threads).min(micro_panels);
+        }
+        RowBlocks {
+            m,
+            mr,
+            micro_panels,
+            count,
+        }
+    }
+
+    /// Rows of block `b` (`b < count`).
+    fn rows(&self, b: usize) -> std::ops::Range<usize> {
+        let start = |b: usize| (b * self.micro_panels / self.count * self.mr).min(self.m);
+        start(b)..start(b + 1)
+    }
 }
 
 struct Task {
@@ -695,6 +719,37 @@ mod tests {
 
     fn pack_gated_for(isa: Cpu, w: &[f32], n: usize, k: usize) -> PackedF32 {
         PackedF32::pack_columns_for(isa, w, n, k, Columns::Gated).expect("this CPU has a kernel")
+    }
+
+    /// Row blocks cover `0..m` in order without gaps or overlap, start on micro-panel
+    /// boundaries, hold at most `MC` rows, and, where there are more of them than threads, come
+    /// in a multiple of the threads and differ by at most one micro-panel.
+    #[test]
+    fn row_blocks_partition_rows_evenly() {
+        for mr in [x86::AVX2_MR, x86::AVX512_MR] {
+            for threads in [1, 2, 3, 8] {
+                for m in (1..=1000).chain([3900, 4096, 8191]) {
+                    let blocks = RowBlocks::new(m, mr, threads);
+                    let all: Vec<_> = (0..blocks.count).map(|b| blocks.rows(b)).collect();
+                    let case = format!("m {m}, mr {mr}, threads {threads}: {all:?}");
+                    assert_eq!(all.first().map(|r| r.start), Some(0), "{case}");
+                    assert_eq!(all.last().map(|r| r.end), Some(m), "{case}");
+                    for pair in all.windows(2) {
+                        assert_eq!(pair[0].end, pair[1].start, "{case}");
+                    }
+                    assert!(all.iter().all(|r| r.start % mr == 0), "{case}");
+                    assert!(all.iter().all(|r| !r.is_empty() && r.len() <= MC), "{case}");
+                    if m.div_ceil(MC) > threads && blocks.count < m.div_ceil(mr) {
+                        assert_eq!(blocks.count % threads, 0, "{case}");
+                        let full = &all[..all.len() - 1];
+                        let (lo, hi) = full.iter().fold((usize::MAX, 0), |(lo, hi), r| {
+                            (lo.min(r.len()), hi.max(r.len()))
+                        });
+                        assert!(hi - lo <= mr, "{case}");
+                    }
+                }
+            }
+        }
     }
 
     /// f32 accumulation over k terms errs by at most about k·2^-24·Σ|terms| (in practice far
