@@ -239,7 +239,8 @@ pub(crate) fn convert_row_into_blocks(src: &[f32], dst: &mut [u32], stride: usiz
         src.len()
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `matmul` checked `available()`; `convert_blocks` checks `dst`'s length.
+    // SAFETY: its one caller, the AMX kernel, runs only where `available()` holds (as
+    // `convert_row`'s callers do); `convert_blocks` checks `dst`'s length.
     let full = unsafe { x86::convert_blocks(src, dst, stride) };
     #[cfg(not(target_arch = "x86_64"))]
     let full = 0;
