@@ -50,14 +50,16 @@ pub struct RuntimeArgs {
     /// CPU threads for the matrix products and tokenization (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Token budget of one packed batch (default: 4096 on the CPU, 1024 where bf16 or int8 run
-    /// on AMX tiles, 65536 on GPUs; a GPU batch that runs out of memory is split and retried).
+    /// Token budget of one packed batch (default: 4096 on the CPU, 1024 for models whose bf16
+    /// or int8 products run on AMX tiles, 65536 on GPUs; a GPU batch that runs out of memory is
+    /// split and retried).
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
 }
 
 impl RuntimeArgs {
-    /// `--max-batch-tokens`, or the default for the devices and precision.
+    /// `--max-batch-tokens`, or the default for the devices and `--dtype` (the quick commands
+    /// run one model at `--dtype`; `mbpipe run` decides per model).
     pub fn batch_tokens(&self) -> usize {
         self.max_batch_tokens.unwrap_or_else(|| {
             mbpipe_pipeline::default_max_batch_tokens(&self.device.0, self.dtype)
@@ -82,13 +84,12 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn into_options(self) -> mbpipe_pipeline::RunOptions {
-        let max_batch_tokens = self.runtime.batch_tokens();
         mbpipe_pipeline::RunOptions {
             pipeline: self.pipeline,
             devices: self.runtime.device.0,
             precision: self.runtime.dtype,
             threads: self.runtime.threads,
-            max_batch_tokens,
+            max_batch_tokens: self.runtime.max_batch_tokens,
             shard: self.shard,
             overwrite: self.overwrite,
         }

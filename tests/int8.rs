@@ -1,13 +1,15 @@
 //! `--dtype int8` through `mbpipe run`: the accuracy gate of the CPU int8 path. With the trained
 //! models in `sample_data/models`, macro-F1 on the held-out test splits of their data sets within
 //! 0.5 points of f32 and at least 99% of labels equal to f32's; on the transformers fixture,
-//! every mean embedding within cosine 0.99 of the reference.
+//! every mean embedding within cosine 0.99 of the reference. A task's `quantize = "int8"` is held
+//! to the same gates: in a run at another dtype it writes exactly what `--dtype int8` writes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Float32Type;
+use arrow::record_batch::RecordBatch;
 
 use crate::pipeline::{pipeline_toml, read_output, write_inputs};
 use crate::util::{fixture, mbpipe, ok, shared_dir};
@@ -48,8 +50,15 @@ fn held_out(dir: &Path, set: &str, field: &str, labels: &[&str]) -> Vec<(String,
         .collect()
 }
 
-/// Runs classifier `model` over `rows` at `dtype`; the labels in input order.
-fn labels(work: &Path, model: &str, rows: &[(String, String)], dtype: &str) -> Vec<String> {
+/// Runs classifier `model` over `rows` at `dtype` as task `c`, and when `quantized`, a second
+/// time as task `q` with `quantize = "int8"`; the output, every row checked written.
+fn classify(
+    work: &Path,
+    model: &str,
+    rows: &[(String, String)],
+    dtype: &str,
+    quantized: bool,
+) -> RecordBatch {
     let input = work.join("input.jsonl");
     if !input.exists() {
         let lines: Vec<String> = rows
@@ -61,22 +70,67 @@ fn labels(work: &Path, model: &str, rows: &[(String, String)], dtype: &str) -> V
     let model = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("sample_data/models")
         .join(model);
-    let toml = format!(
-        "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{dtype}\"\n\
-         [[tasks]]\nname = \"c\"\nkind = \"classify\"\nmodel = \"{}\"\nmax_length = 128\n",
-        model.display()
+    let task = |name: &str, extra: &str| {
+        format!(
+            "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\nmax_length = 128\n{extra}",
+            model.display()
+        )
+    };
+    let run = if quantized {
+        format!("{dtype}-mixed")
+    } else {
+        dtype.to_string()
+    };
+    let mut toml = format!(
+        "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{run}\"\n{}",
+        task("c", "")
     );
-    std::fs::write(work.join(format!("{dtype}.toml")), toml).unwrap();
+    if quantized {
+        toml += &task("q", "quantize = \"int8\"\n");
+    }
+    std::fs::write(work.join(format!("{run}.toml")), toml).unwrap();
     ok(mbpipe(
         work,
-        &["run", &format!("{dtype}.toml"), "--dtype", dtype],
+        &["run", &format!("{run}.toml"), "--dtype", dtype],
     ));
-    let out = read_output(&work.join(format!("out-{dtype}")));
-    let labels = out.column_by_name("c_label").unwrap().as_string::<i32>();
-    assert_eq!(labels.len(), rows.len(), "every row written");
+    let out = read_output(&work.join(format!("out-{run}")));
+    assert_eq!(out.num_rows(), rows.len(), "every row written");
+    out
+}
+
+/// Task `task`'s labels in input order.
+fn labels(out: &RecordBatch, task: &str) -> Vec<String> {
+    let labels = out
+        .column_by_name(&format!("{task}_label"))
+        .unwrap()
+        .as_string::<i32>();
     (0..labels.len())
         .map(|i| labels.value(i).to_string())
         .collect()
+}
+
+/// Asserts that every column of task `task` in `out` equals the same column of task `like`
+/// in `reference`, value for value.
+fn assert_same_task_columns(out: &RecordBatch, task: &str, reference: &RecordBatch, like: &str) {
+    let prefix = format!("{like}_");
+    let mut compared = 0;
+    for field in reference.schema().fields() {
+        let Some(suffix) = field.name().strip_prefix(&prefix) else {
+            continue;
+        };
+        let name = format!("{task}_{suffix}");
+        let got = out
+            .column_by_name(&name)
+            .unwrap_or_else(|| panic!("no column {name}"));
+        assert_eq!(
+            got.to_data(),
+            reference.column_by_name(field.name()).unwrap().to_data(),
+            "{name} differs from {}",
+            field.name()
+        );
+        compared += 1;
+    }
+    assert!(compared >= 2, "compared {compared} columns");
 }
 
 /// Unweighted mean over `classes` of F1 (in points).
@@ -101,8 +155,14 @@ fn check_gate(set: &str, field: &str, model: &str, classes: &[&str]) {
     let rows = held_out(&dir, set, field, classes);
     assert!(rows.len() > 1000, "{set}: {} rows", rows.len());
     let work = tempfile::tempdir().unwrap();
-    let f32_labels = labels(work.path(), model, &rows, "f32");
-    let int8_labels = labels(work.path(), model, &rows, "int8");
+    let f32_out = classify(work.path(), model, &rows, "f32", false);
+    let int8_out = classify(work.path(), model, &rows, "int8", false);
+    // The same gate through a task's `quantize`: in an f32 run, the quantized copy of the
+    // classifier writes what `--dtype int8` writes and the plain one what `--dtype f32` does.
+    let mixed = classify(work.path(), model, &rows, "f32", true);
+    assert_same_task_columns(&mixed, "c", &f32_out, "c");
+    assert_same_task_columns(&mixed, "q", &int8_out, "c");
+    let (f32_labels, int8_labels) = (labels(&f32_out, "c"), labels(&int8_out, "c"));
     let gold: Vec<&str> = rows.iter().map(|(_, g)| g.as_str()).collect();
     let (f1_f32, f1_int8) = (
         macro_f1(&f32_labels, &gold, classes),
@@ -188,4 +248,71 @@ fn int8_embeddings_stay_within_the_cosine_gate_on_the_fixture() {
     for (i, c) in cosines {
         assert!(c >= EMBEDDING_COSINE, "text {i}: cosine {c}");
     }
+}
+
+/// Tasks with `quantize = "int8"` in an f32 run: each writes exactly what its f32 twin writes in
+/// a `--dtype int8` run (so the gates above hold for it), the plain tasks beside it keep f32's
+/// values (within the fixture tolerance of transformers, 1e-4), and the manifest records each
+/// task's precision.
+#[test]
+fn quantized_tasks_in_an_f32_run_write_what_an_int8_run_writes() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = write_inputs(&fx, tmp.path());
+    std::fs::write(tmp.path().join("int8.toml"), pipeline_toml(&fx, "")).unwrap();
+    ok(mbpipe(tmp.path(), &["run", "int8.toml", "--dtype", "int8"]));
+    let int8_out = read_output(&tmp.path().join("out"));
+    let quantized = format!(
+        "[[tasks]]\nname = \"embq\"\nkind = \"embed\"\nmodel = \"{mlm}\"\npooling = \"mean\"\n\
+         normalize = false\nquantize = \"int8\"\n\n[[tasks]]\nname = \"sentimentq\"\n\
+         kind = \"classify\"\nmodel = \"{cls}\"\nquantize = \"int8\"\n\
+         weights = {{ negative = -1.0, neutral = 0.0, positive = 1.0 }}\n",
+        mlm = fx.model("mlm"),
+        cls = fx.model("classifier")
+    );
+    let mixed = pipeline_toml(&fx, &quantized).replace("path = \"out\"", "path = \"mixed\"");
+    std::fs::write(tmp.path().join("mixed.toml"), mixed).unwrap();
+    ok(mbpipe(tmp.path(), &["run", "mixed.toml", "--dtype", "f32"]));
+    let out = read_output(&tmp.path().join("mixed"));
+    assert_same_task_columns(&out, "embq", &int8_out, "emb");
+    assert_same_task_columns(&out, "sentimentq", &int8_out, "sentiment");
+
+    let emb = out
+        .column_by_name("emb_embedding")
+        .unwrap()
+        .as_fixed_size_list();
+    let mut i = 0;
+    for (row, text) in rows.iter().enumerate() {
+        if text.is_none() {
+            continue;
+        }
+        let got = emb.value(row);
+        let got = got.as_primitive::<Float32Type>().values();
+        let want = fx.vec(&format!("mean.{i}")).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "text {i}: f32 embedding off by {worst}");
+        i += 1;
+    }
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("mixed/_manifest.json")).unwrap())
+            .unwrap();
+    let dtypes: Vec<(String, String)> = manifest["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_string();
+            (s("task"), s("dtype"))
+        })
+        .collect();
+    let dtype_of = |task: &str| &dtypes.iter().find(|(t, _)| t == task).unwrap().1;
+    assert_eq!(dtype_of("emb"), "f32");
+    assert_eq!(dtype_of("fill"), "f32");
+    assert_eq!(dtype_of("embq"), "int8");
+    assert_eq!(dtype_of("sentimentq"), "int8");
 }

@@ -36,7 +36,8 @@ pub fn check(opts: &RunOptions) -> Result<Vec<String>, PipelineError> {
     let loaded: Vec<LoadedModel> = models
         .models
         .iter()
-        .map(|(r, f)| LoadedModel::load_files(r.clone(), f.clone(), &dev, opts.precision))
+        .enumerate()
+        .map(|(m, _)| models.load(m, &dev, opts.precision))
         .collect::<Result<_, _>>()?;
     let bound = bind_tasks(&plan.pipeline, models, &loaded)?;
     let shape = row_shape(
@@ -50,8 +51,8 @@ pub fn check(opts: &RunOptions) -> Result<Vec<String>, PipelineError> {
         report.push(format!(
             "ok: task `{}` on `{}` ({device}, {}; {})",
             t.name,
-            models.models[m].0,
-            opts.precision,
+            models.models[m].reference,
+            models.models[m].precision(opts.precision),
             loaded[m].model.kernels()
         ));
     }

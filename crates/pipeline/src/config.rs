@@ -116,6 +116,14 @@ pub enum LongText {
     Chunk,
 }
 
+/// A task's `quantize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizeSetting {
+    /// The encoder's linear layers in int8 (as `--dtype int8`).
+    Int8,
+}
+
 /// One `[[tasks]]` entry; which keys apply depends on `kind`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +138,8 @@ pub struct TaskSection {
     pub revision: Option<String>,
     /// Longest input in tokens (default: the model's `max_position_embeddings`).
     pub max_length: Option<usize>,
+    /// `"int8"`: this task's model runs quantized on the CPU whatever `--dtype` says.
+    pub quantize: Option<QuantizeSetting>,
     /// classify (multi-label): score at or above which a label is listed in `NAME_labels`.
     pub threshold: Option<f32>,
     /// classify / zero_shot: label -> weight; writes `NAME_polarity`.
@@ -210,6 +220,21 @@ model = "m"
         );
         let err = PipelineFile::parse(&text).unwrap_err();
         assert!(err.contains("line 9") && err.contains("top_k"), "{err}");
+    }
+
+    #[test]
+    fn quantize_accepts_int8_and_names_the_line_of_anything_else() {
+        let p = PipelineFile::parse(&format!("{MINIMAL}quantize = \"int8\"\n")).unwrap();
+        assert_eq!(p.tasks[0].quantize, Some(QuantizeSetting::Int8));
+        assert_eq!(
+            PipelineFile::parse(MINIMAL).unwrap().tasks[0].quantize,
+            None
+        );
+        let err = PipelineFile::parse(&format!("{MINIMAL}quantize = \"int4\"\n")).unwrap_err();
+        assert!(
+            err.contains("line 10") && err.contains("int4") && err.contains("int8"),
+            "{err}"
+        );
     }
 
     #[test]

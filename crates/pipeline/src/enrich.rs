@@ -31,26 +31,49 @@ pub(crate) const WINDOW_ROWS: usize = 2048;
 /// The distinct models of a pipeline's tasks, resolved to files (fetched from the Hub when
 /// needed) but not loaded.
 pub struct ResolvedModels {
-    /// Each distinct model and its files, in order of first use.
-    pub models: Vec<(ModelRef, ModelFiles)>,
+    /// Each distinct (model, `quantize`) pair, in order of first use.
+    pub models: Vec<ResolvedModel>,
     /// For each task, its model's index in `models`.
     pub task_model: Vec<usize>,
 }
 
+/// One model as the tasks that share it run it.
+pub struct ResolvedModel {
+    /// The model as written.
+    pub reference: ModelRef,
+    /// Its files.
+    pub files: ModelFiles,
+    /// The precision its tasks' `quantize` asks for instead of the run's.
+    pub quantize: Option<Precision>,
+}
+
+impl ResolvedModel {
+    /// The precision it runs in, in a run at `run` (`--dtype`).
+    pub fn precision(&self, run: Precision) -> Precision {
+        self.quantize.unwrap_or(run)
+    }
+}
+
 impl ResolvedModels {
-    /// Resolves every task's model once (tasks naming the same model share it).
+    /// Resolves every task's model once: tasks naming the same model with the same `quantize`
+    /// share one copy and its encoder pass; a quantized task and a plain one on the same model
+    /// load it twice, once in each precision.
     pub fn resolve(pipeline: &Pipeline) -> Result<Self, PipelineError> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut models = Vec::new();
+        let mut models: Vec<ResolvedModel> = Vec::new();
         let mut task_model = Vec::new();
         for t in &pipeline.tasks {
             let key = t.model.to_string();
-            let idx = match keys.iter().position(|k| *k == key) {
+            let same =
+                |m: &ResolvedModel| m.reference.to_string() == key && m.quantize == t.quantize;
+            let idx = match models.iter().position(same) {
                 Some(i) => i,
                 None => {
-                    models.push((t.model.clone(), ModelFiles::resolve(&t.model)?));
-                    keys.push(key);
-                    keys.len() - 1
+                    models.push(ResolvedModel {
+                        reference: t.model.clone(),
+                        files: ModelFiles::resolve(&t.model)?,
+                        quantize: t.quantize,
+                    });
+                    models.len() - 1
                 }
             };
             task_model.push(idx);
@@ -58,8 +81,8 @@ impl ResolvedModels {
         Ok(Self { models, task_model })
     }
 
-    /// Each task's model as the manifest records it.
-    pub fn records(&self, pipeline: &Pipeline) -> Vec<ModelRecord> {
+    /// Each task's model as the manifest records it, in a run at `run` (`--dtype`).
+    pub fn records(&self, pipeline: &Pipeline, run: Precision) -> Vec<ModelRecord> {
         pipeline
             .tasks
             .iter()
@@ -67,7 +90,51 @@ impl ResolvedModels {
             .map(|(t, &m)| ModelRecord {
                 task: t.name.clone(),
                 model: t.model.to_string(),
-                revision: self.models[m].1.revision.clone(),
+                revision: self.models[m].files.revision.clone(),
+                dtype: self.models[m].precision(run).to_string(),
+            })
+            .collect()
+    }
+
+    /// Loads model `m` on `device` in its precision for a run at `run`; a model that a task's
+    /// `quantize` put in a precision the device does not run names that task's setting.
+    pub(crate) fn load(
+        &self,
+        m: usize,
+        device: &mbpipe_model::Device,
+        run: Precision,
+    ) -> Result<LoadedModel, PipelineError> {
+        let model = &self.models[m];
+        let loaded = LoadedModel::load_files(
+            model.reference.clone(),
+            model.files.clone(),
+            device,
+            model.precision(run),
+        );
+        match (loaded, model.quantize) {
+            (Err(e), Some(q)) => Err(PipelineError::Invalid(format!(
+                "`{}` with quantize = \"{q}\": {e}",
+                model.reference
+            ))),
+            (loaded, _) => loaded,
+        }
+    }
+
+    /// The token budget of one packed batch of each model: `max_batch_tokens` where given,
+    /// else the default for the devices and that model's precision (so a quantized task on AMX
+    /// tiles packs smaller batches than the f32 tasks beside it).
+    pub(crate) fn batch_tokens(
+        &self,
+        max_batch_tokens: Option<usize>,
+        devices: &[DeviceSpec],
+        run: Precision,
+    ) -> Vec<usize> {
+        self.models
+            .iter()
+            .map(|m| {
+                max_batch_tokens
+                    .unwrap_or_else(|| crate::default_max_batch_tokens(devices, m.precision(run)))
+                    .max(1)
             })
             .collect()
     }
@@ -80,8 +147,9 @@ pub struct EnrichOptions {
     pub devices: Vec<DeviceSpec>,
     /// Working precision.
     pub precision: Precision,
-    /// Token budget of one packed batch.
-    pub max_batch_tokens: usize,
+    /// Token budget of one packed batch (`None`: each model's default, see
+    /// [`crate::default_max_batch_tokens`]).
+    pub max_batch_tokens: Option<usize>,
 }
 
 /// A pipeline's tasks on loaded models, a worker per device; dropping it joins the workers.
@@ -91,7 +159,8 @@ pub struct Enricher {
     tokenizers: Vec<Tokenizer>,
     groups: Vec<EncodeGroup>,
     pool: WorkerPool,
-    max_batch_tokens: usize,
+    /// Each model's token budget of one packed batch.
+    batch_tokens: Vec<usize>,
 }
 
 /// What a pipeline makes of rows of one input schema: its input query, the input columns it
@@ -138,12 +207,13 @@ impl Enricher {
         for &device in &opts.devices {
             let dev = device.open()?;
             let mut models = Vec::new();
-            for (r, f) in &resolved.models {
-                let loaded = LoadedModel::load_files(r.clone(), f.clone(), &dev, opts.precision)?;
+            for m in 0..resolved.models.len() {
+                let loaded = resolved.load(m, &dev, opts.precision)?;
                 if !matches!(device, DeviceSpec::Cpu) {
                     eprintln!(
-                        "mbpipe: {device}: {r} loaded ({}), attention: {}",
-                        opts.precision,
+                        "mbpipe: {device}: {} loaded ({}), attention: {}",
+                        resolved.models[m].reference,
+                        resolved.models[m].precision(opts.precision),
                         loaded.model.attention_kernel()
                     );
                 }
@@ -166,7 +236,11 @@ impl Enricher {
             tasks,
             tokenizers,
             groups,
-            max_batch_tokens: opts.max_batch_tokens.max(1),
+            batch_tokens: resolved.batch_tokens(
+                opts.max_batch_tokens,
+                &opts.devices,
+                opts.precision,
+            ),
         })
     }
 
@@ -437,7 +511,7 @@ fn prepare_rows(
                     .enumerate()
                     .map(move |(c, s)| ((row, c), s.as_slice()))
             });
-        let packed = pack_by_length(seqs, ctx.enricher.max_batch_tokens);
+        let packed = pack_by_length(seqs, ctx.enricher.batch_tokens[group.model]);
         groups.push((inputs, packed));
     }
     Ok(PreparedWindow { rows, groups })
@@ -547,4 +621,65 @@ pub(crate) fn finish_window(
     }
     let batch = RecordBatch::try_new(out_schema.clone(), columns)?;
     Ok(Some((batch, tokens)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::PipelineFile;
+    use crate::{DEFAULT_AMX_MAX_BATCH_TOKENS, DEFAULT_MAX_BATCH_TOKENS};
+
+    #[test]
+    fn tasks_share_a_model_only_at_the_same_quantize_and_each_model_packs_its_own_batches() {
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample_data/models/moderation");
+        let task = |name: &str, extra: &str| {
+            format!(
+                "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\n{extra}\n",
+                model.display()
+            )
+        };
+        let text = format!(
+            "[input]\npath = \"x.jsonl\"\n[output]\npath = \"out\"\n{}{}{}{}",
+            task("a", ""),
+            task("b", "quantize = \"int8\""),
+            task("c", ""),
+            task("d", "quantize = \"int8\"")
+        );
+        let pipeline = Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap();
+        let resolved = ResolvedModels::resolve(&pipeline).unwrap();
+        assert_eq!(resolved.task_model, [0, 1, 0, 1]);
+        assert_eq!(resolved.models.len(), 2);
+        assert_eq!(
+            resolved.models[0].precision(Precision::Bf16),
+            Precision::Bf16
+        );
+        assert_eq!(
+            resolved.models[1].precision(Precision::Bf16),
+            Precision::Int8
+        );
+        let dtypes: Vec<String> = resolved
+            .records(&pipeline, Precision::F32)
+            .into_iter()
+            .map(|r| r.dtype)
+            .collect();
+        assert_eq!(dtypes, ["f32", "int8", "f32", "int8"]);
+
+        let cpu = [DeviceSpec::Cpu];
+        let int8 = if Precision::Int8.runs_on_cpu_tiles() {
+            DEFAULT_AMX_MAX_BATCH_TOKENS
+        } else {
+            DEFAULT_MAX_BATCH_TOKENS
+        };
+        assert_eq!(
+            resolved.batch_tokens(None, &cpu, Precision::F32),
+            [DEFAULT_MAX_BATCH_TOKENS, int8]
+        );
+        assert_eq!(
+            resolved.batch_tokens(Some(300), &cpu, Precision::F32),
+            [300, 300]
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //!     devices: vec![mbpipe_model::DeviceSpec::Cpu],
 //!     precision: mbpipe_model::Precision::F32,
 //!     threads: None,
-//!     max_batch_tokens: mbpipe_pipeline::DEFAULT_MAX_BATCH_TOKENS,
+//!     max_batch_tokens: None,
 //!     shard: None,
 //!     overwrite: false,
 //! })?;

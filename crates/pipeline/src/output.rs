@@ -334,6 +334,9 @@ pub struct ModelRecord {
     pub model: String,
     /// Resolved Hub commit, for Hub models.
     pub revision: Option<String>,
+    /// The precision the task's model ran in: the run's `dtype`, or the task's `quantize`.
+    #[serde(default)]
+    pub dtype: String,
 }
 
 /// Writes the manifest and then the success marker, each atomically.

@@ -189,8 +189,8 @@ impl RunPlan {
                 .iter()
                 .zip(&models.task_model)
                 .map(|(t, &m)| {
-                    let (model, files) = &models.models[m];
-                    model_stamp(&t.name, model, files)
+                    let model = &models.models[m];
+                    model_stamp(&t.name, &model.reference, &model.files)
                 })
                 .collect::<Result<_, _>>()?,
             inputs: self

@@ -74,8 +74,9 @@ pub struct RunOptions {
     pub precision: Precision,
     /// CPU threads.
     pub threads: Option<usize>,
-    /// Token budget per batch.
-    pub max_batch_tokens: usize,
+    /// Token budget per batch (`None`: each model's default for the devices and its precision,
+    /// see [`default_max_batch_tokens`]).
+    pub max_batch_tokens: Option<usize>,
     /// `I/N` or `auto/N`.
     pub shard: Option<String>,
     /// Start over.
@@ -140,7 +141,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome, PipelineError> {
             max_batch_tokens: opts.max_batch_tokens,
         },
     )?;
-    let model_records = resolved.records(&pipeline);
+    let model_records = resolved.records(&pipeline, opts.precision);
     let shape = enricher.shape(query, row_schema)?;
     let out_schema = shape.output_schema().clone();
     let load_seconds = load_start.elapsed().as_secs_f64();

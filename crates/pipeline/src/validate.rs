@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use mbpipe_model::{ModelRef, Pooling};
+use mbpipe_model::{ModelRef, Pooling, Precision};
 
 use crate::config::{
-    LongText, OnErrorSetting, OutputFormatSetting, PipelineFile, TaskKindSetting, TaskSection,
+    LongText, OnErrorSetting, OutputFormatSetting, PipelineFile, QuantizeSetting, TaskKindSetting,
+    TaskSection,
 };
 use crate::error::PipelineError;
 use mbpipe_text::template::Template;
@@ -51,8 +52,17 @@ pub struct TaskSpec {
     pub model: ModelRef,
     /// Explicit `max_length`.
     pub max_length: Option<usize>,
+    /// `quantize`: the precision the task's model runs in instead of `--dtype`'s.
+    pub quantize: Option<Precision>,
     /// What to compute.
     pub kind: TaskKind,
+}
+
+impl TaskSpec {
+    /// The precision the task's model runs in, in a run at `run` (`--dtype`).
+    pub fn precision(&self, run: Precision) -> Precision {
+        self.quantize.unwrap_or(run)
+    }
 }
 
 /// What a task computes, with its kind's settings.
@@ -96,7 +106,7 @@ pub enum TaskKind {
     },
 }
 
-/// Keys each kind accepts besides name, kind, model, revision, max_length.
+/// Keys each kind accepts besides name, kind, model, revision, max_length, quantize.
 fn allowed_keys(kind: TaskKindSetting) -> &'static [&'static str] {
     match kind {
         TaskKindSetting::Classify => &["threshold", "weights"],
@@ -302,6 +312,9 @@ fn check_task(t: &TaskSection) -> Result<TaskSpec, String> {
         name: t.name.clone(),
         model,
         max_length: t.max_length,
+        quantize: t.quantize.map(|q| match q {
+            QuantizeSetting::Int8 => Precision::Int8,
+        }),
         kind,
     })
 }

@@ -38,7 +38,7 @@ fn manifest_reports_model_seconds_and_model_only_rate() {
         precision: Precision::F32,
         threads: None,
         // Several batches, so the clock sums more than one forward.
-        max_batch_tokens: 256,
+        max_batch_tokens: Some(256),
         shard: None,
         overwrite: false,
     })

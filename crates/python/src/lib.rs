@@ -47,8 +47,7 @@ fn enrich_options(
         .map_err(|e| PyValueError::new_err(format!("dtype: {e}")))?;
     mbpipe_pipeline::engine::configure_threads(threads);
     Ok(EnrichOptions {
-        max_batch_tokens: max_batch_tokens
-            .unwrap_or_else(|| mbpipe_pipeline::default_max_batch_tokens(&devices, precision)),
+        max_batch_tokens,
         devices,
         precision,
     })
