@@ -38,10 +38,15 @@ fn run_with(server: &S3Server, cwd: &Path, args: &[&str]) -> Output {
         .expect("cannot run mbpipe")
 }
 
+/// `mbpipe ARGS` in `cwd`, its temporary files (the staging folders of bucket outputs) in
+/// `cwd/tmp`.
 fn command(server: &S3Server, cwd: &Path, args: &[&str]) -> Command {
+    let tmp = cwd.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut c = Command::new(env!("CARGO_BIN_EXE_mbpipe"));
     c.args(args)
         .current_dir(cwd)
+        .env("TMPDIR", tmp)
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("RUST_LOG")
         .envs(server.env());
@@ -232,6 +237,13 @@ fn runs_killed_while_writing_to_a_bucket_resume_to_the_clean_output() {
     assert!(got.join("_SUCCESS").exists());
     assert!(!got.join("_progress.jsonl").exists() && !got.join("_lock").exists());
     assert_same_output(&got, &dir.join("local"));
+    // The killed runs' local staging folders (parts encoded, not yet uploaded) are gone too:
+    // each later run removed those whose run had died, and the last one its own.
+    let left: Vec<_> = std::fs::read_dir(dir.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the temporary folder: {left:?}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub enum OutputDir {
         /// The prefix.
         remote: Remote,
         /// Local scratch space for parts being written and the rejects log.
-        staging: Arc<tempfile::TempDir>,
+        staging: Arc<StagingDir>,
     },
 }
 
@@ -46,13 +46,7 @@ impl OutputDir {
             return Ok(OutputDir::Local(path.to_path_buf()));
         };
         let remote = Remote::parse(url.trim_end_matches('/'))?;
-        let staging = tempfile::Builder::new()
-            .prefix("mbpipe-staging-")
-            .tempdir()
-            .map_err(|source| IoError::Open {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+        let staging = StagingDir::create(&std::env::temp_dir())?;
         Ok(OutputDir::Remote {
             remote,
             staging: Arc::new(staging),
@@ -87,7 +81,7 @@ impl OutputDir {
     pub fn staging(&self) -> &Path {
         match self {
             OutputDir::Local(p) => p,
-            OutputDir::Remote { staging, .. } => staging.path(),
+            OutputDir::Remote { staging, .. } => &staging.path,
         }
     }
 
@@ -246,7 +240,7 @@ impl OutputDir {
     /// [`OutputDir::remove`] aborts when a killed run left it.
     pub fn publish(&self, name: &str) -> Result<(), IoError> {
         if let OutputDir::Remote { remote, staging } = self {
-            let local = staging.path().join(name);
+            let local = staging.path.join(name);
             remote
                 .join(name)
                 .upload(&local, &remote.join(&format!(".{name}.tmp")))?;
@@ -261,7 +255,7 @@ impl OutputDir {
         let OutputDir::Remote { remote, staging } = self else {
             return Ok(());
         };
-        let local = staging.path().join(name);
+        let local = staging.path.join(name);
         let mut bytes = match std::fs::read(&local) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -284,7 +278,7 @@ impl OutputDir {
             return Ok(());
         };
         if let Some(bytes) = remote.join(name).read_all()? {
-            let local = staging.path().join(name);
+            let local = staging.path.join(name);
             std::fs::write(&local, bytes).map_err(|source| IoError::Write {
                 path: local,
                 source,
@@ -313,5 +307,146 @@ impl OutputDir {
             }
         };
         rows.map(|n| n as u64).map_err(|e| e.to_string())
+    }
+}
+
+/// Names of staging directories: `mbpipe-staging-` and a random suffix.
+const STAGING_PREFIX: &str = "mbpipe-staging-";
+/// The file in a staging directory that its run keeps locked until it exits.
+const STAGING_LOCK: &str = ".lock";
+
+/// The local directory where a run with its output in a bucket encodes parts before uploading
+/// them; removed when dropped. Its run holds an exclusive lock on its `.lock` file for as long
+/// as the process lives, so a later run tells a directory that a killed run left behind (lock
+/// free: the kernel released it with the process) from one in use, and removes it
+/// ([`StagingDir::create`]); nightly jobs that get killed do not fill the disk with parts.
+#[derive(Debug)]
+pub struct StagingDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl StagingDir {
+    /// A new staging directory under `parent`, after removing the ones under it whose runs are
+    /// gone (see [`remove_abandoned_staging`]).
+    pub fn create(parent: &Path) -> Result<Self, IoError> {
+        let removed = remove_abandoned_staging(parent);
+        if removed > 0 {
+            tracing::info!(
+                "removed {removed} staging folder(s) that killed runs left under {}",
+                parent.display()
+            );
+        }
+        let open_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IoError::Open { path, source }
+        };
+        // Made and locked under a name the removal ignores, then renamed: no run ever sees an
+        // unlocked staging directory that a live run is about to lock.
+        let fresh = tempfile::Builder::new()
+            .prefix(".mbpipe-new-staging-")
+            .tempdir_in(parent)
+            .map_err(open_err(parent))?;
+        let lock_path = fresh.path().join(STAGING_LOCK);
+        let lock = File::create(&lock_path).map_err(open_err(&lock_path))?;
+        lock.lock().map_err(open_err(&lock_path))?;
+        let suffix = fresh.path().file_name().map_or_else(Default::default, |n| {
+            n.to_string_lossy()
+                .trim_start_matches(".mbpipe-new-staging-")
+                .to_string()
+        });
+        let path = parent.join(format!("{STAGING_PREFIX}{suffix}"));
+        std::fs::rename(fresh.path(), &path).map_err(open_err(&path))?;
+        let _moved = fresh.keep();
+        Ok(StagingDir { path, _lock: lock })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes the staging directories under `parent` whose runs are gone, however they ended
+/// (`kill -9`, out of memory, a lost node): a directory is removed only when this process can
+/// take the lock on its `.lock` file, which a live run holds. Anything not named like a staging
+/// directory, and staging directories without a `.lock` (made before runs locked them), are
+/// left alone. Returns how many were removed.
+pub fn remove_abandoned_staging(parent: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(STAGING_PREFIX))
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(lock) = File::open(dir.join(STAGING_LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_folders_of_ended_runs_are_removed_and_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let live = StagingDir::create(tmp.path()).unwrap();
+        std::fs::write(live.path().join("part-00000.parquet"), b"live").unwrap();
+        assert!(live.path().starts_with(tmp.path()));
+        assert!(live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX));
+
+        // What a killed run leaves: its folder and `.lock`, with no process holding the lock.
+        let abandoned = tmp.path().join(format!("{STAGING_PREFIX}killed"));
+        std::fs::create_dir(&abandoned).unwrap();
+        std::fs::write(abandoned.join(STAGING_LOCK), b"").unwrap();
+        std::fs::write(abandoned.join("part-00007.parquet"), b"half").unwrap();
+        // Not ours to judge: no lock file (an older run), or not a staging folder at all.
+        let unlocked = tmp.path().join(format!("{STAGING_PREFIX}old"));
+        std::fs::create_dir(&unlocked).unwrap();
+        let foreign = tmp.path().join("someone-else");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join(STAGING_LOCK), b"").unwrap();
+
+        let second = StagingDir::create(tmp.path()).unwrap();
+        assert!(!abandoned.exists(), "the killed run's folder is removed");
+        assert!(
+            live.path().join("part-00000.parquet").exists(),
+            "a live run's folder is kept"
+        );
+        assert!(unlocked.exists() && foreign.join(STAGING_LOCK).exists());
+        assert_ne!(second.path(), live.path());
+        assert_eq!(
+            remove_abandoned_staging(tmp.path()),
+            0,
+            "both live runs hold their locks"
+        );
+
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(!path.exists(), "a run removes its own folder when it ends");
     }
 }

@@ -2,6 +2,7 @@
 the extension module that `cargo test --workspace` builds (target/debug/lib_native.so) and the
 Python sources, so the tests run without a separate maturin build."""
 
+import atexit
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ def _assemble():
         return None
     newest = max(built, key=lambda p: p.stat().st_mtime)
     site = Path(tempfile.mkdtemp(prefix="mbpipe-py-"))
+    atexit.register(shutil.rmtree, site, ignore_errors=True)
     shutil.copytree(ROOT / "crates/python/python/mbpipe", site / "mbpipe")
     shutil.copy(newest, site / "mbpipe" / "_native.abi3.so")
     return site
