@@ -110,39 +110,103 @@ impl PackedAmxBf16 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        let (k, kp) = (self.k, self.kp);
         // Rows padded to whole micro-kernel calls: the padding rows' products are computed and
         // never written, so their contents do not matter, only that they are there to load.
-        a.resize(m.next_multiple_of(MR) * kp);
-        // Tile-major: each group of 16 rows is `kp / KB` tiles of 16 rows × 16 pairs, one after
-        // the other, so a tile load reads 1 KiB of contiguous memory.
-        const ROWS_PER_TASK: usize = 4 * TILE_ROWS;
-        a[..m.next_multiple_of(TILE_ROWS) * kp]
-            .par_chunks_mut(kp * ROWS_PER_TASK)
-            .zip(x.par_chunks(k * ROWS_PER_TASK))
-            .for_each(|(dst, src)| {
-                for (i, s) in src.chunks(k).enumerate() {
-                    let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
-                    // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
-                    // there would not vanish.
-                    let row = &mut group[(i % TILE_ROWS) * KB..];
-                    crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
-                }
-            });
-        let a = &*a;
+        a.resize(m.next_multiple_of(MR) * self.kp);
+        let block_rows = if self.gated { GATED_MC } else { MC };
+        let rows = LazyPairs::new(a, x, m, self.k, self.kp, block_rows);
         if self.gated {
-            return write_gated_blocks(self, a, m, GATED_MC, bias, out);
+            return write_gated_blocks(self, &rows, m, GATED_MC, bias, out);
         }
         let blocking = Blocking {
             rows: MC,
             panels: PANELS_PER_BLOCK,
         };
-        write_blocks(self, a, m, blocking, bias, residual, out);
+        write_blocks(self, &rows, m, blocking, bias, residual, out);
+    }
+}
+
+/// The activations of one product as bf16 pairs in tile layout, each block of rows converted
+/// from f32 by the first task that multiplies it, right before it does: the block's pairs are
+/// then still in cache for its products. (A pass converting the whole batch first had every
+/// block come back from memory: the f32 rows of a 1,024-token batch are 3-4.5 MiB; that pass
+/// and its reloads were 10-12% of the bf16 forward.)
+///
+/// Tile-major: each group of 16 rows is `kp / KB` tiles of 16 rows × 16 pairs, one after the
+/// other, so a tile load reads 1 KiB of contiguous memory.
+pub(crate) struct LazyPairs {
+    pairs: *mut u32,
+    x: *const f32,
+    m: usize,
+    k: usize,
+    kp: usize,
+    /// Rows per block: the blocks of the driver's tasks, a multiple of [`TILE_ROWS`].
+    block_rows: usize,
+    converted: Vec<std::sync::Once>,
+}
+
+// SAFETY: a block's pairs are written once, by the one caller of its `Once`, and read only
+// after that `Once` completed; `x` is only read.
+unsafe impl Sync for LazyPairs {}
+
+impl LazyPairs {
+    /// `pairs` holds `m` rows rounded up to [`MR`] of `kp` pairs; `x` is `[m, k]`; both outlive
+    /// the product.
+    fn new(
+        pairs: &mut AlignedVec<u32>,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        kp: usize,
+        block_rows: usize,
+    ) -> Self {
+        debug_assert!(pairs.len() >= m.next_multiple_of(MR) * kp && x.len() == m * k);
+        debug_assert!(block_rows.is_multiple_of(TILE_ROWS));
+        LazyPairs {
+            pairs: pairs.as_mut_ptr(),
+            x: x.as_ptr(),
+            m,
+            k,
+            kp,
+            block_rows,
+            converted: (0..m.div_ceil(block_rows))
+                .map(|_| std::sync::Once::new())
+                .collect(),
+        }
+    }
+
+    /// The pairs of row 0 on, once the block holding `rows` (which lie in one block) is converted.
+    fn ready(&self, rows: &std::ops::Range<usize>) -> *const u32 {
+        let block = rows.start / self.block_rows;
+        debug_assert!(rows.end <= (block + 1) * self.block_rows);
+        self.converted[block].call_once(|| {
+            let (kp, first) = (self.kp, block * self.block_rows);
+            let last = (first + self.block_rows).min(self.m);
+            // SAFETY: this block's rows of `x`, and its groups of pairs, which no other task
+            // touches until this `Once` completes (blocks start on tile groups).
+            let (src, dst) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.x.add(first * self.k), (last - first) * self.k),
+                    std::slice::from_raw_parts_mut(
+                        self.pairs.add(first * kp),
+                        (last - first).next_multiple_of(TILE_ROWS) * kp,
+                    ),
+                )
+            };
+            for (i, s) in src.chunks(self.k).enumerate() {
+                let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
+                // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
+                // there would not vanish.
+                let row = &mut group[(i % TILE_ROWS) * KB..];
+                crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
+            }
+        });
+        self.pairs
     }
 }
 
 impl PanelKernel for PackedAmxBf16 {
-    type Rows = [u32];
+    type Rows = LazyPairs;
 
     fn packed_columns(&self) -> usize {
         self.n
@@ -156,7 +220,7 @@ impl PanelKernel for PackedAmxBf16 {
     /// As the trait's; [`available`] said yes; `a` holds `rows.end` rounded up to [`MR`] rows.
     unsafe fn block(
         &self,
-        a: &[u32],
+        a: &LazyPairs,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
@@ -166,6 +230,7 @@ impl PanelKernel for PackedAmxBf16 {
         #[cfg(target_arch = "x86_64")]
         crate::amx::with_tiles(|| {
             let (n, kp) = (self.n, self.kp);
+            let a = a.ready(&rows);
             let mut acc = crate::amx::Accumulators([0.0; MR * NR]);
             for p in panels {
                 let b = self.data.as_ptr().add(p * kp * NR) as *const u8;
@@ -175,7 +240,7 @@ impl PanelKernel for PackedAmxBf16 {
                 let mut r = rows.start;
                 while r < rows.end {
                     let mr = MR.min(rows.end - r);
-                    let a0 = a.as_ptr().add(r * kp) as *const u8;
+                    let a0 = a.add(r * kp) as *const u8;
                     let a_tiles = (a0, a0.add(TILE_ROWS * kp * 4), TILE_BYTES, B_TILE * 4);
                     let t = out.tile((r, col, cols), n, bias, residual);
                     if (mr, cols) == (MR, NR) && t.bias.is_null() {
