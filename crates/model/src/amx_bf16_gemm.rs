@@ -21,7 +21,7 @@ use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
     with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
-    PanelKernel,
+    PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel: two tiles of 16.
@@ -100,11 +100,14 @@ impl PackedAmxBf16 {
         }
     }
 
-    /// [`write`](PackedGemm::write) with `a` as the buffer of activation pairs.
+    /// [`write`](PackedGemm::write) with `a` as the buffer of activation pairs, the rows of `x`
+    /// normalized by `norm` first where given.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn write_with(
         &self,
         a: &mut AlignedVec<u32>,
         x: &[f32],
+        norm: Option<RowNorm<'_>>,
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -114,7 +117,7 @@ impl PackedAmxBf16 {
         // never written, so their contents do not matter, only that they are there to load.
         a.resize(m.next_multiple_of(MR) * self.kp);
         let block_rows = if self.gated { GATED_MC } else { MC };
-        let rows = LazyPairs::new(a, x, m, self.k, self.kp, block_rows);
+        let rows = LazyPairs::new(a, (x, norm), m, self.k, self.kp, block_rows);
         if self.gated {
             return write_gated_blocks(self, &rows, m, GATED_MC, bias, out);
         }
@@ -137,6 +140,9 @@ impl PackedAmxBf16 {
 pub(crate) struct LazyPairs {
     pairs: *mut u32,
     x: *const f32,
+    /// A LayerNorm's weight, bias (`k` values each) and epsilon, applied to each row of `x`
+    /// before it is converted.
+    norm: Option<(*const f32, *const f32, f32)>,
     m: usize,
     k: usize,
     kp: usize,
@@ -150,11 +156,11 @@ pub(crate) struct LazyPairs {
 unsafe impl Sync for LazyPairs {}
 
 impl LazyPairs {
-    /// `pairs` holds `m` rows rounded up to [`MR`] of `kp` pairs; `x` is `[m, k]`; both outlive
-    /// the product.
+    /// `pairs` holds `m` rows rounded up to [`MR`] of `kp` pairs; `x` is `[m, k]` and the
+    /// norm's parameters `[k]`; all outlive the product.
     fn new(
         pairs: &mut AlignedVec<u32>,
-        x: &[f32],
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
         m: usize,
         k: usize,
         kp: usize,
@@ -165,6 +171,10 @@ impl LazyPairs {
         LazyPairs {
             pairs: pairs.as_mut_ptr(),
             x: x.as_ptr(),
+            norm: norm.map(|n| {
+                debug_assert!(n.params.0.len() == k && n.params.1.len() == k);
+                (n.params.0.as_ptr(), n.params.1.as_ptr(), n.eps)
+            }),
             m,
             k,
             kp,
@@ -193,11 +203,30 @@ impl LazyPairs {
                     ),
                 )
             };
+            // SAFETY: the norm's parameters are `[k]` and outlive the product.
+            let norm = self.norm.map(|(w, b, eps)| unsafe {
+                let k = self.k;
+                (
+                    (
+                        std::slice::from_raw_parts(w, k),
+                        std::slice::from_raw_parts(b, k),
+                    ),
+                    eps,
+                )
+            });
+            let mut normed = vec![0f32; if norm.is_some() { self.k } else { 0 }];
             for (i, s) in src.chunks(self.k).enumerate() {
                 let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
                 // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
                 // there would not vanish.
                 let row = &mut group[(i % TILE_ROWS) * KB..];
+                let s = match norm {
+                    Some((params, eps)) => {
+                        crate::fused::layer_norm_row(s, params, eps, &mut normed);
+                        &normed[..]
+                    }
+                    None => s,
+                };
                 crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
             }
         });
@@ -285,7 +314,27 @@ impl PanelGemm for PackedAmxBf16 {
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
+        with_thread_buffer(&PAIRS, |a| {
+            self.write_with(a, x, None, m, bias, residual, out)
+        });
+    }
+
+    fn normalizes_rows(&self) -> bool {
+        true
+    }
+
+    unsafe fn write_normalized_prepared(
+        &self,
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) -> bool {
+        with_thread_buffer(&PAIRS, |a| {
+            self.write_with(a, x, Some(norm), m, bias, None, out)
+        });
+        true
     }
 }
 

@@ -568,6 +568,41 @@ mod tests {
         }
     }
 
+    /// The AMX kernel normalizes the rows as it reads them: the same bits as the LayerNorm pass
+    /// and then the product, plain (with a bias) and gated, over one and several row blocks;
+    /// the dot-product kernel says it does not and leaves the output alone.
+    #[test]
+    fn normalizing_rows_while_reading_them_equals_normalizing_first() {
+        use crate::packed_gemm::RowNorm;
+        for kernel in kernels() {
+            for (m, n, k) in [(1, 40, 33), (300, 200, 768)] {
+                let x = random(m * k, 11);
+                let w = random(n * k, 12);
+                let (gamma, beta, b) = (random(k, 13), random(k, 14), random(n, 15));
+                let norm = RowNorm {
+                    params: (&gamma, &beta),
+                    eps: 1e-5,
+                };
+                let mut normed = vec![0f32; m * k];
+                crate::fused::layer_norm_slices(&x, norm.params, norm.eps, &mut normed);
+                let plain = kernel.pack(&w, n, k).expect("packs");
+                let gated = kernel.pack_gated(&w, n / 2, k).expect("packs");
+                for (packed, bias) in [(plain, Some(&b[..])), (gated, None)] {
+                    let want = packed.matmul_add(&normed, m, bias, None);
+                    let mut got = vec![f32::NAN; want.len()];
+                    let fused = packed.normalized_into(&x, norm, m, bias, &mut got);
+                    assert_eq!(fused, packed.normalizes_rows());
+                    assert_eq!(fused, kernel == Packing::Bf16Tiles, "{m}x{n}x{k}");
+                    if fused {
+                        assert_eq!(got, want, "{m}x{n}x{k}");
+                    } else {
+                        assert!(got.iter().all(|v| v.is_nan()), "written anyway");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_input_gives_empty_output() {
         for kernel in kernels() {

@@ -322,11 +322,16 @@ impl Encoder {
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
         let heads = self.config.num_attention_heads;
-        let normed = timed(1, || match &layer.attn_norm {
-            Some(norm) => norm.forward_reusing(x, &mut scratch.normed),
-            None => Ok(x.clone()),
-        })?;
-        let qkv = timed(2, || layer.wqkv.forward_reusing(&normed, &mut scratch.qkv))?; // [T, 3H]
+        // [T, 3H]; the norm is applied by the product's kernel where it can (stage 2 then).
+        let qkv = match &layer.attn_norm {
+            Some(norm) => layer.wqkv.forward_normalized(
+                x,
+                norm,
+                2,
+                (&mut scratch.normed, &mut scratch.qkv),
+            )?,
+            None => timed(2, || layer.wqkv.forward_reusing(x, &mut scratch.qkv))?,
+        };
         let rope = RopeTables {
             cos: &rotary.cos_f32,
             sin: &rotary.sin_f32,
@@ -353,12 +358,15 @@ impl Encoder {
             }
         };
         let x = timed(5, || layer.wo.forward_add(&attn, x))?;
-        drop((normed, qkv));
-        let normed = timed(1, || {
-            layer.mlp_norm.forward_reusing(&x, &mut scratch.normed)
-        })?;
-        // Stages 6 and 7 (the product and the GEGLU) are timed inside.
-        let gated = layer.wi.forward(&normed, &mut scratch.wi)?;
+        drop(qkv);
+        // Stages 1 (the norm, where the product does not apply it), 6 and 7 (the product and
+        // the GEGLU) are timed inside.
+        let gated = layer.wi.forward_normalized(
+            &x,
+            &layer.mlp_norm,
+            &mut scratch.normed,
+            &mut scratch.wi,
+        )?;
         timed(8, || layer.mlp_wo.forward_add(&gated, &x))
     }
 

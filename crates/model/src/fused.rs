@@ -74,7 +74,8 @@ pub(crate) fn layer_norm_slices(
 }
 
 crate::simd::vectorized! {
-    fn layer_norm_row(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) =
+    /// One row of [`layer_norm_slices`].
+    pub(crate) fn layer_norm_row(x: &[f32], params: (&[f32], &[f32]), eps: f32, out: &mut [f32]) =
         layer_norm_row_generic;
 }
 

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Storage, Tensor, D};
 
 use crate::error::{ModelError, Result};
-use crate::packed_gemm::{PackedGemm, Packing};
+use crate::packed_gemm::{PackedGemm, Packing, RowNorm};
 use crate::profile::timed;
 use crate::weights::Weights;
 
@@ -106,6 +106,29 @@ impl Linear {
         }
     }
 
+    /// `self.forward(norm(x))`, written as [`forward_reusing`](Self::forward_reusing) writes:
+    /// by the kernel straight from `x` where it normalizes rows as it reads them (see
+    /// [`PackedGemm::normalized_into`]), else through `normed` (a buffer as `buffer` is). The
+    /// product's time is charged to profile stage `stage`, a separate norm's to the norms'.
+    pub(crate) fn forward_normalized(
+        &self,
+        x: &Tensor,
+        norm: &LayerNorm,
+        stage: usize,
+        (normed, buffer): (&mut Option<Tensor>, &mut Option<Tensor>),
+    ) -> Result<Tensor> {
+        if let Some((weight, bias)) = self.packed() {
+            let fused = timed(stage, || {
+                packed_normalized_reusing(weight, bias, norm, x, buffer)
+            })?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
+        }
+        let normed = timed(1, || norm.forward_reusing(x, normed))?;
+        timed(stage, || self.forward_reusing(&normed, buffer))
+    }
+
     /// `residual + self.forward(x)`. The packed kernels add the residual as they write the
     /// product (one pass and one allocation fewer per residual connection); candle adds after.
     pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
@@ -168,6 +191,33 @@ impl GatedLinear {
                 inter,
             },
         })
+    }
+
+    /// [`forward`](Self::forward) of `norm(x)`, the norm applied as the kernel reads the rows
+    /// where it can (see [`Linear::forward_normalized`]), else into `normed` first.
+    pub(crate) fn forward_normalized(
+        &self,
+        x: &Tensor,
+        norm: &LayerNorm,
+        normed: &mut Option<Tensor>,
+        buffers: &mut [Option<Tensor>; 2],
+    ) -> Result<Tensor> {
+        if let GatedLinear::Fused { weight, bias } = self {
+            let fused = timed(6, || {
+                packed_normalized_reusing(
+                    weight.as_ref(),
+                    bias.as_deref(),
+                    norm,
+                    x,
+                    &mut buffers[0],
+                )
+            })?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
+        }
+        let normed = timed(1, || norm.forward_reusing(x, normed))?;
+        self.forward(&normed, buffers)
     }
 
     /// The GEGLU of `x [tokens, hidden]`, written into `buffers` as
@@ -270,6 +320,44 @@ fn packed_reusing(
     let y = on_f32_rows(x, k, n, |rows, m| weight.matmul_add(rows, m, bias, None))?;
     *buffer = Some(y.clone());
     Ok(y)
+}
+
+/// `norm(x)` through a packed weight by [`PackedGemm::normalized_into`], written into `buffer`
+/// as [`packed_reusing`] writes; `None` where the kernel does not normalize rows as it reads
+/// them, or `x` or the norm is not f32 on the CPU.
+fn packed_normalized_reusing(
+    weight: &dyn PackedGemm,
+    bias: Option<&[f32]>,
+    norm: &LayerNorm,
+    x: &Tensor,
+    buffer: &mut Option<Tensor>,
+) -> Result<Option<Tensor>> {
+    let Some(row_norm) = norm.row_norm() else {
+        return Ok(None);
+    };
+    if !weight.normalizes_rows() || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (k, n) = (weight.in_features(), weight.out_features());
+    let m = x.elem_count() / k.max(1);
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    if buffer
+        .as_ref()
+        .is_none_or(|b| b.dims() != out_dims.as_slice())
+    {
+        *buffer = Some(Tensor::zeros(out_dims, DType::F32, x.device())?);
+    }
+    let buf = buffer.as_ref().expect("set above");
+    let written = with_f32_slice(&x, |rows| {
+        with_f32_slice_mut(buf, |out| {
+            weight.normalized_into(rows, row_norm, m, bias, out)
+        })
+    })?;
+    Ok(matches!(written, Some(Ok(Some(true)))).then(|| buf.clone()))
 }
 
 /// `gelu(wi[:, ..inter]) * wi[:, inter..]`, written into `buffer` when it holds an f32 tensor of
@@ -411,6 +499,14 @@ impl LayerNorm {
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_reusing(x, &mut None)
+    }
+
+    /// Its parameters for a kernel that normalizes rows as it reads them (f32 CPU weights).
+    fn row_norm(&self) -> Option<RowNorm<'_>> {
+        self.cpu_f32.as_ref().map(|(w, b)| RowNorm {
+            params: (w, b),
+            eps: self.eps,
+        })
     }
 
     /// The norm of `x`, on the own kernel for f32 CPU tensors written into `buffer` while it

@@ -102,6 +102,6 @@ pub use heads::{argmax, scores_from_logits, top_k};
 pub use kernel::{gpu_required, AttentionKernel};
 pub use model::{CpuBf16, MaskPredictions, ModernBert};
 pub use overrides::{require_gpu_value, Overrides, REQUIRE_GPU_ENV};
-pub use packed_gemm::PackedGemm;
+pub use packed_gemm::{PackedGemm, RowNorm};
 pub use tokenizer::load_tokenizer;
 pub use tokenizers::Tokenizer;

@@ -119,6 +119,37 @@ pub trait PackedGemm: Send + Sync {
         // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
         unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
     }
+
+    /// Whether [`normalized_into`](Self::normalized_into) normalizes the rows as it reads them.
+    fn normalizes_rows(&self) -> bool {
+        false
+    }
+
+    /// `norm(x) Wᵀ (+ bias)` into `out [m, n]`, each row of `x` normalized as the kernel reads
+    /// it, for the kernels that do (the AMX bf16 kernel: the normalized rows never go to
+    /// memory); `false`, with `out` untouched, for the others (the caller normalizes first).
+    /// Where it writes, the values are those of [`matmul_add_into`](Self::matmul_add_into) on
+    /// the rows [`crate::fused::layer_norm_slices`] writes.
+    fn normalized_into(
+        &self,
+        _x: &[f32],
+        _norm: RowNorm<'_>,
+        _m: usize,
+        _bias: Option<&[f32]>,
+        _out: &mut [f32],
+    ) -> bool {
+        false
+    }
+}
+
+/// A LayerNorm's weight, bias and epsilon, applied to a product's input rows as the kernel
+/// reads them (see [`PackedGemm::normalized_into`]).
+#[derive(Clone, Copy)]
+pub struct RowNorm<'a> {
+    /// Weight and bias.
+    pub params: (&'a [f32], &'a [f32]),
+    /// Added to the variance.
+    pub eps: f32,
 }
 
 /// A kernel over a weight packed in panels of columns, as the bf16 and int8 kernels are: the
@@ -174,6 +205,27 @@ pub(crate) trait PanelGemm: PanelKernel + Send + Sync {
         residual: Option<&[f32]>,
         out: *mut f32,
     );
+
+    /// [`PackedGemm::normalizes_rows`].
+    fn normalizes_rows(&self) -> bool {
+        false
+    }
+
+    /// [`PackedGemm::normalized_into`] after the arguments were checked (`false`: the kernel
+    /// does not normalize rows as it reads them).
+    ///
+    /// # Safety
+    /// As [`PackedGemm::write`]'s.
+    unsafe fn write_normalized_prepared(
+        &self,
+        _x: &[f32],
+        _norm: RowNorm<'_>,
+        _m: usize,
+        _bias: Option<&[f32]>,
+        _out: *mut f32,
+    ) -> bool {
+        false
+    }
 }
 
 impl<T: PanelGemm> PackedGemm for T {
@@ -204,6 +256,35 @@ impl<T: PanelGemm> PackedGemm for T {
             self.write_prepared(x, m, bias, residual, out);
         }
     }
+
+    fn normalizes_rows(&self) -> bool {
+        PanelGemm::normalizes_rows(self)
+    }
+
+    fn normalized_into(
+        &self,
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> bool {
+        if !PanelGemm::normalizes_rows(self) {
+            return false;
+        }
+        let (n, k) = (self.out_features(), self.in_features());
+        assert_eq!(out.len(), m * n, "output is not [{m}, {n}]");
+        assert!(
+            norm.params.0.len() == k && norm.params.1.len() == k,
+            "norm is not [{k}]"
+        );
+        assert!(self.runs_here(), "this CPU lacks the kernel's instructions");
+        if !checked_write_args(self.shape(), x, m, bias, None) {
+            return true;
+        }
+        // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
+        unsafe { self.write_normalized_prepared(x, norm, m, bias, out.as_mut_ptr()) }
+    }
 }
 
 /// A packed weight behind a box is one too (tests run every kernel through [`Packing`]).
@@ -225,6 +306,21 @@ impl PackedGemm for Box<dyn PackedGemm> {
         out: *mut f32,
     ) {
         (**self).write(x, m, bias, residual, out)
+    }
+
+    fn normalized_into(
+        &self,
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> bool {
+        (**self).normalized_into(x, norm, m, bias, out)
+    }
+
+    fn normalizes_rows(&self) -> bool {
+        (**self).normalizes_rows()
     }
 }
 

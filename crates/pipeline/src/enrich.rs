@@ -96,8 +96,8 @@ impl ResolvedModels {
             .collect()
     }
 
-    /// Loads model `m` on `device` in its precision for a run at `run`; a model that a task's
-    /// `quantize` put in a precision the device does not run names that task's setting.
+    /// Loads model `m` on `device` in its precision for a run at `run`. A task's `quantize`
+    /// runs on CPUs only: on a GPU it is refused naming the setting.
     pub(crate) fn load(
         &self,
         m: usize,
@@ -105,19 +105,19 @@ impl ResolvedModels {
         run: Precision,
     ) -> Result<LoadedModel, PipelineError> {
         let model = &self.models[m];
-        let loaded = LoadedModel::load_files(
+        if let (Some(q), false) = (model.quantize, device.is_cpu()) {
+            return Err(PipelineError::Invalid(format!(
+                "`{}`: quantize = \"{q}\" runs on CPUs; on a GPU remove it (bf16 and f16 are \
+                 the GPU's fast precisions)",
+                model.reference
+            )));
+        }
+        LoadedModel::load_files(
             model.reference.clone(),
             model.files.clone(),
             device,
             model.precision(run),
-        );
-        match (loaded, model.quantize) {
-            (Err(e), Some(q)) => Err(PipelineError::Invalid(format!(
-                "`{}` with quantize = \"{q}\": {e}",
-                model.reference
-            ))),
-            (loaded, _) => loaded,
-        }
+        )
     }
 
     /// The token budget of one packed batch of each model: `max_batch_tokens` where given,

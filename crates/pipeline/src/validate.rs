@@ -58,13 +58,6 @@ pub struct TaskSpec {
     pub kind: TaskKind,
 }
 
-impl TaskSpec {
-    /// The precision the task's model runs in, in a run at `run` (`--dtype`).
-    pub fn precision(&self, run: Precision) -> Precision {
-        self.quantize.unwrap_or(run)
-    }
-}
-
 /// What a task computes, with its kind's settings.
 #[derive(Debug, Clone)]
 pub enum TaskKind {
