@@ -622,3 +622,54 @@ fn dictionary_encoded_text_gives_the_plain_texts_outputs() {
         );
     }
 }
+
+/// Tasks that feed a model the same text share one encoder pass (the manifest counts the tokens
+/// each pass runs): a classifier and an embedding without prefix on one model run it once, and
+/// the classifier's columns are those of a run on its own; an embedding with a prefix is
+/// another input, another pass.
+#[test]
+fn tasks_that_feed_a_model_the_same_text_share_one_encoder_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/moderation");
+    let comments = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/comments.jsonl");
+    let run = |name: &str, tasks: &[&str]| {
+        let mut toml = format!(
+            "[input]\npath = \"{}\"\n[output]\npath = \"{name}\"\n",
+            comments.display()
+        );
+        for t in tasks {
+            toml += &format!("[[tasks]]\nmodel = \"{}\"\n{t}\n", model.display());
+        }
+        std::fs::write(tmp.path().join(format!("{name}.toml")), toml).unwrap();
+        ok(mbpipe(tmp.path(), &["run", &format!("{name}.toml")]));
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join(name).join("_manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let tokens = manifest["tokens"].as_u64().unwrap();
+        (tokens, read_output(&tmp.path().join(name)))
+    };
+    let classify = "name = \"mod\"\nkind = \"classify\"";
+    let (alone, alone_out) = run("alone", &[classify]);
+    let (shared, shared_out) = run("shared", &[classify, "name = \"emb\"\nkind = \"embed\""]);
+    assert!(alone > 0);
+    assert_eq!(shared, alone, "one encoder pass for both tasks");
+    for col in ["mod_label", "mod_score", "mod_scores"] {
+        assert_eq!(
+            shared_out.column_by_name(col).unwrap(),
+            alone_out.column_by_name(col).unwrap(),
+            "{col}"
+        );
+    }
+    let (prefixed, _) = run(
+        "prefixed",
+        &[
+            classify,
+            "name = \"emb\"\nkind = \"embed\"\nprefix = \"query: \"",
+        ],
+    );
+    assert!(
+        prefixed > 2 * alone,
+        "{prefixed} tokens: two passes, the second longer"
+    );
+}

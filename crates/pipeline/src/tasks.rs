@@ -236,6 +236,13 @@ impl BoundTask {
         match &self.kind {
             BoundKind::Classify { .. } | BoundKind::FillMask { .. } => InputVariant::Plain,
             BoundKind::ZeroShot { template, .. } => InputVariant::Template(template.clone()),
+            // No prefix and no chunks: the text as is, so an embedding shares the encoder pass
+            // of a classifier or fill-mask task on the same model.
+            BoundKind::Embed {
+                prefix,
+                long_text: LongText::Truncate,
+                ..
+            } if prefix.is_empty() => InputVariant::Plain,
             BoundKind::Embed {
                 prefix,
                 long_text,
