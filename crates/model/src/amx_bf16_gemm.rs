@@ -330,11 +330,10 @@ impl PanelGemm for PackedAmxBf16 {
         m: usize,
         bias: Option<&[f32]>,
         out: *mut f32,
-    ) -> bool {
+    ) {
         with_thread_buffer(&PAIRS, |a| {
             self.write_with(a, x, Some(norm), m, bias, None, out)
         });
-        true
     }
 }
 

@@ -324,7 +324,8 @@ fn packed_reusing(
 
 /// `norm(x)` through a packed weight by [`PackedGemm::normalized_into`], written into `buffer`
 /// as [`packed_reusing`] writes; `None` where the kernel does not normalize rows as it reads
-/// them, or `x` or the norm is not f32 on the CPU.
+/// them (the caller's norm pass into its own reused buffer is cheaper than a fresh one), or `x`
+/// or the norm is not f32 on the CPU.
 fn packed_normalized_reusing(
     weight: &dyn PackedGemm,
     bias: Option<&[f32]>,
@@ -357,7 +358,7 @@ fn packed_normalized_reusing(
             weight.normalized_into(rows, row_norm, m, bias, out)
         })
     })?;
-    Ok(matches!(written, Some(Ok(Some(true)))).then(|| buf.clone()))
+    Ok(matches!(written, Some(Ok(Some(())))).then(|| buf.clone()))
 }
 
 /// `gelu(wi[:, ..inter]) * wi[:, inter..]`, written into `buffer` when it holds an f32 tensor of

@@ -120,26 +120,33 @@ pub trait PackedGemm: Send + Sync {
         unsafe { self.write(x, m, bias, residual, out.as_mut_ptr()) }
     }
 
-    /// Whether [`normalized_into`](Self::normalized_into) normalizes the rows as it reads them.
+    /// Whether [`normalized_into`](Self::normalized_into) normalizes each row as it reads it
+    /// (the AMX bf16 kernel: the normalized rows never go to memory in f32) rather than into a
+    /// new buffer first.
     fn normalizes_rows(&self) -> bool {
         false
     }
 
-    /// `norm(x) Wᵀ (+ bias)` into `out [m, n]`, each row of `x` normalized as the kernel reads
-    /// it, for the kernels that do (the AMX bf16 kernel: the normalized rows never go to
-    /// memory); `false`, with `out` untouched, for the others (the caller normalizes first).
-    /// Where it writes, the values are those of [`matmul_add_into`](Self::matmul_add_into) on
-    /// the rows [`crate::fused::layer_norm_slices`] writes.
+    /// `norm(x) Wᵀ (+ bias)` into `out [m, n]`: the values of
+    /// [`matmul_add_into`](Self::matmul_add_into) on the rows
+    /// [`crate::fused::layer_norm_slices`] writes.
     fn normalized_into(
         &self,
-        _x: &[f32],
-        _norm: RowNorm<'_>,
-        _m: usize,
-        _bias: Option<&[f32]>,
-        _out: &mut [f32],
-    ) -> bool {
-        false
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        self.matmul_add_into(&normalized(x, norm), m, bias, None, out)
     }
+}
+
+/// The rows of `x` normalized by `norm`, in a new buffer.
+fn normalized(x: &[f32], norm: RowNorm<'_>) -> Vec<f32> {
+    let mut rows = vec![0f32; x.len()];
+    crate::fused::layer_norm_slices(x, norm.params, norm.eps, &mut rows);
+    rows
 }
 
 /// A LayerNorm's weight, bias and epsilon, applied to a product's input rows as the kernel
@@ -211,20 +218,20 @@ pub(crate) trait PanelGemm: PanelKernel + Send + Sync {
         false
     }
 
-    /// [`PackedGemm::normalized_into`] after the arguments were checked (`false`: the kernel
-    /// does not normalize rows as it reads them).
+    /// [`PackedGemm::normalized_into`] after the arguments were checked; kernels that
+    /// [`normalizes_rows`](Self::normalizes_rows) override it.
     ///
     /// # Safety
     /// As [`PackedGemm::write`]'s.
     unsafe fn write_normalized_prepared(
         &self,
-        _x: &[f32],
-        _norm: RowNorm<'_>,
-        _m: usize,
-        _bias: Option<&[f32]>,
-        _out: *mut f32,
-    ) -> bool {
-        false
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        self.write_prepared(&normalized(x, norm), m, bias, None, out)
     }
 }
 
@@ -268,10 +275,7 @@ impl<T: PanelGemm> PackedGemm for T {
         m: usize,
         bias: Option<&[f32]>,
         out: &mut [f32],
-    ) -> bool {
-        if !PanelGemm::normalizes_rows(self) {
-            return false;
-        }
+    ) {
         let (n, k) = (self.out_features(), self.in_features());
         assert_eq!(out.len(), m * n, "output is not [{m}, {n}]");
         assert!(
@@ -279,11 +283,10 @@ impl<T: PanelGemm> PackedGemm for T {
             "norm is not [{k}]"
         );
         assert!(self.runs_here(), "this CPU lacks the kernel's instructions");
-        if !checked_write_args(self.shape(), x, m, bias, None) {
-            return true;
+        if checked_write_args(self.shape(), x, m, bias, None) {
+            // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
+            unsafe { self.write_normalized_prepared(x, norm, m, bias, out.as_mut_ptr()) }
         }
-        // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
-        unsafe { self.write_normalized_prepared(x, norm, m, bias, out.as_mut_ptr()) }
     }
 }
 
@@ -315,7 +318,7 @@ impl PackedGemm for Box<dyn PackedGemm> {
         m: usize,
         bias: Option<&[f32]>,
         out: &mut [f32],
-    ) -> bool {
+    ) {
         (**self).normalized_into(x, norm, m, bias, out)
     }
 
