@@ -568,33 +568,16 @@ mod tests {
         }
     }
 
-    /// A product of normalized rows gives the same bits as the LayerNorm pass and then the
-    /// product, plain (with a bias) and gated, over one and several row blocks, on every bf16
-    /// kernel; only the AMX kernel normalizes the rows as it reads them.
+    /// Normalized rows give the LayerNorm pass's bits on every bf16 kernel; only the AMX
+    /// kernel normalizes them as it reads them.
     #[test]
     fn normalizing_rows_while_reading_them_equals_normalizing_first() {
-        use crate::packed_gemm::RowNorm;
         for kernel in kernels() {
-            for (m, n, k) in [(1, 40, 33), (300, 200, 768)] {
-                let x = random(m * k, 11);
-                let w = random(n * k, 12);
-                let (gamma, beta, b) = (random(k, 13), random(k, 14), random(n, 15));
-                let norm = RowNorm {
-                    params: (&gamma, &beta),
-                    eps: 1e-5,
-                };
-                let mut normed = vec![0f32; m * k];
-                crate::fused::layer_norm_slices(&x, norm.params, norm.eps, &mut normed);
-                let plain = kernel.pack(&w, n, k).expect("packs");
-                let gated = kernel.pack_gated(&w, n / 2, k).expect("packs");
-                for (packed, bias) in [(plain, Some(&b[..])), (gated, None)] {
-                    let want = packed.matmul_add(&normed, m, bias, None);
-                    let mut got = vec![f32::NAN; want.len()];
-                    packed.normalized_into(&x, norm, m, bias, &mut got);
-                    assert_eq!(got, want, "{kernel:?} {m}x{n}x{k}");
-                    assert_eq!(packed.normalizes_rows(), kernel == Packing::Bf16Tiles);
-                }
-            }
+            crate::packed_gemm::test_support::check_normalized_equals_norm_then_product(
+                pack(kernel),
+                |w, inter, k| kernel.pack_gated(w, inter, k).expect("packs"),
+                kernel == Packing::Bf16Tiles,
+            );
         }
     }
 

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
     with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
-    PanelKernel,
+    PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -250,11 +250,14 @@ impl PackedI8 {
         }
     }
 
-    /// [`write`](PackedGemm::write) with `rows` as the buffer of quantized activations.
+    /// [`write`](PackedGemm::write) with `rows` as the buffer of quantized activations, the
+    /// rows of `x` normalized by `norm` first where given.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn write_with(
         &self,
         rows: &mut QuantizedRows,
         x: &[f32],
+        norm: Option<RowNorm<'_>>,
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -265,7 +268,7 @@ impl PackedI8 {
             Int8Kernel::Tiles => crate::amx::BLOCK,
             _ => 1,
         };
-        rows.quantize(x, (m, self.k), self.groups * 4, row_multiple);
+        rows.quantize((x, norm), (m, self.k), self.groups * 4, row_multiple);
         if self.gated {
             return write_gated_blocks(self, rows, m, GATED_MC, bias, out);
         }
@@ -290,9 +293,16 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x [m, k]` into this buffer, rows `stride` bytes apart (at least `k`, zero
-    /// past it), with room for `m` rounded up to `row_multiple` rows.
-    fn quantize(&mut self, x: &[f32], (m, k): (usize, usize), stride: usize, row_multiple: usize) {
+    /// Quantizes `x [m, k]` into this buffer, each row normalized by `norm` first where given
+    /// (in cache, never written in f32), rows `stride` bytes apart (at least `k`, zero past
+    /// it), with room for `m` rounded up to `row_multiple` rows.
+    fn quantize(
+        &mut self,
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
+        (m, k): (usize, usize),
+        stride: usize,
+        row_multiple: usize,
+    ) {
         self.stride = stride;
         self.values
             .resize(m.next_multiple_of(row_multiple) * stride);
@@ -310,7 +320,15 @@ impl QuantizedRows {
                     .zip(magnitudes.chunks_mut(stride))
                     .zip(scales.iter_mut())
                     .zip(src.chunks(k));
+                let mut normed = vec![0f32; if norm.is_some() { k } else { 0 }];
                 for (((v, a), s), x) in rows {
+                    let x = match norm {
+                        Some(n) => {
+                            crate::fused::layer_norm_row(x, n.params, n.eps, &mut normed);
+                            &normed[..]
+                        }
+                        None => x,
+                    };
                     *s = quantize_row(x, &mut v[..k], &mut a[..k]);
                     v[k..].fill(0);
                     a[k..].fill(0);
@@ -444,7 +462,25 @@ impl PanelGemm for PackedI8 {
         out: *mut f32,
     ) {
         with_thread_buffer(&QUANTIZED, |rows| {
-            self.write_with(rows, x, m, bias, residual, out)
+            self.write_with(rows, x, None, m, bias, residual, out)
+        });
+    }
+
+    /// Every int8 kernel quantizes its rows in one pass first: the norm runs in that pass.
+    fn normalizes_rows(&self) -> bool {
+        true
+    }
+
+    unsafe fn write_normalized_prepared(
+        &self,
+        x: &[f32],
+        norm: RowNorm<'_>,
+        m: usize,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        with_thread_buffer(&QUANTIZED, |rows| {
+            self.write_with(rows, x, Some(norm), m, bias, None, out)
         });
     }
 }
@@ -752,6 +788,22 @@ mod tests {
                 |w, n, k| PackedI8::pack_for(kernel, w, n, k),
                 |w, inter, k| PackedI8::pack_gated_for(kernel, w, inter, k),
                 &[(1, 5, 3), (31, 48, 64), (70, 1152, 768)],
+            );
+        }
+    }
+
+    /// Normalized rows give the LayerNorm pass's bits on every int8 kernel: each normalizes a
+    /// row as it quantizes it.
+    #[test]
+    fn normalizing_rows_while_quantizing_them_equals_normalizing_first() {
+        if skip_without_kernel() {
+            return;
+        }
+        for kernel in kernels() {
+            crate::packed_gemm::test_support::check_normalized_equals_norm_then_product(
+                |w, n, k| Box::new(PackedI8::pack_for(kernel, w, n, k)),
+                |w, inter, k| Box::new(PackedI8::pack_gated_for(kernel, w, inter, k)),
+                true,
             );
         }
     }

@@ -600,6 +600,37 @@ pub(crate) mod test_support {
             .collect()
     }
 
+    /// A product of normalized rows ([`PackedGemm::normalized_into`]) gives the same bits as
+    /// the LayerNorm pass and then the product, plain (with a bias) and gated, over one and
+    /// several row blocks; `normalizes_rows` is what the kernel says of itself.
+    pub(crate) fn check_normalized_equals_norm_then_product(
+        pack: impl Fn(&[f32], usize, usize) -> Box<dyn PackedGemm>,
+        pack_gated: impl Fn(&[f32], usize, usize) -> Box<dyn PackedGemm>,
+        normalizes_rows: bool,
+    ) {
+        for (m, n, k) in [(1, 40, 33), (300, 200, 768)] {
+            let x = random(m * k, 11);
+            let w = random(n * k, 12);
+            let (gamma, beta, b) = (random(k, 13), random(k, 14), random(n, 15));
+            let norm = super::RowNorm {
+                params: (&gamma, &beta),
+                eps: 1e-5,
+            };
+            let mut normed = vec![0f32; m * k];
+            crate::fused::layer_norm_slices(&x, norm.params, norm.eps, &mut normed);
+            for (packed, bias) in [
+                (pack(&w, n, k), Some(&b[..])),
+                (pack_gated(&w, n / 2, k), None),
+            ] {
+                let want = packed.matmul_add(&normed, m, bias, None);
+                let mut got = vec![f32::NAN; want.len()];
+                packed.normalized_into(&x, norm, m, bias, &mut got);
+                assert_eq!(got, want, "{m}x{n}x{k}, bias: {}", bias.is_some());
+                assert_eq!(packed.normalizes_rows(), normalizes_rows);
+            }
+        }
+    }
+
     /// For each `(m, inter, k)`: the gated (GEGLU) product of `pack_gated`'s weight equals the
     /// plain product of `pack`'s (the same weight) followed by the separate GELU x gate pass.
     pub(crate) fn check_gated_equals_product_then_geglu<P: PackedGemm, G: PackedGemm>(
