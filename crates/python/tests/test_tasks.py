@@ -113,6 +113,21 @@ def test_tasks_from_dicts_equal_tasks_from_the_pipeline_file(corpus, fixture_dir
                 from_file.column("sentiment_scores").to_pylist(), "scores")
 
 
+def test_a_quantized_task_gives_what_dtype_int8_gives(fixture_dir):
+    """`quantize = "int8"` on one task of an f32 `Tasks`: exactly the columns an int8 `Tasks`
+    writes for it, while the plain task keeps the f32 values."""
+    rows = pa.table({"text": ["great film", "awful, just awful", None, "it was fine"]})
+    model = str(fixture_dir / "classifier")
+    plain = {"name": "s", "kind": "classify", "model": model}
+    mixed = mbpipe.Tasks([plain, {**plain, "name": "q", "quantize": "int8"}])(rows)
+    f32 = mbpipe.Tasks([plain])(rows)
+    int8 = mbpipe.Tasks([plain], dtype="int8")(rows)
+    for suffix in ["label", "score", "scores", "truncated"]:
+        assert mixed.column(f"s_{suffix}").equals(f32.column(f"s_{suffix}")), suffix
+        assert mixed.column(f"q_{suffix}").equals(int8.column(f"s_{suffix}")), suffix
+    assert not mixed.column("q_scores").equals(mixed.column("s_scores"))
+
+
 def test_errors_are_python_exceptions_with_the_cli_messages(fixture_dir, tmp_path):
     with pytest.raises(ValueError, match="kind"):
         mbpipe.Tasks([{"name": "t", "kind": "nope", "model": str(fixture_dir / "mlm")}])
