@@ -193,6 +193,31 @@ fn validate_reports_the_plan_and_run_follows_it() {
     assert!(d.join("out/_SUCCESS").exists());
 }
 
+/// `validate` names each task's precision: the run's `--dtype`, or the task's `quantize`.
+#[test]
+fn validate_reports_each_tasks_precision() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    setup(d, &fx.model("classifier"), "", "");
+    let toml = std::fs::read_to_string(d.join("p.toml")).unwrap();
+    let quantized = format!(
+        "\n[[tasks]]\nname = \"q\"\nkind = \"classify\"\nmodel = \"{}\"\nquantize = \"int8\"\n",
+        fx.model("classifier")
+    );
+    std::fs::write(d.join("p.toml"), toml + &quantized).unwrap();
+    let report = ok(mbpipe(d, &["validate", "p.toml", "--dtype", "f32"]));
+    let task_line = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("ok: task `{name}` on")))
+            .unwrap_or_else(|| panic!("no line for task {name} in:\n{report}"))
+            .to_string()
+    };
+    assert!(task_line("c").contains("(cpu, f32;"), "{report}");
+    assert!(task_line("q").contains("(cpu, int8;"), "{report}");
+}
+
 /// A folder held by a running mbpipe (another host's fresh lock here) refuses `validate` as it
 /// refuses `run`, with the same message and exit code, touching nothing; a stale lock is
 /// reported as one the run would take over.
