@@ -211,6 +211,29 @@ fn int8_sentiment_keeps_macro_f1_and_labels_on_the_held_out_set() {
     );
 }
 
+/// The `emb_embedding` of each row of `out` whose text in `rows` is not null, in order (the
+/// fixture's `mean.{i}` numbering); the null rows' are checked null.
+fn mean_embeddings(out: &RecordBatch, rows: &[Option<String>]) -> Vec<Vec<f32>> {
+    let emb = out
+        .column_by_name("emb_embedding")
+        .unwrap()
+        .as_fixed_size_list();
+    let mut texts = Vec::new();
+    for (row, text) in rows.iter().enumerate() {
+        if text.is_none() {
+            assert!(emb.is_null(row), "row {row}: no text, yet an embedding");
+            continue;
+        }
+        texts.push(
+            emb.value(row)
+                .as_primitive::<Float32Type>()
+                .values()
+                .to_vec(),
+        );
+    }
+    texts
+}
+
 /// The fixture's texts through an int8 run: each mean embedding within [`EMBEDDING_COSINE`] of
 /// what transformers computes in f32, and the null rows still null.
 #[test]
@@ -221,27 +244,12 @@ fn int8_embeddings_stay_within_the_cosine_gate_on_the_fixture() {
     std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
     ok(mbpipe(tmp.path(), &["run", "p.toml", "--dtype", "int8"]));
     let out = read_output(&tmp.path().join("out"));
-    let emb = out
-        .column_by_name("emb_embedding")
-        .unwrap()
-        .as_fixed_size_list();
     let mut cosines = HashMap::new();
-    let mut i = 0;
-    for (row, text) in rows.iter().enumerate() {
-        if text.is_none() {
-            assert!(emb.is_null(row));
-            continue;
-        }
-        let got: Vec<f32> = emb
-            .value(row)
-            .as_primitive::<Float32Type>()
-            .values()
-            .to_vec();
+    for (i, got) in mean_embeddings(&out, &rows).into_iter().enumerate() {
         let want = fx.vec(&format!("mean.{i}")).unwrap();
         let dot: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
         let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         cosines.insert(i, dot / (norm(&got) * norm(&want)));
-        i += 1;
     }
     let worst = cosines.values().copied().fold(1f32, f32::min);
     eprintln!("int8 mean embeddings on the fixture: lowest cosine {worst:.5}");
@@ -277,17 +285,7 @@ fn quantized_tasks_in_an_f32_run_write_what_an_int8_run_writes() {
     assert_same_task_columns(&out, "embq", &int8_out, "emb");
     assert_same_task_columns(&out, "sentimentq", &int8_out, "sentiment");
 
-    let emb = out
-        .column_by_name("emb_embedding")
-        .unwrap()
-        .as_fixed_size_list();
-    let mut i = 0;
-    for (row, text) in rows.iter().enumerate() {
-        if text.is_none() {
-            continue;
-        }
-        let got = emb.value(row);
-        let got = got.as_primitive::<Float32Type>().values();
+    for (i, got) in mean_embeddings(&out, &rows).into_iter().enumerate() {
         let want = fx.vec(&format!("mean.{i}")).unwrap();
         let worst = got
             .iter()
@@ -295,7 +293,6 @@ fn quantized_tasks_in_an_f32_run_write_what_an_int8_run_writes() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(worst < 1e-4, "text {i}: f32 embedding off by {worst}");
-        i += 1;
     }
 
     let manifest: serde_json::Value =

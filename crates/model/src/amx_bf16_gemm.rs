@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
-    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
-    PanelKernel, RowNorm,
+    normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PanelGemm, PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel: two tiles of 16.
@@ -102,12 +102,10 @@ impl PackedAmxBf16 {
 
     /// [`write`](PackedGemm::write) with `a` as the buffer of activation pairs, the rows of `x`
     /// normalized by `norm` first where given.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn write_with(
         &self,
         a: &mut AlignedVec<u32>,
-        x: &[f32],
-        norm: Option<RowNorm<'_>>,
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -206,27 +204,21 @@ impl LazyPairs {
             // SAFETY: the norm's parameters are `[k]` and outlive the product.
             let norm = self.norm.map(|(w, b, eps)| unsafe {
                 let k = self.k;
-                (
-                    (
+                RowNorm {
+                    params: (
                         std::slice::from_raw_parts(w, k),
                         std::slice::from_raw_parts(b, k),
                     ),
                     eps,
-                )
+                }
             });
-            let mut normed = vec![0f32; if norm.is_some() { self.k } else { 0 }];
+            let mut normed = Vec::new();
             for (i, s) in src.chunks(self.k).enumerate() {
                 let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
                 // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
                 // there would not vanish.
                 let row = &mut group[(i % TILE_ROWS) * KB..];
-                let s = match norm {
-                    Some((params, eps)) => {
-                        crate::fused::layer_norm_row(s, params, eps, &mut normed);
-                        &normed[..]
-                    }
-                    None => s,
-                };
+                let s = normalized_row(norm, s, &mut normed);
                 crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
             }
         });
@@ -308,32 +300,18 @@ impl PanelGemm for PackedAmxBf16 {
 
     unsafe fn write_prepared(
         &self,
-        x: &[f32],
+        rows: (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        with_thread_buffer(&PAIRS, |a| {
-            self.write_with(a, x, None, m, bias, residual, out)
-        });
+        with_thread_buffer(&PAIRS, |a| self.write_with(a, rows, m, bias, residual, out));
     }
 
+    /// Rows are normalized as each block is converted.
     fn normalizes_rows(&self) -> bool {
         true
-    }
-
-    unsafe fn write_normalized_prepared(
-        &self,
-        x: &[f32],
-        norm: RowNorm<'_>,
-        m: usize,
-        bias: Option<&[f32]>,
-        out: *mut f32,
-    ) {
-        with_thread_buffer(&PAIRS, |a| {
-            self.write_with(a, x, Some(norm), m, bias, None, out)
-        });
     }
 }
 

@@ -202,12 +202,13 @@ impl PanelGemm for PackedWeight {
 
     unsafe fn write_prepared(
         &self,
-        x: &[f32],
+        (x, norm): (&[f32], Option<crate::packed_gemm::RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
+        debug_assert!(norm.is_none(), "this kernel does not normalize rows");
         with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
     }
 }

@@ -23,8 +23,8 @@ use rayon::prelude::*;
 
 use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
-    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
-    PanelKernel, RowNorm,
+    normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PanelGemm, PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -252,12 +252,10 @@ impl PackedI8 {
 
     /// [`write`](PackedGemm::write) with `rows` as the buffer of quantized activations, the
     /// rows of `x` normalized by `norm` first where given.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn write_with(
         &self,
         rows: &mut QuantizedRows,
-        x: &[f32],
-        norm: Option<RowNorm<'_>>,
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -320,15 +318,9 @@ impl QuantizedRows {
                     .zip(magnitudes.chunks_mut(stride))
                     .zip(scales.iter_mut())
                     .zip(src.chunks(k));
-                let mut normed = vec![0f32; if norm.is_some() { k } else { 0 }];
+                let mut normed = Vec::new();
                 for (((v, a), s), x) in rows {
-                    let x = match norm {
-                        Some(n) => {
-                            crate::fused::layer_norm_row(x, n.params, n.eps, &mut normed);
-                            &normed[..]
-                        }
-                        None => x,
-                    };
+                    let x = normalized_row(norm, x, &mut normed);
                     *s = quantize_row(x, &mut v[..k], &mut a[..k]);
                     v[k..].fill(0);
                     a[k..].fill(0);
@@ -455,33 +447,20 @@ impl PanelGemm for PackedI8 {
 
     unsafe fn write_prepared(
         &self,
-        x: &[f32],
+        x: (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
         with_thread_buffer(&QUANTIZED, |rows| {
-            self.write_with(rows, x, None, m, bias, residual, out)
+            self.write_with(rows, x, m, bias, residual, out)
         });
     }
 
     /// Every int8 kernel quantizes its rows in one pass first: the norm runs in that pass.
     fn normalizes_rows(&self) -> bool {
         true
-    }
-
-    unsafe fn write_normalized_prepared(
-        &self,
-        x: &[f32],
-        norm: RowNorm<'_>,
-        m: usize,
-        bias: Option<&[f32]>,
-        out: *mut f32,
-    ) {
-        with_thread_buffer(&QUANTIZED, |rows| {
-            self.write_with(rows, x, Some(norm), m, bias, None, out)
-        });
     }
 }
 

@@ -133,10 +133,7 @@ impl Linear {
     /// product (one pass and one allocation fewer per residual connection); candle adds after.
     pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if let Some((weight, bias)) = self.packed() {
-            let mut out_dims = x.dims().to_vec();
-            if let Some(last) = out_dims.last_mut() {
-                *last = weight.out_features();
-            }
+            let out_dims = product_dims(x, weight.out_features());
             if residual.dtype() == DType::F32 && residual.dims() == out_dims.as_slice() {
                 let residual = residual.contiguous()?;
                 let k = weight.in_features();
@@ -303,10 +300,7 @@ fn packed_reusing(
     buffer: &mut Option<Tensor>,
 ) -> Result<Tensor> {
     let (k, n) = (weight.in_features(), weight.out_features());
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = n;
-    }
+    let out_dims = product_dims(x, n);
     if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == out_dims.as_slice()) {
         let m = x.elem_count() / k.max(1);
         let x = x.to_dtype(DType::F32)?.contiguous()?;
@@ -320,6 +314,15 @@ fn packed_reusing(
     let y = on_f32_rows(x, k, n, |rows, m| weight.matmul_add(rows, m, bias, None))?;
     *buffer = Some(y.clone());
     Ok(y)
+}
+
+/// The dimensions of `x`'s product with a weight of `n` outputs: `x`'s, the last one `n`.
+fn product_dims(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    dims
 }
 
 /// `norm(x)` through a packed weight by [`PackedGemm::normalized_into`], written into `buffer`
@@ -342,10 +345,7 @@ fn packed_normalized_reusing(
     let x = x.contiguous()?;
     let (k, n) = (weight.in_features(), weight.out_features());
     let m = x.elem_count() / k.max(1);
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = n;
-    }
+    let out_dims = product_dims(&x, n);
     if buffer
         .as_ref()
         .is_none_or(|b| b.dims() != out_dims.as_slice())

@@ -200,13 +200,14 @@ pub(crate) trait PanelGemm: PanelKernel + Send + Sync {
     fn runs_here(&self) -> bool;
 
     /// [`PackedGemm::write`] after the arguments were checked, with this thread's buffer for the
-    /// prepared activations.
+    /// prepared activations: the rows of `x`, each normalized by the norm as it is prepared
+    /// where one is given (only to kernels that [`normalizes_rows`](Self::normalizes_rows)).
     ///
     /// # Safety
     /// As [`PackedGemm::write`]'s.
     unsafe fn write_prepared(
         &self,
-        x: &[f32],
+        rows: (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -217,22 +218,18 @@ pub(crate) trait PanelGemm: PanelKernel + Send + Sync {
     fn normalizes_rows(&self) -> bool {
         false
     }
+}
 
-    /// [`PackedGemm::normalized_into`] after the arguments were checked; kernels that
-    /// [`normalizes_rows`](Self::normalizes_rows) override it.
-    ///
-    /// # Safety
-    /// As [`PackedGemm::write`]'s.
-    unsafe fn write_normalized_prepared(
-        &self,
-        x: &[f32],
-        norm: RowNorm<'_>,
-        m: usize,
-        bias: Option<&[f32]>,
-        out: *mut f32,
-    ) {
-        self.write_prepared(&normalized(x, norm), m, bias, None, out)
-    }
+/// `row`, or its normalization by `norm` in `scratch`: a kernel's rows as it prepares them.
+pub(crate) fn normalized_row<'r>(
+    norm: Option<RowNorm<'_>>,
+    row: &'r [f32],
+    scratch: &'r mut Vec<f32>,
+) -> &'r [f32] {
+    let Some(norm) = norm else { return row };
+    scratch.resize(row.len(), 0.0);
+    crate::fused::layer_norm_row(row, norm.params, norm.eps, scratch);
+    scratch
 }
 
 impl<T: PanelGemm> PackedGemm for T {
@@ -260,7 +257,7 @@ impl<T: PanelGemm> PackedGemm for T {
     ) {
         assert!(self.runs_here(), "this CPU lacks the kernel's instructions");
         if checked_write_args(self.shape(), x, m, bias, residual) {
-            self.write_prepared(x, m, bias, residual, out);
+            self.write_prepared((x, None), m, bias, residual, out);
         }
     }
 
@@ -283,9 +280,17 @@ impl<T: PanelGemm> PackedGemm for T {
             "norm is not [{k}]"
         );
         assert!(self.runs_here(), "this CPU lacks the kernel's instructions");
-        if checked_write_args(self.shape(), x, m, bias, None) {
-            // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
-            unsafe { self.write_normalized_prepared(x, norm, m, bias, out.as_mut_ptr()) }
+        if !checked_write_args(self.shape(), x, m, bias, None) {
+            return;
+        }
+        let out = out.as_mut_ptr();
+        // SAFETY: `out` is `[m, n]` and, borrowed mutably, aliases no input.
+        unsafe {
+            if PanelGemm::normalizes_rows(self) {
+                self.write_prepared((x, Some(norm)), m, bias, None, out)
+            } else {
+                self.write_prepared((&normalized(x, norm), None), m, bias, None, out)
+            }
         }
     }
 }

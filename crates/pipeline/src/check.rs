@@ -33,11 +33,8 @@ pub fn check(opts: &RunOptions) -> Result<Vec<String>, PipelineError> {
         .first()
         .ok_or_else(|| PipelineError::Invalid("no device to run the models on".into()))?;
     let dev = device.open()?;
-    let loaded: Vec<LoadedModel> = models
-        .models
-        .iter()
-        .enumerate()
-        .map(|(m, _)| models.load(m, &dev, opts.precision))
+    let loaded: Vec<LoadedModel> = (0..models.models.len())
+        .map(|m| models.load(m, &dev, opts.precision))
         .collect::<Result<_, _>>()?;
     let bound = bind_tasks(&plan.pipeline, models, &loaded)?;
     let shape = row_shape(
