@@ -89,7 +89,7 @@ fn fused_attention(c: &mut Criterion) {
             AttentionKind::Global => &global_rope,
             _ => &local_rope,
         };
-        let run = || attend_fused(&qkv, cos, sin, &batch, *kind, common::HEADS).unwrap();
+        let run = || attend_fused(&qkv, cos, sin, &batch, *kind, common::HEADS, false).unwrap();
         if run().is_none() {
             eprintln!(
                 "fused_attention/{kind_name}/{name}: SKIPPED (fused kernel off: \

@@ -1,7 +1,7 @@
 //! End-to-end tests of the `mbpipe` binary, as one test binary.
 
 mod bad_input;
-mod int8;
+mod low_precision;
 mod object_storage;
 mod output_folder;
 mod output_formats;

@@ -13,6 +13,7 @@ struct Line([u8; 64]);
 pub(crate) trait Plain: Copy {}
 impl Plain for u32 {}
 impl Plain for i8 {}
+impl Plain for f32 {}
 
 /// `len` values of `T` on whole cache lines, zero-initialised.
 pub(crate) struct AlignedVec<T: Plain> {

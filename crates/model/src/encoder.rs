@@ -10,11 +10,10 @@ use crate::attention::attend_with;
 use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::error::{ModelError, Result};
-use crate::fused_attention::{attend_qkv, RopeTables};
+use crate::fused_attention::{attend_qkv, AttentionProducts, RopeTables};
 use crate::kernel::AttentionKernel;
 use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::profile::timed;
-use crate::simd::Cpu;
 use crate::weights::Weights;
 
 /// Positions the RoPE tables cover at load; they grow when a longer sequence comes (up to the
@@ -140,8 +139,9 @@ pub struct Encoder {
     dtype: DType,
     /// The attention kernel of the candle path (set by the model after its load-time check).
     kernel: AttentionKernel,
-    /// The fused CPU attention's instructions (`None`: the candle path), chosen at load.
-    fused_attention: Option<Cpu>,
+    /// What the fused CPU attention's products run on (`None`: the candle path), chosen at
+    /// load.
+    fused_attention: Option<AttentionProducts>,
 }
 
 impl Encoder {
@@ -205,7 +205,7 @@ impl Encoder {
             device: device.clone(),
             dtype,
             kernel: crate::kernel::choose(device, dtype, config.head_dim()),
-            fused_attention: w.cpu_kernels().attention,
+            fused_attention: w.attention_products(),
         })
     }
 
@@ -337,14 +337,14 @@ impl Encoder {
             sin: &rotary.sin_f32,
         };
         let fused = match self.fused_attention {
-            Some(isa) => timed(4, || {
+            Some(products) => timed(4, || {
                 attend_qkv(
                     &qkv,
                     &rope,
                     batch,
                     layer.kind,
                     heads,
-                    isa,
+                    products,
                     &mut scratch.attn,
                 )
             })?,

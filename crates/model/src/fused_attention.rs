@@ -21,6 +21,30 @@ use crate::error::Result;
 use crate::layers::with_f32_slice_mut;
 use crate::simd::Cpu;
 
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+
+/// What the fused attention's two products (QKᵀ and PV) run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttentionProducts {
+    /// f32 on the micro-kernels of this vector ISA ([`Cpu::Other`]: the generic path).
+    F32(Cpu),
+    /// bf16 operands with f32 sums on AMX tiles (`--dtype bf16` where the CPU has AMX-BF16;
+    /// RoPE and softmax stay f32, on AVX-512); heads whose size is not a multiple of 32 take
+    /// the AVX-512 f32 kernels.
+    Bf16Tiles,
+}
+
+impl AttentionProducts {
+    /// The vector ISA of everything around the products.
+    fn vector_isa(self) -> Cpu {
+        match self {
+            AttentionProducts::F32(isa) => isa,
+            AttentionProducts::Bf16Tiles => Cpu::Avx512,
+        }
+    }
+}
+
 /// How many `qkv` rows ahead the gather prefetches.
 const PREFETCH_ROWS: usize = 4;
 
@@ -35,8 +59,8 @@ pub(crate) struct RopeTables<'a> {
 }
 
 /// Attention of a packed batch from `qkv [tokens, 3 * hidden]` (Q, K, V each laid out as
-/// `heads x head_dim`), RoPE at `batch.position_ids`, on the micro-kernels of `isa` (the
-/// model's choice at load; [`Cpu::Other`]: the generic path); returns `[tokens, hidden]`.
+/// `heads x head_dim`), RoPE at `batch.position_ids`, its products on `products` (the model's
+/// choice at load); returns `[tokens, hidden]`.
 /// `None` when `qkv` is not a contiguous f32 CPU tensor; the caller then takes the candle path.
 /// The result is written into `buffer` while it holds an f32 tensor of its shape (every value
 /// is overwritten; a fresh 12 MiB output per layer was mapped and zeroed anew), otherwise into
@@ -47,7 +71,7 @@ pub(crate) fn attend_qkv(
     batch: &PackedBatch,
     kind: AttentionKind,
     heads: usize,
-    isa: Cpu,
+    products: AttentionProducts,
     buffer: &mut Option<Tensor>,
 ) -> Result<Option<Tensor>> {
     if qkv.dtype() != DType::F32 || !qkv.device().is_cpu() {
@@ -75,7 +99,7 @@ pub(crate) fn attend_qkv(
         head_dim,
         heads,
     };
-    let attend = |out: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, isa, out);
+    let attend = |out: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, products, out);
     if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == [t, hidden]) {
         if with_f32_slice_mut(buf, attend)?.is_some() {
             return Ok(Some(buf.clone()));
@@ -98,6 +122,8 @@ struct Inputs<'a> {
     scale: f32,
     /// Whose micro-kernels run (the caller checked that the CPU has them).
     isa: Cpu,
+    /// Whether the products run on AMX tiles (the caller checked that the CPU has them).
+    tiles: bool,
 }
 
 /// One head of one sequence, gathered into contiguous `[len, head_dim]` buffers, with RoPE
@@ -123,7 +149,7 @@ fn attend_slices(
     batch: &PackedBatch,
     kind: AttentionKind,
     shape: Shape,
-    isa: Cpu,
+    products: AttentionProducts,
     out: &mut [f32],
 ) {
     assert_eq!(out.len(), batch.num_tokens() * shape.hidden);
@@ -134,7 +160,8 @@ fn attend_slices(
         positions: &batch.position_ids,
         rope,
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
-        isa,
+        isa: products.vector_isa(),
+        tiles: products == AttentionProducts::Bf16Tiles,
     };
     tasks.par_iter().for_each(|task| {
         let dst = &dst;
@@ -246,6 +273,14 @@ impl HeadTask {
     }
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
+        #[cfg(target_arch = "x86_64")]
+        if inputs.tiles && tiles::supports(shape.head_dim) {
+            // SAFETY: as below; `tiles` only where the CPU and OS run AMX-BF16 (the model's
+            // load checked).
+            return crate::packed_gemm::with_thread_buffer(&TILE_SCRATCH, |scratch| unsafe {
+                tiles::run(self, inputs, dst, kind, shape, scratch)
+            });
+        }
         #[cfg(target_arch = "x86_64")]
         if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) && inputs.isa != Cpu::Other {
             // The scratch is taken out here: a closure inside the target-feature code would not
@@ -385,6 +420,11 @@ impl HeadScratch {
 
 thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static TILE_SCRATCH: std::cell::RefCell<tiles::Scratch> = std::cell::RefCell::new(tiles::Scratch::default());
 }
 
 /// Queries `q0..q0 + qn` of one head of one sequence `seq`.
@@ -979,26 +1019,59 @@ mod tests {
                 .unwrap()
         };
         let (qc, kc, vc) = (rot(0), rot(1), split.get(2).unwrap());
+        // The tiles multiply Q, K and V rounded to bf16 (after RoPE); rounded first, the f32
+        // path is their reference.
+        let round = |x: &Tensor| {
+            x.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let (qr, kr, vr) = (round(&qc), round(&kc), round(&vc));
+        let tiles = crate::amx_bf16_gemm::available();
+        if !tiles {
+            eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
+        }
         for kind in [
             AttentionKind::Global,
             AttentionKind::Local { half_window: 3 },
             AttentionKind::Local { half_window: 64 },
             AttentionKind::Local { half_window: 200 },
         ] {
-            let reference = crate::attention::attend(&qc, &kc, &vc, &batch, kind)
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .reshape((t, hidden))
-                .unwrap();
-            // Every variant this host executes, and the generic path, against the reference,
-            // written into a reused buffer of NaNs: every value must be overwritten.
-            for isa in crate::simd::executable().into_iter().chain([Cpu::Other]) {
+            let reference = |q: &Tensor, k: &Tensor, v: &Tensor| {
+                crate::attention::attend(q, k, v, &batch, kind)
+                    .unwrap()
+                    .transpose(0, 1)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((t, hidden))
+                    .unwrap()
+            };
+            let exact = reference(&qc, &kc, &vc);
+            // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
+            let f32_tolerance = 4e-6 * max_abs(&exact).max(1.0);
+            // Every variant this host executes, and the generic path, against the reference.
+            let mut runs: Vec<(AttentionProducts, Tensor, f32)> = crate::simd::executable()
+                .into_iter()
+                .chain([Cpu::Other])
+                .map(|isa| (AttentionProducts::F32(isa), exact.clone(), f32_tolerance))
+                .collect();
+            if tiles && tiles::supports(head_dim) {
+                // Besides the rounding of Q, K and V, the tiles round each probability to bf16
+                // (relative error 2^-9): the output moves by at most 2^-9 of the largest |v|.
+                let rounded = reference(&qr, &kr, &vr);
+                let tolerance = 2f32.powi(-8) * max_abs(&vc);
+                runs.push((AttentionProducts::Bf16Tiles, rounded, tolerance));
+            } else if tiles {
+                // Heads of other sizes take the AVX-512 f32 kernels.
+                runs.push((AttentionProducts::Bf16Tiles, exact.clone(), f32_tolerance));
+            }
+            for (products, expected, tolerance) in runs {
+                // Written into a reused buffer of NaNs: every value must be overwritten.
                 let nans = Tensor::full(f32::NAN, (t, hidden), &dev).unwrap();
                 let mut buffer = Some(nans.clone());
-                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, isa, &mut buffer)
+                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut buffer)
                     .unwrap()
                     .expect("f32 CPU input takes the fused path");
                 assert_eq!(
@@ -1008,12 +1081,10 @@ mod tests {
                 );
                 let values = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert!(values.iter().all(|v| v.is_finite()), "a NaN was left");
-                let diff = max_abs(&(&fused - &reference).unwrap());
-                // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
-                let tolerance = 4e-6 * max_abs(&reference).max(1.0);
+                let diff = max_abs(&(&fused - &expected).unwrap());
                 assert!(
                     diff < tolerance,
-                    "{kind:?} on {isa:?}: max diff {diff} (tolerance {tolerance})"
+                    "{kind:?} on {products:?}: max diff {diff} (tolerance {tolerance})"
                 );
             }
         }
@@ -1024,7 +1095,7 @@ mod tests {
             &batch,
             AttentionKind::Global,
             heads,
-            Cpu::Other,
+            AttentionProducts::F32(Cpu::Other),
             &mut None
         )
         .unwrap()

@@ -70,7 +70,8 @@ pub mod internals {
     }
 
     /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
-    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices.
+    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices; the products on AMX tiles in
+    /// bf16 when `bf16_tiles` and the CPU has them, in f32 otherwise.
     pub fn attend_fused(
         qkv: &crate::Tensor,
         cos: &[f32],
@@ -78,17 +79,16 @@ pub mod internals {
         batch: &crate::PackedBatch,
         kind: crate::AttentionKind,
         heads: usize,
+        bf16_tiles: bool,
     ) -> crate::Result<Option<crate::Tensor>> {
+        use crate::fused_attention::AttentionProducts;
         let rope = crate::fused_attention::RopeTables { cos, sin };
-        crate::fused_attention::attend_qkv(
-            qkv,
-            &rope,
-            batch,
-            kind,
-            heads,
-            crate::simd::cpu(),
-            &mut None,
-        )
+        let products = if bf16_tiles && crate::amx_bf16_gemm::available() {
+            AttentionProducts::Bf16Tiles
+        } else {
+            AttentionProducts::F32(crate::simd::cpu())
+        };
+        crate::fused_attention::attend_qkv(qkv, &rope, batch, kind, heads, products, &mut None)
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Overrides {
     pub bf16_gemm: bool,
     /// `MBPIPE_AMX=0`: no AMX tiles; bf16 on the AVX512-BF16 kernel (A/B measurements).
     pub amx: bool,
+    /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
+    /// (A/B measurements).
+    pub bf16_attention: bool,
     /// `MBPIPE_GPU_ATTENTION=per-sequence`: per-sequence candle attention on GPUs.
     pub gpu_batched_attention: bool,
     /// `MBPIPE_REQUIRE_GPU=1`: GPU test skips and failed load-time kernel checks are errors.
@@ -41,6 +44,7 @@ impl Overrides {
             fused_attention: not_zero("MBPIPE_FUSED_ATTENTION"),
             bf16_gemm: not_zero("MBPIPE_BF16_GEMM"),
             amx: not_zero("MBPIPE_AMX"),
+            bf16_attention: not_zero("MBPIPE_BF16_ATTENTION"),
             gpu_batched_attention: lookup("MBPIPE_GPU_ATTENTION")
                 .is_none_or(|v| v.trim() != "per-sequence"),
             require_gpu: require_gpu_value(lookup(REQUIRE_GPU_ENV).as_deref()),
@@ -125,6 +129,7 @@ mod tests {
             fused_attention: true,
             bf16_gemm: true,
             amx: true,
+            bf16_attention: true,
             gpu_batched_attention: true,
             require_gpu: false,
         };
@@ -140,10 +145,12 @@ mod tests {
             ("MBPIPE_FUSED_ATTENTION", "0"),
             ("MBPIPE_BF16_GEMM", " 0 "),
             ("MBPIPE_AMX", "0"),
+            ("MBPIPE_BF16_ATTENTION", "0"),
             ("MBPIPE_GPU_ATTENTION", "per-sequence"),
             ("MBPIPE_REQUIRE_GPU", "yes"),
         ]);
         assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
+        assert!(!off.bf16_attention);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);

@@ -7,6 +7,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::fused_attention::AttentionProducts;
 use crate::overrides::CpuKernels;
 use crate::packed_gemm::Packing;
 
@@ -100,14 +101,23 @@ impl Weights {
         }
     }
 
+    /// What the fused attention's products run on (`None`: candle's attention): AMX tiles where
+    /// the linear layers do (`--dtype bf16` on AMX-BF16) unless `MBPIPE_BF16_ATTENTION=0`, f32
+    /// on the vector units otherwise.
+    pub(crate) fn attention_products(&self) -> Option<AttentionProducts> {
+        let isa = self.cpu_kernels.attention?;
+        let tiles = self.weight_precision == WeightPrecision::Bf16Tiles
+            && crate::overrides::Overrides::get().bf16_attention;
+        Some(if tiles {
+            AttentionProducts::Bf16Tiles
+        } else {
+            AttentionProducts::F32(isa)
+        })
+    }
+
     /// Sets the CPU kernels the model's layers are built for.
     pub(crate) fn set_cpu_kernels(&mut self, kernels: CpuKernels) {
         self.cpu_kernels = kernels;
-    }
-
-    /// The CPU kernels the model's layers are built for.
-    pub(crate) fn cpu_kernels(&self) -> CpuKernels {
-        self.cpu_kernels
     }
 
     /// An encoder tensor (`embeddings.*`, `layers.*`, `final_norm.*`), prefix applied.

@@ -1,0 +1,357 @@
+//! The attention's two products on AMX tiles, for `--dtype bf16` on CPUs with AMX-BF16.
+//!
+//! In f32 the attention was a quarter of a bf16 forward on short texts, for 3% of its
+//! arithmetic: its products ran on the vector units while the linear layers ran on the tiles.
+//! Here one pass over the sequence's `qkv` rows rotates Q and K in f32 (as the f32 kernels do)
+//! and rounds Q, K and V to bf16 straight into the layouts the tiles load; then for each block
+//! of 32 queries, QKᵀ is one 32 × 32 tile product per block of 32 keys (f32 sums), the softmax
+//! runs on those f32 scores, the probabilities are rounded to bf16, and PV is one tile product
+//! per 32 columns of the head over the keys the block sees. The result is scaled by each row's
+//! 1 / Σ and written in f32. This is the precision of transformers' bf16 attention (bf16
+//! operands, f32 sums and softmax). A local layer's block multiplies only the key blocks its
+//! band reaches, and each row's softmax masks the keys outside its own band.
+
+use std::arch::x86_64::*;
+
+use super::{simd, HeadTask, Inputs, Row, Shape, SharedOut, PREFETCH_ROWS};
+use crate::aligned::AlignedVec;
+use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
+use crate::config::AttentionKind;
+
+/// Queries per tile product (two A tiles), and keys per block (two B tiles of QKᵀ, one k step
+/// of PV).
+const ROWS: usize = BLOCK;
+/// bf16 pairs in one tile: 16 rows of 64 bytes.
+const TILE_WORDS: usize = TILE_ROWS * TILE_BYTES / 4;
+
+/// Whether the tile path takes a head of this size (whole tiles of head columns).
+pub(super) fn supports(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(ROWS)
+}
+
+/// One head of one sequence in the tiles' layouts, and a query block's scores, reused by the
+/// tasks that run on one thread.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// Q, rotated and scaled: `[rows padded to 32][head_dim / 2]` pairs along the head.
+    q: AlignedVec<u32>,
+    /// Kᵀ, rotated: per block of 32 keys, per 32 head columns, two B tiles (keys 0-15, 16-31)
+    /// of 16 pairs of head columns × 16 keys.
+    k: AlignedVec<u32>,
+    /// V: per block of 32 keys, per 16 head columns, one B tile of 16 pairs of keys × 16
+    /// columns.
+    v: AlignedVec<u32>,
+    /// A rotated Q and K row in f32, then a row of zeros (the V row past an odd end).
+    rotated: Vec<f32>,
+    /// `[32][stride]` scores of a query block.
+    scores: AlignedVec<f32>,
+    /// The same rows' probabilities as bf16 pairs along the keys.
+    probs: AlignedVec<u32>,
+}
+
+/// The sizes of one head's buffers.
+#[derive(Clone, Copy)]
+struct Layout {
+    head_dim: usize,
+    /// Words per key block of K and of V (32 keys × head_dim bf16).
+    block_words: usize,
+}
+
+impl Layout {
+    fn new(head_dim: usize) -> Self {
+        Layout {
+            head_dim,
+            block_words: ROWS * head_dim / 2,
+        }
+    }
+
+    /// Pairs per Q row.
+    fn q_words(self) -> usize {
+        self.head_dim / 2
+    }
+}
+
+/// Runs one head of one sequence (see the module's comment).
+///
+/// # Safety
+/// [`crate::amx_bf16_gemm::available`] said yes; `supports(shape.head_dim)`; the task's rows and
+/// head columns lie inside `qkv` and the output, and this task alone writes its part.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn run(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    kind: AttentionKind,
+    shape: Shape,
+    scratch: &mut Scratch,
+) {
+    let len = task.seq.len();
+    let layout = Layout::new(shape.head_dim);
+    let (rows, blocks) = (len.next_multiple_of(ROWS), len.div_ceil(ROWS));
+    scratch.q.resize(rows * layout.q_words());
+    scratch.k.resize(blocks * layout.block_words);
+    scratch.v.resize(blocks * layout.block_words);
+    scratch.rotated.resize(3 * shape.head_dim, 0.0);
+    gather(task, inputs, shape, layout, scratch);
+    crate::amx::with_tiles(|| {
+        for r0 in (0..len).step_by(ROWS) {
+            attend_block(task, r0, kind, shape, layout, scratch, dst);
+        }
+    });
+}
+
+/// Rotates, rounds and places the head's Q, K and V rows (see [`Scratch`]); V's pairs past the
+/// sequence's end are zero (their probabilities are, and 0 · NaN would not be).
+#[inline(always)]
+unsafe fn gather(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    shape: Shape,
+    layout: Layout,
+    scratch: &mut Scratch,
+) {
+    let Shape {
+        hidden, head_dim, ..
+    } = shape;
+    let Scratch {
+        q, k, v, rotated, ..
+    } = scratch;
+    let (q_rot, rest) = rotated.split_at_mut(head_dim);
+    let (k_rot, zero) = rest.split_at_mut(head_dim);
+    zero.fill(0.0);
+    let len = task.seq.len();
+    for j in (0..len).step_by(2) {
+        // Keys j and j + 1 (zeros past the end) make one row of pairs of each V tile.
+        let mut values = [zero.as_ptr(); 2];
+        for (i, value) in values.iter_mut().enumerate().take(len - j) {
+            let t = task.seq.start + j + i;
+            if t + PREFETCH_ROWS < task.seq.end {
+                simd::prefetch_row(task.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
+            }
+            let Row { src, cos, sin } = task.row(inputs, shape, t);
+            simd::rotate::<simd::Avx512>(&src[..head_dim], q_rot, cos, sin, inputs.scale);
+            simd::rotate::<simd::Avx512>(&src[hidden..hidden + head_dim], k_rot, cos, sin, 1.0);
+            let q_row = q.as_mut_ptr().add((j + i) * layout.q_words());
+            for c in (0..head_dim).step_by(32) {
+                _mm512_storeu_si512(q_row.add(c / 2).cast(), pairs(q_rot.as_ptr().add(c)));
+            }
+            scatter_key(k.as_mut_ptr(), j + i, k_rot, layout);
+            *value = src[2 * hidden..2 * hidden + head_dim].as_ptr();
+        }
+        let pair = v_pair(v.as_mut_ptr(), j / 2, layout);
+        for c in (0..head_dim).step_by(16) {
+            let lo = _mm512_loadu_ps(values[0].add(c));
+            let hi = _mm512_loadu_ps(values[1].add(c));
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let interleaved = _mm512_permutexvar_epi16(interleave_index(), both);
+            _mm512_storeu_si512(pair.add(c / 16 * TILE_WORDS).cast(), interleaved);
+        }
+    }
+    let pairs = len.div_ceil(2);
+    for pair in pairs..pairs.next_multiple_of(TILE_ROWS) {
+        let row = v_pair(v.as_mut_ptr(), pair, layout);
+        for c in (0..head_dim).step_by(16) {
+            std::ptr::write_bytes(row.add(c / 16 * TILE_WORDS), 0, 16);
+        }
+    }
+}
+
+/// Where V's pair of keys `2 * pair`, `2 * pair + 1` starts: row `pair % 16` of the first
+/// tile of its block (the tiles of the next 16 columns follow one tile apart).
+#[inline(always)]
+unsafe fn v_pair(v: *mut u32, pair: usize, layout: Layout) -> *mut u32 {
+    let (block, row) = (pair / TILE_ROWS, pair % TILE_ROWS);
+    v.add(block * layout.block_words + row * 16)
+}
+
+/// 32 f32 at `src` as 16 bf16 pairs (rounded to nearest even).
+#[inline(always)]
+unsafe fn pairs(src: *const f32) -> __m512i {
+    let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
+    std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+}
+
+/// The permutation of 32 bf16 that puts `x[i]` and `x[16 + i]` side by side as pair `i`.
+#[inline(always)]
+unsafe fn interleave_index() -> __m512i {
+    let mut index = [0i16; 32];
+    for (i, pair) in index.chunks_exact_mut(2).enumerate() {
+        pair[0] = i as i16;
+        pair[1] = 16 + i as i16;
+    }
+    _mm512_loadu_si512(index.as_ptr().cast())
+}
+
+/// Key `j`'s rotated row as column `j % 16` of its B tiles: pair `p` of head columns goes to
+/// row `p % 16` of the tile for columns `32 * (p / 16)..`.
+#[inline(always)]
+unsafe fn scatter_key(k: *mut u32, j: usize, k_rot: &[f32], layout: Layout) {
+    let (block, in_block) = (j / ROWS, j % ROWS);
+    let base = k.add(block * layout.block_words + in_block / 16 * TILE_WORDS + in_block % 16);
+    // Tile row r starts 16 words after row r - 1.
+    let rows = _mm512_slli_epi32::<4>(_mm512_set_epi32(
+        15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
+    ));
+    for c in (0..layout.head_dim).step_by(32) {
+        let tile = base.add(c / 32 * 2 * TILE_WORDS);
+        _mm512_i32scatter_epi32::<4>(tile.cast(), rows, pairs(k_rot.as_ptr().add(c)));
+    }
+}
+
+/// Queries `r0..r0 + 32` (those inside the sequence) of the task's head. A function of its own
+/// with the features (not inlined): it runs inside the tile configuration's closure, which
+/// would not inherit them.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn attend_block(
+    task: &HeadTask,
+    r0: usize,
+    kind: AttentionKind,
+    shape: Shape,
+    layout: Layout,
+    scratch: &mut Scratch,
+    dst: &SharedOut,
+) {
+    let len = task.seq.len();
+    let rows = ROWS.min(len - r0);
+    // The key blocks the block's rows see.
+    let (k0, k1) = match kind {
+        AttentionKind::Global => (0, len),
+        AttentionKind::Local { half_window: w } => (r0.saturating_sub(w), (r0 + rows + w).min(len)),
+    };
+    let (b0, b1) = (k0 / ROWS, k1.div_ceil(ROWS));
+    let stride = (b1 - b0) * ROWS;
+    let Scratch {
+        q,
+        k,
+        v,
+        scores,
+        probs,
+        ..
+    } = scratch;
+    scores.resize(ROWS * stride);
+    probs.resize(ROWS * stride / 2);
+    // QKᵀ: every score of the 32 rows × the blocks' keys (each store covers a 32 × 32 block).
+    let q_rows = q.as_ptr().add(r0 * layout.q_words()).cast::<u8>();
+    let q_bytes = layout.q_words() * 4;
+    let a = (q_rows, q_rows.add(TILE_ROWS * q_bytes), q_bytes, TILE_BYTES);
+    let steps = layout.head_dim / ROWS;
+    for b in b0..b1 {
+        let keys = k.as_ptr().add(b * layout.block_words).cast::<u8>();
+        let tiles = (
+            keys,
+            keys.add(TILE_WORDS * 4),
+            TILE_BYTES,
+            2 * TILE_WORDS * 4,
+        );
+        let c = scores.as_mut_ptr().add((b - b0) * ROWS);
+        let out = (c, c.add(TILE_ROWS * stride), stride * 4);
+        crate::amx::product_bf16(a, tiles, steps, out);
+    }
+    // Softmax of each row over its band, left unnormalised; rounded to bf16 pairs.
+    let mut inv_sums = [0f32; ROWS];
+    for (r, inv) in inv_sums.iter_mut().enumerate().take(rows) {
+        let i = r0 + r;
+        let (lo, hi) = match kind {
+            AttentionKind::Global => (0, len),
+            AttentionKind::Local { half_window: w } => (i.saturating_sub(w), (i + w + 1).min(len)),
+        };
+        let row = scores.as_ptr().add(r * stride);
+        let p = probs.as_mut_ptr().add(r * stride / 2);
+        *inv = softmax_row(row, stride, lo - b0 * ROWS, hi - b0 * ROWS, p);
+    }
+    // PV, 32 head columns at a time, over the blocks' keys; rows scaled by 1 / Σ on the way out.
+    let p_rows = probs.as_ptr().cast::<u8>();
+    let p_bytes = stride * 2;
+    let a = (p_rows, p_rows.add(TILE_ROWS * p_bytes), p_bytes, TILE_BYTES);
+    let mut sums = Accumulators([0f32; BLOCK * BLOCK]);
+    for c0 in (0..layout.head_dim).step_by(ROWS) {
+        let values = v
+            .as_ptr()
+            .add(b0 * layout.block_words + c0 / 16 * TILE_WORDS)
+            .cast::<u8>();
+        let tiles = (
+            values,
+            values.add(TILE_WORDS * 4),
+            TILE_BYTES,
+            layout.block_words * 4,
+        );
+        crate::amx::product_bf16(a, tiles, b1 - b0, sums.destination());
+        let out = dst
+            .0
+            .add((task.seq.start + r0) * shape.hidden + task.head * shape.head_dim + c0);
+        for (r, &inv) in inv_sums.iter().enumerate().take(rows) {
+            let scale = _mm512_set1_ps(inv);
+            for half in 0..2 {
+                let x = _mm512_loadu_ps(sums.0.as_ptr().add(r * BLOCK + 16 * half));
+                _mm512_storeu_ps(
+                    out.add(r * shape.hidden + 16 * half),
+                    _mm512_mul_ps(x, scale),
+                );
+            }
+        }
+    }
+}
+
+/// The unnormalised softmax of the `stride` scores at `row` over columns `lo..hi`
+/// (`exp(x - max)` there, 0 elsewhere), as bf16 pairs at `probs`; returns `1 / Σ` of the f32
+/// values. One pass finds the max and one computes, sums and rounds, with the band as lane
+/// masks: the f32 probabilities never go back to memory. (No closures: they would not inherit
+/// the caller's target features.)
+#[inline(always)]
+unsafe fn softmax_row(
+    row: *const f32,
+    stride: usize,
+    lo: usize,
+    hi: usize,
+    probs: *mut u32,
+) -> f32 {
+    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in (lo / 16 * 16..hi).step_by(16) {
+        max = _mm512_mask_max_ps(max, band(c, lo, hi), max, _mm512_loadu_ps(row.add(c)));
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    for c in (0..stride).step_by(32) {
+        let e0 = band_exp(row, c, band(c, lo, hi), max);
+        let e1 = band_exp(row, c + 16, band(c + 16, lo, hi), max);
+        sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+        let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(e1, e0));
+        _mm512_storeu_si512(probs.add(c / 2).cast(), pairs);
+    }
+    1.0 / _mm512_reduce_add_ps(sum)
+}
+
+/// The lanes of columns `c..c + 16` inside the band `lo..hi`.
+#[inline(always)]
+fn band(c: usize, lo: usize, hi: usize) -> __mmask16 {
+    let (start, end) = (lo.saturating_sub(c).min(16), hi.saturating_sub(c).min(16));
+    (((1u32 << end) - 1) & !((1u32 << start) - 1)) as __mmask16
+}
+
+/// `exp(x - max)` of the 16 scores at `row + c` in the lanes of `mask`, 0 in the others.
+#[inline(always)]
+unsafe fn band_exp(row: *const f32, c: usize, mask: __mmask16, max: __m512) -> __m512 {
+    if mask == 0 {
+        return _mm512_setzero_ps();
+    }
+    let x = _mm512_maskz_sub_ps(mask, _mm512_loadu_ps(row.add(c)), max);
+    _mm512_maskz_mov_ps(mask, exp(x))
+}
+
+/// `e^x` for `x <= 0` (as [`crate::fused::exp`]: Cody–Waite reduction, degree-6 polynomial),
+/// 16 lanes; below -87 it is e^-87; NaN stays NaN.
+#[inline(always)]
+unsafe fn exp(x: __m512) -> __m512 {
+    // `max(c, x)` returns x where x is NaN.
+    let x = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
