@@ -205,7 +205,7 @@ impl Encoder {
             device: device.clone(),
             dtype,
             kernel: crate::kernel::choose(device, dtype, config.head_dim()),
-            fused_attention: w.attention_products(),
+            fused_attention: w.attention_products(config.head_dim()),
         })
     }
 
@@ -242,6 +242,11 @@ impl Encoder {
     pub(crate) fn rope_positions(&self) -> usize {
         let tables = self.rotary.read().unwrap_or_else(|e| e.into_inner());
         tables.values().map(|r| r.positions).min().unwrap_or(0)
+    }
+
+    /// Whether the fused attention's products run on bf16 AMX tiles.
+    pub(crate) fn attention_on_tiles(&self) -> bool {
+        self.fused_attention == Some(AttentionProducts::Bf16Tiles)
     }
 
     /// The attention kernel in use.

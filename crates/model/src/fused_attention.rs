@@ -35,7 +35,23 @@ pub(crate) enum AttentionProducts {
     Bf16Tiles,
 }
 
+/// Whether the tile products take heads of `head_dim` columns (whole tiles of 32).
+fn tiles_take(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(32)
+}
+
 impl AttentionProducts {
+    /// These products for heads of `head_dim`: the tiles take heads of whole tiles of columns
+    /// (a multiple of 32; ModernBERT's are 64), others stay f32 on AVX-512.
+    pub(crate) fn for_heads(self, head_dim: usize) -> Self {
+        match self {
+            AttentionProducts::Bf16Tiles if !tiles_take(head_dim) => {
+                AttentionProducts::F32(Cpu::Avx512)
+            }
+            other => other,
+        }
+    }
+
     /// The vector ISA of everything around the products.
     fn vector_isa(self) -> Cpu {
         match self {
@@ -274,7 +290,7 @@ impl HeadTask {
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         #[cfg(target_arch = "x86_64")]
-        if inputs.tiles && tiles::supports(shape.head_dim) {
+        if inputs.tiles && tiles_take(shape.head_dim) {
             // SAFETY: as below; `tiles` only where the CPU and OS run AMX-BF16 (the model's
             // load checked).
             return crate::packed_gemm::with_thread_buffer(&TILE_SCRATCH, |scratch| unsafe {
@@ -1057,7 +1073,7 @@ mod tests {
                 .chain([Cpu::Other])
                 .map(|isa| (AttentionProducts::F32(isa), exact.clone(), f32_tolerance))
                 .collect();
-            if tiles && tiles::supports(head_dim) {
+            if tiles && tiles_take(head_dim) {
                 // Besides the rounding of Q, K and V, the tiles round each probability to bf16
                 // (relative error 2^-9): the output moves by at most 2^-9 of the largest |v|.
                 let rounded = reference(&qr, &kr, &vr);

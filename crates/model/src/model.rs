@@ -132,8 +132,9 @@ impl ModernBert {
 
     /// Loads for the CPU `int8` precision: the encoder's linear layers (all but a few percent of
     /// a forward's arithmetic) quantized per output column at load and run on the int8 kernel,
-    /// their activations quantized per row on every product; embeddings, LayerNorms, attention,
-    /// the GEGLU's activation and the heads stay in f32. On a CPU without AVX2 it loads in f32
+    /// their activations quantized per row on every product; embeddings, LayerNorms, attention
+    /// (its products in bf16 on AMX tiles where the int8 products run on tiles), the GEGLU's
+    /// activation and the heads stay in f32. On a CPU without AVX2 it loads in f32
     /// (saying so once); a GPU is refused (bf16 and f16 are its fast precisions).
     pub fn load_int8(files: &ModelFiles, device: &Device) -> Result<Self> {
         Self::load_int8_on(files, device, Int8Kernel::detect())
@@ -358,7 +359,12 @@ impl ModernBert {
                 None => "",
             },
         };
-        format!("{}{bf16}", self.cpu_kernels)
+        let tiles = if self.encoder.attention_on_tiles() {
+            ", the attention's products in bf16 on AMX tiles"
+        } else {
+            ""
+        };
+        format!("{}{bf16}{tiles}", self.cpu_kernels)
     }
 
     /// Whether the encoder's linear layers run on an int8 kernel.

@@ -101,15 +101,22 @@ impl Weights {
         }
     }
 
-    /// What the fused attention's products run on (`None`: candle's attention): AMX tiles where
-    /// the linear layers do (`--dtype bf16` on AMX-BF16) unless `MBPIPE_BF16_ATTENTION=0`, f32
-    /// on the vector units otherwise.
-    pub(crate) fn attention_products(&self) -> Option<AttentionProducts> {
+    /// What the fused attention's products run on (`None`: candle's attention): bf16 AMX tiles
+    /// where the linear layers run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on
+    /// AMX-INT8 where the CPU also has AMX-BF16) unless `MBPIPE_BF16_ATTENTION=0`, f32 on the
+    /// vector units otherwise; for heads of `head_dim` (see [`AttentionProducts::for_heads`]).
+    pub(crate) fn attention_products(&self, head_dim: usize) -> Option<AttentionProducts> {
         let isa = self.cpu_kernels.attention?;
-        let tiles = self.weight_precision == WeightPrecision::Bf16Tiles
-            && crate::overrides::Overrides::get().bf16_attention;
+        let on_tiles = match self.weight_precision {
+            WeightPrecision::Bf16Tiles => true,
+            WeightPrecision::Int8(kernel) => {
+                kernel == crate::int8_gemm::Int8Kernel::Tiles && crate::amx_bf16_gemm::available()
+            }
+            WeightPrecision::F32 | WeightPrecision::Bf16 => false,
+        };
+        let tiles = on_tiles && crate::overrides::Overrides::get().bf16_attention;
         Some(if tiles {
-            AttentionProducts::Bf16Tiles
+            AttentionProducts::Bf16Tiles.for_heads(head_dim)
         } else {
             AttentionProducts::F32(isa)
         })

@@ -147,6 +147,75 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
     }
 }
 
+/// With AMX, `bf16` and `int8` on the tiles run the attention's two products on the tiles too,
+/// for heads 64 wide (not 16: whole tiles of 32 columns), and the load line says so; elsewhere
+/// they stay f32. On the tiles a sequence's hidden states do not depend on its neighbours or its
+/// place in the batch (a row or key block shared with another sequence would show here).
+#[test]
+fn attention_products_run_on_the_tiles_where_the_linear_layers_do() {
+    use mbpipe_model::int8_gemm::Int8Kernel;
+    use mbpipe_model::CpuBf16;
+    if !mbpipe_model::amx_bf16_gemm::available() {
+        eprintln!("SKIPPED: this CPU (or OS) does not run AMX-BF16 tiles");
+        return;
+    }
+    let says_tiles = |m: &ModernBert| m.kernels().contains("attention's products in bf16 on AMX");
+    for (heads, head_dim) in [(2, 64), (8, 16)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Synthetic {
+            hidden: 128,
+            heads,
+            local_attention: 64,
+            ..tiny(3)
+        };
+        spec.write(tmp.path()).unwrap();
+        let files = ModelFiles::from_dir(tmp.path()).unwrap();
+        let bf16 = |path| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, DType::BF16, path);
+        let tiles = bf16(CpuBf16::Tiles).unwrap();
+        assert_eq!(
+            says_tiles(&tiles),
+            head_dim == 64,
+            "bf16, heads of {head_dim}"
+        );
+        assert!(!says_tiles(&bf16(CpuBf16::DotProduct).unwrap()));
+        assert!(!says_tiles(&load(tmp.path()).unwrap()), "f32");
+        for kernel in Int8Kernel::all_available() {
+            let int8 = ModernBert::load_int8_on(&files, &Device::Cpu, Some(kernel)).unwrap();
+            let expected = head_dim == 64 && kernel == Int8Kernel::Tiles;
+            assert_eq!(
+                says_tiles(&int8),
+                expected,
+                "int8 on {kernel:?}, heads of {head_dim}"
+            );
+        }
+        if head_dim != 64 {
+            continue;
+        }
+        // Lengths across query and key blocks of 32 and beyond the local window. Not bit for
+        // bit: a row's f32 sums differ in the last bits with its place in a block of 32 rows
+        // (whole blocks add the residual in the tiles, before the products), and one bf16
+        // rounding that flips moves this random model's outputs by up to ~1e-2; another
+        // sequence's keys, values or rows move them by O(1).
+        let seqs: Vec<Vec<u32>> = [3, 33, 200, 1, 64, 97]
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| sequence(l, i as u32))
+            .collect();
+        let together = PackedBatch::from_sequences(&seqs);
+        let all = tiles.encode(&together).unwrap();
+        for (i, s) in seqs.iter().enumerate() {
+            let alone = tiles.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
+            let r = together.range(i);
+            let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
+            assert!(
+                d < 2e-2,
+                "sequence {i} (len {}), heads of {head_dim}: hidden differs by {d}",
+                s.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn bare_encoder_without_prefix_matches_prefixed_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

@@ -24,11 +24,6 @@ const ROWS: usize = BLOCK;
 /// bf16 pairs in one tile: 16 rows of 64 bytes.
 const TILE_WORDS: usize = TILE_ROWS * TILE_BYTES / 4;
 
-/// Whether the tile path takes a head of this size (whole tiles of head columns).
-pub(super) fn supports(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim.is_multiple_of(ROWS)
-}
-
 /// One head of one sequence in the tiles' layouts, and a query block's scores, reused by the
 /// tasks that run on one thread.
 #[derive(Default)]
@@ -74,7 +69,7 @@ impl Layout {
 /// Runs one head of one sequence (see the module's comment).
 ///
 /// # Safety
-/// [`crate::amx_bf16_gemm::available`] said yes; `supports(shape.head_dim)`; the task's rows and
+/// [`crate::amx_bf16_gemm::available`] said yes; `super::tiles_take(shape.head_dim)`; the task's rows and
 /// head columns lie inside `qkv` and the output, and this task alone writes its part.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn run(
