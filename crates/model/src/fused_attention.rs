@@ -241,13 +241,13 @@ struct SharedOut(*mut f32);
 unsafe impl Sync for SharedOut {}
 
 impl HeadTask {
-    /// Blocks of [`QUERY_BLOCK`] queries.
-    fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
-        self.seq.clone().step_by(QUERY_BLOCK).map(|q0| Block {
+    /// Blocks of `size` queries ([`QUERY_BLOCK`] for the f32 kernels).
+    fn blocks(&self, size: usize) -> impl Iterator<Item = Block> + '_ {
+        self.seq.clone().step_by(size).map(move |q0| Block {
             seq: self.seq.clone(),
             head: self.head,
             q0,
-            qn: QUERY_BLOCK.min(self.seq.end - q0),
+            qn: size.min(self.seq.end - q0),
         })
     }
 
@@ -312,7 +312,7 @@ impl HeadTask {
             });
         }
         let head = self.gather(inputs, shape);
-        for block in self.blocks() {
+        for block in self.blocks(QUERY_BLOCK) {
             block.run_gemm(&head, dst, kind, shape);
         }
     }
@@ -407,7 +407,7 @@ impl HeadTask {
             simd::copy_row(&src[2 * hidden..2 * hidden + head_dim], v_row);
         }
         let keys = simd::Keys { kt, padded, v };
-        for block in self.blocks() {
+        for block in self.blocks(QUERY_BLOCK) {
             block.attend_simd::<S>(q, &keys, scores, dst, kind, shape);
         }
     }

@@ -1,7 +1,9 @@
-//! The attention's two products on AMX tiles, for `--dtype bf16` on CPUs with AMX-BF16.
+//! The attention's two products on AMX tiles, for `--dtype bf16` and `--dtype int8` on CPUs
+//! with AMX (where their linear layers run on the tiles).
 //!
-//! In f32 the attention was a quarter of a bf16 forward on short texts, for 3% of its
-//! arithmetic: its products ran on the vector units while the linear layers ran on the tiles.
+//! In f32 the attention was a quarter of a bf16 forward on short texts (a third of an int8 one),
+//! for 3% of its arithmetic: its products ran on the vector units while the linear layers ran on
+//! the tiles.
 //! Here one pass over the sequence's `qkv` rows rotates Q and K in f32 (as the f32 kernels do)
 //! and rounds Q, K and V to bf16 straight into the layouts the tiles load; then for each block
 //! of 32 queries, QKᵀ is one 32 × 32 tile product per block of 32 keys (f32 sums), the softmax
@@ -13,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{simd, HeadTask, Inputs, Row, Shape, SharedOut, PREFETCH_ROWS};
+use super::{simd, Block, HeadTask, Inputs, Row, Shape, SharedOut, PREFETCH_ROWS};
 use crate::aligned::AlignedVec;
 use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::config::AttentionKind;
@@ -89,8 +91,8 @@ pub(super) unsafe fn run(
     scratch.rotated.resize(3 * shape.head_dim, 0.0);
     gather(task, inputs, shape, layout, scratch);
     crate::amx::with_tiles(|| {
-        for r0 in (0..len).step_by(ROWS) {
-            attend_block(task, r0, kind, shape, layout, scratch, dst);
+        for block in task.blocks(ROWS) {
+            attend_block(&block, kind, shape, layout, scratch, dst);
         }
     });
 }
@@ -193,28 +195,24 @@ unsafe fn scatter_key(k: *mut u32, j: usize, k_rot: &[f32], layout: Layout) {
     }
 }
 
-/// Queries `r0..r0 + 32` (those inside the sequence) of the task's head. A function of its own
+/// One block of (up to) 32 queries of one head. A function of its own
 /// with the features (not inlined): it runs inside the tile configuration's closure, which
 /// would not inherit them.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn attend_block(
-    task: &HeadTask,
-    r0: usize,
+    block: &Block,
     kind: AttentionKind,
     shape: Shape,
     layout: Layout,
     scratch: &mut Scratch,
     dst: &SharedOut,
 ) {
-    let len = task.seq.len();
-    let rows = ROWS.min(len - r0);
-    // The key blocks the block's rows see.
-    let (k0, k1) = match kind {
-        AttentionKind::Global => (0, len),
-        AttentionKind::Local { half_window: w } => (r0.saturating_sub(w), (r0 + rows + w).min(len)),
-    };
+    let start = block.seq.start;
+    // The key blocks the block's rows see; score column c is key `b0 * 32 + c` of the sequence.
+    let keys = block.key_range(kind);
+    let (k0, k1) = (keys.0 - start, keys.1 - start);
     let (b0, b1) = (k0 / ROWS, k1.div_ceil(ROWS));
-    let stride = (b1 - b0) * ROWS;
+    let (stride, shift) = ((b1 - b0) * ROWS, k0 - b0 * ROWS);
     let Scratch {
         q,
         k,
@@ -226,7 +224,10 @@ unsafe fn attend_block(
     scores.resize(ROWS * stride);
     probs.resize(ROWS * stride / 2);
     // QKᵀ: every score of the 32 rows × the blocks' keys (each store covers a 32 × 32 block).
-    let q_rows = q.as_ptr().add(r0 * layout.q_words()).cast::<u8>();
+    let q_rows = q
+        .as_ptr()
+        .add((block.q0 - start) * layout.q_words())
+        .cast::<u8>();
     let q_bytes = layout.q_words() * 4;
     let a = (q_rows, q_rows.add(TILE_ROWS * q_bytes), q_bytes, TILE_BYTES);
     let steps = layout.head_dim / ROWS;
@@ -244,15 +245,11 @@ unsafe fn attend_block(
     }
     // Softmax of each row over its band, left unnormalised; rounded to bf16 pairs.
     let mut inv_sums = [0f32; ROWS];
-    for (r, inv) in inv_sums.iter_mut().enumerate().take(rows) {
-        let i = r0 + r;
-        let (lo, hi) = match kind {
-            AttentionKind::Global => (0, len),
-            AttentionKind::Local { half_window: w } => (i.saturating_sub(w), (i + w + 1).min(len)),
-        };
+    for (r, inv) in inv_sums.iter_mut().enumerate().take(block.qn) {
+        let (lo, hi) = block.band(r, keys, kind);
         let row = scores.as_ptr().add(r * stride);
         let p = probs.as_mut_ptr().add(r * stride / 2);
-        *inv = softmax_row(row, stride, lo - b0 * ROWS, hi - b0 * ROWS, p);
+        *inv = softmax_row(row, stride, lo + shift, hi + shift, p);
     }
     // PV, 32 head columns at a time, over the blocks' keys; rows scaled by 1 / Σ on the way out.
     let p_rows = probs.as_ptr().cast::<u8>();
@@ -273,8 +270,8 @@ unsafe fn attend_block(
         crate::amx::product_bf16(a, tiles, b1 - b0, sums.destination());
         let out = dst
             .0
-            .add((task.seq.start + r0) * shape.hidden + task.head * shape.head_dim + c0);
-        for (r, &inv) in inv_sums.iter().enumerate().take(rows) {
+            .add(block.q0 * shape.hidden + block.head * shape.head_dim + c0);
+        for (r, &inv) in inv_sums.iter().enumerate().take(block.qn) {
             let scale = _mm512_set1_ps(inv);
             for half in 0..2 {
                 let x = _mm512_loadu_ps(sums.0.as_ptr().add(r * BLOCK + 16 * half));
