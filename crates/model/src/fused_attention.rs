@@ -317,6 +317,31 @@ impl HeadTask {
         }
     }
 
+    /// Token `t`'s Q (rotated and scaled) into `q` and K (rotated) into `k`; returns its V.
+    /// Asks for the row [`PREFETCH_ROWS`] ahead first: `qkv` (37 MiB at 4,096 tokens) mostly
+    /// comes from memory, in rows 9 KiB apart that the hardware prefetchers do not follow.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn rotate_row<'a, S: simd::Isa>(
+        &self,
+        inputs: &'a Inputs<'_>,
+        shape: Shape,
+        t: usize,
+        q: &mut [f32],
+        k: &mut [f32],
+    ) -> &'a [f32] {
+        let Shape {
+            hidden, head_dim, ..
+        } = shape;
+        if t + PREFETCH_ROWS < self.seq.end {
+            simd::prefetch_row(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
+        }
+        let Row { src, cos, sin } = self.row(inputs, shape, t);
+        simd::rotate::<S>(&src[..head_dim], q, cos, sin, inputs.scale);
+        simd::rotate::<S>(&src[hidden..hidden + head_dim], k, cos, sin, 1.0);
+        &src[2 * hidden..2 * hidden + head_dim]
+    }
+
     /// AVX-512 micro-kernels (see [`HeadTask::run_simd`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -361,9 +386,7 @@ impl HeadTask {
         shape: Shape,
         scratch: &mut HeadScratch,
     ) {
-        let Shape {
-            hidden, head_dim, ..
-        } = shape;
+        let head_dim = shape.head_dim;
         let len = self.seq.len();
         // Kᵀ packed by key tiles: tile `t` (keys `t * step..`) is a contiguous `[head_dim, step]`
         // panel, so the QKᵀ kernel reads it sequentially (rows of a plain `[head_dim, len]`
@@ -390,21 +413,14 @@ impl HeadTask {
             .chunks_exact_mut(head_dim)
             .zip(v.chunks_exact_mut(head_dim));
         for (j, (t, (q_row, v_row))) in self.seq.clone().zip(rows).enumerate() {
-            // `qkv` (37 MiB at 4,096 tokens) mostly comes from memory, in rows 9 KiB apart that
-            // the hardware prefetchers do not follow: ask for the row after next early.
-            if t + PREFETCH_ROWS < self.seq.end {
-                simd::prefetch_row(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
-            }
-            let Row { src, cos, sin } = self.row(inputs, shape, t);
-            simd::rotate::<S>(&src[..head_dim], q_row, cos, sin, inputs.scale);
-            simd::rotate::<S>(&src[hidden..hidden + head_dim], k_row, cos, sin, 1.0);
+            let values = self.rotate_row::<S>(inputs, shape, t, q_row, k_row);
             let panel = &mut kt[(j / step) * head_dim * step + j % step..];
             assert!(panel.len() > (head_dim - 1) * step);
             for (d, &x) in k_row.iter().enumerate() {
                 // SAFETY: d * step < panel.len() (asserted above).
                 *panel.get_unchecked_mut(d * step) = x;
             }
-            simd::copy_row(&src[2 * hidden..2 * hidden + head_dim], v_row);
+            simd::copy_row(values, v_row);
         }
         let keys = simd::Keys { kt, padded, v };
         for block in self.blocks(QUERY_BLOCK) {

@@ -700,7 +700,10 @@ mod tests {
                 .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013)
                 .collect();
             assert_eq!(largest_magnitude(&x), x.iter().copied().fold(0.0, max_abs));
-            for at in [0, len / 2, len.saturating_sub(1)].into_iter().filter(|&at| at < len) {
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&at| at < len)
+            {
                 for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                     let mut y = x.clone();
                     y[at] = bad;

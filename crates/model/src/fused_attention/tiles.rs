@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{simd, Block, HeadTask, Inputs, Row, Shape, SharedOut, PREFETCH_ROWS};
+use super::{simd, Block, HeadTask, Inputs, Shape, SharedOut};
 use crate::aligned::AlignedVec;
 use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::config::AttentionKind;
@@ -107,9 +107,7 @@ unsafe fn gather(
     layout: Layout,
     scratch: &mut Scratch,
 ) {
-    let Shape {
-        hidden, head_dim, ..
-    } = shape;
+    let head_dim = shape.head_dim;
     let Scratch {
         q, k, v, rotated, ..
     } = scratch;
@@ -122,18 +120,14 @@ unsafe fn gather(
         let mut values = [zero.as_ptr(); 2];
         for (i, value) in values.iter_mut().enumerate().take(len - j) {
             let t = task.seq.start + j + i;
-            if t + PREFETCH_ROWS < task.seq.end {
-                simd::prefetch_row(task.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
-            }
-            let Row { src, cos, sin } = task.row(inputs, shape, t);
-            simd::rotate::<simd::Avx512>(&src[..head_dim], q_rot, cos, sin, inputs.scale);
-            simd::rotate::<simd::Avx512>(&src[hidden..hidden + head_dim], k_rot, cos, sin, 1.0);
+            *value = task
+                .rotate_row::<simd::Avx512>(inputs, shape, t, q_rot, k_rot)
+                .as_ptr();
             let q_row = q.as_mut_ptr().add((j + i) * layout.q_words());
             for c in (0..head_dim).step_by(32) {
                 _mm512_storeu_si512(q_row.add(c / 2).cast(), pairs(q_rot.as_ptr().add(c)));
             }
             scatter_key(k.as_mut_ptr(), j + i, k_rot, layout);
-            *value = src[2 * hidden..2 * hidden + head_dim].as_ptr();
         }
         let pair = v_pair(v.as_mut_ptr(), j / 2, layout);
         for c in (0..head_dim).step_by(16) {
