@@ -39,8 +39,10 @@ pub const DEFAULT_MAX_BATCH_TOKENS: usize = 4_096;
 /// tiles (bf16, int8). The tiles multiply 6-8x faster than the f32 kernels, so a 4096-token
 /// batch spends its time writing products that no longer fit in the cache (`[4096, 2304]` f32
 /// is 37 MiB) rather than multiplying: on Sapphire Rapids, short texts ran 12-17% faster at
-/// 1024 than at 4096 (bf16 and int8), and 8-10% slower again at 512.
-pub const DEFAULT_AMX_MAX_BATCH_TOKENS: usize = 1_024;
+/// 1024 than at 4096 (bf16 and int8), and 8-10% slower again at 512. Once the attention's
+/// products ran on the tiles too, 2048 was faster than 1024 (comments and mid-length texts:
+/// bf16 4-8%, int8 8-11%; long documents within 2%) and than 4096 (4-8%).
+pub const DEFAULT_AMX_MAX_BATCH_TOKENS: usize = 2_048;
 /// Default token budget of one packed batch when the devices are GPUs: large batches keep a GPU
 /// busy, and a batch that does not fit is split and retried (see the README's "GPUs").
 pub const DEFAULT_CUDA_MAX_BATCH_TOKENS: usize = 65_536;
