@@ -19,6 +19,7 @@
 //! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
 //! `tdpbssd`: signed bytes, exact i32 sums), with k padded to whole tiles.
 
+use rayon::iter::Either;
 use rayon::prelude::*;
 
 use crate::aligned::AlignedVec;
@@ -293,7 +294,12 @@ impl PackedI8 {
             Int8Kernel::Tiles => crate::amx::BLOCK,
             _ => 1,
         };
-        rows.quantize((x, norm), (m, self.k), self.groups * 4, row_multiple);
+        rows.quantize(
+            (x, norm),
+            (m, self.k),
+            (self.groups * 4, row_multiple),
+            self.kernel.row_bytes(),
+        );
         if self.gated {
             return write_gated_blocks(self, rows, m, GATED_MC, bias, out);
         }
@@ -305,12 +311,46 @@ impl PackedI8 {
     }
 }
 
-/// Activations quantized per row: `p` and `|p|` row-major `[m, 4 · groups]` (zero-padded), and
-/// each row's scale `t`.
+/// What the quantization writes for each activation `p`: what the kernel multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowBytes {
+    /// `p`, and `|p|` beside it (the AVX2 and AVX-VNNI kernels' sign trick).
+    WithMagnitudes,
+    /// `p` alone (the tiles multiply signed bytes).
+    Signed,
+    /// `p + 128` as an unsigned byte (the 512-bit VNNI kernel, whose `vpdpbusd` takes the
+    /// activations unsigned).
+    Offset,
+}
+
+impl RowBytes {
+    /// The byte `p` is stored as.
+    fn encode(self, p: i8) -> i8 {
+        match self {
+            RowBytes::Offset => (p as u8 ^ 0x80) as i8,
+            _ => p,
+        }
+    }
+}
+
+impl Int8Kernel {
+    /// What its activations are quantized to.
+    fn row_bytes(self) -> RowBytes {
+        match self {
+            Int8Kernel::Avx2 | Int8Kernel::AvxVnni => RowBytes::WithMagnitudes,
+            Int8Kernel::Avx512Vnni => RowBytes::Offset,
+            Int8Kernel::Tiles => RowBytes::Signed,
+        }
+    }
+}
+
+/// Activations quantized per row: `p` (encoded as [`RowBytes`] says) and, where asked for,
+/// `|p|`, row-major `[m, 4 · groups]` (padded with an encoded zero), and each row's scale `t`.
 #[derive(Default)]
 pub(crate) struct QuantizedRows {
     /// On cache lines: the tiles load rows of 64 bytes.
     values: AlignedVec<i8>,
+    /// Empty unless [`RowBytes::WithMagnitudes`].
     magnitudes: Vec<u8>,
     scales: Vec<f32>,
     /// Bytes per row: `4 · groups`.
@@ -318,59 +358,87 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
-    /// Quantizes `x [m, k]` into this buffer, each row normalized by `norm` first where given
-    /// (in cache, never written in f32), rows `stride` bytes apart (at least `k`, zero past
-    /// it), with room for `m` rounded up to `row_multiple` rows.
+    /// Quantizes `x [m, k]` into this buffer as `bytes`, each row normalized by `norm` first
+    /// where given (in cache, never written in f32), rows `stride` bytes apart (at least `k`,
+    /// zero past it), with room for `m` rounded up to `row_multiple` rows.
     fn quantize(
         &mut self,
         (x, norm): (&[f32], Option<RowNorm<'_>>),
         (m, k): (usize, usize),
-        stride: usize,
-        row_multiple: usize,
+        (stride, row_multiple): (usize, usize),
+        bytes: RowBytes,
     ) {
         self.stride = stride;
         self.values
             .resize(m.next_multiple_of(row_multiple) * stride);
-        self.magnitudes.resize(m * stride, 0);
+        let magnitude_stride = if bytes == RowBytes::WithMagnitudes {
+            stride
+        } else {
+            0
+        };
+        self.magnitudes.resize(m * magnitude_stride, 0);
         self.scales.resize(m, 0.0);
         const ROWS_PER_TASK: usize = 64;
+        let padding = bytes.encode(0);
+        let magnitudes = if bytes == RowBytes::WithMagnitudes {
+            Either::Left(
+                self.magnitudes[..m * stride]
+                    .par_chunks_mut(stride * ROWS_PER_TASK)
+                    .map(Some),
+            )
+        } else {
+            Either::Right(rayon::iter::repeat_n((), m.div_ceil(ROWS_PER_TASK)).map(|()| None))
+        };
         self.values[..m * stride]
             .par_chunks_mut(stride * ROWS_PER_TASK)
-            .zip(self.magnitudes[..m * stride].par_chunks_mut(stride * ROWS_PER_TASK))
+            .zip(magnitudes)
             .zip(self.scales[..m].par_chunks_mut(ROWS_PER_TASK))
             .zip(x.par_chunks(k * ROWS_PER_TASK))
-            .for_each(|(((values, magnitudes), scales), src)| {
+            .for_each(|(((values, mut magnitudes), scales), src)| {
                 let rows = values
                     .chunks_mut(stride)
-                    .zip(magnitudes.chunks_mut(stride))
                     .zip(scales.iter_mut())
                     .zip(src.chunks(k));
                 let mut normed = Vec::new();
-                for (((v, a), s), x) in rows {
+                for (i, ((v, s), x)) in rows.enumerate() {
                     let x = normalized_row(norm, x, &mut normed);
-                    *s = quantize_row(x, &mut v[..k], &mut a[..k]);
-                    v[k..].fill(0);
-                    a[k..].fill(0);
+                    let a = magnitudes.as_mut().map(|a| &mut a[i * stride..][..stride]);
+                    *s = quantize_row(x, &mut v[..k], a.map(|a| &mut a[..k]), bytes);
+                    v[k..].fill(padding);
                 }
             });
     }
 }
 
-/// One row quantized into `values` and `magnitudes`; returns its scale.
-fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+/// One row quantized into `values` (encoded as `bytes` says) and, where given, `magnitudes`
+/// (`|p|`, for [`RowBytes::WithMagnitudes`]); returns its scale.
+fn quantize_row(
+    x: &[f32],
+    values: &mut [i8],
+    magnitudes: Option<&mut [u8]>,
+    bytes: RowBytes,
+) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: AVX2 was just detected.
-        return unsafe { x86::quantize_row(x, values, magnitudes) };
+        return unsafe { x86::quantize_row(x, values, magnitudes, bytes) };
     }
-    quantize_row_scalar(x, values, magnitudes)
+    quantize_row_scalar(x, values, magnitudes, bytes)
 }
 
-fn quantize_row_scalar(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+fn quantize_row_scalar(
+    x: &[f32],
+    values: &mut [i8],
+    mut magnitudes: Option<&mut [u8]>,
+    bytes: RowBytes,
+) -> f32 {
     let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs));
-    for ((&v, q), a) in x.iter().zip(values.iter_mut()).zip(magnitudes.iter_mut()) {
-        *q = quantize(v, inverse);
-        *a = q.unsigned_abs();
+    for (l, (&v, q)) in x.iter().zip(values.iter_mut()).enumerate() {
+        let p = quantize(v, inverse);
+        *q = bytes.encode(p);
+        if let Some(a) = magnitudes.as_mut() {
+            a[l] = p.unsigned_abs();
+        }
     }
     scale
 }
@@ -520,7 +588,12 @@ mod x86 {
     /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (127 /
     /// max)` to nearest even).
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn quantize_row(x: &[f32], values: &mut [i8], magnitudes: &mut [u8]) -> f32 {
+    pub(super) unsafe fn quantize_row(
+        x: &[f32],
+        values: &mut [i8],
+        mut magnitudes: Option<&mut [u8]>,
+        encoding: super::RowBytes,
+    ) -> f32 {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let full = x.len() / 8;
         let (mut max, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -540,6 +613,10 @@ mod x86 {
         let inv = _mm256_set1_ps(inverse);
         // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let flip = _mm256_set1_epi8(match encoding {
+            super::RowBytes::Offset => i8::MIN,
+            _ => 0,
+        });
         let blocks = x.len() / 32;
         for i in 0..blocks {
             let src = x.as_ptr().add(32 * i);
@@ -547,14 +624,19 @@ mod x86 {
             let lo = _mm256_packs_epi32(q(0), q(8));
             let hi = _mm256_packs_epi32(q(16), q(24));
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
-            _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, bytes);
-            let abs = _mm256_abs_epi8(bytes);
-            _mm256_storeu_si256(magnitudes.as_mut_ptr().add(32 * i) as *mut __m256i, abs);
+            let encoded = _mm256_xor_si256(bytes, flip);
+            _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, encoded);
+            if let Some(a) = magnitudes.as_mut() {
+                let abs = _mm256_abs_epi8(bytes);
+                _mm256_storeu_si256(a.as_mut_ptr().add(32 * i) as *mut __m256i, abs);
+            }
         }
         for l in 32 * blocks..x.len() {
             let q = super::quantize(x[l], inverse);
-            values[l] = q;
-            magnitudes[l] = q.unsigned_abs();
+            values[l] = encoding.encode(q);
+            if let Some(a) = magnitudes.as_mut() {
+                a[l] = q.unsigned_abs();
+            }
         }
         scale
     }
@@ -837,8 +919,8 @@ mod tests {
         }
     }
 
-    /// The vector quantization gives the scalar one's values, scale and magnitudes, ties and
-    /// the clamp at the row's maximum included.
+    /// The vector quantization gives the scalar one's values, scale and magnitudes in every
+    /// encoding, ties and the clamp at the row's maximum included.
     #[test]
     fn vector_quantization_matches_scalar() {
         if skip_without_kernel() {
@@ -851,13 +933,23 @@ mod tests {
                 x[1] = 2.0 * 0.5 / QMAX; // exactly half a step: ties to even (0)
                 x[2] = -2.0;
             }
-            let (mut v1, mut a1) = (vec![0i8; len], vec![0u8; len]);
-            let (mut v2, mut a2) = (vec![0i8; len], vec![0u8; len]);
-            let s1 = quantize_row_scalar(&x, &mut v1, &mut a1);
-            let s2 = quantize_row(&x, &mut v2, &mut a2);
-            assert_eq!((s1, &v1, &a1), (s2, &v2, &a2), "len {len}");
-            if len > 3 {
-                assert_eq!((v1[0], v1[2]), (127, -127));
+            for bytes in [RowBytes::WithMagnitudes, RowBytes::Signed, RowBytes::Offset] {
+                let magnitudes = bytes == RowBytes::WithMagnitudes;
+                let (mut v1, mut a1) = (vec![0i8; len], vec![0u8; len]);
+                let (mut v2, mut a2) = (vec![0i8; len], vec![0u8; len]);
+                let s1 = quantize_row_scalar(&x, &mut v1, magnitudes.then_some(&mut a1[..]), bytes);
+                let s2 = quantize_row(&x, &mut v2, magnitudes.then_some(&mut a2[..]), bytes);
+                assert_eq!((s1, &v1, &a1), (s2, &v2, &a2), "len {len}, {bytes:?}");
+                if len > 3 {
+                    let decoded = |b: i8| match bytes {
+                        RowBytes::Offset => (b as u8 as i32 - 128) as i8,
+                        _ => b,
+                    };
+                    assert_eq!((decoded(v1[0]), decoded(v1[2])), (127, -127), "{bytes:?}");
+                    if magnitudes {
+                        assert_eq!((a1[0], a1[2]), (127, 127));
+                    }
+                }
             }
         }
     }
