@@ -1,8 +1,9 @@
 //! Times the fused CPU attention alone on ModernBERT-base head shapes (profiling aid).
 //!
-//! `cargo run --release -p mbpipe-model --example attention_bench -- [len] [count] [reps] [tiles]`
+//! `cargo run --release -p mbpipe-model --example attention_bench -- [len] [count] [reps] [bf16]`
 //! Packs `count` sequences of `len` tokens and prints GFLOP/s (QKᵀ and PV) for a global and a
-//! banded local (window 128) layer; `tiles` 1: the bf16 AMX products where the CPU has them.
+//! banded local (window 128) layer; `bf16` 1: the bf16 products where the CPU has them (AMX
+//! tiles, else `vdpbf16ps`).
 
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().unwrap());
     let (len, count, reps) = (arg(0, 80), arg(1, 100), arg(2, 20));
-    let tiles = arg(3, 0) == 1;
+    let bf16 = arg(3, 0) == 1;
     let (heads, hidden) = (12, 768);
     let half = hidden / heads / 2;
     let cos = vec![0.6f32; 8192 * half];
@@ -34,7 +35,7 @@ fn main() {
         let cpu0 = cpu_seconds();
         for _ in 0..reps {
             let t0 = Instant::now();
-            attend_fused(&qkv, &cos, &sin, &batch, kind, heads, tiles)
+            attend_fused(&qkv, &cos, &sin, &batch, kind, heads, bf16)
                 .unwrap()
                 .unwrap();
             best = best.min(t0.elapsed().as_secs_f64());

@@ -244,9 +244,9 @@ impl Encoder {
         tables.values().map(|r| r.positions).min().unwrap_or(0)
     }
 
-    /// Whether the fused attention's products run on bf16 AMX tiles.
-    pub(crate) fn attention_on_tiles(&self) -> bool {
-        self.fused_attention == Some(AttentionProducts::Bf16Tiles)
+    /// What the fused attention's products run on (`None`: candle's attention).
+    pub(crate) fn attention_products(&self) -> Option<AttentionProducts> {
+        self.fused_attention
     }
 
     /// The attention kernel in use.

@@ -33,22 +33,35 @@ pub(crate) enum AttentionProducts {
     /// RoPE and softmax stay f32, on AVX-512); heads whose size is not a multiple of 32 take
     /// the AVX-512 f32 kernels.
     Bf16Tiles,
+    /// The same bf16 products in the same layouts on AVX512-BF16's `vdpbf16ps` (CPUs whose
+    /// linear layers run on it, Zen 4/5); heads as for the tiles.
+    Bf16Dot,
 }
 
-/// Whether the tile products take heads of `head_dim` columns (whole tiles of 32).
+/// Whether the bf16 products (tiles or `vdpbf16ps`, in the tiles' layouts) take heads of
+/// `head_dim` columns (whole tiles of 32).
 fn tiles_take(head_dim: usize) -> bool {
     head_dim > 0 && head_dim.is_multiple_of(32)
 }
 
 impl AttentionProducts {
-    /// These products for heads of `head_dim`: the tiles take heads of whole tiles of columns
-    /// (a multiple of 32; ModernBERT's are 64), others stay f32 on AVX-512.
+    /// These products for heads of `head_dim`: the bf16 products take heads of whole tiles of
+    /// columns (a multiple of 32; ModernBERT's are 64), others stay f32 on AVX-512.
     pub(crate) fn for_heads(self, head_dim: usize) -> Self {
         match self {
-            AttentionProducts::Bf16Tiles if !tiles_take(head_dim) => {
+            AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot if !tiles_take(head_dim) => {
                 AttentionProducts::F32(Cpu::Avx512)
             }
             other => other,
+        }
+    }
+
+    /// The bf16 engine of these products, if they run in bf16.
+    fn bf16_engine(self) -> Option<Bf16Engine> {
+        match self {
+            AttentionProducts::F32(_) => None,
+            AttentionProducts::Bf16Tiles => Some(Bf16Engine::Tiles),
+            AttentionProducts::Bf16Dot => Some(Bf16Engine::Dot),
         }
     }
 
@@ -56,9 +69,30 @@ impl AttentionProducts {
     fn vector_isa(self) -> Cpu {
         match self {
             AttentionProducts::F32(isa) => isa,
-            AttentionProducts::Bf16Tiles => Cpu::Avx512,
+            AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot => Cpu::Avx512,
         }
     }
+}
+
+/// Whether this CPU runs the `vdpbf16ps` products ([`AttentionProducts::Bf16Dot`]).
+pub(crate) fn dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::bf16_gemm::available() && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What multiplies the bf16 attention's blocks (see `tiles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bf16Engine {
+    /// AMX tiles (`tdpbf16ps`).
+    Tiles,
+    /// AVX512-BF16's `vdpbf16ps` on the same layouts.
+    Dot,
 }
 
 /// How many `qkv` rows ahead the gather prefetches.
@@ -138,8 +172,8 @@ struct Inputs<'a> {
     scale: f32,
     /// Whose micro-kernels run (the caller checked that the CPU has them).
     isa: Cpu,
-    /// Whether the products run on AMX tiles (the caller checked that the CPU has them).
-    tiles: bool,
+    /// Where the products run in bf16, if they do (the caller checked that the CPU has it).
+    bf16: Option<Bf16Engine>,
 }
 
 /// One head of one sequence, gathered into contiguous `[len, head_dim]` buffers, with RoPE
@@ -177,7 +211,7 @@ fn attend_slices(
         rope,
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
         isa: products.vector_isa(),
-        tiles: products == AttentionProducts::Bf16Tiles,
+        bf16: products.bf16_engine(),
     };
     tasks.par_iter().for_each(|task| {
         let dst = &dst;
@@ -290,11 +324,11 @@ impl HeadTask {
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         #[cfg(target_arch = "x86_64")]
-        if inputs.tiles && tiles_take(shape.head_dim) {
-            // SAFETY: as below; `tiles` only where the CPU and OS run AMX-BF16 (the model's
-            // load checked).
+        if let Some(engine) = inputs.bf16.filter(|_| tiles_take(shape.head_dim)) {
+            // SAFETY: as below; a bf16 engine only where the CPU (and for tiles the OS) runs it
+            // (the model's load checked).
             return crate::packed_gemm::with_thread_buffer(&TILE_SCRATCH, |scratch| unsafe {
-                tiles::run(self, inputs, dst, kind, shape, scratch)
+                tiles::run(self, inputs, dst, (kind, shape, engine), scratch)
             });
         }
         #[cfg(target_arch = "x86_64")]
@@ -1029,7 +1063,7 @@ mod tests {
             cos: &cos,
             sin: &sin,
         };
-        let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2];
+        let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50];
         let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
         let batch = PackedBatch::from_sequences(&seqs);
         let t = batch.num_tokens();
@@ -1060,9 +1094,18 @@ mod tests {
                 .unwrap()
         };
         let (qr, kr, vr) = (round(&qc), round(&kc), round(&vc));
-        let tiles = crate::amx_bf16_gemm::available();
-        if !tiles {
+        let mut engines = Vec::new();
+        if crate::amx_bf16_gemm::available() {
+            engines.push(AttentionProducts::Bf16Tiles);
+        } else {
             eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
+        }
+        if dot_available() {
+            engines.push(AttentionProducts::Bf16Dot);
+        } else {
+            eprintln!(
+                "SKIPPED (part): the vdpbf16ps attention products; this CPU has no AVX512-BF16"
+            );
         }
         for kind in [
             AttentionKind::Global,
@@ -1089,15 +1132,18 @@ mod tests {
                 .chain([Cpu::Other])
                 .map(|isa| (AttentionProducts::F32(isa), exact.clone(), f32_tolerance))
                 .collect();
-            if tiles && tiles_take(head_dim) {
-                // Besides the rounding of Q, K and V, the tiles round each probability to bf16
-                // (relative error 2^-9): the output moves by at most 2^-9 of the largest |v|.
-                let rounded = reference(&qr, &kr, &vr);
-                let tolerance = 2f32.powi(-8) * max_abs(&vc);
-                runs.push((AttentionProducts::Bf16Tiles, rounded, tolerance));
-            } else if tiles {
-                // Heads of other sizes take the AVX-512 f32 kernels.
-                runs.push((AttentionProducts::Bf16Tiles, exact.clone(), f32_tolerance));
+            for &engine in &engines {
+                if tiles_take(head_dim) {
+                    // Besides the rounding of Q, K and V, the bf16 products round each
+                    // probability to bf16 (relative error 2^-9): the output moves by at most
+                    // 2^-9 of the largest |v|.
+                    let rounded = reference(&qr, &kr, &vr);
+                    let tolerance = 2f32.powi(-8) * max_abs(&vc);
+                    runs.push((engine, rounded, tolerance));
+                } else {
+                    // Heads of other sizes take the AVX-512 f32 kernels.
+                    runs.push((engine, exact.clone(), f32_tolerance));
+                }
             }
             for (products, expected, tolerance) in runs {
                 // Written into a reused buffer of NaNs: every value must be overwritten.

@@ -70,8 +70,8 @@ pub mod internals {
     }
 
     /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
-    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices; the products on AMX tiles in
-    /// bf16 when `bf16_tiles` and the CPU has them, in f32 otherwise.
+    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices; the products in bf16 when
+    /// `bf16` and the CPU has AMX tiles or `vdpbf16ps` (the tiles first), in f32 otherwise.
     pub fn attend_fused(
         qkv: &crate::Tensor,
         cos: &[f32],
@@ -79,12 +79,14 @@ pub mod internals {
         batch: &crate::PackedBatch,
         kind: crate::AttentionKind,
         heads: usize,
-        bf16_tiles: bool,
+        bf16: bool,
     ) -> crate::Result<Option<crate::Tensor>> {
-        use crate::fused_attention::AttentionProducts;
+        use crate::fused_attention::{dot_available, AttentionProducts};
         let rope = crate::fused_attention::RopeTables { cos, sin };
-        let products = if bf16_tiles && crate::amx_bf16_gemm::available() {
+        let products = if bf16 && crate::amx_bf16_gemm::available() {
             AttentionProducts::Bf16Tiles
+        } else if bf16 && dot_available() {
+            AttentionProducts::Bf16Dot
         } else {
             AttentionProducts::F32(crate::simd::cpu())
         };

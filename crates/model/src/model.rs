@@ -7,6 +7,7 @@ use crate::config::{AttentionKind, ModernBertConfig, Pooling};
 use crate::encoder::Encoder;
 use crate::error::{ModelError, Result};
 use crate::files::ModelFiles;
+use crate::fused_attention::AttentionProducts;
 use crate::heads::{pool, top_k, PredictionHead};
 use crate::int8_gemm::Int8Kernel;
 use crate::kernel::AttentionKernel;
@@ -359,12 +360,12 @@ impl ModernBert {
                 None => "",
             },
         };
-        let tiles = if self.encoder.attention_on_tiles() {
-            ", the attention's products in bf16 on AMX tiles"
-        } else {
-            ""
+        let attention = match self.encoder.attention_products() {
+            Some(AttentionProducts::Bf16Tiles) => ", the attention's products in bf16 on AMX tiles",
+            Some(AttentionProducts::Bf16Dot) => ", the attention's products in bf16 on vdpbf16ps",
+            _ => "",
         };
-        format!("{}{bf16}{tiles}", self.cpu_kernels)
+        format!("{}{bf16}{attention}", self.cpu_kernels)
     }
 
     /// Whether the encoder's linear layers run on an int8 kernel.

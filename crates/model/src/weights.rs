@@ -101,25 +101,29 @@ impl Weights {
         }
     }
 
-    /// What the fused attention's products run on (`None`: candle's attention): bf16 AMX tiles
-    /// where the linear layers run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on
-    /// AMX-INT8 where the CPU also has AMX-BF16) unless `MBPIPE_BF16_ATTENTION=0`, f32 on the
-    /// vector units otherwise; for heads of `head_dim` (see [`AttentionProducts::for_heads`]).
+    /// What the fused attention's products run on (`None`: candle's attention): in bf16 where
+    /// the linear layers run on bf16 or int8 hardware (unless `MBPIPE_BF16_ATTENTION=0`): AMX
+    /// tiles where they run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on AMX-INT8
+    /// where the CPU also has AMX-BF16), `vdpbf16ps` where bf16 runs on it (`--dtype bf16`, and
+    /// `--dtype int8` on 512-bit VNNI where the CPU has AVX512-BF16, as Zen 4/5); f32 on the vector
+    /// units otherwise; for heads of `head_dim` (see [`AttentionProducts::for_heads`]).
     pub(crate) fn attention_products(&self, head_dim: usize) -> Option<AttentionProducts> {
+        use crate::int8_gemm::Int8Kernel;
         let isa = self.cpu_kernels.attention?;
-        let on_tiles = match self.weight_precision {
-            WeightPrecision::Bf16Tiles => true,
-            WeightPrecision::Int8(kernel) => {
-                kernel == crate::int8_gemm::Int8Kernel::Tiles && crate::amx_bf16_gemm::available()
+        let bf16 = match self.weight_precision {
+            WeightPrecision::Bf16Tiles => Some(AttentionProducts::Bf16Tiles),
+            WeightPrecision::Int8(Int8Kernel::Tiles) if crate::amx_bf16_gemm::available() => {
+                Some(AttentionProducts::Bf16Tiles)
             }
-            WeightPrecision::F32 | WeightPrecision::Bf16 => false,
+            WeightPrecision::Bf16 | WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
+                if crate::fused_attention::dot_available() =>
+            {
+                Some(AttentionProducts::Bf16Dot)
+            }
+            _ => None,
         };
-        let tiles = on_tiles && crate::overrides::Overrides::get().bf16_attention;
-        Some(if tiles {
-            AttentionProducts::Bf16Tiles.for_heads(head_dim)
-        } else {
-            AttentionProducts::F32(isa)
-        })
+        let bf16 = bf16.filter(|_| crate::overrides::Overrides::get().bf16_attention);
+        Some(bf16.map_or(AttentionProducts::F32(isa), |p| p.for_heads(head_dim)))
     }
 
     /// Sets the CPU kernels the model's layers are built for.

@@ -147,19 +147,30 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
     }
 }
 
-/// With AMX, `bf16` and `int8` on the tiles run the attention's two products on the tiles too,
-/// for heads 64 wide (not 16: whole tiles of 32 columns), and the load line says so; elsewhere
-/// they stay f32. On the tiles a sequence's hidden states do not depend on its neighbours or its
-/// place in the batch (a row or key block shared with another sequence would show here).
+/// Where the linear layers run on bf16 or int8 hardware, the attention's two products run in
+/// bf16 too: on AMX tiles with the tiles (`bf16`, and `int8` on AMX-INT8), on `vdpbf16ps` where
+/// bf16 runs on it (`bf16`, and `int8` on 512-bit VNNI where the CPU has AVX512-BF16), for heads
+/// 64 wide (not 16: whole tiles of 32 columns), and the load line says so; elsewhere they stay
+/// f32. A sequence's hidden states do not depend on its neighbours or its place in the batch (a
+/// row or key block shared with another sequence would show here).
 #[test]
-fn attention_products_run_on_the_tiles_where_the_linear_layers_do() {
+fn attention_products_run_in_bf16_where_the_linear_layers_do() {
     use mbpipe_model::int8_gemm::Int8Kernel;
     use mbpipe_model::CpuBf16;
-    if !mbpipe_model::amx_bf16_gemm::available() {
-        eprintln!("SKIPPED: this CPU (or OS) does not run AMX-BF16 tiles");
+    let (tiles, dot) = (
+        mbpipe_model::amx_bf16_gemm::available(),
+        mbpipe_model::bf16_gemm::available(),
+    );
+    if !tiles && !dot {
+        eprintln!("SKIPPED: this CPU (or OS) runs neither AMX-BF16 tiles nor AVX512-BF16");
         return;
     }
-    let says_tiles = |m: &ModernBert| m.kernels().contains("attention's products in bf16 on AMX");
+    let engine = |m: &ModernBert| {
+        let kernels = m.kernels();
+        ["AMX tiles", "vdpbf16ps"]
+            .into_iter()
+            .find(|e| kernels.contains(&format!("attention's products in bf16 on {e}")))
+    };
     for (heads, head_dim) in [(2, 64), (8, 16)] {
         let tmp = tempfile::tempdir().unwrap();
         let spec = Synthetic {
@@ -171,24 +182,41 @@ fn attention_products_run_on_the_tiles_where_the_linear_layers_do() {
         spec.write(tmp.path()).unwrap();
         let files = ModelFiles::from_dir(tmp.path()).unwrap();
         let bf16 = |path| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, DType::BF16, path);
-        let tiles = bf16(CpuBf16::Tiles).unwrap();
-        assert_eq!(
-            says_tiles(&tiles),
-            head_dim == 64,
-            "bf16, heads of {head_dim}"
-        );
-        assert!(!says_tiles(&bf16(CpuBf16::DotProduct).unwrap()));
-        assert!(!says_tiles(&load(tmp.path()).unwrap()), "f32");
+        let wide = head_dim == 64;
+        let mut models = Vec::new();
+        if tiles {
+            let model = bf16(CpuBf16::Tiles).unwrap();
+            assert_eq!(
+                engine(&model),
+                wide.then_some("AMX tiles"),
+                "heads of {head_dim}"
+            );
+            models.push(model);
+        }
+        if dot {
+            let model = bf16(CpuBf16::DotProduct).unwrap();
+            assert_eq!(
+                engine(&model),
+                wide.then_some("vdpbf16ps"),
+                "heads of {head_dim}"
+            );
+            models.push(model);
+        }
+        assert_eq!(engine(&load(tmp.path()).unwrap()), None, "f32");
         for kernel in Int8Kernel::all_available() {
             let int8 = ModernBert::load_int8_on(&files, &Device::Cpu, Some(kernel)).unwrap();
-            let expected = head_dim == 64 && kernel == Int8Kernel::Tiles;
+            let expected = match kernel {
+                Int8Kernel::Tiles if wide => Some("AMX tiles"),
+                Int8Kernel::Avx512Vnni if wide && dot => Some("vdpbf16ps"),
+                _ => None,
+            };
             assert_eq!(
-                says_tiles(&int8),
+                engine(&int8),
                 expected,
                 "int8 on {kernel:?}, heads of {head_dim}"
             );
         }
-        if head_dim != 64 {
+        if !wide {
             continue;
         }
         // Lengths across query and key blocks of 32 and beyond the local window. Not bit for
@@ -202,16 +230,19 @@ fn attention_products_run_on_the_tiles_where_the_linear_layers_do() {
             .map(|(i, &l)| sequence(l, i as u32))
             .collect();
         let together = PackedBatch::from_sequences(&seqs);
-        let all = tiles.encode(&together).unwrap();
-        for (i, s) in seqs.iter().enumerate() {
-            let alone = tiles.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
-            let r = together.range(i);
-            let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
-            assert!(
-                d < 2e-2,
-                "sequence {i} (len {}), heads of {head_dim}: hidden differs by {d}",
-                s.len()
-            );
+        for model in &models {
+            let all = model.encode(&together).unwrap();
+            for (i, s) in seqs.iter().enumerate() {
+                let alone = model.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
+                let r = together.range(i);
+                let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
+                assert!(
+                    d < 2e-2,
+                    "{:?}: sequence {i} (len {}): hidden differs by {d}",
+                    engine(model),
+                    s.len()
+                );
+            }
         }
     }
 }

@@ -1,5 +1,8 @@
-//! The attention's two products on AMX tiles, for `--dtype bf16` and `--dtype int8` on CPUs
-//! with AMX (where their linear layers run on the tiles).
+//! The attention's two products in bf16 on AMX tiles, for `--dtype bf16` and `--dtype int8` on
+//! CPUs with AMX (where their linear layers run on the tiles), or in the same layouts on
+//! AVX512-BF16's `vdpbf16ps` ([`Bf16Engine::Dot`]) on CPUs whose bf16 linear layers run on it
+//! (Zen 4/5): a tile row of A is one row's pairs along k, and a B tile row is one pair of k for
+//! 16 columns, which is the vector `vdpbf16ps` multiplies against a broadcast pair.
 //!
 //! In f32 the attention was a quarter of a bf16 forward on short texts (a third of an int8 one),
 //! for 3% of its arithmetic: its products ran on the vector units while the linear layers ran on
@@ -15,9 +18,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{simd, Block, HeadTask, Inputs, Shape, SharedOut};
+use super::{simd, Bf16Engine, Block, HeadTask, Inputs, Shape, SharedOut};
 use crate::aligned::AlignedVec;
-use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
+use crate::amx::{Accumulators, Destination, TilePair, BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::config::AttentionKind;
 
 /// Queries per tile product (two A tiles), and keys per block (two B tiles of QKᵀ, one k step
@@ -68,18 +71,18 @@ impl Layout {
     }
 }
 
-/// Runs one head of one sequence (see the module's comment).
+/// Runs one head of one sequence on `engine` (see the module's comment).
 ///
 /// # Safety
-/// [`crate::amx_bf16_gemm::available`] said yes; `super::tiles_take(shape.head_dim)`; the task's rows and
-/// head columns lie inside `qkv` and the output, and this task alone writes its part.
+/// The CPU has AVX-512 BW and BF16, and for [`Bf16Engine::Tiles`]
+/// [`crate::amx_bf16_gemm::available`] said yes; `super::tiles_take(shape.head_dim)`; the task's
+/// rows and head columns lie inside `qkv` and the output, and this task alone writes its part.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 pub(super) unsafe fn run(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
-    kind: AttentionKind,
-    shape: Shape,
+    (kind, shape, engine): (AttentionKind, Shape, Bf16Engine),
     scratch: &mut Scratch,
 ) {
     let len = task.seq.len();
@@ -90,11 +93,18 @@ pub(super) unsafe fn run(
     scratch.v.resize(blocks * layout.block_words);
     scratch.rotated.resize(3 * shape.head_dim, 0.0);
     gather(task, inputs, shape, layout, scratch);
-    crate::amx::with_tiles(|| {
-        for block in task.blocks(ROWS) {
-            attend_block(&block, kind, shape, layout, scratch, dst);
+    match engine {
+        Bf16Engine::Tiles => crate::amx::with_tiles(|| {
+            for block in task.blocks(ROWS) {
+                attend_block::<true>(&block, kind, shape, layout, scratch, dst);
+            }
+        }),
+        Bf16Engine::Dot => {
+            for block in task.blocks(ROWS) {
+                attend_block::<false>(&block, kind, shape, layout, scratch, dst);
+            }
         }
-    });
+    }
 }
 
 /// Rotates, rounds and places the head's Q, K and V rows (see [`Scratch`]); V's pairs past the
@@ -189,11 +199,11 @@ unsafe fn scatter_key(k: *mut u32, j: usize, k_rot: &[f32], layout: Layout) {
     }
 }
 
-/// One block of (up to) 32 queries of one head. A function of its own
-/// with the features (not inlined): it runs inside the tile configuration's closure, which
-/// would not inherit them.
+/// One block of (up to) 32 queries of one head, its products on the tiles (`TILES`) or on
+/// `vdpbf16ps`. A function of its own with the features (not inlined): it runs inside the tile
+/// configuration's closure, which would not inherit them.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn attend_block(
+unsafe fn attend_block<const TILES: bool>(
     block: &Block,
     kind: AttentionKind,
     shape: Shape,
@@ -235,7 +245,7 @@ unsafe fn attend_block(
         );
         let c = scores.as_mut_ptr().add((b - b0) * ROWS);
         let out = (c, c.add(TILE_ROWS * stride), stride * 4);
-        crate::amx::product_bf16(a, tiles, steps, out);
+        product::<TILES>(a, tiles, steps, out, block.qn);
     }
     // Softmax of each row over its band, left unnormalised; rounded to bf16 pairs.
     let mut inv_sums = [0f32; ROWS];
@@ -261,7 +271,7 @@ unsafe fn attend_block(
             TILE_BYTES,
             layout.block_words * 4,
         );
-        crate::amx::product_bf16(a, tiles, b1 - b0, sums.destination());
+        product::<TILES>(a, tiles, b1 - b0, sums.destination(), block.qn);
         let out = dst
             .0
             .add(block.q0 * shape.hidden + block.head * shape.head_dim + c0);
@@ -274,6 +284,69 @@ unsafe fn attend_block(
                     _mm512_mul_ps(x, scale),
                 );
             }
+        }
+    }
+}
+
+/// `out = a · b` over `blocks` blocks of k for a 32 × 32 block (see
+/// [`crate::amx::product_bf16`]), on the tiles (`TILES`) or on `vdpbf16ps`, which leaves the
+/// rows from `rows` (rounded up to 8) out: their sums are never read.
+#[inline(always)]
+unsafe fn product<const TILES: bool>(
+    a: TilePair,
+    b: TilePair,
+    blocks: usize,
+    out: Destination<f32>,
+    rows: usize,
+) {
+    if TILES {
+        crate::amx::product_bf16(a, b, blocks, out)
+    } else {
+        dot_product(a, b, blocks, out, rows)
+    }
+}
+
+/// [`crate::amx::product_bf16`] on `vdpbf16ps`, from the same layouts into the same 32 × 32
+/// f32 sums, for rows `..rows` (in groups of 8 rows, 16 accumulators).
+#[inline(always)]
+unsafe fn dot_product(
+    (a0, a1, lda, a_step): TilePair,
+    (b0, b1, ldb, b_step): TilePair,
+    blocks: usize,
+    (c0, c1, ldc): Destination<f32>,
+    rows: usize,
+) {
+    const R: usize = 8;
+    for r0 in (0..rows.min(ROWS)).step_by(R) {
+        // Groups of 8 never straddle the two A tiles (16 rows each).
+        let (a, c) = if r0 < TILE_ROWS {
+            (a0.add(r0 * lda), c0.cast::<u8>().add(r0 * ldc))
+        } else {
+            let r = r0 - TILE_ROWS;
+            (a1.add(r * lda), c1.cast::<u8>().add(r * ldc))
+        };
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for step in 0..blocks {
+            let (a, b0, b1) = (
+                a.add(step * a_step),
+                b0.add(step * b_step),
+                b1.add(step * b_step),
+            );
+            for p in 0..TILE_ROWS {
+                let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(p * ldb).cast()));
+                let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(p * ldb).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let pair = a.add(r * lda + 4 * p).cast::<i32>().read_unaligned();
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], pair, v0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], pair, v1);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = c.add(r * ldc).cast::<f32>();
+            _mm512_storeu_ps(row, acc[0]);
+            _mm512_storeu_ps(row.add(16), acc[1]);
         }
     }
 }
