@@ -184,23 +184,15 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
         let bf16 = |path| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, DType::BF16, path);
         let wide = head_dim == 64;
         let mut models = Vec::new();
-        if tiles {
-            let model = bf16(CpuBf16::Tiles).unwrap();
-            assert_eq!(
-                engine(&model),
-                wide.then_some("AMX tiles"),
-                "heads of {head_dim}"
-            );
-            models.push(model);
-        }
-        if dot {
-            let model = bf16(CpuBf16::DotProduct).unwrap();
-            assert_eq!(
-                engine(&model),
-                wide.then_some("vdpbf16ps"),
-                "heads of {head_dim}"
-            );
-            models.push(model);
+        for (runs, path, name) in [
+            (tiles, CpuBf16::Tiles, "AMX tiles"),
+            (dot, CpuBf16::DotProduct, "vdpbf16ps"),
+        ] {
+            if runs {
+                let model = bf16(path).unwrap();
+                assert_eq!(engine(&model), wide.then_some(name), "heads of {head_dim}");
+                models.push(model);
+            }
         }
         assert_eq!(engine(&load(tmp.path()).unwrap()), None, "f32");
         for kernel in Int8Kernel::all_available() {
