@@ -402,7 +402,10 @@ impl QuantizedRows {
                 let mut normed = Vec::new();
                 for (i, ((v, s), x)) in rows.enumerate() {
                     let x = normalized_row(norm, x, &mut normed);
-                    let a = magnitudes.as_mut().map(|a| &mut a[i * stride..][..stride]);
+                    let mut a = magnitudes.as_mut().map(|a| &mut a[i * stride..][..stride]);
+                    if let Some(a) = a.as_mut() {
+                        a[k..].fill(0);
+                    }
                     *s = quantize_row(x, &mut v[..k], a.map(|a| &mut a[..k]), bytes);
                     v[k..].fill(padding);
                 }
