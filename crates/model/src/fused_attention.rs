@@ -56,13 +56,9 @@ impl AttentionProducts {
         }
     }
 
-    /// The bf16 engine of these products, if they run in bf16.
-    fn bf16_engine(self) -> Option<Bf16Engine> {
-        match self {
-            AttentionProducts::F32(_) => None,
-            AttentionProducts::Bf16Tiles => Some(Bf16Engine::Tiles),
-            AttentionProducts::Bf16Dot => Some(Bf16Engine::Dot),
-        }
+    /// Whether the products run in bf16 (on tiles or `vdpbf16ps`).
+    fn in_bf16(self) -> bool {
+        !matches!(self, AttentionProducts::F32(_))
     }
 
     /// The vector ISA of everything around the products.
@@ -84,15 +80,6 @@ pub(crate) fn dot_available() -> bool {
     {
         false
     }
-}
-
-/// What multiplies the bf16 attention's blocks (see `tiles`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bf16Engine {
-    /// AMX tiles (`tdpbf16ps`).
-    Tiles,
-    /// AVX512-BF16's `vdpbf16ps` on the same layouts.
-    Dot,
 }
 
 /// How many `qkv` rows ahead the gather prefetches.
@@ -172,8 +159,8 @@ struct Inputs<'a> {
     scale: f32,
     /// Whose micro-kernels run (the caller checked that the CPU has them).
     isa: Cpu,
-    /// Where the products run in bf16, if they do (the caller checked that the CPU has it).
-    bf16: Option<Bf16Engine>,
+    /// What the products run on (the caller checked that the CPU has it).
+    products: AttentionProducts,
 }
 
 /// One head of one sequence, gathered into contiguous `[len, head_dim]` buffers, with RoPE
@@ -211,7 +198,7 @@ fn attend_slices(
         rope,
         scale: 1.0 / (shape.head_dim as f32).sqrt(),
         isa: products.vector_isa(),
-        bf16: products.bf16_engine(),
+        products,
     };
     tasks.par_iter().for_each(|task| {
         let dst = &dst;
@@ -324,11 +311,11 @@ impl HeadTask {
 
     fn run(&self, inputs: &Inputs<'_>, dst: &SharedOut, kind: AttentionKind, shape: Shape) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(engine) = inputs.bf16.filter(|_| tiles_take(shape.head_dim)) {
+        if inputs.products.in_bf16() && tiles_take(shape.head_dim) {
             // SAFETY: as below; a bf16 engine only where the CPU (and for tiles the OS) runs it
             // (the model's load checked).
             return crate::packed_gemm::with_thread_buffer(&TILE_SCRATCH, |scratch| unsafe {
-                tiles::run(self, inputs, dst, (kind, shape, engine), scratch)
+                tiles::run(self, inputs, dst, (kind, shape), scratch)
             });
         }
         #[cfg(target_arch = "x86_64")]

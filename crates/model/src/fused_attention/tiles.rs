@@ -1,6 +1,6 @@
 //! The attention's two products in bf16 on AMX tiles, for `--dtype bf16` and `--dtype int8` on
 //! CPUs with AMX (where their linear layers run on the tiles), or in the same layouts on
-//! AVX512-BF16's `vdpbf16ps` ([`Bf16Engine::Dot`]) on CPUs whose bf16 linear layers run on it
+//! AVX512-BF16's `vdpbf16ps` ([`AttentionProducts::Bf16Dot`]) on CPUs whose bf16 linear layers run on it
 //! (Zen 4/5): a tile row of A is one row's pairs along k, and a B tile row is one pair of k for
 //! 16 columns, which is the vector `vdpbf16ps` multiplies against a broadcast pair.
 //!
@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{simd, Bf16Engine, Block, HeadTask, Inputs, Shape, SharedOut};
+use super::{simd, AttentionProducts, Block, HeadTask, Inputs, Shape, SharedOut};
 use crate::aligned::AlignedVec;
 use crate::amx::{Accumulators, Destination, TilePair, BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::config::AttentionKind;
@@ -71,10 +71,11 @@ impl Layout {
     }
 }
 
-/// Runs one head of one sequence on `engine` (see the module's comment).
+/// Runs one head of one sequence on `inputs.products`, tiles or `vdpbf16ps` (see the module's
+/// comment).
 ///
 /// # Safety
-/// The CPU has AVX-512 BW and BF16, and for [`Bf16Engine::Tiles`]
+/// The CPU has AVX-512 BW and BF16, and for [`AttentionProducts::Bf16Tiles`]
 /// [`crate::amx_bf16_gemm::available`] said yes; `super::tiles_take(shape.head_dim)`; the task's
 /// rows and head columns lie inside `qkv` and the output, and this task alone writes its part.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
@@ -82,7 +83,7 @@ pub(super) unsafe fn run(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
-    (kind, shape, engine): (AttentionKind, Shape, Bf16Engine),
+    (kind, shape): (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
     let len = task.seq.len();
@@ -93,16 +94,15 @@ pub(super) unsafe fn run(
     scratch.v.resize(blocks * layout.block_words);
     scratch.rotated.resize(3 * shape.head_dim, 0.0);
     gather(task, inputs, shape, layout, scratch);
-    match engine {
-        Bf16Engine::Tiles => crate::amx::with_tiles(|| {
+    if inputs.products == AttentionProducts::Bf16Tiles {
+        crate::amx::with_tiles(|| {
             for block in task.blocks(ROWS) {
                 attend_block::<true>(&block, kind, shape, layout, scratch, dst);
             }
-        }),
-        Bf16Engine::Dot => {
-            for block in task.blocks(ROWS) {
-                attend_block::<false>(&block, kind, shape, layout, scratch, dst);
-            }
+        });
+    } else {
+        for block in task.blocks(ROWS) {
+            attend_block::<false>(&block, kind, shape, layout, scratch, dst);
         }
     }
 }
