@@ -14,7 +14,7 @@ use arrow::datatypes::Float32Type;
 use arrow::record_batch::RecordBatch;
 
 use crate::pipeline::{pipeline_toml, read_output, write_inputs};
-use crate::util::{fixture, mbpipe, ok, shared_dir};
+use crate::util::{fixture, mbpipe, ok, shared_dir, Fixture};
 
 /// Macro-F1 within this many points (of 100) of f32's.
 const MACRO_F1_POINTS: f64 = 0.5;
@@ -234,16 +234,22 @@ fn mean_embeddings(out: &RecordBatch, rows: &[Option<String>]) -> Vec<Vec<f32>> 
     texts
 }
 
+/// The fixture's inputs and pipeline written to `dir` and run with `--dtype int8` (output in
+/// `dir/out`): the input rows and the output.
+fn fixture_pipeline_in_int8(fx: &Fixture, dir: &Path) -> (Vec<Option<String>>, RecordBatch) {
+    let rows = write_inputs(fx, dir);
+    std::fs::write(dir.join("int8.toml"), pipeline_toml(fx, "")).unwrap();
+    ok(mbpipe(dir, &["run", "int8.toml", "--dtype", "int8"]));
+    (rows, read_output(&dir.join("out")))
+}
+
 /// The fixture's texts through an int8 run: each mean embedding within [`EMBEDDING_COSINE`] of
 /// what transformers computes in f32, and the null rows still null.
 #[test]
 fn int8_embeddings_stay_within_the_cosine_gate_on_the_fixture() {
     let Some(fx) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let rows = write_inputs(&fx, tmp.path());
-    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
-    ok(mbpipe(tmp.path(), &["run", "p.toml", "--dtype", "int8"]));
-    let out = read_output(&tmp.path().join("out"));
+    let (rows, out) = fixture_pipeline_in_int8(&fx, tmp.path());
     let mut cosines = HashMap::new();
     for (i, got) in mean_embeddings(&out, &rows).into_iter().enumerate() {
         let want = fx.vec(&format!("mean.{i}")).unwrap();
@@ -266,10 +272,7 @@ fn int8_embeddings_stay_within_the_cosine_gate_on_the_fixture() {
 fn quantized_tasks_in_an_f32_run_write_what_an_int8_run_writes() {
     let Some(fx) = fixture() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let rows = write_inputs(&fx, tmp.path());
-    std::fs::write(tmp.path().join("int8.toml"), pipeline_toml(&fx, "")).unwrap();
-    ok(mbpipe(tmp.path(), &["run", "int8.toml", "--dtype", "int8"]));
-    let int8_out = read_output(&tmp.path().join("out"));
+    let (rows, int8_out) = fixture_pipeline_in_int8(&fx, tmp.path());
     let quantized = format!(
         "[[tasks]]\nname = \"embq\"\nkind = \"embed\"\nmodel = \"{mlm}\"\npooling = \"mean\"\n\
          normalize = false\nquantize = \"int8\"\n\n[[tasks]]\nname = \"sentimentq\"\n\
