@@ -20,6 +20,8 @@ use crate::util::{fixture, mbpipe, ok, shared_dir, Fixture};
 const MACRO_F1_POINTS: f64 = 0.5;
 /// At least this share of labels equal to f32's.
 const SAME_LABELS: f64 = 0.99;
+/// Rows of a held-out set that check a task's `quantize` against `--dtype int8`.
+const QUANTIZE_CHECK_ROWS: usize = 96;
 /// Mean embeddings at least this cosine to the reference.
 const EMBEDDING_COSINE: f32 = 0.99;
 
@@ -159,12 +161,16 @@ fn check_gate(set: &str, field: &str, model: &str, classes: &[&str]) {
     let work = tempfile::tempdir().unwrap();
     let f32_out = classify(work.path(), model, &rows, "f32", false);
     let int8_out = classify(work.path(), model, &rows, "int8", false);
-    // The same gate through a task's `quantize`: in an f32 run, the quantized copy of the
-    // classifier writes what `--dtype int8` writes and the plain one what `--dtype f32` does.
-    let mixed = classify(work.path(), model, &rows, "f32", true);
-    assert_same_task_columns(&mixed, "c", &f32_out, "c");
-    assert_same_task_columns(&mixed, "q", &int8_out, "c");
     let bf16_out = classify(work.path(), model, &rows, "bf16", false);
+    // The same gate through a task's `quantize`: in an f32 run, the quantized copy of the
+    // classifier writes what `--dtype int8` writes, on these models' 64-wide heads (the
+    // fixture's test covers 16-wide ones). The first rows suffice, both runs on the same input
+    // (the same batches: on AMX tiles a row's last bits depend on its place in a block).
+    let few = &rows[..QUANTIZE_CHECK_ROWS];
+    let sub = work.path().join("quantize");
+    std::fs::create_dir(&sub).unwrap();
+    let mixed = classify(&sub, model, few, "f32", true);
+    assert_same_task_columns(&mixed, "q", &classify(&sub, model, few, "int8", false), "c");
     let f32_labels = labels(&f32_out, "c");
     let gold: Vec<&str> = rows.iter().map(|(_, g)| g.as_str()).collect();
     let f1_f32 = macro_f1(&f32_labels, &gold, classes);
