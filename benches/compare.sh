@@ -12,7 +12,9 @@
 # and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32, bf16 and int8.
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
-# the end-to-end / model-only ratio (target >= 0.95).
+# the end-to-end / model-only ratio (target >= 0.95) and its share of the instruction peak (the
+# `peak` example: the multiply-adds per second that the instruction of mbpipe's kernel for that
+# precision can issue here, on every thread).
 #
 # Usage: benches/compare.sh [options]
 #   --corpus FILE       short-text corpus (default ../shared/bench/corpus-comments-1k.jsonl)
@@ -74,6 +76,11 @@ if [ "$build" = 1 ] || [ ! -x "$mbpipe" ]; then
   log "building mbpipe (release)"
   (cd "$root" && cargo build --release --bin mbpipe >&2)
 fi
+peak=$root/target/release/examples/peak
+if [ "$build" = 1 ] || [ ! -x "$peak" ]; then
+  log "building the instruction peak measurement (release)"
+  (cd "$root" && cargo build --release -p mbpipe-model --example peak >&2)
+fi
 
 # 2. The reference environment (another run may have made it already).
 if ! "$ref/bin/python" -c "import torch, transformers" 2>/dev/null; then
@@ -127,6 +134,10 @@ if [ -z "${GEMM_BF16_GFLOPS:-}" ]; then
 fi
 export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS
 log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s"
+log "measuring the instruction peak of mbpipe's kernels"
+INSTRUCTION_PEAK=$("$peak" "$threads" --json)
+export INSTRUCTION_PEAK
+log "instruction peak (G multiply-add operations/s): $INSTRUCTION_PEAK"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -253,17 +264,20 @@ cfg = json.load(open(sys.argv[2]))
 h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
 flop_per_token = 2 * L * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
 ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
+peak = json.loads(os.environ["INSTRUCTION_PEAK"])  # per precision; absent: AMX tiles
 def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"  # int8 rows: against f32
 bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
-print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 {bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 {bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) | model-only, % of instruction peak |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 def model_only(r):
     m = r.get("model_tokens_per_s")
     if not m:
-        return "–", "–"
+        return "–", "–", "–"
     run = r.get("run_tokens_per_s")
     run_ratio = f"{run / m:.2f}" if run else "–"
-    return f"{m:.0f}", f"{run_ratio} ({r['tokens_per_s'] / m:.2f})"
+    p = peak.get(r["dtype"])
+    of_peak = f"{100 * m * flop_per_token / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
+    return f"{m:.0f}", f"{run_ratio} ({r['tokens_per_s'] / m:.2f})", of_peak
 for r in rows:
     same = [x for x in rows if x["corpus"] == r["corpus"] and x["impl"] == "hf" and kind(x["dtype"]) == "f32"]
     def ratio(mode):
@@ -284,5 +298,8 @@ print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {sys.argv[3
       "model_tokens_per_second (tokens over the workers' time inside forward passes); "
       "GEMM ceiling: torch's matrix products on the model's linear-layer shapes, measured at the "
       "start of this run. e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, tokenizing "
-      "and writing keep up with compute), and the whole-process rate over it in parentheses.")
+      "and writing keep up with compute), and the whole-process rate over it in parentheses. "
+      "Instruction peak: the `peak` example, the rate at which the instruction of mbpipe's kernel "
+      "for the row's precision issues multiply-adds on every thread (a GEMM's upper bound; "
+      "G operations/s, a multiply-add counts two).")
 EOF
