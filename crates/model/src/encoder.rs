@@ -125,6 +125,9 @@ struct Scratch {
     attn: Option<Tensor>,
     /// `Wi`'s product and, where it is not fused into the product, its GEGLU.
     wi: [Option<Tensor>; 2],
+    /// The hidden states after the attention's residual connection and after the MLP's (the
+    /// next layer's input, no longer read once the first is written).
+    hidden: [Option<Tensor>; 2],
 }
 
 /// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.
@@ -362,7 +365,11 @@ impl Encoder {
                 self.attention_candle(&qkv, batch, layer.kind, &cos, &sin)?
             }
         };
-        let x = timed(5, || layer.wo.forward_add(&attn, x))?;
+        let x = timed(5, || {
+            layer
+                .wo
+                .forward_add_reusing(&attn, x, &mut scratch.hidden[0])
+        })?;
         drop(qkv);
         // Stages 1 (the norm, where the product does not apply it), 6 and 7 (the product and
         // the GEGLU) are timed inside.
@@ -372,7 +379,11 @@ impl Encoder {
             &mut scratch.normed,
             &mut scratch.wi,
         )?;
-        timed(8, || layer.mlp_wo.forward_add(&gated, &x))
+        timed(8, || {
+            layer
+                .mlp_wo
+                .forward_add_reusing(&gated, &x, &mut scratch.hidden[1])
+        })
     }
 
     /// Attention by candle ops (any device and dtype): `qkv [T, 3H]` in, `[T, H]` out.
