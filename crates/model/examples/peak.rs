@@ -32,95 +32,32 @@ mod x86 {
 
     use super::CHAINS;
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fma256(iterations: usize) -> f32 {
-        let (b, c) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-3));
-        let mut acc = [_mm256_setzero_ps(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm256_fmadd_ps(*a, b, c);
+    /// `pub fn $name(iterations) -> f32`: `CHAINS` accumulators from `$zero`, each updated by
+    /// `$step` (`$a` the accumulator) `iterations` times, then reduced by `$reduce` (`$all` the
+    /// accumulators). Only called where `super::instructions` checked `$features`.
+    macro_rules! chains {
+        ($name:ident, $features:literal, $zero:expr, |$a:ident| $step:expr, |$all:ident| $reduce:expr) => {
+            pub fn $name(iterations: usize) -> f32 {
+                #[target_feature(enable = $features)]
+                unsafe fn run(iterations: usize) -> f32 {
+                    let mut acc = [$zero; CHAINS];
+                    for _ in 0..iterations {
+                        for $a in acc.iter_mut() {
+                            *$a = $step;
+                        }
+                    }
+                    let $all = acc;
+                    $reduce
+                }
+                // SAFETY: the caller checked that the CPU has the features.
+                unsafe { run(iterations) }
             }
-        }
-        let mut out = [0f32; 8];
-        _mm256_storeu_ps(
-            out.as_mut_ptr(),
-            acc.iter().fold(c, |s, &a| _mm256_add_ps(s, a)),
-        );
-        out.iter().sum()
+        };
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma512(iterations: usize) -> f32 {
-        let (b, c) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-3));
-        let mut acc = [_mm512_setzero_ps(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm512_fmadd_ps(*a, b, c);
-            }
-        }
-        _mm512_reduce_add_ps(acc.iter().fold(c, |s, &a| _mm512_add_ps(s, a)))
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn dpbf16_512(iterations: usize) -> f32 {
-        let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
-        let mut acc = [_mm512_setzero_ps(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm512_dpbf16_ps(*a, ones, ones);
-            }
-        }
-        _mm512_reduce_add_ps(
-            acc.iter()
-                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)),
-        )
-    }
-
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn dpbusd_512(iterations: usize) -> f32 {
-        let ones = _mm512_set1_epi8(1);
-        let mut acc = [_mm512_setzero_si512(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm512_dpbusd_epi32(*a, ones, ones);
-            }
-        }
-        let sum = acc
-            .iter()
-            .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
-        _mm512_reduce_add_epi32(sum) as f32
-    }
-
-    #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn dpbusd_256(iterations: usize) -> f32 {
-        let ones = _mm256_set1_epi8(1);
-        let mut acc = [_mm256_setzero_si256(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                *a = _mm256_dpbusd_avx_epi32(*a, ones, ones);
-            }
-        }
-        let sum = acc
-            .iter()
-            .fold(_mm256_setzero_si256(), |s, &a| _mm256_add_epi32(s, a));
-        let mut out = [0i32; 8];
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, sum);
-        out.iter().sum::<i32>() as f32
-    }
-
-    /// The AVX2 int8 kernel's step: `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd` (and its
-    /// `vpsignb` on the weights), 32 byte products per step.
+    /// The sum of 256-bit i32 accumulators, as f32.
     #[target_feature(enable = "avx2")]
-    unsafe fn maddubs_256(iterations: usize) -> f32 {
-        let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
-        let mut acc = [_mm256_setzero_si256(); CHAINS];
-        for _ in 0..iterations {
-            for a in acc.iter_mut() {
-                let signed = _mm256_sign_epi8(ones8, *a);
-                let pairs = _mm256_maddubs_epi16(ones8, signed);
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones16));
-            }
-        }
+    unsafe fn sum_epi32(acc: &[__m256i]) -> f32 {
         let sum = acc
             .iter()
             .fold(_mm256_setzero_si256(), |s, &a| _mm256_add_epi32(s, a));
@@ -129,25 +66,75 @@ mod x86 {
         out.iter().sum::<i32>() as f32
     }
 
-    // Safe wrappers: each is only called where `super::instructions` checked the features.
-    pub fn fma256_checked(n: usize) -> f32 {
-        unsafe { fma256(n) }
-    }
-    pub fn fma512_checked(n: usize) -> f32 {
-        unsafe { fma512(n) }
-    }
-    pub fn dpbf16_512_checked(n: usize) -> f32 {
-        unsafe { dpbf16_512(n) }
-    }
-    pub fn dpbusd_512_checked(n: usize) -> f32 {
-        unsafe { dpbusd_512(n) }
-    }
-    pub fn dpbusd_256_checked(n: usize) -> f32 {
-        unsafe { dpbusd_256(n) }
-    }
-    pub fn maddubs_256_checked(n: usize) -> f32 {
-        unsafe { maddubs_256(n) }
-    }
+    chains!(
+        fma256,
+        "avx2,fma",
+        _mm256_setzero_ps(),
+        |a| _mm256_fmadd_ps(*a, _mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-3)),
+        |acc| {
+            let mut out = [0f32; 8];
+            let sum = acc
+                .iter()
+                .fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+            _mm256_storeu_ps(out.as_mut_ptr(), sum);
+            out.iter().sum()
+        }
+    );
+    chains!(
+        fma512,
+        "avx512f",
+        _mm512_setzero_ps(),
+        |a| _mm512_fmadd_ps(*a, _mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-3)),
+        |acc| _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a))
+        )
+    );
+    chains!(
+        dpbf16_512,
+        "avx512f,avx512bf16",
+        _mm512_setzero_ps(),
+        |a| {
+            let ones: __m512bh = std::mem::transmute(_mm512_set1_epi16(0x3f80));
+            _mm512_dpbf16_ps(*a, ones, ones)
+        },
+        |acc| _mm512_reduce_add_ps(
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a))
+        )
+    );
+    chains!(
+        dpbusd_512,
+        "avx512f,avx512vnni",
+        _mm512_setzero_si512(),
+        |a| _mm512_dpbusd_epi32(*a, _mm512_set1_epi8(1), _mm512_set1_epi8(1)),
+        |acc| {
+            let sum = acc
+                .iter()
+                .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
+            _mm512_reduce_add_epi32(sum) as f32
+        }
+    );
+    chains!(
+        dpbusd_256,
+        "avx2,avxvnni",
+        _mm256_setzero_si256(),
+        |a| _mm256_dpbusd_avx_epi32(*a, _mm256_set1_epi8(1), _mm256_set1_epi8(1)),
+        |acc| sum_epi32(&acc)
+    );
+    // The AVX2 int8 kernel's step: `vpsignb` (the sign of the activation on the weights),
+    // `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`: 32 byte products.
+    chains!(
+        maddubs_256,
+        "avx2",
+        _mm256_setzero_si256(),
+        |a| {
+            let ones = _mm256_set1_epi8(1);
+            let pairs = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(ones, *a));
+            _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        },
+        |acc| sum_epi32(&acc)
+    );
 }
 
 /// The instruction each precision's kernel runs on this CPU, as the model picks it (`None`:
@@ -161,7 +148,7 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
         CpuBf16::DotProduct => Some(Instruction {
             name: "vdpbf16ps (512-bit)",
             ops_per_instruction: 64.0,
-            run: x86::dpbf16_512_checked,
+            run: x86::dpbf16_512,
         }),
         // bf16 runs the f32 kernels: f32's instruction is its ceiling.
         CpuBf16::F32 => f32(),
@@ -171,17 +158,17 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
         Some(Int8Kernel::Avx512Vnni) => Some(Instruction {
             name: "vpdpbusd (512-bit)",
             ops_per_instruction: 128.0,
-            run: x86::dpbusd_512_checked,
+            run: x86::dpbusd_512,
         }),
         Some(Int8Kernel::AvxVnni) => Some(Instruction {
             name: "vpdpbusd (256-bit, AVX-VNNI)",
             ops_per_instruction: 64.0,
-            run: x86::dpbusd_256_checked,
+            run: x86::dpbusd_256,
         }),
         Some(Int8Kernel::Avx2) => Some(Instruction {
             name: "vpsignb + vpmaddubsw + vpmaddwd + vpaddd (256-bit)",
             ops_per_instruction: 64.0,
-            run: x86::maddubs_256_checked,
+            run: x86::maddubs_256,
         }),
         _ => None,
     };
@@ -195,13 +182,13 @@ fn fma_instruction(avx512: bool) -> Instruction {
         Instruction {
             name: "vfmadd (512-bit)",
             ops_per_instruction: 32.0,
-            run: x86::fma512_checked,
+            run: x86::fma512,
         }
     } else {
         Instruction {
             name: "vfmadd (256-bit)",
             ops_per_instruction: 16.0,
-            run: x86::fma256_checked,
+            run: x86::fma256,
         }
     }
 }
