@@ -151,7 +151,7 @@ impl Linear {
     }
 
     /// [`forward_add`](Self::forward_add), written into `buffer` when it holds an f32 tensor of
-    /// the result's shape that does not share `residual`'s storage (otherwise the result becomes
+    /// the result's shape that shares neither input's storage (otherwise the result becomes
     /// the buffer), as [`forward_reusing`](Self::forward_reusing) writes: the hidden states of
     /// every layer's two residual connections, which were mapped and faulted in anew each
     /// time (2.8% of an int8 forward on Zen 4, in the kernel's page faults).
@@ -165,7 +165,8 @@ impl Linear {
             let out_dims = product_dims(x, weight.out_features());
             let reusable = buffer
                 .as_ref()
-                .filter(|b| b.dims() == out_dims.as_slice() && !shares_storage(b, residual));
+                .filter(|b| b.dims() == out_dims.as_slice())
+                .filter(|b| !shares_storage(b, residual) && !shares_storage(b, x));
             if let (Some(buf), DType::F32) = (reusable, residual.dtype()) {
                 let k = weight.in_features();
                 let m = x.elem_count() / k.max(1);
@@ -598,5 +599,69 @@ impl LayerNorm {
             &self.bias,
             self.eps,
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// `forward_add_reusing` writes what `forward_add` computes, into the buffer when it can
+    /// (the result then shares the buffer's storage), and into a fresh tensor when the buffer
+    /// has another shape or is the residual itself (no write while the residual is read).
+    #[test]
+    fn residual_products_reuse_a_buffer_only_where_it_is_safe() {
+        let (n, k, m) = (24, 40, 7);
+        let r = |dims: &[usize]| Tensor::randn(0f32, 1.0, dims, &Device::Cpu).unwrap();
+        let packing = Packing::F32(Some(crate::simd::cpu()));
+        let linear = Linear::new(r(&[n, k]), Some(r(&[n])), packing).unwrap();
+        if linear.packed().is_none() {
+            eprintln!("SKIPPED: this CPU has no own f32 kernel (needs AVX2 + FMA)");
+            return;
+        }
+        let (x, residual) = (r(&[m, k]), r(&[m, n]));
+        let want = linear.forward_add(&x, &residual).unwrap();
+        let same = |got: &Tensor| {
+            let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        };
+
+        let mut buffer = Some(r(&[m, n]));
+        let got = linear
+            .forward_add_reusing(&x, &residual, &mut buffer)
+            .unwrap();
+        same(&got);
+        assert!(
+            shares_storage(&got, buffer.as_ref().unwrap()),
+            "written into the buffer"
+        );
+
+        let mut buffer = Some(r(&[m + 1, n]));
+        let got = linear
+            .forward_add_reusing(&x, &residual, &mut buffer)
+            .unwrap();
+        same(&got);
+        assert!(
+            shares_storage(&got, buffer.as_ref().unwrap()),
+            "the result became the buffer"
+        );
+        assert_eq!(buffer.as_ref().unwrap().dims(), [m, n]);
+
+        let before = residual.to_vec2::<f32>().unwrap();
+        let mut buffer = Some(residual.clone());
+        let got = linear
+            .forward_add_reusing(&x, &residual, &mut buffer)
+            .unwrap();
+        same(&got);
+        assert!(
+            !shares_storage(&got, &residual),
+            "a new tensor, not the residual"
+        );
+        assert_eq!(
+            residual.to_vec2::<f32>().unwrap(),
+            before,
+            "the residual kept its values"
+        );
     }
 }
