@@ -622,38 +622,28 @@ mod tests {
         }
         let (x, residual) = (r(&[m, k]), r(&[m, n]));
         let want = linear.forward_add(&x, &residual).unwrap();
-        let same = |got: &Tensor| {
-            let d = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+        // The result for `buffer`, checked bit for bit against `forward_add`'s; and the buffer
+        // after the call.
+        let run = |buffer: Tensor| {
+            let mut buffer = Some(buffer);
+            let got = linear
+                .forward_add_reusing(&x, &residual, &mut buffer)
+                .unwrap();
+            let d = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            (got, buffer.unwrap())
         };
 
-        let mut buffer = Some(r(&[m, n]));
-        let got = linear
-            .forward_add_reusing(&x, &residual, &mut buffer)
-            .unwrap();
-        same(&got);
+        let (got, buffer) = run(r(&[m, n]));
+        assert!(shares_storage(&got, &buffer), "written into the buffer");
+        let (got, buffer) = run(r(&[m + 1, n]));
         assert!(
-            shares_storage(&got, buffer.as_ref().unwrap()),
-            "written into the buffer"
-        );
-
-        let mut buffer = Some(r(&[m + 1, n]));
-        let got = linear
-            .forward_add_reusing(&x, &residual, &mut buffer)
-            .unwrap();
-        same(&got);
-        assert!(
-            shares_storage(&got, buffer.as_ref().unwrap()),
+            shares_storage(&got, &buffer),
             "the result became the buffer"
         );
-        assert_eq!(buffer.as_ref().unwrap().dims(), [m, n]);
-
+        assert_eq!(buffer.dims(), [m, n]);
         let before = residual.to_vec2::<f32>().unwrap();
-        let mut buffer = Some(residual.clone());
-        let got = linear
-            .forward_add_reusing(&x, &residual, &mut buffer)
-            .unwrap();
-        same(&got);
+        let (got, _) = run(residual.clone());
         assert!(
             !shares_storage(&got, &residual),
             "a new tensor, not the residual"
