@@ -101,7 +101,7 @@ impl Linear {
         buffer: &mut Option<Tensor>,
     ) -> Result<Tensor> {
         match self.packed() {
-            Some((weight, bias)) => packed_reusing(weight, bias, x, buffer),
+            Some((weight, bias)) => packed_reusing(weight, bias, x, None, buffer),
             None => self.forward(x),
         }
     }
@@ -163,27 +163,8 @@ impl Linear {
     ) -> Result<Tensor> {
         if let Some((weight, bias)) = self.packed() {
             let out_dims = product_dims(x, weight.out_features());
-            let reusable = buffer
-                .as_ref()
-                .filter(|b| b.dims() == out_dims.as_slice())
-                .filter(|b| !shares_storage(b, residual) && !shares_storage(b, x));
-            if let (Some(buf), DType::F32) = (reusable, residual.dtype()) {
-                let k = weight.in_features();
-                let m = x.elem_count() / k.max(1);
-                let (x, residual) = (
-                    x.to_dtype(DType::F32)?.contiguous()?,
-                    residual.contiguous()?,
-                );
-                let written = with_f32_slice(&x, |rows| {
-                    with_f32_slice(&residual, |res| {
-                        with_f32_slice_mut(buf, |out| {
-                            weight.matmul_add_into(rows, m, bias, Some(res), out)
-                        })
-                    })
-                })?;
-                if let Some(Ok(Some(Ok(Some(()))))) = written {
-                    return Ok(buf.clone());
-                }
+            if residual.dtype() == DType::F32 && residual.dims() == out_dims.as_slice() {
+                return packed_reusing(weight, bias, x, Some(residual), buffer);
             }
         }
         let y = self.forward_add(x, residual)?;
@@ -272,7 +253,7 @@ impl GatedLinear {
     pub(crate) fn forward(&self, x: &Tensor, buffers: &mut [Option<Tensor>; 2]) -> Result<Tensor> {
         match self {
             GatedLinear::Fused { weight, bias } => timed(6, || {
-                packed_reusing(weight.as_ref(), bias.as_deref(), x, &mut buffers[0])
+                packed_reusing(weight.as_ref(), bias.as_deref(), x, None, &mut buffers[0])
             }),
             GatedLinear::Separate { wi, inter } => {
                 let wi = timed(6, || wi.forward_reusing(x, &mut buffers[0]))?;
@@ -340,27 +321,43 @@ fn load_bias(
         .transpose()
 }
 
-/// `x` through a packed f32 weight, written into `buffer` when it holds a tensor of the result's
-/// shape (see [`Linear::forward_reusing`]); otherwise the result becomes the buffer.
+/// `x` through a packed f32 weight (plus `residual [.., n]`, added as the product is written),
+/// written into `buffer` when it holds a tensor of the result's shape that shares neither
+/// input's storage (see [`Linear::forward_reusing`]); otherwise the result becomes the buffer.
 fn packed_reusing(
     weight: &dyn PackedGemm,
     bias: Option<&[f32]>,
     x: &Tensor,
+    residual: Option<&Tensor>,
     buffer: &mut Option<Tensor>,
 ) -> Result<Tensor> {
     let (k, n) = (weight.in_features(), weight.out_features());
     let out_dims = product_dims(x, n);
-    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == out_dims.as_slice()) {
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let residual = residual.map(Tensor::contiguous).transpose()?;
+    let reads = |b: &Tensor| {
+        shares_storage(b, &x) || residual.as_ref().is_some_and(|r| shares_storage(b, r))
+    };
+    if let Some(buf) = buffer
+        .as_ref()
+        .filter(|b| b.dims() == out_dims.as_slice() && !reads(b))
+    {
         let m = x.elem_count() / k.max(1);
-        let x = x.to_dtype(DType::F32)?.contiguous()?;
         let written = with_f32_slice(&x, |rows| {
-            with_f32_slice_mut(buf, |out| weight.matmul_add_into(rows, m, bias, None, out))
+            with_optional_f32_slice(residual.as_ref(), |res| {
+                with_f32_slice_mut(buf, |out| weight.matmul_add_into(rows, m, bias, res, out))
+            })
         })?;
-        if let Some(Ok(Some(()))) = written {
+        if let Some(Ok(Some(Ok(Some(()))))) = written {
             return Ok(buf.clone());
         }
     }
-    let y = on_f32_rows(x, k, n, |rows, m| weight.matmul_add(rows, m, bias, None))?;
+    let y = with_optional_f32_slice(residual.as_ref(), |res| {
+        on_f32_rows(&x, k, n, |rows, m| weight.matmul_add(rows, m, bias, res))
+    })?
+    .ok_or_else(|| {
+        ModelError::Unsupported("the packed CPU kernels take CPU f32 residuals".into())
+    })??;
     *buffer = Some(y.clone());
     Ok(y)
 }
@@ -490,6 +487,17 @@ fn on_f32_rows(
     })?;
     *dims.last_mut().expect("matmul input has a dimension") = n;
     Ok(Tensor::from_vec(y, dims, x.device())?)
+}
+
+/// [`with_f32_slice`] of `t` where there is one; `f(None)` where not.
+fn with_optional_f32_slice<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> R,
+) -> Result<Option<R>> {
+    match t {
+        Some(t) => with_f32_slice(t, |data| f(Some(data))),
+        None => Ok(Some(f(None))),
+    }
 }
 
 /// `f` on the elements of a contiguous f32 CPU tensor; `None` for any other tensor.
