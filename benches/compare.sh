@@ -14,7 +14,12 @@
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
 # the end-to-end / model-only ratio (target >= 0.95) and its share of the instruction peak (the
 # `peak` example: the multiply-adds per second that the instruction of mbpipe's kernel for that
-# precision can issue here, on every thread).
+# precision can issue here, on every thread); then each mbpipe row against the fastest alternative
+# of the same precision (f32: transformers, ONNX Runtime, OpenVINO f32; bf16: transformers bf16,
+# OpenVINO bf16; int8: ONNX Runtime int8). With --rounds N every run is repeated N times, round
+# after round (all engines in each), and rates and ratios are medians over the rounds with their
+# range: shared hosts drift by 10-20% within minutes, and a ratio of two runs from the same round
+# drifts less than two runs made a quarter of an hour apart.
 #
 # Usage: benches/compare.sh [options]
 #   --corpus FILE       short-text corpus (default ../shared/bench/corpus-comments-1k.jsonl)
@@ -27,6 +32,7 @@
 #   --no-bf16           f32 runs only (CPUs without AVX512-BF16, where bf16 is not the fast path)
 #   --no-ort            skip the ONNX Runtime and OpenVINO rows
 #   --no-int8           skip mbpipe's int8 rows
+#   --rounds N          repeat every run N times, interleaved (default 1)
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
 # GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; by default measured in this run
@@ -48,6 +54,7 @@ build=1
 bf16=1
 ort=1
 int8=1
+rounds=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) corpus=$2; shift 2 ;;
@@ -60,10 +67,14 @@ while [ $# -gt 0 ]; do
     --no-bf16) bf16=0; shift ;;
     --no-ort) ort=0; shift ;;
     --no-int8) int8=0; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$rounds" in
+  ''|*[!0-9]*|0) echo "--rounds takes a whole number of at least 1, not '$rounds'" >&2; exit 2 ;;
+esac
 for f in "$shared/bench/hf_baseline.py" "$shared/bench/make_base_model.py" "$corpus"; do
   [ -f "$f" ] || { echo "not found: $f (set MBPIPE_SHARED to the shared/ folder)" >&2; exit 2; }
 done
@@ -141,8 +152,8 @@ log "instruction peak (G multiply-add operations/s): $INSTRUCTION_PEAK"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-results=$work/results.jsonl
-: > "$results"
+# One results file per round (the table reads them all, in order).
+results=""
 
 # The same texts for both implementations: the first N non-blank lines.
 subset() { # FILE N OUT   (awk alone: `grep | head` would fail on SIGPIPE under pipefail)
@@ -234,64 +245,96 @@ EOF
 
 subset "$corpus" "$limit" "$work/short.jsonl"
 short_name="$(basename "$corpus" .jsonl)$([ "$limit" -gt 0 ] && echo " (first $limit)" || true)"
-run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
-run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
-[ "$bf16" = 1 ] && run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
-if [ "$ort" = 1 ]; then
-  run_ort "ONNX Runtime f32" "$short_name" "$work/short.jsonl" ort
-  run_ort "ONNX Runtime int8" "$short_name" "$work/short.jsonl" ort-int8
-  run_ort "OpenVINO f32" "$short_name" "$work/short.jsonl" ov
-  [ "$bf16" = 1 ] && run_ort "OpenVINO default precision" "$short_name" "$work/short.jsonl" ov-default
-fi
-run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
-[ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
-[ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$short_name" "$work/short.jsonl" int8
-
+long_name=""
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
   long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)" || true)"
-  run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
-  run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
-  [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
-  [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$long_name" "$work/long.jsonl" int8
 fi
+for round in $(seq "$rounds"); do
+  [ "$rounds" -gt 1 ] && log "round $round of $rounds"
+  results=$work/results-$round.jsonl
+  : > "$results"
+  run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
+  run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
+  [ "$bf16" = 1 ] && run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
+  if [ "$ort" = 1 ]; then
+    run_ort "ONNX Runtime f32" "$short_name" "$work/short.jsonl" ort
+    run_ort "ONNX Runtime int8" "$short_name" "$work/short.jsonl" ort-int8
+    run_ort "OpenVINO f32" "$short_name" "$work/short.jsonl" ov
+    [ "$bf16" = 1 ] && run_ort "OpenVINO default precision" "$short_name" "$work/short.jsonl" ov-default
+  fi
+  run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
+  [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
+  [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$short_name" "$work/short.jsonl" int8
 
-# The table.
-"$py" - "$results" "$model/config.json" "$threads" <<'EOF'
-import json, os, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-cfg = json.load(open(sys.argv[2]))
+  if [ -n "$long_name" ]; then
+    run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
+    run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
+    [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
+    [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$long_name" "$work/long.jsonl" int8
+  fi
+done
+
+# The table: each (implementation, corpus) row's median over the rounds.
+"$py" - "$model/config.json" "$threads" "$rounds" "$work"/results-*.jsonl <<'EOF'
+import json, os, statistics, sys
+cfg = json.load(open(sys.argv[1]))
+threads, rounds = sys.argv[2], int(sys.argv[3])
+runs = []  # every run, tagged with its round
+for n, path in enumerate(sorted(sys.argv[4:], key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0])), 1):
+    runs += [dict(json.loads(l), round=n) for l in open(path) if l.strip()]
 h, i, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
 flop_per_token = 2 * L * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
 ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
 peak = json.loads(os.environ["INSTRUCTION_PEAK"])  # per precision; absent: AMX tiles
-def kind(d): return "bf16" if d in ("bf16", "bfloat16") else "f32"  # int8 rows: against f32
+def precision(d): return {"float32": "f32", "bfloat16": "bf16"}.get(d, d)
+def kind(d): return "bf16" if precision(d) == "bf16" else "f32"  # int8 rows: against f32
+def median(xs): return statistics.median(xs) if xs else None
+def spread(xs, fmt):  # "median" or, over several rounds, "median (min-max)"
+    m = fmt(median(xs))
+    return m if len(xs) < 2 else f"{m} ({fmt(min(xs))}-{fmt(max(xs))})"
+def num(x): return f"{x:.0f}"
+def times(x): return f"{x:.2f}x"
+# One row per (label, corpus), in the order of the first round; `by_round` keeps each run.
+rows = {}
+for r in runs:
+    rows.setdefault((r["label"], r["corpus"]), []).append(r)
+def alternatives(corpus, prec, rnd):
+    return [r for r in runs if r["corpus"] == corpus and r["round"] == rnd and r["impl"] != "mbpipe"
+            and precision(r["dtype"]) == prec]
 bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
 print(f"| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 | padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 {bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) | model-only, % of instruction peak |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-def model_only(r):
-    m = r.get("model_tokens_per_s")
-    if not m:
-        return "–", "–", "–"
-    run = r.get("run_tokens_per_s")
-    run_ratio = f"{run / m:.2f}" if run else "–"
-    p = peak.get(r["dtype"])
-    of_peak = f"{100 * m * flop_per_token / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
-    return f"{m:.0f}", f"{run_ratio} ({r['tokens_per_s'] / m:.2f})", of_peak
-for r in rows:
-    same = [x for x in rows if x["corpus"] == r["corpus"] and x["impl"] == "hf" and kind(x["dtype"]) == "f32"]
+for (label, corpus), rs in rows.items():
+    rate = [r["tokens_per_s"] for r in rs]
     def ratio(mode):
-        ref = [x for x in same if x["mode"] == mode]
-        return f"{r['tokens_per_s'] / ref[0]['tokens_per_s']:.2f}x" if ref else "–"
-    def pct(rate):
-        c = ceiling[kind(r["dtype"])]
-        return f"{100 * rate * flop_per_token / (c * 1e9):.0f}%" if c else "–"
-    share = pct(r["tokens_per_s"]) + (f" ({pct(r['model_tokens_per_s'])})" if r.get("model_tokens_per_s") else "")
-    extra = f" (run only: {r['run_tokens_per_s']:.0f})" if r.get("run_tokens_per_s") else ""
-    print(f"| {r['label']} | {r['corpus']} | {r['tokens_per_s']:.0f}{extra} | {ratio('sorted')} | {ratio('padded')} "
-          f"| {100 * r['padding']:.0f}% | {share} | {r['rss_kib'] / 1024:.0f} MiB | {' | '.join(model_only(r))} |")
+        per_round = []
+        for r in rs:
+            ref = [x for x in runs if x["corpus"] == corpus and x["round"] == r["round"] and x["impl"] == "hf"
+                   and kind(x["dtype"]) == "f32" and x["mode"] == mode]
+            if ref:
+                per_round.append(r["tokens_per_s"] / ref[0]["tokens_per_s"])
+        return spread(per_round, times) if per_round else "–"
+    def pct(x):
+        c = ceiling[kind(rs[0]["dtype"])]
+        return f"{100 * x * flop_per_token / (c * 1e9):.0f}%" if c else "–"
+    model = [r["model_tokens_per_s"] for r in rs if r.get("model_tokens_per_s")]
+    run = [r["run_tokens_per_s"] for r in rs if r.get("run_tokens_per_s")]
+    share = pct(median(rate)) + (f" ({pct(median(model))})" if model else "")
+    extra = f" (run only: {spread(run, num)})" if run else ""
+    if model:
+        m = median(model)
+        p = peak.get(rs[0]["dtype"])
+        of_peak = f"{100 * m * flop_per_token / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
+        run_ratio = f"{median(run) / m:.2f}" if run else "–"
+        mbpipe_cols = f"{spread(model, num)} | {run_ratio} ({median(rate) / m:.2f}) | {of_peak}"
+    else:
+        mbpipe_cols = "– | – | –"
+    print(f"| {label} | {corpus} | {spread(rate, num)}{extra} | {ratio('sorted')} | {ratio('padded')} "
+          f"| {100 * rs[0]['padding']:.0f}% | {share} | {median([r['rss_kib'] for r in rs]) / 1024:.0f} MiB | {mbpipe_cols} |")
 print()
-print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {sys.argv[3]} threads; "
+print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {threads} threads; "
+      f"{rounds} round{'s' if rounds > 1 else ''} (rates and ratios: the median over the rounds, with min-max); "
       "transformers: tokenize + forward as timed by hf_baseline.py; mbpipe: whole process "
       "(start to exit: load, read, tokenize, infer, write Parquet), with the manifest's own "
       "rate (first read to last write) in parentheses. model-only: the manifest's "
@@ -302,4 +345,29 @@ print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {sys.argv[3
       "Instruction peak: the `peak` example, the rate at which the instruction of mbpipe's kernel "
       "for the row's precision issues multiply-adds on every thread (a GEMM's upper bound; "
       "G operations/s, a multiply-add counts two).")
+print()
+# The issue's targets are ratios to the fastest alternative of the same precision, per round.
+print("| mbpipe | corpus | fastest alternative of the same precision (its tokens/s) | mbpipe whole process / it | mbpipe run only / it |")
+print("| --- | --- | --- | --- | --- |")
+for (label, corpus), rs in rows.items():
+    if rs[0]["impl"] != "mbpipe":
+        continue
+    prec = precision(rs[0]["dtype"])
+    whole, run_only, bests = [], [], []
+    for r in rs:
+        alts = alternatives(corpus, prec, r["round"])
+        if not alts:
+            continue
+        best = max(alts, key=lambda x: x["tokens_per_s"])
+        bests.append(best)
+        whole.append(r["tokens_per_s"] / best["tokens_per_s"])
+        if r.get("run_tokens_per_s"):
+            run_only.append(r["run_tokens_per_s"] / best["tokens_per_s"])
+    if not whole:
+        print(f"| {label} | {corpus} | none measured in {prec} | – | – |")
+        continue
+    labels = list(dict.fromkeys(b["label"] for b in bests))  # one name when every round agrees
+    names = (f"{labels[0]} {spread([b['tokens_per_s'] for b in bests], num)}" if len(labels) == 1
+             else "; ".join(f"round {b['round']}: {b['label']} {b['tokens_per_s']:.0f}" for b in bests))
+    print(f"| {label} | {corpus} | {names} | **{spread(whole, times)}** | {spread(run_only, times) if run_only else '–'} |")
 EOF
