@@ -30,6 +30,8 @@ cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
 # The Python package (crates/python), on that extension module.
 python3 -m pytest -q -p no:cacheprovider crates/python/tests
+# compare.sh's tables: which alternative each mbpipe row is measured against.
+python3 -m pytest -q -p no:cacheprovider benches/test_compare_table.py
 # Daft pins pyarrow < 26, so its test runs in an environment of its own (target/daft-venv,
 # reused while it works); the run above skips it.
 daft_python=target/daft-venv/bin/python

@@ -1,0 +1,188 @@
+"""compare.sh's tables: every run's rate, then each mbpipe run against the fastest alternative of
+its precision, as medians over the rounds with their range.
+
+    python3 benches/compare_table.py CONFIG_JSON THREADS RESULTS_JSONL...
+
+CONFIG_JSON is the model's config.json (for the FLOPs per token); results files are named
+`results-<round>.jsonl`, one JSON object per run. The GEMM ceilings come from GEMM_F32_GFLOPS /
+GEMM_BF16_GFLOPS (0: not measured), the `peak` example's JSON from INSTRUCTION_PEAK.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def load_runs(paths):
+    """Every run of every results file, tagged with its round (from the file name, not the order
+    the shell's glob gave: results-10 sorts before results-2)."""
+    def round_of(path):
+        match = re.search(r"results-(\d+)\.jsonl$", path)
+        if not match:
+            sys.exit(f"compare_table: {path} is not named results-<round>.jsonl")
+        return int(match.group(1))
+
+    runs = []
+    for path in sorted(paths, key=round_of):
+        with open(path) as f:
+            runs += [dict(json.loads(line), round=round_of(path)) for line in f if line.strip()]
+    return runs
+
+
+def precision(dtype):
+    """f32, bf16 or int8, whichever harness wrote the run."""
+    return {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def ceiling_kind(dtype):
+    """The GEMM ceiling a run is measured against (int8 rows: f32's)."""
+    return "bf16" if precision(dtype) == "bf16" else "f32"
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs, fmt):
+    """The median, and over several rounds its range: "median (min-max)"."""
+    m = fmt(median(xs))
+    return m if len(xs) < 2 else f"{m} ({fmt(min(xs))}-{fmt(max(xs))})"
+
+
+def num(x):
+    return f"{x:.0f}"
+
+
+def times(x):
+    return f"{x:.2f}x"
+
+
+def by_row(runs):
+    """One entry per (label, corpus), in the order of first appearance, with all its rounds."""
+    rows = {}
+    for r in runs:
+        rows.setdefault((r["label"], r["corpus"]), []).append(r)
+    return rows
+
+
+def against_fastest(runs):
+    """For each mbpipe row: the fastest alternative of the same precision on the same corpus in each
+    round (`best`), and mbpipe's whole-process and run-only rates over it, round by round. The
+    issue's targets are these ratios; one round's pair was measured minutes apart."""
+    out = []
+    for (label, corpus), rs in by_row(runs).items():
+        if rs[0]["impl"] != "mbpipe":
+            continue
+        prec = precision(rs[0]["dtype"])
+        entry = {"label": label, "corpus": corpus, "precision": prec, "best": [], "whole": [], "run_only": []}
+        for r in rs:
+            alternatives = [x for x in runs if x["corpus"] == corpus and x["round"] == r["round"]
+                            and x["impl"] != "mbpipe" and precision(x["dtype"]) == prec]
+            if not alternatives:
+                continue
+            best = max(alternatives, key=lambda x: x["tokens_per_s"])
+            entry["best"].append(best)
+            entry["whole"].append(r["tokens_per_s"] / best["tokens_per_s"])
+            if r.get("run_tokens_per_s"):
+                entry["run_only"].append(r["run_tokens_per_s"] / best["tokens_per_s"])
+        out.append(entry)
+    return out
+
+
+def rates_table(runs, flop_per_token, ceiling, peak):
+    """Every row's rate, ratios to transformers f32, share of the ceilings (Markdown lines)."""
+    bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
+    lines = [
+        "| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 "
+        f"| padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 "
+        f"{bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) "
+        "| model-only, % of instruction peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (label, corpus), rs in by_row(runs).items():
+        rate = [r["tokens_per_s"] for r in rs]
+
+        def ratio(mode):
+            per_round = []
+            for r in rs:
+                ref = [x for x in runs if x["corpus"] == corpus and x["round"] == r["round"] and x["impl"] == "hf"
+                       and ceiling_kind(x["dtype"]) == "f32" and x["mode"] == mode]
+                if ref:
+                    per_round.append(r["tokens_per_s"] / ref[0]["tokens_per_s"])
+            return spread(per_round, times) if per_round else "–"
+
+        def pct(x):
+            c = ceiling[ceiling_kind(rs[0]["dtype"])]
+            return f"{100 * x * flop_per_token / (c * 1e9):.0f}%" if c else "–"
+
+        model = [r["model_tokens_per_s"] for r in rs if r.get("model_tokens_per_s")]
+        run = [r["run_tokens_per_s"] for r in rs if r.get("run_tokens_per_s")]
+        share = pct(median(rate)) + (f" ({pct(median(model))})" if model else "")
+        extra = f" (run only: {spread(run, num)})" if run else ""
+        if model:
+            m = median(model)
+            p = peak.get(rs[0]["dtype"])
+            of_peak = f"{100 * m * flop_per_token / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
+            run_ratio = f"{median(run) / m:.2f}" if run else "–"
+            mbpipe_cols = f"{spread(model, num)} | {run_ratio} ({median(rate) / m:.2f}) | {of_peak}"
+        else:
+            mbpipe_cols = "– | – | –"
+        rss = median([r["rss_kib"] for r in rs]) / 1024
+        lines.append(f"| {label} | {corpus} | {spread(rate, num)}{extra} | {ratio('sorted')} | {ratio('padded')} "
+                     f"| {100 * rs[0]['padding']:.0f}% | {share} | {rss:.0f} MiB | {mbpipe_cols} |")
+    return lines
+
+
+def fastest_table(runs):
+    """Each mbpipe row against the fastest alternative of its precision (Markdown lines)."""
+    lines = [
+        "| mbpipe | corpus | fastest alternative of the same precision (its tokens/s) "
+        "| mbpipe whole process / it | mbpipe run only / it |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for e in against_fastest(runs):
+        if not e["whole"]:
+            lines.append(f"| {e['label']} | {e['corpus']} | none measured in {e['precision']} | – | – |")
+            continue
+        names = list(dict.fromkeys(b["label"] for b in e["best"]))  # one name when every round agrees
+        if len(names) == 1:
+            best = f"{names[0]} {spread([b['tokens_per_s'] for b in e['best']], num)}"
+        else:
+            best = "; ".join(f"round {b['round']}: {b['label']} {b['tokens_per_s']:.0f}" for b in e["best"])
+        run_only = spread(e["run_only"], times) if e["run_only"] else "–"
+        lines.append(f"| {e['label']} | {e['corpus']} | {best} | **{spread(e['whole'], times)}** | {run_only} |")
+    return lines
+
+
+def main():
+    config, threads, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+    with open(config) as f:
+        cfg = json.load(f)
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    flop_per_token = 2 * layers * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
+    ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
+    peak = json.loads(os.environ["INSTRUCTION_PEAK"])  # per precision; absent: AMX tiles
+    runs = load_runs(paths)
+    rounds = len({r["round"] for r in runs})
+    print("\n".join(rates_table(runs, flop_per_token, ceiling, peak)))
+    print()
+    print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {threads} threads; "
+          f"{rounds} round{'s' if rounds > 1 else ''} (rates and ratios: the median over the rounds, with min-max); "
+          "transformers: tokenize + forward as timed by hf_baseline.py; mbpipe: whole process "
+          "(start to exit: load, read, tokenize, infer, write Parquet), with the manifest's own "
+          "rate (first read to last write) in parentheses. model-only: the manifest's "
+          "model_tokens_per_second (tokens over the workers' time inside forward passes); "
+          "GEMM ceiling: torch's matrix products on the model's linear-layer shapes, measured at the "
+          "start of this run. e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, "
+          "tokenizing and writing keep up with compute), and the whole-process rate over it in parentheses. "
+          "Instruction peak: the `peak` example, the rate at which the instruction of mbpipe's kernel "
+          "for the row's precision issues multiply-adds on every thread (a GEMM's upper bound; "
+          "G operations/s, a multiply-add counts two).")
+    print()
+    print("\n".join(fastest_table(runs)))
+
+
+if __name__ == "__main__":
+    main()

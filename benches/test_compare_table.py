@@ -1,0 +1,119 @@
+"""compare_table.py: which alternative each mbpipe row is measured against, and the medians.
+
+The issue's targets are read off these ratios, so a wrong pairing (another precision, another
+round, another corpus) would report a target as met or missed by mistake.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import compare_table  # noqa: E402
+
+
+def run(label, impl, dtype, tps, corpus="comments", mode="sorted", run_tps=None):
+    r = {"label": label, "corpus": corpus, "dtype": dtype, "impl": impl, "mode": mode,
+         "tokens": 1000, "tokens_per_s": tps, "padding": 0.0, "rss_kib": 1024}
+    if run_tps:
+        r.update(run_tokens_per_s=run_tps, model_tokens_per_s=run_tps)
+    return r
+
+
+def round_of_runs(f32_alternatives, mbpipe_f32, corpus="comments"):
+    """One round: transformers padded and sorted f32, bf16, ONNX Runtime f32 and int8, OpenVINO
+    f32 and bf16, then mbpipe in all three precisions."""
+    ort, ov = f32_alternatives
+    return [
+        run("transformers padded f32", "hf", "float32", 100, corpus, mode="padded"),
+        run("transformers sorted f32", "hf", "float32", 300, corpus),
+        run("transformers sorted bf16", "hf", "bfloat16", 2000, corpus),  # fastest of all, but bf16
+        run("ONNX Runtime f32", "ort", "f32", ort, corpus),
+        run("ONNX Runtime int8", "ort-int8", "int8", 800, corpus),
+        run("OpenVINO f32", "ov", "f32", ov, corpus),
+        run("OpenVINO bf16", "ov-default", "bf16", 700, corpus),
+        run("mbpipe run f32", "mbpipe", "f32", mbpipe_f32, corpus, run_tps=mbpipe_f32 + 50),
+        run("mbpipe run bf16", "mbpipe", "bf16", 1400, corpus, run_tps=1450),
+        run("mbpipe run int8", "mbpipe", "int8", 2000, corpus, run_tps=2100),
+    ]
+
+
+def write_rounds(tmp_path, rounds):
+    paths = []
+    for n, runs in rounds.items():
+        path = tmp_path / f"results-{n}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+        paths.append(str(path))
+    return paths
+
+
+def by_label(entries):
+    return {(e["label"], e["corpus"]): e for e in entries}
+
+
+def test_each_round_is_paired_with_its_own_fastest_alternative_of_the_same_precision(tmp_path):
+    # Round 1: OpenVINO f32 is the fastest f32 alternative; round 2: ONNX Runtime f32.
+    paths = write_rounds(tmp_path, {1: round_of_runs((400, 500), 750), 2: round_of_runs((600, 450), 780)})
+    entries = by_label(compare_table.against_fastest(compare_table.load_runs(paths)))
+
+    f32 = entries[("mbpipe run f32", "comments")]
+    assert [b["label"] for b in f32["best"]] == ["OpenVINO f32", "ONNX Runtime f32"]
+    assert f32["whole"] == pytest.approx([750 / 500, 780 / 600])
+    assert f32["run_only"] == pytest.approx([800 / 500, 830 / 600])
+    # bf16 against transformers or OpenVINO in bf16, never an f32 or int8 engine.
+    bf16 = entries[("mbpipe run bf16", "comments")]
+    assert [b["label"] for b in bf16["best"]] == ["transformers sorted bf16"] * 2
+    assert bf16["whole"] == pytest.approx([1400 / 2000] * 2)
+    int8 = entries[("mbpipe run int8", "comments")]
+    assert [b["label"] for b in int8["best"]] == ["ONNX Runtime int8"] * 2
+    assert int8["whole"] == pytest.approx([2000 / 800] * 2)
+
+    table = "\n".join(compare_table.fastest_table(compare_table.load_runs(paths)))
+    # Medians over the two rounds with their range; the best alternative named per round.
+    assert f"**{(1.5 + 1.3) / 2:.2f}x (1.30x-1.50x)**" in table
+    assert "round 1: OpenVINO f32 500; round 2: ONNX Runtime f32 600" in table
+    assert "transformers sorted bf16 2000 (2000-2000)" in table
+
+
+def test_corpora_do_not_mix_and_a_precision_without_alternatives_says_so(tmp_path):
+    long_docs = [
+        run("transformers sorted f32, batch 4", "hf", "float32", 100, "long"),
+        run("mbpipe run f32", "mbpipe", "f32", 300, "long", run_tps=310),
+        run("mbpipe run bf16", "mbpipe", "bf16", 500, "long", run_tps=510),
+    ]
+    paths = write_rounds(tmp_path, {1: round_of_runs((400, 500), 750) + long_docs})
+    entries = by_label(compare_table.against_fastest(compare_table.load_runs(paths)))
+    assert entries[("mbpipe run f32", "long")]["whole"] == pytest.approx([3.0])
+    assert entries[("mbpipe run bf16", "long")]["whole"] == []
+
+    table = "\n".join(compare_table.fastest_table(compare_table.load_runs(paths)))
+    assert "| mbpipe run bf16 | long | none measured in bf16 | – | – |" in table
+    # One round: the ratio alone, no range.
+    assert "| mbpipe run f32 | comments | OpenVINO f32 500 | **1.50x** | 1.60x |" in table
+
+
+def test_rounds_come_from_the_file_names_not_the_glob_order(tmp_path):
+    rounds = {n: [run("mbpipe run f32", "mbpipe", "f32", 100 * n)] for n in (1, 2, 10)}
+    paths = write_rounds(tmp_path, rounds)
+    runs = compare_table.load_runs(sorted(paths))  # the shell's order: 1, 10, 2
+    assert [(r["round"], r["tokens_per_s"]) for r in runs] == [(1, 100), (2, 200), (10, 1000)]
+    bad = tmp_path / "results.jsonl"
+    bad.write_text("")
+    with pytest.raises(SystemExit):
+        compare_table.load_runs([str(bad)])
+
+
+def test_the_rates_table_takes_medians_and_ratios_within_a_round(tmp_path):
+    paths = write_rounds(tmp_path, {1: round_of_runs((400, 500), 750), 2: round_of_runs((600, 450), 900)})
+    runs = compare_table.load_runs(paths)
+    flop_per_token = 221e6
+    lines = compare_table.rates_table(runs, flop_per_token, {"f32": 150.0, "bf16": 0.0}, {"f32": 218.0})
+    row = next(line for line in lines if line.startswith("| mbpipe run f32 |"))
+    # Rate: median of 750 and 900 with its range; vs transformers sorted f32 (300 in both rounds).
+    assert "| 825 (750-900) (run only: 875 (800-950)) | 2.75x (2.50x-3.00x) |" in row
+    # Model-only share of the f32 peak: 875 tokens/s x 221 MFLOP over 218 G.
+    assert f"{100 * 875 * flop_per_token / 218e9:.0f}% of 218" in row
+    bf16_row = next(line for line in lines if line.startswith("| mbpipe run bf16 |"))
+    assert "– (AMX tiles)" in bf16_row  # no peak given for bf16
