@@ -68,7 +68,7 @@ while [ $# -gt 0 ]; do
     --no-ort) ort=0; shift ;;
     --no-int8) int8=0; shift ;;
     --rounds) rounds=$2; shift 2 ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
