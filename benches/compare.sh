@@ -152,8 +152,6 @@ log "instruction peak (G multiply-add operations/s): $INSTRUCTION_PEAK"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-# One results file per round (the table reads them all, in order).
-results=""
 
 # The same texts for both implementations: the first N non-blank lines.
 subset() { # FILE N OUT   (awk alone: `grep | head` would fail on SIGPIPE under pipefail)
@@ -252,7 +250,7 @@ if [ -n "$long" ] && [ -f "$long" ]; then
 fi
 for round in $(seq "$rounds"); do
   [ "$rounds" -gt 1 ] && log "round $round of $rounds"
-  results=$work/results-$round.jsonl
+  results=$work/results-$round.jsonl  # one file per round; the table reads them all
   : > "$results"
   run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
   run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32

@@ -67,6 +67,11 @@ def by_row(runs):
     return rows
 
 
+def same_round(runs, r):
+    """The runs on `r`'s corpus in `r`'s round: the ones a ratio may pair it with."""
+    return [x for x in runs if x["corpus"] == r["corpus"] and x["round"] == r["round"]]
+
+
 def against_fastest(runs):
     """For each mbpipe row: the fastest alternative of the same precision on the same corpus in each
     round (`best`), and mbpipe's whole-process and run-only rates over it, round by round. The
@@ -78,8 +83,8 @@ def against_fastest(runs):
         prec = precision(rs[0]["dtype"])
         entry = {"label": label, "corpus": corpus, "precision": prec, "best": [], "whole": [], "run_only": []}
         for r in rs:
-            alternatives = [x for x in runs if x["corpus"] == corpus and x["round"] == r["round"]
-                            and x["impl"] != "mbpipe" and precision(x["dtype"]) == prec]
+            alternatives = [x for x in same_round(runs, r)
+                            if x["impl"] != "mbpipe" and precision(x["dtype"]) == prec]
             if not alternatives:
                 continue
             best = max(alternatives, key=lambda x: x["tokens_per_s"])
@@ -107,8 +112,8 @@ def rates_table(runs, flop_per_token, ceiling, peak):
         def ratio(mode):
             per_round = []
             for r in rs:
-                ref = [x for x in runs if x["corpus"] == corpus and x["round"] == r["round"] and x["impl"] == "hf"
-                       and ceiling_kind(x["dtype"]) == "f32" and x["mode"] == mode]
+                ref = [x for x in same_round(runs, r)
+                       if x["impl"] == "hf" and ceiling_kind(x["dtype"]) == "f32" and x["mode"] == mode]
                 if ref:
                     per_round.append(r["tokens_per_s"] / ref[0]["tokens_per_s"])
             return spread(per_round, times) if per_round else "–"
