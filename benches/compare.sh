@@ -9,7 +9,12 @@
 #   AVX512-BF16), all through ../shared/bench/ort_baseline.py with transformers' sorted batches;
 #   `mbpipe run` f32, bf16 and int8 (end to end: process start to exit, reading JSON lines,
 #   tokenizing, inference, writing Parquet)
-# and on a long-document corpus: transformers sorted f32 (--batch 4); mbpipe f32, bf16 and int8.
+# and on a long-document corpus, every engine cutting each document to --long-max-length tokens:
+#   transformers sorted f32 and bf16 (--batch 4); ONNX Runtime f32 and int8 and OpenVINO f32 and
+#   default precision one document at a time; mbpipe f32, bf16 and int8. (The exported graph that
+#   ONNX Runtime and OpenVINO run holds [heads, tokens, tokens] scores: OpenVINO f32 peaked at 21 GB
+#   on one 6,805-token document, and would need about 30 GB at 8,192 tokens; cut at 4,096 they
+#   fit in 16 GB.)
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
 # the end-to-end / model-only ratio (target >= 0.95) and its share of the instruction peak (the
@@ -26,6 +31,8 @@
 #   --limit N           first N texts of it (default 200; 0 = all)
 #   --long FILE         long-document corpus (default ../shared/bench/corpus-long-24.jsonl; "" skips)
 #   --long-limit N      first N documents of it (default 0 = all)
+#   --long-max-length N every engine cuts long documents to N tokens (default 4096; 0 = the
+#                       model's own limit, 8,192 for ModernBERT, which needs about 32 GB of memory)
 #   --threads N         threads for both implementations (default 2)
 #   --size base|large   model shapes (default base)
 #   --no-build          use the existing target/release/mbpipe
@@ -48,6 +55,7 @@ corpus=$shared/bench/corpus-comments-1k.jsonl
 limit=200
 long=$shared/bench/corpus-long-24.jsonl
 long_limit=0
+long_max_length=4096
 threads=2
 size=base
 build=1
@@ -61,6 +69,7 @@ while [ $# -gt 0 ]; do
     --limit) limit=$2; shift 2 ;;
     --long) long=$2; shift 2 ;;
     --long-limit) long_limit=$2; shift 2 ;;
+    --long-max-length) long_max_length=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -74,6 +83,9 @@ while [ $# -gt 0 ]; do
 done
 case "$rounds" in
   ''|*[!0-9]*|0) echo "--rounds takes a whole number of at least 1, not '$rounds'" >&2; exit 2 ;;
+esac
+case "$long_max_length" in
+  ''|*[!0-9]*) echo "--long-max-length takes a number of tokens, not '$long_max_length'" >&2; exit 2 ;;
 esac
 for f in "$shared/bench/hf_baseline.py" "$shared/bench/make_base_model.py" "$corpus"; do
   [ -f "$f" ] || { echo "not found: $f (set MBPIPE_SHARED to the shared/ folder)" >&2; exit 2; }
@@ -179,7 +191,7 @@ run_hf() { # LABEL CORPUS_NAME FILE MODE DTYPE BATCH
   local label=$1 cname=$2 file=$3 mode=$4 dtype=$5 batch=$6 m=$work/m.json
   log "transformers $mode $dtype batch $batch on $cname"
   measure "$m" "$py" "$shared/bench/hf_baseline.py" --model "$model" --corpus "$file" \
-    --mode "$mode" --dtype "$dtype" --batch "$batch" --threads "$threads"
+    --mode "$mode" --dtype "$dtype" --batch "$batch" --threads "$threads" ${max_length:+--max-length "$max_length"}
   "$py" - "$m" "$label" "$cname" "$dtype" >> "$results" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
@@ -191,11 +203,11 @@ print(json.dumps({"label": sys.argv[2], "corpus": sys.argv[3], "dtype": sys.argv
 EOF
 }
 
-run_ort() { # LABEL CORPUS_NAME FILE ENGINE   (ort, ort-int8, ov, ov-default)
-  local label=$1 cname=$2 file=$3 engine=$4 m=$work/m.json
-  log "$engine (ort_baseline.py) on $cname"
+run_ort() { # LABEL CORPUS_NAME FILE ENGINE BATCH   (ENGINE: ort, ort-int8, ov, ov-default)
+  local label=$1 cname=$2 file=$3 engine=$4 batch=$5 m=$work/m.json
+  log "$engine (ort_baseline.py) batch $batch on $cname"
   measure "$m" "$py" "$shared/bench/ort_baseline.py" --model "$model" --corpus "$file" \
-    --engines "$engine" --batch 32 --threads "$threads"
+    --engines "$engine" --batch "$batch" --threads "$threads" ${max_length:+--max-length "$max_length"}
   "$py" - "$m" "$label" "$cname" >> "$results" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
@@ -210,8 +222,8 @@ print(json.dumps({"label": f"{sys.argv[2]} ({runtime})", "corpus": sys.argv[3], 
 EOF
 }
 
-run_mbpipe() { # LABEL CORPUS_NAME FILE DTYPE
-  local label=$1 cname=$2 file=$3 dtype=$4 m=$work/m.json
+run_mbpipe() { # LABEL CORPUS_NAME FILE DTYPE TARGET
+  local label=$1 cname=$2 file=$3 dtype=$4 target=$5 m=$work/m.json
   local out=$work/out-$(echo "$cname" | tr -c 'A-Za-z0-9\n' '_')-$dtype
   cat > "$work/pipeline.toml" <<EOF
 [input]
@@ -225,14 +237,16 @@ path = "$out"
 name = "cls"
 kind = "classify"
 model = "$model"
+${max_length:+max_length = $max_length}
 EOF
   log "mbpipe run $dtype on $cname"
   measure "$m" "$mbpipe" run "$work/pipeline.toml" --dtype "$dtype" --threads "$threads" --overwrite
-  "$py" - "$m" "$out/_manifest.json" "$label" "$cname" "$dtype" >> "$results" <<'EOF'
+  "$py" - "$m" "$out/_manifest.json" "$label" "$cname" "$dtype" "$target" >> "$results" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
 man = json.load(open(sys.argv[2]))
 print(json.dumps({"label": sys.argv[3], "corpus": sys.argv[4], "dtype": sys.argv[5], "impl": "mbpipe",
+                  "target": float(sys.argv[6]),
                   "tokens": man["tokens"], "tokens_per_s": man["tokens"] / m["wall_s"],
                   "run_tokens_per_s": man.get("tokens_per_second"),
                   "model_tokens_per_s": man.get("model_tokens_per_second"),
@@ -247,29 +261,41 @@ long_name=""
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
   long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)" || true)"
+  [ "$long_max_length" -gt 0 ] && long_name="$long_name, cut at $long_max_length tokens"
 fi
+# Every engine cuts texts to this many tokens (empty: its default, the model's own limit).
+max_length=""
+# One corpus: the alternatives, then mbpipe in each precision. HF_BATCH / ORT_BATCH: texts per
+# batch for transformers / for ONNX Runtime and OpenVINO (labels name a batch other than 32);
+# TARGET: the issue's ratio over the fastest alternative of the same precision on this corpus.
+run_corpus() { # CORPUS_NAME FILE HF_BATCH ORT_BATCH TARGET
+  local cname=$1 file=$2 hf_batch=$3 ort_batch=$4 target=$5 hf_tag="" ort_tag=""
+  [ "$hf_batch" != 32 ] && hf_tag=", batch $hf_batch"
+  [ "$ort_batch" != 32 ] && ort_tag=", batch $ort_batch"
+  run_hf "transformers sorted f32$hf_tag" "$cname" "$file" sorted float32 "$hf_batch"
+  [ "$bf16" = 1 ] && run_hf "transformers sorted bf16$hf_tag" "$cname" "$file" sorted bfloat16 "$hf_batch"
+  if [ "$ort" = 1 ]; then
+    run_ort "ONNX Runtime f32$ort_tag" "$cname" "$file" ort "$ort_batch"
+    run_ort "ONNX Runtime int8$ort_tag" "$cname" "$file" ort-int8 "$ort_batch"
+    run_ort "OpenVINO f32$ort_tag" "$cname" "$file" ov "$ort_batch"
+    [ "$bf16" = 1 ] && run_ort "OpenVINO default precision$ort_tag" "$cname" "$file" ov-default "$ort_batch"
+  fi
+  run_mbpipe "mbpipe run f32" "$cname" "$file" f32 "$target"
+  [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$cname" "$file" bf16 "$target"
+  if [ "$int8" = 1 ]; then run_mbpipe "mbpipe run int8" "$cname" "$file" int8 "$target"; fi
+}
+
 for round in $(seq "$rounds"); do
   [ "$rounds" -gt 1 ] && log "round $round of $rounds"
   results=$work/results-$round.jsonl  # one file per round; the table reads them all
   : > "$results"
+  max_length=""
   run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
-  run_hf "transformers sorted f32" "$short_name" "$work/short.jsonl" sorted float32 32
-  [ "$bf16" = 1 ] && run_hf "transformers sorted bf16" "$short_name" "$work/short.jsonl" sorted bfloat16 32
-  if [ "$ort" = 1 ]; then
-    run_ort "ONNX Runtime f32" "$short_name" "$work/short.jsonl" ort
-    run_ort "ONNX Runtime int8" "$short_name" "$work/short.jsonl" ort-int8
-    run_ort "OpenVINO f32" "$short_name" "$work/short.jsonl" ov
-    [ "$bf16" = 1 ] && run_ort "OpenVINO default precision" "$short_name" "$work/short.jsonl" ov-default
-  fi
-  run_mbpipe "mbpipe run f32" "$short_name" "$work/short.jsonl" f32
-  [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$short_name" "$work/short.jsonl" bf16
-  [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$short_name" "$work/short.jsonl" int8
-
+  run_corpus "$short_name" "$work/short.jsonl" 32 32 1.5
+  # Long documents: at least 2x; ONNX Runtime and OpenVINO one document at a time (see the top).
   if [ -n "$long_name" ]; then
-    run_hf "transformers sorted f32, batch 4" "$long_name" "$work/long.jsonl" sorted float32 4
-    run_mbpipe "mbpipe run f32" "$long_name" "$work/long.jsonl" f32
-    [ "$bf16" = 1 ] && run_mbpipe "mbpipe run bf16" "$long_name" "$work/long.jsonl" bf16
-    [ "$int8" = 1 ] && run_mbpipe "mbpipe run int8" "$long_name" "$work/long.jsonl" int8
+    max_length=$([ "$long_max_length" -gt 0 ] && echo "$long_max_length" || true)
+    run_corpus "$long_name" "$work/long.jsonl" 4 1 2
   fi
 done
 

@@ -14,11 +14,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 import compare_table  # noqa: E402
 
 
-def run(label, impl, dtype, tps, corpus="comments", mode="sorted", run_tps=None):
+def run(label, impl, dtype, tps, corpus="comments", mode="sorted", run_tps=None, target=None):
     r = {"label": label, "corpus": corpus, "dtype": dtype, "impl": impl, "mode": mode,
          "tokens": 1000, "tokens_per_s": tps, "padding": 0.0, "rss_kib": 1024}
     if run_tps:
         r.update(run_tokens_per_s=run_tps, model_tokens_per_s=run_tps)
+    if target:
+        r["target"] = target
     return r
 
 
@@ -89,9 +91,27 @@ def test_corpora_do_not_mix_and_a_precision_without_alternatives_says_so(tmp_pat
     assert entries[("mbpipe run bf16", "long")]["whole"] == []
 
     table = "\n".join(compare_table.fastest_table(compare_table.load_runs(paths)))
-    assert "| mbpipe run bf16 | long | none measured in bf16 | – | – |" in table
-    # One round: the ratio alone, no range.
-    assert "| mbpipe run f32 | comments | OpenVINO f32 500 | **1.50x** | 1.60x |" in table
+    assert "| mbpipe run bf16 | long | none measured in bf16 | – | – | – |" in table
+    # One round: the ratio alone, no range; rows written without a target say so.
+    assert "| mbpipe run f32 | comments | OpenVINO f32 500 | **1.50x** | 1.60x | – |" in table
+
+
+def test_each_row_is_judged_against_its_corpus_target_by_the_median(tmp_path):
+    def rounds(mbpipe_long):
+        return [
+            run("ONNX Runtime f32, batch 1", "ort", "f32", 200, "long"),
+            run("transformers sorted f32, batch 4", "hf", "float32", 150, "long"),
+            run("mbpipe run f32", "mbpipe", "f32", mbpipe_long, "long", run_tps=mbpipe_long, target=2),
+            run("ONNX Runtime int8", "ort-int8", "int8", 800),
+            run("mbpipe run int8", "mbpipe", "int8", 1190, run_tps=1200, target=1.5),
+        ]
+    # Long documents: 2.2x, 1.9x, 2.1x of ONNX Runtime f32 (the fastest f32 alternative): the
+    # median 2.1x meets 2x although one round missed it. Short texts: 1.4875x misses 1.5x.
+    paths = write_rounds(tmp_path, {1: rounds(440), 2: rounds(380), 3: rounds(420)})
+    table = "\n".join(compare_table.fastest_table(compare_table.load_runs(paths)))
+    assert "| mbpipe run f32 | long | ONNX Runtime f32, batch 1 200 (200-200) | **2.10x (1.90x-2.20x)** " \
+        "| 2.10x (1.90x-2.20x) | 2x: met |" in table
+    assert "| 1.5x: missed |" in table
 
 
 def test_rounds_come_from_the_file_names_not_the_glob_order(tmp_path):
