@@ -12,9 +12,9 @@
 # and on a long-document corpus, every engine cutting each document to --long-max-length tokens:
 #   transformers sorted f32 and bf16 (--batch 4); ONNX Runtime f32 and int8 and OpenVINO f32 and
 #   default precision one document at a time; mbpipe f32, bf16 and int8. (The exported graph that
-#   ONNX Runtime and OpenVINO run holds [heads, tokens, tokens] scores: OpenVINO f32 peaked at 21 GB
-#   on one 6,805-token document, and would need about 30 GB at 8,192 tokens; cut at 4,096 they
-#   fit in 16 GB.)
+#   ONNX Runtime and OpenVINO run holds [heads, tokens, tokens] scores: OpenVINO f32 peaked at 20 GiB
+#   on one 6,805-token document, and would need about 30 GiB at 8,192 tokens; cut at 4,096 it
+#   peaked at 8.4 GiB.)
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
 # ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
 # the end-to-end / model-only ratio (target >= 0.95) and its share of the instruction peak (the
@@ -32,7 +32,7 @@
 #   --long FILE         long-document corpus (default ../shared/bench/corpus-long-24.jsonl; "" skips)
 #   --long-limit N      first N documents of it (default 0 = all)
 #   --long-max-length N every engine cuts long documents to N tokens (default 4096; 0 = the
-#                       model's own limit, 8,192 for ModernBERT, which needs about 32 GB of memory)
+#                       model's own limit, 8,192 for ModernBERT, which needs about 30 GiB of memory)
 #   --threads N         threads for both implementations (default 2)
 #   --size base|large   model shapes (default base)
 #   --no-build          use the existing target/release/mbpipe
