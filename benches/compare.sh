@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mbpipe vs Hugging Face transformers, same machine, same model, same corpus, one run.
+# mbpipe vs Hugging Face transformers, same machine, same model, same corpus, one invocation.
 #
 # Builds mbpipe (release), prepares the reference environment (../shared/tools/
 # setup_reference_env.sh, reused when present), makes a random ModernBERT-base classifier
@@ -261,15 +261,20 @@ long_name=""
 if [ -n "$long" ] && [ -f "$long" ]; then
   subset "$long" "$long_limit" "$work/long.jsonl"
   long_name="$(basename "$long" .jsonl)$([ "$long_limit" -gt 0 ] && echo " (first $long_limit)" || true)"
-  [ "$long_max_length" -gt 0 ] && long_name="$long_name, cut at $long_max_length tokens"
 fi
-# Every engine cuts texts to this many tokens (empty: its default, the model's own limit).
-max_length=""
+# Every engine cuts long documents to this many tokens (empty: its default, the model's limit).
+long_cut=""
+if [ -n "$long_name" ] && [ "$long_max_length" -gt 0 ]; then
+  long_cut=$long_max_length
+  long_name="$long_name, cut at $long_cut tokens"
+fi
+max_length=""  # what the run_ functions read outside run_corpus (the padded transformers run)
 # One corpus: the alternatives, then mbpipe in each precision. HF_BATCH / ORT_BATCH: texts per
 # batch for transformers / for ONNX Runtime and OpenVINO (labels name a batch other than 32);
-# TARGET: the issue's ratio over the fastest alternative of the same precision on this corpus.
-run_corpus() { # CORPUS_NAME FILE HF_BATCH ORT_BATCH TARGET
-  local cname=$1 file=$2 hf_batch=$3 ort_batch=$4 target=$5 hf_tag="" ort_tag=""
+# TARGET: the issue's ratio over the fastest alternative of the same precision on this corpus;
+# MAX_LENGTH: tokens every engine cuts texts to (empty: its default), read by the run_ functions.
+run_corpus() { # CORPUS_NAME FILE HF_BATCH ORT_BATCH TARGET MAX_LENGTH
+  local cname=$1 file=$2 hf_batch=$3 ort_batch=$4 target=$5 max_length=$6 hf_tag="" ort_tag=""
   [ "$hf_batch" != 32 ] && hf_tag=", batch $hf_batch"
   [ "$ort_batch" != 32 ] && ort_tag=", batch $ort_batch"
   run_hf "transformers sorted f32$hf_tag" "$cname" "$file" sorted float32 "$hf_batch"
@@ -289,13 +294,11 @@ for round in $(seq "$rounds"); do
   [ "$rounds" -gt 1 ] && log "round $round of $rounds"
   results=$work/results-$round.jsonl  # one file per round; the table reads them all
   : > "$results"
-  max_length=""
   run_hf "transformers padded f32" "$short_name" "$work/short.jsonl" padded float32 32
-  run_corpus "$short_name" "$work/short.jsonl" 32 32 1.5
+  run_corpus "$short_name" "$work/short.jsonl" 32 32 1.5 ""
   # Long documents: at least 2x; ONNX Runtime and OpenVINO one document at a time (see the top).
   if [ -n "$long_name" ]; then
-    max_length=$([ "$long_max_length" -gt 0 ] && echo "$long_max_length" || true)
-    run_corpus "$long_name" "$work/long.jsonl" 4 1 2
+    run_corpus "$long_name" "$work/long.jsonl" 4 1 2 "$long_cut"
   fi
 done
 
