@@ -122,17 +122,13 @@ mod x86 {
         |a| _mm256_dpbusd_avx_epi32(*a, _mm256_set1_epi8(1), _mm256_set1_epi8(1)),
         |acc| sum_epi32(&acc)
     );
-    // The AVX2 int8 kernel's step: `vpsignb` (the sign of the activation on the weights),
-    // `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`: 32 byte products.
+    // The AVX2 int8 kernel's step: `vpmaddwd` (16-bit pairs into 32-bit sums) and `vpaddd`:
+    // 16 products. The product reads the accumulator so that it cannot be hoisted.
     chains!(
-        maddubs_256,
+        maddwd_256,
         "avx2",
         _mm256_setzero_si256(),
-        |a| {
-            let ones = _mm256_set1_epi8(1);
-            let pairs = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(ones, *a));
-            _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-        },
+        |a| _mm256_add_epi32(*a, _mm256_madd_epi16(*a, _mm256_set1_epi16(1))),
         |acc| sum_epi32(&acc)
     );
 }
@@ -166,9 +162,9 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
             run: x86::dpbusd_256,
         }),
         Some(Int8Kernel::Avx2) => Some(Instruction {
-            name: "vpsignb + vpmaddubsw + vpmaddwd + vpaddd (256-bit)",
-            ops_per_instruction: 64.0,
-            run: x86::maddubs_256,
+            name: "vpmaddwd + vpaddd (256-bit)",
+            ops_per_instruction: 32.0,
+            run: x86::maddwd_256,
         }),
         _ => None,
     };

@@ -9,11 +9,18 @@
 //!
 //! The weight is packed into panels of [`NR`] output columns; for each group of four input
 //! features a panel holds `NR` 32-bit words, word `j` carrying `q_j` at those four features,
-//! which is the layout the byte dot products multiply against one broadcast group of four
-//! activations. On AVX2 (`vpmaddubsw`, unsigned × signed bytes) the sign goes to the weight:
-//! `p · q = |p| · (sign(p) · q)` (`vpsignb`), so no pair sum can saturate its 16 bits
-//! (2 · 127² < 2¹⁵), unlike the usual unsigned-activation scheme; `vpmaddwd` then widens pairs
-//! to i32.
+//! which is the layout the byte dot products (`vpdpbusd`, the tiles) multiply against one
+//! broadcast group of four activations. With AVX-VNNI (`vpdpbusd`, unsigned × signed bytes) the
+//! sign goes to the weight: `p · q = |p| · (sign(p) · q)` (`vpsignb`), so no pair sum can
+//! saturate its 16 bits (2 · 127² < 2¹⁵), unlike the usual unsigned-activation scheme.
+//!
+//! Plain AVX2 has no byte dot product that is exact here: `vpmaddubsw` would need that sign
+//! step too, and on Zen 4 `vpsignb` competes with the multiplies for their two pipes (the step
+//! issues at 251 GOP/s with it, 447 without). So the AVX2 kernel ([`Int8Kernel::Avx2`]) takes
+//! the activations as i16 and multiplies pairs with `vpmaddwd` (i16 × i16, pair sums in i32):
+//! no sign step, and fewer registers per row, so 6 rows × 16 columns instead of 4. Its panels
+//! hold the same bytes, arranged by pairs of input features (16 columns × two bytes, widened to
+//! i16 by `vpmovsxbw` as they load), so the weight stays one byte per value.
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
 //! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
@@ -30,9 +37,13 @@ use crate::packed_gemm::{
 
 /// Output columns per packed panel (two 8-lane vectors).
 pub const NR: usize = 16;
-/// Rows per micro-kernel call (4 × 2 accumulators, 2 weight vectors, 2 broadcasts and the
-/// constant of ones fit AVX2's 16 registers).
+/// Rows per micro-kernel call of the AVX-VNNI kernel (4 × 2 accumulators, 2 weight vectors and
+/// 2 broadcasts fit AVX2's 16 registers).
 const MR: usize = 4;
+/// Rows per micro-kernel call of the AVX2 kernel: 6 × 2 accumulators, 2 widened weight vectors
+/// and one broadcast (it has no magnitudes). On Zen 4, 6 rows measured 297-330 GOP/s against
+/// 216-297 for 4 (a stand-alone loop, k = 768).
+const WIDE_MR: usize = 6;
 /// Rows per work block.
 const MC: usize = 256;
 /// Panels per work block (at k = 1,152, 8 panels are 144 KiB of weight, kept in L2).
@@ -84,13 +95,20 @@ impl Int8Kernel {
     }
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
-    /// the tiles out), or `None` without AVX2.
+    /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels), or `None` without AVX2.
     pub fn detect() -> Option<Self> {
-        let amx = crate::Overrides::get().amx;
+        Self::detect_under(&crate::Overrides::get())
+    }
+
+    /// [`detect`](Self::detect) under `switches`.
+    fn detect_under(switches: &crate::Overrides) -> Option<Self> {
         Self::ALL
             .into_iter()
             .rev()
-            .filter(|&k| amx || k != Int8Kernel::Tiles)
+            .filter(|&k| switches.amx || k != Int8Kernel::Tiles)
+            .filter(|&k| {
+                switches.vnni || !matches!(k, Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni)
+            })
             .find(|k| k.available())
     }
 
@@ -194,13 +212,21 @@ pub struct PackedI8 {
     kernel: Int8Kernel,
     /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
-    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes.
+    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes (for [`Int8Kernel::Avx2`],
+    /// each group's 64 bytes as two pairs of input features: see [`pair_layout_offset`]).
     data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
     /// Per packed column `Σ q_j` (zero past `n`): the 512-bit VNNI kernel multiplies unsigned
     /// `p + 128` and takes `128 · Σ q_j` back off.
     column_sums: Vec<i32>,
+}
+
+/// Where weight byte `q_j` at input feature `l` sits in a panel of the AVX2 kernel: per group
+/// of four features, one 32-byte row per pair `(2p, 2p + 1)` holding the pair of each of the
+/// [`NR`] columns, which `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies.
+fn pair_layout_offset(l: usize, j: usize) -> usize {
+    l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2
 }
 
 impl PackedI8 {
@@ -240,6 +266,18 @@ impl PackedI8 {
                     let (s, inverse) = scale_of(largest_magnitude(src));
                     *scale = s;
                     *sum = quantize_weight_row(src, inverse, &mut q);
+                    if kernel == Int8Kernel::Avx2 {
+                        // Pairs as fixed-size moves, then an odd last feature.
+                        let pairs = q[..k].chunks_exact(2);
+                        let rest = pairs.remainder();
+                        for (p, pair) in pairs.enumerate() {
+                            out[pair_layout_offset(2 * p, j)..][..2].copy_from_slice(pair);
+                        }
+                        if let [last] = rest {
+                            out[pair_layout_offset(k - 1, j)] = *last;
+                        }
+                        continue;
+                    }
                     // Whole groups of 4 as fixed-size moves (a `memcpy` call per group was
                     // a tenth of the packing), then the rest.
                     let groups = q[..k].chunks_exact(4);
@@ -294,11 +332,12 @@ impl PackedI8 {
             Int8Kernel::Tiles => crate::amx::BLOCK,
             _ => 1,
         };
+        let bytes = self.kernel.row_bytes();
         rows.quantize(
             (x, norm),
             (m, self.k),
-            (self.groups * 4, row_multiple),
-            self.kernel.row_bytes(),
+            (self.groups * 4 * bytes.width(), row_multiple),
+            bytes,
         );
         if self.gated {
             return write_gated_blocks(self, rows, m, GATED_MC, bias, out);
@@ -321,14 +360,35 @@ enum RowBytes {
     /// `p + 128` as an unsigned byte (the 512-bit VNNI kernel, whose `vpdpbusd` takes the
     /// activations unsigned).
     Offset,
+    /// `p` as a little-endian i16 (the AVX2 kernel's `vpmaddwd`).
+    Wide,
 }
 
 impl RowBytes {
-    /// The byte `p` is stored as.
+    /// The byte `p` is stored as (for [`RowBytes::Wide`], its low byte: only 0 is padded).
     fn encode(self, p: i8) -> i8 {
         match self {
             RowBytes::Offset => (p as u8 ^ 0x80) as i8,
             _ => p,
+        }
+    }
+
+    /// Stores activation `l` of a row, `p`, into the row's `values`.
+    #[inline(always)]
+    fn put(self, values: &mut [i8], l: usize, p: i8) {
+        if self == RowBytes::Wide {
+            let [lo, hi] = (p as i16).to_le_bytes();
+            values[2 * l..][..2].copy_from_slice(&[lo as i8, hi as i8]);
+        } else {
+            values[l] = self.encode(p);
+        }
+    }
+
+    /// Bytes per activation.
+    fn width(self) -> usize {
+        match self {
+            RowBytes::Wide => 2,
+            _ => 1,
         }
     }
 }
@@ -337,7 +397,8 @@ impl Int8Kernel {
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Avx2 | Int8Kernel::AvxVnni => RowBytes::WithMagnitudes,
+            Int8Kernel::Avx2 => RowBytes::Wide,
+            Int8Kernel::AvxVnni => RowBytes::WithMagnitudes,
             Int8Kernel::Avx512Vnni => RowBytes::Offset,
             Int8Kernel::Tiles => RowBytes::Signed,
         }
@@ -345,7 +406,8 @@ impl Int8Kernel {
 }
 
 /// Activations quantized per row: `p` (encoded as [`RowBytes`] says) and, where asked for,
-/// `|p|`, row-major `[m, 4 · groups]` (padded with an encoded zero), and each row's scale `t`.
+/// `|p|`, row-major `[m, 4 · groups]` values (padded with an encoded zero), and each row's
+/// scale `t`.
 #[derive(Default)]
 pub(crate) struct QuantizedRows {
     /// On cache lines: the tiles load rows of 64 bytes.
@@ -353,14 +415,14 @@ pub(crate) struct QuantizedRows {
     /// Empty unless [`RowBytes::WithMagnitudes`].
     magnitudes: Vec<u8>,
     scales: Vec<f32>,
-    /// Bytes per row: `4 · groups`.
+    /// Bytes per row: `4 · groups` values of [`RowBytes::width`].
     stride: usize,
 }
 
 impl QuantizedRows {
     /// Quantizes `x [m, k]` into this buffer as `bytes`, each row normalized by `norm` first
-    /// where given (in cache, never written in f32), rows `stride` bytes apart (at least `k`,
-    /// zero past it), with room for `m` rounded up to `row_multiple` rows.
+    /// where given (in cache, never written in f32), rows `stride` bytes apart (at least `k`
+    /// values, zero past them), with room for `m` rounded up to `row_multiple` rows.
     fn quantize(
         &mut self,
         (x, norm): (&[f32], Option<RowNorm<'_>>),
@@ -379,7 +441,7 @@ impl QuantizedRows {
         self.magnitudes.resize(m * magnitude_stride, 0);
         self.scales.resize(m, 0.0);
         const ROWS_PER_TASK: usize = 64;
-        let padding = bytes.encode(0);
+        let (padding, width) = (bytes.encode(0), bytes.width());
         let magnitudes = if bytes == RowBytes::WithMagnitudes {
             Either::Left(
                 self.magnitudes[..m * stride]
@@ -406,15 +468,16 @@ impl QuantizedRows {
                     if let Some(a) = a.as_mut() {
                         a[k..].fill(0);
                     }
-                    *s = quantize_row(x, &mut v[..k], a.map(|a| &mut a[..k]), bytes);
-                    v[k..].fill(padding);
+                    *s = quantize_row(x, &mut v[..k * width], a.map(|a| &mut a[..k]), bytes);
+                    v[k * width..].fill(padding);
                 }
             });
     }
 }
 
-/// One row quantized into `values` (encoded as `bytes` says) and, where given, `magnitudes`
-/// (`|p|`, for [`RowBytes::WithMagnitudes`]); returns its scale.
+/// One row quantized into `values` (encoded as `bytes` says, `x.len() · bytes.width()` bytes)
+/// and, where given, `magnitudes` (`|p|`, for [`RowBytes::WithMagnitudes`]); returns its
+/// scale.
 fn quantize_row(
     x: &[f32],
     values: &mut [i8],
@@ -436,9 +499,9 @@ fn quantize_row_scalar(
     bytes: RowBytes,
 ) -> f32 {
     let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs));
-    for (l, (&v, q)) in x.iter().zip(values.iter_mut()).enumerate() {
+    for (l, &v) in x.iter().enumerate() {
         let p = quantize(v, inverse);
-        *q = bytes.encode(p);
+        bytes.put(values, l, p);
         if let Some(a) = magnitudes.as_mut() {
             a[l] = p.unsigned_abs();
         }
@@ -480,12 +543,17 @@ impl PanelKernel for PackedI8 {
             _ => {}
         }
         let (n, stride) = (self.n, a.stride);
+        let rows_per_call = match self.kernel {
+            Int8Kernel::Avx2 => WIDE_MR,
+            _ => MR,
+        };
         let mut r = rows.start;
         while r < rows.end {
-            let mr = MR.min(rows.end - r);
+            let mr = rows_per_call.min(rows.end - r);
             let lhs = Lhs {
                 values: a.values.as_ptr().add(r * stride),
-                magnitudes: a.magnitudes.as_ptr().add(r * stride),
+                // Only the sign-trick kernel has magnitudes (stride apart, one byte each).
+                magnitudes: a.magnitudes.as_ptr().wrapping_add(r * stride),
                 stride,
                 scales: a.scales.as_ptr().add(r),
             };
@@ -499,16 +567,19 @@ impl PanelKernel for PackedI8 {
                 let t = out.tile((r, col, NR.min(n - col)), n, bias, residual);
                 #[cfg(target_arch = "x86_64")]
                 {
-                    let kernel = match (self.kernel, mr) {
-                        (Int8Kernel::AvxVnni, 4) => x86::kernel_avx_vnni::<4>,
-                        (Int8Kernel::AvxVnni, 3) => x86::kernel_avx_vnni::<3>,
-                        (Int8Kernel::AvxVnni, 2) => x86::kernel_avx_vnni::<2>,
-                        (Int8Kernel::AvxVnni, _) => x86::kernel_avx_vnni::<1>,
-                        (_, 4) => x86::kernel::<4>,
-                        (_, 3) => x86::kernel::<3>,
-                        (_, 2) => x86::kernel::<2>,
-                        (_, _) => x86::kernel::<1>,
-                    };
+                    let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) =
+                        match (self.kernel, mr) {
+                            (Int8Kernel::AvxVnni, 4) => x86::kernel_avx_vnni::<4>,
+                            (Int8Kernel::AvxVnni, 3) => x86::kernel_avx_vnni::<3>,
+                            (Int8Kernel::AvxVnni, 2) => x86::kernel_avx_vnni::<2>,
+                            (Int8Kernel::AvxVnni, _) => x86::kernel_avx_vnni::<1>,
+                            (_, 6) => x86::kernel_wide::<6>,
+                            (_, 5) => x86::kernel_wide::<5>,
+                            (_, 4) => x86::kernel_wide::<4>,
+                            (_, 3) => x86::kernel_wide::<3>,
+                            (_, 2) => x86::kernel_wide::<2>,
+                            (_, _) => x86::kernel_wide::<1>,
+                        };
                     kernel(&lhs, &rhs, t)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
@@ -626,6 +697,13 @@ mod x86 {
             let q = |o: usize| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src.add(o)), inv));
             let lo = _mm256_packs_epi32(q(0), q(8));
             let hi = _mm256_packs_epi32(q(16), q(24));
+            if encoding == super::RowBytes::Wide {
+                // 16 i16 per store, the 128-bit lanes of the pack put back in order.
+                let dst = values.as_mut_ptr().add(64 * i) as *mut __m256i;
+                _mm256_storeu_si256(dst, _mm256_permute4x64_epi64::<0b11_01_10_00>(lo));
+                _mm256_storeu_si256(dst.add(1), _mm256_permute4x64_epi64::<0b11_01_10_00>(hi));
+                continue;
+            }
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
             let encoded = _mm256_xor_si256(bytes, flip);
             _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, encoded);
@@ -636,7 +714,7 @@ mod x86 {
         }
         for l in 32 * blocks..x.len() {
             let q = super::quantize(x[l], inverse);
-            values[l] = encoding.encode(q);
+            encoding.put(values, l, q);
             if let Some(a) = magnitudes.as_mut() {
                 a[l] = q.unsigned_abs();
             }
@@ -644,75 +722,86 @@ mod x86 {
         scale
     }
 
-    /// One micro-kernel per way of summing byte products (`$dot(acc, |p|, sign(p) · q)`: four
-    /// unsigned × signed byte products into each i32 lane).
-    macro_rules! int8_kernel {
-        ($name:ident, $features:literal, $dot:expr) => {
-            /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for one panel
-            /// of `NR` columns, accumulating in i32 over all of k.
-            ///
-            /// # Safety
-            /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has the kernel's features.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
-                let mut acc = [[_mm256_setzero_si256(); 2]; R];
-                for g in 0..b.groups {
-                    let bp = b.data.add(g * super::NR * 4);
-                    let b0 = _mm256_loadu_si256(bp as *const __m256i);
-                    let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let at = r * a.stride + 4 * g;
-                        let p =
-                            _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
-                        let m = _mm256_set1_epi32(
-                            (a.magnitudes.add(at) as *const i32).read_unaligned(),
-                        );
-                        // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
-                        acc[0] = $dot(acc[0], m, _mm256_sign_epi8(b0, p));
-                        acc[1] = $dot(acc[1], m, _mm256_sign_epi8(b1, p));
-                    }
-                }
-                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                for v in 0..2 {
-                    let col = 8 * v;
-                    if col >= t.cols {
-                        break;
-                    }
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
-                    let s = _mm256_loadu_ps(b.scales.add(col));
-                    let bias = if t.bias.is_null() {
-                        _mm256_setzero_ps()
-                    } else {
-                        _mm256_maskload_ps(t.bias.add(col), mask)
-                    };
-                    for (r, acc) in acc.iter().enumerate() {
-                        let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
-                        let mut y =
-                            _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[v]), scale), bias);
-                        if !t.residual.is_null() {
-                            y = _mm256_add_ps(
-                                y,
-                                _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask),
-                            );
-                        }
-                        _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
-                    }
-                }
+    /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
+    /// one panel of `NR` columns in the pair layout ([`super::pair_layout_offset`]), the
+    /// activations as i16: per pair of input features, one broadcast per row and one
+    /// `vpmaddwd` per eight columns, summing in i32 over all of k.
+    ///
+    /// # Safety
+    /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn kernel_wide<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for pair in 0..2 * b.groups {
+            let bp = b.data.add(pair * super::NR * 2);
+            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp as *const __m128i));
+            let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(16) as *const __m128i));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = a.values.add(r * a.stride + 4 * pair) as *const i32;
+                let p = _mm256_set1_epi32(at.read_unaligned());
+                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p, b0));
+                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p, b1));
             }
-        };
+        }
+        store_rows(&acc, a, b, t);
     }
 
-    /// AVX2: `vpmaddubsw` (pairs into i16, which cannot saturate here) then `vpmaddwd` by ones.
+    /// AVX-VNNI: the same product from bytes in the group layout, `vpdpbusd(|p|, sign(p) ·
+    /// q)`: four unsigned × signed byte products into each i32 lane.
+    ///
+    /// # Safety
+    /// As [`kernel_wide`]; the CPU has AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn kernel_avx_vnni<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for g in 0..b.groups {
+            let bp = b.data.add(g * super::NR * 4);
+            let b0 = _mm256_loadu_si256(bp as *const __m256i);
+            let b1 = _mm256_loadu_si256(bp.add(32) as *const __m256i);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = r * a.stride + 4 * g;
+                let p = _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
+                let m = _mm256_set1_epi32((a.magnitudes.add(at) as *const i32).read_unaligned());
+                // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
+                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], m, _mm256_sign_epi8(b0, p));
+                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], m, _mm256_sign_epi8(b1, p));
+            }
+        }
+        store_rows(&acc, a, b, t);
+    }
+
+    /// The rows' i32 sums scaled back to f32 (`sum · (t · s) + bias (+ residual)`, the other
+    /// kernels' operations in their order) and written to the tile.
     #[inline(always)]
-    unsafe fn dot_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(u, s);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    unsafe fn store_rows<const R: usize>(
+        acc: &[[__m256i; 2]; R],
+        a: &super::Lhs,
+        b: &super::Rhs,
+        t: Tile,
+    ) {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for v in 0..2 {
+            let col = 8 * v;
+            if col >= t.cols {
+                break;
+            }
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
+            let s = _mm256_loadu_ps(b.scales.add(col));
+            let bias = if t.bias.is_null() {
+                _mm256_setzero_ps()
+            } else {
+                _mm256_maskload_ps(t.bias.add(col), mask)
+            };
+            for (r, acc) in acc.iter().enumerate() {
+                let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
+                let mut y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[v]), scale), bias);
+                if !t.residual.is_null() {
+                    y = _mm256_add_ps(y, _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask));
+                }
+                _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
+            }
+        }
     }
-
-    int8_kernel!(kernel, "avx2", dot_avx2);
-    // VNNI's `vpdpbusd` does the same sums in one instruction (AVX-VNNI: Alder Lake and later
-    // client CPUs; CPUs with AVX512-VNNI take the 512-bit kernel in `vnni512`).
-    int8_kernel!(kernel_avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32);
 }
 
 #[cfg(test)]
@@ -936,19 +1025,32 @@ mod tests {
                 x[1] = 2.0 * 0.5 / QMAX; // exactly half a step: ties to even (0)
                 x[2] = -2.0;
             }
-            for bytes in [RowBytes::WithMagnitudes, RowBytes::Signed, RowBytes::Offset] {
+            for bytes in [
+                RowBytes::WithMagnitudes,
+                RowBytes::Signed,
+                RowBytes::Offset,
+                RowBytes::Wide,
+            ] {
                 let magnitudes = bytes == RowBytes::WithMagnitudes;
-                let (mut v1, mut a1) = (vec![0i8; len], vec![0u8; len]);
-                let (mut v2, mut a2) = (vec![0i8; len], vec![0u8; len]);
+                let width = bytes.width();
+                let (mut v1, mut a1) = (vec![0i8; len * width], vec![0u8; len]);
+                let (mut v2, mut a2) = (vec![0i8; len * width], vec![0u8; len]);
                 let s1 = quantize_row_scalar(&x, &mut v1, magnitudes.then_some(&mut a1[..]), bytes);
                 let s2 = quantize_row(&x, &mut v2, magnitudes.then_some(&mut a2[..]), bytes);
                 assert_eq!((s1, &v1, &a1), (s2, &v2, &a2), "len {len}, {bytes:?}");
                 if len > 3 {
-                    let decoded = |b: i8| match bytes {
-                        RowBytes::Offset => (b as u8 as i32 - 128) as i8,
-                        _ => b,
+                    let decoded = |l: usize| match bytes {
+                        RowBytes::Offset => v1[l] as u8 as i32 - 128,
+                        RowBytes::Wide => {
+                            i16::from_le_bytes([v1[2 * l] as u8, v1[2 * l + 1] as u8]) as i32
+                        }
+                        _ => v1[l] as i32,
                     };
-                    assert_eq!((decoded(v1[0]), decoded(v1[2])), (127, -127), "{bytes:?}");
+                    assert_eq!(
+                        (decoded(0), decoded(1), decoded(2)),
+                        (127, 0, -127),
+                        "{bytes:?}"
+                    );
                     if magnitudes {
                         assert_eq!((a1[0], a1[2]), (127, 127));
                     }
@@ -988,6 +1090,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `MBPIPE_VNNI=0` leaves both VNNI kernels out and `MBPIPE_AMX=0` the tiles; with both,
+    /// every AVX2 CPU runs the AVX2 kernel.
+    #[test]
+    fn switches_leave_out_the_kernels_they_name() {
+        if skip_without_kernel() {
+            return;
+        }
+        let parse = |vars: &[(&str, &str)]| {
+            crate::Overrides::from_lookup(|name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let best = Int8Kernel::all_available().last().copied();
+        assert_eq!(Int8Kernel::detect_under(&parse(&[])), best);
+        let no_vnni = Int8Kernel::detect_under(&parse(&[("MBPIPE_VNNI", "0")]));
+        assert!(!matches!(
+            no_vnni,
+            Some(Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni)
+        ));
+        let neither = parse(&[("MBPIPE_VNNI", "0"), ("MBPIPE_AMX", "0")]);
+        assert_eq!(Int8Kernel::detect_under(&neither), Some(Int8Kernel::Avx2));
     }
 
     #[test]

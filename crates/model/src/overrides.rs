@@ -17,6 +17,9 @@ pub struct Overrides {
     pub bf16_gemm: bool,
     /// `MBPIPE_AMX=0`: no AMX tiles; bf16 on the AVX512-BF16 kernel (A/B measurements).
     pub amx: bool,
+    /// `MBPIPE_VNNI=0`: no VNNI; `--dtype int8` on the AVX2 kernel, as on CPUs without it (A/B
+    /// measurements; AMX tiles, where present, follow `MBPIPE_AMX`).
+    pub vnni: bool,
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
@@ -44,6 +47,7 @@ impl Overrides {
             fused_attention: not_zero("MBPIPE_FUSED_ATTENTION"),
             bf16_gemm: not_zero("MBPIPE_BF16_GEMM"),
             amx: not_zero("MBPIPE_AMX"),
+            vnni: not_zero("MBPIPE_VNNI"),
             bf16_attention: not_zero("MBPIPE_BF16_ATTENTION"),
             gpu_batched_attention: lookup("MBPIPE_GPU_ATTENTION")
                 .is_none_or(|v| v.trim() != "per-sequence"),
@@ -129,6 +133,7 @@ mod tests {
             fused_attention: true,
             bf16_gemm: true,
             amx: true,
+            vnni: true,
             bf16_attention: true,
             gpu_batched_attention: true,
             require_gpu: false,
@@ -145,12 +150,13 @@ mod tests {
             ("MBPIPE_FUSED_ATTENTION", "0"),
             ("MBPIPE_BF16_GEMM", " 0 "),
             ("MBPIPE_AMX", "0"),
+            ("MBPIPE_VNNI", "0"),
             ("MBPIPE_BF16_ATTENTION", "0"),
             ("MBPIPE_GPU_ATTENTION", "per-sequence"),
             ("MBPIPE_REQUIRE_GPU", "yes"),
         ]);
         assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
-        assert!(!off.bf16_attention);
+        assert!(!off.bf16_attention && !off.vnni);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);

@@ -1,7 +1,7 @@
 //! The int8 product on 512-bit VNNI (`vpdpbusd` on zmm: Ice Lake, Cascade Lake, Zen 4/5, and
 //! Xeons with AMX when the tiles are off).
 //!
-//! AVX-512 has no byte sign instruction (`vpsignb`), so instead of the AVX2 kernel's sign trick
+//! AVX-512 has no byte sign instruction (`vpsignb`), so instead of the AVX-VNNI kernel's sign trick
 //! the activations go in unsigned, offset by 128 (`p + 128`, a flip of the byte's top bit, written
 //! so by the quantization), and the offset comes back off exactly: `Σ (p + 128) · q = Σ p · q +
 //! 128 · Σ q`, with `Σ q` per column summed at load. One 16-lane vector covers a panel of [`NR`]
