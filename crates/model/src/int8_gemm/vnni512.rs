@@ -17,10 +17,11 @@ use crate::packed_gemm::BlockOut;
 const MR: usize = 12;
 /// Panels (of [`NR`] columns) per micro-kernel call: `MR × PANELS` = 24 accumulators and
 /// `PANELS` weight vectors of the 32 registers, so each broadcast of four activations feeds two
-/// `vpdpbusd`, and two panels of a ModernBERT-base weight (2 × 12 KiB at k = 768) stay in a
-/// 32 KiB L1 while a block's rows stream past them. On Zen 4 (`gemm_bench`, base and -large
-/// shapes): 8 rows × 1 panel, a broadcast per product, 390-510 GOP/s; 6 × 4 panels (48 KiB,
-/// read from L2) 270-310; 12 × 2 625-760.
+/// `vpdpbusd`. A call's 12 rows (9 KiB at k = 768) stay in L1 while the block's panels stream
+/// past them from L2, two at a time (2 × 12 KiB); the other order, a pair of panels held while
+/// the block's rows stream past, measured level (`gemm_bench`, 2026-12-03). On Zen 4
+/// (`gemm_bench`, base and -large shapes): 8 rows × 1 panel, a broadcast per product, 390-510
+/// GOP/s; 6 × 4 panels 270-310; 12 × 2 625-760.
 const PANELS: usize = 2;
 
 /// Whether the CPU has the instructions (AVX-512 F and BW, VNNI).
