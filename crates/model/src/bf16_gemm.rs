@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use crate::packed_gemm::{
-    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, PanelGemm,
-    PanelKernel,
+    normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
+    PanelGemm, PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel (three 16-lane f32 vectors).
@@ -107,11 +107,13 @@ impl PackedWeight {
         }
     }
 
-    /// [`write`](Self::write) with `a` as the buffer of activation pairs.
+    /// [`write`](Self::write) with `a` as the buffer of activation pairs, the rows of `x`
+    /// normalized by `norm` first where given (in cache, as they are converted: the LayerNorm's
+    /// f32 output is never written).
     unsafe fn write_with(
         &self,
         a: &mut Vec<u32>,
-        x: &[f32],
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
@@ -124,8 +126,9 @@ impl PackedWeight {
         a.par_chunks_mut(kp * 64)
             .zip(x.par_chunks(self.k * 64))
             .for_each(|(dst, src)| {
+                let mut normed = Vec::new();
                 for (d, s) in dst.chunks_mut(kp).zip(src.chunks(self.k)) {
-                    convert_row(s, d);
+                    convert_row(normalized_row(norm, s, &mut normed), d);
                 }
             });
         let a = &*a;
@@ -202,14 +205,18 @@ impl PanelGemm for PackedWeight {
 
     unsafe fn write_prepared(
         &self,
-        (x, norm): (&[f32], Option<crate::packed_gemm::RowNorm<'_>>),
+        x: (&[f32], Option<RowNorm<'_>>),
         m: usize,
         bias: Option<&[f32]>,
         residual: Option<&[f32]>,
         out: *mut f32,
     ) {
-        debug_assert!(norm.is_none(), "this kernel does not normalize rows");
         with_thread_buffer(&PAIRS, |a| self.write_with(a, x, m, bias, residual, out));
+    }
+
+    /// The activations are converted to bf16 in one pass first: the norm runs in that pass.
+    fn normalizes_rows(&self) -> bool {
+        true
     }
 }
 
@@ -569,15 +576,15 @@ mod tests {
         }
     }
 
-    /// Normalized rows give the LayerNorm pass's bits on every bf16 kernel; only the AMX
-    /// kernel normalizes them as it reads them.
+    /// Normalized rows give the LayerNorm pass's bits on every bf16 kernel; each normalizes
+    /// them as it reads them.
     #[test]
     fn normalizing_rows_while_reading_them_equals_normalizing_first() {
         for kernel in kernels() {
             crate::packed_gemm::test_support::check_normalized_equals_norm_then_product(
                 pack(kernel),
                 |w, inter, k| kernel.pack_gated(w, inter, k).expect("packs"),
-                kernel == Packing::Bf16Tiles,
+                true,
             );
         }
     }
