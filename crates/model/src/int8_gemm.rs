@@ -229,6 +229,20 @@ fn pair_layout_offset(l: usize, j: usize) -> usize {
     l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2
 }
 
+/// Copies one column's quantized weights `q` into its panel in chunks of `W` input features,
+/// chunk `c` at `offset(c)`, as fixed-size moves (a `memcpy` call per chunk was a tenth of the
+/// packing), then the rest.
+fn place_column<const W: usize>(q: &[i8], panel: &mut [i8], offset: impl Fn(usize) -> usize) {
+    let chunks = q.chunks_exact(W);
+    let rest = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        panel[offset(c)..][..W].copy_from_slice(chunk);
+    }
+    if !rest.is_empty() {
+        panel[offset(q.len() / W)..][..rest.len()].copy_from_slice(rest);
+    }
+}
+
 impl PackedI8 {
     /// Quantizes and packs a row-major `[n, k]` f32 weight for the AVX2 kernel.
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
@@ -267,26 +281,9 @@ impl PackedI8 {
                     *scale = s;
                     *sum = quantize_weight_row(src, inverse, &mut q);
                     if kernel == Int8Kernel::Avx2 {
-                        // Pairs as fixed-size moves, then an odd last feature.
-                        let pairs = q[..k].chunks_exact(2);
-                        let rest = pairs.remainder();
-                        for (p, pair) in pairs.enumerate() {
-                            out[pair_layout_offset(2 * p, j)..][..2].copy_from_slice(pair);
-                        }
-                        if let [last] = rest {
-                            out[pair_layout_offset(k - 1, j)] = *last;
-                        }
-                        continue;
-                    }
-                    // Whole groups of 4 as fixed-size moves (a `memcpy` call per group was
-                    // a tenth of the packing), then the rest.
-                    let groups = q[..k].chunks_exact(4);
-                    let rest = groups.remainder();
-                    for (g, group) in groups.enumerate() {
-                        out[g * NR * 4 + j * 4..][..4].copy_from_slice(group);
-                    }
-                    if !rest.is_empty() {
-                        out[k / 4 * NR * 4 + j * 4..][..rest.len()].copy_from_slice(rest);
+                        place_column::<2>(&q[..k], out, |p| pair_layout_offset(2 * p, j));
+                    } else {
+                        place_column::<4>(&q[..k], out, |g| g * NR * 4 + j * 4);
                     }
                 }
             });
