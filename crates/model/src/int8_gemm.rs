@@ -60,7 +60,7 @@ mod vnni512;
 /// pad it to whole tiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// `vpmaddubsw` on AVX2 (every x86-64 CPU of the last decade).
+    /// `vpmaddwd` on 16-bit activation pairs, AVX2 (every x86-64 CPU of the last decade).
     Avx2,
     /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI).
     AvxVnni,
@@ -350,7 +350,7 @@ impl PackedI8 {
 /// What the quantization writes for each activation `p`: what the kernel multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowBytes {
-    /// `p`, and `|p|` beside it (the AVX2 and AVX-VNNI kernels' sign trick).
+    /// `p`, and `|p|` beside it (the AVX-VNNI kernel's sign trick).
     WithMagnitudes,
     /// `p` alone (the tiles multiply signed bytes).
     Signed,
@@ -1096,13 +1096,7 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        let parse = |vars: &[(&str, &str)]| {
-            crate::Overrides::from_lookup(|name| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            })
-        };
+        let parse = crate::Overrides::from_pairs;
         let best = Int8Kernel::all_available().last().copied();
         assert_eq!(Int8Kernel::detect_under(&parse(&[])), best);
         let no_vnni = Int8Kernel::detect_under(&parse(&[("MBPIPE_VNNI", "0")]));

@@ -56,6 +56,18 @@ impl Overrides {
     }
 }
 
+#[cfg(test)]
+impl Overrides {
+    /// The switches with the environment given as `(name, value)` pairs (tests).
+    pub(crate) fn from_pairs(vars: &[(&str, &str)]) -> Self {
+        Overrides::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+}
+
 /// The `MBPIPE_REQUIRE_GPU` value parsed: unset, empty, `0`, `false` and `no` are off.
 pub fn require_gpu_value(value: Option<&str>) -> bool {
     value.is_some_and(|v| {
@@ -119,11 +131,7 @@ mod tests {
     use super::*;
 
     fn parse(vars: &[(&str, &str)]) -> Overrides {
-        Overrides::from_lookup(|name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
+        Overrides::from_pairs(vars)
     }
 
     #[test]
