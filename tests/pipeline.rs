@@ -8,7 +8,7 @@ use arrow::array::{Array, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use arrow::record_batch::RecordBatch;
 
-use crate::util::{assert_close, fixture, mbpipe, ok, softmax, stderr, Fixture};
+use crate::util::{assert_close, fixture, mbpipe, mbpipe_with_env, ok, softmax, stderr, Fixture};
 
 const TOL: f32 = 1e-4;
 
@@ -118,58 +118,9 @@ pub(crate) fn read_output(dir: &Path) -> RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
 
-#[test]
-fn every_output_value_matches_the_reference_in_input_order() {
-    let Some(fx) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let rows = write_inputs(&fx, tmp.path());
-    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
-    let o = mbpipe(tmp.path(), &["run", "p.toml", "--max-batch-tokens", "200"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("15 rows"), "summary: {}", stderr(&o));
-    let out = tmp.path().join("out");
-    assert!(out.join("_SUCCESS").is_file() && out.join("_manifest.json").is_file());
-    let b = read_output(&out);
-    assert_eq!(b.num_rows(), rows.len());
-
-    // Types of the contract.
-    let s = b.schema();
-    let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "id",
-            "lang",
-            "text",
-            "sentiment_label",
-            "sentiment_score",
-            "sentiment_scores",
-            "sentiment_polarity",
-            "sentiment_truncated",
-            "emb_embedding",
-            "emb_truncated",
-            "first_embedding",
-            "first_truncated",
-            "fill_predictions",
-            "fill_truncated"
-        ]
-    );
-    assert_eq!(
-        s.field_with_name("sentiment_score").unwrap().data_type(),
-        &DataType::Float32
-    );
-    assert!(
-        matches!(s.field_with_name("emb_embedding").unwrap().data_type(), DataType::FixedSizeList(f, 64) if f.data_type() == &DataType::Float32)
-    );
-    let DataType::Struct(fields) = s.field_with_name("sentiment_scores").unwrap().data_type()
-    else {
-        panic!("scores not a struct")
-    };
-    assert_eq!(
-        fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
-        ["negative", "neutral", "positive"]
-    );
-
+/// Every row of `b` (the fixture pipeline's output for the input `rows`) in input order, each
+/// value within [`TOL`] of what transformers computes (the null text's columns null).
+fn assert_values_match_the_reference(fx: &Fixture, rows: &[Option<String>], b: &RecordBatch) {
     let ids = b
         .column_by_name("id")
         .unwrap()
@@ -295,6 +246,61 @@ fn every_output_value_matches_the_reference_in_input_order() {
             );
         }
     }
+}
+
+#[test]
+fn every_output_value_matches_the_reference_in_input_order() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = write_inputs(&fx, tmp.path());
+    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
+    let o = mbpipe(tmp.path(), &["run", "p.toml", "--max-batch-tokens", "200"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("15 rows"), "summary: {}", stderr(&o));
+    let out = tmp.path().join("out");
+    assert!(out.join("_SUCCESS").is_file() && out.join("_manifest.json").is_file());
+    let b = read_output(&out);
+    assert_eq!(b.num_rows(), rows.len());
+
+    // Types of the contract.
+    let s = b.schema();
+    let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "id",
+            "lang",
+            "text",
+            "sentiment_label",
+            "sentiment_score",
+            "sentiment_scores",
+            "sentiment_polarity",
+            "sentiment_truncated",
+            "emb_embedding",
+            "emb_truncated",
+            "first_embedding",
+            "first_truncated",
+            "fill_predictions",
+            "fill_truncated"
+        ]
+    );
+    assert_eq!(
+        s.field_with_name("sentiment_score").unwrap().data_type(),
+        &DataType::Float32
+    );
+    assert!(
+        matches!(s.field_with_name("emb_embedding").unwrap().data_type(), DataType::FixedSizeList(f, 64) if f.data_type() == &DataType::Float32)
+    );
+    let DataType::Struct(fields) = s.field_with_name("sentiment_scores").unwrap().data_type()
+    else {
+        panic!("scores not a struct")
+    };
+    assert_eq!(
+        fields.iter().map(|f| f.name().as_str()).collect::<Vec<_>>(),
+        ["negative", "neutral", "positive"]
+    );
+
+    assert_values_match_the_reference(&fx, &rows, &b);
 
     // SQL over the output: an aggregate and a struct field.
     let sql = ok(mbpipe(
@@ -325,6 +331,39 @@ fn every_output_value_matches_the_reference_in_input_order() {
         "{}",
         stderr(&again)
     );
+}
+
+/// `MBPIPE_AVX512=0` runs every kernel as a CPU with AVX2 alone does, the only way an AVX-512
+/// machine's tests reach that path end to end: `validate` names the AVX2 kernels for each
+/// precision, and the f32 run's every value stays within [`TOL`] of transformers.
+#[test]
+fn without_avx512_every_value_still_matches_the_reference() {
+    let Some(fx) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = write_inputs(&fx, tmp.path());
+    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
+    let no_avx512 = [("MBPIPE_AVX512", "0")];
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    for dtype in ["f32", "bf16", "int8"] {
+        let plan = ok(mbpipe_with_env(
+            tmp.path(),
+            &["validate", "p.toml", "--dtype", dtype],
+            &no_avx512,
+        ));
+        assert!(!plan.contains("AVX-512") && !plan.contains("AMX"), "{plan}");
+        if avx2 {
+            assert!(plan.contains("f32 GEMM AVX2, attention AVX2"), "{plan}");
+        }
+    }
+    ok(mbpipe_with_env(
+        tmp.path(),
+        &["run", "p.toml", "--max-batch-tokens", "200"],
+        &no_avx512,
+    ));
+    assert_values_match_the_reference(&fx, &rows, &read_output(&tmp.path().join("out")));
 }
 
 #[test]

@@ -113,11 +113,17 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 
 /// Runs the built `mbpipe` binary in `cwd`.
 pub fn mbpipe(cwd: &Path, args: &[&str]) -> Output {
+    mbpipe_with_env(cwd, args, &[])
+}
+
+/// [`mbpipe`] with the variables `vars` set.
+pub fn mbpipe_with_env(cwd: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mbpipe"))
         .args(args)
         .current_dir(cwd)
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("RUST_LOG")
+        .envs(vars.iter().copied())
         .output()
         .expect("cannot run mbpipe")
 }

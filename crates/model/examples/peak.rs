@@ -139,7 +139,8 @@ mod x86 {
 /// AMX tiles, or no own kernel).
 #[cfg(target_arch = "x86_64")]
 fn instructions() -> [(&'static str, Option<Instruction>); 3] {
-    let avx512 = is_x86_feature_detected!("avx512f");
+    // As the model picks it: `MBPIPE_AVX512=0` leaves the f32 kernels AVX2's FMA.
+    let avx512 = is_x86_feature_detected!("avx512f") && mbpipe_model::Overrides::get().avx512;
     let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
     let f32 = || (avx512 || fma).then(|| fma_instruction(avx512));
     let bf16 = match CpuBf16::detect(true) {

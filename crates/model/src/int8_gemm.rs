@@ -95,7 +95,8 @@ impl Int8Kernel {
     }
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
-    /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels), or `None` without AVX2.
+    /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels, `MBPIPE_AVX512=0` the 512-bit one and
+    /// the tiles), or `None` without AVX2.
     pub fn detect() -> Option<Self> {
         Self::detect_under(&crate::Overrides::get())
     }
@@ -108,6 +109,9 @@ impl Int8Kernel {
             .filter(|&k| switches.amx || k != Int8Kernel::Tiles)
             .filter(|&k| {
                 switches.vnni || !matches!(k, Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni)
+            })
+            .filter(|&k| {
+                switches.avx512 || !matches!(k, Int8Kernel::Avx512Vnni | Int8Kernel::Tiles)
             })
             .find(|k| k.available())
     }
@@ -1106,6 +1110,17 @@ mod tests {
         ));
         let neither = parse(&[("MBPIPE_VNNI", "0"), ("MBPIPE_AMX", "0")]);
         assert_eq!(Int8Kernel::detect_under(&neither), Some(Int8Kernel::Avx2));
+        // Without AVX-512: the AVX-VNNI kernel where the CPU has it, else the AVX2 one.
+        let no_avx512 = Int8Kernel::detect_under(&parse(&[("MBPIPE_AVX512", "0")]));
+        let vex = Int8Kernel::AvxVnni.available();
+        assert_eq!(
+            no_avx512,
+            Some(if vex {
+                Int8Kernel::AvxVnni
+            } else {
+                Int8Kernel::Avx2
+            })
+        );
     }
 
     #[test]

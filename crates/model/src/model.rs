@@ -48,12 +48,15 @@ impl CpuBf16 {
     }
 
     /// The fastest path this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves the
-    /// tiles out). On a CPU with AMX whose tiles Linux refuses, the f32 kernels: the
-    /// dot-product kernel ran slower than them on such a CPU (Sapphire Rapids, tiles off: 727
-    /// against 919 tokens/s), unlike on AMD's Zen 4/5 (1.5x f32).
+    /// tiles out, `MBPIPE_AVX512=0` the tiles and the dot-product kernel). On a CPU with AMX
+    /// whose tiles Linux refuses, the f32 kernels: the dot-product kernel ran slower than them
+    /// on such a CPU (Sapphire Rapids, tiles off: 727 against 919 tokens/s), unlike on AMD's
+    /// Zen 4/5 (1.5x f32).
     pub fn detect(kernel_allowed: bool) -> Self {
-        let tiles = Overrides::get().amx && crate::amx_bf16_gemm::available();
-        let dot_product = crate::bf16_gemm::available() && !crate::amx::refused("amx-bf16");
+        let switches = Overrides::get();
+        let tiles = switches.avx512 && switches.amx && crate::amx_bf16_gemm::available();
+        let dot_product =
+            switches.avx512 && crate::bf16_gemm::available() && !crate::amx::refused("amx-bf16");
         Self::choose(tiles, dot_product, kernel_allowed)
     }
 }
@@ -100,7 +103,12 @@ impl ModernBert {
         if path == CpuBf16::F32 && dtype == DType::BF16 && device.is_cpu() {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                if crate::amx::refused("amx-bf16") {
+                if !Overrides::get().avx512 {
+                    eprintln!(
+                        "mbpipe: MBPIPE_AVX512=0: --dtype bf16 runs the f32 kernels, as on a \
+                         CPU without AVX512-BF16"
+                    )
+                } else if crate::amx::refused("amx-bf16") {
                     eprintln!(
                         "mbpipe: Linux refused this process the AMX tiles (a kernel before \
                          5.16?); --dtype bf16 runs the f32 kernels (faster on this CPU than \
@@ -344,6 +352,9 @@ impl ModernBert {
             Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
             Some(CpuBf16::F32) if crate::amx::refused("amx-bf16") => {
                 ", bf16 on the f32 kernels (AMX tiles refused by Linux)"
+            }
+            Some(CpuBf16::F32) if !Overrides::get().avx512 => {
+                ", bf16 on the f32 kernels (MBPIPE_AVX512=0)"
             }
             Some(CpuBf16::F32) => ", bf16 on the f32 kernels (no AVX512-BF16)",
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",

@@ -23,6 +23,9 @@ pub struct Overrides {
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
+    /// `MBPIPE_AVX512=0`: no AVX-512 (nor the AMX tiles, whose kernels use it): every CPU
+    /// kernel as on a CPU with AVX2 alone, so an AVX-512 machine measures and tests that path.
+    pub avx512: bool,
     /// `MBPIPE_GPU_ATTENTION=per-sequence`: per-sequence candle attention on GPUs.
     pub gpu_batched_attention: bool,
     /// `MBPIPE_REQUIRE_GPU=1`: GPU test skips and failed load-time kernel checks are errors.
@@ -49,6 +52,7 @@ impl Overrides {
             amx: not_zero("MBPIPE_AMX"),
             vnni: not_zero("MBPIPE_VNNI"),
             bf16_attention: not_zero("MBPIPE_BF16_ATTENTION"),
+            avx512: not_zero("MBPIPE_AVX512"),
             gpu_batched_attention: lookup("MBPIPE_GPU_ATTENTION")
                 .is_none_or(|v| v.trim() != "per-sequence"),
             require_gpu: require_gpu_value(lookup(REQUIRE_GPU_ENV).as_deref()),
@@ -103,7 +107,8 @@ impl CpuKernels {
         }
     }
 
-    /// This CPU's kernels under the process's switches.
+    /// This CPU's kernels under the process's switches ([`crate::simd::cpu`] applies
+    /// `MBPIPE_AVX512`).
     pub(crate) fn detect() -> Self {
         Self::choose(crate::simd::cpu(), &Overrides::get())
     }
@@ -143,6 +148,7 @@ mod tests {
             amx: true,
             vnni: true,
             bf16_attention: true,
+            avx512: true,
             gpu_batched_attention: true,
             require_gpu: false,
         };
@@ -160,11 +166,12 @@ mod tests {
             ("MBPIPE_AMX", "0"),
             ("MBPIPE_VNNI", "0"),
             ("MBPIPE_BF16_ATTENTION", "0"),
+            ("MBPIPE_AVX512", "0"),
             ("MBPIPE_GPU_ATTENTION", "per-sequence"),
             ("MBPIPE_REQUIRE_GPU", "yes"),
         ]);
         assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
-        assert!(!off.bf16_attention && !off.vnni);
+        assert!(!off.bf16_attention && !off.vnni && !off.avx512);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);
@@ -194,5 +201,12 @@ mod tests {
             CpuKernels::choose(Cpu::Avx512, &on).to_string(),
             "f32 GEMM AVX-512, attention AVX-512"
         );
+        // `MBPIPE_AVX512=0` leaves an AVX-512 CPU its AVX2 and changes no other CPU.
+        let no_avx512 = parse(&[("MBPIPE_AVX512", "0")]);
+        assert_eq!(Cpu::Avx512.under(&no_avx512), Cpu::Avx2);
+        assert_eq!(Cpu::Avx512.under(&on), Cpu::Avx512);
+        for other in [Cpu::Avx2, Cpu::Other] {
+            assert_eq!(other.under(&no_avx512), other);
+        }
     }
 }

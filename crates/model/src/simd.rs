@@ -10,21 +10,36 @@ pub(crate) enum Cpu {
     Other,
 }
 
-/// Detected once per process.
+/// The instructions the kernels use, detected once per process, under `MBPIPE_AVX512`.
 pub(crate) fn cpu() -> Cpu {
     static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
-    *CPU.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Cpu::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Cpu::Avx2;
-            }
+    *CPU.get_or_init(|| detected().under(&crate::Overrides::get()))
+}
+
+/// What this CPU offers.
+fn detected() -> Cpu {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Cpu::Avx512;
         }
-        Cpu::Other
-    })
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Cpu::Avx2;
+        }
+    }
+    Cpu::Other
+}
+
+impl Cpu {
+    /// The instructions the kernels may use under `switches`: `MBPIPE_AVX512=0` leaves an
+    /// AVX-512 CPU its AVX2 + FMA (which every AVX-512 CPU has).
+    pub(crate) fn under(self, switches: &crate::Overrides) -> Cpu {
+        if self == Cpu::Avx512 && !switches.avx512 {
+            Cpu::Avx2
+        } else {
+            self
+        }
+    }
 }
 
 /// Every kernel ISA this CPU can execute, best first (an AVX-512 CPU also runs the AVX2 kernels),
