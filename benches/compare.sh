@@ -42,9 +42,11 @@
 #   --rounds N          repeat every run N times, interleaved (default 1)
 # Environment: MBPIPE_SHARED (shared/ folder), MBPIPE_REF (reference venv, default
 # ~/.mbpipe-ref), MBPIPE_BENCH_CACHE (model cache, default ~/.cache/mbpipe-bench),
-# GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS (this machine's GEMM ceiling; by default measured in this run
-# with torch on the model's own linear-layer shapes, 2,048 rows, best of 10, as
-# ../shared/bench/README.md measured its 185 / 390 GFLOP/s).
+# GEMM_F32_GFLOPS / GEMM_BF16_GFLOPS / GEMM_INT8_GOPS (this machine's GEMM ceiling per precision;
+# by default measured in this run with torch on the model's own linear-layer shapes, 2,048 rows,
+# best of 10, as ../shared/bench/README.md measured its 185 / 390 GFLOP/s; int8: torch's dynamically
+# quantized Linear, per-channel weights, the input quantized per call, as mbpipe's int8 does; 0
+# where torch no longer has it).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -123,23 +125,47 @@ fi
 
 # 4. The GEMM ceiling: torch's matrix products on this model's linear-layer shapes, this machine,
 # this run (the machine's speed drifts; a constant from another day would not be comparable).
-gemm_ceiling() { # DTYPE -> GFLOP/s on stdout
+gemm_ceiling() { # PRECISION -> G operations/s on stdout (a multiply-add counts two)
   "$py" - "$model/config.json" "$1" "$threads" <<'EOF'
-import json, sys, time, torch
+import json, sys, time, warnings, torch
 cfg = json.load(open(sys.argv[1]))
-dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[sys.argv[2]]
+precision = sys.argv[2]
 torch.set_num_threads(int(sys.argv[3]))
 h, i, rows = cfg["hidden_size"], cfg["intermediate_size"], 2048
-flop = seconds = 0.0
-for k, n in ((h, 3 * h), (h, h), (h, 2 * i), (i, h)):  # Wqkv, attention Wo, Wi, MLP Wo
+
+
+def product(k, n):
+    """One linear layer's product on `rows` inputs, in the precision measured."""
+    if precision == "int8":
+        # torch's int8 CPU GEMM (FBGEMM, VNNI where the CPU has it) through dynamic quantization:
+        # the weight per output channel at conversion, the input per call, as mbpipe's int8 does.
+        import torch.ao.quantization as q
+        warnings.filterwarnings("ignore")  # torch.ao says it is deprecated in favour of torchao
+        layer = q.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n, bias=False)),
+                                   {torch.nn.Linear: q.per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        a = torch.randn(rows, k)
+        return lambda: layer(a)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[precision]
     a, b = torch.randn(rows, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
-    flop += 2 * rows * k * n
-    seconds += best
+    return lambda: a @ b
+
+
+flop = seconds = 0.0
+try:
+    with torch.inference_mode():
+        for k, n in ((h, 3 * h), (h, h), (h, 2 * i), (i, h)):  # Wqkv, attention Wo, Wi, MLP Wo
+            run = product(k, n)
+            for _ in range(3):
+                run()
+            best = float("inf")
+            for _ in range(10):
+                t = time.perf_counter(); run(); best = min(best, time.perf_counter() - t)
+            flop += 2 * rows * k * n
+            seconds += best
+except (ImportError, AttributeError, RuntimeError) as e:  # a torch without int8 CPU kernels
+    print(f"compare: no {precision} GEMM ceiling: {e}", file=sys.stderr)
+    print("0")
+    sys.exit(0)
 print(f"{flop / seconds / 1e9:.1f}")
 EOF
 }
@@ -155,8 +181,16 @@ if [ -z "${GEMM_BF16_GFLOPS:-}" ]; then
     GEMM_BF16_GFLOPS=0
   fi
 fi
-export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS
-log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s"
+if [ -z "${GEMM_INT8_GOPS:-}" ]; then
+  if [ "$int8" = 1 ]; then
+    log "measuring the int8 GEMM ceiling with torch"
+    GEMM_INT8_GOPS=$(gemm_ceiling int8)
+  else
+    GEMM_INT8_GOPS=0
+  fi
+fi
+export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS GEMM_INT8_GOPS
+log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s, int8 $GEMM_INT8_GOPS GOP/s"
 log "measuring the instruction peak of mbpipe's kernels"
 INSTRUCTION_PEAK=$("$peak" "$threads" --json)
 export INSTRUCTION_PEAK

@@ -36,11 +36,6 @@ def precision(dtype):
     return {"float32": "f32", "bfloat16": "bf16"}.get(dtype, dtype)
 
 
-def ceiling_kind(dtype):
-    """The GEMM ceiling a run is measured against (int8 rows: f32's)."""
-    return "bf16" if precision(dtype) == "bf16" else "f32"
-
-
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -99,12 +94,14 @@ def against_fastest(runs):
 
 def rates_table(runs, flop_per_token, ceiling, peak):
     """Every row's rate, ratios to transformers f32, share of the ceilings (Markdown lines)."""
-    bf16_ceiling = f"{ceiling['bf16']:.0f}" if ceiling["bf16"] else "not measured"
+    def measured(kind):
+        return f"{ceiling[kind]:.0f}" if ceiling.get(kind) else "not measured"
+
     lines = [
         "| implementation | corpus | real tokens/s | vs transformers sorted f32 | vs transformers padded f32 "
-        f"| padding computed | % of GEMM ceiling, model-only in parentheses (f32 {ceiling['f32']:.0f} / bf16 "
-        f"{bf16_ceiling} GFLOP/s) | peak RSS | model-only tokens/s | e2e / model-only (run; whole process) "
-        "| model-only, % of instruction peak |",
+        f"| padding computed | % of GEMM ceiling, model-only in parentheses (f32 {measured('f32')} / bf16 "
+        f"{measured('bf16')} GFLOP/s, int8 {measured('int8')} GOP/s) | peak RSS | model-only tokens/s "
+        "| e2e / model-only (run; whole process) | model-only, % of instruction peak |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (label, corpus), rs in by_row(runs).items():
@@ -114,13 +111,13 @@ def rates_table(runs, flop_per_token, ceiling, peak):
             per_round = []
             for r in rs:
                 ref = [x for x in same_round(runs, r)
-                       if x["impl"] == "hf" and ceiling_kind(x["dtype"]) == "f32" and x["mode"] == mode]
+                       if x["impl"] == "hf" and precision(x["dtype"]) == "f32" and x["mode"] == mode]
                 if ref:
                     per_round.append(r["tokens_per_s"] / ref[0]["tokens_per_s"])
             return spread(per_round, times) if per_round else "–"
 
         def pct(x):
-            c = ceiling[ceiling_kind(rs[0]["dtype"])]
+            c = ceiling.get(precision(rs[0]["dtype"]))  # its own precision's ceiling
             return f"{100 * x * flop_per_token / (c * 1e9):.0f}%" if c else "–"
 
         model = [r["model_tokens_per_s"] for r in rs if r.get("model_tokens_per_s")]
@@ -178,7 +175,8 @@ def main():
         cfg = json.load(f)
     h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     flop_per_token = 2 * layers * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
-    ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"])}
+    ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"]),
+               "int8": float(os.environ.get("GEMM_INT8_GOPS", "0"))}
     peak = json.loads(os.environ["INSTRUCTION_PEAK"])  # per precision; absent: AMX tiles
     runs = load_runs(paths)
     rounds = len({r["round"] for r in runs})
@@ -191,7 +189,7 @@ def main():
           "rate (first read to last write) in parentheses. model-only: the manifest's "
           "model_tokens_per_second (tokens over the workers' time inside forward passes); "
           "GEMM ceiling: torch's matrix products on the model's linear-layer shapes, measured at the "
-          "start of this run. e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, "
+          "start of this run (int8: its dynamically quantized Linear, the input quantized per call). e2e / model-only: the manifest's run rate over it (target >= 0.95: reading, "
           "tokenizing and writing keep up with compute), and the whole-process rate over it in parentheses. "
           "Instruction peak: the `peak` example, the rate at which the instruction of mbpipe's kernel "
           "for the row's precision issues multiply-adds on every thread (a GEMM's upper bound; "

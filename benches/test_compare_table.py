@@ -137,3 +137,30 @@ def test_the_rates_table_takes_medians_and_ratios_within_a_round(tmp_path):
     assert f"{100 * 875 * flop_per_token / 218e9:.0f}% of 218" in row
     bf16_row = next(line for line in lines if line.startswith("| mbpipe run bf16 |"))
     assert "– (AMX tiles)" in bf16_row  # no peak given for bf16
+
+
+def test_each_precision_is_measured_against_its_own_gemm_ceiling(tmp_path):
+    paths = write_rounds(tmp_path, {1: round_of_runs((400, 500), 750)})
+    runs = compare_table.load_runs(paths)
+    flop_per_token = 221e6
+    ceiling = {"f32": 150.0, "bf16": 300.0, "int8": 500.0}
+    lines = compare_table.rates_table(runs, flop_per_token, ceiling, {})
+
+    def share(label):
+        row = next(line for line in lines if line.startswith(f"| {label} |"))
+        return row.split(" | ")[6]
+
+    def pct(tps, c):
+        return f"{100 * tps * flop_per_token / (c * 1e9):.0f}%"
+
+    # Whole process, then model-only: int8 against the int8 ceiling, not f32's or bf16's.
+    assert share("mbpipe run int8") == f"{pct(2000, 500)} ({pct(2100, 500)})"
+    assert share("mbpipe run bf16") == f"{pct(1400, 300)} ({pct(1450, 300)})"
+    assert share("ONNX Runtime int8") == pct(800, 500)
+    assert share("transformers sorted f32") == pct(300, 150)
+    assert "(f32 150 / bf16 300 GFLOP/s, int8 500 GOP/s)" in lines[0]
+    # Where torch had no int8 kernels (ceiling 0 or absent) the int8 rows say so.
+    for unmeasured in ({"f32": 150.0, "bf16": 300.0, "int8": 0.0}, {"f32": 150.0, "bf16": 300.0}):
+        lines = compare_table.rates_table(runs, flop_per_token, unmeasured, {})
+        assert share("mbpipe run int8") == "– (–)"
+        assert "int8 not measured GOP/s" in lines[0]
