@@ -191,13 +191,19 @@ if [ -z "${GEMM_INT8_GOPS:-}" ]; then
 fi
 export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS GEMM_INT8_GOPS
 log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s, int8 $GEMM_INT8_GOPS GOP/s"
-log "measuring the instruction peak of mbpipe's kernels"
-INSTRUCTION_PEAK=$("$peak" "$threads" --json)
-export INSTRUCTION_PEAK
-log "instruction peak (G multiply-add operations/s): $INSTRUCTION_PEAK"
-
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+
+# The instruction peak, read before and after each round: the table takes the highest reading of
+# each precision, since a reading on a slowed host understates an upper bound.
+read_peak() {
+  local reading
+  reading=$("$peak" "$threads" --json)
+  echo "$reading" >> "$work/peaks.jsonl"
+  log "instruction peak (G multiply-add operations/s): $reading"
+}
+log "measuring the instruction peak of mbpipe's kernels"
+read_peak
 
 # The same texts for both implementations: the first N non-blank lines.
 subset() { # FILE N OUT   (awk alone: `grep | head` would fail on SIGPIPE under pipefail)
@@ -339,7 +345,10 @@ for round in $(seq "$rounds"); do
   if [ -n "$long_name" ]; then
     run_corpus "$long_name" "$work/long.jsonl" 4 1 2 "$long_cut"
   fi
+  read_peak
 done
+INSTRUCTION_PEAK=$(cat "$work/peaks.jsonl")
+export INSTRUCTION_PEAK
 
 # The tables: each (implementation, corpus) row's median over the rounds, then mbpipe against the
 # fastest alternative of each precision.
