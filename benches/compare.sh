@@ -169,26 +169,17 @@ except (ImportError, AttributeError, RuntimeError) as e:  # a torch without int8
 print(f"{flop / seconds / 1e9:.1f}")
 EOF
 }
-if [ -z "${GEMM_F32_GFLOPS:-}" ]; then
-  log "measuring the f32 GEMM ceiling with torch"
-  GEMM_F32_GFLOPS=$(gemm_ceiling f32)
-fi
-if [ -z "${GEMM_BF16_GFLOPS:-}" ]; then
-  if [ "$bf16" = 1 ]; then
-    log "measuring the bf16 GEMM ceiling with torch"
-    GEMM_BF16_GFLOPS=$(gemm_ceiling bf16)
+ceiling_of() { # PRECISION RUNS(0/1) -> the ceiling, measured only when the precision runs
+  if [ "$2" = 1 ]; then
+    log "measuring the $1 GEMM ceiling with torch"
+    gemm_ceiling "$1"
   else
-    GEMM_BF16_GFLOPS=0
+    echo 0
   fi
-fi
-if [ -z "${GEMM_INT8_GOPS:-}" ]; then
-  if [ "$int8" = 1 ]; then
-    log "measuring the int8 GEMM ceiling with torch"
-    GEMM_INT8_GOPS=$(gemm_ceiling int8)
-  else
-    GEMM_INT8_GOPS=0
-  fi
-fi
+}
+GEMM_F32_GFLOPS=${GEMM_F32_GFLOPS:-$(ceiling_of f32 1)}
+GEMM_BF16_GFLOPS=${GEMM_BF16_GFLOPS:-$(ceiling_of bf16 "$bf16")}
+GEMM_INT8_GOPS=${GEMM_INT8_GOPS:-$(ceiling_of int8 "$int8")}
 export GEMM_F32_GFLOPS GEMM_BF16_GFLOPS GEMM_INT8_GOPS
 log "GEMM ceiling: f32 $GEMM_F32_GFLOPS GFLOP/s, bf16 $GEMM_BF16_GFLOPS GFLOP/s, int8 $GEMM_INT8_GOPS GOP/s"
 work=$(mktemp -d "${TMPDIR:-/tmp}/mbpipe-compare.XXXXXX")
