@@ -248,12 +248,19 @@ fn assert_values_match_the_reference(fx: &Fixture, rows: &[Option<String>], b: &
     }
 }
 
+/// A folder holding the fixture's inputs and `p.toml` (the pipeline of [`pipeline_toml`]), and
+/// the input rows' texts.
+fn fixture_pipeline(fx: &Fixture) -> (tempfile::TempDir, Vec<Option<String>>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = write_inputs(fx, tmp.path());
+    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(fx, "")).unwrap();
+    (tmp, rows)
+}
+
 #[test]
 fn every_output_value_matches_the_reference_in_input_order() {
     let Some(fx) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let rows = write_inputs(&fx, tmp.path());
-    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
+    let (tmp, rows) = fixture_pipeline(&fx);
     let o = mbpipe(tmp.path(), &["run", "p.toml", "--max-batch-tokens", "200"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("15 rows"), "summary: {}", stderr(&o));
@@ -339,9 +346,7 @@ fn every_output_value_matches_the_reference_in_input_order() {
 #[test]
 fn without_avx512_every_value_still_matches_the_reference() {
     let Some(fx) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let rows = write_inputs(&fx, tmp.path());
-    std::fs::write(tmp.path().join("p.toml"), pipeline_toml(&fx, "")).unwrap();
+    let (tmp, rows) = fixture_pipeline(&fx);
     let no_avx512 = [("MBPIPE_AVX512", "0")];
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
