@@ -106,12 +106,11 @@ impl Int8Kernel {
         Self::ALL
             .into_iter()
             .rev()
-            .filter(|&k| switches.amx || k != Int8Kernel::Tiles)
-            .filter(|&k| {
-                switches.vnni || !matches!(k, Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni)
-            })
-            .filter(|&k| {
-                switches.avx512 || !matches!(k, Int8Kernel::Avx512Vnni | Int8Kernel::Tiles)
+            .filter(|&k| match k {
+                Int8Kernel::Tiles => switches.amx && switches.avx512,
+                Int8Kernel::Avx512Vnni => switches.vnni && switches.avx512,
+                Int8Kernel::AvxVnni => switches.vnni,
+                Int8Kernel::Avx2 => true,
             })
             .find(|k| k.available())
     }

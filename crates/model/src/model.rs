@@ -61,6 +61,30 @@ impl CpuBf16 {
     }
 }
 
+/// Why `--dtype bf16` runs the f32 kernels on this CPU: one answer, in one order, for the
+/// load-time notice and for `validate`'s kernel line.
+#[derive(Clone, Copy)]
+enum Bf16OnF32 {
+    /// `MBPIPE_AVX512=0`.
+    Switched,
+    /// The CPU has AMX but Linux refused this process the tiles.
+    TilesRefused,
+    /// No AVX512-BF16.
+    NoInstructions,
+}
+
+impl Bf16OnF32 {
+    fn why() -> Self {
+        if !Overrides::get().avx512 {
+            Self::Switched
+        } else if crate::amx::refused("amx-bf16") {
+            Self::TilesRefused
+        } else {
+            Self::NoInstructions
+        }
+    }
+}
+
 /// A ModernBERT model ready to run packed batches.
 pub struct ModernBert {
     config: ModernBertConfig,
@@ -102,25 +126,20 @@ impl ModernBert {
         let path = CpuBf16::detect(bf16_kernel);
         if path == CpuBf16::F32 && dtype == DType::BF16 && device.is_cpu() {
             static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                if !Overrides::get().avx512 {
-                    eprintln!(
-                        "mbpipe: MBPIPE_AVX512=0: --dtype bf16 runs the f32 kernels, as on a \
-                         CPU without AVX512-BF16"
-                    )
-                } else if crate::amx::refused("amx-bf16") {
-                    eprintln!(
-                        "mbpipe: Linux refused this process the AMX tiles (a kernel before \
-                         5.16?); --dtype bf16 runs the f32 kernels (faster on this CPU than \
-                         its AVX512-BF16 instructions, and at least as accurate)"
-                    )
-                } else {
-                    eprintln!(
-                        "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs \
-                         the f32 kernels (faster here than emulated bf16, and at least as \
-                         accurate)"
-                    )
-                }
+            SAID.call_once(|| match Bf16OnF32::why() {
+                Bf16OnF32::Switched => eprintln!(
+                    "mbpipe: MBPIPE_AVX512=0: --dtype bf16 runs the f32 kernels, as on a CPU \
+                     without AVX512-BF16"
+                ),
+                Bf16OnF32::TilesRefused => eprintln!(
+                    "mbpipe: Linux refused this process the AMX tiles (a kernel before 5.16?); \
+                     --dtype bf16 runs the f32 kernels (faster on this CPU than its \
+                     AVX512-BF16 instructions, and at least as accurate)"
+                ),
+                Bf16OnF32::NoInstructions => eprintln!(
+                    "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs the \
+                     f32 kernels (faster here than emulated bf16, and at least as accurate)"
+                ),
             });
         }
         Self::load_with_cpu_bf16(files, device, dtype, path)
@@ -350,13 +369,11 @@ impl ModernBert {
         let bf16 = match self.cpu_bf16 {
             Some(CpuBf16::Tiles) => ", bf16 on AMX tiles",
             Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
-            Some(CpuBf16::F32) if crate::amx::refused("amx-bf16") => {
-                ", bf16 on the f32 kernels (AMX tiles refused by Linux)"
-            }
-            Some(CpuBf16::F32) if !Overrides::get().avx512 => {
-                ", bf16 on the f32 kernels (MBPIPE_AVX512=0)"
-            }
-            Some(CpuBf16::F32) => ", bf16 on the f32 kernels (no AVX512-BF16)",
+            Some(CpuBf16::F32) => match Bf16OnF32::why() {
+                Bf16OnF32::Switched => ", bf16 on the f32 kernels (MBPIPE_AVX512=0)",
+                Bf16OnF32::TilesRefused => ", bf16 on the f32 kernels (AMX tiles refused by Linux)",
+                Bf16OnF32::NoInstructions => ", bf16 on the f32 kernels (no AVX512-BF16)",
+            },
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",
             None => match self.int8 {
                 Some(Int8Kernel::Tiles) => {
