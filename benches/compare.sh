@@ -16,8 +16,9 @@
 #   on one 6,805-token document, and would need about 30 GiB at 8,192 tokens; cut at 4,096 it
 #   peaked at 8.4 GiB.)
 # Prints one Markdown table: real tokens/s, ratios to transformers, padding, % of the GEMM
-# ceiling, peak RSS, and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with
-# the end-to-end / model-only ratio (target >= 0.95) and its share of the instruction peak (the
+# ceiling (counting the linear layers' and the attention's products on each corpus), peak RSS,
+# and for mbpipe the model-only rate (manifest `model_tokens_per_second`) with the end-to-end /
+# model-only ratio (target >= 0.95) and its share of the instruction peak (the
 # `peak` example: the multiply-adds per second that the instruction of mbpipe's kernel for that
 # precision can issue here, on every thread); then each mbpipe row against the fastest alternative
 # of the same precision (f32: transformers, ONNX Runtime, OpenVINO f32; bf16: transformers bf16,
@@ -305,6 +306,27 @@ if [ -n "$long_name" ] && [ "$long_max_length" -gt 0 ]; then
   long_name="$long_name, cut at $long_cut tokens"
 fi
 max_length=""  # what the run_ functions read outside run_corpus (the padded transformers run)
+
+# Each corpus's tokens per text as the model's tokenizer cuts them: the attention's products grow
+# with length, and the shares of the ceilings count them as the forward's work besides the linear
+# layers' (the table checks the total against mbpipe's own count).
+token_lengths() { # CORPUS_NAME FILE MAX_LENGTH (empty: the model's limit)
+  "$py" - "$model" "$2" "$1" "$3" >> "$work/lengths.jsonl" <<'EOF'
+import json, sys
+from tokenizers import Tokenizer
+model, corpus, name, cut = sys.argv[1:5]
+limit = int(cut) if cut else json.load(open(f"{model}/config.json"))["max_position_embeddings"]
+tokenizer = Tokenizer.from_file(f"{model}/tokenizer.json")
+tokenizer.no_padding()
+tokenizer.enable_truncation(max_length=limit)
+with open(corpus) as f:
+    texts = [json.loads(line)["text"] for line in f if line.strip()]
+lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+print(json.dumps({"corpus": name, "lengths": lengths}))
+EOF
+}
+token_lengths "$short_name" "$work/short.jsonl" ""
+[ -n "$long_name" ] && token_lengths "$long_name" "$work/long.jsonl" "$long_cut"
 # One corpus: the alternatives, then mbpipe in each precision. HF_BATCH / ORT_BATCH: texts per
 # batch for transformers / for ONNX Runtime and OpenVINO (labels name a batch other than 32);
 # TARGET: the issue's ratio over the fastest alternative of the same precision on this corpus;
@@ -339,7 +361,8 @@ for round in $(seq "$rounds"); do
   read_peak
 done
 INSTRUCTION_PEAK=$(cat "$work/peaks.jsonl")
-export INSTRUCTION_PEAK
+TOKEN_LENGTHS=$work/lengths.jsonl
+export INSTRUCTION_PEAK TOKEN_LENGTHS
 
 # The tables: each (implementation, corpus) row's median over the rounds, then mbpipe against the
 # fastest alternative of each precision.

@@ -6,7 +6,9 @@ its precision, as medians over the rounds with their range.
 CONFIG_JSON is the model's config.json (for the FLOPs per token); results files are named
 `results-<round>.jsonl`, one JSON object per run. The GEMM ceilings come from GEMM_F32_GFLOPS /
 GEMM_BF16_GFLOPS / GEMM_INT8_GOPS (0: not measured), the `peak` example's readings (one JSON
-object per line) from INSTRUCTION_PEAK.
+object per line) from INSTRUCTION_PEAK, and each corpus's token counts per text (JSON lines
+`{"corpus": ..., "lengths": [...]}`, special tokens included, after the cut) from the file
+TOKEN_LENGTHS names, where set.
 """
 
 import json
@@ -49,6 +51,43 @@ def highest_peak(readings):
             for kind, rate in json.loads(line).items():
                 peak[kind] = max(rate, peak.get(kind, 0.0))
     return peak
+
+
+def layer_kinds(cfg):
+    """Per layer, the keys each token attends to: None for a global layer, else the local band's
+    half width. As mbpipe's config reader: `layer_types` where the config has it, else every
+    `global_attn_every_n_layers`-th layer (default 3) from layer 0 is global; the window is
+    `local_attention` (or twice `sliding_window`; default 128) and a token sees half of it each side."""
+    window = cfg.get("local_attention") or 2 * (cfg.get("sliding_window") or 64)
+    half = window // 2
+    if cfg.get("layer_types"):
+        return [None if t == "full_attention" else half for t in cfg["layer_types"]]
+    every = max(cfg.get("global_attn_every_n_layers") or 3, 1)
+    return [None if i % every == 0 else half for i in range(cfg["num_hidden_layers"])]
+
+
+def attended_pairs(length, half):
+    """(query, key) pairs of one sequence of `length` tokens: all of them, or with `half` the
+    keys within `half` positions of their query (the ends see fewer)."""
+    if half is None:
+        return length * length
+    # Keys left of query i: min(i, half); as many right of it, mirrored; plus the query itself.
+    left = sum(min(i, half) for i in range(min(length, half + 1))) + max(length - half - 1, 0) * half
+    return length + 2 * left
+
+
+def attention_flop_per_token(lengths, cfg):
+    """The attention's matrix products (QKᵀ and PV: 2 · hidden FLOPs each per attended pair) per
+    token, averaged over a corpus's texts: work a forward does besides the linear layers, and that
+    grows with length (ModernBERT-base: about half as much again as the linear layers' 221 MFLOP
+    on 4,096-token documents, 2% on 80-token texts). The
+    padding an implementation adds is not counted: it is not the model's work."""
+    h, kinds = cfg["hidden_size"], layer_kinds(cfg)
+    tokens = sum(lengths)
+    if tokens == 0:
+        return 0.0
+    pairs = sum(attended_pairs(n, half) for n in lengths for half in kinds)
+    return 4 * h * pairs / tokens
 
 
 def median(xs):
@@ -108,7 +147,8 @@ def against_fastest(runs):
 
 
 def rates_table(runs, flop_per_token, ceiling, peak):
-    """Every row's rate, ratios to transformers f32, share of the ceilings (Markdown lines)."""
+    """Every row's rate, ratios to transformers f32, share of the ceilings (Markdown lines).
+    `flop_per_token(corpus)`: the forward's operations per token on that corpus."""
     def measured(kind):
         return f"{ceiling[kind]:.0f}" if ceiling.get(kind) else "not measured"
 
@@ -121,6 +161,7 @@ def rates_table(runs, flop_per_token, ceiling, peak):
     ]
     for (label, corpus), rs in by_row(runs).items():
         rate = [r["tokens_per_s"] for r in rs]
+        flop = flop_per_token(corpus)
 
         def ratio(mode):
             per_round = []
@@ -133,7 +174,7 @@ def rates_table(runs, flop_per_token, ceiling, peak):
 
         def pct(x):
             c = ceiling.get(precision(rs[0]["dtype"]))  # its own precision's ceiling
-            return f"{100 * x * flop_per_token / (c * 1e9):.0f}%" if c else "–"
+            return f"{100 * x * flop / (c * 1e9):.0f}%" if c else "–"
 
         model = [r["model_tokens_per_s"] for r in rs if r.get("model_tokens_per_s")]
         run = [r["run_tokens_per_s"] for r in rs if r.get("run_tokens_per_s")]
@@ -142,7 +183,7 @@ def rates_table(runs, flop_per_token, ceiling, peak):
         if model:
             m = median(model)
             p = peak.get(rs[0]["dtype"])
-            of_peak = f"{100 * m * flop_per_token / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
+            of_peak = f"{100 * m * flop / (p * 1e9):.0f}% of {p:.0f}" if p else "– (AMX tiles)"
             run_ratio = f"{median(run) / m:.2f}" if run else "–"
             mbpipe_cols = f"{spread(model, num)} | {run_ratio} ({median(rate) / m:.2f}) | {of_peak}"
         else:
@@ -184,20 +225,51 @@ def fastest_table(runs):
     return lines
 
 
+def load_lengths(path):
+    """Each corpus's token counts per text, from compare.sh's TOKEN_LENGTHS file ({} without one)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        return {r["corpus"]: r["lengths"] for r in map(json.loads, filter(str.strip, f))}
+
+
+def work_note(runs, lengths, attention):
+    """The attention's MFLOP per token on each corpus, and where mbpipe's manifest counted other
+    tokens than the lengths the attention's work was computed from, that it did: the shares would
+    then rest on another tokenization."""
+    notes = []
+    for corpus in dict.fromkeys(r["corpus"] for r in runs):
+        if corpus not in attention:
+            notes.append(f"{corpus}: not counted (no token lengths)")
+            continue
+        note = f"{corpus}: {attention[corpus] / 1e6:.1f} MFLOP"
+        counted = {r["tokens"] for r in runs if r["corpus"] == corpus and r["impl"] == "mbpipe"}
+        if counted - {sum(lengths[corpus])}:
+            note += (f" (from {sum(lengths[corpus])} tokens; mbpipe counted "
+                     f"{', '.join(map(str, sorted(counted)))})")
+        notes.append(note)
+    return "; ".join(notes)
+
+
 def main():
     config, threads, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
     with open(config) as f:
         cfg = json.load(f)
     h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    flop_per_token = 2 * layers * (h * 3 * h + h * h + h * 2 * i + i * h)  # linear layers only
+    linear = 2 * layers * (h * 3 * h + h * h + h * 2 * i + i * h)
     ceiling = {"f32": float(os.environ["GEMM_F32_GFLOPS"]), "bf16": float(os.environ["GEMM_BF16_GFLOPS"]),
                "int8": float(os.environ.get("GEMM_INT8_GOPS", "0"))}
     peak = highest_peak(os.environ["INSTRUCTION_PEAK"])  # per precision; absent: AMX tiles
     runs = load_runs(paths)
+    lengths = load_lengths(os.environ.get("TOKEN_LENGTHS"))
+    attention = {c: attention_flop_per_token(n, cfg) for c, n in lengths.items()}
     rounds = len({r["round"] for r in runs})
-    print("\n".join(rates_table(runs, flop_per_token, ceiling, peak)))
+    print("\n".join(rates_table(runs, lambda corpus: linear + attention.get(corpus, 0.0), ceiling, peak)))
     print()
-    print(f"{flop_per_token / 1e6:.0f} MFLOP per token in linear layers; {threads} threads; "
+    print(f"Operations per token (shares of the ceilings): {linear / 1e6:.0f} MFLOP in the linear layers, "
+          f"plus the attention's products per corpus: {work_note(runs, lengths, attention)} "
+          "(in the int8 runs these run in bf16 or f32, counted the same). "
+          f"{threads} threads; "
           f"{rounds} round{'s' if rounds > 1 else ''} (rates and ratios: the median over the rounds, with min-max); "
           "transformers: tokenize + forward as timed by hf_baseline.py; mbpipe: whole process "
           "(start to exit: load, read, tokenize, infer, write Parquet), with the manifest's own "

@@ -129,7 +129,7 @@ def test_the_rates_table_takes_medians_and_ratios_within_a_round(tmp_path):
     paths = write_rounds(tmp_path, {1: round_of_runs((400, 500), 750), 2: round_of_runs((600, 450), 900)})
     runs = compare_table.load_runs(paths)
     flop_per_token = 221e6
-    lines = compare_table.rates_table(runs, flop_per_token, {"f32": 150.0, "bf16": 0.0}, {"f32": 218.0})
+    lines = compare_table.rates_table(runs, lambda _: flop_per_token, {"f32": 150.0, "bf16": 0.0}, {"f32": 218.0})
     row = next(line for line in lines if line.startswith("| mbpipe run f32 |"))
     # Rate: median of 750 and 900 with its range; vs transformers sorted f32 (300 in both rounds).
     assert "| 825 (750-900) (run only: 875 (800-950)) | 2.75x (2.50x-3.00x) |" in row
@@ -144,7 +144,7 @@ def test_each_precision_is_measured_against_its_own_gemm_ceiling(tmp_path):
     runs = compare_table.load_runs(paths)
     flop_per_token = 221e6
     ceiling = {"f32": 150.0, "bf16": 300.0, "int8": 500.0}
-    lines = compare_table.rates_table(runs, flop_per_token, ceiling, {})
+    lines = compare_table.rates_table(runs, lambda _: flop_per_token, ceiling, {})
 
     def share(label):
         row = next(line for line in lines if line.startswith(f"| {label} |"))
@@ -161,7 +161,7 @@ def test_each_precision_is_measured_against_its_own_gemm_ceiling(tmp_path):
     assert "(f32 150 / bf16 300 GFLOP/s, int8 500 GOP/s)" in lines[0]
     # Where torch had no int8 kernels (ceiling 0 or absent) the int8 rows say so.
     for unmeasured in ({"f32": 150.0, "bf16": 300.0, "int8": 0.0}, {"f32": 150.0, "bf16": 300.0}):
-        lines = compare_table.rates_table(runs, flop_per_token, unmeasured, {})
+        lines = compare_table.rates_table(runs, lambda _: flop_per_token, unmeasured, {})
         assert share("mbpipe run int8") == "– (–)"
         assert "int8 not measured GOP/s" in lines[0]
 
@@ -172,3 +172,67 @@ def test_the_instruction_peak_is_the_highest_reading_of_each_precision():
     readings = '{"f32": 214.1, "bf16": 233.4, "int8": 871.0}\n\n{"f32": 155.9, "bf16": 408.3, "int8": 732.2}\n'
     assert compare_table.highest_peak(readings) == {"f32": 214.1, "bf16": 408.3, "int8": 871.0}
     assert compare_table.highest_peak('{"f32": 300.0}') == {"f32": 300.0}
+
+
+def brute_force_pairs(length, half):
+    """(query, key) pairs counted one by one: every key, or those within `half` of the query."""
+    return sum(1 for q in range(length) for k in range(length) if half is None or abs(q - k) <= half)
+
+
+@pytest.mark.parametrize("cfg", [
+    # ModernBERT's published form: layers 0 and 3 global, the others a window of 4 (2 each side).
+    {"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 5, "global_attn_every_n_layers": 3,
+     "local_attention": 4},
+    # The newer form: an explicit list, and the window as a half width.
+    {"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 3, "sliding_window": 3,
+     "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+])
+def test_the_attention_work_counts_every_layers_attended_pairs(cfg):
+    kinds = compare_table.layer_kinds(cfg)
+    if "layer_types" in cfg:
+        assert kinds == [3, None, 3]
+    else:
+        assert kinds == [None, 2, 2, None, 2]
+    lengths = [1, 2, 3, 5, 7, 40]
+    for n in lengths:
+        for half in (None, 2, 3):
+            assert compare_table.attended_pairs(n, half) == brute_force_pairs(n, half), (n, half)
+    pairs = sum(brute_force_pairs(n, half) for n in lengths for half in kinds)
+    # QKᵀ and PV: 2 · hidden operations each per pair, over the corpus's tokens.
+    expected = 4 * cfg["hidden_size"] * pairs / sum(lengths)
+    assert compare_table.attention_flop_per_token(lengths, cfg) == pytest.approx(expected)
+    assert compare_table.attention_flop_per_token([], cfg) == 0.0
+
+
+def test_long_documents_are_measured_with_their_attention_and_short_texts_barely_change(tmp_path):
+    # ModernBERT-base: 4,096-token documents add about half to the linear layers' 221 MFLOP per
+    # token (8 global layers of 4,096 keys, 14 local ones of at most 129); 80-token texts about 2%.
+    cfg = {"hidden_size": 768, "intermediate_size": 1152, "num_hidden_layers": 22,
+           "global_attn_every_n_layers": 3, "local_attention": 128}
+    long_docs = compare_table.attention_flop_per_token([4096] * 3, cfg)
+    short = compare_table.attention_flop_per_token([80] * 100, cfg)
+    assert 8 * 4 * 768 * 4096 < long_docs < 8 * 4 * 768 * 4096 + 14 * 4 * 768 * 129
+    assert 22 * 4 * 768 * 70 < short < 22 * 4 * 768 * 80
+
+    # The table's share of the ceiling counts each corpus's own work, and the note names it.
+    runs = [run("mbpipe run f32", "mbpipe", "f32", 500, "long", run_tps=510),
+            run("mbpipe run f32", "mbpipe", "f32", 800, "comments", run_tps=820)]
+    lines = compare_table.rates_table(compare_table.load_runs(write_rounds(tmp_path, {1: runs})),
+                                      {"long": 300e6, "comments": 225e6}.get, {"f32": 150.0}, {})
+    rows = {line.split(" | ")[1]: line.split(" | ")[6] for line in lines[2:]}
+    assert rows["long"] == f"{100 * 500 * 300e6 / 150e9:.0f}% ({100 * 510 * 300e6 / 150e9:.0f}%)"
+    assert rows["comments"] == f"{100 * 800 * 225e6 / 150e9:.0f}% ({100 * 820 * 225e6 / 150e9:.0f}%)"
+
+
+def test_the_note_says_where_mbpipe_counted_other_tokens_than_the_lengths(tmp_path):
+    runs = compare_table.load_runs(write_rounds(tmp_path, {1: [
+        run("transformers sorted f32", "hf", "float32", 300, "comments"),
+        run("mbpipe run f32", "mbpipe", "f32", 800, "comments"),  # 1,000 tokens
+        run("mbpipe run f32", "mbpipe", "f32", 500, "long"),
+        run("mbpipe run f32", "mbpipe", "f32", 500, "mid"),
+    ]}))
+    lengths = {"comments": [500, 500], "long": [600, 300]}
+    attention = {"comments": 2e6, "long": 30e6}
+    note = compare_table.work_note(runs, lengths, attention)
+    assert note == ("comments: 2.0 MFLOP; long: 30.0 MFLOP (from 900 tokens; mbpipe counted 1000); "
+                    "mid: not counted (no token lengths)")
