@@ -62,7 +62,8 @@ mod vnni512;
 pub enum Int8Kernel {
     /// `vpmaddwd` on 16-bit activation pairs, AVX2 (every x86-64 CPU of the last decade).
     Avx2,
-    /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI).
+    /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI); on CPUs with AVX512-VNNI and VL
+    /// but not AVX-VNNI, the same code with the EVEX form (run by the tests, never chosen).
     AvxVnni,
     /// `vpdpbusd` on 512-bit vectors (AVX512-VNNI), activations offset to unsigned.
     Avx512Vnni,
@@ -86,7 +87,7 @@ impl Int8Kernel {
         #[cfg(target_arch = "x86_64")]
         return match self {
             Int8Kernel::Avx2 => available(),
-            Int8Kernel::AvxVnni => vnni(&[is_x86_feature_detected!("avxvnni")]),
+            Int8Kernel::AvxVnni => vnni(&[avx_vnni_vex() || x86::avx_vnni_evex_available()]),
             Int8Kernel::Avx512Vnni => vnni(&[vnni512::available()]),
             Int8Kernel::Tiles => available() && tiles::available(),
         };
@@ -109,7 +110,7 @@ impl Int8Kernel {
             .filter(|&k| match k {
                 Int8Kernel::Tiles => switches.amx && switches.avx512,
                 Int8Kernel::Avx512Vnni => switches.vnni && switches.avx512,
-                Int8Kernel::AvxVnni => switches.vnni,
+                Int8Kernel::AvxVnni => switches.vnni && avx_vnni_vex(),
                 Int8Kernel::Avx2 => true,
             })
             .find(|k| k.available())
@@ -118,6 +119,21 @@ impl Int8Kernel {
     /// Every kernel this CPU runs (tests).
     pub fn all_available() -> Vec<Self> {
         Self::ALL.into_iter().filter(|k| k.available()).collect()
+    }
+}
+
+/// Whether this CPU has AVX-VNNI's own (VEX) `vpdpbusd`. Where it has only AVX512-VNNI with
+/// VL, the AVX-VNNI kernel runs its EVEX twin: the same 256-bit product, so the tests run that
+/// kernel's code on AVX-512 machines too, but [`Int8Kernel::detect`] never picks it there (the
+/// 512-bit kernel is faster, and `MBPIPE_AVX512=0` must leave no AVX-512 instruction).
+fn avx_vnni_vex() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -547,6 +563,8 @@ impl PanelKernel for PackedI8 {
             Int8Kernel::Avx2 => WIDE_MR,
             _ => MR,
         };
+        #[cfg(target_arch = "x86_64")]
+        let vex = avx_vnni_vex();
         let mut r = rows.start;
         while r < rows.end {
             let mr = rows_per_call.min(rows.end - r);
@@ -569,10 +587,10 @@ impl PanelKernel for PackedI8 {
                 {
                     let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) =
                         match (self.kernel, mr) {
-                            (Int8Kernel::AvxVnni, 4) => x86::kernel_avx_vnni::<4>,
-                            (Int8Kernel::AvxVnni, 3) => x86::kernel_avx_vnni::<3>,
-                            (Int8Kernel::AvxVnni, 2) => x86::kernel_avx_vnni::<2>,
-                            (Int8Kernel::AvxVnni, _) => x86::kernel_avx_vnni::<1>,
+                            (Int8Kernel::AvxVnni, 4) => x86::avx_vnni::<4>(vex),
+                            (Int8Kernel::AvxVnni, 3) => x86::avx_vnni::<3>(vex),
+                            (Int8Kernel::AvxVnni, 2) => x86::avx_vnni::<2>(vex),
+                            (Int8Kernel::AvxVnni, _) => x86::avx_vnni::<1>(vex),
                             (_, 6) => x86::kernel_wide::<6>,
                             (_, 5) => x86::kernel_wide::<5>,
                             (_, 4) => x86::kernel_wide::<4>,
@@ -746,13 +764,71 @@ mod x86 {
         store_rows(&acc, a, b, t);
     }
 
+    /// Whether the CPU runs [`kernel_avx_vnni_evex`]: AVX512-VNNI with 256-bit vectors (VL).
+    pub(super) fn avx_vnni_evex_available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+    }
+
+    type Kernel = unsafe fn(&super::Lhs, &super::Rhs, Tile);
+
+    /// The AVX-VNNI kernel for `R` rows in its VEX encoding (`vex`: the CPU has AVX-VNNI), else
+    /// in its EVEX twin.
+    pub(super) fn avx_vnni<const R: usize>(vex: bool) -> Kernel {
+        if vex {
+            kernel_avx_vnni::<R>
+        } else {
+            kernel_avx_vnni_evex::<R>
+        }
+    }
+
+    /// `vpdpbusd` on 256-bit vectors in one of its two encodings.
+    trait ByteDot {
+        /// `acc + Σ` of four unsigned × signed byte products per i32 lane.
+        unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i;
+    }
+
+    /// AVX-VNNI's VEX form (Alder Lake and later, Sapphire Rapids, Zen 5).
+    struct Vex;
+    impl ByteDot for Vex {
+        #[inline(always)]
+        unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(acc, unsigned, signed)
+        }
+    }
+
+    /// AVX512-VNNI's EVEX form of the same instruction on ymm registers.
+    struct Evex;
+    impl ByteDot for Evex {
+        #[inline(always)]
+        unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, unsigned, signed)
+        }
+    }
+
     /// AVX-VNNI: the same product from bytes in the group layout, `vpdpbusd(|p|, sign(p) ·
     /// q)`: four unsigned × signed byte products into each i32 lane.
     ///
     /// # Safety
     /// As [`kernel_wide`]; the CPU has AVX-VNNI.
     #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn kernel_avx_vnni<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+    unsafe fn kernel_avx_vnni<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        avx_vnni_body::<Vex, R>(a, b, t)
+    }
+
+    /// [`kernel_avx_vnni`] with the EVEX `vpdpbusd`, for CPUs with AVX512-VNNI but not
+    /// AVX-VNNI: the same results bit for bit, so the tests run that kernel's code there.
+    ///
+    /// # Safety
+    /// As [`kernel_wide`]; [`avx_vnni_evex_available`] said yes.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    unsafe fn kernel_avx_vnni_evex<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        avx_vnni_body::<Evex, R>(a, b, t)
+    }
+
+    #[inline(always)]
+    unsafe fn avx_vnni_body<D: ByteDot, const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for g in 0..b.groups {
             let bp = b.data.add(g * super::NR * 4);
@@ -763,8 +839,8 @@ mod x86 {
                 let p = _mm256_set1_epi32((a.values.add(at) as *const i32).read_unaligned());
                 let m = _mm256_set1_epi32((a.magnitudes.add(at) as *const i32).read_unaligned());
                 // |p| · (sign(p) · q): at most 2 · 127² per 16-bit pair, no saturation.
-                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], m, _mm256_sign_epi8(b0, p));
-                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], m, _mm256_sign_epi8(b1, p));
+                acc[0] = D::dot(acc[0], m, _mm256_sign_epi8(b0, p));
+                acc[1] = D::dot(acc[1], m, _mm256_sign_epi8(b1, p));
             }
         }
         store_rows(&acc, a, b, t);
@@ -1109,9 +1185,10 @@ mod tests {
         ));
         let neither = parse(&[("MBPIPE_VNNI", "0"), ("MBPIPE_AMX", "0")]);
         assert_eq!(Int8Kernel::detect_under(&neither), Some(Int8Kernel::Avx2));
-        // Without AVX-512: the AVX-VNNI kernel where the CPU has it, else the AVX2 one.
+        // Without AVX-512: the AVX-VNNI kernel where the CPU has its VEX form, else the AVX2
+        // one (never the EVEX twin, an AVX-512 instruction).
         let no_avx512 = Int8Kernel::detect_under(&parse(&[("MBPIPE_AVX512", "0")]));
-        let vex = Int8Kernel::AvxVnni.available();
+        let vex = avx_vnni_vex();
         assert_eq!(
             no_avx512,
             Some(if vex {
@@ -1120,6 +1197,25 @@ mod tests {
                 Int8Kernel::Avx2
             })
         );
+    }
+
+    /// The AVX-VNNI kernel's code runs in these tests wherever either encoding of its
+    /// instruction does, but runs a model only where the CPU has the VEX one.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx_vnni_code_is_tested_wherever_either_encoding_runs() {
+        let evex = x86::avx_vnni_evex_available();
+        assert_eq!(
+            Int8Kernel::all_available().contains(&Int8Kernel::AvxVnni),
+            avx_vnni_vex() || evex
+        );
+        if evex && !avx_vnni_vex() {
+            let parse = crate::Overrides::from_pairs;
+            for switches in [&[][..], &[("MBPIPE_AVX512", "0")], &[("MBPIPE_AMX", "0")]] {
+                let chosen = Int8Kernel::detect_under(&parse(switches));
+                assert_ne!(chosen, Some(Int8Kernel::AvxVnni), "{switches:?}");
+            }
+        }
     }
 
     #[test]
