@@ -71,8 +71,10 @@ def attended_pairs(length, half):
     keys within `half` positions of their query (the ends see fewer)."""
     if half is None:
         return length * length
-    # Keys left of query i: min(i, half); as many right of it, mirrored; plus the query itself.
-    left = sum(min(i, half) for i in range(min(length, half + 1))) + max(length - half - 1, 0) * half
+    # Keys left of query i: min(i, half), i.e. 0 + 1 + ... up to the band's width, then `half`
+    # for every later query; as many right of it, mirrored; plus the query itself.
+    ramp = min(length, half + 1)
+    left = ramp * (ramp - 1) // 2 + max(length - half - 1, 0) * half
     return length + 2 * left
 
 
@@ -80,8 +82,8 @@ def attention_flop_per_token(lengths, cfg):
     """The attention's matrix products (QKᵀ and PV: 2 · hidden FLOPs each per attended pair) per
     token, averaged over a corpus's texts: work a forward does besides the linear layers, and that
     grows with length (ModernBERT-base: about half as much again as the linear layers' 221 MFLOP
-    on 4,096-token documents, 2% on 80-token texts). The
-    padding an implementation adds is not counted: it is not the model's work."""
+    on 4,096-token documents, 2% on 80-token texts). Padding an implementation adds is not
+    counted: it is not the model's work."""
     h, kinds = cfg["hidden_size"], layer_kinds(cfg)
     tokens = sum(lengths)
     if tokens == 0:

@@ -123,9 +123,11 @@ impl Int8Kernel {
 }
 
 /// Whether this CPU has AVX-VNNI's own (VEX) `vpdpbusd`. Where it has only AVX512-VNNI with
-/// VL, the AVX-VNNI kernel runs its EVEX twin: the same 256-bit product, so the tests run that
-/// kernel's code on AVX-512 machines too, but [`Int8Kernel::detect`] never picks it there (the
-/// 512-bit kernel is faster, and `MBPIPE_AVX512=0` must leave no AVX-512 instruction).
+/// VL, the AVX-VNNI kernel runs its EVEX twin: the same 256-bit product. So
+/// [`Int8Kernel::available`] (what the packed kernels check before they run) says yes there and
+/// the tests run that kernel's code on AVX-512 machines too, but [`Int8Kernel::detect`] never
+/// picks it there (the 512-bit kernel is faster, and `MBPIPE_AVX512=0` must leave no AVX-512
+/// instruction).
 fn avx_vnni_vex() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
