@@ -32,6 +32,8 @@ mod fused_attention;
 mod heads;
 mod hub;
 pub mod int8_gemm;
+#[doc(hidden)]
+pub mod issue_rate;
 mod kernel;
 mod layers;
 mod memory;

@@ -48,15 +48,21 @@ impl CpuBf16 {
     }
 
     /// The fastest path this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves the
-    /// tiles out, `MBPIPE_AVX512=0` the tiles and the dot-product kernel). On a CPU with AMX
-    /// whose tiles Linux refuses, the f32 kernels: the dot-product kernel ran slower than them
-    /// on such a CPU (Sapphire Rapids, tiles off: 727 against 919 tokens/s), unlike on AMD's
-    /// Zen 4/5 (1.5x f32).
+    /// tiles out, `MBPIPE_AVX512=0` the tiles and the dot-product kernel). The dot-product
+    /// kernel only where `vdpbf16ps` was measured to issue more multiply-adds than the f32
+    /// kernels' FMA ([`crate::issue_rate::dot_product_pays`]: Zen 4/5, not Intel's Xeons, whose
+    /// bf16 runs faster on the f32 kernels when the tiles are missing: Sapphire Rapids with the
+    /// tiles off, 727 against 919 tokens/s), and never on a CPU with AMX whose tiles Linux
+    /// refuses.
     pub fn detect(kernel_allowed: bool) -> Self {
         let switches = Overrides::get();
         let tiles = switches.avx512 && switches.amx && crate::amx_bf16_gemm::available();
-        let dot_product =
-            switches.avx512 && crate::bf16_gemm::available() && !crate::amx::refused("amx-bf16");
+        // (The probe only where the tiles are not taken.)
+        let dot_product = !tiles
+            && switches.avx512
+            && crate::bf16_gemm::available()
+            && !crate::amx::refused("amx-bf16")
+            && crate::issue_rate::dot_product_pays();
         Self::choose(tiles, dot_product, kernel_allowed)
     }
 }
@@ -69,6 +75,8 @@ enum Bf16OnF32 {
     Switched,
     /// The CPU has AMX but Linux refused this process the tiles.
     TilesRefused,
+    /// `vdpbf16ps` issues fewer multiply-adds than the f32 kernels' FMA: this many times theirs.
+    SlowDotProduct(f64),
     /// No AVX512-BF16.
     NoInstructions,
 }
@@ -79,6 +87,8 @@ impl Bf16OnF32 {
             Self::Switched
         } else if crate::amx::refused("amx-bf16") {
             Self::TilesRefused
+        } else if let Some(speedup) = crate::issue_rate::dot_product_speedup() {
+            Self::SlowDotProduct(speedup)
         } else {
             Self::NoInstructions
         }
@@ -135,6 +145,11 @@ impl ModernBert {
                     "mbpipe: Linux refused this process the AMX tiles (a kernel before 5.16?); \
                      --dtype bf16 runs the f32 kernels (faster on this CPU than its \
                      AVX512-BF16 instructions, and at least as accurate)"
+                ),
+                Bf16OnF32::SlowDotProduct(speedup) => eprintln!(
+                    "mbpipe: this CPU's vdpbf16ps does {speedup:.2}x the multiply-adds per \
+                     second of its f32 FMA (measured at start), so --dtype bf16 runs the f32 \
+                     kernels (faster here, and at least as accurate)"
                 ),
                 Bf16OnF32::NoInstructions => eprintln!(
                     "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs the \
@@ -372,6 +387,9 @@ impl ModernBert {
             Some(CpuBf16::F32) => match Bf16OnF32::why() {
                 Bf16OnF32::Switched => ", bf16 on the f32 kernels (MBPIPE_AVX512=0)",
                 Bf16OnF32::TilesRefused => ", bf16 on the f32 kernels (AMX tiles refused by Linux)",
+                Bf16OnF32::SlowDotProduct(_) => {
+                    ", bf16 on the f32 kernels (vdpbf16ps slower than their FMA here)"
+                }
                 Bf16OnF32::NoInstructions => ", bf16 on the f32 kernels (no AVX512-BF16)",
             },
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",

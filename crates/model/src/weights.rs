@@ -105,8 +105,9 @@ impl Weights {
     /// the linear layers run on bf16 or int8 hardware (unless `MBPIPE_BF16_ATTENTION=0`): AMX
     /// tiles where they run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on AMX-INT8
     /// where the CPU also has AMX-BF16), `vdpbf16ps` where bf16 runs on it (`--dtype bf16`, and
-    /// `--dtype int8` on 512-bit VNNI where the CPU has AVX512-BF16, as Zen 4/5); f32 on the vector
-    /// units otherwise; for heads of `head_dim` (see [`AttentionProducts::for_heads`]).
+    /// `--dtype int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA, as on Zen 4/5); f32
+    /// on the vector units otherwise; for heads of `head_dim` (see
+    /// [`AttentionProducts::for_heads`]).
     pub(crate) fn attention_products(&self, head_dim: usize) -> Option<AttentionProducts> {
         use crate::int8_gemm::Int8Kernel;
         let isa = self.cpu_kernels.attention?;
@@ -115,8 +116,15 @@ impl Weights {
             WeightPrecision::Int8(Int8Kernel::Tiles) if crate::amx_bf16_gemm::available() => {
                 Some(AttentionProducts::Bf16Tiles)
             }
-            WeightPrecision::Bf16 | WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
-                if crate::fused_attention::dot_available() =>
+            WeightPrecision::Bf16 => {
+                crate::fused_attention::dot_available().then_some(AttentionProducts::Bf16Dot)
+            }
+            // Beside int8 only where `vdpbf16ps` outruns the f32 FMA: on an Intel Xeon without
+            // tiles (half the FMA's multiply-adds) the f32 attention made the int8 run 8-10%
+            // faster.
+            WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
+                if crate::fused_attention::dot_available()
+                    && crate::issue_rate::dot_product_pays() =>
             {
                 Some(AttentionProducts::Bf16Dot)
             }

@@ -120,14 +120,22 @@ fn bf16_candle_fallback_keeps_embeddings_and_labels() {
 }
 
 /// Each CPU takes its bf16 path: AMX tiles where it has AMX-BF16, the dot-product kernel where
-/// it has AVX512-BF16, else the f32 kernels; `MBPIPE_BF16_GEMM=0` (kernels not allowed)
-/// candle's bf16.
+/// it has AVX512-BF16 and `vdpbf16ps` outruns the f32 FMA, else the f32 kernels;
+/// `MBPIPE_BF16_GEMM=0` (kernels not allowed) candle's bf16.
 #[test]
 fn bf16_takes_the_path_this_cpu_runs_fastest() {
     assert_eq!(CpuBf16::choose(true, true, true), CpuBf16::Tiles);
     assert_eq!(CpuBf16::choose(false, true, true), CpuBf16::DotProduct);
     assert_eq!(CpuBf16::choose(false, false, true), CpuBf16::F32);
     assert_eq!(CpuBf16::choose(true, true, false), CpuBf16::Candle);
+    let here = if mbpipe_model::amx_bf16_gemm::available() {
+        CpuBf16::Tiles
+    } else if mbpipe_model::bf16_gemm::available() && mbpipe_model::issue_rate::dot_product_pays() {
+        CpuBf16::DotProduct
+    } else {
+        CpuBf16::F32
+    };
+    assert_eq!(CpuBf16::detect(true), here);
     let Some(fx) = Fixture::load("bf16 path") else {
         return;
     };
