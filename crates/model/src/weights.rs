@@ -119,12 +119,12 @@ impl Weights {
             WeightPrecision::Bf16 => {
                 crate::fused_attention::dot_available().then_some(AttentionProducts::Bf16Dot)
             }
-            // Beside int8 only where `vdpbf16ps` outruns the f32 FMA: on an Intel Xeon without
-            // tiles (half the FMA's multiply-adds) the f32 attention made the int8 run 8-10%
-            // faster.
+            // Beside int8 only where `--dtype bf16` takes `vdpbf16ps` (where it outruns the f32
+            // FMA): on an Intel Xeon without tiles (half the FMA's multiply-adds) the f32
+            // attention made the int8 run 8-10% faster.
             WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
                 if crate::fused_attention::dot_available()
-                    && crate::issue_rate::dot_product_pays() =>
+                    && crate::CpuBf16::detect(true) == crate::CpuBf16::DotProduct =>
             {
                 Some(AttentionProducts::Bf16Dot)
             }
