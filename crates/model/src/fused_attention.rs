@@ -1019,16 +1019,13 @@ fn exp_minus_max(x: &mut [f32]) -> f32 {
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         for (m, &v) in lane_max.iter_mut().zip(c) {
-            // One `vmaxps`: `f32::max` also orders NaNs, which costs a compare and a blend per
-            // vector and changes nothing here (a NaN score is skipped either way, and its exp
-            // makes the row NaN).
-            *m = if v > *m { v } else { *m };
+            *m = larger(*m, v);
         }
     }
     for &v in chunks.remainder() {
-        lane_max[0] = if v > lane_max[0] { v } else { lane_max[0] };
+        lane_max[0] = larger(lane_max[0], v);
     }
-    let max = halving(lane_max, |a, b| if b > a { b } else { a });
+    let max = halving(lane_max, larger);
     let mut lane_sum = [0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -1043,6 +1040,18 @@ fn exp_minus_max(x: &mut [f32]) -> f32 {
         tail += *v;
     }
     1.0 / (tail + halving(lane_sum, |a, b| a + b))
+}
+
+/// The larger of `a` and `b`, in one `vmaxps` per vector: `f32::max` also orders NaNs, which
+/// costs a compare and a blend and changes nothing here (a NaN score is skipped either way, and
+/// its exp makes the row NaN).
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
 }
 
 /// `lanes` reduced by `op` in halves (16 → 8 → 4 → 2 → 1): vector shuffles where a fold over
