@@ -657,7 +657,7 @@ impl Block {
         let mut inv_sums = [0f32; QUERY_BLOCK];
         let rows = self.score_rows(scores, stride, (k0, k1), kind, shift);
         for ((row, lo, hi), inv) in rows.zip(&mut inv_sums) {
-            *inv = band_exp(row, lo, hi);
+            *inv = simd::band_exp::<S>(row, lo, hi);
         }
         for (r0, rows, (lo, hi)) in tiles() {
             let tile = simd::Tile {
@@ -685,6 +685,8 @@ impl Block {
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::ops::Range;
+
+    use super::LANES;
 
     pub(crate) use crate::simd::{Avx2, Avx512, Isa};
 
@@ -766,6 +768,40 @@ mod simd {
                 _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(part * hidden + line).cast());
             }
         }
+    }
+
+    /// [`super::band_exp`] on `S`'s vectors: `row`'s length is a multiple of the key step, so
+    /// every pass runs over whole vectors. The exp is the same polynomial on FMAs (the portable
+    /// one, left to the compiler, took a multiply and an add per step and a fifth of the
+    /// attention), and the max keeps two chains of `vmaxps` in flight.
+    #[inline(always)]
+    pub unsafe fn band_exp<S: Isa>(row: &mut [f32], lo: usize, hi: usize) -> f32 {
+        assert!(row.len().is_multiple_of(LANES) && LANES.is_multiple_of(S::LANES));
+        assert!(lo < hi && hi <= row.len());
+        let (start, end) = (lo / LANES * LANES, hi.next_multiple_of(LANES));
+        row[..start].fill(0.0);
+        row[end..].fill(0.0);
+        let span = &mut row[start..end];
+        let (before, after) = (lo - start, hi - start);
+        span[..before].fill(f32::NEG_INFINITY);
+        span[after..].fill(f32::NEG_INFINITY);
+        let p = span.as_mut_ptr();
+        let n = span.len();
+        let mut maxes = [S::splat(f32::NEG_INFINITY); 2];
+        for i in (0..n).step_by(S::LANES) {
+            let m = &mut maxes[(i / S::LANES) % 2];
+            *m = S::max(*m, S::load(p.add(i)));
+        }
+        let max = S::splat(S::reduce_max(S::max(maxes[0], maxes[1])));
+        let mut sum = S::zero();
+        for i in (0..n).step_by(S::LANES) {
+            let e = S::exp_nonpositive(S::sub(S::load(p.add(i)), max));
+            S::store(p.add(i), e);
+            sum = S::add(sum, e);
+        }
+        span[..before].fill(0.0);
+        span[after..].fill(0.0);
+        1.0 / S::reduce_add(sum)
     }
 
     /// Keys per QKᵀ register tile (two vectors); score rows are padded to a multiple of it.

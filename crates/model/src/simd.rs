@@ -114,6 +114,31 @@ mod x86 {
         unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
         /// `c - a * b`.
         unsafe fn fnmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+        /// The lanewise maximum (`vmaxps`: where a lane of either is NaN, `b`'s lane).
+        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn reduce_max(v: Self::V) -> f32;
+        unsafe fn reduce_add(v: Self::V) -> f32;
+        /// `2^n · p` for lanes of `n` that hold integers in [-126, 127].
+        unsafe fn scale_by_power_of_two(p: Self::V, n: Self::V) -> Self::V;
+        /// `e^x` for `x <= 0`, as [`crate::fused::exp`] (Cody–Waite reduction, degree-6
+        /// polynomial, relative error ~2e-7) but on FMAs; below -87 it is e^-87 (a normal
+        /// number); NaN stays NaN.
+        #[inline(always)]
+        unsafe fn exp_nonpositive(x: Self::V) -> Self::V {
+            // `max(c, x)` is x where x is NaN.
+            let x = Self::max(Self::splat(-87.0), x);
+            let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
+            let r = Self::fnmadd(n, Self::splat(0.693_145_75), x);
+            let r = Self::fnmadd(n, Self::splat(1.428_606_8e-6), r);
+            let mut p = Self::splat(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                p = Self::fma(p, r, Self::splat(c));
+            }
+            Self::scale_by_power_of_two(p, n)
+        }
+        /// Rounds to the nearest integer (ties to even).
+        unsafe fn round(v: Self::V) -> Self::V;
     }
 
     pub(crate) struct Avx512;
@@ -153,6 +178,30 @@ mod x86 {
         unsafe fn fnmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
             _mm512_fnmadd_ps(a, b, c)
         }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            _mm512_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(v: __m512) -> f32 {
+            _mm512_reduce_max_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn reduce_add(v: __m512) -> f32 {
+            _mm512_reduce_add_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn scale_by_power_of_two(p: __m512, n: __m512) -> __m512 {
+            _mm512_scalef_ps(p, n)
+        }
+        #[inline(always)]
+        unsafe fn round(v: __m512) -> __m512 {
+            _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+        }
     }
 
     pub(crate) struct Avx2;
@@ -191,6 +240,110 @@ mod x86 {
         #[inline(always)]
         unsafe fn fnmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
             _mm256_fnmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(v: __m256) -> f32 {
+            let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+        }
+        #[inline(always)]
+        unsafe fn reduce_add(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+        #[inline(always)]
+        unsafe fn scale_by_power_of_two(p: __m256, n: __m256) -> __m256 {
+            // 2^n built in the exponent bits (n + 127 is a normal exponent for n >= -126).
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+        }
+        #[inline(always)]
+        unsafe fn round(v: __m256) -> __m256 {
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v)
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// `exp_nonpositive` of `x` (a multiple of `S::LANES` long) compiled for `S`.
+    #[inline(always)]
+    unsafe fn exp_all<S: Isa>(x: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for i in (0..x.len()).step_by(S::LANES) {
+            S::store(
+                out.as_mut_ptr().add(i),
+                S::exp_nonpositive(S::load(x.as_ptr().add(i))),
+            );
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_avx512(x: &[f32]) -> Vec<f32> {
+        exp_all::<Avx512>(x)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp_avx2(x: &[f32]) -> Vec<f32> {
+        exp_all::<Avx2>(x)
+    }
+
+    /// The vector exp of the softmax, on every ISA this host runs, against f64 over the range
+    /// where 2^n stays a normal number (relative error below 5e-7, as the portable exp), and at
+    /// its edges: below -87 it is e^-87, -inf included (the softmax's masked lanes); NaN stays NaN.
+    #[test]
+    fn vector_exp_matches_f64_on_every_isa() {
+        let mut x: Vec<f32> = (0..=87_000).map(|i| -(i as f32) * 1e-3).collect();
+        x.extend([-87.0, -87.5, -1e4, f32::NEG_INFINITY, f32::NAN, -0.0]);
+        x.resize(x.len().next_multiple_of(16), 0.0);
+        let isas = executable();
+        if isas.is_empty() {
+            eprintln!("SKIPPED: this CPU has neither AVX-512 nor AVX2 + FMA");
+        }
+        for isa in isas {
+            // SAFETY: `executable()` detected the features.
+            let e = unsafe {
+                match isa {
+                    Cpu::Avx512 => exp_avx512(&x),
+                    _ => exp_avx2(&x),
+                }
+            };
+            let floor = (-87f64).exp();
+            let mut worst = 0f64;
+            for (&xi, &ei) in x.iter().zip(&e) {
+                if xi.is_nan() {
+                    assert!(ei.is_nan(), "{isa:?}: exp(NaN) = {ei}");
+                    continue;
+                }
+                let want = (xi as f64).max(-87.0).exp();
+                worst = worst.max((ei as f64 - want).abs() / want);
+            }
+            assert!(worst < 5e-7, "{isa:?}: exp relative error {worst}");
+            let at = |v: f32| e[x.iter().position(|&xi| xi == v).unwrap()] as f64;
+            for v in [-87.5, -1e4, f32::NEG_INFINITY] {
+                assert!(
+                    (at(v) - floor).abs() / floor < 5e-7,
+                    "{isa:?}: exp({v}) = {}",
+                    at(v)
+                );
+            }
+            assert_eq!(at(0.0), 1.0, "{isa:?}: exp(0)");
         }
     }
 }

@@ -394,23 +394,5 @@ unsafe fn band_exp(row: *const f32, c: usize, mask: __mmask16, max: __m512) -> _
         return _mm512_setzero_ps();
     }
     let x = _mm512_maskz_sub_ps(mask, _mm512_loadu_ps(row.add(c)), max);
-    _mm512_maskz_mov_ps(mask, exp(x))
-}
-
-/// `e^x` for `x <= 0` (as [`crate::fused::exp`]: Cody–Waite reduction, degree-6 polynomial),
-/// 16 lanes; below -87 it is e^-87; NaN stays NaN.
-#[inline(always)]
-unsafe fn exp(x: __m512) -> __m512 {
-    // `max(c, x)` returns x where x is NaN.
-    let x = _mm512_max_ps(_mm512_set1_ps(-87.0), x);
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    _mm512_scalef_ps(p, n)
+    _mm512_maskz_mov_ps(mask, <simd::Avx512 as simd::Isa>::exp_nonpositive(x))
 }
