@@ -690,13 +690,26 @@ mod x86 {
     ) -> f32 {
         let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let full = x.len() / 8;
-        let (mut max, mut nan) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        for i in 0..full {
+        // Four chains of `vmaxps` in flight (one chain waited on its latency for every vector).
+        let (mut maxes, mut nan) = ([_mm256_setzero_ps(); 4], _mm256_setzero_ps());
+        let mut absolute = |i: usize| {
             let v = _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(8 * i)), abs_mask);
-            max = _mm256_max_ps(max, v);
             // `vmaxps` drops NaN; keep a lane mask of them.
             nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            v
+        };
+        for i in (0..full / 4 * 4).step_by(4) {
+            for (lane, m) in maxes.iter_mut().enumerate() {
+                *m = _mm256_max_ps(*m, absolute(i + lane));
+            }
         }
+        for i in full / 4 * 4..full {
+            maxes[0] = _mm256_max_ps(maxes[0], absolute(i));
+        }
+        let max = _mm256_max_ps(
+            _mm256_max_ps(maxes[0], maxes[1]),
+            _mm256_max_ps(maxes[2], maxes[3]),
+        );
         let first = if _mm256_movemask_ps(nan) == 0 {
             max8(max)
         } else {
