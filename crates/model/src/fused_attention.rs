@@ -777,20 +777,15 @@ mod simd {
     #[inline(always)]
     pub unsafe fn band_exp<S: Isa>(row: &mut [f32], lo: usize, hi: usize) -> f32 {
         assert!(row.len().is_multiple_of(LANES) && LANES.is_multiple_of(S::LANES));
-        assert!(lo < hi && hi <= row.len());
-        let (start, end) = (lo / LANES * LANES, hi.next_multiple_of(LANES));
-        row[..start].fill(0.0);
-        row[end..].fill(0.0);
-        let span = &mut row[start..end];
-        let (before, after) = (lo - start, hi - start);
-        span[..before].fill(f32::NEG_INFINITY);
-        span[after..].fill(f32::NEG_INFINITY);
-        let p = span.as_mut_ptr();
-        let n = span.len();
+        let band = super::open_band(row, lo, hi);
+        let span = &mut row[band.span.clone()];
+        let (p, n) = (span.as_mut_ptr(), span.len());
         let mut maxes = [S::splat(f32::NEG_INFINITY); 2];
-        for i in (0..n).step_by(S::LANES) {
-            let m = &mut maxes[(i / S::LANES) % 2];
-            *m = S::max(*m, S::load(p.add(i)));
+        for i in (0..n).step_by(2 * S::LANES) {
+            maxes[0] = S::max(maxes[0], S::load(p.add(i)));
+            if i + S::LANES < n {
+                maxes[1] = S::max(maxes[1], S::load(p.add(i + S::LANES)));
+            }
         }
         let max = S::splat(S::reduce_max(S::max(maxes[0], maxes[1])));
         let mut sum = S::zero();
@@ -799,8 +794,7 @@ mod simd {
             S::store(p.add(i), e);
             sum = S::add(sum, e);
         }
-        span[..before].fill(0.0);
-        span[after..].fill(0.0);
+        super::close_band(row, band);
         1.0 / S::reduce_add(sum)
     }
 
@@ -1029,20 +1023,37 @@ fn band_softmax(row: &mut [f32], lo: usize, hi: usize) {
 /// scalar entries in each pass).
 #[inline(always)]
 fn band_exp(row: &mut [f32], lo: usize, hi: usize) -> f32 {
-    let (start, end) = (
-        lo / LANES * LANES,
-        hi.next_multiple_of(LANES).min(row.len()),
-    );
-    row[..start].fill(0.0);
-    row[end..].fill(0.0);
-    let span = &mut row[start..end];
-    let (before, after) = (lo - start, hi - start);
-    span[..before].fill(f32::NEG_INFINITY);
-    span[after..].fill(f32::NEG_INFINITY);
-    let inv_sum = exp_minus_max(span);
-    span[..before].fill(0.0);
-    span[after..].fill(0.0);
+    let band = open_band(row, lo, hi);
+    let inv_sum = exp_minus_max(&mut row[band.span.clone()]);
+    close_band(row, band);
     inv_sum
+}
+
+/// The whole groups of [`LANES`] around a row's band `lo..hi`, and the band.
+struct Band {
+    span: Range<usize>,
+    band: Range<usize>,
+}
+
+/// Prepares `row` for a softmax over `lo..hi` by whole groups of [`LANES`]: 0 outside the
+/// groups, -inf inside them outside the band.
+#[inline(always)]
+fn open_band(row: &mut [f32], lo: usize, hi: usize) -> Band {
+    assert!(lo < hi && hi <= row.len());
+    let span = lo / LANES * LANES..hi.next_multiple_of(LANES).min(row.len());
+    row[..span.start].fill(0.0);
+    row[span.end..].fill(0.0);
+    row[span.start..lo].fill(f32::NEG_INFINITY);
+    row[hi..span.end].fill(f32::NEG_INFINITY);
+    Band { span, band: lo..hi }
+}
+
+/// Zeroes the entries [`open_band`] set to -inf (their exp, ~1e-38, was summed beside at least
+/// one).
+#[inline(always)]
+fn close_band(row: &mut [f32], Band { span, band }: Band) {
+    row[span.start..band.start].fill(0.0);
+    row[band.end..span.end].fill(0.0);
 }
 
 /// Lanes of the partial max and sum, so both reductions vectorise; band spans are rounded to it.
