@@ -478,7 +478,6 @@ mod x86 {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
     use super::{GateTile, Init, TileShape};
-    use crate::fused::gelu_erf;
     use crate::simd::{Avx2, Avx512, Cpu, Isa};
 
     /// Rows per AVX2 tile: 6 × 2 accumulators + 2 weight vectors + 1 broadcast of 16 registers.
@@ -525,29 +524,30 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn gate_avx512(pre: *const f32, g: GateTile) {
-        gate_generic::<{ Avx512::LANES }>(pre, g)
+        gate_generic::<Avx512, { Avx512::LANES }>(pre, g)
     }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gate_avx2(pre: *const f32, g: GateTile) {
-        gate_generic::<{ Avx2::LANES }>(pre, g)
+        gate_generic::<Avx2, { Avx2::LANES }>(pre, g)
     }
 
-    /// Plain loops over fixed-size arrays, which the compiler turns into vector code for the
-    /// enclosing target features.
+    /// One vector of columns per row (`L` = `S::LANES`): the GELU of [`Isa::gelu`], as the
+    /// bf16 and int8 kernels' GEGLU.
     #[inline(always)]
-    unsafe fn gate_generic<const L: usize>(pre: *const f32, g: GateTile) {
+    unsafe fn gate_generic<S: Isa, const L: usize>(pre: *const f32, g: GateTile) {
         let (mut b_in, mut b_gate) = ([0f32; L], [0f32; L]);
         for j in 0..g.cols {
             b_in[j] = g.bias_in.map_or(0.0, |b| *b.add(j));
             b_gate[j] = g.bias_gate.map_or(0.0, |b| *b.add(j));
         }
+        let (b_in, b_gate) = (S::load(b_in.as_ptr()), S::load(b_gate.as_ptr()));
         for r in 0..g.rows {
             let p = pre.add(r * 2 * L);
             let mut v = [0f32; L];
-            for j in 0..L {
-                v[j] = gelu_erf(*p.add(j) + b_in[j]) * (*p.add(L + j) + b_gate[j]);
-            }
+            let input = S::add(S::load(p), b_in);
+            let gate = S::add(S::load(p.add(L)), b_gate);
+            S::store(v.as_mut_ptr(), S::mul(S::gelu(input), gate));
             let o = g.out.add(r * g.ldo);
             if g.cols == L {
                 // A fixed-size copy: vector stores rather than a memcpy call per row.
