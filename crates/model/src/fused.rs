@@ -109,6 +109,15 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 /// compiler, took a multiply and an add per polynomial step and two `vdivps`), the last
 /// `len % lanes` values by [`gelu_erf`].
 pub(crate) fn gelu_gate_row(input: &[f32], gate: &[f32], out: &mut [f32]) {
+    // SAFETY: `cpu()` detected its instructions.
+    unsafe { gelu_gate_row_on(crate::simd::cpu(), input, gate, out) }
+}
+
+/// [`gelu_gate_row`] on the vectors of `isa` (tests run each one the host has).
+///
+/// # Safety
+/// The CPU has `isa`'s instructions.
+unsafe fn gelu_gate_row_on(isa: crate::simd::Cpu, input: &[f32], gate: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::simd::{Avx2, Avx512, Cpu};
@@ -120,13 +129,14 @@ pub(crate) fn gelu_gate_row(input: &[f32], gate: &[f32], out: &mut [f32]) {
         unsafe fn avx2(input: &[f32], gate: &[f32], out: &mut [f32]) {
             gelu_gate_vectors::<Avx2>(input, gate, out)
         }
-        // SAFETY: `cpu()` detected the features.
-        match crate::simd::cpu() {
-            Cpu::Avx512 => return unsafe { avx512(input, gate, out) },
-            Cpu::Avx2 => return unsafe { avx2(input, gate, out) },
+        match isa {
+            Cpu::Avx512 => return avx512(input, gate, out),
+            Cpu::Avx2 => return avx2(input, gate, out),
             Cpu::Other => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     gelu_gate_row_generic(input, gate, out)
 }
 
@@ -257,40 +267,21 @@ mod tests {
         let mut x: Vec<f32> = (-20_000..=20_000).map(|i| i as f32 * 5e-4).collect();
         x[100] = f32::NAN;
         let gate: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
-        type Row = unsafe fn(&[f32], &[f32], &mut [f32]);
-        let mut rows: Vec<(&str, Row)> =
-            vec![("portable", |x, g, o| gelu_gate_row_generic(x, g, o))];
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512(x: &[f32], g: &[f32], o: &mut [f32]) {
-                gelu_gate_vectors::<crate::simd::Avx512>(x, g, o)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2(x: &[f32], g: &[f32], o: &mut [f32]) {
-                gelu_gate_vectors::<crate::simd::Avx2>(x, g, o)
-            }
-            for isa in crate::simd::executable() {
-                match isa {
-                    crate::simd::Cpu::Avx512 => rows.push(("AVX-512", avx512)),
-                    _ => rows.push(("AVX2", avx2)),
-                }
-            }
-        }
-        for (name, row) in rows {
+        let isas = crate::simd::executable().into_iter();
+        for isa in isas.chain([crate::simd::Cpu::Other]) {
             let mut out = vec![0f32; x.len()];
-            // SAFETY: `executable()` detected each ISA's features.
-            unsafe { row(&x, &gate, &mut out) };
+            // SAFETY: `executable()` detected each ISA's features; `Other` is the portable loop.
+            unsafe { gelu_gate_row_on(isa, &x, &gate, &mut out) };
             let mut worst = 0f64;
             for ((&xi, &g), &o) in x.iter().zip(&gate).zip(&out) {
                 if xi.is_nan() {
-                    assert!(o.is_nan(), "{name}: gelu(NaN) = {o}");
+                    assert!(o.is_nan(), "{isa:?}: gelu(NaN) = {o}");
                     continue;
                 }
                 let want = 0.5 * xi as f64 * (1.0 + erf64(xi as f64 / std::f64::consts::SQRT_2));
                 worst = worst.max((o as f64 - want * g as f64).abs() / g as f64);
             }
-            assert!(worst < 2e-6, "{name}: gelu absolute error {worst}");
+            assert!(worst < 2e-6, "{isa:?}: gelu absolute error {worst}");
         }
     }
 
