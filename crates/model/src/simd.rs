@@ -117,10 +117,20 @@ mod x86 {
         unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
         /// The lanewise maximum (`vmaxps`: where a lane of either is NaN, `b`'s lane).
         unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+        /// The largest lane.
         unsafe fn reduce_max(v: Self::V) -> f32;
+        /// The sum of the lanes.
         unsafe fn reduce_add(v: Self::V) -> f32;
         /// `2^n · p` for lanes of `n` that hold integers in [-126, 127].
         unsafe fn scale_by_power_of_two(p: Self::V, n: Self::V) -> Self::V;
+        /// Rounds to the nearest integer (ties to even).
+        unsafe fn round(v: Self::V) -> Self::V;
+        /// `|v|`.
+        unsafe fn abs(v: Self::V) -> Self::V;
+        /// `magnitude` with the sign bits of `sign`.
+        unsafe fn copy_sign(magnitude: Self::V, sign: Self::V) -> Self::V;
+        /// `1 / v` to 12 bits or better.
+        unsafe fn approximate_reciprocal(v: Self::V) -> Self::V;
         /// `e^x` for `x <= 0`, as [`crate::fused::exp`] (Cody–Waite reduction, degree-6
         /// polynomial, relative error ~2e-7) but on FMAs; below -87 it is e^-87 (a normal
         /// number); NaN stays NaN.
@@ -137,12 +147,6 @@ mod x86 {
             }
             Self::scale_by_power_of_two(p, n)
         }
-        /// Rounds to the nearest integer (ties to even).
-        unsafe fn round(v: Self::V) -> Self::V;
-        /// `|v|`.
-        unsafe fn abs(v: Self::V) -> Self::V;
-        /// `magnitude` with the sign bits of `sign`.
-        unsafe fn copy_sign(magnitude: Self::V, sign: Self::V) -> Self::V;
         /// `1 / v` for normal `v` from the approximate reciprocal and one Newton step (within
         /// about 2 ulp of the quotient; `vdivps` issues once per 16 cycles at 512 bits).
         #[inline(always)]
@@ -151,8 +155,6 @@ mod x86 {
             // r (2 - v r)
             Self::fma(r, Self::fnmadd(v, r, Self::splat(1.0)), r)
         }
-        /// `1 / v` to 12 bits or better.
-        unsafe fn approximate_reciprocal(v: Self::V) -> Self::V;
         /// Exact-form GELU, `0.5 x (1 + erf(x / sqrt 2))`, as [`crate::fused::gelu_erf`]
         /// (Abramowitz–Stegun 7.1.26 for erf) on FMAs; NaN stays NaN.
         #[inline(always)]
