@@ -163,17 +163,46 @@ fn gelu_gate_row_generic(input: &[f32], gate: &[f32], out: &mut [f32]) {
     }
 }
 
+/// ln 2 split for the Cody–Waite reduction `r = x - n ln 2` (the high part has few bits, so
+/// `n · LN2_HI` is exact), shared by this exp and [`crate::simd::Isa::exp_nonpositive`].
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
+/// e^r's Taylor coefficients, highest degree first (Horner's order).
+pub(crate) const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+/// Abramowitz–Stegun 7.1.26: `erf(a) ≈ 1 - t · poly(t) · e^(-a²)` with `t = 1 / (1 + ERF_P a)`;
+/// `poly`'s coefficients highest degree first. Shared by [`gelu_erf`] and
+/// [`crate::simd::Isa::gelu`].
+pub(crate) const ERF_P: f32 = 0.327_591_1;
+pub(crate) const ERF_POLY: [f32; 5] = [
+    1.061_405_4,
+    -1.453_152,
+    1.421_413_7,
+    -0.284_496_74,
+    0.254_829_6,
+];
+
+/// `poly` (highest degree first) at `x` by Horner's rule.
+#[inline(always)]
+fn horner<const N: usize>(poly: [f32; N], x: f32) -> f32 {
+    poly[1..].iter().fold(poly[0], |p, &c| p * x + c)
+}
+
 /// `e^x` for x in about [-87, 88]: Cody–Waite reduction and a degree-6 polynomial (relative
 /// error ~2e-7), branch-free so loops over it vectorise.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = horner(EXP_POLY, r);
     // 2^n from n's bits: n is an integer in [-126, 127], so adding 1.5 · 2^23 leaves it in the
     // low mantissa bits. An `as i32` cast would saturate and map NaN to 0 lane by lane, which
     // kept every loop calling this scalar; NaN still propagates through `p`.
@@ -186,10 +215,8 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn gelu_erf(x: f32) -> f32 {
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
     let a = z.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    let t = 1.0 / (1.0 + ERF_P * a);
+    let poly = t * horner(ERF_POLY, t);
     let erf_abs = 1.0 - poly * exp(-a * a);
     let erf = if z < 0.0 { -erf_abs } else { erf_abs };
     0.5 * x * (1.0 + erf)

@@ -1059,7 +1059,9 @@ fn close_band(row: &mut [f32], Band { span, band }: Band) {
 /// Lanes of the partial max and sum, so both reductions vectorise; band spans are rounded to it.
 const LANES: usize = 16;
 
-/// `x = exp(x - max x)` in one pass after the max, summing as it goes; returns `1 / Σ`.
+/// `x = exp(x - max x)` in one pass after the max, summing as it goes; returns `1 / Σ`. The
+/// portable softmax (head sizes the micro-kernels do not take, CPUs without AVX2); the
+/// micro-kernels run [`simd::band_exp`].
 #[inline(always)]
 fn exp_minus_max(x: &mut [f32]) -> f32 {
     let mut lane_max = [f32::NEG_INFINITY; LANES];
@@ -1102,8 +1104,8 @@ fn larger(a: f32, b: f32) -> f32 {
 }
 
 /// `lanes` reduced by `op` in halves (16 → 8 → 4 → 2 → 1): vector shuffles where a fold over
-/// the lanes was sixteen dependent scalar steps per row, a tenth of the attention on short
-/// sequences.
+/// the lanes was sixteen dependent scalar steps per row (a tenth of the attention on short
+/// sequences while the micro-kernels still ran this softmax).
 #[inline(always)]
 fn halving(mut lanes: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES / 2;

@@ -670,15 +670,6 @@ mod x86 {
         super::quantize_weight_row_generic(src, inverse_scale, q)
     }
 
-    /// Horizontal maximum of eight floats.
-    #[inline(always)]
-    unsafe fn max8(v: __m256) -> f32 {
-        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        _mm_cvtss_f32(m)
-    }
-
     /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (127 /
     /// max)` to nearest even).
     #[target_feature(enable = "avx2")]
@@ -711,7 +702,7 @@ mod x86 {
             _mm256_max_ps(maxes[2], maxes[3]),
         );
         let first = if _mm256_movemask_ps(nan) == 0 {
-            max8(max)
+            <crate::simd::Avx2 as crate::simd::Isa>::reduce_max(max)
         } else {
             f32::NAN
         };

@@ -97,6 +97,8 @@ pub(crate) use vectorized;
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::fused;
+
     /// The instructions the kernels need. Every method is `inline(always)`, so the intrinsics
     /// land in the caller's `target_feature` function.
     pub(crate) trait Isa {
@@ -139,13 +141,19 @@ mod x86 {
             // `max(c, x)` is x where x is NaN.
             let x = Self::max(Self::splat(-87.0), x);
             let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
-            let r = Self::fnmadd(n, Self::splat(0.693_145_75), x);
-            let r = Self::fnmadd(n, Self::splat(1.428_606_8e-6), r);
-            let mut p = Self::splat(1.0 / 720.0);
-            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-                p = Self::fma(p, r, Self::splat(c));
-            }
+            let r = Self::fnmadd(n, Self::splat(fused::LN2_HI), x);
+            let r = Self::fnmadd(n, Self::splat(fused::LN2_LO), r);
+            let p = Self::horner(fused::EXP_POLY, r);
             Self::scale_by_power_of_two(p, n)
+        }
+        /// `poly` (highest degree first) at `x` by Horner's rule on FMAs.
+        #[inline(always)]
+        unsafe fn horner<const N: usize>(poly: [f32; N], x: Self::V) -> Self::V {
+            let mut p = Self::splat(poly[0]);
+            for &c in &poly[1..] {
+                p = Self::fma(p, x, Self::splat(c));
+            }
+            p
         }
         /// `1 / v` for normal `v` from the approximate reciprocal and one Newton step (within
         /// about 2 ulp of the quotient; `vdivps` issues once per 16 cycles at 512 bits).
@@ -161,12 +169,8 @@ mod x86 {
         unsafe fn gelu(x: Self::V) -> Self::V {
             let z = Self::mul(x, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
             let a = Self::abs(z);
-            let t = Self::reciprocal(Self::fma(Self::splat(0.327_591_1), a, Self::splat(1.0)));
-            let mut p = Self::splat(1.061_405_4);
-            for c in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
-                p = Self::fma(p, t, Self::splat(c));
-            }
-            let p = Self::mul(p, t);
+            let t = Self::reciprocal(Self::fma(Self::splat(fused::ERF_P), a, Self::splat(1.0)));
+            let p = Self::mul(Self::horner(fused::ERF_POLY, t), t);
             let e = Self::exp_nonpositive(Self::sub(Self::zero(), Self::mul(a, a)));
             let erf = Self::copy_sign(Self::fnmadd(p, e, Self::splat(1.0)), z);
             let half = Self::mul(x, Self::splat(0.5));
