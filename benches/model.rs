@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mbpipe_model::internals::{attend, attend_fused};
+use mbpipe_model::internals::{attend, attend_fused, Products};
 use mbpipe_model::{AttentionKind, ModelFiles, ModernBert, PackedBatch};
 
 fn qkv(tokens: usize) -> (Tensor, Tensor, Tensor) {
@@ -89,7 +89,8 @@ fn fused_attention(c: &mut Criterion) {
             AttentionKind::Global => &global_rope,
             _ => &local_rope,
         };
-        let run = || attend_fused(&qkv, cos, sin, &batch, *kind, common::HEADS, false).unwrap();
+        let run =
+            || attend_fused(&qkv, cos, sin, &batch, *kind, common::HEADS, Products::F32).unwrap();
         if run().is_none() {
             eprintln!(
                 "fused_attention/{kind_name}/{name}: SKIPPED (fused kernel off: \

@@ -217,6 +217,65 @@ fn int8_and_bf16_sentiment_keep_macro_f1_and_labels_on_the_held_out_set() {
     );
 }
 
+/// Rows of the held-out moderation set embedded by the shipped `base` model in each precision.
+const EMBEDDING_ROWS: usize = 400;
+
+/// The shipped `base` model's mean embeddings (64-wide heads, where int8 runs the attention's
+/// QKᵀ in int8 on 512-bit VNNI; the fixture's heads are 16 wide) of held-out texts through an
+/// int8 run: each within [`EMBEDDING_COSINE`] of the f32 run's.
+#[test]
+fn int8_embeddings_of_the_shipped_model_stay_within_the_cosine_gate() {
+    let Some(dir) = datasets() else { return };
+    let classes = ["hate_speech", "offensive_language", "neither"];
+    let rows = held_out(&dir, "davidson_hate_offensive", "label", &classes);
+    let work = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = rows[..EMBEDDING_ROWS]
+        .iter()
+        .map(|(text, _)| serde_json::json!({ "text": text }).to_string())
+        .collect();
+    std::fs::write(work.path().join("input.jsonl"), lines.join("\n")).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/base");
+    let embed = |dtype: &str| {
+        let toml = format!(
+            "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{dtype}\"\n\
+             [[tasks]]\nname = \"e\"\nkind = \"embed\"\nmodel = \"{}\"\npooling = \"mean\"\n\
+             normalize = false\nmax_length = 128\n",
+            model.display()
+        );
+        std::fs::write(work.path().join(format!("{dtype}.toml")), toml).unwrap();
+        ok(mbpipe(
+            work.path(),
+            &["run", &format!("{dtype}.toml"), "--dtype", dtype],
+        ));
+        let out = read_output(&work.path().join(format!("out-{dtype}")));
+        assert_eq!(out.num_rows(), EMBEDDING_ROWS, "every row written");
+        let emb = out
+            .column_by_name("e_embedding")
+            .unwrap()
+            .as_fixed_size_list();
+        (0..EMBEDDING_ROWS)
+            .map(|row| {
+                emb.value(row)
+                    .as_primitive::<Float32Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (f32_rows, int8_rows) = (embed("f32"), embed("int8"));
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosines: Vec<f32> = f32_rows
+        .iter()
+        .zip(&int8_rows)
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b)))
+        .collect();
+    let worst = cosines.iter().copied().fold(1f32, f32::min);
+    eprintln!("int8 mean embeddings of `base` on {EMBEDDING_ROWS} held-out texts: lowest cosine to f32 {worst:.5}");
+    for (row, c) in cosines.iter().enumerate() {
+        assert!(*c >= EMBEDDING_COSINE, "row {row}: cosine {c}");
+    }
+}
+
 /// The `emb_embedding` of each row of `out` whose text in `rows` is not null, in order (the
 /// fixture's `mean.{i}` numbering); the null rows' are checked null.
 fn mean_embeddings(out: &RecordBatch, rows: &[Option<String>]) -> Vec<Vec<f32>> {

@@ -1,20 +1,24 @@
 //! Times the fused CPU attention alone on ModernBERT-base head shapes (profiling aid).
 //!
-//! `cargo run --release -p mbpipe-model --example attention_bench -- [len] [count] [reps] [bf16]`
+//! `cargo run --release -p mbpipe-model --example attention_bench -- [len] [count] [reps] [products]`
 //! Packs `count` sequences of `len` tokens and prints GFLOP/s (QKᵀ and PV) for a global and a
-//! banded local (window 128) layer; `bf16` 1: the bf16 products where the CPU has them (AMX
-//! tiles, else `vdpbf16ps`).
+//! banded local (window 128) layer; `products` 1: the bf16 products where the CPU has them (AMX
+//! tiles, else `vdpbf16ps`), 2: QKᵀ in int8 where the CPU has 512-bit VNNI, 0: f32.
 
 use std::time::Instant;
 
-use mbpipe_model::internals::attend_fused;
+use mbpipe_model::internals::{attend_fused, Products};
 use mbpipe_model::{AttentionKind, Device, PackedBatch, Tensor};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |s| s.parse().unwrap());
     let (len, count, reps) = (arg(0, 80), arg(1, 100), arg(2, 20));
-    let bf16 = arg(3, 0) == 1;
+    let products = match arg(3, 0) {
+        1 => Products::Bf16,
+        2 => Products::Int8,
+        _ => Products::F32,
+    };
     let (heads, hidden) = (12, 768);
     let half = hidden / heads / 2;
     let cos = vec![0.6f32; 8192 * half];
@@ -35,7 +39,7 @@ fn main() {
         let cpu0 = cpu_seconds();
         for _ in 0..reps {
             let t0 = Instant::now();
-            attend_fused(&qkv, &cos, &sin, &batch, kind, heads, bf16)
+            attend_fused(&qkv, &cos, &sin, &batch, kind, heads, products)
                 .unwrap()
                 .unwrap();
             best = best.min(t0.elapsed().as_secs_f64());

@@ -22,6 +22,8 @@ use crate::layers::with_f32_slice_mut;
 use crate::simd::Cpu;
 
 #[cfg(target_arch = "x86_64")]
+mod int8;
+#[cfg(target_arch = "x86_64")]
 mod tiles;
 
 /// What the fused attention's two products (QKᵀ and PV) run on.
@@ -36,6 +38,10 @@ pub(crate) enum AttentionProducts {
     /// The same bf16 products in the same layouts on AVX512-BF16's `vdpbf16ps` (CPUs whose
     /// linear layers run on it, Zen 4/5); heads as for the tiles.
     Bf16Dot,
+    /// QKᵀ in int8 on AVX512-VNNI's `vpdpbusd` (Q per row, K per key about the head's mean
+    /// key), softmax and PV in f32 on AVX-512 (`--dtype int8` on 512-bit VNNI where `vdpbf16ps`
+    /// does not pay); heads whose size is not a multiple of 64 take the AVX-512 f32 kernels.
+    Int8Dot,
 }
 
 /// Whether the bf16 products (tiles or `vdpbf16ps`, in the tiles' layouts) take heads of
@@ -52,13 +58,19 @@ impl AttentionProducts {
             AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot if !tiles_take(head_dim) => {
                 AttentionProducts::F32(Cpu::Avx512)
             }
+            AttentionProducts::Int8Dot if !head_dim.is_multiple_of(64) => {
+                AttentionProducts::F32(Cpu::Avx512)
+            }
             other => other,
         }
     }
 
     /// Whether the products run in bf16 (on tiles or `vdpbf16ps`).
     fn in_bf16(self) -> bool {
-        !matches!(self, AttentionProducts::F32(_))
+        matches!(
+            self,
+            AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot
+        )
     }
 
     /// The vector ISA of everything around the products.
@@ -66,7 +78,24 @@ impl AttentionProducts {
         match self {
             AttentionProducts::F32(isa) => isa,
             AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot => Cpu::Avx512,
+            AttentionProducts::Int8Dot => Cpu::Avx512,
         }
+    }
+}
+
+/// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]): AVX-512 F, BW and VNNI.
+pub(crate) fn int8_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -319,6 +348,16 @@ impl HeadTask {
             });
         }
         #[cfg(target_arch = "x86_64")]
+        if inputs.products == AttentionProducts::Int8Dot
+            && shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP)
+        {
+            // SAFETY: as below; AVX512-VNNI where the model chose these products (its load
+            // checked).
+            return crate::packed_gemm::with_thread_buffer(&INT8_SCRATCH, |scratch| unsafe {
+                int8::run(self, inputs, dst, (kind, shape), scratch)
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
         if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) && inputs.isa != Cpu::Other {
             // The scratch is taken out here: a closure inside the target-feature code would not
             // inherit its features, and the kernels would run as calls per vector op.
@@ -443,9 +482,15 @@ impl HeadTask {
             }
             simd::copy_row(values, v_row);
         }
-        let keys = simd::Keys { kt, padded, v };
+        let products = simd::F32Scores::<S> {
+            q,
+            kt,
+            padded,
+            head_dim,
+            isa: std::marker::PhantomData,
+        };
         for block in self.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S>(q, &keys, scores, dst, kind, shape);
+            block.attend_simd::<S>(&products, v, scores, dst, kind, shape);
         }
     }
 }
@@ -473,6 +518,11 @@ impl HeadScratch {
 
 thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static INT8_SCRATCH: std::cell::RefCell<int8::Scratch> = std::cell::RefCell::new(int8::Scratch::default());
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -598,14 +648,15 @@ impl Block {
         }
     }
 
-    /// The block on the micro-kernels, with the sequence's keys and values prepared in `keys`
-    /// and `scores` as reusable scratch.
+    /// The block on the micro-kernels: QKᵀ by `products` (the sequence's queries and keys,
+    /// prepared), PV on `S`'s vectors from the sequence's values `v` (`[len, head_dim]`), with
+    /// `scores` as reusable scratch.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn attend_simd<S: simd::Isa>(
         &self,
-        q: &[f32],
-        keys: &simd::Keys<'_>,
+        products: &impl simd::QueryKeyScores,
+        v: &[f32],
         scores: &mut Vec<f32>,
         dst: &SharedOut,
         kind: AttentionKind,
@@ -627,7 +678,7 @@ impl Block {
             scores.resize(self.qn * stride, 0.0);
         }
         let scores = &mut scores[..self.qn * stride];
-        let q_rows = &q[(self.q0 - self.seq.start) * head_dim..];
+        let first_query = self.q0 - self.seq.start;
         let out = dst.0.add(self.q0 * hidden + self.head * head_dim);
         // Tiles of ROWS queries: scores only for the key tiles the tile's band touches (a local
         // layer's band is 2w + 1 keys of the block's 2w + block), softmax, then PV over the band.
@@ -648,7 +699,7 @@ impl Block {
                 rows,
                 keys: lo / key_step * key_step..hi,
             };
-            simd::scores::<S>(q_rows, head_dim, head_dim, keys, base, scores, stride, tile);
+            products.scores(first_query, base, scores, stride, tile);
         }
         // Called directly (not through a function pointer) so it inlines into this
         // target-feature code: a call left outside ran scalar, with a libm `floorf` per exp.
@@ -669,7 +720,7 @@ impl Block {
             simd::weighted_values::<S>(
                 scores,
                 stride,
-                keys,
+                v,
                 base,
                 head_dim,
                 (out, hidden),
@@ -803,12 +854,56 @@ mod simd {
         2 * S::LANES
     }
 
-    /// One head of one sequence, prepared: Kᵀ in `[head_dim, key_step]` panels (keys padded to
-    /// `padded`, a multiple of the key step) and V `[len, head_dim]`.
-    pub struct Keys<'a> {
+    /// QKᵀ of one head of one sequence, by tiles of the score matrix.
+    pub trait QueryKeyScores {
+        /// `scores[r, j] = q[first_query + r] · k[base + j]` for the tile's rows `r` and score
+        /// columns `j` in `tile.keys` (starting at a multiple of the key step, as `base` does);
+        /// score rows have stride `stride`, a multiple of the key step.
+        ///
+        /// # Safety
+        /// The CPU runs the implementation's instructions (the caller's target features).
+        unsafe fn scores(
+            &self,
+            first_query: usize,
+            base: usize,
+            scores: &mut [f32],
+            stride: usize,
+            tile: Tile,
+        );
+    }
+
+    /// QKᵀ in f32 on `S`'s FMAs: the sequence's Q rows (rotated and scaled) and Kᵀ in
+    /// `[head_dim, key_step]` panels (keys padded to `padded`, a multiple of the key step).
+    pub struct F32Scores<'a, S> {
+        pub q: &'a [f32],
         pub kt: &'a [f32],
         pub padded: usize,
-        pub v: &'a [f32],
+        pub head_dim: usize,
+        pub isa: std::marker::PhantomData<S>,
+    }
+
+    impl<S: Isa> QueryKeyScores for F32Scores<'_, S> {
+        #[inline(always)]
+        unsafe fn scores(
+            &self,
+            first_query: usize,
+            base: usize,
+            scores: &mut [f32],
+            stride: usize,
+            tile: Tile,
+        ) {
+            let (q, head_dim) = (&self.q[first_query * self.head_dim..], self.head_dim);
+            scores_f32::<S>(
+                q,
+                head_dim,
+                head_dim,
+                (self.kt, self.padded),
+                base,
+                scores,
+                stride,
+                tile,
+            )
+        }
     }
 
     /// Query rows `r0..r0 + rows` (`1 <= rows <= ROWS`) against `keys` (score columns).
@@ -818,16 +913,16 @@ mod simd {
         pub keys: Range<usize>,
     }
 
-    /// `scores[r, j] = q[r] · k[base + j]` for the tile's rows (row stride `q_stride`) and
+    /// `scores[r, j] = q[r] · k[base + j]` (Kᵀ in the panels of [`F32Scores`]) for the tile's rows (row stride `q_stride`) and
     /// score columns `j` in `tile.keys` (starting at a multiple of the key step); score rows have
     /// stride `stride`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub unsafe fn scores<S: Isa>(
+    unsafe fn scores_f32<S: Isa>(
         q: &[f32],
         q_stride: usize,
         head_dim: usize,
-        keys: &Keys<'_>,
+        (kt, padded): (&[f32], usize),
         base: usize,
         scores: &mut [f32],
         stride: usize,
@@ -844,8 +939,8 @@ mod simd {
                 && cols.start.is_multiple_of(step)
                 && base.is_multiple_of(step)
         );
-        assert!(cols.end <= stride && stride.is_multiple_of(step) && base + stride <= keys.padded);
-        assert!(keys.kt.len() >= head_dim * keys.padded);
+        assert!(cols.end <= stride && stride.is_multiple_of(step) && base + stride <= padded);
+        assert!(kt.len() >= head_dim * padded);
         assert!(q.len() >= (r0 + rows - 1) * q_stride + head_dim);
         assert!(scores.len() >= (r0 + rows) * stride);
         let mut r = r0;
@@ -855,7 +950,7 @@ mod simd {
                 q.as_ptr().add(r * q_stride),
                 q_stride,
                 head_dim,
-                keys.kt.as_ptr().add(base * head_dim),
+                kt.as_ptr().add(base * head_dim),
             );
             let out = (scores.as_mut_ptr().add(r * stride), stride);
             let cols = cols.clone();
@@ -911,7 +1006,7 @@ mod simd {
     pub unsafe fn weighted_values<S: Isa>(
         p: &[f32],
         p_stride: usize,
-        keys: &Keys<'_>,
+        v: &[f32],
         base: usize,
         head_dim: usize,
         (out, out_stride): (*mut f32, usize),
@@ -925,11 +1020,11 @@ mod simd {
         } = tile;
         assert!((1..=ROWS).contains(&rows) && cols.end <= p_stride);
         assert!(head_dim.is_multiple_of(HEAD_DIM_STEP));
-        assert!(keys.v.len() >= (base + cols.end) * head_dim);
+        assert!(v.len() >= (base + cols.end) * head_dim);
         assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
         // Four vectors of columns per register tile.
         let width = 4 * S::LANES;
-        let v = keys.v.as_ptr().add(base * head_dim);
+        let v = v.as_ptr().add(base * head_dim);
         let mut chunk = cols.start;
         while chunk < cols.end {
             let chunk_keys = chunk..(chunk + KEY_CHUNK).min(cols.end);
@@ -1132,33 +1227,39 @@ mod tests {
         fused_equals_candle_path_for(2, 64);
     }
 
-    fn fused_equals_candle_path_for(heads: usize, head_dim: usize) {
-        let dev = Device::Cpu;
-        let hidden = heads * head_dim;
-        let max_pos = 1200;
-        let half = head_dim / 2;
+    /// RoPE tables `[max_pos, head_dim / 2]` (base 10,000).
+    fn rope_tables(head_dim: usize, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
         let mut cos = Vec::new();
         let mut sin = Vec::new();
         for p in 0..max_pos {
-            for i in 0..half {
+            for i in 0..head_dim / 2 {
                 let a = p as f32 / 10000f32.powf(2.0 * i as f32 / head_dim as f32);
                 cos.push(a.cos());
                 sin.push(a.sin());
             }
         }
-        let cos_t = Tensor::from_slice(&cos, (max_pos, half), &dev).unwrap();
-        let sin_t = Tensor::from_slice(&sin, (max_pos, half), &dev).unwrap();
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
-        // Every tail of the 8-row score tiles (1..=7 rows) and of a 64-query block.
+        (cos, sin)
+    }
+
+    /// Every tail of the 8-row score tiles (1..=7 rows) and of a 64-query block.
+    fn test_batch() -> PackedBatch {
         let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15];
         let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
-        let batch = PackedBatch::from_sequences(&seqs);
-        let t = batch.num_tokens();
-        let qkv = (Tensor::randn(0f32, 1.0, (t, 3 * hidden), &dev).unwrap() * 2.0).unwrap();
-        let positions = Tensor::from_slice(&batch.position_ids, t, &dev).unwrap();
+        PackedBatch::from_sequences(&seqs)
+    }
+
+    /// Q and K of `qkv` rotated by candle's RoPE, and V, each `[heads, tokens, head_dim]`.
+    fn rotated_by_candle(
+        qkv: &Tensor,
+        (cos, sin): (&[f32], &[f32]),
+        batch: &PackedBatch,
+        (heads, head_dim): (usize, usize),
+    ) -> (Tensor, Tensor, Tensor) {
+        let dev = qkv.device();
+        let (t, half) = (batch.num_tokens(), head_dim / 2);
+        let cos_t = Tensor::from_slice(cos, (cos.len() / half, half), dev).unwrap();
+        let sin_t = Tensor::from_slice(sin, (sin.len() / half, half), dev).unwrap();
+        let positions = Tensor::from_slice(&batch.position_ids, t, dev).unwrap();
         let c = cos_t.index_select(&positions, 0).unwrap();
         let s = sin_t.index_select(&positions, 0).unwrap();
         let split = qkv
@@ -1174,7 +1275,104 @@ mod tests {
                 .squeeze(0)
                 .unwrap()
         };
-        let (qc, kc, vc) = (rot(0), rot(1), split.get(2).unwrap());
+        (rot(0), rot(1), split.get(2).unwrap())
+    }
+
+    /// candle's attention of rotated Q, K and V as `[tokens, hidden]`.
+    fn candle_attention(
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        batch: &PackedBatch,
+        kind: AttentionKind,
+    ) -> Tensor {
+        let (heads, t, head_dim) = q.dims3().unwrap();
+        crate::attention::attend(q, k, v, batch, kind)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((t, heads * head_dim))
+            .unwrap()
+    }
+
+    /// QKᵀ in int8 ([`AttentionProducts::Int8Dot`]) against the f32 attention, global and
+    /// local, on the sequence lengths above: within 2.5% (the RMS of the difference over the
+    /// RMS of the output; 1.2-1.8% measured on these inputs, whose scores spread widely, std 4),
+    /// the output written into a buffer of NaNs. Again with a bias shared by every key (8, four
+    /// times the keys' spread, on the dimensions RoPE hardly turns), which would otherwise set
+    /// every key's scale: rounded about the mean key, the error stays the same (rounded as they
+    /// are, 2.1-3.0%).
+    #[test]
+    fn int8_query_key_products_stay_close_to_f32() {
+        if !int8_dot_available() {
+            eprintln!("SKIPPED: the int8 QKᵀ needs AVX-512 F, BW and VNNI; this CPU lacks one");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (heads, head_dim) = (2, 64);
+        let hidden = heads * head_dim;
+        let (cos, sin) = rope_tables(head_dim, 1200);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+        };
+        let batch = test_batch();
+        let t = batch.num_tokens();
+        let noise = (Tensor::randn(0f32, 1.0, (t, 3 * hidden), &dev).unwrap() * 2.0).unwrap();
+        // The dimensions whose RoPE angle turns by less than 1e-3 per position (pairs 26-31 of
+        // 32), where a bias stays nearly the same vector for every key of a sequence.
+        let slow = |c: usize| c % (head_dim / 2) >= 26;
+        let key_columns: Vec<f32> = (0..3 * hidden)
+            .map(|c| f32::from(u8::from((hidden..2 * hidden).contains(&c) && slow(c))))
+            .collect();
+        let key_columns = Tensor::from_vec(key_columns, (1, 3 * hidden), &dev).unwrap();
+        let rms = |x: &Tensor| {
+            let mean = x.sqr().unwrap().mean_all().unwrap();
+            mean.to_scalar::<f32>().unwrap().sqrt()
+        };
+        for bias in [0f32, 8.0] {
+            let qkv = noise
+                .broadcast_add(&(&key_columns * f64::from(bias)).unwrap())
+                .unwrap();
+            let (q, k, v) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
+            for kind in [
+                AttentionKind::Global,
+                AttentionKind::Local { half_window: 3 },
+                AttentionKind::Local { half_window: 64 },
+                AttentionKind::Local { half_window: 200 },
+            ] {
+                let exact = candle_attention((&q, &k, &v), &batch, kind);
+                let nans = Tensor::full(f32::NAN, (t, hidden), &dev).unwrap();
+                let mut buffer = Some(nans.clone());
+                let products = AttentionProducts::Int8Dot;
+                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut buffer)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(max_abs(&(&nans - &fused).unwrap()), 0.0, "written in place");
+                let values = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(values.iter().all(|v| v.is_finite()), "a NaN was left");
+                let error = rms(&(&fused - &exact).unwrap()) / rms(&exact);
+                eprintln!("int8 QKᵀ, key bias {bias}, {kind:?}: relative RMS error {error:.4}");
+                assert!(
+                    error < 0.025,
+                    "key bias {bias}, {kind:?}: relative error {error}"
+                );
+            }
+        }
+    }
+
+    fn fused_equals_candle_path_for(heads: usize, head_dim: usize) {
+        let dev = Device::Cpu;
+        let hidden = heads * head_dim;
+        let (cos, sin) = rope_tables(head_dim, 1200);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+        };
+        let batch = test_batch();
+        let t = batch.num_tokens();
+        let qkv = (Tensor::randn(0f32, 1.0, (t, 3 * hidden), &dev).unwrap() * 2.0).unwrap();
+        let (qc, kc, vc) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
         // The tiles multiply Q, K and V rounded to bf16 (after RoPE); rounded first, the f32
         // path is their reference.
         let round = |x: &Tensor| {
@@ -1203,16 +1401,8 @@ mod tests {
             AttentionKind::Local { half_window: 64 },
             AttentionKind::Local { half_window: 200 },
         ] {
-            let reference = |q: &Tensor, k: &Tensor, v: &Tensor| {
-                crate::attention::attend(q, k, v, &batch, kind)
-                    .unwrap()
-                    .transpose(0, 1)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
-                    .reshape((t, hidden))
-                    .unwrap()
-            };
+            let reference =
+                |q: &Tensor, k: &Tensor, v: &Tensor| candle_attention((q, k, v), &batch, kind);
             let exact = reference(&qc, &kc, &vc);
             // Both are f32 sums of up to 1100 terms in different orders; outputs reach ~6 here.
             let f32_tolerance = 4e-6 * max_abs(&exact).max(1.0);
@@ -1254,6 +1444,19 @@ mod tests {
                     diff < tolerance,
                     "{kind:?} on {products:?}: max diff {diff} (tolerance {tolerance})"
                 );
+            }
+        }
+        if int8_dot_available() {
+            // Heads of other sizes take the AVX-512 f32 kernels.
+            let products = AttentionProducts::Int8Dot.for_heads(head_dim);
+            let kind = AttentionKind::Global;
+            let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
+                .unwrap()
+                .unwrap();
+            if !head_dim.is_multiple_of(64) {
+                assert_eq!(products, AttentionProducts::F32(Cpu::Avx512));
+                let exact = candle_attention((&qc, &kc, &vc), &batch, kind);
+                assert!(max_abs(&(&fused - &exact).unwrap()) < 4e-6 * max_abs(&exact).max(1.0));
             }
         }
         let bf = qkv.to_dtype(DType::BF16).unwrap();

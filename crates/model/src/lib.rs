@@ -71,9 +71,18 @@ pub mod internals {
         crate::kernel::compute_capability(device)
     }
 
+    /// What [`attend_fused`]'s products run on, where the CPU has it (f32 otherwise).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Products {
+        F32,
+        /// AMX tiles, else `vdpbf16ps`.
+        Bf16,
+        /// QKᵀ on 512-bit VNNI.
+        Int8,
+    }
+
     /// The fused CPU attention from `qkv [tokens, 3 * hidden]` (see `fused_attention`), with
-    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices; the products in bf16 when
-    /// `bf16` and the CPU has AMX tiles or `vdpbf16ps` (the tiles first), in f32 otherwise.
+    /// RoPE tables `[max_positions, head_dim / 2]` as f32 slices, its products on `products`.
     pub fn attend_fused(
         qkv: &crate::Tensor,
         cos: &[f32],
@@ -81,14 +90,17 @@ pub mod internals {
         batch: &crate::PackedBatch,
         kind: crate::AttentionKind,
         heads: usize,
-        bf16: bool,
+        products: Products,
     ) -> crate::Result<Option<crate::Tensor>> {
-        use crate::fused_attention::{dot_available, AttentionProducts};
+        use crate::fused_attention::{dot_available, int8_dot_available, AttentionProducts};
         let rope = crate::fused_attention::RopeTables { cos, sin };
+        let bf16 = products == Products::Bf16;
         let products = if bf16 && crate::amx_bf16_gemm::available() {
             AttentionProducts::Bf16Tiles
         } else if bf16 && dot_available() {
             AttentionProducts::Bf16Dot
+        } else if products == Products::Int8 && int8_dot_available() {
+            AttentionProducts::Int8Dot
         } else {
             AttentionProducts::F32(crate::simd::cpu())
         };

@@ -409,6 +409,7 @@ impl ModernBert {
         let attention = match self.encoder.attention_products() {
             Some(AttentionProducts::Bf16Tiles) => ", the attention's products in bf16 on AMX tiles",
             Some(AttentionProducts::Bf16Dot) => ", the attention's products in bf16 on vdpbf16ps",
+            Some(AttentionProducts::Int8Dot) => ", the attention's QKᵀ in int8 on VNNI",
             _ => "",
         };
         format!("{}{bf16}{attention}", self.cpu_kernels)

@@ -23,6 +23,9 @@ pub struct Overrides {
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
+    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ in f32 for `--dtype int8` on 512-bit
+    /// VNNI (A/B and accuracy measurements).
+    pub int8_attention: bool,
     /// `MBPIPE_AVX512=0`: no AVX-512 (nor the AMX tiles, whose kernels use it): every CPU
     /// kernel as on a CPU with AVX2 alone, so an AVX-512 machine measures and tests that path.
     pub avx512: bool,
@@ -52,6 +55,7 @@ impl Overrides {
             amx: not_zero("MBPIPE_AMX"),
             vnni: not_zero("MBPIPE_VNNI"),
             bf16_attention: not_zero("MBPIPE_BF16_ATTENTION"),
+            int8_attention: not_zero("MBPIPE_INT8_ATTENTION"),
             avx512: not_zero("MBPIPE_AVX512"),
             gpu_batched_attention: lookup("MBPIPE_GPU_ATTENTION")
                 .is_none_or(|v| v.trim() != "per-sequence"),
@@ -148,6 +152,7 @@ mod tests {
             amx: true,
             vnni: true,
             bf16_attention: true,
+            int8_attention: true,
             avx512: true,
             gpu_batched_attention: true,
             require_gpu: false,
@@ -166,12 +171,13 @@ mod tests {
             ("MBPIPE_AMX", "0"),
             ("MBPIPE_VNNI", "0"),
             ("MBPIPE_BF16_ATTENTION", "0"),
+            ("MBPIPE_INT8_ATTENTION", "0"),
             ("MBPIPE_AVX512", "0"),
             ("MBPIPE_GPU_ATTENTION", "per-sequence"),
             ("MBPIPE_REQUIRE_GPU", "yes"),
         ]);
         assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
-        assert!(!off.bf16_attention && !off.vnni && !off.avx512);
+        assert!(!off.bf16_attention && !off.int8_attention && !off.vnni && !off.avx512);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);

@@ -130,8 +130,18 @@ impl Weights {
             }
             _ => None,
         };
-        let bf16 = bf16.filter(|_| crate::overrides::Overrides::get().bf16_attention);
-        Some(bf16.map_or(AttentionProducts::F32(isa), |p| p.for_heads(head_dim)))
+        let switches = crate::overrides::Overrides::get();
+        let bf16 = bf16.filter(|_| switches.bf16_attention);
+        // Elsewhere on 512-bit VNNI, QKᵀ in int8 (an Intel Xeon without tiles: `vdpbf16ps` at
+        // half the FMA's rate there).
+        let int8 = (bf16.is_none()
+            && self.weight_precision == WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
+            && isa == crate::simd::Cpu::Avx512
+            && switches.int8_attention
+            && crate::fused_attention::int8_dot_available())
+        .then_some(AttentionProducts::Int8Dot);
+        let products = bf16.or(int8);
+        Some(products.map_or(AttentionProducts::F32(isa), |p| p.for_heads(head_dim)))
     }
 
     /// Sets the CPU kernels the model's layers are built for.

@@ -150,10 +150,11 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
 /// Where the linear layers run on bf16 or int8 hardware, the attention's two products run in
 /// bf16 too: on AMX tiles with the tiles (`bf16`, and `int8` on AMX-INT8), on `vdpbf16ps` where
 /// bf16 runs on it (`bf16`, and `int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA:
-/// Zen 4/5, not an Intel Xeon without tiles), for heads
-/// 64 wide (not 16: whole tiles of 32 columns), and the load line says so; elsewhere they stay
-/// f32. A sequence's hidden states do not depend on its neighbours or its place in the batch (a
-/// row or key block shared with another sequence would show here).
+/// Zen 4/5); `int8` on 512-bit VNNI elsewhere (an Intel Xeon without tiles) runs QKᵀ in int8 on
+/// VNNI; all for heads 64 wide (not 16: whole tiles of 32 columns, the int8 micro-kernels' 64),
+/// and the load line says so; elsewhere they stay f32. A sequence's hidden states do not depend
+/// on its neighbours or its place in the batch (a row or key block shared with another
+/// sequence, or its mean key, would show here).
 #[test]
 fn attention_products_run_in_bf16_where_the_linear_layers_do() {
     use mbpipe_model::int8_gemm::Int8Kernel;
@@ -168,9 +169,11 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
     }
     let engine = |m: &ModernBert| {
         let kernels = m.kernels();
+        let int8 = kernels.contains("attention's QKᵀ in int8 on VNNI");
         ["AMX tiles", "vdpbf16ps"]
             .into_iter()
             .find(|e| kernels.contains(&format!("attention's products in bf16 on {e}")))
+            .or(int8.then_some("int8 VNNI"))
     };
     for (heads, head_dim) in [(2, 64), (8, 16)] {
         let tmp = tempfile::tempdir().unwrap();
@@ -203,6 +206,7 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
                 Int8Kernel::Avx512Vnni if wide && dot && issue_rate::dot_product_pays() => {
                     Some("vdpbf16ps")
                 }
+                Int8Kernel::Avx512Vnni if wide => Some("int8 VNNI"),
                 _ => None,
             };
             assert_eq!(
@@ -210,6 +214,9 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
                 expected,
                 "int8 on {kernel:?}, heads of {head_dim}"
             );
+            if expected == Some("int8 VNNI") {
+                models.push(int8);
+            }
         }
         if !wide {
             continue;
