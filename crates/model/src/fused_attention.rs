@@ -1359,6 +1359,38 @@ mod tests {
                 );
             }
         }
+        // A NaN in one token's Q leaves exactly that token's output of the head NaN, as in f32;
+        // a NaN in one key at least every output f32 leaves NaN (here its whole sequence's,
+        // through the mean key): a non-finite input is never rounded away.
+        let token = batch.range(5).start + 3;
+        for (column, only_its_rows) in [(0, true), (hidden + 1, false)] {
+            let mut values = noise.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values[token * 3 * hidden + column] = f32::NAN;
+            let qkv = Tensor::from_vec(values, (t, 3 * hidden), &dev).unwrap();
+            let (q, k, v) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
+            for kind in [
+                AttentionKind::Global,
+                AttentionKind::Local { half_window: 64 },
+            ] {
+                let nan_rows = |x: &Tensor| -> Vec<bool> {
+                    let rows = x.narrow(1, 0, head_dim).unwrap().to_vec2::<f32>().unwrap();
+                    rows.iter().map(|r| r.iter().any(|v| v.is_nan())).collect()
+                };
+                let exact = nan_rows(&candle_attention((&q, &k, &v), &batch, kind));
+                let products = AttentionProducts::Int8Dot;
+                let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None);
+                let fused = nan_rows(&fused.unwrap().unwrap());
+                assert!(
+                    exact[token],
+                    "column {column}, {kind:?}: f32 leaves the token NaN"
+                );
+                if only_its_rows {
+                    assert_eq!(fused, exact, "column {column}, {kind:?}");
+                } else {
+                    assert!(exact.iter().zip(&fused).all(|(&e, &f)| f || !e), "{kind:?}");
+                }
+            }
+        }
     }
 
     fn fused_equals_candle_path_for(heads: usize, head_dim: usize) {

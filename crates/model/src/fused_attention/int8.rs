@@ -182,16 +182,20 @@ unsafe fn round_row(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32
         let v = _mm512_loadu_ps(x.as_ptr().add(c));
         shift.map_or(v, |s| _mm512_sub_ps(v, _mm512_loadu_ps(s.as_ptr().add(c))))
     };
-    let mut max = _mm512_setzero_ps();
+    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for c in (0..n).step_by(16) {
-        max = _mm512_max_ps(max, _mm512_abs_ps(at(c)));
+        let v = at(c);
+        max = _mm512_max_ps(max, _mm512_abs_ps(v));
+        // 0 · v is NaN for an inf or NaN (which `vmaxps` may drop).
+        poison = _mm512_add_ps(poison, _mm512_mul_ps(v, _mm512_setzero_ps()));
     }
     let max = _mm512_reduce_max_ps(max);
-    if max == 0.0 || !max.is_finite() {
+    let finite = _mm512_reduce_add_ps(poison) == 0.0;
+    if max == 0.0 || !finite {
         // A zero row rounds to zeros; a row with inf or NaN to zeros with a NaN scale, so its
         // scores are NaN as in f32.
         std::ptr::write_bytes(out, 0, n);
-        return (if max == 0.0 { 0.0 } else { f32::NAN }, 0);
+        return (if finite { 0.0 } else { f32::NAN }, 0);
     }
     let factor = _mm512_set1_ps(127.0 / max);
     let mut sum = _mm512_setzero_si512();
@@ -204,18 +208,18 @@ unsafe fn round_row(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32
     (max / 127.0, _mm512_reduce_add_epi32(sum))
 }
 
-/// Key `j`'s rounded row, plus 128, into its panel: dimensions `4g..4g + 4` at lane `j % 16`
-/// of vector `(j % 32) / 16` of group `g`.
+/// Key `j`'s rounded row, plus 128, into its panel: dimensions `4g..4g + 4` (one 32-bit word)
+/// at lane `j % 16` of vector `(j % 32) / 16` of group `g`.
 #[inline(always)]
 fn place_key(k8: &mut [u8], j: usize, rounded: &[i8]) {
     let head_dim = rounded.len();
     let panel = &mut k8[j / KEYS * KEYS * head_dim..][..KEYS * head_dim];
     let lane = (j % KEYS) / 16 * 64 + (j % 16) * 4;
     for (g, dims) in rounded.chunks_exact(4).enumerate() {
+        let word = u32::from_le_bytes([dims[0], dims[1], dims[2], dims[3]].map(|x| x as u8));
+        // Adding 128 to each signed byte flips its top bit.
         let at = g * 2 * 64 + lane;
-        for (b, &x) in dims.iter().enumerate() {
-            panel[at + b] = (x as u8) ^ 0x80;
-        }
+        panel[at..at + 4].copy_from_slice(&(word ^ 0x8080_8080).to_le_bytes());
     }
 }
 
