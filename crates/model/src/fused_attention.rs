@@ -77,8 +77,9 @@ impl AttentionProducts {
     fn vector_isa(self) -> Cpu {
         match self {
             AttentionProducts::F32(isa) => isa,
-            AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot => Cpu::Avx512,
-            AttentionProducts::Int8Dot => Cpu::Avx512,
+            AttentionProducts::Bf16Tiles
+            | AttentionProducts::Bf16Dot
+            | AttentionProducts::Int8Dot => Cpu::Avx512,
         }
     }
 }
@@ -913,9 +914,9 @@ mod simd {
         pub keys: Range<usize>,
     }
 
-    /// `scores[r, j] = q[r] · k[base + j]` (Kᵀ in the panels of [`F32Scores`]) for the tile's rows (row stride `q_stride`) and
-    /// score columns `j` in `tile.keys` (starting at a multiple of the key step); score rows have
-    /// stride `stride`.
+    /// `scores[r, j] = q[r] · k[base + j]` (Kᵀ in the panels of [`F32Scores`]) for the tile's
+    /// rows (row stride `q_stride`) and score columns `j` in `tile.keys` (starting at a multiple
+    /// of the key step); score rows have stride `stride`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn scores_f32<S: Isa>(

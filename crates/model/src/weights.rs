@@ -105,9 +105,10 @@ impl Weights {
     /// the linear layers run on bf16 or int8 hardware (unless `MBPIPE_BF16_ATTENTION=0`): AMX
     /// tiles where they run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on AMX-INT8
     /// where the CPU also has AMX-BF16), `vdpbf16ps` where bf16 runs on it (`--dtype bf16`, and
-    /// `--dtype int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA, as on Zen 4/5); f32
-    /// on the vector units otherwise; for heads of `head_dim` (see
-    /// [`AttentionProducts::for_heads`]).
+    /// `--dtype int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA, as on Zen 4/5);
+    /// `QKᵀ` in int8 for `--dtype int8` on 512-bit VNNI otherwise (unless
+    /// `MBPIPE_INT8_ATTENTION=0`); f32 on the vector units otherwise; for heads of `head_dim`
+    /// (see [`AttentionProducts::for_heads`]).
     pub(crate) fn attention_products(&self, head_dim: usize) -> Option<AttentionProducts> {
         use crate::int8_gemm::Int8Kernel;
         let isa = self.cpu_kernels.attention?;
@@ -130,17 +131,17 @@ impl Weights {
             }
             _ => None,
         };
-        let switches = crate::overrides::Overrides::get();
-        let bf16 = bf16.filter(|_| switches.bf16_attention);
         // Elsewhere on 512-bit VNNI, QKᵀ in int8 (an Intel Xeon without tiles: `vdpbf16ps` at
         // half the FMA's rate there).
         let int8 = (bf16.is_none()
             && self.weight_precision == WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
             && isa == crate::simd::Cpu::Avx512
-            && switches.int8_attention
             && crate::fused_attention::int8_dot_available())
         .then_some(AttentionProducts::Int8Dot);
-        let products = bf16.or(int8);
+        let switches = crate::overrides::Overrides::get();
+        let products = bf16
+            .filter(|_| switches.bf16_attention)
+            .or(int8.filter(|_| switches.int8_attention));
         Some(products.map_or(AttentionProducts::F32(isa), |p| p.for_heads(head_dim)))
     }
 
