@@ -1242,11 +1242,15 @@ mod tests {
         (cos, sin)
     }
 
-    /// Every tail of the 8-row score tiles (1..=7 rows) and of a 64-query block.
-    fn test_batch() -> PackedBatch {
+    /// RoPE tables for up to 1,200 positions, a batch with every tail of the 8-row score tiles
+    /// (1..=7 rows) and of a 64-query block, and a random `qkv` for it (values of std 2).
+    fn random_inputs(heads: usize, head_dim: usize) -> ((Vec<f32>, Vec<f32>), PackedBatch, Tensor) {
         let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15];
         let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
-        PackedBatch::from_sequences(&seqs)
+        let batch = PackedBatch::from_sequences(&seqs);
+        let shape = (batch.num_tokens(), 3 * heads * head_dim);
+        let qkv = (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * 2.0).unwrap();
+        (rope_tables(head_dim, 1200), batch, qkv)
     }
 
     /// Q and K of `qkv` rotated by candle's RoPE, and V, each `[heads, tokens, head_dim]`.
@@ -1312,14 +1316,12 @@ mod tests {
         let dev = Device::Cpu;
         let (heads, head_dim) = (2, 64);
         let hidden = heads * head_dim;
-        let (cos, sin) = rope_tables(head_dim, 1200);
+        let ((cos, sin), batch, noise) = random_inputs(heads, head_dim);
         let rope = RopeTables {
             cos: &cos,
             sin: &sin,
         };
-        let batch = test_batch();
         let t = batch.num_tokens();
-        let noise = (Tensor::randn(0f32, 1.0, (t, 3 * hidden), &dev).unwrap() * 2.0).unwrap();
         // The dimensions whose RoPE angle turns by less than 1e-3 per position (pairs 26-31 of
         // 32), where a bias stays nearly the same vector for every key of a sequence.
         let slow = |c: usize| c % (head_dim / 2) >= 26;
@@ -1397,14 +1399,12 @@ mod tests {
     fn fused_equals_candle_path_for(heads: usize, head_dim: usize) {
         let dev = Device::Cpu;
         let hidden = heads * head_dim;
-        let (cos, sin) = rope_tables(head_dim, 1200);
+        let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
         let rope = RopeTables {
             cos: &cos,
             sin: &sin,
         };
-        let batch = test_batch();
         let t = batch.num_tokens();
-        let qkv = (Tensor::randn(0f32, 1.0, (t, 3 * hidden), &dev).unwrap() * 2.0).unwrap();
         let (qc, kc, vc) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
         // The tiles multiply Q, K and V rounded to bf16 (after RoPE); rounded first, the f32
         // path is their reference.
