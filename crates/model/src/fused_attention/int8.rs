@@ -8,7 +8,7 @@
 //! one `vpdpbusd` takes four dimensions of 16 keys against a broadcast query, with exact int32
 //! sums.
 //!
-//! The rounding is the one SageAttention measured as lossless on language models:
+//! The rounding follows SageAttention's (which smooths K the same way before rounding it):
 //! - Q per row: `q ≈ s_q · q8`, `s_q = max |q| / 127` (after RoPE and the `1/sqrt(d)` scale).
 //! - K per key after subtracting the head's mean key over the sequence, `k - k̄ ≈ s_k · k8`.
 //!   The mean shifts every score of a query row by the same `q · k̄`, which the softmax
@@ -18,7 +18,8 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes: K is stored as `k8 + 128`, so each sum is
 //! `q8 · k8 + 128 Σ q8`, and the second term (one per query row) is subtracted before the
 //! scales are applied. PV keeps f32: the probabilities of a row with a diffuse softmax are small
-//! and many, and rounding them to 8 bits would lose a visible part of their sum.
+//! and many, and rounding them to 8 bits would lose a visible part of their sum (fp16 kept
+//! them, but was no faster on Emerald Rapids: benches/RESULTS.md).
 
 use std::arch::x86_64::*;
 
