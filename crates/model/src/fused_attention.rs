@@ -39,8 +39,9 @@ pub(crate) enum AttentionProducts {
     /// linear layers run on it, Zen 4/5); heads as for the tiles.
     Bf16Dot,
     /// QKᵀ in int8 on AVX512-VNNI's `vpdpbusd` (Q per row, K per key about the head's mean
-    /// key), softmax and PV in f32 on AVX-512 (`--dtype int8` on 512-bit VNNI where `vdpbf16ps`
-    /// does not pay); heads whose size is not a multiple of 64 take the AVX-512 f32 kernels.
+    /// key), softmax in f32, PV in fp16 where the CPU has AVX512-FP16 and in f32 otherwise
+    /// (`--dtype int8` on 512-bit VNNI where `vdpbf16ps` does not pay); heads whose size is not
+    /// a multiple of 64 take the AVX-512 f32 kernels.
     Int8Dot,
 }
 
@@ -490,8 +491,13 @@ impl HeadTask {
             head_dim,
             isa: std::marker::PhantomData,
         };
+        let values = simd::F32Values::<S> {
+            v,
+            head_dim,
+            isa: std::marker::PhantomData,
+        };
         for block in self.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S>(&products, v, scores, dst, kind, shape);
+            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
         }
     }
 }
@@ -650,14 +656,14 @@ impl Block {
     }
 
     /// The block on the micro-kernels: QKᵀ by `products` (the sequence's queries and keys,
-    /// prepared), PV on `S`'s vectors from the sequence's values `v` (`[len, head_dim]`), with
-    /// `scores` as reusable scratch.
+    /// prepared), the softmax on `S`'s vectors, PV by `values` (the sequence's values,
+    /// prepared), with `scores` as reusable scratch.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn attend_simd<S: simd::Isa>(
         &self,
         products: &impl simd::QueryKeyScores,
-        v: &[f32],
+        values: &impl simd::WeightedValues,
         scores: &mut Vec<f32>,
         dst: &SharedOut,
         kind: AttentionKind,
@@ -718,16 +724,7 @@ impl Block {
                 keys: lo..hi,
             };
             let scales = &inv_sums[r0..r0 + rows];
-            simd::weighted_values::<S>(
-                scores,
-                stride,
-                v,
-                base,
-                head_dim,
-                (out, hidden),
-                scales,
-                tile,
-            );
+            values.weighted(scores, stride, base, (out, hidden), scales, tile);
         }
     }
 }
@@ -907,6 +904,49 @@ mod simd {
         }
     }
 
+    /// PV of one head of one sequence, by tiles of query rows.
+    pub trait WeightedValues {
+        /// `out[r, :] = scales[r] · Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's
+        /// rows of weights (row stride `p_stride`, finite everywhere); `out` rows (stride
+        /// `out_stride`) start at zero.
+        ///
+        /// # Safety
+        /// The CPU runs the implementation's instructions (the caller's target features);
+        /// `out` holds the tile's rows of a head's columns.
+        unsafe fn weighted(
+            &self,
+            p: &[f32],
+            p_stride: usize,
+            base: usize,
+            out: (*mut f32, usize),
+            scales: &[f32],
+            tile: Tile,
+        );
+    }
+
+    /// PV in f32 on `S`'s FMAs from V `[len, head_dim]`.
+    pub struct F32Values<'a, S> {
+        pub v: &'a [f32],
+        pub head_dim: usize,
+        pub isa: std::marker::PhantomData<S>,
+    }
+
+    impl<S: Isa> WeightedValues for F32Values<'_, S> {
+        #[inline(always)]
+        unsafe fn weighted(
+            &self,
+            p: &[f32],
+            p_stride: usize,
+            base: usize,
+            out: (*mut f32, usize),
+            scales: &[f32],
+            tile: Tile,
+        ) {
+            let (v, head_dim) = (self.v, self.head_dim);
+            weighted_values::<S>(p, p_stride, v, base, head_dim, out, scales, tile)
+        }
+    }
+
     /// Query rows `r0..r0 + rows` (`1 <= rows <= ROWS`) against `keys` (score columns).
     pub struct Tile {
         pub r0: usize,
@@ -1004,7 +1044,7 @@ mod simd {
     /// of weights (row stride `p_stride`); `out` rows (stride `out_stride`) start at zero.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    pub unsafe fn weighted_values<S: Isa>(
+    unsafe fn weighted_values<S: Isa>(
         p: &[f32],
         p_stride: usize,
         v: &[f32],

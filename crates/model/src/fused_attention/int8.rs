@@ -1,6 +1,6 @@
 //! QKᵀ in int8 on AVX512-VNNI's `vpdpbusd` for `--dtype int8`
-//! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)); the softmax and PV stay
-//! f32 on the AVX-512 micro-kernels.
+//! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)), PV in fp16 on
+//! AVX512-FP16 where the CPU has it; the softmax stays f32 on the AVX-512 micro-kernels.
 //!
 //! In f32 the attention was a quarter of an int8 forward on short texts and three fifths on long
 //! documents, its QKᵀ a third of that on long rows: the linear layers ran four multiply-adds per
@@ -17,9 +17,11 @@
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes: K is stored as `k8 + 128`, so each sum is
 //! `q8 · k8 + 128 Σ q8`, and the second term (one per query row) is subtracted before the
-//! scales are applied. PV keeps f32: the probabilities of a row with a diffuse softmax are small
-//! and many, and rounding them to 8 bits would lose a visible part of their sum (fp16 kept
-//! them, but was no faster on Emerald Rapids: benches/RESULTS.md).
+//! scales are applied.
+//!
+//! PV runs in fp16 where the CPU has AVX512-FP16 ([`Fp16Values`]; f32 otherwise), not in int8:
+//! the probabilities of a row with a diffuse softmax are small and many, and rounding them to 8
+//! bits would lose a visible part of their sum.
 
 use std::arch::x86_64::*;
 
@@ -53,6 +55,8 @@ pub(super) struct Scratch {
     k_scales: Vec<f32>,
     /// V, `[len, head_dim]`.
     v: Vec<f32>,
+    /// V in fp16 bits, `[len, head_dim]`, where PV runs on AVX512-FP16.
+    v16: Vec<u16>,
     /// One rotated Q row.
     q_row: Vec<f32>,
     /// One rounded K row.
@@ -67,8 +71,51 @@ pub(super) struct Scratch {
 /// The CPU has AVX-512 F, BW and VNNI; `shape.head_dim` is a multiple of
 /// [`simd::HEAD_DIM_STEP`]; the task's rows and head columns lie inside `qkv` and the output,
 /// and this task alone writes its part.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 pub(super) unsafe fn run(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    at: (AttentionKind, Shape),
+    scratch: &mut Scratch,
+) {
+    if fp16_available() {
+        run_fp16(task, inputs, dst, at, scratch)
+    } else {
+        run_f32(task, inputs, dst, at, scratch)
+    }
+}
+
+/// Whether PV runs in fp16 ([`Fp16Values`]): AVX512-FP16 (Sapphire Rapids and later).
+pub(super) fn fp16_available() -> bool {
+    is_x86_feature_detected!("avx512fp16") && is_x86_feature_detected!("avx512vl")
+}
+
+/// [`run`] with PV in f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn run_f32(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    at: (AttentionKind, Shape),
+    scratch: &mut Scratch,
+) {
+    run_on::<false>(task, inputs, dst, at, scratch)
+}
+
+/// [`run`] with PV in fp16 where the head's values allow it.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512fp16,avx512vl,avx2,fma")]
+unsafe fn run_fp16(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    at: (AttentionKind, Shape),
+    scratch: &mut Scratch,
+) {
+    run_on::<true>(task, inputs, dst, at, scratch)
+}
+
+#[inline(always)]
+unsafe fn run_on<const FP16: bool>(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
@@ -85,6 +132,7 @@ pub(super) unsafe fn run(
         k8,
         k_scales,
         v,
+        v16,
         scores,
         ..
     } = scratch;
@@ -96,8 +144,23 @@ pub(super) unsafe fn run(
         k_scales,
         head_dim: shape.head_dim,
     };
+    if FP16 && to_fp16(v, shape.head_dim, v16) {
+        let values = Fp16Values {
+            v16,
+            head_dim: shape.head_dim,
+        };
+        for block in task.blocks(QUERY_BLOCK) {
+            block.attend_simd::<Avx512>(&products, &values, scores, dst, kind, shape);
+        }
+        return;
+    }
+    let values = simd::F32Values::<Avx512> {
+        v,
+        head_dim: shape.head_dim,
+        isa: std::marker::PhantomData,
+    };
     for block in task.blocks(QUERY_BLOCK) {
-        block.attend_simd::<Avx512>(&products, v, scores, dst, kind, shape);
+        block.attend_simd::<Avx512>(&products, &values, scores, dst, kind, shape);
     }
 }
 
@@ -322,5 +385,337 @@ unsafe fn scores_tile<const R: usize>(
             }
         }
         j += KEYS;
+    }
+}
+
+/// Keys summed in fp16 before the partial sums go to f32: each lane sums every other key (the
+/// layout holds keys in pairs), so with probabilities at most 1 and |v| at most
+/// [`FP16_MAX_VALUE`] a lane's partial sum stays within fp16's range (65,504), and its rounding
+/// about 2⁻¹¹ of a few dozen terms.
+const FP16_KEYS: usize = 64;
+/// The largest |v| PV takes in fp16 (32 × 1,024 = 32,768); heads with larger values run in f32.
+const FP16_MAX_VALUE: f32 = 1024.0;
+
+/// `v` (`[len, head_dim]`) in fp16 bits into `v16` by pairs of keys: for keys `2m`, `2m + 1`,
+/// per 16 columns, 32 halves with the two keys' values of each column side by side (a zero key
+/// after an odd last one); or `false` (and `v16` unused) when a value is outside
+/// ±[`FP16_MAX_VALUE`] or not finite.
+#[inline(always)]
+unsafe fn to_fp16(v: &[f32], head_dim: usize, v16: &mut Vec<u16>) -> bool {
+    assert!(v.len().is_multiple_of(head_dim) && head_dim.is_multiple_of(16));
+    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for c in (0..v.len()).step_by(16) {
+        let x = _mm512_loadu_ps(v.as_ptr().add(c));
+        max = _mm512_max_ps(max, _mm512_abs_ps(x));
+        // 0 · x is NaN for an inf or NaN (which `vmaxps` may drop).
+        poison = _mm512_add_ps(poison, _mm512_mul_ps(x, _mm512_setzero_ps()));
+    }
+    if _mm512_reduce_max_ps(max) > FP16_MAX_VALUE || _mm512_reduce_add_ps(poison) != 0.0 {
+        return false;
+    }
+    let len = v.len() / head_dim;
+    v16.resize(len.next_multiple_of(2) * head_dim, 0);
+    let mut index = [0i16; 32];
+    for (i, pair) in index.chunks_exact_mut(2).enumerate() {
+        pair[0] = i as i16;
+        pair[1] = 16 + i as i16;
+    }
+    let interleave = _mm512_loadu_si512(index.as_ptr().cast());
+    for m in 0..len.div_ceil(2) {
+        let (a, b) = (2 * m * head_dim, (2 * m + 1) * head_dim);
+        for c in (0..head_dim).step_by(16) {
+            let first = _mm512_cvtxps_ph(_mm512_loadu_ps(v.as_ptr().add(a + c)));
+            let second = if 2 * m + 1 < len {
+                _mm512_cvtxps_ph(_mm512_loadu_ps(v.as_ptr().add(b + c)))
+            } else {
+                _mm256_setzero_ph()
+            };
+            let both = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_castph_si256(first)),
+                _mm256_castph_si256(second),
+            );
+            let pairs = _mm512_permutexvar_epi16(interleave, both);
+            _mm512_storeu_si512(v16.as_mut_ptr().add(a + 2 * c).cast(), pairs);
+        }
+    }
+    true
+}
+
+/// PV in fp16 on AVX512-FP16's `vfmadd231ph` (32 lanes, twice the f32 FMA's multiply-adds):
+/// probabilities and V rounded to fp16 (2⁻¹¹), by pairs of keys so that one 32-bit broadcast
+/// (a load, no shuffle) feeds 16 columns of two keys; sums in fp16 over [`FP16_KEYS`] keys,
+/// then in f32.
+struct Fp16Values<'a> {
+    v16: &'a [u16],
+    head_dim: usize,
+}
+
+/// Query rows per register tile: 4 × 4 fp16 partial sums.
+const VALUE_ROWS: usize = 4;
+/// Keys per pass over a tile's rows (their fp16 probabilities, 8 rows × 128, on the stack).
+const VALUE_KEYS: usize = 128;
+
+impl simd::WeightedValues for Fp16Values<'_> {
+    #[inline(always)]
+    unsafe fn weighted(
+        &self,
+        p: &[f32],
+        p_stride: usize,
+        base: usize,
+        (out, out_stride): (*mut f32, usize),
+        scales: &[f32],
+        tile: Tile,
+    ) {
+        let Tile { r0, rows, keys } = tile;
+        let head_dim = self.head_dim;
+        assert!((1..=simd::ROWS).contains(&rows) && keys.end <= p_stride);
+        assert!(p_stride.is_multiple_of(16) && head_dim.is_multiple_of(simd::HEAD_DIM_STEP));
+        assert!(base.is_multiple_of(2));
+        assert!(self.v16.len() >= (base + keys.end).next_multiple_of(2) * head_dim);
+        assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
+        let mut probs = [[0u16; VALUE_KEYS]; simd::ROWS];
+        let mut chunk = keys.start;
+        while chunk < keys.end {
+            // Whole vectors of 16 probabilities from a multiple of 16: rows are finite and 0
+            // outside their band, and their stride is a multiple of 16.
+            let from = chunk / 16 * 16;
+            let to = (from + VALUE_KEYS).min(keys.end);
+            for (r, row) in probs.iter_mut().enumerate().take(rows) {
+                let src = p.as_ptr().add((r0 + r) * p_stride);
+                for k in (from..to).step_by(16) {
+                    let half = _mm512_cvtxps_ph(_mm512_loadu_ps(src.add(k)));
+                    let dst = row.as_mut_ptr().add(k - from);
+                    _mm256_storeu_si256(dst.cast(), _mm256_castph_si256(half));
+                }
+            }
+            // Whole pairs of keys: the extra key's probability is 0 (outside the band, or a
+            // zero key past the sequence's end).
+            let pairs = (chunk - from) / 2..(to - from).div_ceil(2);
+            let (first, last) = (chunk == keys.start, to == keys.end);
+            let mut r = 0;
+            while r < rows {
+                let n = VALUE_ROWS.min(rows - r);
+                let scale = last.then(|| scales[r..].as_ptr());
+                let probs = (probs[r..].as_ptr().cast::<u16>(), pairs.clone());
+                for c0 in (0..head_dim).step_by(simd::HEAD_DIM_STEP) {
+                    let v = (
+                        self.v16.as_ptr().add((base + from) * head_dim + 2 * c0),
+                        head_dim,
+                    );
+                    let o = (out.add((r0 + r) * out_stride + c0), out_stride);
+                    match n {
+                        1 => values_tile_fp16::<1>(probs.clone(), v, o, first, scale),
+                        2 => values_tile_fp16::<2>(probs.clone(), v, o, first, scale),
+                        3 => values_tile_fp16::<3>(probs.clone(), v, o, first, scale),
+                        _ => values_tile_fp16::<4>(probs.clone(), v, o, first, scale),
+                    }
+                }
+                r += n;
+            }
+            chunk = to;
+        }
+    }
+}
+
+/// `R` rows × 64 output columns: the pairs of keys `pairs` of the fp16 probabilities (rows
+/// [`VALUE_KEYS`] apart) against V's pairs (`2 * head_dim` halves apart, from the
+/// probabilities' first key), in fp16 over [`FP16_KEYS`] keys at a time, then added to the f32
+/// sums in `out` (which start there unless `first`); `scale` (the rows' factors) multiplies
+/// the sums at the end. The f32 sums stay in memory so that the fp16 ones of 4 rows fit in
+/// registers.
+#[inline(always)]
+unsafe fn values_tile_fp16<const R: usize>(
+    (p, pairs): (*const u16, std::ops::Range<usize>),
+    (v, head_dim): (*const u16, usize),
+    (out, out_stride): (*mut f32, usize),
+    first: bool,
+    scale: Option<*const f32>,
+) {
+    // Lanes 2i and 2i + 1 of the two f32 halves of a partial sum hold column i's two keys.
+    let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    let odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    let mut stored = !first;
+    let mut m = pairs.start;
+    while m < pairs.end {
+        let stop = (m + FP16_KEYS / 2).min(pairs.end);
+        let mut part = [[_mm512_setzero_ph(); 4]; R];
+        for pair in m..stop {
+            let row = v.add(pair * 2 * head_dim);
+            let vs: [__m512h; 4] = std::array::from_fn(|c| {
+                _mm512_castsi512_ph(_mm512_loadu_si512(row.add(32 * c).cast()))
+            });
+            for (r, s) in part.iter_mut().enumerate() {
+                let w = p
+                    .add(r * VALUE_KEYS + 2 * pair)
+                    .cast::<i32>()
+                    .read_unaligned();
+                let w = _mm512_castsi512_ph(_mm512_set1_epi32(w));
+                for (x, &y) in s.iter_mut().zip(&vs) {
+                    *x = _mm512_fmadd_ph(w, y, *x);
+                }
+            }
+        }
+        for (r, s) in part.iter().enumerate() {
+            for (c, &half) in s.iter().enumerate() {
+                let bits = _mm512_castph_si512(half);
+                let lo = _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_castsi512_si256(bits)));
+                let hi =
+                    _mm512_cvtxph_ps(_mm256_castsi256_ph(_mm512_extracti64x4_epi64::<1>(bits)));
+                let sum = _mm512_add_ps(
+                    _mm512_permutex2var_ps(lo, even, hi),
+                    _mm512_permutex2var_ps(lo, odd, hi),
+                );
+                let o = out.add(r * out_stride + 16 * c);
+                let x = if stored {
+                    _mm512_add_ps(_mm512_loadu_ps(o), sum)
+                } else {
+                    sum
+                };
+                _mm512_storeu_ps(o, x);
+            }
+        }
+        stored = true;
+        m = stop;
+    }
+    for r in 0..R {
+        for c in 0..4 {
+            let o = out.add(r * out_stride + 16 * c);
+            let x = if stored {
+                _mm512_loadu_ps(o)
+            } else {
+                _mm512_setzero_ps()
+            };
+            let x = scale.map_or(x, |s| _mm512_mul_ps(x, _mm512_set1_ps(*s.add(r))));
+            _mm512_storeu_ps(o, x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simd::WeightedValues;
+
+    /// Deterministic values in [0, 1).
+    fn uniform(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect()
+    }
+
+    /// PV of `rows` probability rows (stride `stride`, keys `keys`) against `v` by both
+    /// implementations: (fp16, f32), `[rows, head_dim]` each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512fp16,avx512vl,avx2,fma")]
+    unsafe fn both(
+        p: &[f32],
+        stride: usize,
+        v: &[f32],
+        head_dim: usize,
+        (rows, keys): (usize, std::ops::Range<usize>),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut v16 = Vec::new();
+        assert!(to_fp16(v, head_dim, &mut v16));
+        let halves = Fp16Values {
+            v16: &v16,
+            head_dim,
+        };
+        let floats = simd::F32Values::<Avx512> {
+            v,
+            head_dim,
+            isa: std::marker::PhantomData,
+        };
+        let scales = vec![0.5f32; rows];
+        let mut outs = [
+            vec![f32::NAN; rows * head_dim],
+            vec![f32::NAN; rows * head_dim],
+        ];
+        let tile = || Tile {
+            r0: 0,
+            rows,
+            keys: keys.clone(),
+        };
+        let at = |o: &mut Vec<f32>| (o.as_mut_ptr(), head_dim);
+        halves.weighted(p, stride, 0, at(&mut outs[0]), &scales, tile());
+        floats.weighted(p, stride, 0, at(&mut outs[1]), &scales, tile());
+        let [a, b] = outs;
+        (a, b)
+    }
+
+    /// PV in fp16 against PV in f32 on the same probabilities and values: within 2e-3 of the
+    /// output's largest value (fp16 rounds p and v to 2⁻¹¹, and each lane's partial sum of 32
+    /// products at 2⁻¹¹ of its size; measured 1.0-1.3e-3 on these dense rows of 77-300 keys,
+    /// whose partial sums reach the size of the output), over several passes of 128 keys, odd
+    /// first and last keys (pairs half outside the band, a zero key past an odd end), 8, 5 and
+    /// 3 rows (tiles of 4 and their tails), heads of 64 and 128.
+    #[test]
+    fn fp16_values_match_f32_values() {
+        if !(super::super::int8_dot_available() && fp16_available()) {
+            eprintln!(
+                "SKIPPED: PV in fp16 needs AVX512-FP16 beside AVX512-VNNI; this CPU lacks one"
+            );
+            return;
+        }
+        let cases: [(usize, usize, usize, std::ops::Range<usize>); 3] = [
+            (64, 8, 301, 3..301),
+            (128, 5, 77, 0..77),
+            (64, 3, 40, 17..33),
+        ];
+        for (head_dim, rows, len, keys) in cases {
+            let stride = len.next_multiple_of(32);
+            let mut p = uniform(rows * stride, 1);
+            for row in p.chunks_exact_mut(stride) {
+                for (j, x) in row.iter_mut().enumerate() {
+                    if !keys.contains(&j) {
+                        *x = 0.0;
+                    }
+                }
+            }
+            let v: Vec<f32> = uniform(len * head_dim, 2)
+                .iter()
+                .map(|x| 8.0 * x - 4.0)
+                .collect();
+            // SAFETY: the CPU has the features (checked above).
+            let (halves, floats) = unsafe { both(&p, stride, &v, head_dim, (rows, keys.clone())) };
+            let largest = floats.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = halves
+                .iter()
+                .zip(&floats)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!("fp16 PV, head {head_dim}, keys {keys:?}: max diff {worst:e} of {largest}");
+            assert!(
+                worst <= 2e-3 * largest,
+                "head {head_dim}, keys {keys:?}: {worst} of {largest}"
+            );
+        }
+    }
+
+    /// Values beyond ±1,024, or not finite, keep PV in f32 (an fp16 partial sum could overflow).
+    #[test]
+    fn values_outside_the_fp16_range_stay_f32() {
+        if !(super::super::int8_dot_available() && fp16_available()) {
+            eprintln!(
+                "SKIPPED: PV in fp16 needs AVX512-FP16 beside AVX512-VNNI; this CPU lacks one"
+            );
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx512bw,avx512fp16,avx512vl")]
+        unsafe fn takes(v: &[f32]) -> bool {
+            to_fp16(v, 16, &mut Vec::new())
+        }
+        let mut v = vec![1000f32; 48];
+        // SAFETY: the CPU has the features (checked above).
+        unsafe {
+            assert!(takes(&v));
+            for bad in [-2000.0, f32::INFINITY, f32::NAN] {
+                v[37] = bad;
+                assert!(!takes(&v), "{bad}");
+            }
+        }
     }
 }
