@@ -101,6 +101,18 @@ pub(crate) fn int8_dot_available() -> bool {
     }
 }
 
+/// Whether [`AttentionProducts::Int8Dot`] runs PV in fp16 here (AVX512-FP16).
+pub(crate) fn int8_values_in_fp16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        int8::fp16_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU runs the `vdpbf16ps` products ([`AttentionProducts::Bf16Dot`]).
 pub(crate) fn dot_available() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -409,6 +409,9 @@ impl ModernBert {
         let attention = match self.encoder.attention_products() {
             Some(AttentionProducts::Bf16Tiles) => ", the attention's products in bf16 on AMX tiles",
             Some(AttentionProducts::Bf16Dot) => ", the attention's products in bf16 on vdpbf16ps",
+            Some(AttentionProducts::Int8Dot) if crate::fused_attention::int8_values_in_fp16() => {
+                ", the attention's QKᵀ in int8 on VNNI and PV in fp16"
+            }
             Some(AttentionProducts::Int8Dot) => ", the attention's QKᵀ in int8 on VNNI",
             _ => "",
         };
