@@ -85,15 +85,12 @@ impl AttentionProducts {
     }
 }
 
-/// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]): AVX-512 F, BW and VNNI.
+/// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]): what the 512-bit VNNI
+/// linear layers need (AVX-512 F, BW and VNNI), and FMA for the rest of the attention.
 pub(crate) fn int8_dot_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
+        crate::int8_gemm::Int8Kernel::Avx512Vnni.available() && is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
