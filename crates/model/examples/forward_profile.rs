@@ -26,7 +26,7 @@ fn main() {
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let t0 = Instant::now();
     let model = ModernBert::load_precision(&files, &Device::Cpu, precision).unwrap();
-    eprintln!("load {:.2}s", t0.elapsed().as_secs_f64());
+    eprintln!("load {:.3}s", t0.elapsed().as_secs_f64());
 
     // Log-normal lengths (sigma 1), deterministic.
     let mut state = 0x2545F4914F6CDD1Du64;

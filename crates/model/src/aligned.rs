@@ -4,10 +4,8 @@
 
 use std::marker::PhantomData;
 
-/// One cache line.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
+/// Bytes per cache line: the alignment of the first value.
+const LINE: usize = 64;
 
 /// Element types for which every bit pattern, all zeros included, is a valid value.
 pub(crate) trait Plain: Copy {}
@@ -15,9 +13,16 @@ impl Plain for u32 {}
 impl Plain for i8 {}
 impl Plain for f32 {}
 
-/// `len` values of `T` on whole cache lines, zero-initialised.
+/// `len` values of `T` starting on a cache line, zero-initialised.
+///
+/// The values live in a zeroed byte buffer 63 bytes longer than they need, from its first
+/// 64-byte boundary on: a byte buffer of zeros comes from `calloc`, whose large blocks are
+/// fresh pages the kernel zeroes when they are first written, where an allocation aligned to 64
+/// is written with zeros first (a tenth of an int8 model's load, on one thread).
 pub(crate) struct AlignedVec<T: Plain> {
-    lines: Vec<Line>,
+    bytes: Vec<u8>,
+    /// Where the first value starts in `bytes`.
+    offset: usize,
     len: usize,
     _values: PhantomData<T>,
 }
@@ -31,22 +36,28 @@ impl<T: Plain> Default for AlignedVec<T> {
 impl<T: Plain> AlignedVec<T> {
     /// `len` zeros.
     pub(crate) fn zeroed(len: usize) -> Self {
+        let size = len * std::mem::size_of::<T>();
+        let bytes = vec![0u8; size + LINE - 1];
+        let offset = bytes.as_ptr().align_offset(LINE);
         AlignedVec {
-            lines: vec![Line([0; 64]); Self::lines_for(len)],
+            bytes,
+            offset,
             len,
             _values: PhantomData,
         }
     }
 
-    fn lines_for(len: usize) -> usize {
-        (len * std::mem::size_of::<T>()).div_ceil(64)
-    }
-
     /// Sets the length to `len`, keeping the values below it; new values are zero.
     pub(crate) fn resize(&mut self, len: usize) {
-        let lines = Self::lines_for(len);
-        if lines > self.lines.len() {
-            self.lines.resize(lines, Line([0; 64]));
+        let capacity = (self.bytes.len() - self.offset) / std::mem::size_of::<T>();
+        if len > capacity {
+            // At least doubled, as `Vec` grows: a buffer grown a little at a time is copied
+            // a few times only.
+            let mut grown = Self::zeroed(len.max(2 * capacity));
+            grown.as_mut_slice()[..self.len].copy_from_slice(self.as_slice());
+            grown.len = len;
+            *self = grown;
+            return;
         }
         if len > self.len {
             let old = self.len;
@@ -60,14 +71,21 @@ impl<T: Plain> AlignedVec<T> {
     }
 
     pub(crate) fn as_slice(&self) -> &[T] {
-        // SAFETY: the lines hold at least `len` values' bytes, aligned for any `T` (64 bytes),
-        // every bit pattern is a `T`.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+        // SAFETY: `bytes` holds `len` values' bytes from `offset` on, which is 64-byte aligned
+        // (aligned for any `T`), and every bit pattern is a `T`.
+        unsafe {
+            std::slice::from_raw_parts(self.bytes.as_ptr().add(self.offset) as *const T, self.len)
+        }
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as in `as_slice`, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.bytes.as_mut_ptr().add(self.offset) as *mut T,
+                self.len,
+            )
+        }
     }
 }
 
@@ -103,6 +121,20 @@ mod tests {
             &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
             "regrown values are zero"
         );
+        // Grown past its capacity (a new buffer) and within it, shrunk and regrown.
+        v.resize(0);
+        for len in [1, 17, 100, 4097, 20_000, 50, 3000] {
+            let old = v.len();
+            v.resize(len);
+            assert_eq!(v.as_ptr() as usize % 64, 0);
+            for (i, &x) in v.iter().enumerate() {
+                let want = if i < old { i as u32 + 1 } else { 0 };
+                assert_eq!(x, want, "[{i}] after {old} -> {len}");
+            }
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = i as u32 + 1;
+            }
+        }
         let b = AlignedVec::<i8>::zeroed(65);
         assert_eq!((b.len(), b.as_ptr() as usize % 64), (65, 0));
     }

@@ -109,15 +109,21 @@ impl PackedF32 {
             Columns::Gated => (col + j - lanes < n).then_some(n + col + j - lanes),
         };
         let mut data = vec![0f32; n.div_ceil(panel_cols) * k * nr];
+        let zeros = vec![0f32; k];
         data.par_chunks_mut((k * nr).max(1))
             .enumerate()
             .for_each(|(panel, out)| {
-                for j in 0..nr {
-                    let Some(src) = source(panel * panel_cols, j) else {
-                        continue;
-                    };
-                    for (p, &v) in w[src * k..][..k].iter().enumerate() {
-                        out[p * nr + j] = v;
+                // Written in order, one panel row at a time from the `nr` weight rows read side
+                // by side (column by column, every store went to another cache line).
+                let mut rows: Vec<std::slice::Iter<'_, f32>> = (0..nr)
+                    .map(|j| match source(panel * panel_cols, j) {
+                        Some(src) => w[src * k..][..k].iter(),
+                        None => zeros.iter(),
+                    })
+                    .collect();
+                for out_row in out.chunks_exact_mut(nr) {
+                    for (o, row) in out_row.iter_mut().zip(&mut rows) {
+                        *o = *row.next().expect("k values per row");
                     }
                 }
             });

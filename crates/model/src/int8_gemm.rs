@@ -234,7 +234,7 @@ pub struct PackedI8 {
     /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
     /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes (for [`Int8Kernel::Avx2`],
-    /// each group's 64 bytes as two pairs of input features: see [`pair_layout_offset`]).
+    /// each group's 64 bytes as two pairs of input features: see [`place_panel`]).
     data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
@@ -243,24 +243,19 @@ pub struct PackedI8 {
     column_sums: Vec<i32>,
 }
 
-/// Where weight byte `q_j` at input feature `l` sits in a panel of the AVX2 kernel: per group
-/// of four features, one 32-byte row per pair `(2p, 2p + 1)` holding the pair of each of the
-/// [`NR`] columns, which `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies.
-fn pair_layout_offset(l: usize, j: usize) -> usize {
-    l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2
-}
-
-/// Copies one column's quantized weights `q` into its panel in chunks of `W` input features,
-/// chunk `c` at `offset(c)`, as fixed-size moves (a `memcpy` call per chunk was a tenth of the
-/// packing), then the rest.
-fn place_column<const W: usize>(q: &[i8], panel: &mut [i8], offset: impl Fn(usize) -> usize) {
-    let chunks = q.chunks_exact(W);
-    let rest = chunks.remainder();
-    for (c, chunk) in chunks.enumerate() {
-        panel[offset(c)..][..W].copy_from_slice(chunk);
-    }
-    if !rest.is_empty() {
-        panel[offset(q.len() / W)..][..rest.len()].copy_from_slice(rest);
+/// Lays out a panel's [`NR`] columns of quantized weights `q` (each `width` bytes: four per
+/// group) for `kernel`: per group the four bytes of every column side by side, or for
+/// [`Int8Kernel::Avx2`] per pair of input features the pair of every column (one 32-byte row
+/// that `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies). The panel is written in
+/// order, reading the columns side by side (written column by column, every store went to
+/// another cache line: a sixth of an int8 model's load).
+fn place_panel(kernel: Int8Kernel, q: &[i8], width: usize, panel: &mut [i8]) {
+    let bytes = if kernel == Int8Kernel::Avx2 { 2 } else { 4 };
+    // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · bytes` onwards (the
+    // pair layout puts pair `2g + h` of group `g` at chunk `(2g + h) · NR + j`).
+    for (c, chunk) in panel.chunks_exact_mut(bytes).enumerate() {
+        let (j, at) = (c % NR, c / NR * bytes);
+        chunk.copy_from_slice(&q[j * width + at..][..bytes]);
     }
 }
 
@@ -286,13 +281,16 @@ impl PackedI8 {
         let mut scales = vec![0f32; panels * NR];
         let mut column_sums = vec![0i32; panels * NR];
         let mut data = AlignedVec::<i8>::zeroed(panels * groups * NR * 4);
+        // Each column's bytes, zero past `k` and past `n`.
+        let width = groups * 4;
         data.par_chunks_mut((groups * NR * 4).max(1))
             .zip(scales.par_chunks_mut(NR))
             .zip(column_sums.par_chunks_mut(NR))
             .enumerate()
             .for_each(|(panel, ((out, scales), sums))| {
-                let mut q = vec![0i8; k];
-                for (j, (scale, sum)) in scales.iter_mut().zip(sums).enumerate() {
+                let mut q = vec![0i8; NR * width];
+                let columns = q.chunks_exact_mut(width.max(1));
+                for (j, ((scale, sum), q)) in scales.iter_mut().zip(sums).zip(columns).enumerate() {
                     let row = panel * NR + j;
                     if row >= n {
                         break;
@@ -300,13 +298,9 @@ impl PackedI8 {
                     let src = &w[row * k..(row + 1) * k];
                     let (s, inverse) = scale_of(largest_magnitude(src));
                     *scale = s;
-                    *sum = quantize_weight_row(src, inverse, &mut q);
-                    if kernel == Int8Kernel::Avx2 {
-                        place_column::<2>(&q[..k], out, |p| pair_layout_offset(2 * p, j));
-                    } else {
-                        place_column::<4>(&q[..k], out, |g| g * NR * 4 + j * 4);
-                    }
+                    *sum = quantize_weight_row(src, inverse, &mut q[..k]);
                 }
+                place_panel(kernel, &q, width, out);
             });
         PackedI8 {
             n,
@@ -664,10 +658,41 @@ mod x86 {
 
     use crate::packed_gemm::Tile;
 
-    /// [`super::quantize_weight_row`] compiled for AVX2 (`vroundps` instead of a libm call).
-    #[target_feature(enable = "avx2,fma")]
+    /// [`super::quantize_weight_row_generic`], 32 values at a time (`vcvtps2dq` rounds to nearest
+    /// even as it does; LLVM left its saturating `as i8` scalar, a fifth of an int8 model's load).
+    #[target_feature(enable = "avx2")]
     pub(super) unsafe fn quantize_weight_row(src: &[f32], inverse_scale: f32, q: &mut [i8]) -> i32 {
-        super::quantize_weight_row_generic(src, inverse_scale, q)
+        assert_eq!(src.len(), q.len());
+        if inverse_scale == 0.0 {
+            // An all-zero row, or one with a NaN or an infinity (NaN scale): every byte is 0, as
+            // the generic `as i8` makes of `0 · x`.
+            q.fill(0);
+            return 0;
+        }
+        let inv = _mm256_set1_ps(inverse_scale);
+        let (low, high) = (_mm256_set1_epi32(-127), _mm256_set1_epi32(127));
+        // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut sum = _mm256_setzero_si256();
+        let blocks = src.len() / 32;
+        for i in 0..blocks {
+            let at = src.as_ptr().add(32 * i);
+            let mut rounded = |o: usize| {
+                let v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(at.add(o)), inv));
+                let v = _mm256_min_epi32(_mm256_max_epi32(v, low), high);
+                sum = _mm256_add_epi32(sum, v);
+                v
+            };
+            let lo = _mm256_packs_epi32(rounded(0), rounded(8));
+            let hi = _mm256_packs_epi32(rounded(16), rounded(24));
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
+            _mm256_storeu_si256(q.as_mut_ptr().add(32 * i) as *mut __m256i, bytes);
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, sum);
+        let tail = 32 * blocks;
+        lanes.iter().sum::<i32>()
+            + super::quantize_weight_row_generic(&src[tail..], inverse_scale, &mut q[tail..])
     }
 
     /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (127 /
@@ -747,7 +772,7 @@ mod x86 {
     }
 
     /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
-    /// one panel of `NR` columns in the pair layout ([`super::pair_layout_offset`]), the
+    /// one panel of `NR` columns in the pair layout ([`super::place_panel`]), the
     /// activations as i16: per pair of input features, one broadcast per row and one
     /// `vpmaddwd` per eight columns, summing in i32 over all of k.
     ///
@@ -966,6 +991,77 @@ mod tests {
                     assert!(!largest_magnitude(&y).is_finite(), "{bad} at {at} of {len}");
                     assert!(scale_of(largest_magnitude(&y)).0.is_nan());
                 }
+            }
+        }
+    }
+
+    /// Where weight byte `q_j` at input feature `l` sits in a panel: per group of four features
+    /// the four bytes of each column side by side, or (AVX2) one 32-byte row per pair of
+    /// features holding the pair of each column.
+    fn layout_offset(kernel: Int8Kernel, l: usize, j: usize) -> usize {
+        match kernel {
+            Int8Kernel::Avx2 => l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2,
+            _ => l / 4 * NR * 4 + j * 4 + l % 4,
+        }
+    }
+
+    /// The panel written in order holds every column's byte where each kernel reads it, for
+    /// every kernel (the tiles' too, which this CPU may not run), zeros past `k`.
+    #[test]
+    fn panels_put_every_byte_where_the_kernel_reads_it() {
+        for kernel in [
+            Int8Kernel::Avx2,
+            Int8Kernel::AvxVnni,
+            Int8Kernel::Avx512Vnni,
+            Int8Kernel::Tiles,
+        ] {
+            for (k, groups) in [(1, 1), (6, 2), (8, 2), (13, 16)] {
+                let width = groups * 4;
+                let mut q = vec![0i8; NR * width];
+                for j in 0..NR {
+                    for l in 0..k {
+                        q[j * width + l] = (j * 31 + l * 7 + 1) as i8;
+                    }
+                }
+                let mut panel = vec![-1i8; groups * NR * 4];
+                place_panel(kernel, &q, width, &mut panel);
+                let mut want = vec![0i8; groups * NR * 4];
+                for j in 0..NR {
+                    for l in 0..k {
+                        want[layout_offset(kernel, l, j)] = q[j * width + l];
+                    }
+                }
+                assert_eq!(panel, want, "{kernel:?}, k = {k}, {groups} groups");
+            }
+        }
+    }
+
+    /// The vector rounding of weight rows equals the scalar one byte for byte, sums included:
+    /// whole blocks and tails, ties, a zero row and a row with NaN (inverse scale 0: zeros).
+    #[test]
+    fn weight_rows_round_as_the_scalar_rounding() {
+        for len in [0usize, 5, 32, 33, 768, 1153] {
+            let mut row: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 0.013)
+                .collect();
+            // Ties at inverse 1, in the vector blocks where there are any.
+            for (at, tie) in [(1, 0.5), (2, -2.5), (40, 1.5)] {
+                if at < len {
+                    row[at] = tie;
+                }
+            }
+            let mut with_nan = row.clone();
+            if len > 3 {
+                with_nan[3] = f32::NAN;
+            }
+            let full_scale = QMAX / largest_magnitude(&row).max(1e-30);
+            let cases = [(&row, 0.0), (&row, 0.37), (&row, 1.0), (&row, full_scale)];
+            for (row, inverse) in cases.into_iter().chain([(&with_nan, 0.0)]) {
+                let mut want = vec![9i8; len];
+                let mut got = vec![9i8; len];
+                let sum = quantize_weight_row_generic(row, inverse, &mut want);
+                assert_eq!(quantize_weight_row(row, inverse, &mut got), sum);
+                assert_eq!(got, want, "len {len}, inverse {inverse}");
             }
         }
     }
