@@ -38,7 +38,8 @@ impl<T: Plain> AlignedVec<T> {
     pub(crate) fn zeroed(len: usize) -> Self {
         let size = len * std::mem::size_of::<T>();
         let bytes = vec![0u8; size + LINE - 1];
-        let offset = bytes.as_ptr().align_offset(LINE);
+        // (`align_offset` may answer `usize::MAX`; the address's remainder may not.)
+        let offset = (LINE - bytes.as_ptr() as usize % LINE) % LINE;
         AlignedVec {
             bytes,
             offset,
