@@ -244,19 +244,7 @@ unsafe fn mean_row(rows: &[f32], width: usize, mean: &mut [f32]) {
 unsafe fn round_row(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32) {
     let n = x.len();
     assert!(n.is_multiple_of(16) && shift.is_none_or(|s| s.len() == n));
-    let at = |c: usize| {
-        let v = _mm512_loadu_ps(x.as_ptr().add(c));
-        shift.map_or(v, |s| _mm512_sub_ps(v, _mm512_loadu_ps(s.as_ptr().add(c))))
-    };
-    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for c in (0..n).step_by(16) {
-        let v = at(c);
-        max = _mm512_max_ps(max, _mm512_abs_ps(v));
-        // 0 · v is NaN for an inf or NaN (which `vmaxps` may drop).
-        poison = _mm512_add_ps(poison, _mm512_mul_ps(v, _mm512_setzero_ps()));
-    }
-    let max = _mm512_reduce_max_ps(max);
-    let finite = _mm512_reduce_add_ps(poison) == 0.0;
+    let (max, finite) = magnitude(x, shift);
     if max == 0.0 || !finite {
         // A zero row rounds to zeros; a row with inf or NaN to zeros with a NaN scale, so its
         // scores are NaN as in f32.
@@ -267,11 +255,35 @@ unsafe fn round_row(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32
     let mut sum = _mm512_setzero_si512();
     for c in (0..n).step_by(16) {
         // Rounded to nearest (even on ties); |x| · 127 / max stays within 127 and a rounding.
-        let i = _mm512_cvtps_epi32(_mm512_mul_ps(at(c), factor));
+        let i = _mm512_cvtps_epi32(_mm512_mul_ps(shifted(x, shift, c), factor));
         sum = _mm512_add_epi32(sum, i);
         _mm_storeu_si128(out.add(c).cast(), _mm512_cvtepi32_epi8(i));
     }
     (max / 127.0, _mm512_reduce_add_epi32(sum))
+}
+
+/// `max |x - shift|` (`shift` 0 where `None`; the length a multiple of 16) and whether every
+/// value is finite.
+#[inline(always)]
+unsafe fn magnitude(x: &[f32], shift: Option<&[f32]>) -> (f32, bool) {
+    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for c in (0..x.len()).step_by(16) {
+        let v = shifted(x, shift, c);
+        max = _mm512_max_ps(max, _mm512_abs_ps(v));
+        // 0 · v is NaN for an inf or NaN (which `vmaxps` may drop).
+        poison = _mm512_add_ps(poison, _mm512_mul_ps(v, _mm512_setzero_ps()));
+    }
+    (
+        _mm512_reduce_max_ps(max),
+        _mm512_reduce_add_ps(poison) == 0.0,
+    )
+}
+
+/// `x[c..c + 16] - shift[c..c + 16]` (`shift` 0 where `None`).
+#[inline(always)]
+unsafe fn shifted(x: &[f32], shift: Option<&[f32]>, c: usize) -> __m512 {
+    let v = _mm512_loadu_ps(x.as_ptr().add(c));
+    shift.map_or(v, |s| _mm512_sub_ps(v, _mm512_loadu_ps(s.as_ptr().add(c))))
 }
 
 /// Key `j`'s rounded row, plus 128, into its panel: dimensions `4g..4g + 4` (one 32-bit word)
@@ -405,14 +417,8 @@ const FP16_MAX_VALUE: f32 = 1024.0;
 #[inline(always)]
 unsafe fn to_fp16(v: &[f32], head_dim: usize, v16: &mut Vec<u16>) -> bool {
     assert!(v.len().is_multiple_of(head_dim) && head_dim.is_multiple_of(16));
-    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for c in (0..v.len()).step_by(16) {
-        let x = _mm512_loadu_ps(v.as_ptr().add(c));
-        max = _mm512_max_ps(max, _mm512_abs_ps(x));
-        // 0 · x is NaN for an inf or NaN (which `vmaxps` may drop).
-        poison = _mm512_add_ps(poison, _mm512_mul_ps(x, _mm512_setzero_ps()));
-    }
-    if _mm512_reduce_max_ps(max) > FP16_MAX_VALUE || _mm512_reduce_add_ps(poison) != 0.0 {
+    let (max, finite) = magnitude(v, None);
+    if max > FP16_MAX_VALUE || !finite {
         return false;
     }
     let len = v.len() / head_dim;
@@ -598,16 +604,12 @@ mod tests {
     use super::*;
     use simd::WeightedValues;
 
-    /// Deterministic values in [0, 1).
+    /// Deterministic values in [0, 1): the kernels' shared generator's, moved from [-1, 1)
+    /// (exactly: its values are multiples of 2^-23).
     fn uniform(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
+        crate::packed_gemm::test_support::random(n, seed)
+            .into_iter()
+            .map(|x| (x + 1.0) / 2.0)
             .collect()
     }
 
