@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::batch::PackedBatch;
 use crate::config::AttentionKind;
 use crate::error::Result;
-use crate::layers::with_f32_slice_mut;
+use crate::layers::{reusable_view, with_f32_slice_mut};
 use crate::simd::Cpu;
 
 #[cfg(target_arch = "x86_64")]
@@ -139,9 +139,8 @@ pub(crate) struct RopeTables<'a> {
 /// `heads x head_dim`), RoPE at `batch.position_ids`, its products on `products` (the model's
 /// choice at load); returns `[tokens, hidden]`.
 /// `None` when `qkv` is not a contiguous f32 CPU tensor; the caller then takes the candle path.
-/// The result is written into `buffer` while it holds an f32 tensor of its shape (every value
-/// is overwritten; a fresh 12 MiB output per layer was mapped and zeroed anew), otherwise into
-/// a new one that becomes the buffer.
+/// The result is written into a [`reusable_view`] of `buffer` (every value is overwritten; a
+/// fresh 12 MiB output per layer was mapped and zeroed anew).
 pub(crate) fn attend_qkv(
     qkv: &Tensor,
     rope: &RopeTables<'_>,
@@ -163,6 +162,8 @@ pub(crate) fn attend_qkv(
     if !head_dim.is_multiple_of(2) || rope.cos.len() < batch.max_len() * head_dim / 2 {
         return Ok(None);
     }
+    // Taken before `qkv`'s storage is locked for reading (the view checks it is not `qkv`).
+    let out = reusable_view(buffer, &[t, hidden], &[qkv])?;
     let (storage, layout) = qkv.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
         return Ok(None);
@@ -176,18 +177,8 @@ pub(crate) fn attend_qkv(
         head_dim,
         heads,
     };
-    let attend = |out: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, products, out);
-    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == [t, hidden]) {
-        if with_f32_slice_mut(buf, attend)?.is_some() {
-            return Ok(Some(buf.clone()));
-        }
-    }
-    let mut out = vec![0f32; t * hidden];
-    attend(&mut out);
-    drop(storage);
-    let out = Tensor::from_vec(out, (t, hidden), qkv.device())?;
-    *buffer = Some(out.clone());
-    Ok(Some(out))
+    let attend = |o: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, products, o);
+    Ok(with_f32_slice_mut(&out, attend)?.map(|()| out.clone()))
 }
 
 /// What every task reads.

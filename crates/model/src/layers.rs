@@ -167,18 +167,48 @@ impl Linear {
                 return packed_reusing(weight, bias, x, Some(residual), buffer);
             }
         }
-        let y = self.forward_add(x, residual)?;
-        *buffer = Some(y.clone());
-        Ok(y)
+        self.forward_add(x, residual)
     }
 }
 
 /// Whether `a` and `b` are views of the same storage (a buffer that must not be written while
 /// the other is read).
-fn shares_storage(a: &Tensor, b: &Tensor) -> bool {
+pub(crate) fn shares_storage(a: &Tensor, b: &Tensor) -> bool {
     let (sa, _) = a.storage_and_layout();
     let (sb, _) = b.storage_and_layout();
     std::ptr::eq(&*sa, &*sb)
+}
+
+/// A contiguous f32 CPU tensor of `dims` over the start of `buffer`'s storage, for the caller
+/// to write in full. `buffer` is replaced by fresh zeros (mapped lazily, as written) when it
+/// is not a contiguous f32 CPU tensor, shares storage with one of `reads` (a buffer is never
+/// written while it is read), or holds fewer values: then it grows by a quarter at least,
+/// since a pipeline's batches come in sizes just under its token budget (3,905, then 4,053,
+/// then 4,080 tokens: each would have mapped its buffers anew). The encoder's buffers outlive
+/// its forwards (`encoder::Scratch`), so a batch that fits writes into pages already mapped.
+pub(crate) fn reusable_view(
+    buffer: &mut Option<Tensor>,
+    dims: &[usize],
+    reads: &[&Tensor],
+) -> Result<Tensor> {
+    let len: usize = dims.iter().product();
+    let usable = |b: &&Tensor| {
+        b.dtype() == DType::F32
+            && b.device().is_cpu()
+            && b.is_contiguous()
+            && !reads.iter().any(|r| shares_storage(b, r))
+    };
+    let held = buffer.as_ref().filter(usable).map_or(0, Tensor::elem_count);
+    if held < len {
+        let grown = if held == 0 {
+            len
+        } else {
+            len.max(held + held / 4)
+        };
+        *buffer = Some(Tensor::zeros(grown, DType::F32, &candle_core::Device::Cpu)?);
+    }
+    let all = buffer.as_ref().expect("set above").flatten_all()?;
+    Ok(all.narrow(0, 0, len)?.reshape(dims)?)
 }
 
 /// The MLP's gated input projection (GEGLU): `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, where
@@ -322,8 +352,7 @@ fn load_bias(
 }
 
 /// `x` through a packed f32 weight (plus `residual [.., n]`, added as the product is written),
-/// written into `buffer` when it holds a tensor of the result's shape that shares neither
-/// input's storage (see [`Linear::forward_reusing`]); otherwise the result becomes the buffer.
+/// written into a [`reusable_view`] of `buffer` (see [`Linear::forward_reusing`]).
 fn packed_reusing(
     weight: &dyn PackedGemm,
     bias: Option<&[f32]>,
@@ -331,35 +360,23 @@ fn packed_reusing(
     residual: Option<&Tensor>,
     buffer: &mut Option<Tensor>,
 ) -> Result<Tensor> {
-    let (k, n) = (weight.in_features(), weight.out_features());
-    let out_dims = product_dims(x, n);
+    let out_dims = product_dims(x, weight.out_features());
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     let residual = residual.map(Tensor::contiguous).transpose()?;
-    let reads = |b: &Tensor| {
-        shares_storage(b, &x) || residual.as_ref().is_some_and(|r| shares_storage(b, r))
-    };
-    if let Some(buf) = buffer
-        .as_ref()
-        .filter(|b| b.dims() == out_dims.as_slice() && !reads(b))
-    {
-        let m = x.elem_count() / k.max(1);
-        let written = with_f32_slice(&x, |rows| {
-            with_optional_f32_slice(residual.as_ref(), |res| {
-                with_f32_slice_mut(buf, |out| weight.matmul_add_into(rows, m, bias, res, out))
-            })
-        })?;
-        if let Some(Ok(Some(Ok(Some(()))))) = written {
-            return Ok(buf.clone());
-        }
+    let reads: Vec<&Tensor> = std::iter::once(&x).chain(residual.as_ref()).collect();
+    let out = reusable_view(buffer, &out_dims, &reads)?;
+    let m = x.elem_count() / weight.in_features().max(1);
+    let written = with_f32_slice(&x, |rows| {
+        with_optional_f32_slice(residual.as_ref(), |res| {
+            with_f32_slice_mut(&out, |o| weight.matmul_add_into(rows, m, bias, res, o))
+        })
+    })?;
+    match written {
+        Some(Ok(Some(Ok(Some(()))))) => Ok(out),
+        _ => Err(ModelError::Unsupported(
+            "the packed CPU kernels take CPU f32 activations and residuals".into(),
+        )),
     }
-    let y = with_optional_f32_slice(residual.as_ref(), |res| {
-        on_f32_rows(&x, k, n, |rows, m| weight.matmul_add(rows, m, bias, res))
-    })?
-    .ok_or_else(|| {
-        ModelError::Unsupported("the packed CPU kernels take CPU f32 residuals".into())
-    })??;
-    *buffer = Some(y.clone());
-    Ok(y)
 }
 
 /// The dimensions of `x`'s product with a weight of `n` outputs: `x`'s, the last one `n`.
@@ -391,48 +408,35 @@ fn packed_normalized_reusing(
     let x = x.contiguous()?;
     let (k, n) = (weight.in_features(), weight.out_features());
     let m = x.elem_count() / k.max(1);
-    let out_dims = product_dims(&x, n);
-    if buffer
-        .as_ref()
-        .is_none_or(|b| b.dims() != out_dims.as_slice())
-    {
-        *buffer = Some(Tensor::zeros(out_dims, DType::F32, x.device())?);
-    }
-    let buf = buffer.as_ref().expect("set above");
+    let out = reusable_view(buffer, &product_dims(&x, n), &[&x])?;
     let written = with_f32_slice(&x, |rows| {
-        with_f32_slice_mut(buf, |out| {
-            weight.normalized_into(rows, row_norm, m, bias, out)
-        })
+        with_f32_slice_mut(&out, |o| weight.normalized_into(rows, row_norm, m, bias, o))
     })?;
-    Ok(matches!(written, Some(Ok(Some(())))).then(|| buf.clone()))
+    Ok(matches!(written, Some(Ok(Some(())))).then_some(out))
 }
 
-/// `gelu(wi[:, ..inter]) * wi[:, inter..]`, written into `buffer` when it holds an f32 tensor of
-/// the result's shape from an earlier call (a fresh `[tokens, inter]` output every layer was
-/// mapped and faulted in anew); otherwise the result becomes the buffer.
+/// `gelu(wi[:, ..inter]) * wi[:, inter..]`: for an f32 CPU `wi [tokens, 2 · inter]`, written
+/// into a [`reusable_view`] of `buffer` (a fresh `[tokens, inter]` output every layer was
+/// mapped and faulted in anew); candle's ops for any other.
 fn geglu_reusing(wi: &Tensor, inter: usize, buffer: &mut Option<Tensor>) -> Result<Tensor> {
-    let rows = wi.dims().first().copied().unwrap_or(0);
-    if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == [rows, inter]) {
-        if wi.is_contiguous() {
+    if let (DType::F32, true, true, Ok((rows, cols))) = (
+        wi.dtype(),
+        wi.device().is_cpu(),
+        wi.is_contiguous(),
+        wi.dims2(),
+    ) {
+        if cols == 2 * inter {
+            let out = reusable_view(buffer, &[rows, inter], &[wi])?;
             let written = with_f32_slice(wi, |src| {
-                with_f32_slice_mut(buf, |dst| crate::fused::gelu_gate_slices(src, inter, dst))
+                with_f32_slice_mut(&out, |dst| crate::fused::gelu_gate_slices(src, inter, dst))
             })?;
             if let Some(Ok(Some(()))) = written {
-                return Ok(buf.clone());
+                return Ok(out);
             }
         }
     }
-    let y = match crate::fused::gelu_gate(wi, inter)? {
-        Some(y) => y,
-        None => {
-            let (input, gate) = (wi.narrow(1, 0, inter)?, wi.narrow(1, inter, inter)?);
-            (input.gelu_erf()? * gate)?
-        }
-    };
-    if y.dtype() == DType::F32 && y.device().is_cpu() {
-        *buffer = Some(y.clone());
-    }
-    Ok(y)
+    let (input, gate) = (wi.narrow(1, 0, inter)?, wi.narrow(1, inter, inter)?);
+    Ok((input.gelu_erf()? * gate)?)
 }
 
 /// `f` on the elements of a contiguous f32 CPU tensor, mutably (candle's in-place op); `None`
@@ -580,25 +584,14 @@ impl LayerNorm {
         let x = x.contiguous()?;
         if let (Some(params), DType::F32, true) = (&self.cpu_f32, x.dtype(), x.device().is_cpu()) {
             let params = (params.0.as_slice(), params.1.as_slice());
-            if let Some(buf) = buffer.as_ref().filter(|b| b.dims() == x.dims()) {
-                let written = with_f32_slice(&x, |src| {
-                    with_f32_slice_mut(buf, |dst| {
-                        crate::fused::layer_norm_slices(src, params, self.eps, dst)
-                    })
-                })?;
-                if let Some(Ok(Some(()))) = written {
-                    return Ok(buf.clone());
-                }
-            }
-            let normed = with_f32_slice(&x, |src| {
-                let mut dst = vec![0f32; src.len()];
-                crate::fused::layer_norm_slices(src, params, self.eps, &mut dst);
-                dst
+            let out = reusable_view(buffer, x.dims(), &[&x])?;
+            let written = with_f32_slice(&x, |src| {
+                with_f32_slice_mut(&out, |dst| {
+                    crate::fused::layer_norm_slices(src, params, self.eps, dst)
+                })
             })?;
-            if let Some(normed) = normed {
-                let y = Tensor::from_vec(normed, x.dims(), x.device())?;
-                *buffer = Some(y.clone());
-                return Ok(y);
+            if let Some(Ok(Some(()))) = written {
+                return Ok(out);
             }
         }
         Ok(candle_nn::ops::layer_norm(
@@ -616,8 +609,9 @@ mod tests {
     use candle_core::Device;
 
     /// `forward_add_reusing` writes what `forward_add` computes, into the buffer when it can
-    /// (the result then shares the buffer's storage), and into a fresh tensor when the buffer
-    /// has another shape or is the residual itself (no write while the residual is read).
+    /// (the result then shares the buffer's storage, a larger buffer's included), and into a
+    /// fresh buffer when it is smaller or is the residual itself (no write while the residual
+    /// is read).
     #[test]
     fn residual_products_reuse_a_buffer_only_where_it_is_safe() {
         let (n, k, m) = (24, 40, 7);
@@ -644,17 +638,31 @@ mod tests {
 
         let (got, buffer) = run(r(&[m, n]));
         assert!(shares_storage(&got, &buffer), "written into the buffer");
-        let (got, buffer) = run(r(&[m + 1, n]));
+        let larger = r(&[m + 1, n]);
+        let (got, buffer) = run(larger.clone());
+        assert!(
+            shares_storage(&got, &larger) && shares_storage(&buffer, &larger),
+            "written into the start of a larger buffer, which stays"
+        );
+        let (got, buffer) = run(r(&[m - 1, n]));
         assert!(
             shares_storage(&got, &buffer),
-            "the result became the buffer"
+            "a smaller buffer is replaced by one the result is written into"
         );
-        assert_eq!(buffer.dims(), [m, n]);
+        let held = (m - 1) * n;
+        assert_eq!(buffer.elem_count(), held + held / 4, "grown by a quarter");
+        let (got, buffer) = run(r(&[m - 2, n + 1]));
+        assert!(shares_storage(&got, &buffer));
+        assert_eq!(
+            buffer.elem_count(),
+            m * n,
+            "the result's size: over a quarter more"
+        );
         let before = residual.to_vec2::<f32>().unwrap();
-        let (got, _) = run(residual.clone());
+        let (got, buffer) = run(residual.clone());
         assert!(
-            !shares_storage(&got, &residual),
-            "a new tensor, not the residual"
+            !shares_storage(&got, &residual) && !shares_storage(&buffer, &residual),
+            "a new buffer, not the residual"
         );
         assert_eq!(
             residual.to_vec2::<f32>().unwrap(),
