@@ -119,7 +119,7 @@ fn run_packed<T: Clone>(
     let max_length = args
         .max_length
         .unwrap_or(loaded.model.config().max_position_embeddings);
-    let encoder = TextEncoder::new(loaded.tokenizer.clone(), max_length)
+    let encoder = TextEncoder::new(Arc::clone(&loaded.tokenizer), max_length)
         .map_err(|e| UsageError(format!("--max-length: {e}")))?;
     let refs: Vec<Option<&str>> = texts.iter().map(|t| t.as_deref()).collect();
     let encoded: Vec<_> = encoder

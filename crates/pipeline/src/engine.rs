@@ -1,5 +1,7 @@
 //! A model ready for work: weights on a device, its tokenizer, and where it came from.
 
+use std::sync::Arc;
+
 use mbpipe_model::{
     load_tokenizer, Device, DeviceSpec, ModelFiles, ModelRef, ModernBert, Precision, Tokenizer,
 };
@@ -10,8 +12,8 @@ use crate::error::PipelineError;
 pub struct LoadedModel {
     /// The network.
     pub model: ModernBert,
-    /// Its tokenizer (padding and truncation off).
-    pub tokenizer: Tokenizer,
+    /// Its tokenizer (padding and truncation off), shared by the model's text encoders.
+    pub tokenizer: Arc<Tokenizer>,
     /// Resolved files (for sentence-transformers settings and manifests).
     pub files: ModelFiles,
     /// The reference as the user wrote it.
@@ -46,7 +48,7 @@ impl LoadedModel {
         let (model, tokenizer) = (model?, tokenizer?);
         Ok(LoadedModel {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             files,
             reference,
         })

@@ -156,7 +156,7 @@ pub struct EnrichOptions {
 pub struct Enricher {
     pipeline: Pipeline,
     tasks: Arc<Vec<BoundTask>>,
-    tokenizers: Vec<Tokenizer>,
+    tokenizers: Vec<Arc<Tokenizer>>,
     groups: Vec<EncodeGroup>,
     pool: WorkerPool,
     /// Each model's token budget of one packed batch.
@@ -314,7 +314,7 @@ impl Enricher {
 pub(crate) struct BoundTasks {
     pub(crate) tasks: Vec<BoundTask>,
     /// Each model's tokenizer, in model order.
-    pub(crate) tokenizers: Vec<Tokenizer>,
+    pub(crate) tokenizers: Vec<Arc<Tokenizer>>,
     groups: Vec<EncodeGroup>,
 }
 
@@ -331,7 +331,7 @@ pub(crate) fn bind_tasks(
         .zip(&resolved.task_model)
         .map(|(spec, &m)| BoundTask::bind(spec, m, &models[m]))
         .collect::<Result<_, _>>()?;
-    let tokenizers: Vec<Tokenizer> = models.iter().map(|m| m.tokenizer.clone()).collect();
+    let tokenizers: Vec<Arc<Tokenizer>> = models.iter().map(|m| Arc::clone(&m.tokenizer)).collect();
     let groups = encode_groups(&tasks, &tokenizers)?;
     Ok(BoundTasks {
         tasks,
@@ -346,7 +346,7 @@ pub(crate) fn bind_tasks(
 pub(crate) fn row_shape(
     pipeline: &Pipeline,
     tasks: &[BoundTask],
-    tokenizers: &[Tokenizer],
+    tokenizers: &[Arc<Tokenizer>],
     query: Option<InputQuery>,
     row_schema: &SchemaRef,
 ) -> Result<RowShape, PipelineError> {
@@ -390,7 +390,7 @@ pub(crate) struct EncodeGroup {
 
 pub(crate) fn encode_groups(
     tasks: &[BoundTask],
-    tokenizers: &[Tokenizer],
+    tokenizers: &[Arc<Tokenizer>],
 ) -> Result<Vec<EncodeGroup>, PipelineError> {
     let mut groups: Vec<EncodeGroup> = Vec::new();
     let mut members: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -405,7 +405,7 @@ pub(crate) fn encode_groups(
                 groups.push(EncodeGroup {
                     model: t.model,
                     variant,
-                    encoder: TextEncoder::new(tokenizers[t.model].clone(), t.max_length)?,
+                    encoder: TextEncoder::new(Arc::clone(&tokenizers[t.model]), t.max_length)?,
                     tasks: Arc::new(Vec::new()),
                 });
                 groups.len() - 1
@@ -420,7 +420,7 @@ pub(crate) fn encode_groups(
 }
 
 /// Column fields of every task, from a zero-row build (names and types only).
-pub(crate) fn empty_task_columns(tasks: &[BoundTask], tokenizers: &[Tokenizer]) -> Vec<Field> {
+pub(crate) fn empty_task_columns(tasks: &[BoundTask], tokenizers: &[Arc<Tokenizer>]) -> Vec<Field> {
     tasks
         .iter()
         .flat_map(|t| {
@@ -681,5 +681,38 @@ mod tests {
             resolved.batch_tokens(Some(300), &cpu, Precision::F32),
             [300, 300]
         );
+    }
+
+    /// A model's text encoders all read its one tokenizer: a copy of ModernBERT's (its
+    /// vocabulary and merges) took tens of milliseconds of every start, three times.
+    #[test]
+    fn encoders_share_their_models_tokenizer() {
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample_data/models/moderation");
+        let task = |name: &str, extra: &str| {
+            format!(
+                "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\n{extra}\n",
+                model.display()
+            )
+        };
+        let text = format!(
+            "[input]\npath = \"x.jsonl\"\n[output]\npath = \"out\"\n{}{}",
+            task("a", ""),
+            task("b", "max_length = 64")
+        );
+        let pipeline = Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap();
+        let resolved = ResolvedModels::resolve(&pipeline).unwrap();
+        let loaded = LoadedModel::load(
+            &model.display().to_string(),
+            None,
+            DeviceSpec::Cpu,
+            Precision::F32,
+        )
+        .unwrap();
+        let bound = bind_tasks(&pipeline, &resolved, std::slice::from_ref(&loaded)).unwrap();
+        let shared = |t: &Tokenizer| std::ptr::eq(t, &*loaded.tokenizer);
+        assert_eq!(bound.groups.len(), 2, "one encoder per length limit");
+        assert!(bound.groups.iter().all(|g| shared(g.encoder.tokenizer())));
+        assert!(bound.tokenizers.iter().all(|t| shared(t)));
     }
 }

@@ -1,5 +1,7 @@
 //! Tasks bound to their loaded models, and what one packed batch yields for each of them.
 
+use std::sync::Arc;
+
 use mbpipe_model::{scores_from_logits, PackedBatch, Pooling, ProblemType, Tensor};
 use mbpipe_text::TextEncoder;
 pub use mbpipe_text::{InputVariant, RowInput};
@@ -94,8 +96,8 @@ impl BoundTask {
             )));
         }
         // A limit with no room for text fails here, at `validate`, not at the first row.
-        let encoder =
-            TextEncoder::new(m.tokenizer.clone(), max_length).map_err(|e| fail(e.to_string()))?;
+        let encoder = TextEncoder::new(Arc::clone(&m.tokenizer), max_length)
+            .map_err(|e| fail(e.to_string()))?;
         let weights_for = |weights: &Option<Vec<(String, f64)>>,
                            labels: &[String]|
          -> Result<Option<Vec<f64>>, PipelineError> {
