@@ -631,24 +631,28 @@ mod tests {
     use crate::config::PipelineFile;
     use crate::{DEFAULT_AMX_MAX_BATCH_TOKENS, DEFAULT_MAX_BATCH_TOKENS};
 
+    /// The sample moderation model's folder.
+    fn moderation() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample_data/models/moderation")
+    }
+
+    /// A pipeline of classify tasks on the sample moderation model: each `(name, extra TOML
+    /// lines)`.
+    fn moderation_pipeline(tasks: &[(&str, &str)]) -> Pipeline {
+        let mut text = "[input]\npath = \"x.jsonl\"\n[output]\npath = \"out\"\n".to_string();
+        for (name, extra) in tasks {
+            text += &format!(
+                "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\n{extra}\n",
+                moderation().display()
+            );
+        }
+        Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap()
+    }
+
     #[test]
     fn tasks_share_a_model_only_at_the_same_quantize_and_each_model_packs_its_own_batches() {
-        let model =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample_data/models/moderation");
-        let task = |name: &str, extra: &str| {
-            format!(
-                "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\n{extra}\n",
-                model.display()
-            )
-        };
-        let text = format!(
-            "[input]\npath = \"x.jsonl\"\n[output]\npath = \"out\"\n{}{}{}{}",
-            task("a", ""),
-            task("b", "quantize = \"int8\""),
-            task("c", ""),
-            task("d", "quantize = \"int8\"")
-        );
-        let pipeline = Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap();
+        let int8 = "quantize = \"int8\"";
+        let pipeline = moderation_pipeline(&[("a", ""), ("b", int8), ("c", ""), ("d", int8)]);
         let resolved = ResolvedModels::resolve(&pipeline).unwrap();
         assert_eq!(resolved.task_model, [0, 1, 0, 1]);
         assert_eq!(resolved.models.len(), 2);
@@ -687,23 +691,10 @@ mod tests {
     /// vocabulary and merges) took tens of milliseconds of every start, three times.
     #[test]
     fn encoders_share_their_models_tokenizer() {
-        let model =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sample_data/models/moderation");
-        let task = |name: &str, extra: &str| {
-            format!(
-                "[[tasks]]\nname = \"{name}\"\nkind = \"classify\"\nmodel = \"{}\"\n{extra}\n",
-                model.display()
-            )
-        };
-        let text = format!(
-            "[input]\npath = \"x.jsonl\"\n[output]\npath = \"out\"\n{}{}",
-            task("a", ""),
-            task("b", "max_length = 64")
-        );
-        let pipeline = Pipeline::from_file(PipelineFile::parse(&text).unwrap(), text).unwrap();
+        let pipeline = moderation_pipeline(&[("a", ""), ("b", "max_length = 64")]);
         let resolved = ResolvedModels::resolve(&pipeline).unwrap();
         let loaded = LoadedModel::load(
-            &model.display().to_string(),
+            &moderation().display().to_string(),
             None,
             DeviceSpec::Cpu,
             Precision::F32,
