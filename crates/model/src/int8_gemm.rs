@@ -270,7 +270,7 @@ fn place_panel(kernel: Int8Kernel, q: &[i8], width: usize, panel: &mut [i8]) {
 }
 
 /// [`place_panel`] in chunks of `BYTES`, a constant so that each copy is one move (a length
-/// known only at run time made each a call to `memcpy`: 15% of an int8 model's load).
+/// known only at run time made each a call to `memcpy`: 15% of a one-text int8 run).
 fn place_chunks<const BYTES: usize>(q: &[i8], width: usize, panel: &mut [i8]) {
     // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · BYTES` onwards (the
     // pair layout puts pair `2g + h` of group `g` at chunk `(2g + h) · NR + j`).
