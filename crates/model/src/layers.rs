@@ -211,6 +211,20 @@ pub(crate) fn reusable_view(
     Ok(all.narrow(0, 0, len)?.reshape(dims)?)
 }
 
+/// `write(x, out)` for a pass that reads `x` (a contiguous f32 CPU tensor, which the caller
+/// checked) and sets every value of `out`, a [`reusable_view`] of `buffer` shaped `dims`;
+/// `None` where `x`'s values cannot be read as f32.
+fn written_into(
+    buffer: &mut Option<Tensor>,
+    dims: &[usize],
+    x: &Tensor,
+    write: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<Option<Tensor>> {
+    let out = reusable_view(buffer, dims, &[x])?;
+    let written = with_f32_slice(x, |src| with_f32_slice_mut(&out, |dst| write(src, dst)))?;
+    Ok(matches!(written, Some(Ok(Some(())))).then_some(out))
+}
+
 /// The MLP's gated input projection (GEGLU): `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, where
 /// the checkpoint's `Wi` `[2 · inter, hidden]` is `W_in` over `W_gate`; `[.., inter]` out.
 pub(crate) enum GatedLinear {
@@ -408,11 +422,9 @@ fn packed_normalized_reusing(
     let x = x.contiguous()?;
     let (k, n) = (weight.in_features(), weight.out_features());
     let m = x.elem_count() / k.max(1);
-    let out = reusable_view(buffer, &product_dims(&x, n), &[&x])?;
-    let written = with_f32_slice(&x, |rows| {
-        with_f32_slice_mut(&out, |o| weight.normalized_into(rows, row_norm, m, bias, o))
-    })?;
-    Ok(matches!(written, Some(Ok(Some(())))).then_some(out))
+    written_into(buffer, &product_dims(&x, n), &x, |rows, o| {
+        weight.normalized_into(rows, row_norm, m, bias, o)
+    })
 }
 
 /// `gelu(wi[:, ..inter]) * wi[:, inter..]`: for an f32 CPU `wi [tokens, 2 · inter]`, written
@@ -426,12 +438,11 @@ fn geglu_reusing(wi: &Tensor, inter: usize, buffer: &mut Option<Tensor>) -> Resu
         wi.dims2(),
     ) {
         if cols == 2 * inter {
-            let out = reusable_view(buffer, &[rows, inter], &[wi])?;
-            let written = with_f32_slice(wi, |src| {
-                with_f32_slice_mut(&out, |dst| crate::fused::gelu_gate_slices(src, inter, dst))
+            let gated = written_into(buffer, &[rows, inter], wi, |src, dst| {
+                crate::fused::gelu_gate_slices(src, inter, dst)
             })?;
-            if let Some(Ok(Some(()))) = written {
-                return Ok(out);
+            if let Some(y) = gated {
+                return Ok(y);
             }
         }
     }
@@ -584,14 +595,11 @@ impl LayerNorm {
         let x = x.contiguous()?;
         if let (Some(params), DType::F32, true) = (&self.cpu_f32, x.dtype(), x.device().is_cpu()) {
             let params = (params.0.as_slice(), params.1.as_slice());
-            let out = reusable_view(buffer, x.dims(), &[&x])?;
-            let written = with_f32_slice(&x, |src| {
-                with_f32_slice_mut(&out, |dst| {
-                    crate::fused::layer_norm_slices(src, params, self.eps, dst)
-                })
+            let normed = written_into(buffer, x.dims(), &x, |src, dst| {
+                crate::fused::layer_norm_slices(src, params, self.eps, dst)
             })?;
-            if let Some(Ok(Some(()))) = written {
-                return Ok(out);
+            if let Some(y) = normed {
+                return Ok(y);
             }
         }
         Ok(candle_nn::ops::layer_norm(
