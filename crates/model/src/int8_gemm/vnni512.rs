@@ -1,14 +1,14 @@
 //! The int8 product on 512-bit VNNI (`vpdpbusd` on zmm: Ice Lake, Cascade Lake, Zen 4/5, and
 //! Xeons with AMX when the tiles are off).
 //!
-//! AVX-512 has no byte sign instruction (`vpsignb`), so instead of the AVX-VNNI kernel's sign trick
-//! the activations go in unsigned, offset by 128 (`p + 128`, a flip of the byte's top bit, written
-//! so by the quantization), and the offset comes back off exactly: `Σ (p + 128) · q = Σ p · q +
-//! 128 · Σ q`, with `Σ q` per column summed at load. One 16-lane vector covers a panel of [`NR`]
-//! = 16 columns; a group of four inputs costs one broadcast per row and one `vpdpbusd` per row
-//! and panel. The sums are the other
-//! kernels' exactly (|Σ (p + 128) · q| ≤ 255 · 127 · k < 2³¹ for k < 66,000), and the epilogue
-//! does their f32 operations in the same order, so the outputs are the same bit for bit.
+//! As in the AVX-VNNI kernel, the activations go in unsigned, offset by 128 (`p + 128`, a flip
+//! of the byte's top bit, written so by the quantization), and the offset comes back off
+//! exactly: `Σ (p + 128) · q = Σ p · q + 128 · Σ q`, with `Σ q` per column summed at load. One
+//! 16-lane vector covers a panel of [`NR`] = 16 columns; a group of four inputs costs one
+//! broadcast per row and one `vpdpbusd` per row and panel. The sums are the other kernels'
+//! exactly (`vpdpbusd` and the subtraction wrap modulo 2³², so the difference is exact wherever
+//! `Σ p · q` itself fits in i32: k < 133,000), and the epilogue does their f32 operations in the
+//! same order, so the outputs are the same bit for bit.
 
 use super::{PackedI8, QuantizedRows, NR};
 use crate::packed_gemm::BlockOut;
