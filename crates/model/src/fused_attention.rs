@@ -38,11 +38,13 @@ pub(crate) enum AttentionProducts {
     /// The same bf16 products in the same layouts on AVX512-BF16's `vdpbf16ps` (CPUs whose
     /// linear layers run on it, Zen 4/5); heads as for the tiles.
     Bf16Dot,
-    /// QKᵀ in int8 on AVX512-VNNI's `vpdpbusd` (Q per row, K per key about the head's mean
-    /// key), softmax in f32, PV in fp16 where the CPU has AVX512-FP16 and in f32 otherwise
-    /// (`--dtype int8` on 512-bit VNNI where `vdpbf16ps` does not pay); heads whose size is not
-    /// a multiple of 64 take the AVX-512 f32 kernels.
-    Int8Dot,
+    /// QKᵀ in int8 on `vpdpbusd` (Q per row, K per key about the head's mean key), softmax in
+    /// f32, everything around the products on this vector ISA: [`Cpu::Avx512`] with
+    /// AVX512-VNNI (`--dtype int8` on 512-bit VNNI where `vdpbf16ps` does not pay; PV in fp16
+    /// where the CPU has AVX512-FP16, else f32), [`Cpu::Avx2`] with AVX-VNNI (`--dtype int8`
+    /// on CPUs with AVX-VNNI but no AVX-512; PV in f32); heads whose size is not a multiple of
+    /// 64 take the f32 kernels of the same ISA.
+    Int8Dot(Cpu),
 }
 
 /// Whether the bf16 products (tiles or `vdpbf16ps`, in the tiles' layouts) take heads of
@@ -59,8 +61,8 @@ impl AttentionProducts {
             AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot if !tiles_take(head_dim) => {
                 AttentionProducts::F32(Cpu::Avx512)
             }
-            AttentionProducts::Int8Dot if !head_dim.is_multiple_of(64) => {
-                AttentionProducts::F32(Cpu::Avx512)
+            AttentionProducts::Int8Dot(isa) if !head_dim.is_multiple_of(64) => {
+                AttentionProducts::F32(isa)
             }
             other => other,
         }
@@ -77,23 +79,29 @@ impl AttentionProducts {
     /// The vector ISA of everything around the products.
     fn vector_isa(self) -> Cpu {
         match self {
-            AttentionProducts::F32(isa) => isa,
-            AttentionProducts::Bf16Tiles
-            | AttentionProducts::Bf16Dot
-            | AttentionProducts::Int8Dot => Cpu::Avx512,
+            AttentionProducts::F32(isa) | AttentionProducts::Int8Dot(isa) => isa,
+            AttentionProducts::Bf16Tiles | AttentionProducts::Bf16Dot => Cpu::Avx512,
         }
     }
 }
 
-/// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]): what the 512-bit VNNI
-/// linear layers need (AVX-512 F, BW and VNNI), and FMA for the rest of the attention.
-pub(crate) fn int8_dot_available() -> bool {
+/// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]) on `isa`'s vectors:
+/// on [`Cpu::Avx512`] what the 512-bit VNNI linear layers need (AVX-512 F, BW and VNNI), on
+/// [`Cpu::Avx2`] AVX-VNNI's own (VEX) `vpdpbusd`; and FMA for the rest of the attention.
+pub(crate) fn int8_dot_available(isa: Cpu) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::int8_gemm::Int8Kernel::Avx512Vnni.available() && is_x86_feature_detected!("fma")
+        use crate::int8_gemm::Int8Kernel;
+        let products = match isa {
+            Cpu::Avx512 => Int8Kernel::Avx512Vnni.available(),
+            Cpu::Avx2 => Int8Kernel::Avx2.available() && is_x86_feature_detected!("avxvnni"),
+            Cpu::Other => false,
+        };
+        products && is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = isa;
         false
     }
 }
@@ -350,11 +358,11 @@ impl HeadTask {
             });
         }
         #[cfg(target_arch = "x86_64")]
-        if inputs.products == AttentionProducts::Int8Dot
+        if matches!(inputs.products, AttentionProducts::Int8Dot(_))
             && shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP)
         {
-            // SAFETY: as below; AVX512-VNNI where the model chose these products (its load
-            // checked).
+            // SAFETY: as below; VNNI of the products' width where the model chose them (its
+            // load checked).
             return crate::packed_gemm::with_thread_buffer(&INT8_SCRATCH, |scratch| unsafe {
                 int8::run(self, inputs, dst, (kind, shape), scratch)
             });
@@ -1340,8 +1348,8 @@ mod tests {
             .unwrap()
     }
 
-    /// QKᵀ in int8 ([`AttentionProducts::Int8Dot`]) against the f32 attention, global and
-    /// local, on the sequence lengths above: within 2.5% (the RMS of the difference over the
+    /// QKᵀ in int8 ([`AttentionProducts::Int8Dot`], on each width this CPU runs) against the f32
+    /// attention, global and local, on the sequence lengths above: within 2.5% (the RMS of the difference over the
     /// RMS of the output; 1.2-1.8% measured on these inputs, whose scores spread widely, std 4),
     /// the output written into a buffer of NaNs. Again with a bias shared by every key (8, four
     /// times the keys' spread, on the dimensions RoPE hardly turns), which would otherwise set
@@ -1349,10 +1357,31 @@ mod tests {
     /// are, 2.1-3.0%).
     #[test]
     fn int8_query_key_products_stay_close_to_f32() {
-        if !int8_dot_available() {
-            eprintln!("SKIPPED: the int8 QKᵀ needs AVX-512 F, BW and VNNI; this CPU lacks one");
+        let widths = int8_widths();
+        if widths.is_empty() {
+            eprintln!("SKIPPED: the int8 QKᵀ needs AVX512-VNNI or AVX-VNNI; this CPU has neither");
             return;
         }
+        for isa in widths {
+            int8_query_key_products_stay_close_to_f32_on(isa);
+        }
+    }
+
+    /// The vector widths whose int8 QKᵀ this CPU runs (each missing one said on stderr).
+    fn int8_widths() -> Vec<Cpu> {
+        [Cpu::Avx512, Cpu::Avx2]
+            .into_iter()
+            .filter(|&isa| {
+                let runs = int8_dot_available(isa);
+                if !runs {
+                    eprintln!("SKIPPED (part): the int8 QKᵀ on {isa:?}: this CPU lacks its VNNI");
+                }
+                runs
+            })
+            .collect()
+    }
+
+    fn int8_query_key_products_stay_close_to_f32_on(isa: Cpu) {
         let dev = Device::Cpu;
         let (heads, head_dim) = (2, 64);
         let hidden = heads * head_dim;
@@ -1387,7 +1416,7 @@ mod tests {
                 let exact = candle_attention((&q, &k, &v), &batch, kind);
                 let nans = Tensor::full(f32::NAN, (t, hidden), &dev).unwrap();
                 let mut buffer = Some(nans.clone());
-                let products = AttentionProducts::Int8Dot;
+                let products = AttentionProducts::Int8Dot(isa);
                 let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut buffer)
                     .unwrap()
                     .unwrap();
@@ -1395,10 +1424,12 @@ mod tests {
                 let values = fused.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 assert!(values.iter().all(|v| v.is_finite()), "a NaN was left");
                 let error = rms(&(&fused - &exact).unwrap()) / rms(&exact);
-                eprintln!("int8 QKᵀ, key bias {bias}, {kind:?}: relative RMS error {error:.4}");
+                eprintln!(
+                    "int8 QKᵀ on {isa:?}, key bias {bias}, {kind:?}: relative RMS error {error:.4}"
+                );
                 assert!(
                     error < 0.025,
-                    "key bias {bias}, {kind:?}: relative error {error}"
+                    "{isa:?}, key bias {bias}, {kind:?}: relative error {error}"
                 );
             }
         }
@@ -1420,7 +1451,7 @@ mod tests {
                     rows.iter().map(|r| r.iter().any(|v| v.is_nan())).collect()
                 };
                 let exact = nan_rows(&candle_attention((&q, &k, &v), &batch, kind));
-                let products = AttentionProducts::Int8Dot;
+                let products = AttentionProducts::Int8Dot(isa);
                 let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None);
                 let fused = nan_rows(&fused.unwrap().unwrap());
                 assert!(
@@ -1428,9 +1459,10 @@ mod tests {
                     "column {column}, {kind:?}: f32 leaves the token NaN"
                 );
                 if only_its_rows {
-                    assert_eq!(fused, exact, "column {column}, {kind:?}");
+                    assert_eq!(fused, exact, "{isa:?}, column {column}, {kind:?}");
                 } else {
-                    assert!(exact.iter().zip(&fused).all(|(&e, &f)| f || !e), "{kind:?}");
+                    let covered = exact.iter().zip(&fused).all(|(&e, &f)| f || !e);
+                    assert!(covered, "{isa:?}, {kind:?}");
                 }
             }
         }
@@ -1519,15 +1551,15 @@ mod tests {
                 );
             }
         }
-        if int8_dot_available() {
-            // Heads of other sizes take the AVX-512 f32 kernels.
-            let products = AttentionProducts::Int8Dot.for_heads(head_dim);
+        for isa in int8_widths() {
+            // Heads of other sizes take the f32 kernels of the same width.
+            let products = AttentionProducts::Int8Dot(isa).for_heads(head_dim);
             let kind = AttentionKind::Global;
             let fused = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
                 .unwrap()
                 .unwrap();
             if !head_dim.is_multiple_of(64) {
-                assert_eq!(products, AttentionProducts::F32(Cpu::Avx512));
+                assert_eq!(products, AttentionProducts::F32(isa));
                 let exact = candle_attention((&qc, &kc, &vc), &batch, kind);
                 assert!(max_abs(&(&fused - &exact).unwrap()) < 4e-6 * max_abs(&exact).max(1.0));
             }

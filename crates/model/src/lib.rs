@@ -99,8 +99,8 @@ pub mod internals {
             AttentionProducts::Bf16Tiles
         } else if bf16 && dot_available() {
             AttentionProducts::Bf16Dot
-        } else if products == Products::Int8 && int8_dot_available() {
-            AttentionProducts::Int8Dot
+        } else if products == Products::Int8 && int8_dot_available(crate::simd::cpu()) {
+            AttentionProducts::Int8Dot(crate::simd::cpu())
         } else {
             AttentionProducts::F32(crate::simd::cpu())
         };

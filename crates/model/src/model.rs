@@ -13,6 +13,7 @@ use crate::int8_gemm::Int8Kernel;
 use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
 use crate::overrides::{CpuKernels, Overrides};
+use crate::simd::Cpu;
 use crate::weights::{WeightPrecision, Weights};
 use crate::Precision;
 
@@ -409,10 +410,12 @@ impl ModernBert {
         let attention = match self.encoder.attention_products() {
             Some(AttentionProducts::Bf16Tiles) => ", the attention's products in bf16 on AMX tiles",
             Some(AttentionProducts::Bf16Dot) => ", the attention's products in bf16 on vdpbf16ps",
-            Some(AttentionProducts::Int8Dot) if crate::fused_attention::int8_values_in_fp16() => {
+            Some(AttentionProducts::Int8Dot(Cpu::Avx512))
+                if crate::fused_attention::int8_values_in_fp16() =>
+            {
                 ", the attention's QKᵀ in int8 on VNNI and PV in fp16"
             }
-            Some(AttentionProducts::Int8Dot) => ", the attention's QKᵀ in int8 on VNNI",
+            Some(AttentionProducts::Int8Dot(_)) => ", the attention's QKᵀ in int8 on VNNI",
             _ => "",
         };
         format!("{}{bf16}{attention}", self.cpu_kernels)

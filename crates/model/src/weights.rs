@@ -106,8 +106,9 @@ impl Weights {
     /// tiles where they run on tiles (`--dtype bf16` on AMX-BF16, `--dtype int8` on AMX-INT8
     /// where the CPU also has AMX-BF16), `vdpbf16ps` where bf16 runs on it (`--dtype bf16`, and
     /// `--dtype int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA, as on Zen 4/5);
-    /// `QKᵀ` in int8 for `--dtype int8` on 512-bit VNNI otherwise (unless
-    /// `MBPIPE_INT8_ATTENTION=0`); f32 on the vector units otherwise; for heads of `head_dim`
+    /// `QKᵀ` in int8 for `--dtype int8` on VNNI otherwise (512-bit, or AVX-VNNI's 256-bit where
+    /// the linear layers run on it; unless `MBPIPE_INT8_ATTENTION=0`); f32 on the vector units
+    /// otherwise; for heads of `head_dim`
     /// (see [`AttentionProducts::for_heads`]).
     pub(crate) fn attention_products(&self, head_dim: usize) -> Option<AttentionProducts> {
         use crate::int8_gemm::Int8Kernel;
@@ -131,13 +132,20 @@ impl Weights {
             }
             _ => None,
         };
-        // Elsewhere on 512-bit VNNI, QKᵀ in int8 (an Intel Xeon without tiles: `vdpbf16ps` at
-        // half the FMA's rate there).
-        let int8 = (bf16.is_none()
-            && self.weight_precision == WeightPrecision::Int8(Int8Kernel::Avx512Vnni)
-            && isa == crate::simd::Cpu::Avx512
-            && crate::fused_attention::int8_dot_available())
-        .then_some(AttentionProducts::Int8Dot);
+        // Elsewhere on VNNI, QKᵀ in int8: 512-bit on an Intel Xeon without tiles (`vdpbf16ps`
+        // at half the FMA's rate there), 256-bit on CPUs with AVX-VNNI but no AVX-512.
+        let vnni = matches!(
+            (self.weight_precision, isa),
+            (
+                WeightPrecision::Int8(Int8Kernel::Avx512Vnni),
+                crate::simd::Cpu::Avx512
+            ) | (
+                WeightPrecision::Int8(Int8Kernel::AvxVnni),
+                crate::simd::Cpu::Avx2
+            )
+        );
+        let int8 = (bf16.is_none() && vnni && crate::fused_attention::int8_dot_available(isa))
+            .then_some(AttentionProducts::Int8Dot(isa));
         let switches = crate::overrides::Overrides::get();
         let products = bf16
             .filter(|_| switches.bf16_attention)

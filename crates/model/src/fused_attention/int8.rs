@@ -1,12 +1,13 @@
-//! QKᵀ in int8 on AVX512-VNNI's `vpdpbusd` for `--dtype int8`
-//! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)), PV in fp16 on
-//! AVX512-FP16 where the CPU has it; the softmax stays f32 on the AVX-512 micro-kernels.
+//! QKᵀ in int8 on `vpdpbusd` for `--dtype int8`
+//! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)): 512-bit on AVX512-VNNI,
+//! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on AVX-VNNI (CPUs with AVX-VNNI
+//! but no AVX-512), PV in f32. The softmax stays f32 on the same vectors' micro-kernels.
 //!
 //! In f32 the attention was a quarter of an int8 forward on short texts and three fifths on long
 //! documents, its QKᵀ a third of that on long rows: the linear layers ran four multiply-adds per
 //! lane per instruction while QKᵀ ran one. Here Q and K are rounded to int8 once per head, and
-//! one `vpdpbusd` takes four dimensions of 16 keys against a broadcast query, with exact int32
-//! sums.
+//! one `vpdpbusd` takes four dimensions of 16 keys (8 at 256 bits) against a broadcast query,
+//! with exact int32 sums. The rounding gives the same bytes on either width.
 //!
 //! The rounding follows SageAttention's (which smooths K the same way before rounding it):
 //! - Q per row: `q ≈ s_q · q8`, `s_q = max |q| / 127` (after RoPE and the `1/sqrt(d)` scale).
@@ -24,15 +25,12 @@
 //! bits would lose a visible part of their sum.
 
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
 
-use super::simd::{self, Avx512, QueryKeyScores, Tile};
+use super::simd::{self, Avx2, Avx512, Isa, QueryKeyScores, Tile};
 use super::{HeadTask, Inputs, Shape, SharedOut, QUERY_BLOCK};
 use crate::config::AttentionKind;
-
-/// Keys per panel and per score tile: two vectors of 16 (the f32 kernels' key step).
-const KEYS: usize = 32;
-/// Query rows per register tile: 8 × 2 accumulators of the 32 registers.
-const ROWS: usize = 8;
+use crate::simd::Cpu;
 
 /// One head of one sequence, rounded and laid out for `vpdpbusd`, reused by the tasks that run
 /// on one thread.
@@ -48,8 +46,8 @@ pub(super) struct Scratch {
     k: Vec<f32>,
     /// K's mean over the sequence, `[head_dim]`.
     k_mean: Vec<f32>,
-    /// K rounded plus 128: per panel of [`KEYS`] keys, per 4 dimensions, two vectors of 16 keys
-    /// × 4 bytes (the dimensions of one key side by side, as `vpdpbusd` sums them).
+    /// K rounded plus 128: per panel of [`ByteDot::KEYS`] keys, per 4 dimensions, two vectors
+    /// of keys × 4 bytes (the dimensions of one key side by side, as `vpdpbusd` sums them).
     k8: Vec<u8>,
     /// Per key: `s_k` (0 for the padding keys of the last panel).
     k_scales: Vec<f32>,
@@ -65,12 +63,117 @@ pub(super) struct Scratch {
     scores: Vec<f32>,
 }
 
-/// Runs one head of one sequence (see the module's comment).
+/// What the int8 QKᵀ needs of a vector width beyond [`Isa`]: its `vpdpbusd` (512-bit
+/// AVX512-VNNI for [`Avx512`], 256-bit AVX-VNNI for [`Avx2`]) and the rounding to bytes.
+pub(super) trait ByteDot: Isa {
+    /// Keys per panel and per score tile: two vectors (the f32 kernels' key step).
+    const KEYS: usize = 2 * Self::LANES;
+    /// Query rows per register tile: `2 · ROWS` accumulators, two vectors of keys and a
+    /// broadcast fit the registers (8 of 32 on AVX-512, 6 of AVX2's 16).
+    const ROWS: usize;
+
+    /// `x - shift` rounded to nearest (even on ties) after multiplying by `factor`, into
+    /// `out`; returns the bytes' sum. `x.len()` is a multiple of 16.
+    unsafe fn round_into(x: &[f32], shift: Option<&[f32]>, factor: f32, out: *mut i8) -> i32;
+
+    /// The scores of `rows` (1..=[`ROWS`](Self::ROWS)) query rows against the key panels of
+    /// `cols` (see [`scores_tile`]).
+    unsafe fn scores_rows(
+        rows: usize,
+        queries: (*const i8, *const f32, *const i32),
+        keys: (*const u8, *const f32, usize),
+        out: (*mut f32, usize),
+        cols: std::ops::Range<usize>,
+    );
+}
+
+impl ByteDot for Avx512 {
+    const ROWS: usize = 8;
+
+    #[inline(always)]
+    unsafe fn round_into(x: &[f32], shift: Option<&[f32]>, factor: f32, out: *mut i8) -> i32 {
+        let factor = _mm512_set1_ps(factor);
+        let mut sum = _mm512_setzero_si512();
+        for c in (0..x.len()).step_by(16) {
+            // Rounded to nearest (even on ties); |x| · 127 / max stays within 127 and a rounding.
+            let i = _mm512_cvtps_epi32(_mm512_mul_ps(shifted::<Self>(x, shift, c), factor));
+            sum = _mm512_add_epi32(sum, i);
+            _mm_storeu_si128(out.add(c).cast(), _mm512_cvtepi32_epi8(i));
+        }
+        _mm512_reduce_add_epi32(sum)
+    }
+
+    #[inline(always)]
+    unsafe fn scores_rows(
+        rows: usize,
+        queries: (*const i8, *const f32, *const i32),
+        keys: (*const u8, *const f32, usize),
+        out: (*mut f32, usize),
+        cols: std::ops::Range<usize>,
+    ) {
+        match rows {
+            1 => scores_tile::<Self, 1>(queries, keys, out, cols),
+            2 => scores_tile::<Self, 2>(queries, keys, out, cols),
+            3 => scores_tile::<Self, 3>(queries, keys, out, cols),
+            4 => scores_tile::<Self, 4>(queries, keys, out, cols),
+            5 => scores_tile::<Self, 5>(queries, keys, out, cols),
+            6 => scores_tile::<Self, 6>(queries, keys, out, cols),
+            7 => scores_tile::<Self, 7>(queries, keys, out, cols),
+            _ => scores_tile::<Self, 8>(queries, keys, out, cols),
+        }
+    }
+}
+
+impl ByteDot for Avx2 {
+    const ROWS: usize = 6;
+
+    #[inline(always)]
+    unsafe fn round_into(x: &[f32], shift: Option<&[f32]>, factor: f32, out: *mut i8) -> i32 {
+        let factor = _mm256_set1_ps(factor);
+        let mut sum = _mm256_setzero_si256();
+        for c in (0..x.len()).step_by(16) {
+            // As on AVX-512, 16 values at a time: the packs saturate, but every value is
+            // within ±127 already.
+            let lo = _mm256_cvtps_epi32(_mm256_mul_ps(shifted::<Self>(x, shift, c), factor));
+            let hi = _mm256_cvtps_epi32(_mm256_mul_ps(shifted::<Self>(x, shift, c + 8), factor));
+            sum = _mm256_add_epi32(sum, _mm256_add_epi32(lo, hi));
+            let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(lo, hi));
+            let bytes = _mm_packs_epi16(
+                _mm256_castsi256_si128(words),
+                _mm256_extracti128_si256::<1>(words),
+            );
+            _mm_storeu_si128(out.add(c).cast(), bytes);
+        }
+        let mut lanes = [0i32; 8];
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum);
+        lanes.iter().sum()
+    }
+
+    #[inline(always)]
+    unsafe fn scores_rows(
+        rows: usize,
+        queries: (*const i8, *const f32, *const i32),
+        keys: (*const u8, *const f32, usize),
+        out: (*mut f32, usize),
+        cols: std::ops::Range<usize>,
+    ) {
+        match rows {
+            1 => scores_tile::<Self, 1>(queries, keys, out, cols),
+            2 => scores_tile::<Self, 2>(queries, keys, out, cols),
+            3 => scores_tile::<Self, 3>(queries, keys, out, cols),
+            4 => scores_tile::<Self, 4>(queries, keys, out, cols),
+            5 => scores_tile::<Self, 5>(queries, keys, out, cols),
+            _ => scores_tile::<Self, 6>(queries, keys, out, cols),
+        }
+    }
+}
+
+/// Runs one head of one sequence (see the module's comment) on `inputs.isa`'s vectors.
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW and VNNI; `shape.head_dim` is a multiple of
-/// [`simd::HEAD_DIM_STEP`]; the task's rows and head columns lie inside `qkv` and the output,
-/// and this task alone writes its part.
+/// The CPU has the products' instructions ([`super::int8_dot_available`] for `inputs.isa`);
+/// `shape.head_dim` is a multiple of [`simd::HEAD_DIM_STEP`]; the task's rows and head columns
+/// lie inside `qkv` and the output, and this task alone writes its part.
 pub(super) unsafe fn run(
     task: &HeadTask,
     inputs: &Inputs<'_>,
@@ -78,10 +181,10 @@ pub(super) unsafe fn run(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    if fp16_available() {
-        run_fp16(task, inputs, dst, at, scratch)
-    } else {
-        run_f32(task, inputs, dst, at, scratch)
+    match inputs.isa {
+        Cpu::Avx512 if fp16_available() => run_fp16(task, inputs, dst, at, scratch),
+        Cpu::Avx512 => run_f32(task, inputs, dst, at, scratch),
+        _ => run_avx_vnni(task, inputs, dst, at, scratch),
     }
 }
 
@@ -90,7 +193,7 @@ pub(super) fn fp16_available() -> bool {
     is_x86_feature_detected!("avx512fp16") && is_x86_feature_detected!("avx512vl")
 }
 
-/// [`run`] with PV in f32.
+/// [`run`] on AVX-512 with PV in f32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
 unsafe fn run_f32(
     task: &HeadTask,
@@ -99,10 +202,10 @@ unsafe fn run_f32(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<false>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, false>(task, inputs, dst, at, scratch)
 }
 
-/// [`run`] with PV in fp16 where the head's values allow it.
+/// [`run`] on AVX-512 with PV in fp16 where the head's values allow it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512fp16,avx512vl,avx2,fma")]
 unsafe fn run_fp16(
     task: &HeadTask,
@@ -111,11 +214,25 @@ unsafe fn run_fp16(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<true>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, true>(task, inputs, dst, at, scratch)
 }
 
+/// [`run`] on AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (CPUs with AVX-VNNI but no AVX-512),
+/// PV in f32.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn run_avx_vnni(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    at: (AttentionKind, Shape),
+    scratch: &mut Scratch,
+) {
+    run_on::<Avx2, false>(task, inputs, dst, at, scratch)
+}
+
+/// `FP16`: PV in fp16 where the head's values allow it (AVX-512 only).
 #[inline(always)]
-unsafe fn run_on<const FP16: bool>(
+unsafe fn run_on<S: ByteDot, const FP16: bool>(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
@@ -123,8 +240,8 @@ unsafe fn run_on<const FP16: bool>(
     scratch: &mut Scratch,
 ) {
     assert!(shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP));
-    assert_eq!(simd::key_step::<Avx512>(), KEYS);
-    gather(task, inputs, shape, scratch);
+    assert_eq!(simd::key_step::<S>(), S::KEYS);
+    gather::<S>(task, inputs, shape, scratch);
     let Scratch {
         q8,
         q_scales,
@@ -136,13 +253,14 @@ unsafe fn run_on<const FP16: bool>(
         scores,
         ..
     } = scratch;
-    let products = Int8Scores {
+    let products = Int8Scores::<S> {
         q8,
         q_scales,
         q_offsets,
         k8,
         k_scales,
         head_dim: shape.head_dim,
+        isa: PhantomData,
     };
     if FP16 && to_fp16(v, shape.head_dim, v16) {
         let values = Fp16Values {
@@ -150,27 +268,32 @@ unsafe fn run_on<const FP16: bool>(
             head_dim: shape.head_dim,
         };
         for block in task.blocks(QUERY_BLOCK) {
-            block.attend_simd::<Avx512>(&products, &values, scores, dst, kind, shape);
+            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
         }
         return;
     }
-    let values = simd::F32Values::<Avx512> {
+    let values = simd::F32Values::<S> {
         v,
         head_dim: shape.head_dim,
-        isa: std::marker::PhantomData,
+        isa: PhantomData,
     };
     for block in task.blocks(QUERY_BLOCK) {
-        block.attend_simd::<Avx512>(&products, &values, scores, dst, kind, shape);
+        block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
     }
 }
 
 /// Rotates the head's Q and K rows, rounds Q, copies V, then rounds K about its mean into the
 /// panels; the padding keys of the last panel get scale 0.
 #[inline(always)]
-unsafe fn gather(task: &HeadTask, inputs: &Inputs<'_>, shape: Shape, scratch: &mut Scratch) {
+unsafe fn gather<S: ByteDot>(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    shape: Shape,
+    scratch: &mut Scratch,
+) {
     let head_dim = shape.head_dim;
     let len = task.seq.len();
-    let padded = len.next_multiple_of(KEYS);
+    let padded = len.next_multiple_of(S::KEYS);
     scratch.q8.resize(len * head_dim, 0);
     scratch.q_scales.resize(len, 0.0);
     scratch.q_offsets.resize(len, 0);
@@ -199,119 +322,112 @@ unsafe fn gather(task: &HeadTask, inputs: &Inputs<'_>, shape: Shape, scratch: &m
         .zip(v.chunks_exact_mut(head_dim))
         .zip(q8.chunks_exact_mut(head_dim));
     for (j, ((k_row, v_row), q8_row)) in rows.enumerate() {
-        let values = task.rotate_row::<Avx512>(inputs, shape, task.seq.start + j, q_row, k_row);
-        let (scale, sum) = round_row(q_row, None, q8_row.as_mut_ptr());
+        let values = task.rotate_row::<S>(inputs, shape, task.seq.start + j, q_row, k_row);
+        let (scale, sum) = round_row::<S>(q_row, None, q8_row.as_mut_ptr());
         q_scales[j] = scale;
         q_offsets[j] = 128 * sum;
         simd::copy_row(values, v_row);
     }
-    mean_row(k, head_dim, k_mean);
+    mean_row::<S>(k, head_dim, k_mean);
     for (j, k_row) in k.chunks_exact(head_dim).enumerate() {
-        let (scale, _) = round_row(k_row, Some(k_mean), k_row8.as_mut_ptr());
+        let (scale, _) = round_row::<S>(k_row, Some(k_mean), k_row8.as_mut_ptr());
         k_scales[j] = scale;
-        place_key(k8, j, k_row8);
+        place_key::<S>(k8, j, k_row8);
     }
     // The padding keys of the last panel: zero keys of scale 0, so their scores are 0 (the
     // softmax masks them) rather than a former head's.
     k_row8.fill(0);
     k_scales[len..].fill(0.0);
     for j in len..padded {
-        place_key(k8, j, k_row8);
+        place_key::<S>(k8, j, k_row8);
     }
 }
 
 /// `mean = Σ rows / count` over the `[count, width]` matrix `rows` (one row at a time, in
-/// order).
+/// order, then one division per column: the same values on every vector width).
 #[inline(always)]
-unsafe fn mean_row(rows: &[f32], width: usize, mean: &mut [f32]) {
-    assert!(width.is_multiple_of(16) && mean.len() == width && !rows.is_empty());
+unsafe fn mean_row<S: Isa>(rows: &[f32], width: usize, mean: &mut [f32]) {
+    assert!(width.is_multiple_of(S::LANES) && mean.len() == width && !rows.is_empty());
     let (m, count) = (mean.as_mut_ptr(), rows.len() / width);
-    for c in (0..width).step_by(16) {
-        let mut sum = _mm512_setzero_ps();
+    for c in (0..width).step_by(S::LANES) {
+        let mut sum = S::zero();
         for row in rows.chunks_exact(width) {
-            sum = _mm512_add_ps(sum, _mm512_loadu_ps(row.as_ptr().add(c)));
+            sum = S::add(sum, S::load(row.as_ptr().add(c)));
         }
-        _mm512_storeu_ps(m.add(c), _mm512_div_ps(sum, _mm512_set1_ps(count as f32)));
+        S::store(m.add(c), sum);
+    }
+    for m in mean.iter_mut() {
+        *m /= count as f32;
     }
 }
 
 /// Rounds `x - shift` (`shift` 0 where `None`) to `out`: `x - shift ≈ scale · out` with
 /// `scale = max |x - shift| / 127` (0 for a zero row, whose bytes are 0); returns the scale and
 /// the bytes' sum. The same rounding as the linear layers' `int8_gemm::quantize_row`, but
-/// inlined on AVX-512 with the shift and the sum in its passes: that AVX2 function, called per
-/// row here with a separate subtraction and sum, made the attention 9-15% slower.
+/// inlined with the shift and the sum in its passes: that AVX2 function, called per row here
+/// with a separate subtraction and sum, made the attention 9-15% slower.
 #[inline(always)]
-unsafe fn round_row(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32) {
+unsafe fn round_row<S: ByteDot>(x: &[f32], shift: Option<&[f32]>, out: *mut i8) -> (f32, i32) {
     let n = x.len();
     assert!(n.is_multiple_of(16) && shift.is_none_or(|s| s.len() == n));
-    let (max, finite) = magnitude(x, shift);
+    let (max, finite) = magnitude::<S>(x, shift);
     if max == 0.0 || !finite {
         // A zero row rounds to zeros; a row with inf or NaN to zeros with a NaN scale, so its
         // scores are NaN as in f32.
         std::ptr::write_bytes(out, 0, n);
         return (if finite { 0.0 } else { f32::NAN }, 0);
     }
-    let factor = _mm512_set1_ps(127.0 / max);
-    let mut sum = _mm512_setzero_si512();
-    for c in (0..n).step_by(16) {
-        // Rounded to nearest (even on ties); |x| · 127 / max stays within 127 and a rounding.
-        let i = _mm512_cvtps_epi32(_mm512_mul_ps(shifted(x, shift, c), factor));
-        sum = _mm512_add_epi32(sum, i);
-        _mm_storeu_si128(out.add(c).cast(), _mm512_cvtepi32_epi8(i));
-    }
-    (max / 127.0, _mm512_reduce_add_epi32(sum))
+    (max / 127.0, S::round_into(x, shift, 127.0 / max, out))
 }
 
-/// `max |x - shift|` (`shift` 0 where `None`; the length a multiple of 16) and whether every
-/// value is finite.
+/// `max |x - shift|` (`shift` 0 where `None`; the length a multiple of the lanes) and whether
+/// every value is finite.
 #[inline(always)]
-unsafe fn magnitude(x: &[f32], shift: Option<&[f32]>) -> (f32, bool) {
-    let (mut max, mut poison) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    for c in (0..x.len()).step_by(16) {
-        let v = shifted(x, shift, c);
-        max = _mm512_max_ps(max, _mm512_abs_ps(v));
+unsafe fn magnitude<S: Isa>(x: &[f32], shift: Option<&[f32]>) -> (f32, bool) {
+    let (mut max, mut poison) = (S::zero(), S::zero());
+    for c in (0..x.len()).step_by(S::LANES) {
+        let v = shifted::<S>(x, shift, c);
+        max = S::max(max, S::abs(v));
         // 0 · v is NaN for an inf or NaN (which `vmaxps` may drop).
-        poison = _mm512_add_ps(poison, _mm512_mul_ps(v, _mm512_setzero_ps()));
+        poison = S::add(poison, S::mul(v, S::zero()));
     }
-    (
-        _mm512_reduce_max_ps(max),
-        _mm512_reduce_add_ps(poison) == 0.0,
-    )
+    (S::reduce_max(max), S::reduce_add(poison) == 0.0)
 }
 
-/// `x[c..c + 16] - shift[c..c + 16]` (`shift` 0 where `None`).
+/// `x[c..c + lanes] - shift[c..c + lanes]` (`shift` 0 where `None`).
 #[inline(always)]
-unsafe fn shifted(x: &[f32], shift: Option<&[f32]>, c: usize) -> __m512 {
-    let v = _mm512_loadu_ps(x.as_ptr().add(c));
-    shift.map_or(v, |s| _mm512_sub_ps(v, _mm512_loadu_ps(s.as_ptr().add(c))))
+unsafe fn shifted<S: Isa>(x: &[f32], shift: Option<&[f32]>, c: usize) -> S::V {
+    let v = S::load(x.as_ptr().add(c));
+    shift.map_or(v, |s| S::sub(v, S::load(s.as_ptr().add(c))))
 }
 
 /// Key `j`'s rounded row, plus 128, into its panel: dimensions `4g..4g + 4` (one 32-bit word)
-/// at lane `j % 16` of vector `(j % 32) / 16` of group `g`.
+/// at lane `j % lanes` of vector `(j % KEYS) / lanes` of group `g`.
 #[inline(always)]
-fn place_key(k8: &mut [u8], j: usize, rounded: &[i8]) {
-    let head_dim = rounded.len();
-    let panel = &mut k8[j / KEYS * KEYS * head_dim..][..KEYS * head_dim];
-    let lane = (j % KEYS) / 16 * 64 + (j % 16) * 4;
+fn place_key<S: ByteDot>(k8: &mut [u8], j: usize, rounded: &[i8]) {
+    let (head_dim, keys, lanes) = (rounded.len(), S::KEYS, S::LANES);
+    let panel = &mut k8[j / keys * keys * head_dim..][..keys * head_dim];
+    let lane = (j % keys) / lanes * 4 * lanes + (j % lanes) * 4;
     for (g, dims) in rounded.chunks_exact(4).enumerate() {
         let word = u32::from_le_bytes([dims[0], dims[1], dims[2], dims[3]].map(|x| x as u8));
         // Adding 128 to each signed byte flips its top bit.
-        let at = g * 2 * 64 + lane;
+        let at = g * 4 * keys + lane;
         panel[at..at + 4].copy_from_slice(&(word ^ 0x8080_8080).to_le_bytes());
     }
 }
 
-/// The head's rounded Q and K (see [`Scratch`]).
-struct Int8Scores<'a> {
+/// The head's rounded Q and K (see [`Scratch`]), in `S`'s panels.
+struct Int8Scores<'a, S> {
     q8: &'a [i8],
     q_scales: &'a [f32],
     q_offsets: &'a [i32],
     k8: &'a [u8],
     k_scales: &'a [f32],
     head_dim: usize,
+    isa: PhantomData<S>,
 }
 
-impl QueryKeyScores for Int8Scores<'_> {
+impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
     #[inline(always)]
     unsafe fn scores(
         &self,
@@ -325,15 +441,15 @@ impl QueryKeyScores for Int8Scores<'_> {
         let head_dim = self.head_dim;
         let first = first_query + r0;
         assert!((1..=simd::ROWS).contains(&rows) && first + rows <= self.q_scales.len());
-        assert!(keys.start.is_multiple_of(KEYS) && base.is_multiple_of(KEYS));
-        assert!(keys.end <= stride && stride.is_multiple_of(KEYS));
+        assert!(keys.start.is_multiple_of(S::KEYS) && base.is_multiple_of(S::KEYS));
+        assert!(keys.end <= stride && stride.is_multiple_of(S::KEYS));
         assert!(
             base + stride <= self.k_scales.len() && self.k8.len() >= self.k_scales.len() * head_dim
         );
         assert!(self.q8.len() >= (first + rows) * head_dim && scores.len() >= (r0 + rows) * stride);
         let mut r = 0;
         while r < rows {
-            let n = ROWS.min(rows - r);
+            let n = S::ROWS.min(rows - r);
             let q = first + r;
             let queries = (
                 self.q8.as_ptr().add(q * head_dim),
@@ -346,59 +462,115 @@ impl QueryKeyScores for Int8Scores<'_> {
                 head_dim,
             );
             let out = (scores.as_mut_ptr().add((r0 + r) * stride), stride);
-            let cols = keys.clone();
-            match n {
-                1 => scores_tile::<1>(queries, keys_at, out, cols),
-                2 => scores_tile::<2>(queries, keys_at, out, cols),
-                3 => scores_tile::<3>(queries, keys_at, out, cols),
-                4 => scores_tile::<4>(queries, keys_at, out, cols),
-                5 => scores_tile::<5>(queries, keys_at, out, cols),
-                6 => scores_tile::<6>(queries, keys_at, out, cols),
-                7 => scores_tile::<7>(queries, keys_at, out, cols),
-                _ => scores_tile::<8>(queries, keys_at, out, cols),
-            }
+            S::scores_rows(n, queries, keys_at, out, keys.clone());
             r += n;
         }
+    }
+}
+
+/// The integer side of a score tile on one vector width: `vpdpbusd` and the arithmetic
+/// around it, so that [`scores_tile`] is written once.
+trait DotVectors: ByteDot {
+    type I: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn load_i(p: *const u8) -> Self::I;
+    unsafe fn splat_i(x: i32) -> Self::I;
+    /// `acc + Σ` of four unsigned (`keys`) × signed (`query`) byte products per lane.
+    unsafe fn dot(acc: Self::I, keys: Self::I, query: Self::I) -> Self::I;
+    unsafe fn sub_i(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn to_float(x: Self::I) -> Self::V;
+}
+
+impl DotVectors for Avx512 {
+    type I = __m512i;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn splat_i(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m512i, keys: __m512i, query: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, keys, query)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn to_float(x: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(x)
+    }
+}
+
+impl DotVectors for Avx2 {
+    type I = __m256i;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p.cast())
+    }
+    #[inline(always)]
+    unsafe fn splat_i(x: i32) -> __m256i {
+        _mm256_set1_epi32(x)
+    }
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, keys: __m256i, query: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, keys, query)
+    }
+    #[inline(always)]
+    unsafe fn sub_i(a: __m256i, b: __m256i) -> __m256i {
+        _mm256_sub_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn to_float(x: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(x)
     }
 }
 
 /// `R` query rows × two vectors of keys per register tile: int32 sums over the head, less the
 /// rows' offsets, times the key's and the row's scales.
 #[inline(always)]
-unsafe fn scores_tile<const R: usize>(
+unsafe fn scores_tile<S: DotVectors, const R: usize>(
     (q8, q_scales, q_offsets): (*const i8, *const f32, *const i32),
     (k8, k_scales, head_dim): (*const u8, *const f32, usize),
     (out, stride): (*mut f32, usize),
     cols: std::ops::Range<usize>,
 ) {
+    let (lanes, keys) = (S::LANES, S::KEYS);
     let mut j = cols.start;
     while j < cols.end {
-        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        let mut acc = [[S::zero_i(); 2]; R];
         let panel = k8.add(j * head_dim);
         for g in 0..head_dim / 4 {
-            let k0 = _mm512_loadu_si512(panel.add(g * 128).cast());
-            let k1 = _mm512_loadu_si512(panel.add(g * 128 + 64).cast());
+            let k0 = S::load_i(panel.add(g * 4 * keys));
+            let k1 = S::load_i(panel.add(g * 4 * keys + 4 * lanes));
             for (r, a) in acc.iter_mut().enumerate() {
-                let q =
-                    _mm512_set1_epi32(q8.add(r * head_dim + 4 * g).cast::<i32>().read_unaligned());
-                a[0] = _mm512_dpbusd_epi32(a[0], k0, q);
-                a[1] = _mm512_dpbusd_epi32(a[1], k1, q);
+                let q = S::splat_i(q8.add(r * head_dim + 4 * g).cast::<i32>().read_unaligned());
+                a[0] = S::dot(a[0], k0, q);
+                a[1] = S::dot(a[1], k1, q);
             }
         }
-        let scales = [
-            _mm512_loadu_ps(k_scales.add(j)),
-            _mm512_loadu_ps(k_scales.add(j + 16)),
-        ];
+        let scales = [S::load(k_scales.add(j)), S::load(k_scales.add(j + lanes))];
         for (r, a) in acc.iter().enumerate() {
-            let offset = _mm512_set1_epi32(*q_offsets.add(r));
-            let q_scale = _mm512_set1_ps(*q_scales.add(r));
+            let offset = S::splat_i(*q_offsets.add(r));
+            let q_scale = S::splat(*q_scales.add(r));
             for (c, (&sum, &k_scale)) in a.iter().zip(&scales).enumerate() {
-                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, offset));
-                let score = _mm512_mul_ps(exact, _mm512_mul_ps(k_scale, q_scale));
-                _mm512_storeu_ps(out.add(r * stride + j + 16 * c), score);
+                let exact = S::to_float(S::sub_i(sum, offset));
+                let score = S::mul(exact, S::mul(k_scale, q_scale));
+                S::store(out.add(r * stride + j + lanes * c), score);
             }
         }
-        j += KEYS;
+        j += keys;
     }
 }
 
@@ -417,7 +589,7 @@ const FP16_MAX_VALUE: f32 = 1024.0;
 #[inline(always)]
 unsafe fn to_fp16(v: &[f32], head_dim: usize, v16: &mut Vec<u16>) -> bool {
     assert!(v.len().is_multiple_of(head_dim) && head_dim.is_multiple_of(16));
-    let (max, finite) = magnitude(v, None);
+    let (max, finite) = magnitude::<Avx512>(v, None);
     if max > FP16_MAX_VALUE || !finite {
         return false;
     }
@@ -659,7 +831,7 @@ mod tests {
     /// 3 rows (tiles of 4 and their tails), heads of 64 and 128.
     #[test]
     fn fp16_values_match_f32_values() {
-        if !(super::super::int8_dot_available() && fp16_available()) {
+        if !(super::super::int8_dot_available(Cpu::Avx512) && fp16_available()) {
             eprintln!(
                 "SKIPPED: PV in fp16 needs AVX512-FP16 beside AVX512-VNNI; this CPU lacks one"
             );
@@ -699,10 +871,177 @@ mod tests {
         }
     }
 
+    /// A head's rounded Q and K and their scores ([`rounded_scores`]).
+    #[derive(Debug, PartialEq)]
+    struct Rounded {
+        q8: Vec<i8>,
+        q_scales: Vec<f32>,
+        k8: Vec<i8>,
+        k_scales: Vec<f32>,
+        /// `[rows, keys padded to the width's panels]`.
+        scores: Vec<f32>,
+        padded: usize,
+    }
+
+    /// Rounds `q` and `k` (`[_, head_dim]`) as [`gather`] does and scores every query row
+    /// against every key, in tiles of [`simd::ROWS`] rows, on `S`'s vectors.
+    #[inline(always)]
+    unsafe fn rounded_scores<S: ByteDot>(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
+        let (rows, len) = (q.len() / head_dim, k.len() / head_dim);
+        let padded = len.next_multiple_of(S::KEYS);
+        let (mut q8, mut q_scales) = (vec![0i8; q.len()], vec![0f32; rows]);
+        let mut q_offsets = vec![0i32; rows];
+        for (r, row) in q.chunks_exact(head_dim).enumerate() {
+            let (scale, sum) = round_row::<S>(row, None, q8[r * head_dim..].as_mut_ptr());
+            (q_scales[r], q_offsets[r]) = (scale, 128 * sum);
+        }
+        let mut mean = vec![0f32; head_dim];
+        mean_row::<S>(k, head_dim, &mut mean);
+        let (mut k8, mut k_scales) = (vec![0i8; k.len()], vec![0f32; padded]);
+        let mut panels = vec![0u8; padded * head_dim];
+        for (j, row) in k.chunks_exact(head_dim).enumerate() {
+            let at = j * head_dim;
+            (k_scales[j], _) = round_row::<S>(row, Some(&mean), k8[at..].as_mut_ptr());
+            place_key::<S>(&mut panels, j, &k8[at..at + head_dim]);
+        }
+        for j in len..padded {
+            place_key::<S>(&mut panels, j, &vec![0i8; head_dim]);
+        }
+        let products = Int8Scores::<S> {
+            q8: &q8,
+            q_scales: &q_scales,
+            q_offsets: &q_offsets,
+            k8: &panels,
+            k_scales: &k_scales,
+            head_dim,
+            isa: PhantomData,
+        };
+        let mut scores = vec![f32::NAN; rows * padded];
+        for r0 in (0..rows).step_by(simd::ROWS) {
+            let tile = Tile {
+                r0,
+                rows: simd::ROWS.min(rows - r0),
+                keys: 0..padded,
+            };
+            products.scores(0, 0, &mut scores, padded, tile);
+        }
+        Rounded {
+            q8,
+            q_scales,
+            k8,
+            k_scales,
+            scores,
+            padded,
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    unsafe fn rounded_scores_512(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
+        rounded_scores::<Avx512>(q, k, head_dim)
+    }
+
+    #[target_feature(enable = "avx2,fma,avxvnni")]
+    unsafe fn rounded_scores_256(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
+        rounded_scores::<Avx2>(q, k, head_dim)
+    }
+
+    /// On each width this CPU runs: Q rounded per row and K per key about the mean key give
+    /// the scalar rounding's bytes and scales (to nearest, even on ties), and every score is
+    /// the exact integer product times the two scales, bit for bit (the padding keys' 0); so
+    /// the 256-bit products equal the 512-bit ones. 13 query rows (both widths' register tiles
+    /// and a tail), 37 keys (a part-filled last panel on both), a shared key bias, an all-zero
+    /// query row and a row that rounds a value exactly half a step.
+    #[test]
+    fn both_widths_round_and_score_as_the_scalar_products() {
+        let head_dim = 64;
+        let (rows, len) = (13, 37);
+        let mut q: Vec<f32> = uniform(rows * head_dim, 3)
+            .iter()
+            .map(|x| 6.0 * x - 3.0)
+            .collect();
+        let k: Vec<f32> = uniform(len * head_dim, 4)
+            .iter()
+            .map(|x| 2.0 * x + 1.5)
+            .collect();
+        q[2 * head_dim..3 * head_dim].fill(0.0);
+        q[5 * head_dim] = 127.0;
+        q[5 * head_dim + 1] = 0.5;
+        // The scalar rounding: `x - shift` times `127 / max`, to nearest even.
+        let round = |x: &[f32], shift: &[f32]| -> (Vec<i8>, f32) {
+            let d: Vec<f32> = x.iter().zip(shift).map(|(a, b)| a - b).collect();
+            let max = d.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max == 0.0 {
+                return (vec![0; d.len()], 0.0);
+            }
+            let bytes = d
+                .iter()
+                .map(|v| (v * (127.0 / max)).round_ties_even() as i8);
+            (bytes.collect(), max / 127.0)
+        };
+        let mut mean = vec![0f32; head_dim];
+        for row in k.chunks_exact(head_dim) {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= len as f32);
+        let zero = vec![0f32; head_dim];
+        let (qs, ks): (Vec<_>, Vec<_>) = (
+            q.chunks_exact(head_dim).map(|r| round(r, &zero)).collect(),
+            k.chunks_exact(head_dim).map(|r| round(r, &mean)).collect(),
+        );
+        assert_eq!(&qs[5].0[..2], &[127, 0], "ties to even");
+        let mut runs = Vec::new();
+        if super::super::int8_dot_available(Cpu::Avx512) {
+            // SAFETY: the CPU has the features (checked).
+            runs.push(("512-bit", unsafe { rounded_scores_512(&q, &k, head_dim) }));
+        } else {
+            eprintln!("SKIPPED (part): 512-bit: this CPU has no AVX512-VNNI");
+        }
+        if super::super::int8_dot_available(Cpu::Avx2) {
+            // SAFETY: the CPU has the features (checked).
+            runs.push(("256-bit", unsafe { rounded_scores_256(&q, &k, head_dim) }));
+        } else {
+            eprintln!("SKIPPED (part): 256-bit: this CPU has no AVX-VNNI");
+        }
+        for (width, got) in &runs {
+            let q8: Vec<i8> = qs.iter().flat_map(|(b, _)| b.clone()).collect();
+            let k8: Vec<i8> = ks.iter().flat_map(|(b, _)| b.clone()).collect();
+            assert_eq!(got.q8, q8, "{width}: Q's bytes");
+            assert_eq!(got.k8, k8, "{width}: K's bytes");
+            assert!(
+                qs.iter().zip(&got.q_scales).all(|((_, s), g)| s == g),
+                "{width}"
+            );
+            assert!(
+                ks.iter().zip(&got.k_scales).all(|((_, s), g)| s == g),
+                "{width}"
+            );
+            for (r, (qb, qscale)) in qs.iter().enumerate() {
+                for j in 0..got.padded {
+                    let want = ks.get(j).map_or(0.0, |(kb, kscale)| {
+                        let dot: i32 = qb.iter().zip(kb).map(|(&a, &b)| a as i32 * b as i32).sum();
+                        dot as f32 * (kscale * qscale)
+                    });
+                    let score = got.scores[r * got.padded + j];
+                    assert_eq!(score.to_bits(), want.to_bits(), "{width} [{r}, {j}]");
+                }
+            }
+        }
+        if let [(_, wide), (_, narrow)] = &runs[..] {
+            let (a, b) = (wide.padded, narrow.padded);
+            let cut = |x: &Rounded, p: usize| -> Vec<f32> {
+                x.scores
+                    .chunks_exact(p)
+                    .flat_map(|r| r[..len].to_vec())
+                    .collect()
+            };
+            assert_eq!(cut(wide, a), cut(narrow, b), "the widths' scores");
+        }
+    }
+
     /// Values beyond ±1,024, or not finite, keep PV in f32 (an fp16 partial sum could overflow).
     #[test]
     fn values_outside_the_fp16_range_stay_f32() {
-        if !(super::super::int8_dot_available() && fp16_available()) {
+        if !(super::super::int8_dot_available(Cpu::Avx512) && fp16_available()) {
             eprintln!(
                 "SKIPPED: PV in fp16 needs AVX512-FP16 beside AVX512-VNNI; this CPU lacks one"
             );
