@@ -63,9 +63,10 @@ pub(super) struct Scratch {
     scores: Vec<f32>,
 }
 
-/// What the int8 QKᵀ needs of a vector width beyond [`Isa`]: its `vpdpbusd` (512-bit
-/// AVX512-VNNI for [`Avx512`], 256-bit AVX-VNNI for [`Avx2`]) and the rounding to bytes.
-pub(super) trait ByteDot: Isa {
+/// What the int8 QKᵀ needs of a vector width beyond its integer vectors ([`IntVectors`]: the
+/// `vpdpbusd` of 512-bit AVX512-VNNI for [`Avx512`], of 256-bit AVX-VNNI for [`Avx2`]): the
+/// panels' and register tiles' sizes and the rounding to bytes.
+pub(super) trait ByteDot: IntVectors {
     /// Keys per panel and per score tile: two vectors (the f32 kernels' key step).
     const KEYS: usize = 2 * Self::LANES;
     /// Query rows per register tile: `2 · ROWS` accumulators, two vectors of keys and a
@@ -75,16 +76,6 @@ pub(super) trait ByteDot: Isa {
     /// `x - shift` rounded to nearest (even on ties) after multiplying by `factor`, into
     /// `out`; returns the bytes' sum. `x.len()` is a multiple of 16.
     unsafe fn round_into(x: &[f32], shift: Option<&[f32]>, factor: f32, out: *mut i8) -> i32;
-
-    /// The scores of `rows` (1..=[`ROWS`](Self::ROWS)) query rows against the key panels of
-    /// `cols` (see [`scores_tile`]).
-    unsafe fn scores_rows(
-        rows: usize,
-        queries: (*const i8, *const f32, *const i32),
-        keys: (*const u8, *const f32, usize),
-        out: (*mut f32, usize),
-        cols: std::ops::Range<usize>,
-    );
 }
 
 impl ByteDot for Avx512 {
@@ -101,26 +92,6 @@ impl ByteDot for Avx512 {
             _mm_storeu_si128(out.add(c).cast(), _mm512_cvtepi32_epi8(i));
         }
         _mm512_reduce_add_epi32(sum)
-    }
-
-    #[inline(always)]
-    unsafe fn scores_rows(
-        rows: usize,
-        queries: (*const i8, *const f32, *const i32),
-        keys: (*const u8, *const f32, usize),
-        out: (*mut f32, usize),
-        cols: std::ops::Range<usize>,
-    ) {
-        match rows {
-            1 => scores_tile::<Self, 1>(queries, keys, out, cols),
-            2 => scores_tile::<Self, 2>(queries, keys, out, cols),
-            3 => scores_tile::<Self, 3>(queries, keys, out, cols),
-            4 => scores_tile::<Self, 4>(queries, keys, out, cols),
-            5 => scores_tile::<Self, 5>(queries, keys, out, cols),
-            6 => scores_tile::<Self, 6>(queries, keys, out, cols),
-            7 => scores_tile::<Self, 7>(queries, keys, out, cols),
-            _ => scores_tile::<Self, 8>(queries, keys, out, cols),
-        }
     }
 }
 
@@ -147,24 +118,6 @@ impl ByteDot for Avx2 {
         let mut lanes = [0i32; 8];
         _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum);
         lanes.iter().sum()
-    }
-
-    #[inline(always)]
-    unsafe fn scores_rows(
-        rows: usize,
-        queries: (*const i8, *const f32, *const i32),
-        keys: (*const u8, *const f32, usize),
-        out: (*mut f32, usize),
-        cols: std::ops::Range<usize>,
-    ) {
-        match rows {
-            1 => scores_tile::<Self, 1>(queries, keys, out, cols),
-            2 => scores_tile::<Self, 2>(queries, keys, out, cols),
-            3 => scores_tile::<Self, 3>(queries, keys, out, cols),
-            4 => scores_tile::<Self, 4>(queries, keys, out, cols),
-            5 => scores_tile::<Self, 5>(queries, keys, out, cols),
-            _ => scores_tile::<Self, 6>(queries, keys, out, cols),
-        }
     }
 }
 
@@ -462,7 +415,7 @@ impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
                 head_dim,
             );
             let out = (scores.as_mut_ptr().add((r0 + r) * stride), stride);
-            S::scores_rows(n, queries, keys_at, out, keys.clone());
+            scores_rows::<S>(n, queries, keys_at, out, keys.clone());
             r += n;
         }
     }
@@ -470,7 +423,7 @@ impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
 
 /// The integer side of a score tile on one vector width: `vpdpbusd` and the arithmetic
 /// around it, so that [`scores_tile`] is written once.
-trait DotVectors: ByteDot {
+pub(super) trait IntVectors: Isa {
     type I: Copy;
     unsafe fn zero_i() -> Self::I;
     unsafe fn load_i(p: *const u8) -> Self::I;
@@ -481,66 +434,73 @@ trait DotVectors: ByteDot {
     unsafe fn to_float(x: Self::I) -> Self::V;
 }
 
-impl DotVectors for Avx512 {
-    type I = __m512i;
-    #[inline(always)]
-    unsafe fn zero_i() -> __m512i {
-        _mm512_setzero_si512()
-    }
-    #[inline(always)]
-    unsafe fn load_i(p: *const u8) -> __m512i {
-        _mm512_loadu_si512(p.cast())
-    }
-    #[inline(always)]
-    unsafe fn splat_i(x: i32) -> __m512i {
-        _mm512_set1_epi32(x)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m512i, keys: __m512i, query: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(acc, keys, query)
-    }
-    #[inline(always)]
-    unsafe fn sub_i(a: __m512i, b: __m512i) -> __m512i {
-        _mm512_sub_epi32(a, b)
-    }
-    #[inline(always)]
-    unsafe fn to_float(x: __m512i) -> __m512 {
-        _mm512_cvtepi32_ps(x)
-    }
+/// [`IntVectors`] for `$isa` from its intrinsics.
+macro_rules! int_vectors {
+    ($isa:ty, $int:ty, $zero:ident, $load:ident, $splat:ident, $dot:ident, $sub:ident, $cvt:ident) => {
+        impl IntVectors for $isa {
+            type I = $int;
+            #[inline(always)]
+            unsafe fn zero_i() -> $int {
+                $zero()
+            }
+            #[inline(always)]
+            unsafe fn load_i(p: *const u8) -> $int {
+                $load(p.cast())
+            }
+            #[inline(always)]
+            unsafe fn splat_i(x: i32) -> $int {
+                $splat(x)
+            }
+            #[inline(always)]
+            unsafe fn dot(acc: $int, keys: $int, query: $int) -> $int {
+                $dot(acc, keys, query)
+            }
+            #[inline(always)]
+            unsafe fn sub_i(a: $int, b: $int) -> $int {
+                $sub(a, b)
+            }
+            #[inline(always)]
+            unsafe fn to_float(x: $int) -> Self::V {
+                $cvt(x)
+            }
+        }
+    };
 }
 
-impl DotVectors for Avx2 {
-    type I = __m256i;
-    #[inline(always)]
-    unsafe fn zero_i() -> __m256i {
-        _mm256_setzero_si256()
-    }
-    #[inline(always)]
-    unsafe fn load_i(p: *const u8) -> __m256i {
-        _mm256_loadu_si256(p.cast())
-    }
-    #[inline(always)]
-    unsafe fn splat_i(x: i32) -> __m256i {
-        _mm256_set1_epi32(x)
-    }
-    #[inline(always)]
-    unsafe fn dot(acc: __m256i, keys: __m256i, query: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(acc, keys, query)
-    }
-    #[inline(always)]
-    unsafe fn sub_i(a: __m256i, b: __m256i) -> __m256i {
-        _mm256_sub_epi32(a, b)
-    }
-    #[inline(always)]
-    unsafe fn to_float(x: __m256i) -> __m256 {
-        _mm256_cvtepi32_ps(x)
+#[rustfmt::skip]
+int_vectors!(Avx512, __m512i, _mm512_setzero_si512, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm512_dpbusd_epi32, _mm512_sub_epi32, _mm512_cvtepi32_ps);
+#[rustfmt::skip]
+int_vectors!(Avx2, __m256i, _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set1_epi32,
+    _mm256_dpbusd_avx_epi32, _mm256_sub_epi32, _mm256_cvtepi32_ps);
+
+/// The scores of `rows` (1..=[`ByteDot::ROWS`]) query rows against the key panels of `cols`
+/// (see [`scores_tile`]).
+#[inline(always)]
+unsafe fn scores_rows<S: ByteDot>(
+    rows: usize,
+    queries: (*const i8, *const f32, *const i32),
+    keys: (*const u8, *const f32, usize),
+    out: (*mut f32, usize),
+    cols: std::ops::Range<usize>,
+) {
+    debug_assert!((1..=S::ROWS).contains(&rows));
+    match rows {
+        1 => scores_tile::<S, 1>(queries, keys, out, cols),
+        2 => scores_tile::<S, 2>(queries, keys, out, cols),
+        3 => scores_tile::<S, 3>(queries, keys, out, cols),
+        4 => scores_tile::<S, 4>(queries, keys, out, cols),
+        5 => scores_tile::<S, 5>(queries, keys, out, cols),
+        6 => scores_tile::<S, 6>(queries, keys, out, cols),
+        7 => scores_tile::<S, 7>(queries, keys, out, cols),
+        _ => scores_tile::<S, 8>(queries, keys, out, cols),
     }
 }
 
 /// `R` query rows × two vectors of keys per register tile: int32 sums over the head, less the
 /// rows' offsets, times the key's and the row's scales.
 #[inline(always)]
-unsafe fn scores_tile<S: DotVectors, const R: usize>(
+unsafe fn scores_tile<S: ByteDot, const R: usize>(
     (q8, q_scales, q_offsets): (*const i8, *const f32, *const i32),
     (k8, k_scales, head_dim): (*const u8, *const f32, usize),
     (out, stride): (*mut f32, usize),
