@@ -1468,6 +1468,86 @@ mod tests {
         }
     }
 
+    /// The 512-bit int8 attention with PV in f32, as CPUs without AVX512-FP16 (Ice Lake,
+    /// Cascade Lake) run it, whatever this CPU has: every task through `int8::run_f32`.
+    #[cfg(target_arch = "x86_64")]
+    fn int8_attention_with_f32_values(
+        qkv: &Tensor,
+        rope: &RopeTables<'_>,
+        batch: &PackedBatch,
+        kind: AttentionKind,
+        shape: Shape,
+    ) -> Tensor {
+        let t = batch.num_tokens();
+        let values = qkv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut out = vec![f32::NAN; t * shape.hidden];
+        let dst = SharedOut(out.as_mut_ptr());
+        let inputs = Inputs {
+            qkv: &values,
+            positions: &batch.position_ids,
+            rope,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            isa: Cpu::Avx512,
+            products: AttentionProducts::Int8Dot(Cpu::Avx512),
+        };
+        let mut scratch = int8::Scratch::default();
+        for task in tasks(batch, shape.heads) {
+            // SAFETY: the caller checked the CPU runs the 512-bit int8 products; the tasks'
+            // rows and columns lie inside `qkv` and `out`, each written by one task.
+            unsafe { int8::run_f32(&task, &inputs, &dst, (kind, shape), &mut scratch) };
+        }
+        Tensor::from_vec(out, (t, shape.hidden), &Device::Cpu).unwrap()
+    }
+
+    /// PV in f32 beside the 512-bit int8 `QKᵀ` (what CPUs without AVX512-FP16 run, taken here
+    /// whatever this CPU has) stays as close to the f32 attention as the test above requires,
+    /// and equals the 256-bit int8 attention (the same scores bit for bit, PV in f32 on both)
+    /// within the f32 kernels' summation-order tolerance.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn int8_query_keys_with_f32_values_match_on_both_widths() {
+        if !int8_dot_available(Cpu::Avx512) {
+            eprintln!("SKIPPED: the 512-bit int8 QKᵀ needs AVX-512 F, BW and VNNI");
+            return;
+        }
+        let (heads, head_dim) = (2, 64);
+        let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+        };
+        let shape = Shape {
+            hidden: heads * head_dim,
+            head_dim,
+            heads,
+        };
+        let rms = |x: &Tensor| {
+            let mean = x.sqr().unwrap().mean_all().unwrap();
+            mean.to_scalar::<f32>().unwrap().sqrt()
+        };
+        let (q, k, v) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
+        for kind in [
+            AttentionKind::Global,
+            AttentionKind::Local { half_window: 64 },
+        ] {
+            let wide = int8_attention_with_f32_values(&qkv, &rope, &batch, kind, shape);
+            let exact = candle_attention((&q, &k, &v), &batch, kind);
+            let error = rms(&(&wide - &exact).unwrap()) / rms(&exact);
+            assert!(error < 0.025, "{kind:?}: relative error {error}");
+            if !int8_dot_available(Cpu::Avx2) {
+                eprintln!("SKIPPED (part): the 256-bit int8 QKᵀ needs AVX-VNNI");
+                continue;
+            }
+            let products = AttentionProducts::Int8Dot(Cpu::Avx2);
+            let narrow = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
+                .unwrap()
+                .unwrap();
+            let diff = max_abs(&(&wide - &narrow).unwrap());
+            let tolerance = 4e-6 * max_abs(&exact).max(1.0);
+            assert!(diff < tolerance, "{kind:?}: {diff} (tolerance {tolerance})");
+        }
+    }
+
     fn fused_equals_candle_path_for(heads: usize, head_dim: usize) {
         let dev = Device::Cpu;
         let hidden = heads * head_dim;

@@ -146,9 +146,10 @@ pub(super) fn fp16_available() -> bool {
     is_x86_feature_detected!("avx512fp16") && is_x86_feature_detected!("avx512vl")
 }
 
-/// [`run`] on AVX-512 with PV in f32.
+/// [`run`] on AVX-512 with PV in f32 (CPUs without AVX512-FP16: Ice Lake, Cascade Lake; the
+/// tests run it on the others too).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn run_f32(
+pub(super) unsafe fn run_f32(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
