@@ -36,6 +36,7 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
         Some(Int8Kernel::Avx512Vnni) => issue_rate::dpbusd512(),
         Some(Int8Kernel::AvxVnni) => issue_rate::dpbusd256(),
         Some(Int8Kernel::Avx2) => issue_rate::maddwd256(),
+        Some(Int8Kernel::Avx512Bw) => issue_rate::maddwd512(),
         _ => None,
     };
     [("f32", f32()), ("bf16", bf16), ("int8", int8)]

@@ -66,6 +66,9 @@ pub enum Int8Kernel {
     /// on CPUs with AVX512-VNNI and VL but not AVX-VNNI, the same code with the EVEX form (run
     /// by the tests, never chosen).
     AvxVnni,
+    /// `vpmaddwd` on 512-bit vectors (AVX512-BW), the AVX2 kernel's 16-bit activations and pair
+    /// layout: AVX-512 CPUs without VNNI (Skylake-SP and -X).
+    Avx512Bw,
     /// `vpdpbusd` on 512-bit vectors (AVX512-VNNI), activations offset to unsigned.
     Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbssd`).
@@ -74,9 +77,10 @@ pub enum Int8Kernel {
 
 impl Int8Kernel {
     /// Every kernel, slowest first.
-    const ALL: [Int8Kernel; 4] = [
+    const ALL: [Int8Kernel; 5] = [
         Int8Kernel::Avx2,
         Int8Kernel::AvxVnni,
+        Int8Kernel::Avx512Bw,
         Int8Kernel::Avx512Vnni,
         Int8Kernel::Tiles,
     ];
@@ -89,7 +93,8 @@ impl Int8Kernel {
         return match self {
             Int8Kernel::Avx2 => available(),
             Int8Kernel::AvxVnni => vnni(&[avx_vnni_vex() || x86::avx_vnni_evex_available()]),
-            Int8Kernel::Avx512Vnni => vnni(&[vnni512::available()]),
+            Int8Kernel::Avx512Bw => available() && vnni512::available(false),
+            Int8Kernel::Avx512Vnni => vnni(&[vnni512::available(true)]),
             Int8Kernel::Tiles => available() && tiles::available(),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -97,7 +102,7 @@ impl Int8Kernel {
     }
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
-    /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels, `MBPIPE_AVX512=0` the 512-bit one and
+    /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels, `MBPIPE_AVX512=0` the 512-bit ones and
     /// the tiles), or `None` without AVX2.
     pub fn detect() -> Option<Self> {
         Self::detect_under(&crate::Overrides::get())
@@ -111,6 +116,7 @@ impl Int8Kernel {
             .filter(|&k| match k {
                 Int8Kernel::Tiles => switches.amx && switches.avx512,
                 Int8Kernel::Avx512Vnni => switches.vnni && switches.avx512,
+                Int8Kernel::Avx512Bw => switches.avx512,
                 Int8Kernel::AvxVnni => switches.vnni && avx_vnni_vex(),
                 Int8Kernel::Avx2 => true,
             })
@@ -263,7 +269,7 @@ pub struct PackedI8 {
 /// order, reading the columns side by side (written column by column, every store went to
 /// another cache line: a sixth of an int8 model's load).
 fn place_panel(kernel: Int8Kernel, q: &[i8], width: usize, panel: &mut [i8]) {
-    if kernel == Int8Kernel::Avx2 {
+    if matches!(kernel, Int8Kernel::Avx2 | Int8Kernel::Avx512Bw) {
         place_chunks::<2>(q, width, panel)
     } else {
         place_chunks::<4>(q, width, panel)
@@ -291,9 +297,10 @@ impl PackedI8 {
     pub fn pack_for(kernel: Int8Kernel, w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
         let (groups, panels) = match kernel {
-            Int8Kernel::Avx2 | Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => {
-                (k.div_ceil(4), n.div_ceil(NR))
-            }
+            Int8Kernel::Avx2
+            | Int8Kernel::AvxVnni
+            | Int8Kernel::Avx512Bw
+            | Int8Kernel::Avx512Vnni => (k.div_ceil(4), n.div_ceil(NR)),
             // Whole tiles of k, and panels in pairs (a tile product covers 32 columns).
             Int8Kernel::Tiles => (
                 k.div_ceil(4).next_multiple_of(16).max(16),
@@ -429,7 +436,7 @@ impl Int8Kernel {
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Avx2 => RowBytes::Wide,
+            Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => RowBytes::Wide,
             Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => RowBytes::Offset,
             Int8Kernel::Tiles => RowBytes::Signed,
         }
@@ -531,7 +538,18 @@ impl PanelKernel for PackedI8 {
         match self.kernel {
             Int8Kernel::Tiles => return tiles::block(self, a, rows, panels, (bias, residual), out),
             Int8Kernel::Avx512Vnni => {
-                return vnni512::block(self, a, rows, panels, (bias, residual), out)
+                return vnni512::block::<vnni512::Vnni>(
+                    self,
+                    a,
+                    rows,
+                    panels,
+                    (bias, residual),
+                    out,
+                )
+            }
+            Int8Kernel::Avx512Bw => {
+                let operands = (bias, residual);
+                return vnni512::block::<vnni512::MaddWide>(self, a, rows, panels, operands, out);
             }
             _ => {}
         }
@@ -1002,7 +1020,9 @@ mod tests {
     /// features holding the pair of each column.
     fn layout_offset(kernel: Int8Kernel, l: usize, j: usize) -> usize {
         match kernel {
-            Int8Kernel::Avx2 => l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2,
+            Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => {
+                l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2
+            }
             _ => l / 4 * NR * 4 + j * 4 + l % 4,
         }
     }
@@ -1011,12 +1031,7 @@ mod tests {
     /// every kernel (the tiles' too, which this CPU may not run), zeros past `k`.
     #[test]
     fn panels_put_every_byte_where_the_kernel_reads_it() {
-        for kernel in [
-            Int8Kernel::Avx2,
-            Int8Kernel::AvxVnni,
-            Int8Kernel::Avx512Vnni,
-            Int8Kernel::Tiles,
-        ] {
+        for kernel in Int8Kernel::ALL {
             for (k, groups) in [(1, 1), (6, 2), (8, 2), (13, 16)] {
                 let width = groups * 4;
                 let mut q = vec![0i8; NR * width];
@@ -1263,7 +1278,8 @@ mod tests {
     }
 
     /// `MBPIPE_VNNI=0` leaves both VNNI kernels out and `MBPIPE_AMX=0` the tiles; with both,
-    /// every AVX2 CPU runs the AVX2 kernel.
+    /// every AVX-512 CPU runs the 512-bit `vpmaddwd` kernel, and with `MBPIPE_AVX512=0` too
+    /// every AVX2 CPU the AVX2 kernel.
     #[test]
     fn switches_leave_out_the_kernels_they_name() {
         if skip_without_kernel() {
@@ -1278,7 +1294,15 @@ mod tests {
             Some(Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni)
         ));
         let neither = parse(&[("MBPIPE_VNNI", "0"), ("MBPIPE_AMX", "0")]);
-        assert_eq!(Int8Kernel::detect_under(&neither), Some(Int8Kernel::Avx2));
+        let wide = Int8Kernel::Avx512Bw.available();
+        let expected = if wide {
+            Int8Kernel::Avx512Bw
+        } else {
+            Int8Kernel::Avx2
+        };
+        assert_eq!(Int8Kernel::detect_under(&neither), Some(expected));
+        let narrow = parse(&[("MBPIPE_VNNI", "0"), ("MBPIPE_AVX512", "0")]);
+        assert_eq!(Int8Kernel::detect_under(&narrow), Some(Int8Kernel::Avx2));
         // Without AVX-512: the AVX-VNNI kernel where the CPU has its VEX form, else the AVX2
         // one (never the EVEX twin, an AVX-512 instruction).
         let no_avx512 = Int8Kernel::detect_under(&parse(&[("MBPIPE_AVX512", "0")]));

@@ -75,6 +75,8 @@ instructions! {
         "vpdpbusd (256-bit, AVX-VNNI)", 64.0, dpbusd_256;
     /// The AVX2 int8 kernel's `vpmaddwd` (16-bit pairs into 32-bit sums; `None`: no AVX2).
     maddwd256: is_x86_feature_detected!("avx2"), "vpmaddwd (256-bit)", 32.0, maddwd_256;
+    /// The same on 512 bits, the AVX512-BW int8 kernel's (`None`: no AVX-512 BW).
+    maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
 }
 
 /// `vdpbf16ps` must issue at least this many times the 512-bit FMA's multiply-adds for bf16 to
@@ -222,6 +224,18 @@ mod x86 {
         _mm256_set1_epi16(1),
         |a| _mm256_madd_epi16(*a, _mm256_set1_epi16(1)),
         |acc| sum_epi32(&acc)
+    );
+    chains!(
+        maddwd_512,
+        "avx512f,avx512bw",
+        _mm512_set1_epi16(1),
+        |a| _mm512_madd_epi16(*a, _mm512_set1_epi16(1)),
+        |acc| {
+            let sum = acc
+                .iter()
+                .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
+            _mm512_reduce_add_epi32(sum) as f32
+        }
     );
 }
 

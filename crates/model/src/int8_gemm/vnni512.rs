@@ -1,5 +1,10 @@
-//! The int8 product on 512-bit VNNI (`vpdpbusd` on zmm: Ice Lake, Cascade Lake, Zen 4/5, and
-//! Xeons with AMX when the tiles are off).
+//! The int8 products on 512-bit vectors: `vpdpbusd` (AVX512-VNNI: Ice Lake, Cascade Lake, Zen
+//! 4/5, and Xeons with AMX when the tiles are off) and, on AVX-512 CPUs without VNNI (Skylake-SP
+//! and -X), `vpmaddwd` (AVX512-BW) on the AVX2 kernel's 16-bit activations and pair layout: one
+//! zmm of widened weight bytes is a pair of input features of a whole 16-column panel, so each
+//! broadcast pair of activations costs one `vpmaddwd` and one `vpaddd` per row and panel (the
+//! AVX2 kernel's work per instruction, twice the width). Both share the register tiling, the
+//! block driver and the epilogue below ([`Step`]).
 //!
 //! As in the AVX-VNNI kernel, the activations go in unsigned, offset by 128 (`p + 128`, a flip
 //! of the byte's top bit, written so by the quantization), and the offset comes back off
@@ -13,6 +18,88 @@
 use super::{PackedI8, QuantizedRows, NR};
 use crate::packed_gemm::BlockOut;
 
+/// What one of the two 512-bit kernels does per step of the input features.
+pub(super) trait Step {
+    /// Steps per group of four input features (a step reads 4 bytes of each row).
+    const PER_GROUP: usize;
+    /// Bytes of a panel's weights per step.
+    const WEIGHT_BYTES: usize;
+    /// The activations are offset to unsigned (`p + 128`), so `128 · Σ q` comes off.
+    const OFFSET: bool;
+
+    /// A step's weights of one panel, as the product takes them.
+    ///
+    /// # Safety
+    /// `at` points at [`WEIGHT_BYTES`](Self::WEIGHT_BYTES) readable bytes; the CPU has the
+    /// kernel's instructions.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i;
+
+    /// `acc` plus the products of a broadcast step of activations with a step's weights.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's instructions.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn accumulate(
+        acc: std::arch::x86_64::__m512i,
+        activations: std::arch::x86_64::__m512i,
+        weights: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i;
+}
+
+/// `vpdpbusd` on offset bytes, four input features per step.
+pub(super) struct Vnni;
+
+/// `vpmaddwd` on 16-bit activations, a pair of input features per step (the weight bytes of
+/// the pair layout widened as they load).
+pub(super) struct MaddWide;
+
+impl Step for Vnni {
+    const PER_GROUP: usize = 1;
+    const WEIGHT_BYTES: usize = 4 * NR;
+    const OFFSET: bool = true;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i {
+        std::arch::x86_64::_mm512_loadu_si512(at.cast())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn accumulate(
+        acc: std::arch::x86_64::__m512i,
+        activations: std::arch::x86_64::__m512i,
+        weights: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        std::arch::x86_64::_mm512_dpbusd_epi32(acc, activations, weights)
+    }
+}
+
+impl Step for MaddWide {
+    const PER_GROUP: usize = 2;
+    const WEIGHT_BYTES: usize = 2 * NR;
+    const OFFSET: bool = false;
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        _mm512_cvtepi8_epi16(_mm256_loadu_si256(at.cast()))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn accumulate(
+        acc: std::arch::x86_64::__m512i,
+        activations: std::arch::x86_64::__m512i,
+        weights: std::arch::x86_64::__m512i,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        _mm512_add_epi32(acc, _mm512_madd_epi16(activations, weights))
+    }
+}
+
 /// Rows per micro-kernel call.
 const MR: usize = 12;
 /// Panels (of [`NR`] columns) per micro-kernel call: `MR × PANELS` = 24 accumulators and
@@ -24,27 +111,30 @@ const MR: usize = 12;
 /// GOP/s; 6 × 4 panels 270-310; 12 × 2 625-760.
 const PANELS: usize = 2;
 
-/// Whether the CPU has the instructions (AVX-512 F and BW, VNNI).
-pub(super) fn available() -> bool {
+/// Whether the CPU has the instructions of the `vpmaddwd` kernel (AVX-512 F and BW) and, with
+/// `vnni`, of the `vpdpbusd` one (AVX512-VNNI too).
+pub(super) fn available(vnni: bool) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
+            && (!vnni || is_x86_feature_detected!("avx512vnni"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = vnni;
         false
     }
 }
 
 /// Rows `rows` of the product over the columns of `panels`, as
-/// [`PanelKernel::block`](crate::packed_gemm::PanelKernel::block); `a` holds the activations
-/// offset to unsigned bytes ([`super::RowBytes::Offset`]).
+/// [`PanelKernel::block`](crate::packed_gemm::PanelKernel::block), on `S`'s product; `a` holds
+/// the activations as `S` takes them ([`super::RowBytes::Offset`] for [`Vnni`],
+/// [`super::RowBytes::Wide`] for [`MaddWide`]).
 ///
 /// # Safety
-/// As that; [`available`] said yes.
-pub(super) unsafe fn block(
+/// As that; [`available`] said yes for `S`.
+pub(super) unsafe fn block<S: Step>(
     w: &PackedI8,
     a: &QuantizedRows,
     rows: std::ops::Range<usize>,
@@ -62,17 +152,17 @@ pub(super) unsafe fn block(
             let col = p * NR;
             let operands = x86::Operands {
                 values: a.values.as_ptr().add(r * a.stride) as *const u8,
+                steps: w.groups * S::PER_GROUP,
                 stride: a.stride,
                 row_scales: a.scales.as_ptr().add(r),
                 weights: w.data.as_ptr().add(p * panel_bytes),
                 panel_bytes,
-                groups: w.groups,
                 col_scales: w.scales.as_ptr().add(col),
                 column_sums: w.column_sums.as_ptr().add(col),
             };
             let t = out.tile((r, col, (np * NR).min(w.n - col)), w.n, bias, residual);
             #[cfg(target_arch = "x86_64")]
-            x86::kernel_for(mr, np)(&operands, t);
+            x86::kernel_for::<S>(mr, np)(&operands, t);
             #[cfg(not(target_arch = "x86_64"))]
             let _ = (operands, t);
             p += np;
@@ -86,17 +176,20 @@ mod x86 {
     use std::arch::x86_64::*;
 
     #[cfg(target_arch = "x86_64")]
+    use super::Step;
+    #[cfg(target_arch = "x86_64")]
     use crate::packed_gemm::{avx512, Tile};
 
-    /// A micro-kernel's rows of offset activations and panels of the weight.
+    /// A micro-kernel's rows of activations and panels of the weight.
     pub(super) struct Operands {
         pub values: *const u8,
+        /// Steps of the input features (4 bytes of each row per step).
+        pub steps: usize,
         pub stride: usize,
         pub row_scales: *const f32,
         /// The first panel; the next ones follow `panel_bytes` apart.
         pub weights: *const i8,
         pub panel_bytes: usize,
-        pub groups: usize,
         pub col_scales: *const f32,
         pub column_sums: *const i32,
     }
@@ -106,53 +199,76 @@ mod x86 {
 
     /// The micro-kernel for `rows` rows (1..=MR) and `panels` panels (1..=PANELS).
     #[cfg(target_arch = "x86_64")]
-    pub(super) fn kernel_for(rows: usize, panels: usize) -> Kernel {
+    pub(super) fn kernel_for<S: Step>(rows: usize, panels: usize) -> Kernel {
         const _: () = assert!(super::MR == 12 && super::PANELS == 2);
         macro_rules! by_rows {
-            ($c:literal) => {
+            ($kernel:ident, $c:literal) => {
                 match rows {
-                    12 => kernel::<12, $c> as Kernel,
-                    11 => kernel::<11, $c>,
-                    10 => kernel::<10, $c>,
-                    9 => kernel::<9, $c>,
-                    8 => kernel::<8, $c>,
-                    7 => kernel::<7, $c>,
-                    6 => kernel::<6, $c>,
-                    5 => kernel::<5, $c>,
-                    4 => kernel::<4, $c>,
-                    3 => kernel::<3, $c>,
-                    2 => kernel::<2, $c>,
-                    _ => kernel::<1, $c>,
+                    12 => $kernel::<12, $c> as Kernel,
+                    11 => $kernel::<11, $c>,
+                    10 => $kernel::<10, $c>,
+                    9 => $kernel::<9, $c>,
+                    8 => $kernel::<8, $c>,
+                    7 => $kernel::<7, $c>,
+                    6 => $kernel::<6, $c>,
+                    5 => $kernel::<5, $c>,
+                    4 => $kernel::<4, $c>,
+                    3 => $kernel::<3, $c>,
+                    2 => $kernel::<2, $c>,
+                    _ => $kernel::<1, $c>,
                 }
             };
         }
-        match panels {
-            2 => by_rows!(2),
-            _ => by_rows!(1),
+        match (S::OFFSET, panels) {
+            (true, 2) => by_rows!(kernel_vnni, 2),
+            (true, _) => by_rows!(kernel_vnni, 1),
+            (false, 2) => by_rows!(kernel_madd, 2),
+            (false, _) => by_rows!(kernel_madd, 1),
         }
+    }
+
+    /// [`kernel`] on `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`kernel`]'s; the CPU has avx512f, avx512bw and avx512vnni.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn kernel_vnni<const R: usize, const C: usize>(o: &Operands, t: Tile) {
+        kernel::<super::Vnni, R, C>(o, t)
+    }
+
+    /// [`kernel`] on `vpmaddwd`, compiled without VNNI: LLVM would fuse its `vpmaddwd` and
+    /// `vpaddd` into VNNI's `vpdpwssd`, which the CPUs that take this kernel lack.
+    ///
+    /// # Safety
+    /// As [`kernel`]'s; the CPU has avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn kernel_madd<const R: usize, const C: usize>(o: &Operands, t: Tile) {
+        kernel::<super::MaddWide, R, C>(o, t)
     }
 
     /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelsᵀ) (+ bias) (+ residual)` for `C`
     /// panels of 16 columns: one broadcast of each row's next four bytes per `C` products.
     ///
     /// # Safety
-    /// The pointers cover what the shapes say; `t.cols <= 16 · C`; the CPU has avx512f,
-    /// avx512bw and avx512vnni.
+    /// The pointers cover what the shapes say; `t.cols <= 16 · C`; inlined into a function
+    /// with `S`'s instructions (the CPU has them).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn kernel<const R: usize, const C: usize>(o: &Operands, t: Tile) {
+    #[inline(always)]
+    unsafe fn kernel<S: Step, const R: usize, const C: usize>(o: &Operands, t: Tile) {
         let mut acc = [[_mm512_setzero_si512(); C]; R];
-        for g in 0..o.groups {
+        for step in 0..o.steps {
             let mut q = [_mm512_setzero_si512(); C];
             for (c, q) in q.iter_mut().enumerate() {
-                *q = _mm512_loadu_si512(o.weights.add(c * o.panel_bytes + g * 64) as *const _);
+                *q = S::weights(o.weights.add(c * o.panel_bytes + step * S::WEIGHT_BYTES));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                // p + 128 per byte, already offset by the quantization.
-                let at = o.values.add(r * o.stride + 4 * g) as *const i32;
-                let unsigned = _mm512_set1_epi32(at.read_unaligned());
+                // Already as the product takes them (offset bytes, or a pair of i16).
+                let at = o.values.add(r * o.stride + 4 * step) as *const i32;
+                let activations = _mm512_set1_epi32(at.read_unaligned());
                 for (acc, &q) in acc.iter_mut().zip(&q) {
-                    *acc = _mm512_dpbusd_epi32(*acc, unsigned, q);
+                    *acc = S::accumulate(*acc, activations, q);
                 }
             }
         }
@@ -162,8 +278,12 @@ mod x86 {
                 break;
             }
             let mask = avx512::lane_mask(t.cols - col);
-            let sums = _mm512_loadu_si512(o.column_sums.add(col) as *const _);
-            let offset = _mm512_slli_epi32::<7>(sums);
+            let offset = if S::OFFSET {
+                let sums = _mm512_loadu_si512(o.column_sums.add(col) as *const _);
+                _mm512_slli_epi32::<7>(sums)
+            } else {
+                _mm512_setzero_si512()
+            };
             let s = _mm512_loadu_ps(o.col_scales.add(col));
             let bias = avx512::bias(&t, col, mask);
             for (r, acc) in acc.iter().enumerate() {
