@@ -24,7 +24,8 @@
 //! multiplies pairs with `vpmaddwd` (i16 × i16, pair sums in i32): no sign step, and one
 //! register per row, so 6 rows × 16 columns as the AVX-VNNI kernel. Its panels hold the same
 //! bytes, arranged by pairs of input features (16 columns × two bytes, widened to i16 by
-//! `vpmovsxbw` as they load), so the weight stays one byte per value.
+//! `vpmovsxbw` as they load), so the weight stays one byte per value. AVX-512 CPUs without VNNI
+//! (Skylake-SP and -X) run the same scheme on 512-bit vectors ([`Int8Kernel::Avx512Bw`]).
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
 //! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
