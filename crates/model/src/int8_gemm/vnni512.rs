@@ -18,33 +18,30 @@
 use super::{PackedI8, QuantizedRows, NR};
 use crate::packed_gemm::BlockOut;
 
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{
+    __m512i, _mm256_loadu_si256, _mm512_add_epi32, _mm512_cvtepi8_epi16, _mm512_dpbusd_epi32,
+    _mm512_loadu_si512, _mm512_madd_epi16,
+};
+
 /// What one of the two 512-bit kernels does per step of the input features.
 pub(super) trait Step {
     /// Steps per group of four input features (a step reads 4 bytes of each row).
     const PER_GROUP: usize;
     /// Bytes of a panel's weights per step.
     const WEIGHT_BYTES: usize;
-    /// The activations are offset to unsigned (`p + 128`), so `128 · Σ q` comes off.
+    /// The activations are offset to unsigned (`p + 128`), so `128 · Σ q` comes off (the
+    /// `vpdpbusd` kernel).
     const OFFSET: bool;
 
-    /// A step's weights of one panel, as the product takes them.
-    ///
-    /// # Safety
-    /// `at` points at [`WEIGHT_BYTES`](Self::WEIGHT_BYTES) readable bytes; the CPU has the
-    /// kernel's instructions.
+    /// A step's weights of one panel (`at`: [`WEIGHT_BYTES`](Self::WEIGHT_BYTES) readable
+    /// bytes), as the product takes them.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i;
+    unsafe fn weights(at: *const i8) -> __m512i;
 
     /// `acc` plus the products of a broadcast step of activations with a step's weights.
-    ///
-    /// # Safety
-    /// The CPU has the kernel's instructions.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn accumulate(
-        acc: std::arch::x86_64::__m512i,
-        activations: std::arch::x86_64::__m512i,
-        weights: std::arch::x86_64::__m512i,
-    ) -> std::arch::x86_64::__m512i;
+    unsafe fn accumulate(acc: __m512i, activations: __m512i, weights: __m512i) -> __m512i;
 }
 
 /// `vpdpbusd` on offset bytes, four input features per step.
@@ -61,18 +58,14 @@ impl Step for Vnni {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i {
-        std::arch::x86_64::_mm512_loadu_si512(at.cast())
+    unsafe fn weights(at: *const i8) -> __m512i {
+        _mm512_loadu_si512(at.cast())
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn accumulate(
-        acc: std::arch::x86_64::__m512i,
-        activations: std::arch::x86_64::__m512i,
-        weights: std::arch::x86_64::__m512i,
-    ) -> std::arch::x86_64::__m512i {
-        std::arch::x86_64::_mm512_dpbusd_epi32(acc, activations, weights)
+    unsafe fn accumulate(acc: __m512i, activations: __m512i, weights: __m512i) -> __m512i {
+        _mm512_dpbusd_epi32(acc, activations, weights)
     }
 }
 
@@ -83,19 +76,13 @@ impl Step for MaddWide {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn weights(at: *const i8) -> std::arch::x86_64::__m512i {
-        use std::arch::x86_64::*;
+    unsafe fn weights(at: *const i8) -> __m512i {
         _mm512_cvtepi8_epi16(_mm256_loadu_si256(at.cast()))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn accumulate(
-        acc: std::arch::x86_64::__m512i,
-        activations: std::arch::x86_64::__m512i,
-        weights: std::arch::x86_64::__m512i,
-    ) -> std::arch::x86_64::__m512i {
-        use std::arch::x86_64::*;
+    unsafe fn accumulate(acc: __m512i, activations: __m512i, weights: __m512i) -> __m512i {
         _mm512_add_epi32(acc, _mm512_madd_epi16(activations, weights))
     }
 }
