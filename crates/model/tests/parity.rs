@@ -228,9 +228,9 @@ fn int8_keeps_mean_embeddings_within_cosine_0_99() {
     eprintln!("int8 mean embeddings: lowest cosine {worst:.5}");
 }
 
-/// Every int8 kernel this CPU runs (AVX2, VNNI, AMX tiles) computes the same integer sums and
-/// the same f32 epilogue, so each gives the AVX2 kernel's hidden states bit for bit (and so
-/// passes its gate above).
+/// Every int8 kernel this CPU runs (AVX2, 512-bit `vpmaddwd`, VNNI, AMX tiles) computes the same
+/// integer sums and the same f32 epilogue, so each gives the AVX2 kernel's hidden states bit for
+/// bit (and so passes its gate above).
 #[test]
 fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     use mbpipe_model::int8_gemm::Int8Kernel;
