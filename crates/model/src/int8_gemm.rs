@@ -55,7 +55,7 @@ const GATED_MC: usize = 64;
 const QMAX: f32 = 127.0;
 
 mod tiles;
-mod vnni512;
+mod zmm;
 
 /// The instructions an int8 weight is packed for (all read the same packed weight; the tiles
 /// pad it to whole tiles).
@@ -94,8 +94,8 @@ impl Int8Kernel {
         return match self {
             Int8Kernel::Avx2 => available(),
             Int8Kernel::AvxVnni => vnni(&[avx_vnni_vex() || x86::avx_vnni_evex_available()]),
-            Int8Kernel::Avx512Bw => available() && vnni512::available(false),
-            Int8Kernel::Avx512Vnni => vnni(&[vnni512::available(true)]),
+            Int8Kernel::Avx512Bw => available() && zmm::available(false),
+            Int8Kernel::Avx512Vnni => vnni(&[zmm::available(true)]),
             Int8Kernel::Tiles => available() && tiles::available(),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -539,18 +539,10 @@ impl PanelKernel for PackedI8 {
         match self.kernel {
             Int8Kernel::Tiles => return tiles::block(self, a, rows, panels, (bias, residual), out),
             Int8Kernel::Avx512Vnni => {
-                return vnni512::block::<vnni512::Vnni>(
-                    self,
-                    a,
-                    rows,
-                    panels,
-                    (bias, residual),
-                    out,
-                )
+                return zmm::block::<zmm::Vnni>(self, a, rows, panels, (bias, residual), out)
             }
             Int8Kernel::Avx512Bw => {
-                let operands = (bias, residual);
-                return vnni512::block::<vnni512::MaddWide>(self, a, rows, panels, operands, out);
+                return zmm::block::<zmm::MaddWide>(self, a, rows, panels, (bias, residual), out)
             }
             _ => {}
         }

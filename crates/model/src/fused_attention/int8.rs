@@ -137,7 +137,8 @@ pub(super) unsafe fn run(
     match inputs.isa {
         Cpu::Avx512 if fp16_available() => run_fp16(task, inputs, dst, at, scratch),
         Cpu::Avx512 => run_f32(task, inputs, dst, at, scratch),
-        _ => run_avx_vnni(task, inputs, dst, at, scratch),
+        Cpu::Avx2 => run_avx_vnni(task, inputs, dst, at, scratch),
+        Cpu::Other => unreachable!("the int8 products run on AVX-512 or AVX2 vectors only"),
     }
 }
 

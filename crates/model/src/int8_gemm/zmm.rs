@@ -206,6 +206,8 @@ mod x86 {
                 }
             };
         }
+        // The offset-byte step is `vpdpbusd`'s, whose entry point enables VNNI; the other is
+        // compiled without it.
         match (S::OFFSET, panels) {
             (true, 2) => by_rows!(kernel_vnni, 2),
             (true, _) => by_rows!(kernel_vnni, 1),
