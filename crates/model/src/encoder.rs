@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::attention::attend_with;
 use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
+use crate::embeddings::TokenEmbeddings;
 use crate::error::{ModelError, Result};
 use crate::fused_attention::{attend_qkv, AttentionProducts, RopeTables};
 use crate::kernel::AttentionKernel;
@@ -146,7 +147,7 @@ struct Scratch {
 
 /// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.
 pub struct Encoder {
-    tok_embeddings: Tensor,
+    tok_embeddings: TokenEmbeddings,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
@@ -170,8 +171,13 @@ impl Encoder {
     ) -> Result<Self> {
         let h = config.hidden_size;
         let eps = config.norm_eps;
-        let tok_embeddings =
-            || w.encoder("embeddings.tok_embeddings.weight", &[config.vocab_size, h]);
+        let tok_embeddings = || -> Result<TokenEmbeddings> {
+            let (name, shape) = ("embeddings.tok_embeddings.weight", [config.vocab_size, h]);
+            Ok(match w.mapped_encoder_matrix(name, shape)? {
+                Some(table) => TokenEmbeddings::Mapped(table),
+                None => TokenEmbeddings::Loaded(w.encoder(name, &shape)?),
+            })
+        };
         let emb_norm = LayerNorm::load(w, "embeddings.norm", true, h, config.norm_bias, eps)?;
         let mut rotary = BTreeMap::new();
         for &(_, theta) in &config.layers {
@@ -191,7 +197,7 @@ impl Encoder {
         // On the CPU, layers load in parallel: each copies its tensors out of the mapped files
         // and packs them for the kernels, memory-bound work that one thread left half done at
         // start-up. GPU uploads stay on one thread (one stream).
-        // The embedding table (a plain copy, single-threaded) loads beside them.
+        // The embedding table (mapped, or a plain copy) loads beside them.
         let (tok_embeddings, layers) = if device.is_cpu() {
             rayon::join(tok_embeddings, || {
                 config
@@ -276,9 +282,20 @@ impl Encoder {
         self.kernel = kernel;
     }
 
-    /// The token embedding matrix (the MLM decoder is tied to it).
-    pub(crate) fn tok_embeddings(&self) -> &Tensor {
-        &self.tok_embeddings
+    /// The token embedding matrix as a tensor (the MLM decoder is tied to it).
+    pub(crate) fn tok_embeddings(&self) -> Result<Tensor> {
+        self.tok_embeddings.tensor()
+    }
+
+    /// Whether the token embeddings are read in place from the checkpoint.
+    #[cfg(test)]
+    pub(crate) fn embeddings_mapped(&self) -> bool {
+        matches!(self.tok_embeddings, TokenEmbeddings::Mapped(_))
+    }
+
+    /// The device the weights live on.
+    pub(crate) fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Last hidden states `[tokens, hidden]` of a packed batch, after `final_norm`.
@@ -325,7 +342,7 @@ impl Encoder {
         let mut tables: BTreeMap<u64, (Tensor, Tensor)> = BTreeMap::new();
         let mut hidden = timed(0, || {
             self.emb_norm.forward_reusing(
-                &self.tok_embeddings.index_select(ids, 0)?,
+                &self.tok_embeddings.select(&batch.input_ids, ids)?,
                 &mut scratch.embedded,
             )
         })?;
@@ -543,5 +560,36 @@ mod scratch_tests {
         );
         assert_eq!(values(&first), want_big, "the first result kept its values");
         assert_eq!(values(&enc.forward(&big).unwrap()), want_big);
+    }
+}
+
+#[cfg(test)]
+mod embedding_tests {
+    use super::rope_tests::tiny_encoder;
+    use super::*;
+
+    /// On the CPU in f32 the encoder reads its token table in place, and its forward is the
+    /// one with the table loaded, bit for bit.
+    #[test]
+    fn the_mapped_token_table_gives_the_loaded_tables_forward() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut encoder = tiny_encoder(tmp.path(), 64);
+        assert!(encoder.embeddings_mapped());
+        let batch = PackedBatch::from_sequences(&[vec![1u32, 5, 7, 2, 9], vec![1, 0, 8, 2]]);
+        let values = |e: &Encoder| e.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
+        let mapped = values(&encoder);
+        let weights = Weights::open(
+            &[tmp.path().join("model.safetensors")],
+            tmp.path(),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let table = weights
+            .encoder("embeddings.tok_embeddings.weight", &[10, 8])
+            .unwrap();
+        encoder.tok_embeddings = TokenEmbeddings::Loaded(table);
+        assert!(!encoder.embeddings_mapped());
+        assert_eq!(mapped, values(&encoder));
     }
 }

@@ -22,6 +22,7 @@ mod batch;
 pub mod bf16_gemm;
 mod config;
 mod device;
+mod embeddings;
 mod encoder;
 mod error;
 #[doc(hidden)]

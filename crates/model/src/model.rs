@@ -309,7 +309,7 @@ impl ModernBert {
                 let weight = if w.has("decoder.weight") {
                     w.get("decoder.weight", &[config.vocab_size, config.hidden_size])?
                 } else {
-                    encoder.tok_embeddings().clone()
+                    encoder.tok_embeddings()?
                 };
                 let bias = if config.decoder_bias {
                     Some(w.get("decoder.bias", &[config.vocab_size])?)
@@ -441,7 +441,7 @@ impl ModernBert {
 
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
-        self.encoder.tok_embeddings().device()
+        self.encoder.device()
     }
 
     /// Which attention kernel the encoder runs (its `Display` is the line logs print): on GPUs,

@@ -1,11 +1,14 @@
 //! Reading tensors out of safetensors files, with errors that name the tensor and the shapes.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
 
+use crate::embeddings::MappedTable;
 use crate::error::{ModelError, Result};
 use crate::fused_attention::AttentionProducts;
 use crate::overrides::CpuKernels;
@@ -26,6 +29,8 @@ pub(crate) enum WeightPrecision {
 /// Tensors of one checkpoint, converted to the engine's device and dtype on request.
 pub(crate) struct Weights {
     tensors: MmapedSafetensors,
+    /// The files, in the order given.
+    paths: Vec<PathBuf>,
     names: HashSet<String>,
     /// `model.` for task checkpoints, empty for bare encoders.
     encoder_prefix: &'static str,
@@ -74,6 +79,7 @@ impl Weights {
         };
         Ok(Weights {
             tensors,
+            paths: paths.to_vec(),
             names,
             encoder_prefix,
             dir: dir.to_path_buf(),
@@ -211,6 +217,40 @@ impl Weights {
         Ok(Some(f(values)))
     }
 
+    /// An encoder matrix read in place from its file ([`MappedTable`]) on the terms of
+    /// [`with_stored_f32`](Self::with_stored_f32); `None` where those do not hold (then
+    /// [`encoder`](Self::encoder) loads it).
+    pub(crate) fn mapped_encoder_matrix(
+        &self,
+        name: &str,
+        [rows, cols]: [usize; 2],
+    ) -> Result<Option<MappedTable>> {
+        let name = self.full_name(name, true);
+        if self
+            .with_stored_f32(&name, &[rows, cols], |_| ())?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        for path in &self.paths {
+            let weights_error = |reason: String| ModelError::Weights {
+                path: path.clone(),
+                reason,
+            };
+            let file = File::open(path).map_err(|e| weights_error(e.to_string()))?;
+            // SAFETY: read-only, and only its header is read (see `open`).
+            let whole = unsafe { Mmap::map(&file) }.map_err(|e| weights_error(e.to_string()))?;
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&whole)
+                .map_err(|e| weights_error(e.to_string()))?;
+            if let Some(info) = metadata.info(&name) {
+                // The data follow the header's 8-byte length and the header.
+                let offset = 8 + header_len + info.data_offsets.0;
+                return MappedTable::map(&file, path, offset as u64, rows, cols);
+            }
+        }
+        Ok(None)
+    }
+
     /// A tensor by its full name, checked against the shape the config implies.
     pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.checked_view(name, shape)?;
@@ -300,5 +340,71 @@ mod tests {
         let bf16_engine = checkpoint(dir.path(), DType::BF16);
         let other_precision = bf16_engine.with_stored_f32("layers.0.w", &[4, 6], |v| v.len());
         assert_eq!(other_precision.unwrap(), None);
+    }
+
+    /// The token table's rows come from the file in place: each row (first, last, repeated) as
+    /// `get` loads it, and the whole table for the tied decoder too; from whichever file of a
+    /// sharded checkpoint holds it. A table stored in another dtype, or an engine in another
+    /// precision, is loaded instead; a wrong shape is the error `get` gives.
+    #[test]
+    fn encoder_matrices_are_mapped_in_place_only_where_they_are_f32() {
+        use crate::embeddings::TokenEmbeddings;
+        let dir = tempfile::tempdir().unwrap();
+        let table = "embeddings.tok_embeddings.weight";
+        let ids = [3u32, 0, 3, 1];
+        let rows = |t: &TokenEmbeddings| {
+            let id_tensor = Tensor::new(&ids[..], &Device::Cpu).unwrap();
+            t.select(&ids, &id_tensor)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        };
+        let w = checkpoint(dir.path(), DType::F32);
+        let loaded = TokenEmbeddings::Loaded(w.encoder(table, &[4, 6]).unwrap());
+        let mapped = w.mapped_encoder_matrix(table, [4, 6]).unwrap();
+        let mapped = TokenEmbeddings::Mapped(mapped.expect("an f32 table is mapped"));
+        assert_eq!(rows(&mapped), rows(&loaded));
+        assert_eq!(rows(&mapped)[1][5], 5.0 * 0.25 - 3.0, "row 0, last column");
+        let whole = |t: &TokenEmbeddings| t.tensor().unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(whole(&mapped), whole(&loaded));
+
+        // Sharded: the table in the second file, after a tensor of another length.
+        let shards = tempfile::tempdir().unwrap();
+        let first = shards.path().join("model-00001-of-00002.safetensors");
+        let second = shards.path().join("model-00002-of-00002.safetensors");
+        let odd = Tensor::ones(7, DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("layers.0.w".to_string(), odd)]), &first)
+            .unwrap();
+        let values = w.encoder(table, &[4, 6]).unwrap();
+        let placed = HashMap::from([
+            (
+                "layers.0.b".to_string(),
+                Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+            ),
+            (table.to_string(), values),
+        ]);
+        candle_core::safetensors::save(&placed, &second).unwrap();
+        let sharded =
+            Weights::open(&[first, second], shards.path(), &Device::Cpu, DType::F32).unwrap();
+        let mapped = sharded.mapped_encoder_matrix(table, [4, 6]).unwrap();
+        assert_eq!(
+            rows(&TokenEmbeddings::Mapped(mapped.unwrap())),
+            rows(&loaded)
+        );
+
+        assert!(w
+            .mapped_encoder_matrix("layers.0.h", [4, 6])
+            .unwrap()
+            .is_none());
+        let bf16_engine = checkpoint(dir.path(), DType::BF16);
+        assert!(bf16_engine
+            .mapped_encoder_matrix(table, [4, 6])
+            .unwrap()
+            .is_none());
+        let err = w.mapped_encoder_matrix(table, [6, 4]).err();
+        assert!(
+            matches!(err, Some(ModelError::TensorShape { .. })),
+            "{err:?}"
+        );
     }
 }
