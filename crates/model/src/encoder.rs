@@ -173,8 +173,8 @@ impl Encoder {
         let eps = config.norm_eps;
         let tok_embeddings = || -> Result<TokenEmbeddings> {
             let (name, shape) = ("embeddings.tok_embeddings.weight", [config.vocab_size, h]);
-            Ok(match w.mapped_encoder_matrix(name, shape)? {
-                Some(table) => TokenEmbeddings::Mapped(table),
+            Ok(match w.encoder_matrix_on_demand(name, shape)? {
+                Some(table) => TokenEmbeddings::OnDemand(table),
                 None => TokenEmbeddings::Loaded(w.encoder(name, &shape)?),
             })
         };
@@ -197,7 +197,7 @@ impl Encoder {
         // On the CPU, layers load in parallel: each copies its tensors out of the mapped files
         // and packs them for the kernels, memory-bound work that one thread left half done at
         // start-up. GPU uploads stay on one thread (one stream).
-        // The embedding table (mapped, or a plain copy) loads beside them.
+        // The embedding table (opened to be read on demand, or a plain copy) loads beside them.
         let (tok_embeddings, layers) = if device.is_cpu() {
             rayon::join(tok_embeddings, || {
                 config
@@ -287,10 +287,10 @@ impl Encoder {
         self.tok_embeddings.tensor()
     }
 
-    /// Whether the token embeddings are read in place from the checkpoint.
+    /// Whether the token embeddings are read from the checkpoint on demand.
     #[cfg(test)]
-    pub(crate) fn embeddings_mapped(&self) -> bool {
-        matches!(self.tok_embeddings, TokenEmbeddings::Mapped(_))
+    pub(crate) fn embeddings_on_demand(&self) -> bool {
+        matches!(self.tok_embeddings, TokenEmbeddings::OnDemand(_))
     }
 
     /// The device the weights live on.
@@ -568,16 +568,16 @@ mod embedding_tests {
     use super::rope_tests::tiny_encoder;
     use super::*;
 
-    /// On the CPU in f32 the encoder reads its token table in place, and its forward is the
+    /// On the CPU in f32 the encoder reads its token table on demand, and its forward is the
     /// one with the table loaded, bit for bit.
     #[test]
-    fn the_mapped_token_table_gives_the_loaded_tables_forward() {
+    fn the_token_table_read_on_demand_gives_the_loaded_tables_forward() {
         let tmp = tempfile::tempdir().unwrap();
         let mut encoder = tiny_encoder(tmp.path(), 64);
-        assert!(encoder.embeddings_mapped());
+        assert!(encoder.embeddings_on_demand());
         let batch = PackedBatch::from_sequences(&[vec![1u32, 5, 7, 2, 9], vec![1, 0, 8, 2]]);
         let values = |e: &Encoder| e.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
-        let mapped = values(&encoder);
+        let on_demand = values(&encoder);
         let weights = Weights::open(
             &[tmp.path().join("model.safetensors")],
             tmp.path(),
@@ -589,7 +589,7 @@ mod embedding_tests {
             .encoder("embeddings.tok_embeddings.weight", &[10, 8])
             .unwrap();
         encoder.tok_embeddings = TokenEmbeddings::Loaded(table);
-        assert!(!encoder.embeddings_mapped());
-        assert_eq!(mapped, values(&encoder));
+        assert!(!encoder.embeddings_on_demand());
+        assert_eq!(on_demand, values(&encoder));
     }
 }

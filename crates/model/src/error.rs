@@ -92,6 +92,18 @@ pub enum ModelError {
         /// The cause, with a hint.
         reason: String,
     },
+    /// A model file was written to while a run read it (the token embeddings, read on demand).
+    #[error(
+        "model file `{path}` was written to while the run read it ({change}); the run stops so \
+         that no row mixes two models. Rerun once the model is written, and replace a model by \
+         writing a new file, not over the one a run is using"
+    )]
+    ChangedDuringRun {
+        /// The file.
+        path: PathBuf,
+        /// What changed (length, or modification time).
+        change: String,
+    },
     /// The tokenizer file could not be loaded.
     #[error("cannot load tokenizer `{path}`: {reason}")]
     Tokenizer {

@@ -8,7 +8,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 
-use crate::embeddings::MappedTable;
+use crate::embeddings::FileTable;
 use crate::error::{ModelError, Result};
 use crate::fused_attention::AttentionProducts;
 use crate::overrides::CpuKernels;
@@ -217,14 +217,14 @@ impl Weights {
         Ok(Some(f(values)))
     }
 
-    /// An encoder matrix read in place from its file ([`MappedTable`]) on the terms of
+    /// An encoder matrix to read from its file on demand ([`FileTable`]), on the terms of
     /// [`with_stored_f32`](Self::with_stored_f32); `None` where those do not hold (then
     /// [`encoder`](Self::encoder) loads it).
-    pub(crate) fn mapped_encoder_matrix(
+    pub(crate) fn encoder_matrix_on_demand(
         &self,
         name: &str,
         [rows, cols]: [usize; 2],
-    ) -> Result<Option<MappedTable>> {
+    ) -> Result<Option<FileTable>> {
         let name = self.full_name(name, true);
         if self
             .with_stored_f32(&name, &[rows, cols], |_| ())?
@@ -245,7 +245,7 @@ impl Weights {
             if let Some(info) = metadata.info(&name) {
                 // The data follow the header's 8-byte length and the header.
                 let offset = 8 + header_len + info.data_offsets.0;
-                return MappedTable::map(&file, path, offset as u64, rows, cols);
+                return FileTable::open(file, path, offset as u64, rows, cols);
             }
         }
         Ok(None)
@@ -342,12 +342,12 @@ mod tests {
         assert_eq!(other_precision.unwrap(), None);
     }
 
-    /// The token table's rows come from the file in place: each row (first, last, repeated) as
-    /// `get` loads it, and the whole table for the tied decoder too; from whichever file of a
-    /// sharded checkpoint holds it. A table stored in another dtype, or an engine in another
+    /// The token table's rows are read from the file: each row (first, last, repeated) as `get`
+    /// loads it, and the whole table for the tied decoder too; from whichever file of a sharded
+    /// checkpoint holds it. A table stored in another dtype, or an engine in another
     /// precision, is loaded instead; a wrong shape is the error `get` gives.
     #[test]
-    fn encoder_matrices_are_mapped_in_place_only_where_they_are_f32() {
+    fn encoder_matrices_are_read_on_demand_only_where_they_are_f32() {
         use crate::embeddings::TokenEmbeddings;
         let dir = tempfile::tempdir().unwrap();
         let table = "embeddings.tok_embeddings.weight";
@@ -361,8 +361,8 @@ mod tests {
         };
         let w = checkpoint(dir.path(), DType::F32);
         let loaded = TokenEmbeddings::Loaded(w.encoder(table, &[4, 6]).unwrap());
-        let mapped = w.mapped_encoder_matrix(table, [4, 6]).unwrap();
-        let mapped = TokenEmbeddings::Mapped(mapped.expect("an f32 table is mapped"));
+        let mapped = w.encoder_matrix_on_demand(table, [4, 6]).unwrap();
+        let mapped = TokenEmbeddings::OnDemand(mapped.expect("an f32 table is read on demand"));
         assert_eq!(rows(&mapped), rows(&loaded));
         assert_eq!(rows(&mapped)[1][5], 5.0 * 0.25 - 3.0, "row 0, last column");
         let whole = |t: &TokenEmbeddings| t.tensor().unwrap().to_vec2::<f32>().unwrap();
@@ -386,22 +386,22 @@ mod tests {
         candle_core::safetensors::save(&placed, &second).unwrap();
         let sharded =
             Weights::open(&[first, second], shards.path(), &Device::Cpu, DType::F32).unwrap();
-        let mapped = sharded.mapped_encoder_matrix(table, [4, 6]).unwrap();
+        let mapped = sharded.encoder_matrix_on_demand(table, [4, 6]).unwrap();
         assert_eq!(
-            rows(&TokenEmbeddings::Mapped(mapped.unwrap())),
+            rows(&TokenEmbeddings::OnDemand(mapped.unwrap())),
             rows(&loaded)
         );
 
         assert!(w
-            .mapped_encoder_matrix("layers.0.h", [4, 6])
+            .encoder_matrix_on_demand("layers.0.h", [4, 6])
             .unwrap()
             .is_none());
         let bf16_engine = checkpoint(dir.path(), DType::BF16);
         assert!(bf16_engine
-            .mapped_encoder_matrix(table, [4, 6])
+            .encoder_matrix_on_demand(table, [4, 6])
             .unwrap()
             .is_none());
-        let err = w.mapped_encoder_matrix(table, [6, 4]).err();
+        let err = w.encoder_matrix_on_demand(table, [6, 4]).err();
         assert!(
             matches!(err, Some(ModelError::TensorShape { .. })),
             "{err:?}"
