@@ -45,15 +45,16 @@ impl TokenEmbeddings {
         }
     }
 
-    /// The whole table as a tensor (the MLM decoder's tied weight).
+    /// The whole table as a tensor, read at once if it was read on demand.
     pub(crate) fn tensor(&self) -> Result<Tensor> {
         match self {
             TokenEmbeddings::Loaded(table) => Ok(table.clone()),
             TokenEmbeddings::OnDemand(table) => {
-                let all: Vec<u32> = (0..table.rows as u32).collect();
-                let read = table.read_rows(&all)?;
-                Ok(Tensor::from_slice(
-                    &read.values,
+                let mut values = vec![0f32; table.rows * table.cols];
+                table.read_into(0, &mut values)?;
+                table.check_unchanged()?;
+                Ok(Tensor::from_vec(
+                    values,
                     (table.rows, table.cols),
                     &Device::Cpu,
                 )?)
@@ -165,32 +166,48 @@ impl FileTable {
         }
         missing.sort_unstable();
         missing.dedup();
-        let io_error = |source| ModelError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let row_bytes = self.cols * 4;
         for run in missing.chunk_by(|a, b| a + 1 == *b) {
             let (first, count) = (run[0], run.len());
-            let values = &mut read.values[first * self.cols..(first + count) * self.cols];
-            // SAFETY: any 4 bytes are an f32; the slice's bytes are exactly its values'.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), count * row_bytes)
-            };
-            read_exact_at(&self.file, bytes, self.offset + (first * row_bytes) as u64)
-                .map_err(io_error)?;
+            self.read_into(
+                first,
+                &mut read.values[first * self.cols..(first + count) * self.cols],
+            )?;
         }
-        let now = FileIdentity::of(&self.file.metadata().map_err(io_error)?);
+        self.check_unchanged()?;
+        for &id in &missing {
+            read.present[id] = true;
+        }
+        Ok(read)
+    }
+
+    /// Reads rows from `first` on into `values` (whole rows).
+    fn read_into(&self, first: usize, values: &mut [f32]) -> Result<()> {
+        // SAFETY: any 4 bytes are an f32; the slice's bytes are exactly its values'.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), values.len() * 4)
+        };
+        let at = self.offset + (first * self.cols * 4) as u64;
+        read_exact_at(&self.file, bytes, at).map_err(|source| self.io_error(source))
+    }
+
+    /// An error unless the file's length and modification time are still those at load.
+    fn check_unchanged(&self) -> Result<()> {
+        let meta = self.file.metadata().map_err(|e| self.io_error(e))?;
+        let now = FileIdentity::of(&meta);
         if now != self.identity {
             return Err(ModelError::ChangedDuringRun {
                 path: self.path.clone(),
                 change: self.identity.change_to(&now),
             });
         }
-        for &id in &missing {
-            read.present[id] = true;
+        Ok(())
+    }
+
+    fn io_error(&self, source: std::io::Error) -> ModelError {
+        ModelError::Io {
+            path: self.path.clone(),
+            source,
         }
-        Ok(read)
     }
 }
 

@@ -282,9 +282,12 @@ impl Encoder {
         self.kernel = kernel;
     }
 
-    /// The token embedding matrix as a tensor (the MLM decoder is tied to it).
-    pub(crate) fn tok_embeddings(&self) -> Result<Tensor> {
-        self.tok_embeddings.tensor()
+    /// The token embedding matrix as a tensor, for the MLM decoder tied to it; the encoder
+    /// looks its rows up in the same tensor from then on (one copy for both).
+    pub(crate) fn tied_tok_embeddings(&mut self) -> Result<Tensor> {
+        let table = self.tok_embeddings.tensor()?;
+        self.tok_embeddings = TokenEmbeddings::Loaded(table.clone());
+        Ok(table)
     }
 
     /// Whether the token embeddings are read from the checkpoint on demand.
@@ -568,8 +571,8 @@ mod embedding_tests {
     use super::rope_tests::tiny_encoder;
     use super::*;
 
-    /// On the CPU in f32 the encoder reads its token table on demand, and its forward is the
-    /// one with the table loaded, bit for bit.
+    /// On the CPU in f32 the encoder reads its token table on demand; tied to an MLM decoder
+    /// it reads the whole table once and shares it, and its forward is the same bit for bit.
     #[test]
     fn the_token_table_read_on_demand_gives_the_loaded_tables_forward() {
         let tmp = tempfile::tempdir().unwrap();
@@ -585,11 +588,15 @@ mod embedding_tests {
             DType::F32,
         )
         .unwrap();
-        let table = weights
+        let stored = weights
             .encoder("embeddings.tok_embeddings.weight", &[10, 8])
             .unwrap();
-        encoder.tok_embeddings = TokenEmbeddings::Loaded(table);
-        assert!(!encoder.embeddings_on_demand());
+        let tied = encoder.tied_tok_embeddings().unwrap();
+        assert_eq!(
+            tied.to_vec2::<f32>().unwrap(),
+            stored.to_vec2::<f32>().unwrap()
+        );
+        assert!(!encoder.embeddings_on_demand(), "one table for both");
         assert_eq!(on_demand, values(&encoder));
     }
 }

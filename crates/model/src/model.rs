@@ -309,7 +309,7 @@ impl ModernBert {
                 let weight = if w.has("decoder.weight") {
                     w.get("decoder.weight", &[config.vocab_size, config.hidden_size])?
                 } else {
-                    encoder.tok_embeddings()?
+                    encoder.tied_tok_embeddings()?
                 };
                 let bias = if config.decoder_bias {
                     Some(w.get("decoder.bias", &[config.vocab_size])?)
