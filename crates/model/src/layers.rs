@@ -322,7 +322,7 @@ enum LoadedWeight {
 }
 
 /// The weight `name` `[out, in]` packed by `pack`: straight from the mapped file where it stores
-/// f32 (see [`Weights::with_stored_f32`]), else from the converted tensor; the tensor itself
+/// f32 (see [`Weights::stored_f32`]), else from the converted tensor; the tensor itself
 /// where the engine is not f32 on the CPU or `pack` has no kernel.
 fn load_weight(
     w: &Weights,
@@ -330,7 +330,7 @@ fn load_weight(
     shape: [usize; 2],
     pack: impl Fn(&[f32]) -> Option<Box<dyn PackedGemm>>,
 ) -> Result<LoadedWeight> {
-    match w.with_stored_f32(name, &shape, &pack)? {
+    match w.stored_f32(name, &shape)?.map(&pack) {
         Some(Some(packed)) => Ok(LoadedWeight::Packed(packed)),
         Some(None) => Ok(LoadedWeight::Tensor(w.get(name, &shape)?)),
         None => packed_or_tensor(w.get(name, &shape)?, pack),

@@ -189,17 +189,12 @@ impl Weights {
         }
     }
 
-    /// `f` on a tensor's f32 values read in place from the mapped file, where the engine runs
-    /// f32 on the CPU and the file stores the tensor as aligned little-endian f32 (as published
+    /// A tensor's f32 values read in place from the mapped file, where the engine runs f32 on
+    /// the CPU and the file stores the tensor as aligned little-endian f32 (as published
     /// checkpoints do); `None` otherwise (then [`get`](Self::get) converts a copy). Packing a
     /// linear layer's weight from here skips a copy of every weight into fresh memory: that
     /// copy and its page faults were 40% of loading a model.
-    pub(crate) fn with_stored_f32<R>(
-        &self,
-        name: &str,
-        shape: &[usize],
-        f: impl FnOnce(&[f32]) -> R,
-    ) -> Result<Option<R>> {
+    pub(crate) fn stored_f32(&self, name: &str, shape: &[usize]) -> Result<Option<&[f32]>> {
         let view = self.checked_view(name, shape)?;
         if !self.device.is_cpu()
             || self.dtype != DType::F32
@@ -214,11 +209,11 @@ impl Weights {
         if !prefix.is_empty() || values.len() != shape.iter().product::<usize>() {
             return Ok(None);
         }
-        Ok(Some(f(values)))
+        Ok(Some(values))
     }
 
     /// An encoder matrix to read from its file on demand ([`FileTable`]), on the terms of
-    /// [`with_stored_f32`](Self::with_stored_f32); `None` where those do not hold (then
+    /// [`stored_f32`](Self::stored_f32); `None` where those do not hold (then
     /// [`encoder`](Self::encoder) loads it).
     pub(crate) fn encoder_matrix_on_demand(
         &self,
@@ -226,10 +221,7 @@ impl Weights {
         [rows, cols]: [usize; 2],
     ) -> Result<Option<FileTable>> {
         let name = self.full_name(name, true);
-        if self
-            .with_stored_f32(&name, &[rows, cols], |_| ())?
-            .is_none()
-        {
+        if self.stored_f32(&name, &[rows, cols])?.is_none() {
             return Ok(None);
         }
         for path in &self.paths {
@@ -322,23 +314,32 @@ mod tests {
         let copied = w.get("layers.0.w", &[4, 6]).unwrap();
         let copied = copied.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let in_place = w
-            .with_stored_f32("layers.0.w", &[4, 6], |v| v.to_vec())
-            .unwrap();
+            .stored_f32("layers.0.w", &[4, 6])
+            .unwrap()
+            .map(<[f32]>::to_vec);
         assert_eq!(in_place, Some(copied));
-        let stored_bf16 = w.with_stored_f32("layers.0.h", &[4, 6], |v| v.len());
+        let stored_bf16 = w
+            .stored_f32("layers.0.h", &[4, 6])
+            .map(|v| v.map(<[f32]>::len));
         assert_eq!(stored_bf16.unwrap(), None);
-        let err = w.with_stored_f32("layers.0.w", &[6, 4], |v| v.len());
+        let err = w
+            .stored_f32("layers.0.w", &[6, 4])
+            .map(|v| v.map(<[f32]>::len));
         assert!(
             matches!(err, Err(ModelError::TensorShape { .. })),
             "{err:?}"
         );
-        let err = w.with_stored_f32("layers.0.x", &[4, 6], |v| v.len());
+        let err = w
+            .stored_f32("layers.0.x", &[4, 6])
+            .map(|v| v.map(<[f32]>::len));
         assert!(
             matches!(err, Err(ModelError::MissingTensor { .. })),
             "{err:?}"
         );
         let bf16_engine = checkpoint(dir.path(), DType::BF16);
-        let other_precision = bf16_engine.with_stored_f32("layers.0.w", &[4, 6], |v| v.len());
+        let other_precision = bf16_engine
+            .stored_f32("layers.0.w", &[4, 6])
+            .map(|v| v.map(<[f32]>::len));
         assert_eq!(other_precision.unwrap(), None);
     }
 
