@@ -117,7 +117,7 @@ impl PackedAmxBf16 {
         let block_rows = if self.gated { GATED_MC } else { MC };
         let rows = LazyPairs::new(a, (x, norm), m, self.k, self.kp, block_rows);
         if self.gated {
-            return write_gated_blocks(self, &rows, m, GATED_MC, bias, out);
+            return write_gated_blocks(self, &rows, m, Blocking::whole_rows(GATED_MC), bias, out);
         }
         let blocking = Blocking {
             rows: MC,

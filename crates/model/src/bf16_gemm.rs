@@ -133,7 +133,7 @@ impl PackedWeight {
             });
         let a = &*a;
         if self.gated {
-            return write_gated_blocks(self, a, m, GATED_MC, bias, out);
+            return write_gated_blocks(self, a, m, Blocking::whole_rows(GATED_MC), bias, out);
         }
         let blocking = Blocking {
             rows: MC,

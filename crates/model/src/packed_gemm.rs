@@ -463,13 +463,23 @@ pub(crate) mod avx512 {
     }
 }
 
-/// Work-block sizes of [`write_blocks`].
+/// Work-block sizes of [`write_blocks`] and [`write_gated_blocks`].
 pub(crate) struct Blocking {
     /// Rows per block.
     pub rows: usize,
     /// Panels per block: their columns of the weight stay in L2 while the block's rows stream
     /// past them.
     pub panels: usize,
+}
+
+impl Blocking {
+    /// Blocks of `rows` rows, each over every panel at once.
+    pub(crate) fn whole_rows(rows: usize) -> Self {
+        Blocking {
+            rows,
+            panels: usize::MAX,
+        }
+    }
 }
 
 /// The product of `m` prepared rows into `out [m, n]`, in parallel blocks.
@@ -509,8 +519,9 @@ pub(crate) unsafe fn write_blocks<K: PanelKernel>(
 }
 
 /// A gated (GEGLU) product into `out [m, n / 2]` (`n` packed columns, `W_in`'s then
-/// `W_gate`'s): blocks of `block_rows` rows, each multiplied into a per-thread scratch
-/// `[rows, n]` that stays in L2 and then reduced by the GELU and gate.
+/// `W_gate`'s): blocks of `blocking.rows` rows, each multiplied `blocking.panels` panels at a
+/// time into a per-thread scratch `[rows, n]` that stays in L2, and then reduced by the GELU
+/// and gate.
 ///
 /// # Safety
 /// As [`write_blocks`]; `out` is valid for writes of `m · n / 2` floats.
@@ -518,7 +529,7 @@ pub(crate) unsafe fn write_gated_blocks<K: PanelKernel>(
     kernel: &K,
     a: &K::Rows,
     m: usize,
-    block_rows: usize,
+    blocking: Blocking,
     bias: Option<&[f32]>,
     out: *mut f32,
 ) {
@@ -526,6 +537,7 @@ pub(crate) unsafe fn write_gated_blocks<K: PanelKernel>(
     let n = kernel.packed_columns();
     let inter = n / 2;
     let panels = n.div_ceil(kernel.panel_width());
+    let block_rows = blocking.rows;
     let out_ptr = SendPtr(out);
     (0..m.div_ceil(block_rows)).into_par_iter().for_each(|rb| {
         let rows = rb * block_rows..(rb * block_rows + block_rows).min(m);
@@ -535,18 +547,23 @@ pub(crate) unsafe fn write_gated_blocks<K: PanelKernel>(
             // SAFETY: the scratch holds `block_rows` rows of `n`; this task alone writes its
             // rows of `out`.
             unsafe {
-                let block_out = BlockOut {
-                    ptr: scratch.as_mut_ptr(),
-                    first_row: rows.start,
-                };
-                kernel.block(
-                    a,
-                    rows.clone(),
-                    0..panels,
-                    bias,
-                    std::ptr::null(),
-                    block_out,
-                );
+                let mut first_panel = 0;
+                while first_panel < panels {
+                    let last = first_panel.saturating_add(blocking.panels).min(panels);
+                    let block_out = BlockOut {
+                        ptr: scratch.as_mut_ptr(),
+                        first_row: rows.start,
+                    };
+                    kernel.block(
+                        a,
+                        rows.clone(),
+                        first_panel..last,
+                        bias,
+                        std::ptr::null(),
+                        block_out,
+                    );
+                    first_panel = last;
+                }
                 for (i, y) in scratch.chunks_exact(n).take(rows.len()).enumerate() {
                     let dst = std::slice::from_raw_parts_mut(
                         out_ptr.0.add((rows.start + i) * inter),

@@ -88,7 +88,7 @@ impl Step for MaddWide {
 }
 
 /// Rows per micro-kernel call.
-const MR: usize = 12;
+pub(super) const MR: usize = 12;
 /// Panels (of [`NR`] columns) per micro-kernel call: `MR × PANELS` = 24 accumulators and
 /// `PANELS` weight vectors of the 32 registers, so each broadcast of four activations feeds two
 /// `vpdpbusd`. A call's 12 rows (9 KiB at k = 768) stay in L1 while the block's panels stream
