@@ -1205,6 +1205,37 @@ mod tests {
         }
     }
 
+    /// The blocks follow the pool's thread count (more and smaller where there are many
+    /// threads for few rows): 1, 2 and 16 threads give the same values, plain and gated.
+    #[test]
+    fn any_number_of_threads_gives_the_same_values() {
+        if skip_without_kernel() {
+            return;
+        }
+        // Row blocks of 84, 60 and 24 rows on 1, 2 and 16 threads (48, 24 and 24 gated).
+        let (m, n, k) = (150, 900, 768);
+        let x = random(m * k, 21);
+        let w = random(n * k, 22);
+        let b = random(n, 23);
+        for kernel in kernels() {
+            let plain = PackedI8::pack_for(kernel, &w, n, k);
+            let gated = PackedI8::pack_gated_for(kernel, &w, n / 2, k);
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| (plain.matmul(&x, m, Some(&b)), gated.matmul(&x, m, Some(&b))))
+            };
+            let one = on(1);
+            assert_eq!(one.0, scalar_product(&x, &w, Some(&b), None, (m, n, k)));
+            for threads in [2, 16] {
+                let got = on(threads);
+                assert!(got == one, "{kernel:?} on {threads} threads");
+            }
+        }
+    }
+
     /// The gated (GEGLU) product equals the plain product of the same weight followed by the
     /// separate GELU x gate pass.
     #[test]
