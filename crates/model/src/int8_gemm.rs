@@ -60,10 +60,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// 12% less time, gated 9% less (AVX512-VNNI); on AVX-VNNI 3-13% and 9-17%; the `vpmaddwd`
 /// kernels level.
 const PANEL_BLOCK_BYTES: usize = 288 << 10;
-/// The tiles' blocking, as measured on Sapphire Rapids: 256 rows × 4 pairs of panels, gated
-/// products 64 rows over every panel.
+// The tiles keep the blocking measured on Sapphire Rapids (no machine since has had them).
+/// Rows per work block of the tiles' plain products.
 const TILES_MC: usize = 256;
+/// Pairs of panels per work block of the tiles' plain products.
 const TILES_PAIRS_PER_BLOCK: usize = 4;
+/// Rows per block of the tiles' gated products, each over every panel at once.
 const TILES_GATED_MC: usize = 64;
 /// The largest quantized magnitude: symmetric, so `-128` never occurs.
 const QMAX: f32 = 127.0;
