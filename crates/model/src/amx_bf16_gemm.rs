@@ -21,7 +21,7 @@ use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
     normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PanelGemm, PanelKernel, RowNorm,
+    PanelGemm, PanelKernel, RawRowNorm, RowNorm,
 };
 
 /// Output columns per packed panel: two tiles of 16.
@@ -140,7 +140,7 @@ pub(crate) struct LazyPairs {
     x: *const f32,
     /// A LayerNorm's weight, bias (`k` values each) and epsilon, applied to each row of `x`
     /// before it is converted.
-    norm: Option<(*const f32, *const f32, f32)>,
+    norm: Option<RawRowNorm>,
     m: usize,
     k: usize,
     kp: usize,
@@ -171,7 +171,7 @@ impl LazyPairs {
             x: x.as_ptr(),
             norm: norm.map(|n| {
                 debug_assert!(n.params.0.len() == k && n.params.1.len() == k);
-                (n.params.0.as_ptr(), n.params.1.as_ptr(), n.eps)
+                RawRowNorm::new(n)
             }),
             m,
             k,
@@ -202,16 +202,7 @@ impl LazyPairs {
                 )
             };
             // SAFETY: the norm's parameters are `[k]` and outlive the product.
-            let norm = self.norm.map(|(w, b, eps)| unsafe {
-                let k = self.k;
-                RowNorm {
-                    params: (
-                        std::slice::from_raw_parts(w, k),
-                        std::slice::from_raw_parts(b, k),
-                    ),
-                    eps,
-                }
-            });
+            let norm = self.norm.map(|n| unsafe { n.get(self.k) });
             let mut normed = Vec::new();
             for (i, s) in src.chunks(self.k).enumerate() {
                 let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
     normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PanelGemm, PanelKernel, RowNorm,
+    PanelGemm, PanelKernel, RawRowNorm, RowNorm,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -391,17 +391,18 @@ impl PackedI8 {
             _ => 1,
         };
         let bytes = self.kernel.row_bytes();
-        rows.quantize(
+        let blocking = self.blocking(m);
+        let rows = LazyRows::new(
+            rows,
             (x, norm),
             (m, self.k),
             (self.groups * 4 * bytes.width(), row_multiple),
-            bytes,
+            (bytes, blocking.rows),
         );
-        let blocking = self.blocking(m);
         if self.gated {
-            return write_gated_blocks(self, rows, m, blocking, bias, out);
+            return write_gated_blocks(self, &rows, m, blocking, bias, out);
         }
-        write_blocks(self, rows, m, blocking, bias, residual, out);
+        write_blocks(self, &rows, m, blocking, bias, residual, out);
     }
 
     /// How an `m`-row product splits into parallel work blocks.
@@ -482,50 +483,103 @@ impl Int8Kernel {
     }
 }
 
-/// Activations quantized per row: `p` (encoded as [`RowBytes`] says), row-major
-/// `[m, 4 · groups]` values (padded with an encoded zero), and each row's scale `t`.
+/// A thread's buffer of activations quantized per row: `p` (encoded as [`RowBytes`] says),
+/// row-major `[m, 4 · groups]` values (padded with an encoded zero), and each row's scale `t`;
+/// written through [`LazyRows`].
 #[derive(Default)]
 pub(crate) struct QuantizedRows {
     /// On cache lines: the tiles load rows of 64 bytes.
     values: AlignedVec<i8>,
     scales: Vec<f32>,
-    /// Bytes per row: `4 · groups` values of [`RowBytes::width`].
-    stride: usize,
 }
 
-impl QuantizedRows {
-    /// Quantizes `x [m, k]` into this buffer as `bytes`, each row normalized by `norm` first
-    /// where given (in cache, never written in f32), rows `stride` bytes apart (at least `k`
-    /// values, zero past them), with room for `m` rounded up to `row_multiple` rows.
-    fn quantize(
-        &mut self,
+/// The activations of one product, quantized into a [`QuantizedRows`] buffer a block of rows
+/// at a time by the first task that multiplies the block, right before it does: its bytes are
+/// then still in cache for its products, and one thread's quantization, which streams f32 rows
+/// from memory, overlaps the other threads' products (as `amx_bf16_gemm::LazyPairs` converts
+/// bf16). A pass quantizing the whole batch first was 8% of an int8 forward, every thread
+/// waiting on memory at once; lazily the forward ran 1-2% faster at 4,096 tokens and 2-7% at
+/// 512 (`forward_profile int8`, Emerald Rapids, 2026-12-05; long documents level). On AMX,
+/// where the products are faster and the pass weighs more, not yet measured.
+pub(crate) struct LazyRows {
+    values: *mut i8,
+    scales: *mut f32,
+    /// Bytes per row: `4 · groups` values of [`RowBytes::width`].
+    stride: usize,
+    x: *const f32,
+    norm: Option<RawRowNorm>,
+    m: usize,
+    k: usize,
+    bytes: RowBytes,
+    /// Rows per block: the blocks of the driver's tasks.
+    block_rows: usize,
+    quantized: Vec<std::sync::Once>,
+}
+
+// SAFETY: a block's rows are written once, by the one caller of its `Once`, and read only
+// after that `Once` completed; `x` and the norm are only read.
+unsafe impl Sync for LazyRows {}
+
+impl LazyRows {
+    /// Rows of `x [m, k]` to be quantized into `buffer` as `bytes`, each normalized by `norm`
+    /// first where given (in cache, never written in f32), rows `stride` bytes apart (at least
+    /// `k` values, zero past them), with room for `m` rounded up to `row_multiple` rows, in
+    /// blocks of `block_rows`; `x` and the norm outlive the product.
+    fn new(
+        buffer: &mut QuantizedRows,
         (x, norm): (&[f32], Option<RowNorm<'_>>),
         (m, k): (usize, usize),
         (stride, row_multiple): (usize, usize),
-        bytes: RowBytes,
-    ) {
-        self.stride = stride;
-        self.values
+        (bytes, block_rows): (RowBytes, usize),
+    ) -> Self {
+        assert!(x.len() == m * k && stride >= k * bytes.width() && block_rows > 0);
+        buffer
+            .values
             .resize(m.next_multiple_of(row_multiple) * stride);
-        self.scales.resize(m, 0.0);
-        const ROWS_PER_TASK: usize = 64;
-        let (padding, width) = (bytes.encode(0), bytes.width());
-        self.values[..m * stride]
-            .par_chunks_mut(stride * ROWS_PER_TASK)
-            .zip(self.scales[..m].par_chunks_mut(ROWS_PER_TASK))
-            .zip(x.par_chunks(k * ROWS_PER_TASK))
-            .for_each(|((values, scales), src)| {
-                let rows = values
-                    .chunks_mut(stride)
-                    .zip(scales.iter_mut())
-                    .zip(src.chunks(k));
-                let mut normed = Vec::new();
-                for ((v, s), x) in rows {
-                    let x = normalized_row(norm, x, &mut normed);
-                    *s = quantize_row(x, &mut v[..k * width], bytes);
-                    v[k * width..].fill(padding);
-                }
-            });
+        buffer.scales.resize(m, 0.0);
+        LazyRows {
+            values: buffer.values.as_mut_ptr(),
+            scales: buffer.scales.as_mut_ptr(),
+            stride,
+            x: x.as_ptr(),
+            norm: norm.map(RawRowNorm::new),
+            m,
+            k,
+            bytes,
+            block_rows,
+            quantized: (0..m.div_ceil(block_rows))
+                .map(|_| std::sync::Once::new())
+                .collect(),
+        }
+    }
+
+    /// Quantizes the block that holds `rows` (which lie in one block), unless done.
+    fn ready(&self, rows: &std::ops::Range<usize>) {
+        let block = rows.start / self.block_rows;
+        debug_assert!(rows.end <= ((block + 1) * self.block_rows).min(self.m));
+        self.quantized[block].call_once(|| {
+            let (k, stride, bytes) = (self.k, self.stride, self.bytes);
+            let first = block * self.block_rows;
+            let count = self.block_rows.min(self.m - first);
+            // SAFETY: this block's rows of `x`, values and scales, which no other task touches
+            // until this `Once` completes; the norm outlives the product.
+            let (src, values, scales, norm) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.x.add(first * k), count * k),
+                    std::slice::from_raw_parts_mut(self.values.add(first * stride), count * stride),
+                    std::slice::from_raw_parts_mut(self.scales.add(first), count),
+                    self.norm.map(|n| n.get(k)),
+                )
+            };
+            let (padding, width) = (bytes.encode(0), bytes.width());
+            let mut normed = Vec::new();
+            let rows = values.chunks_mut(stride).zip(scales).zip(src.chunks(k));
+            for ((v, s), x) in rows {
+                let x = normalized_row(norm, x, &mut normed);
+                *s = quantize_row(x, &mut v[..k * width], bytes);
+                v[k * width..].fill(padding);
+            }
+        });
     }
 }
 
@@ -549,7 +603,7 @@ fn quantize_row_scalar(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
 }
 
 impl PanelKernel for PackedI8 {
-    type Rows = QuantizedRows;
+    type Rows = LazyRows;
 
     fn packed_columns(&self) -> usize {
         self.n
@@ -567,13 +621,14 @@ impl PanelKernel for PackedI8 {
     /// As the trait's; the CPU runs `self.kernel`.
     unsafe fn block(
         &self,
-        a: &QuantizedRows,
+        a: &LazyRows,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         residual: *const f32,
         out: BlockOut,
     ) {
+        a.ready(&rows);
         match self.kernel {
             Int8Kernel::Tiles => return tiles::block(self, a, rows, panels, (bias, residual), out),
             Int8Kernel::Avx512Vnni => {
@@ -591,9 +646,9 @@ impl PanelKernel for PackedI8 {
         while r < rows.end {
             let mr = MR.min(rows.end - r);
             let lhs = Lhs {
-                values: a.values.as_ptr().add(r * stride),
+                values: a.values.add(r * stride),
                 stride,
-                scales: a.scales.as_ptr().add(r),
+                scales: a.scales.add(r),
             };
             for p in panels.clone() {
                 let col = p * NR;

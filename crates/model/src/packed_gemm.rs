@@ -159,6 +159,39 @@ pub struct RowNorm<'a> {
     pub eps: f32,
 }
 
+/// A [`RowNorm`] as the rows that a product prepares lazily keep it: pointers, since the
+/// drivers' row types carry no lifetime.
+#[derive(Clone, Copy)]
+pub(crate) struct RawRowNorm {
+    weight: *const f32,
+    bias: *const f32,
+    eps: f32,
+}
+
+impl RawRowNorm {
+    pub(crate) fn new(norm: RowNorm<'_>) -> Self {
+        RawRowNorm {
+            weight: norm.params.0.as_ptr(),
+            bias: norm.params.1.as_ptr(),
+            eps: norm.eps,
+        }
+    }
+
+    /// The norm again, its weight and bias `k` values long.
+    ///
+    /// # Safety
+    /// The norm this was made from is still alive, and its weight and bias are `k` values.
+    pub(crate) unsafe fn get<'a>(self, k: usize) -> RowNorm<'a> {
+        RowNorm {
+            params: (
+                std::slice::from_raw_parts(self.weight, k),
+                std::slice::from_raw_parts(self.bias, k),
+            ),
+            eps: self.eps,
+        }
+    }
+}
+
 /// A kernel over a weight packed in panels of columns, as the bf16 and int8 kernels are: the
 /// blocked drivers below split a product into rayon tasks of rows × panels and call
 /// [`block`](Self::block) on each.

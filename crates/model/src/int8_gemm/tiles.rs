@@ -6,7 +6,7 @@
 //! B tile (1 KiB, contiguous). The micro-kernel takes two adjacent panels (32 columns) and 32
 //! rows of quantized activations (two A tiles of 64 bytes of k per step).
 
-use super::{PackedI8, QuantizedRows, NR};
+use super::{LazyRows, PackedI8, NR};
 use crate::amx::{Accumulators, BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::BlockOut;
 
@@ -30,7 +30,7 @@ pub(super) fn available() -> bool {
 /// padded to [`BLOCK`]).
 pub(super) unsafe fn block(
     w: &PackedI8,
-    a: &QuantizedRows,
+    a: &LazyRows,
     rows: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
     (bias, residual): (Option<&[f32]>, *const f32),
@@ -49,11 +49,11 @@ pub(super) unsafe fn block(
             let mut r = rows.start;
             while r < rows.end {
                 let mr = BLOCK.min(rows.end - r);
-                let a0 = a.values.as_ptr().add(r * a.stride) as *const u8;
+                let a0 = a.values.add(r * a.stride) as *const u8;
                 let a_tiles = (a0, a0.add(TILE_ROWS * a.stride), a.stride, TILE_BYTES);
                 crate::amx::product_i8(a_tiles, b_tiles, w.groups / 16, acc.destination());
                 let t = out.tile((r, col, cols), w.n, bias, residual);
-                let scales = (a.scales.as_ptr().add(r), w.scales.as_ptr().add(col));
+                let scales = (a.scales.add(r).cast_const(), w.scales.as_ptr().add(col));
                 x86::write_tile(&acc, mr, scales, t);
                 r += mr;
             }

@@ -15,7 +15,7 @@
 //! `Σ p · q` itself fits in i32: k < 133,000), and the epilogue does their f32 operations in the
 //! same order, so the outputs are the same bit for bit.
 
-use super::{PackedI8, QuantizedRows, NR};
+use super::{LazyRows, PackedI8, NR};
 use crate::packed_gemm::BlockOut;
 
 #[cfg(target_arch = "x86_64")]
@@ -123,7 +123,7 @@ pub(super) fn available(vnni: bool) -> bool {
 /// As that; [`available`] said yes for `S`.
 pub(super) unsafe fn block<S: Step>(
     w: &PackedI8,
-    a: &QuantizedRows,
+    a: &LazyRows,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
     (bias, residual): (Option<&[f32]>, *const f32),
@@ -138,10 +138,10 @@ pub(super) unsafe fn block<S: Step>(
             let np = PANELS.min(panels.end - p);
             let col = p * NR;
             let operands = x86::Operands {
-                values: a.values.as_ptr().add(r * a.stride) as *const u8,
+                values: a.values.add(r * a.stride) as *const u8,
                 steps: w.groups * S::PER_GROUP,
                 stride: a.stride,
-                row_scales: a.scales.as_ptr().add(r),
+                row_scales: a.scales.add(r),
                 weights: w.data.as_ptr().add(p * panel_bytes),
                 panel_bytes,
                 col_scales: w.scales.as_ptr().add(col),
