@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use crate::aligned::AlignedVec;
 use crate::amx::{BLOCK, TILE_BYTES, TILE_ROWS};
 use crate::packed_gemm::{
-    normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PanelGemm, PanelKernel, RawRowNorm, RowNorm,
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, LazyBlocks,
+    PanelGemm, PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel: two tiles of 16.
@@ -137,20 +137,13 @@ impl PackedAmxBf16 {
 /// other, so a tile load reads 1 KiB of contiguous memory.
 pub(crate) struct LazyPairs {
     pairs: *mut u32,
-    x: *const f32,
-    /// A LayerNorm's weight, bias (`k` values each) and epsilon, applied to each row of `x`
-    /// before it is converted.
-    norm: Option<RawRowNorm>,
-    m: usize,
-    k: usize,
     kp: usize,
-    /// Rows per block: the blocks of the driver's tasks, a multiple of [`TILE_ROWS`].
-    block_rows: usize,
-    converted: Vec<std::sync::Once>,
+    /// The f32 rows, in blocks of a multiple of [`TILE_ROWS`] rows.
+    rows: LazyBlocks,
 }
 
-// SAFETY: a block's pairs are written once, by the one caller of its `Once`, and read only
-// after that `Once` completed; `x` is only read.
+// SAFETY: a block's pairs are written once, while `rows` prepares the block, and read only
+// after that completed.
 unsafe impl Sync for LazyPairs {}
 
 impl LazyPairs {
@@ -164,54 +157,32 @@ impl LazyPairs {
         kp: usize,
         block_rows: usize,
     ) -> Self {
-        debug_assert!(pairs.len() >= m.next_multiple_of(MR) * kp && x.len() == m * k);
+        debug_assert!(pairs.len() >= m.next_multiple_of(MR) * kp);
         debug_assert!(block_rows.is_multiple_of(TILE_ROWS));
         LazyPairs {
             pairs: pairs.as_mut_ptr(),
-            x: x.as_ptr(),
-            norm: norm.map(|n| {
-                debug_assert!(n.params.0.len() == k && n.params.1.len() == k);
-                RawRowNorm::new(n)
-            }),
-            m,
-            k,
             kp,
-            block_rows,
-            converted: (0..m.div_ceil(block_rows))
-                .map(|_| std::sync::Once::new())
-                .collect(),
+            rows: LazyBlocks::new((x, norm), (m, k), block_rows),
         }
     }
 
     /// The pairs of row 0 on, once the block holding `rows` (which lie in one block) is converted.
     fn ready(&self, rows: &std::ops::Range<usize>) -> *const u32 {
-        let block = rows.start / self.block_rows;
-        debug_assert!(rows.end <= (block + 1) * self.block_rows);
-        self.converted[block].call_once(|| {
-            let (kp, first) = (self.kp, block * self.block_rows);
-            let last = (first + self.block_rows).min(self.m);
-            // SAFETY: this block's rows of `x`, and its groups of pairs, which no other task
-            // touches until this `Once` completes (blocks start on tile groups).
-            let (src, dst) = unsafe {
-                (
-                    std::slice::from_raw_parts(self.x.add(first * self.k), (last - first) * self.k),
-                    std::slice::from_raw_parts_mut(
-                        self.pairs.add(first * kp),
-                        (last - first).next_multiple_of(TILE_ROWS) * kp,
-                    ),
+        let kp = self.kp;
+        self.rows.ready(rows, |block, i, s| {
+            // SAFETY: this block's groups of pairs, which no other task touches until the
+            // block is prepared (blocks start on tile groups).
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.pairs.add(block.first * kp),
+                    block.count.next_multiple_of(TILE_ROWS) * kp,
                 )
             };
-            // SAFETY: the norm's parameters are `[k]` and outlive the product.
-            let norm = self.norm.map(|n| unsafe { n.get(self.k) });
-            let mut normed = Vec::new();
-            for (i, s) in src.chunks(self.k).enumerate() {
-                let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
-                // Zero past the row's end: padding pairs meet zero weights, but stale NaNs
-                // there would not vanish.
-                let row = &mut group[(i % TILE_ROWS) * KB..];
-                let s = normalized_row(norm, s, &mut normed);
-                crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
-            }
+            let group = &mut dst[(i / TILE_ROWS) * TILE_ROWS * kp..];
+            // Zero past the row's end: padding pairs meet zero weights, but stale NaNs there
+            // would not vanish.
+            let row = &mut group[(i % TILE_ROWS) * KB..];
+            crate::bf16_gemm::convert_row_into_blocks(s, row, B_TILE, kp / KB);
         });
         self.pairs
     }

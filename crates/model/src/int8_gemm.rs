@@ -35,8 +35,8 @@ use rayon::prelude::*;
 
 use crate::aligned::AlignedVec;
 use crate::packed_gemm::{
-    normalized_row, with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking,
-    PanelGemm, PanelKernel, RawRowNorm, RowNorm,
+    with_thread_buffer, write_blocks, write_gated_blocks, BlockOut, Blocking, LazyBlocks,
+    PanelGemm, PanelKernel, RowNorm,
 };
 
 /// Output columns per packed panel (two 8-lane vectors).
@@ -494,37 +494,29 @@ pub(crate) struct QuantizedRows {
 }
 
 /// The activations of one product, quantized into a [`QuantizedRows`] buffer a block of rows
-/// at a time by the first task that multiplies the block, right before it does: its bytes are
-/// then still in cache for its products, and one thread's quantization, which streams f32 rows
-/// from memory, overlaps the other threads' products (as `amx_bf16_gemm::LazyPairs` converts
-/// bf16). A pass quantizing the whole batch first was 8% of an int8 forward, every thread
-/// waiting on memory at once; lazily the forward ran 1-2% faster at 4,096 tokens and 2-7% at
-/// 512 (`forward_profile int8`, Emerald Rapids, 2026-12-05; long documents level). On AMX,
-/// where the products are faster and the pass weighs more, not yet measured.
+/// at a time ([`LazyBlocks`]). A pass quantizing the whole batch first was 8% of an int8
+/// forward, every thread waiting on memory at once; block by block the forward ran 1-2% faster
+/// at 4,096 tokens and 2-7% at 512 (`forward_profile int8`, Emerald Rapids, 2026-12-05; long
+/// documents level). On AMX, where the products are faster and the pass weighs more, not yet
+/// measured.
 pub(crate) struct LazyRows {
     values: *mut i8,
     scales: *mut f32,
     /// Bytes per row: `4 · groups` values of [`RowBytes::width`].
     stride: usize,
-    x: *const f32,
-    norm: Option<RawRowNorm>,
-    m: usize,
-    k: usize,
     bytes: RowBytes,
-    /// Rows per block: the blocks of the driver's tasks.
-    block_rows: usize,
-    quantized: Vec<std::sync::Once>,
+    rows: LazyBlocks,
 }
 
-// SAFETY: a block's rows are written once, by the one caller of its `Once`, and read only
-// after that `Once` completed; `x` and the norm are only read.
+// SAFETY: a block's values and scales are written once, while `rows` prepares the block, and
+// read only after that completed.
 unsafe impl Sync for LazyRows {}
 
 impl LazyRows {
     /// Rows of `x [m, k]` to be quantized into `buffer` as `bytes`, each normalized by `norm`
-    /// first where given (in cache, never written in f32), rows `stride` bytes apart (at least
-    /// `k` values, zero past them), with room for `m` rounded up to `row_multiple` rows, in
-    /// blocks of `block_rows`; `x` and the norm outlive the product.
+    /// first where given, rows `stride` bytes apart (at least `k` values, zero past them), with
+    /// room for `m` rounded up to `row_multiple` rows, in blocks of `block_rows`; `x` and the
+    /// norm outlive the product.
     fn new(
         buffer: &mut QuantizedRows,
         (x, norm): (&[f32], Option<RowNorm<'_>>),
@@ -532,7 +524,7 @@ impl LazyRows {
         (stride, row_multiple): (usize, usize),
         (bytes, block_rows): (RowBytes, usize),
     ) -> Self {
-        assert!(x.len() == m * k && stride >= k * bytes.width() && block_rows > 0);
+        assert!(stride >= k * bytes.width());
         buffer
             .values
             .resize(m.next_multiple_of(row_multiple) * stride);
@@ -541,44 +533,28 @@ impl LazyRows {
             values: buffer.values.as_mut_ptr(),
             scales: buffer.scales.as_mut_ptr(),
             stride,
-            x: x.as_ptr(),
-            norm: norm.map(RawRowNorm::new),
-            m,
-            k,
             bytes,
-            block_rows,
-            quantized: (0..m.div_ceil(block_rows))
-                .map(|_| std::sync::Once::new())
-                .collect(),
+            rows: LazyBlocks::new((x, norm), (m, k), block_rows),
         }
     }
 
     /// Quantizes the block that holds `rows` (which lie in one block), unless done.
     fn ready(&self, rows: &std::ops::Range<usize>) {
-        let block = rows.start / self.block_rows;
-        debug_assert!(rows.end <= ((block + 1) * self.block_rows).min(self.m));
-        self.quantized[block].call_once(|| {
-            let (k, stride, bytes) = (self.k, self.stride, self.bytes);
-            let first = block * self.block_rows;
-            let count = self.block_rows.min(self.m - first);
-            // SAFETY: this block's rows of `x`, values and scales, which no other task touches
-            // until this `Once` completes; the norm outlives the product.
-            let (src, values, scales, norm) = unsafe {
+        let (stride, bytes) = (self.stride, self.bytes);
+        let (padding, width) = (bytes.encode(0), bytes.width());
+        self.rows.ready(rows, |block, i, x| {
+            let r = block.first + i;
+            // SAFETY: row `r`'s values and scale, which no other task touches until the
+            // block is prepared.
+            let (values, scale) = unsafe {
                 (
-                    std::slice::from_raw_parts(self.x.add(first * k), count * k),
-                    std::slice::from_raw_parts_mut(self.values.add(first * stride), count * stride),
-                    std::slice::from_raw_parts_mut(self.scales.add(first), count),
-                    self.norm.map(|n| n.get(k)),
+                    std::slice::from_raw_parts_mut(self.values.add(r * stride), stride),
+                    &mut *self.scales.add(r),
                 )
             };
-            let (padding, width) = (bytes.encode(0), bytes.width());
-            let mut normed = Vec::new();
-            let rows = values.chunks_mut(stride).zip(scales).zip(src.chunks(k));
-            for ((v, s), x) in rows {
-                let x = normalized_row(norm, x, &mut normed);
-                *s = quantize_row(x, &mut v[..k * width], bytes);
-                v[k * width..].fill(padding);
-            }
+            let k = x.len();
+            *scale = quantize_row(x, &mut values[..k * width], bytes);
+            values[k * width..].fill(padding);
         });
     }
 }

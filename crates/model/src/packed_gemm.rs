@@ -159,17 +159,17 @@ pub struct RowNorm<'a> {
     pub eps: f32,
 }
 
-/// A [`RowNorm`] as the rows that a product prepares lazily keep it: pointers, since the
-/// drivers' row types carry no lifetime.
+/// A [`RowNorm`] as [`LazyBlocks`] keeps it: pointers, since the drivers' row types carry no
+/// lifetime.
 #[derive(Clone, Copy)]
-pub(crate) struct RawRowNorm {
+struct RawRowNorm {
     weight: *const f32,
     bias: *const f32,
     eps: f32,
 }
 
 impl RawRowNorm {
-    pub(crate) fn new(norm: RowNorm<'_>) -> Self {
+    fn new(norm: RowNorm<'_>) -> Self {
         RawRowNorm {
             weight: norm.params.0.as_ptr(),
             bias: norm.params.1.as_ptr(),
@@ -181,7 +181,7 @@ impl RawRowNorm {
     ///
     /// # Safety
     /// The norm this was made from is still alive, and its weight and bias are `k` values.
-    pub(crate) unsafe fn get<'a>(self, k: usize) -> RowNorm<'a> {
+    unsafe fn get<'a>(self, k: usize) -> RowNorm<'a> {
         RowNorm {
             params: (
                 std::slice::from_raw_parts(self.weight, k),
@@ -189,6 +189,86 @@ impl RawRowNorm {
             ),
             eps: self.eps,
         }
+    }
+}
+
+/// The rows of one lazily prepared block: `first..first + count`.
+#[derive(Clone, Copy)]
+pub(crate) struct RowBlock {
+    pub first: usize,
+    pub count: usize,
+}
+
+/// A product's f32 input rows, prepared for its kernel (converted, quantized) a block of rows at
+/// a time by the first task that multiplies the block, right before it does: the prepared
+/// block is then still in cache for its products, and one thread's preparation, which streams
+/// f32 rows from memory, overlaps the other threads' products. The row types of the AMX bf16
+/// and int8 kernels hold one, with where they write.
+pub(crate) struct LazyBlocks {
+    x: *const f32,
+    /// Applied to each row of `x` before it is prepared.
+    norm: Option<RawRowNorm>,
+    m: usize,
+    k: usize,
+    /// Rows per block: the blocks of the driver's tasks.
+    block_rows: usize,
+    prepared: Vec<std::sync::Once>,
+}
+
+// SAFETY: `x` and the norm are only read; what `ready` prepares is written by the one caller
+// of its block's `Once`.
+unsafe impl Sync for LazyBlocks {}
+
+impl LazyBlocks {
+    /// `x` is `[m, k]` and the norm's parameters `[k]`; both outlive the product.
+    pub(crate) fn new(
+        (x, norm): (&[f32], Option<RowNorm<'_>>),
+        (m, k): (usize, usize),
+        block_rows: usize,
+    ) -> Self {
+        assert!(x.len() == m * k && block_rows > 0);
+        assert!(norm.is_none_or(|n| n.params.0.len() == k && n.params.1.len() == k));
+        LazyBlocks {
+            x: x.as_ptr(),
+            norm: norm.map(RawRowNorm::new),
+            m,
+            k,
+            block_rows,
+            prepared: (0..m.div_ceil(block_rows))
+                .map(|_| std::sync::Once::new())
+                .collect(),
+        }
+    }
+
+    /// Unless done, prepares the block that holds `rows` (which lie in one block): calls
+    /// `prepare_row(block, i, row)` for its rows in order, `row` being row `block.first + i` of
+    /// `x`, normalized where there is a norm (in cache, never written in f32). No other call
+    /// for the block runs before all of these have returned.
+    pub(crate) fn ready(
+        &self,
+        rows: &std::ops::Range<usize>,
+        mut prepare_row: impl FnMut(RowBlock, usize, &[f32]),
+    ) {
+        let index = rows.start / self.block_rows;
+        debug_assert!(rows.end <= ((index + 1) * self.block_rows).min(self.m));
+        self.prepared[index].call_once(|| {
+            let first = index * self.block_rows;
+            let block = RowBlock {
+                first,
+                count: self.block_rows.min(self.m - first),
+            };
+            // SAFETY: `x` is `[m, k]` and the norm's parameters `[k]`, alive for the product.
+            let (src, norm) = unsafe {
+                (
+                    std::slice::from_raw_parts(self.x.add(first * self.k), block.count * self.k),
+                    self.norm.map(|n| n.get(self.k)),
+                )
+            };
+            let mut normed = Vec::new();
+            for (i, row) in src.chunks(self.k).enumerate() {
+                prepare_row(block, i, normalized_row(norm, row, &mut normed));
+            }
+        });
     }
 }
 
