@@ -695,16 +695,17 @@ impl Block {
         let scores = &mut scores[..self.qn * stride];
         let first_query = self.q0 - self.seq.start;
         let out = dst.0.add(self.q0 * hidden + self.head * head_dim);
-        // Tiles of ROWS queries: scores only for the key tiles the tile's band touches (a local
+        // Tiles of `tile_rows` queries: scores only for the key tiles the tile's band touches (a local
         // layer's band is 2w + 1 keys of the block's 2w + block), softmax, then PV over the band.
         let tile_band = |r0: usize, rows: usize| {
             let (lo, _) = self.band(r0, (k0, k1), kind);
             let (_, hi) = self.band(r0 + rows - 1, (k0, k1), kind);
             (lo + shift, hi + shift)
         };
+        let tile_rows = products.tile_rows().min(values.tile_rows());
         let tiles = || {
-            (0..self.qn).step_by(simd::ROWS).map(|r0| {
-                let rows = simd::ROWS.min(self.qn - r0);
+            (0..self.qn).step_by(tile_rows).map(|r0| {
+                let rows = tile_rows.min(self.qn - r0);
                 (r0, rows, tile_band(r0, rows))
             })
         };
@@ -749,8 +750,11 @@ mod simd {
 
     /// Head sizes must be a multiple of this.
     pub const HEAD_DIM_STEP: usize = 64;
-    /// Query rows per tile (its band of keys, its scores, then its products with V).
+    /// Query rows per tile (its band of keys, its scores, then its products with V) where a
+    /// kernel does not say otherwise ([`f32_tile_rows`]).
     pub const ROWS: usize = 8;
+    /// The most query rows per tile of any kernel.
+    const MAX_ROWS: usize = 12;
     /// Keys per pass of the PV kernel: their values (32 KiB at head size 64) stay in L1 while
     /// the tile's rows accumulate.
     const KEY_CHUNK: usize = 128;
@@ -768,12 +772,34 @@ mod simd {
         }
     }
 
-    /// Query rows per PV register tile (`ROWS` or fewer: AVX2 has 16 registers).
+    /// Query rows x vectors of head columns per PV register tile: 4 x 4 where there are 32
+    /// registers; 6 x 2 in AVX2's 16. With eight accumulators (2 x 4, as before) the PV loop
+    /// took a fifth more time than QKᵀ's for the same FLOPs; twelve took global layers from
+    /// 124-132 to 136-140 GFLOP/s (`attention_bench`, AMD EPYC Zen 3, 2026-12-06).
     fn value_rows<S: Isa>() -> usize {
         if S::REGISTERS >= 32 {
             4
         } else {
+            6
+        }
+    }
+
+    /// Vectors of head columns per PV register tile (see [`value_rows`]).
+    const fn value_vectors<S: Isa>() -> usize {
+        if S::REGISTERS >= 32 {
+            4
+        } else {
             2
+        }
+    }
+
+    /// Query rows per tile of the f32 kernels: [`ROWS`] on AVX-512 (one QKᵀ register tile, two
+    /// PV ones), 12 on AVX2 (three QKᵀ register tiles, two PV ones).
+    fn f32_tile_rows<S: Isa>() -> usize {
+        if S::REGISTERS >= 32 {
+            ROWS
+        } else {
+            MAX_ROWS
         }
     }
 
@@ -862,6 +888,11 @@ mod simd {
 
     /// QKᵀ of one head of one sequence, by tiles of the score matrix.
     pub trait QueryKeyScores {
+        /// The most query rows a tile may have.
+        fn tile_rows(&self) -> usize {
+            ROWS
+        }
+
         /// `scores[r, j] = q[first_query + r] · k[base + j]` for the tile's rows `r` and score
         /// columns `j` in `tile.keys` (starting at a multiple of the key step, as `base` does);
         /// score rows have stride `stride`, a multiple of the key step.
@@ -889,6 +920,10 @@ mod simd {
     }
 
     impl<S: Isa> QueryKeyScores for F32Scores<'_, S> {
+        fn tile_rows(&self) -> usize {
+            f32_tile_rows::<S>()
+        }
+
         #[inline(always)]
         unsafe fn scores(
             &self,
@@ -914,6 +949,11 @@ mod simd {
 
     /// PV of one head of one sequence, by tiles of query rows.
     pub trait WeightedValues {
+        /// The most query rows a tile may have.
+        fn tile_rows(&self) -> usize {
+            ROWS
+        }
+
         /// `out[r, :] = scales[r] · Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's
         /// rows of weights (row stride `p_stride`, finite everywhere); `out` rows (stride
         /// `out_stride`) start at zero.
@@ -940,6 +980,10 @@ mod simd {
     }
 
     impl<S: Isa> WeightedValues for F32Values<'_, S> {
+        fn tile_rows(&self) -> usize {
+            f32_tile_rows::<S>()
+        }
+
         #[inline(always)]
         unsafe fn weighted(
             &self,
@@ -955,7 +999,8 @@ mod simd {
         }
     }
 
-    /// Query rows `r0..r0 + rows` (`1 <= rows <= ROWS`) against `keys` (score columns).
+    /// Query rows `r0..r0 + rows` (`1 <= rows <=` the kernels' `tile_rows`) against `keys`
+    /// (score columns).
     pub struct Tile {
         pub r0: usize,
         pub rows: usize,
@@ -984,7 +1029,7 @@ mod simd {
         } = tile;
         let step = key_step::<S>();
         assert!(
-            (1..=ROWS).contains(&rows)
+            (1..=MAX_ROWS).contains(&rows)
                 && cols.start.is_multiple_of(step)
                 && base.is_multiple_of(step)
         );
@@ -1067,12 +1112,11 @@ mod simd {
             rows,
             keys: cols,
         } = tile;
-        assert!((1..=ROWS).contains(&rows) && cols.end <= p_stride);
+        assert!((1..=MAX_ROWS).contains(&rows) && cols.end <= p_stride);
         assert!(head_dim.is_multiple_of(HEAD_DIM_STEP));
         assert!(v.len() >= (base + cols.end) * head_dim);
         assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
-        // Four vectors of columns per register tile.
-        let width = 4 * S::LANES;
+        let width = value_vectors::<S>() * S::LANES;
         let v = v.as_ptr().add(base * head_dim);
         let mut chunk = cols.start;
         while chunk < cols.end {
@@ -1088,11 +1132,17 @@ mod simd {
                     let args = (pp, p_stride, v.add(c0), head_dim);
                     let o = (out.add(r * out_stride + c0), out_stride);
                     let k = chunk_keys.clone();
-                    match n {
-                        1 => values_tile::<S, 1>(args, o, k, first, scale),
-                        2 => values_tile::<S, 2>(args, o, k, first, scale),
-                        3 => values_tile::<S, 3>(args, o, k, first, scale),
-                        _ => values_tile::<S, 4>(args, o, k, first, scale),
+                    match (value_vectors::<S>(), n) {
+                        (4, 1) => values_tile::<S, 1, 4>(args, o, k, first, scale),
+                        (4, 2) => values_tile::<S, 2, 4>(args, o, k, first, scale),
+                        (4, 3) => values_tile::<S, 3, 4>(args, o, k, first, scale),
+                        (4, _) => values_tile::<S, 4, 4>(args, o, k, first, scale),
+                        (_, 1) => values_tile::<S, 1, 2>(args, o, k, first, scale),
+                        (_, 2) => values_tile::<S, 2, 2>(args, o, k, first, scale),
+                        (_, 3) => values_tile::<S, 3, 2>(args, o, k, first, scale),
+                        (_, 4) => values_tile::<S, 4, 2>(args, o, k, first, scale),
+                        (_, 5) => values_tile::<S, 5, 2>(args, o, k, first, scale),
+                        (_, _) => values_tile::<S, 6, 2>(args, o, k, first, scale),
                     }
                 }
                 r += n;
@@ -1101,18 +1151,18 @@ mod simd {
         }
     }
 
-    /// `R` rows x four vectors of output columns per register tile, accumulating into `out`
+    /// `R` rows x `C` vectors of output columns per register tile, accumulating into `out`
     /// (from zero on the `first` chunk); `scale` (the rows' factors) multiplies the sums before
     /// they are stored.
     #[inline(always)]
-    unsafe fn values_tile<S: Isa, const R: usize>(
+    unsafe fn values_tile<S: Isa, const R: usize, const C: usize>(
         (p, p_stride, v, v_stride): (*const f32, usize, *const f32, usize),
         (out, out_stride): (*mut f32, usize),
         keys: Range<usize>,
         first: bool,
         scale: Option<*const f32>,
     ) {
-        let mut acc = [[S::zero(); 4]; R];
+        let mut acc = [[S::zero(); C]; R];
         if !first {
             for (r, a) in acc.iter_mut().enumerate() {
                 for (c, x) in a.iter_mut().enumerate() {
@@ -1122,12 +1172,7 @@ mod simd {
         }
         for j in keys {
             let vp = v.add(j * v_stride);
-            let vv = [
-                S::load(vp),
-                S::load(vp.add(S::LANES)),
-                S::load(vp.add(2 * S::LANES)),
-                S::load(vp.add(3 * S::LANES)),
-            ];
+            let vv: [S::V; C] = std::array::from_fn(|c| S::load(vp.add(c * S::LANES)));
             for (r, a) in acc.iter_mut().enumerate() {
                 let pv = S::splat(*p.add(r * p_stride + j));
                 for (x, &y) in a.iter_mut().zip(&vv) {
@@ -1290,10 +1335,11 @@ mod tests {
         (cos, sin)
     }
 
-    /// RoPE tables for up to 1,200 positions, a batch with every tail of the 8-row score tiles
-    /// (1..=7 rows) and of a 64-query block, and a random `qkv` for it (values of std 2).
+    /// RoPE tables for up to 1,200 positions, a batch with every tail of the 8-row and 12-row
+    /// score tiles (1..=11 rows) and of a 64-query block, and a random `qkv` for it (values of
+    /// std 2).
     fn random_inputs(heads: usize, head_dim: usize) -> ((Vec<f32>, Vec<f32>), PackedBatch, Tensor) {
-        let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15];
+        let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15, 9, 10, 11];
         let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
         let batch = PackedBatch::from_sequences(&seqs);
         let shape = (batch.num_tokens(), 3 * heads * head_dim);
