@@ -41,9 +41,10 @@ pub(crate) enum AttentionProducts {
     /// QKᵀ in int8 on `vpdpbusd` (Q per row, K per key about the head's mean key), softmax in
     /// f32, everything around the products on this vector ISA: [`Cpu::Avx512`] with
     /// AVX512-VNNI (`--dtype int8` on 512-bit VNNI where `vdpbf16ps` does not pay; PV in fp16
-    /// where the CPU has AVX512-FP16, else f32), [`Cpu::Avx2`] with AVX-VNNI (`--dtype int8`
-    /// on CPUs with AVX-VNNI but no AVX-512; PV in f32); heads whose size is not a multiple of
-    /// 64 take the f32 kernels of the same ISA.
+    /// where the CPU has AVX512-FP16, else f32), [`Cpu::Avx2`] (`--dtype int8` on CPUs without
+    /// AVX-512: on AVX-VNNI's `vpdpbusd` where the CPU has it, else the same sums on
+    /// `vpmaddwd`; PV in f32); heads whose size is not a multiple of 64 take the f32 kernels of
+    /// the same ISA.
     Int8Dot(Cpu),
 }
 
@@ -87,14 +88,15 @@ impl AttentionProducts {
 
 /// Whether this CPU runs the int8 QKᵀ ([`AttentionProducts::Int8Dot`]) on `isa`'s vectors:
 /// on [`Cpu::Avx512`] what the 512-bit VNNI linear layers need (AVX-512 F, BW and VNNI), on
-/// [`Cpu::Avx2`] AVX-VNNI's own (VEX) `vpdpbusd`; and FMA for the rest of the attention.
+/// [`Cpu::Avx2`] AVX2 (AVX-VNNI's own (VEX) `vpdpbusd` where the CPU has it, else `vpmaddwd`);
+/// and FMA for the rest of the attention.
 pub(crate) fn int8_dot_available(isa: Cpu) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::int8_gemm::Int8Kernel;
         let products = match isa {
             Cpu::Avx512 => Int8Kernel::Avx512Vnni.available(),
-            Cpu::Avx2 => Int8Kernel::Avx2.available() && is_x86_feature_detected!("avxvnni"),
+            Cpu::Avx2 => Int8Kernel::Avx2.available(),
             Cpu::Other => false,
         };
         products && is_x86_feature_detected!("fma")
@@ -102,6 +104,19 @@ pub(crate) fn int8_dot_available(isa: Cpu) -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = isa;
+        false
+    }
+}
+
+/// Whether [`AttentionProducts::Int8Dot`] on [`Cpu::Avx2`] runs on AVX-VNNI here (else on
+/// `vpmaddwd`).
+pub(crate) fn int8_on_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        int8::avx_vnni_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
         false
     }
 }
@@ -754,7 +769,7 @@ mod simd {
     /// kernel does not say otherwise ([`f32_tile_rows`]).
     pub const ROWS: usize = 8;
     /// The most query rows per tile of any kernel.
-    const MAX_ROWS: usize = 12;
+    pub const MAX_ROWS: usize = 12;
     /// Keys per pass of the PV kernel: their values (32 KiB at head size 64) stay in L1 while
     /// the tile's rows accumulate.
     const KEY_CHUNK: usize = 128;
@@ -793,9 +808,11 @@ mod simd {
         }
     }
 
-    /// Query rows per tile of the f32 kernels: [`ROWS`] on AVX-512 (one QKᵀ register tile, two
-    /// PV ones), 12 on AVX2 (three QKᵀ register tiles, two PV ones).
-    fn f32_tile_rows<S: Isa>() -> usize {
+    /// Query rows per tile of the f32 PV kernel (and of QKᵀ's beside it): [`ROWS`] on AVX-512
+    /// (two PV register tiles; one f32 QKᵀ tile), 12 on AVX2 (two PV register tiles; three f32
+    /// QKᵀ tiles, two on AVX-VNNI, three on `vpmaddwd`). With 8 rows, AVX2's PV ran a tile of 6
+    /// rows and one of 2, the latter at half the rate.
+    pub fn f32_tile_rows<S: Isa>() -> usize {
         if S::REGISTERS >= 32 {
             ROWS
         } else {

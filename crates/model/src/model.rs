@@ -418,6 +418,11 @@ impl ModernBert {
             {
                 ", the attention's QKᵀ in int8 on VNNI and PV in fp16"
             }
+            Some(AttentionProducts::Int8Dot(Cpu::Avx2))
+                if !crate::fused_attention::int8_on_avx_vnni() =>
+            {
+                ", the attention's QKᵀ in int8 on vpmaddwd"
+            }
             Some(AttentionProducts::Int8Dot(_)) => ", the attention's QKᵀ in int8 on VNNI",
             _ => "",
         };

@@ -17,14 +17,15 @@ pub struct Overrides {
     pub bf16_gemm: bool,
     /// `MBPIPE_AMX=0`: no AMX tiles; bf16 on the AVX512-BF16 kernel (A/B measurements).
     pub amx: bool,
-    /// `MBPIPE_VNNI=0`: no VNNI; `--dtype int8` on the AVX2 kernel, as on CPUs without it (A/B
-    /// measurements; AMX tiles, where present, follow `MBPIPE_AMX`).
+    /// `MBPIPE_VNNI=0`: no VNNI; `--dtype int8` on the AVX2 kernel and the attention's QKᵀ on
+    /// `vpmaddwd`, as on CPUs without it (A/B measurements; AMX tiles, where present, follow
+    /// `MBPIPE_AMX`).
     pub vnni: bool,
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
-    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ in f32 for `--dtype int8` on 512-bit
-    /// VNNI (A/B and accuracy measurements).
+    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ in f32 for `--dtype int8` (A/B and
+    /// accuracy measurements).
     pub int8_attention: bool,
     /// `MBPIPE_AVX512=0`: no AVX-512 (nor the AMX tiles, whose kernels use it): every CPU
     /// kernel as on a CPU with AVX2 alone, so an AVX-512 machine measures and tests that path.

@@ -138,20 +138,23 @@ impl Weights {
             }
             _ => None,
         };
-        // Elsewhere on VNNI, QKᵀ in int8: 512-bit on an Intel Xeon without tiles (`vdpbf16ps`
-        // at half the FMA's rate there), 256-bit on CPUs with AVX-VNNI but no AVX-512.
-        let vnni = matches!(
+        // Elsewhere QKᵀ in int8: 512-bit VNNI on an Intel Xeon without tiles (`vdpbf16ps` at
+        // half the FMA's rate there), 256-bit on CPUs without AVX-512 (AVX-VNNI's `vpdpbusd`,
+        // else `vpmaddwd`: 2x the FMA's multiply-adds on Zen 3, where the f32 attention was
+        // two fifths of an int8 forward on long documents).
+        let integer_products = matches!(
             (self.weight_precision, isa),
             (
                 WeightPrecision::Int8(Int8Kernel::Avx512Vnni),
                 crate::simd::Cpu::Avx512
             ) | (
-                WeightPrecision::Int8(Int8Kernel::AvxVnni),
+                WeightPrecision::Int8(Int8Kernel::AvxVnni | Int8Kernel::Avx2),
                 crate::simd::Cpu::Avx2
             )
         );
-        let int8 = (bf16.is_none() && vnni && crate::fused_attention::int8_dot_available(isa))
-            .then_some(AttentionProducts::Int8Dot(isa));
+        let int8 =
+            (bf16.is_none() && integer_products && crate::fused_attention::int8_dot_available(isa))
+                .then_some(AttentionProducts::Int8Dot(isa));
         let switches = crate::overrides::Overrides::get();
         let products = bf16
             .filter(|_| switches.bf16_attention)

@@ -249,6 +249,70 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
     }
 }
 
+/// On CPUs without AVX-512, `int8` runs the attention's QKᵀ in int8 as well, for heads 64
+/// wide (on AVX-VNNI where the CPU has it, else on `vpmaddwd`), and the load line says which;
+/// 16-wide heads keep the f32 products. A sequence's hidden states are those it has alone, bit
+/// for bit (int8 rounds each row and each sequence's keys on their own; a row, key panel or
+/// mean key shared with another sequence would show here). (Accuracy: `fused_attention`'s unit
+/// tests for the attention, the held-out gates of `tests/low_precision.rs` for the model.)
+#[test]
+fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
+    use mbpipe_model::int8_gemm::Int8Kernel;
+    if std::arch::is_x86_feature_detected!("avx512f")
+        || !Int8Kernel::all_available().contains(&Int8Kernel::Avx2)
+    {
+        eprintln!(
+            "SKIPPED: the attention runs on AVX-512 here, or the CPU has no AVX2 int8 kernel"
+        );
+        return;
+    }
+    let engine = if std::arch::is_x86_feature_detected!("avxvnni") {
+        "attention's QKᵀ in int8 on VNNI"
+    } else {
+        "attention's QKᵀ in int8 on vpmaddwd"
+    };
+    for (heads, head_dim) in [(2, 64), (8, 16)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = Synthetic {
+            hidden: 128,
+            heads,
+            local_attention: 64,
+            ..tiny(3)
+        };
+        spec.write(tmp.path()).unwrap();
+        let files = ModelFiles::from_dir(tmp.path()).unwrap();
+        let int8 = ModernBert::load_int8_on(&files, &Device::Cpu, Some(Int8Kernel::Avx2)).unwrap();
+        let f32 = load(tmp.path()).unwrap();
+        let wide = head_dim == 64;
+        assert_eq!(
+            int8.kernels().contains(engine),
+            wide,
+            "heads of {head_dim}: {}",
+            int8.kernels()
+        );
+        assert!(!f32.kernels().contains("QKᵀ in int8"), "{}", f32.kernels());
+        // Lengths across the 12-row query tiles, the 16-key panels and the local window.
+        let seqs: Vec<Vec<u32>> = [3, 33, 200, 1, 64, 97]
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| sequence(l, i as u32))
+            .collect();
+        let together = PackedBatch::from_sequences(&seqs);
+        let all = int8.encode(&together).unwrap();
+        for (i, s) in seqs.iter().enumerate() {
+            let alone = int8.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
+            let r = together.range(i);
+            let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
+            assert_eq!(
+                d,
+                0.0,
+                "heads of {head_dim}: sequence {i} (len {})",
+                s.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn bare_encoder_without_prefix_matches_prefixed_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

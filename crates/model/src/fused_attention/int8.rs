@@ -1,7 +1,8 @@
 //! QKᵀ in int8 on `vpdpbusd` for `--dtype int8`
 //! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)): 512-bit on AVX512-VNNI,
-//! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on AVX-VNNI (CPUs with AVX-VNNI
-//! but no AVX-512), PV in f32. The softmax stays f32 on the same vectors' micro-kernels.
+//! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on CPUs without AVX-512, PV in
+//! f32: on AVX-VNNI where the CPU has it, else the same sums on AVX2's `vpmaddwd` ([`words`]).
+//! The softmax stays f32 on the same vectors' micro-kernels.
 //!
 //! In f32 the attention was a quarter of an int8 forward on short texts and three fifths on long
 //! documents, its QKᵀ a third of that on long rows: the linear layers ran four multiply-adds per
@@ -42,6 +43,9 @@ pub(super) struct Scratch {
     q_scales: Vec<f32>,
     /// Per Q row: `128 Σ q8`, the sum's part from K's offset.
     q_offsets: Vec<i32>,
+    /// Q rounded as 16-bit pairs for `vpmaddwd` (AVX2 without VNNI, [`words`]): per row, per 4
+    /// dimensions `4g..4g + 4`, dimensions `4g` and `4g + 2`, then `4g + 1` and `4g + 3`.
+    q_words: Vec<i32>,
     /// K (rotated) in f32, `[len, head_dim]`, until it is rounded.
     k: Vec<f32>,
     /// K's mean over the sequence, `[head_dim]`.
@@ -137,9 +141,16 @@ pub(super) unsafe fn run(
     match inputs.isa {
         Cpu::Avx512 if fp16_available() => run_fp16(task, inputs, dst, at, scratch),
         Cpu::Avx512 => run_f32(task, inputs, dst, at, scratch),
-        Cpu::Avx2 => run_avx_vnni(task, inputs, dst, at, scratch),
+        Cpu::Avx2 if avx_vnni_available() => run_avx_vnni(task, inputs, dst, at, scratch),
+        Cpu::Avx2 => run_words(task, inputs, dst, at, scratch),
         Cpu::Other => unreachable!("the int8 products run on AVX-512 or AVX2 vectors only"),
     }
+}
+
+/// Whether the 256-bit products run on AVX-VNNI's `vpdpbusd` (else on `vpmaddwd`, [`words`]):
+/// where the CPU has it and `MBPIPE_VNNI=0` does not turn VNNI off.
+pub(super) fn avx_vnni_available() -> bool {
+    is_x86_feature_detected!("avxvnni") && crate::overrides::Overrides::get().vnni
 }
 
 /// Whether PV runs in fp16 ([`Fp16Values`]): AVX512-FP16 (Sapphire Rapids and later).
@@ -157,7 +168,7 @@ pub(super) unsafe fn run_f32(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx512, false>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, false, false>(task, inputs, dst, at, scratch)
 }
 
 /// [`run`] on AVX-512 with PV in fp16 where the head's values allow it.
@@ -169,7 +180,7 @@ unsafe fn run_fp16(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx512, true>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, true, false>(task, inputs, dst, at, scratch)
 }
 
 /// [`run`] on AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (CPUs with AVX-VNNI but no AVX-512),
@@ -182,12 +193,25 @@ unsafe fn run_avx_vnni(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx2, false>(task, inputs, dst, at, scratch)
+    run_on::<Avx2, false, false>(task, inputs, dst, at, scratch)
 }
 
-/// `FP16`: PV in fp16 where the head's values allow it (AVX-512 only).
+/// [`run`] on AVX2 alone: QKᵀ on `vpmaddwd` ([`words`]), PV in f32.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_words(
+    task: &HeadTask,
+    inputs: &Inputs<'_>,
+    dst: &SharedOut,
+    at: (AttentionKind, Shape),
+    scratch: &mut Scratch,
+) {
+    run_on::<Avx2, false, true>(task, inputs, dst, at, scratch)
+}
+
+/// `FP16`: PV in fp16 where the head's values allow it (AVX-512 only). `WORDS`: QKᵀ on
+/// `vpmaddwd` ([`words`], 256-bit only).
 #[inline(always)]
-unsafe fn run_on<S: ByteDot, const FP16: bool>(
+unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
@@ -196,11 +220,12 @@ unsafe fn run_on<S: ByteDot, const FP16: bool>(
 ) {
     assert!(shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP));
     assert_eq!(simd::key_step::<S>(), S::KEYS);
-    gather::<S>(task, inputs, shape, scratch);
+    gather::<S, WORDS>(task, inputs, shape, scratch);
     let Scratch {
         q8,
         q_scales,
         q_offsets,
+        q_words,
         k8,
         k_scales,
         v,
@@ -208,10 +233,11 @@ unsafe fn run_on<S: ByteDot, const FP16: bool>(
         scores,
         ..
     } = scratch;
-    let products = Int8Scores::<S> {
+    let products = Int8Scores::<S, WORDS> {
         q8,
         q_scales,
         q_offsets,
+        q_words,
         k8,
         k_scales,
         head_dim: shape.head_dim,
@@ -240,7 +266,7 @@ unsafe fn run_on<S: ByteDot, const FP16: bool>(
 /// Rotates the head's Q and K rows, rounds Q, copies V, then rounds K about its mean into the
 /// panels; the padding keys of the last panel get scale 0.
 #[inline(always)]
-unsafe fn gather<S: ByteDot>(
+unsafe fn gather<S: ByteDot, const WORDS: bool>(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     shape: Shape,
@@ -252,6 +278,9 @@ unsafe fn gather<S: ByteDot>(
     scratch.q8.resize(len * head_dim, 0);
     scratch.q_scales.resize(len, 0.0);
     scratch.q_offsets.resize(len, 0);
+    if WORDS {
+        scratch.q_words.resize(len * head_dim / 2, 0);
+    }
     scratch.k.resize(len * head_dim, 0.0);
     scratch.v.resize(len * head_dim, 0.0);
     scratch.q_row.resize(head_dim, 0.0);
@@ -263,6 +292,7 @@ unsafe fn gather<S: ByteDot>(
         q8,
         q_scales,
         q_offsets,
+        q_words,
         k,
         k_mean,
         k8,
@@ -281,6 +311,9 @@ unsafe fn gather<S: ByteDot>(
         let (scale, sum) = round_row::<S>(q_row, None, q8_row.as_mut_ptr());
         q_scales[j] = scale;
         q_offsets[j] = 128 * sum;
+        if WORDS {
+            words::place_query(q8_row, &mut q_words[j * head_dim / 2..][..head_dim / 2]);
+        }
         simd::copy_row(values, v_row);
     }
     mean_row::<S>(k, head_dim, k_mean);
@@ -371,18 +404,24 @@ fn place_key<S: ByteDot>(k8: &mut [u8], j: usize, rounded: &[i8]) {
     }
 }
 
-/// The head's rounded Q and K (see [`Scratch`]), in `S`'s panels.
-struct Int8Scores<'a, S> {
+/// The head's rounded Q and K (see [`Scratch`]), in `S`'s panels; `WORDS`: the products on
+/// `vpmaddwd` ([`words`]: 256-bit, from `q_words`), else on `vpdpbusd` (from `q8`).
+struct Int8Scores<'a, S, const WORDS: bool> {
     q8: &'a [i8],
     q_scales: &'a [f32],
     q_offsets: &'a [i32],
+    q_words: &'a [i32],
     k8: &'a [u8],
     k_scales: &'a [f32],
     head_dim: usize,
     isa: PhantomData<S>,
 }
 
-impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
+impl<S: ByteDot, const WORDS: bool> QueryKeyScores for Int8Scores<'_, S, WORDS> {
+    fn tile_rows(&self) -> usize {
+        simd::f32_tile_rows::<S>()
+    }
+
     #[inline(always)]
     unsafe fn scores(
         &self,
@@ -395,16 +434,17 @@ impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
         let Tile { r0, rows, keys } = tile;
         let head_dim = self.head_dim;
         let first = first_query + r0;
-        assert!((1..=simd::ROWS).contains(&rows) && first + rows <= self.q_scales.len());
+        assert!((1..=simd::MAX_ROWS).contains(&rows) && first + rows <= self.q_scales.len());
         assert!(keys.start.is_multiple_of(S::KEYS) && base.is_multiple_of(S::KEYS));
         assert!(keys.end <= stride && stride.is_multiple_of(S::KEYS));
         assert!(
             base + stride <= self.k_scales.len() && self.k8.len() >= self.k_scales.len() * head_dim
         );
         assert!(self.q8.len() >= (first + rows) * head_dim && scores.len() >= (r0 + rows) * stride);
+        assert!(!WORDS || (S::LANES == 8 && self.q_words.len() >= (first + rows) * head_dim / 2));
         let mut r = 0;
         while r < rows {
-            let n = S::ROWS.min(rows - r);
+            let n = if WORDS { words::ROWS } else { S::ROWS }.min(rows - r);
             let q = first + r;
             let queries = (
                 self.q8.as_ptr().add(q * head_dim),
@@ -417,7 +457,16 @@ impl<S: ByteDot> QueryKeyScores for Int8Scores<'_, S> {
                 head_dim,
             );
             let out = (scores.as_mut_ptr().add((r0 + r) * stride), stride);
-            scores_rows::<S>(n, queries, keys_at, out, keys.clone());
+            if WORDS {
+                let queries = (
+                    self.q_words.as_ptr().add(q * head_dim / 2),
+                    queries.1,
+                    queries.2,
+                );
+                words::scores_rows(n, queries, keys_at, out, keys.clone());
+            } else {
+                scores_rows::<S>(n, queries, keys_at, out, keys.clone());
+            }
             r += n;
         }
     }
@@ -522,17 +571,124 @@ unsafe fn scores_tile<S: ByteDot, const R: usize>(
                 a[1] = S::dot(a[1], k1, q);
             }
         }
-        let scales = [S::load(k_scales.add(j)), S::load(k_scales.add(j + lanes))];
-        for (r, a) in acc.iter().enumerate() {
-            let offset = S::splat_i(*q_offsets.add(r));
-            let q_scale = S::splat(*q_scales.add(r));
-            for (c, (&sum, &k_scale)) in a.iter().zip(&scales).enumerate() {
-                let exact = S::to_float(S::sub_i(sum, offset));
-                let score = S::mul(exact, S::mul(k_scale, q_scale));
-                S::store(out.add(r * stride + j + lanes * c), score);
-            }
-        }
+        store_scores::<S, R>(
+            &acc,
+            (q_scales, q_offsets),
+            k_scales.add(j),
+            out.add(j),
+            stride,
+        );
         j += keys;
+    }
+}
+
+/// A register tile's int32 sums (`R` query rows × two vectors of keys) as scores into `out`
+/// (row stride `stride`): less the rows' offsets, times the keys' scales (`k_scales`, from
+/// the tile's first key) and the row's.
+#[inline(always)]
+unsafe fn store_scores<S: IntVectors, const R: usize>(
+    acc: &[[S::I; 2]; R],
+    (q_scales, q_offsets): (*const f32, *const i32),
+    k_scales: *const f32,
+    out: *mut f32,
+    stride: usize,
+) {
+    let lanes = S::LANES;
+    let scales = [S::load(k_scales), S::load(k_scales.add(lanes))];
+    for (r, a) in acc.iter().enumerate() {
+        let offset = S::splat_i(*q_offsets.add(r));
+        let q_scale = S::splat(*q_scales.add(r));
+        for (c, (&sum, &k_scale)) in a.iter().zip(&scales).enumerate() {
+            let exact = S::to_float(S::sub_i(sum, offset));
+            let score = S::mul(exact, S::mul(k_scale, q_scale));
+            S::store(out.add(r * stride + lanes * c), score);
+        }
+    }
+}
+
+/// QKᵀ on AVX2 without VNNI, on `vpmaddwd` (16-bit pairs, int32 sums). The key panels stay as
+/// `vpdpbusd` takes them (each 32-bit lane four dimensions of one key, as the unsigned bytes
+/// `k8 + 128`): a mask and a shift split a panel vector into its even and odd bytes as 16-bit
+/// words, once per four dimensions for all the tile's rows; Q is stored split the same way
+/// ([`Scratch::q_words`]), so a row's step is two broadcasts, four `vpmaddwd` and four
+/// `vpaddd` for 64 products, where f32 takes eight FMAs. The int32 sums, and so the scores,
+/// are `vpdpbusd`'s bit for bit.
+mod words {
+    use std::arch::x86_64::*;
+
+    use super::{store_scores, Avx2};
+
+    /// Query rows per register tile: 8 accumulators, 4 split key vectors and 2 broadcasts of
+    /// AVX2's 16 registers.
+    pub(super) const ROWS: usize = 4;
+
+    /// Rounded row `q8` (length a multiple of 4) as `vpmaddwd`'s 16-bit pairs into `words`
+    /// (half its length): per four dimensions, the even two, then the odd two.
+    pub(super) fn place_query(q8: &[i8], words: &mut [i32]) {
+        let word = |a: i8, b: i8| (a as i16 as u16 as u32 | (b as i16 as u16 as u32) << 16) as i32;
+        for (dims, pair) in q8.chunks_exact(4).zip(words.chunks_exact_mut(2)) {
+            pair[0] = word(dims[0], dims[2]);
+            pair[1] = word(dims[1], dims[3]);
+        }
+    }
+
+    /// The scores of `rows` (1..=[`ROWS`]) query rows against the key panels of `cols`.
+    #[inline(always)]
+    pub(super) unsafe fn scores_rows(
+        rows: usize,
+        queries: (*const i32, *const f32, *const i32),
+        keys: (*const u8, *const f32, usize),
+        out: (*mut f32, usize),
+        cols: std::ops::Range<usize>,
+    ) {
+        debug_assert!((1..=ROWS).contains(&rows));
+        match rows {
+            1 => tile::<1>(queries, keys, out, cols),
+            2 => tile::<2>(queries, keys, out, cols),
+            3 => tile::<3>(queries, keys, out, cols),
+            _ => tile::<4>(queries, keys, out, cols),
+        }
+    }
+
+    /// `R` query rows × two vectors of keys per register tile.
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        (q_words, q_scales, q_offsets): (*const i32, *const f32, *const i32),
+        (k8, k_scales, head_dim): (*const u8, *const f32, usize),
+        (out, stride): (*mut f32, usize),
+        cols: std::ops::Range<usize>,
+    ) {
+        const LANES: usize = 8;
+        const KEYS: usize = 2 * LANES;
+        let low_bytes = _mm256_set1_epi16(0xff);
+        let mut j = cols.start;
+        while j < cols.end {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            let panel = k8.add(j * head_dim);
+            for g in 0..head_dim / 4 {
+                let k = [
+                    _mm256_loadu_si256(panel.add(g * 4 * KEYS).cast()),
+                    _mm256_loadu_si256(panel.add(g * 4 * KEYS + 4 * LANES).cast()),
+                ];
+                // Unsigned bytes: the even ones by a mask, the odd ones by a logical shift.
+                let even = k.map(|v| _mm256_and_si256(v, low_bytes));
+                let odd = k.map(|v| _mm256_srli_epi16::<8>(v));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let q = q_words.add(r * head_dim / 2 + 2 * g);
+                    let (q_even, q_odd) = (_mm256_set1_epi32(*q), _mm256_set1_epi32(*q.add(1)));
+                    for (c, a) in a.iter_mut().enumerate() {
+                        let pairs = _mm256_add_epi32(
+                            _mm256_madd_epi16(even[c], q_even),
+                            _mm256_madd_epi16(odd[c], q_odd),
+                        );
+                        *a = _mm256_add_epi32(*a, pairs);
+                    }
+                }
+            }
+            let (scales, at) = ((q_scales, q_offsets), k_scales.add(j));
+            store_scores::<Avx2, R>(&acc, scales, at, out.add(j), stride);
+            j += KEYS;
+        }
     }
 }
 
@@ -846,16 +1002,24 @@ mod tests {
     }
 
     /// Rounds `q` and `k` (`[_, head_dim]`) as [`gather`] does and scores every query row
-    /// against every key, in tiles of [`simd::ROWS`] rows, on `S`'s vectors.
+    /// against every key, in the products' tiles of rows, on `S`'s vectors (`WORDS`: on
+    /// `vpmaddwd`).
     #[inline(always)]
-    unsafe fn rounded_scores<S: ByteDot>(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
+    unsafe fn rounded_scores<S: ByteDot, const WORDS: bool>(
+        q: &[f32],
+        k: &[f32],
+        head_dim: usize,
+    ) -> Rounded {
         let (rows, len) = (q.len() / head_dim, k.len() / head_dim);
         let padded = len.next_multiple_of(S::KEYS);
         let (mut q8, mut q_scales) = (vec![0i8; q.len()], vec![0f32; rows]);
         let mut q_offsets = vec![0i32; rows];
+        let mut q_words = vec![0i32; q.len() / 2];
         for (r, row) in q.chunks_exact(head_dim).enumerate() {
             let (scale, sum) = round_row::<S>(row, None, q8[r * head_dim..].as_mut_ptr());
             (q_scales[r], q_offsets[r]) = (scale, 128 * sum);
+            let words = &mut q_words[r * head_dim / 2..][..head_dim / 2];
+            words::place_query(&q8[r * head_dim..][..head_dim], words);
         }
         let mut mean = vec![0f32; head_dim];
         mean_row::<S>(k, head_dim, &mut mean);
@@ -869,20 +1033,22 @@ mod tests {
         for j in len..padded {
             place_key::<S>(&mut panels, j, &vec![0i8; head_dim]);
         }
-        let products = Int8Scores::<S> {
+        let products = Int8Scores::<S, WORDS> {
             q8: &q8,
             q_scales: &q_scales,
             q_offsets: &q_offsets,
+            q_words: &q_words,
             k8: &panels,
             k_scales: &k_scales,
             head_dim,
             isa: PhantomData,
         };
         let mut scores = vec![f32::NAN; rows * padded];
-        for r0 in (0..rows).step_by(simd::ROWS) {
+        let tile_rows = products.tile_rows();
+        for r0 in (0..rows).step_by(tile_rows) {
             let tile = Tile {
                 r0,
-                rows: simd::ROWS.min(rows - r0),
+                rows: tile_rows.min(rows - r0),
                 keys: 0..padded,
             };
             products.scores(0, 0, &mut scores, padded, tile);
@@ -899,20 +1065,27 @@ mod tests {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
     unsafe fn rounded_scores_512(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
-        rounded_scores::<Avx512>(q, k, head_dim)
+        rounded_scores::<Avx512, false>(q, k, head_dim)
     }
 
     #[target_feature(enable = "avx2,fma,avxvnni")]
     unsafe fn rounded_scores_256(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
-        rounded_scores::<Avx2>(q, k, head_dim)
+        rounded_scores::<Avx2, false>(q, k, head_dim)
     }
 
-    /// On each width this CPU runs: Q rounded per row and K per key about the mean key give
-    /// the scalar rounding's bytes and scales (to nearest, even on ties), and every score is
-    /// the exact integer product times the two scales, bit for bit (the padding keys' 0); so
-    /// the 256-bit products equal the 512-bit ones. 13 query rows (both widths' register tiles
-    /// and a tail), 37 keys (a part-filled last panel on both), a shared key bias, an all-zero
-    /// query row and a row that rounds a value exactly half a step.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rounded_scores_words(q: &[f32], k: &[f32], head_dim: usize) -> Rounded {
+        rounded_scores::<Avx2, true>(q, k, head_dim)
+    }
+
+    /// On each width and instruction this CPU runs (512-bit and 256-bit `vpdpbusd`, 256-bit
+    /// `vpmaddwd`): Q rounded per row and K per key about the mean key give the scalar
+    /// rounding's bytes and scales (to nearest, even on ties), and every score is the exact
+    /// integer product times the two scales, bit for bit (the padding keys' 0); so all of them
+    /// give the same scores. 13 query rows (every register tile and a tail), 37 keys (a
+    /// part-filled last panel on both widths), a shared key bias, an all-zero query row and a
+    /// row that rounds a value exactly half a step, a query row at -127 throughout and a key
+    /// near ±127 throughout (the stored bytes' extremes, 1 and 255).
     #[test]
     fn both_widths_round_and_score_as_the_scalar_products() {
         let head_dim = 64;
@@ -921,11 +1094,15 @@ mod tests {
             .iter()
             .map(|x| 6.0 * x - 3.0)
             .collect();
-        let k: Vec<f32> = uniform(len * head_dim, 4)
+        let mut k: Vec<f32> = uniform(len * head_dim, 4)
             .iter()
             .map(|x| 2.0 * x + 1.5)
             .collect();
+        for (d, x) in k[11 * head_dim..12 * head_dim].iter_mut().enumerate() {
+            *x = if d % 3 == 0 { 100.0 } else { -100.0 };
+        }
         q[2 * head_dim..3 * head_dim].fill(0.0);
+        q[7 * head_dim..8 * head_dim].fill(-3.0);
         q[5 * head_dim] = 127.0;
         q[5 * head_dim + 1] = 0.5;
         // The scalar rounding: `x - shift` times `127 / max`, to nearest even.
@@ -951,6 +1128,12 @@ mod tests {
             k.chunks_exact(head_dim).map(|r| round(r, &mean)).collect(),
         );
         assert_eq!(&qs[5].0[..2], &[127, 0], "ties to even");
+        assert!(qs[7].0.iter().all(|&b| b == -127));
+        assert!(
+            ks[11].0.iter().all(|&b| b.unsigned_abs() >= 120),
+            "{:?}",
+            ks[11].0
+        );
         let mut runs = Vec::new();
         if super::super::int8_dot_available(Cpu::Avx512) {
             // SAFETY: the CPU has the features (checked).
@@ -958,11 +1141,19 @@ mod tests {
         } else {
             eprintln!("SKIPPED (part): 512-bit: this CPU has no AVX512-VNNI");
         }
-        if super::super::int8_dot_available(Cpu::Avx2) {
+        if super::super::int8_dot_available(Cpu::Avx2) && is_x86_feature_detected!("avxvnni") {
             // SAFETY: the CPU has the features (checked).
             runs.push(("256-bit", unsafe { rounded_scores_256(&q, &k, head_dim) }));
         } else {
-            eprintln!("SKIPPED (part): 256-bit: this CPU has no AVX-VNNI");
+            eprintln!("SKIPPED (part): 256-bit vpdpbusd: this CPU has no AVX-VNNI");
+        }
+        if super::super::int8_dot_available(Cpu::Avx2) {
+            // SAFETY: the CPU has the features (checked).
+            runs.push(("256-bit vpmaddwd", unsafe {
+                rounded_scores_words(&q, &k, head_dim)
+            }));
+        } else {
+            eprintln!("SKIPPED (part): 256-bit vpmaddwd: this CPU has no AVX2 and FMA");
         }
         for (width, got) in &runs {
             let q8: Vec<i8> = qs.iter().flat_map(|(b, _)| b.clone()).collect();
@@ -988,15 +1179,17 @@ mod tests {
                 }
             }
         }
-        if let [(_, wide), (_, narrow)] = &runs[..] {
-            let (a, b) = (wide.padded, narrow.padded);
-            let cut = |x: &Rounded, p: usize| -> Vec<f32> {
-                x.scores
-                    .chunks_exact(p)
-                    .flat_map(|r| r[..len].to_vec())
-                    .collect()
+        let cut = |x: &Rounded| -> Vec<f32> {
+            x.scores
+                .chunks_exact(x.padded)
+                .flat_map(|r| r[..len].to_vec())
+                .collect()
+        };
+        for pair in runs.windows(2) {
+            let [(a, first), (b, second)] = pair else {
+                unreachable!()
             };
-            assert_eq!(cut(wide, a), cut(narrow, b), "the widths' scores");
+            assert_eq!(cut(first), cut(second), "{a} and {b}: scores");
         }
     }
 
