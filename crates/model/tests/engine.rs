@@ -147,6 +147,44 @@ fn padding_free_outputs_do_not_depend_on_neighbours() {
     }
 }
 
+/// A random classifier with `heads` heads of `hidden / heads` columns (128 wide, local window
+/// 64), written to a folder of its own: heads 64 wide take the attention's fast products, 16
+/// wide keep f32.
+fn model_with_heads(heads: usize) -> (tempfile::TempDir, ModelFiles) {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = Synthetic {
+        hidden: 128,
+        heads,
+        local_attention: 64,
+        ..tiny(3)
+    };
+    spec.write(tmp.path()).unwrap();
+    let files = ModelFiles::from_dir(tmp.path()).unwrap();
+    (tmp, files)
+}
+
+/// Per sequence of a batch of lengths across query and key blocks of 32 (and the 12-row query
+/// tiles, the 16-key panels) and beyond the local window: the largest difference between its
+/// hidden states in the batch and alone, with its length.
+fn differences_alone_and_together(model: &ModernBert) -> Vec<(usize, f32)> {
+    let seqs: Vec<Vec<u32>> = [3, 33, 200, 1, 64, 97]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| sequence(l, i as u32))
+        .collect();
+    let together = PackedBatch::from_sequences(&seqs);
+    let all = model.encode(&together).unwrap();
+    let alone = |s: &Vec<u32>| model.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
+    seqs.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let r = together.range(i);
+            let part = all.narrow(0, r.start, r.len()).unwrap();
+            (s.len(), max_abs_diff(&alone(s).unwrap(), &part))
+        })
+        .collect()
+}
+
 /// Where the linear layers run on bf16 or int8 hardware, the attention's two products run in
 /// bf16 too: on AMX tiles with the tiles (`bf16`, and `int8` on AMX-INT8), on `vdpbf16ps` where
 /// bf16 runs on it (`bf16`, and `int8` on 512-bit VNNI where `vdpbf16ps` outruns the f32 FMA:
@@ -176,15 +214,7 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
             .or(int8.then_some("int8 VNNI"))
     };
     for (heads, head_dim) in [(2, 64), (8, 16)] {
-        let tmp = tempfile::tempdir().unwrap();
-        let spec = Synthetic {
-            hidden: 128,
-            heads,
-            local_attention: 64,
-            ..tiny(3)
-        };
-        spec.write(tmp.path()).unwrap();
-        let files = ModelFiles::from_dir(tmp.path()).unwrap();
+        let (tmp, files) = model_with_heads(heads);
         let bf16 = |path| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, DType::BF16, path);
         let wide = head_dim == 64;
         let mut models = Vec::new();
@@ -221,28 +251,19 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
         if !wide {
             continue;
         }
-        // Lengths across query and key blocks of 32 and beyond the local window. Not bit for
-        // bit: a row's f32 sums differ in the last bits with its place in a block of 32 rows
-        // (whole blocks add the residual in the tiles, before the products), and one bf16
-        // rounding that flips moves this random model's outputs by up to ~1e-2; another
+        // Not bit for bit: a row's f32 sums differ in the last bits with its place in a block
+        // of 32 rows (whole blocks add the residual in the tiles, before the products), and one
+        // bf16 rounding that flips moves this random model's outputs by up to ~1e-2; another
         // sequence's keys, values or rows move them by O(1).
-        let seqs: Vec<Vec<u32>> = [3, 33, 200, 1, 64, 97]
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| sequence(l, i as u32))
-            .collect();
-        let together = PackedBatch::from_sequences(&seqs);
         for model in &models {
-            let all = model.encode(&together).unwrap();
-            for (i, s) in seqs.iter().enumerate() {
-                let alone = model.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
-                let r = together.range(i);
-                let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
+            for (i, (len, d)) in differences_alone_and_together(model)
+                .into_iter()
+                .enumerate()
+            {
                 assert!(
                     d < 2e-2,
-                    "{:?}: sequence {i} (len {}): hidden differs by {d}",
-                    engine(model),
-                    s.len()
+                    "{:?}: sequence {i} (len {len}): hidden differs by {d}",
+                    engine(model)
                 );
             }
         }
@@ -272,15 +293,7 @@ fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
         "attention's QKᵀ in int8 on vpmaddwd"
     };
     for (heads, head_dim) in [(2, 64), (8, 16)] {
-        let tmp = tempfile::tempdir().unwrap();
-        let spec = Synthetic {
-            hidden: 128,
-            heads,
-            local_attention: 64,
-            ..tiny(3)
-        };
-        spec.write(tmp.path()).unwrap();
-        let files = ModelFiles::from_dir(tmp.path()).unwrap();
+        let (tmp, files) = model_with_heads(heads);
         let int8 = ModernBert::load_int8_on(&files, &Device::Cpu, Some(Int8Kernel::Avx2)).unwrap();
         let f32 = load(tmp.path()).unwrap();
         let wide = head_dim == 64;
@@ -291,24 +304,11 @@ fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
             int8.kernels()
         );
         assert!(!f32.kernels().contains("QKᵀ in int8"), "{}", f32.kernels());
-        // Lengths across the 12-row query tiles, the 16-key panels and the local window.
-        let seqs: Vec<Vec<u32>> = [3, 33, 200, 1, 64, 97]
-            .iter()
+        for (i, (len, d)) in differences_alone_and_together(&int8)
+            .into_iter()
             .enumerate()
-            .map(|(i, &l)| sequence(l, i as u32))
-            .collect();
-        let together = PackedBatch::from_sequences(&seqs);
-        let all = int8.encode(&together).unwrap();
-        for (i, s) in seqs.iter().enumerate() {
-            let alone = int8.encode(&PackedBatch::from_sequences(std::slice::from_ref(s)));
-            let r = together.range(i);
-            let d = max_abs_diff(&alone.unwrap(), &all.narrow(0, r.start, r.len()).unwrap());
-            assert_eq!(
-                d,
-                0.0,
-                "heads of {head_dim}: sequence {i} (len {})",
-                s.len()
-            );
+        {
+            assert_eq!(d, 0.0, "heads of {head_dim}: sequence {i} (len {len})");
         }
     }
 }
