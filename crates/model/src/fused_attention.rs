@@ -710,8 +710,9 @@ impl Block {
         let scores = &mut scores[..self.qn * stride];
         let first_query = self.q0 - self.seq.start;
         let out = dst.0.add(self.q0 * hidden + self.head * head_dim);
-        // Tiles of `tile_rows` queries: scores only for the key tiles the tile's band touches (a local
-        // layer's band is 2w + 1 keys of the block's 2w + block), softmax, then PV over the band.
+        // Tiles of `tile_rows` queries: scores only for the key tiles the tile's band touches (a
+        // local layer's band is 2w + 1 keys of the block's 2w + block), softmax, then PV over
+        // the band.
         let tile_band = |r0: usize, rows: usize| {
             let (lo, _) = self.band(r0, (k0, k1), kind);
             let (_, hi) = self.band(r0 + rows - 1, (k0, k1), kind);
