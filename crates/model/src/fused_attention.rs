@@ -718,7 +718,8 @@ impl Block {
             let (_, hi) = self.band(r0 + rows - 1, (k0, k1), kind);
             (lo + shift, hi + shift)
         };
-        let tile_rows = products.tile_rows().min(values.tile_rows());
+        let tile_rows = values.tile_rows();
+        assert!((1..=simd::MAX_ROWS).contains(&tile_rows));
         let tiles = || {
             (0..self.qn).step_by(tile_rows).map(|r0| {
                 let rows = tile_rows.min(self.qn - r0);
@@ -809,11 +810,10 @@ mod simd {
         }
     }
 
-    /// Query rows per tile of the f32 PV kernel (and of QKᵀ's beside it): [`ROWS`] on AVX-512
-    /// (two PV register tiles; one f32 QKᵀ tile), 12 on AVX2 (two PV register tiles; three f32
-    /// QKᵀ tiles, two on AVX-VNNI, three on `vpmaddwd`). With 8 rows, AVX2's PV ran a tile of 6
-    /// rows and one of 2, the latter at half the rate.
-    pub fn f32_tile_rows<S: Isa>() -> usize {
+    /// Query rows per tile of the f32 PV kernel: [`ROWS`] on AVX-512, 12 on AVX2, two PV
+    /// register tiles either way. With 8 rows, AVX2's PV ran a tile of 6 rows and one of 2, the
+    /// latter at half the rate.
+    fn f32_tile_rows<S: Isa>() -> usize {
         if S::REGISTERS >= 32 {
             ROWS
         } else {
@@ -904,13 +904,9 @@ mod simd {
         2 * S::LANES
     }
 
-    /// QKᵀ of one head of one sequence, by tiles of the score matrix.
+    /// QKᵀ of one head of one sequence, by tiles of the score matrix (of up to [`MAX_ROWS`]
+    /// rows, which each implementation splits into its register tiles).
     pub trait QueryKeyScores {
-        /// The most query rows a tile may have.
-        fn tile_rows(&self) -> usize {
-            ROWS
-        }
-
         /// `scores[r, j] = q[first_query + r] · k[base + j]` for the tile's rows `r` and score
         /// columns `j` in `tile.keys` (starting at a multiple of the key step, as `base` does);
         /// score rows have stride `stride`, a multiple of the key step.
@@ -938,10 +934,6 @@ mod simd {
     }
 
     impl<S: Isa> QueryKeyScores for F32Scores<'_, S> {
-        fn tile_rows(&self) -> usize {
-            f32_tile_rows::<S>()
-        }
-
         #[inline(always)]
         unsafe fn scores(
             &self,
@@ -967,7 +959,8 @@ mod simd {
 
     /// PV of one head of one sequence, by tiles of query rows.
     pub trait WeightedValues {
-        /// The most query rows a tile may have.
+        /// The query rows per tile (at most [`MAX_ROWS`]): the attention's tiles follow PV's,
+        /// whose register tiles are the ones a tail leaves half empty.
         fn tile_rows(&self) -> usize {
             ROWS
         }

@@ -418,10 +418,6 @@ struct Int8Scores<'a, S, const WORDS: bool> {
 }
 
 impl<S: ByteDot, const WORDS: bool> QueryKeyScores for Int8Scores<'_, S, WORDS> {
-    fn tile_rows(&self) -> usize {
-        simd::f32_tile_rows::<S>()
-    }
-
     #[inline(always)]
     unsafe fn scores(
         &self,
@@ -446,8 +442,7 @@ impl<S: ByteDot, const WORDS: bool> QueryKeyScores for Int8Scores<'_, S, WORDS> 
         while r < rows {
             let n = if WORDS { words::ROWS } else { S::ROWS }.min(rows - r);
             let q = first + r;
-            let queries = (
-                self.q8.as_ptr().add(q * head_dim),
+            let row_scales = (
                 self.q_scales.as_ptr().add(q),
                 self.q_offsets.as_ptr().add(q),
             );
@@ -458,13 +453,10 @@ impl<S: ByteDot, const WORDS: bool> QueryKeyScores for Int8Scores<'_, S, WORDS> 
             );
             let out = (scores.as_mut_ptr().add((r0 + r) * stride), stride);
             if WORDS {
-                let queries = (
-                    self.q_words.as_ptr().add(q * head_dim / 2),
-                    queries.1,
-                    queries.2,
-                );
+                let queries = (self.q_words.as_ptr().add(q * head_dim / 2), row_scales);
                 words::scores_rows(n, queries, keys_at, out, keys.clone());
             } else {
+                let queries = (self.q8.as_ptr().add(q * head_dim), row_scales);
                 scores_rows::<S>(n, queries, keys_at, out, keys.clone());
             }
             r += n;
@@ -530,7 +522,7 @@ int_vectors!(Avx2, __m256i, _mm256_setzero_si256, _mm256_loadu_si256, _mm256_set
 #[inline(always)]
 unsafe fn scores_rows<S: ByteDot>(
     rows: usize,
-    queries: (*const i8, *const f32, *const i32),
+    queries: (*const i8, (*const f32, *const i32)),
     keys: (*const u8, *const f32, usize),
     out: (*mut f32, usize),
     cols: std::ops::Range<usize>,
@@ -552,7 +544,7 @@ unsafe fn scores_rows<S: ByteDot>(
 /// rows' offsets, times the key's and the row's scales.
 #[inline(always)]
 unsafe fn scores_tile<S: ByteDot, const R: usize>(
-    (q8, q_scales, q_offsets): (*const i8, *const f32, *const i32),
+    (q8, row_scales): (*const i8, (*const f32, *const i32)),
     (k8, k_scales, head_dim): (*const u8, *const f32, usize),
     (out, stride): (*mut f32, usize),
     cols: std::ops::Range<usize>,
@@ -571,13 +563,7 @@ unsafe fn scores_tile<S: ByteDot, const R: usize>(
                 a[1] = S::dot(a[1], k1, q);
             }
         }
-        store_scores::<S, R>(
-            &acc,
-            (q_scales, q_offsets),
-            k_scales.add(j),
-            out.add(j),
-            stride,
-        );
+        store_scores::<S, R>(&acc, row_scales, k_scales.add(j), out.add(j), stride);
         j += keys;
     }
 }
@@ -636,7 +622,7 @@ mod words {
     #[inline(always)]
     pub(super) unsafe fn scores_rows(
         rows: usize,
-        queries: (*const i32, *const f32, *const i32),
+        queries: (*const i32, (*const f32, *const i32)),
         keys: (*const u8, *const f32, usize),
         out: (*mut f32, usize),
         cols: std::ops::Range<usize>,
@@ -653,7 +639,7 @@ mod words {
     /// `R` query rows × two vectors of keys per register tile.
     #[inline(always)]
     unsafe fn tile<const R: usize>(
-        (q_words, q_scales, q_offsets): (*const i32, *const f32, *const i32),
+        (q_words, row_scales): (*const i32, (*const f32, *const i32)),
         (k8, k_scales, head_dim): (*const u8, *const f32, usize),
         (out, stride): (*mut f32, usize),
         cols: std::ops::Range<usize>,
@@ -685,8 +671,7 @@ mod words {
                     }
                 }
             }
-            let (scales, at) = ((q_scales, q_offsets), k_scales.add(j));
-            store_scores::<Avx2, R>(&acc, scales, at, out.add(j), stride);
+            store_scores::<Avx2, R>(&acc, row_scales, k_scales.add(j), out.add(j), stride);
             j += KEYS;
         }
     }
@@ -1002,7 +987,7 @@ mod tests {
     }
 
     /// Rounds `q` and `k` (`[_, head_dim]`) as [`gather`] does and scores every query row
-    /// against every key, in the products' tiles of rows, on `S`'s vectors (`WORDS`: on
+    /// against every key, in tiles of [`simd::MAX_ROWS`] rows, on `S`'s vectors (`WORDS`: on
     /// `vpmaddwd`).
     #[inline(always)]
     unsafe fn rounded_scores<S: ByteDot, const WORDS: bool>(
@@ -1044,11 +1029,10 @@ mod tests {
             isa: PhantomData,
         };
         let mut scores = vec![f32::NAN; rows * padded];
-        let tile_rows = products.tile_rows();
-        for r0 in (0..rows).step_by(tile_rows) {
+        for r0 in (0..rows).step_by(simd::MAX_ROWS) {
             let tile = Tile {
                 r0,
-                rows: tile_rows.min(rows - r0),
+                rows: simd::MAX_ROWS.min(rows - r0),
                 keys: 0..padded,
             };
             products.scores(0, 0, &mut scores, padded, tile);
