@@ -421,7 +421,7 @@ impl ModernBert {
             Some(AttentionProducts::Int8Dot(Cpu::Avx2))
                 if !crate::fused_attention::int8_on_avx_vnni() =>
             {
-                ", the attention's QKᵀ in int8 on vpmaddwd"
+                ", the attention's QKᵀ in int8 and PV in 16-bit integers on vpmaddwd"
             }
             Some(AttentionProducts::Int8Dot(_)) => ", the attention's QKᵀ in int8 on VNNI",
             _ => "",

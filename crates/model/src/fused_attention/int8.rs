@@ -1,8 +1,9 @@
 //! QKᵀ in int8 on `vpdpbusd` for `--dtype int8`
 //! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)): 512-bit on AVX512-VNNI,
-//! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on CPUs without AVX-512, PV in
-//! f32: on AVX-VNNI where the CPU has it, else the same sums on AVX2's `vpmaddwd` ([`words`]).
-//! The softmax stays f32 on the same vectors' micro-kernels.
+//! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on CPUs without AVX-512: on
+//! AVX-VNNI where the CPU has it (PV in f32), else the same sums on AVX2's `vpmaddwd` ([`words`])
+//! with PV in 16-bit integers on it too ([`words_values`]). The softmax stays f32 on the same
+//! vectors' micro-kernels.
 //!
 //! In f32 the attention was a quarter of an int8 forward on short texts and three fifths on long
 //! documents, its QKᵀ a third of that on long rows: the linear layers ran four multiply-adds per
@@ -21,12 +22,15 @@
 //! `q8 · k8 + 128 Σ q8`, and the second term (one per query row) is subtracted before the
 //! scales are applied.
 //!
-//! PV runs in fp16 where the CPU has AVX512-FP16 ([`Fp16Values`]; f32 otherwise), not in int8:
-//! the probabilities of a row with a diffuse softmax are small and many, and rounding them to 8
-//! bits would lose a visible part of their sum.
+//! PV runs in fp16 where the CPU has AVX512-FP16 ([`Fp16Values`]), in 16-bit integers with
+//! 13-bit probabilities scaled per pass of 128 keys on AVX2 alone ([`words_values`]), f32
+//! otherwise; not in int8: the probabilities of a row with a diffuse softmax are small and
+//! many, and rounding them to 8 bits would lose a visible part of their sum.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
+
+mod words_values;
 
 use super::simd::{self, Avx2, Avx512, Isa, QueryKeyScores, Tile};
 use super::{HeadTask, Inputs, Shape, SharedOut, QUERY_BLOCK};
@@ -59,6 +63,8 @@ pub(super) struct Scratch {
     v: Vec<f32>,
     /// V in fp16 bits, `[len, head_dim]`, where PV runs on AVX512-FP16.
     v16: Vec<u16>,
+    /// V rounded to 16-bit integers, where PV runs on `vpmaddwd` ([`words_values`]).
+    v_words: words_values::RoundedValues,
     /// One rotated Q row.
     q_row: Vec<f32>,
     /// One rounded K row.
@@ -196,7 +202,8 @@ unsafe fn run_avx_vnni(
     run_on::<Avx2, false, false>(task, inputs, dst, at, scratch)
 }
 
-/// [`run`] on AVX2 alone: QKᵀ on `vpmaddwd` ([`words`]), PV in f32.
+/// [`run`] on AVX2 alone: QKᵀ on `vpmaddwd` ([`words`]), PV too ([`words_values`]; in f32
+/// where a value is not finite).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_words(
     task: &HeadTask,
@@ -209,7 +216,7 @@ unsafe fn run_words(
 }
 
 /// `FP16`: PV in fp16 where the head's values allow it (AVX-512 only). `WORDS`: QKᵀ on
-/// `vpmaddwd` ([`words`], 256-bit only).
+/// `vpmaddwd` ([`words`], 256-bit only), and PV where the head's values are finite.
 #[inline(always)]
 unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
     task: &HeadTask,
@@ -230,6 +237,7 @@ unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
         k_scales,
         v,
         v16,
+        v_words,
         scores,
         ..
     } = scratch;
@@ -246,6 +254,16 @@ unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
     if FP16 && to_fp16(v, shape.head_dim, v16) {
         let values = Fp16Values {
             v16,
+            head_dim: shape.head_dim,
+        };
+        for block in task.blocks(QUERY_BLOCK) {
+            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
+        }
+        return;
+    }
+    if WORDS && v_words.round(v, shape.head_dim) {
+        let values = words_values::WordValues {
+            values: v_words,
             head_dim: shape.head_dim,
         };
         for block in task.blocks(QUERY_BLOCK) {

@@ -1,0 +1,456 @@
+//! PV on AVX2's `vpmaddwd` for the int8 attention on CPUs without VNNI ([`WordValues`]): the
+//! probabilities and V rounded to 16-bit integers, summed exactly in 32 bits.
+//!
+//! In f32, PV was 44% of that attention's time on long documents (its QKᵀ, already on
+//! `vpmaddwd`, 27%): one FMA multiplies 8 pairs where one `vpmaddwd` multiplies 16, and on Zen 3
+//! a `vpmaddwd` with its `vpaddd` issues as often as an FMA.
+//!
+//! The rounding keeps far more than int8's 8 bits, which would lose the small probabilities of a
+//! diffuse softmax:
+//! - V per column over the sequence, to ±[`V_LEVELS`] (11 bits and a sign): `v ≈ s_v · v16`.
+//! - The probabilities per row and per pass of up to [`WORD_KEYS`] keys, each pass scaled by its
+//!   own largest probability to [`P_LEVELS`] (13 bits): a pass far from the row's largest score
+//!   keeps its resolution. `p ≈ f · p16`, `f` per row and pass. Only in the pass holding a
+//!   row's largest probability do many small ones round coarsely (to 1/8191 of it), and a
+//!   pass holds at most 128 of them.
+//!
+//! A pass's sums are exact in i32 (`WORD_KEYS · P_LEVELS · V_LEVELS < 2³¹`), then go to f32 times
+//! `f`; the row's `1 / Σ p` and the column's `s_v` multiply at the end.
+
+use std::arch::x86_64::*;
+
+use super::super::simd::{self, Tile, WeightedValues};
+
+/// The largest rounded |v| (11 bits).
+const V_LEVELS: f32 = 2047.0;
+/// The largest rounded probability of a pass (13 bits).
+const P_LEVELS: f32 = 8191.0;
+/// Keys per pass: their rounded values (16 KiB at head size 64) stay in L1 while a tile's rows
+/// pass, and a pass's i32 sums cannot overflow. Against 256 keys with 12-bit probabilities,
+/// global layers 3-4% faster (`attention_bench`, Zen 3, 2026-12-06).
+const WORD_KEYS: usize = 128;
+const _: () = assert!(WORD_KEYS as i64 * P_LEVELS as i64 * V_LEVELS as i64 <= i32::MAX as i64);
+/// Query rows per register tile: 6 × 2 accumulators, two vectors of V and a broadcast fit
+/// AVX2's 16 registers.
+const VALUE_ROWS: usize = 6;
+/// Columns per register tile: two vectors.
+const VALUE_COLUMNS: usize = 16;
+
+/// V rounded for [`WordValues`].
+#[derive(Default)]
+pub(in super::super) struct RoundedValues {
+    /// Per pair of keys `2m`, `2m + 1` (a zero key after an odd last one), per column, the two
+    /// keys' rounded values side by side: one 32-bit word, as `vpmaddwd` multiplies them
+    /// against a broadcast pair of probabilities.
+    words: Vec<i16>,
+    /// Per column: `s_v`.
+    scales: Vec<f32>,
+    /// Per column: `1 / s_v` (0 for an all-zero column), while rounding.
+    inverse: Vec<f32>,
+}
+
+impl RoundedValues {
+    /// Rounds `v` (`[len, head_dim]`, `head_dim` a multiple of 16) per column; `false` where a
+    /// value is not finite (PV then runs in f32, whose sums carry the inf or NaN).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline(always)]
+    pub(in super::super) unsafe fn round(&mut self, v: &[f32], head_dim: usize) -> bool {
+        assert!(head_dim.is_multiple_of(VALUE_COLUMNS) && v.len().is_multiple_of(head_dim));
+        let len = v.len() / head_dim;
+        // Each column's largest magnitude, and 0 · v (NaN for an inf or NaN) summed.
+        self.scales.clear();
+        self.scales.resize(head_dim, 0.0);
+        let (mut poison, sign) = (_mm256_setzero_ps(), _mm256_set1_ps(-0.0));
+        let max = self.scales.as_mut_ptr();
+        for row in v.chunks_exact(head_dim) {
+            for c in (0..head_dim).step_by(8) {
+                let x = _mm256_loadu_ps(row.as_ptr().add(c));
+                poison = _mm256_add_ps(poison, _mm256_mul_ps(x, _mm256_setzero_ps()));
+                let m = _mm256_max_ps(_mm256_loadu_ps(max.add(c)), _mm256_andnot_ps(sign, x));
+                _mm256_storeu_ps(max.add(c), m);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), poison);
+        if lanes.iter().sum::<f32>() != 0.0 {
+            return false;
+        }
+        // The factors that round each column (0 for an all-zero one), then its scale.
+        self.inverse.clear();
+        self.inverse.resize(head_dim, 0.0);
+        for (s, i) in self.scales.iter_mut().zip(&mut self.inverse) {
+            if *s > 0.0 {
+                *i = V_LEVELS / *s;
+                *s /= V_LEVELS;
+            }
+        }
+        self.words.clear();
+        self.words.resize(len.next_multiple_of(2) * head_dim, 0);
+        let low = _mm256_set1_epi32(0xffff);
+        for m in 0..len.div_ceil(2) {
+            let (a, b) = (2 * m * head_dim, (2 * m + 1) * head_dim);
+            for c in (0..head_dim).step_by(8) {
+                let f = _mm256_loadu_ps(self.inverse.as_ptr().add(c));
+                let first =
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(a + c)), f));
+                let second = match 2 * m + 1 < len {
+                    true => {
+                        _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(b + c)), f))
+                    }
+                    false => _mm256_setzero_si256(),
+                };
+                // Lane i: the first key's value in the low half, the second's in the high.
+                let pairs = _mm256_or_si256(
+                    _mm256_and_si256(first, low),
+                    _mm256_slli_epi32::<16>(second),
+                );
+                _mm256_storeu_si256(self.words.as_mut_ptr().add(a + 2 * c).cast(), pairs);
+            }
+        }
+        true
+    }
+}
+
+/// PV on `vpmaddwd` from [`RoundedValues`] (see the module's comment).
+pub(in super::super) struct WordValues<'a> {
+    pub values: &'a RoundedValues,
+    pub head_dim: usize,
+}
+
+impl WeightedValues for WordValues<'_> {
+    fn tile_rows(&self) -> usize {
+        simd::MAX_ROWS
+    }
+
+    #[inline(always)]
+    unsafe fn weighted(
+        &self,
+        p: &[f32],
+        p_stride: usize,
+        base: usize,
+        (out, out_stride): (*mut f32, usize),
+        scales: &[f32],
+        tile: Tile,
+    ) {
+        let Tile { r0, rows, keys } = tile;
+        let head_dim = self.head_dim;
+        let RoundedValues {
+            words,
+            scales: column_scales,
+            ..
+        } = self.values;
+        assert!((1..=simd::MAX_ROWS).contains(&rows) && keys.end <= p_stride);
+        assert!(p_stride.is_multiple_of(8) && head_dim.is_multiple_of(VALUE_COLUMNS));
+        assert!(base.is_multiple_of(2) && column_scales.len() == head_dim);
+        assert!(words.len() >= (base + keys.end).next_multiple_of(2) * head_dim);
+        assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
+        let mut probs = [[0i16; WORD_KEYS]; simd::MAX_ROWS];
+        let mut factors = [0f32; simd::MAX_ROWS];
+        let mut chunk = keys.start;
+        while chunk < keys.end {
+            // Whole vectors of 8 probabilities from a multiple of 8: rows are finite and 0
+            // outside their band, and their stride is a multiple of 8.
+            let from = chunk / 8 * 8;
+            let to = (from + WORD_KEYS).min(keys.end);
+            for r in 0..rows {
+                let row = p.as_ptr().add((r0 + r) * p_stride + from);
+                factors[r] = round_probabilities(row, to - from, &mut probs[r]);
+            }
+            // Whole pairs of keys: the extra key's probability is 0 (outside the band, or a
+            // zero key past the sequence's end).
+            let pairs = (chunk - from) / 2..(to - from).div_ceil(2);
+            let last = to == keys.end;
+            let mut r = 0;
+            while r < rows {
+                let n = VALUE_ROWS.min(rows - r);
+                let ends = Ends {
+                    first: chunk == keys.start,
+                    last: last.then(|| scales[r..].as_ptr()),
+                };
+                for c0 in (0..head_dim).step_by(VALUE_COLUMNS) {
+                    let probs = (probs[r..].as_ptr().cast::<i16>(), &factors[r..]);
+                    let v = (
+                        words.as_ptr().add((base + from) * head_dim + 2 * c0),
+                        head_dim,
+                        column_scales.as_ptr().add(c0),
+                    );
+                    let o = (out.add((r0 + r) * out_stride + c0), out_stride);
+                    let pairs = pairs.clone();
+                    match n {
+                        1 => values_tile::<1>(probs, pairs, v, o, &ends),
+                        2 => values_tile::<2>(probs, pairs, v, o, &ends),
+                        3 => values_tile::<3>(probs, pairs, v, o, &ends),
+                        4 => values_tile::<4>(probs, pairs, v, o, &ends),
+                        5 => values_tile::<5>(probs, pairs, v, o, &ends),
+                        _ => values_tile::<6>(probs, pairs, v, o, &ends),
+                    }
+                }
+                r += n;
+            }
+            chunk = to;
+        }
+    }
+}
+
+/// Rounds the probabilities `p[..n]` (at least 0; read up to a multiple of 8) to `out` scaled
+/// by their largest: `p ≈ f · out`; returns `f` (0 where all are 0, NaN where one is NaN).
+#[inline(always)]
+unsafe fn round_probabilities(p: *const f32, n: usize, out: &mut [i16; WORD_KEYS]) -> f32 {
+    let (mut max, mut poison) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for k in (0..n).step_by(8) {
+        let x = _mm256_loadu_ps(p.add(k));
+        max = _mm256_max_ps(max, x);
+        poison = _mm256_add_ps(poison, _mm256_mul_ps(x, _mm256_setzero_ps()));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), poison);
+    if lanes.iter().sum::<f32>() != 0.0 {
+        // A NaN row (from a NaN query): its outputs are NaN, as in f32.
+        return f32::NAN;
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
+    let max = lanes.iter().fold(0f32, |m, &x| m.max(x));
+    let factor = match max > 0.0 {
+        true => _mm256_set1_ps(P_LEVELS / max),
+        false => _mm256_setzero_ps(),
+    };
+    for k in (0..n).step_by(8) {
+        let rounded = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(k)), factor));
+        // Lanes 0-3 and 4-7 as 16 bits in the low 128 bits.
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packs_epi32(rounded, rounded));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(k).cast(),
+            _mm256_castsi256_si128(packed),
+        );
+    }
+    max / P_LEVELS
+}
+
+/// Whether a pass is a row's first (its sums are stored rather than added) and its last (then
+/// the rows' factors `1 / Σ p`, and the columns' scales, multiply the sums).
+struct Ends {
+    first: bool,
+    last: Option<*const f32>,
+}
+
+/// `R` rows × [`VALUE_COLUMNS`] output columns of one pass: the pairs of keys `pairs` of the
+/// rounded probabilities (rows [`WORD_KEYS`] apart, each with its factor) against V's pairs
+/// (`2 · head_dim` words apart from the pass's first key, from the tile's first column, with
+/// the columns' scales), summed exactly in i32, then added in f32 to `out`.
+#[inline(always)]
+unsafe fn values_tile<const R: usize>(
+    (p, factors): (*const i16, &[f32]),
+    pairs: std::ops::Range<usize>,
+    (v, head_dim, column_scales): (*const i16, usize, *const f32),
+    (out, out_stride): (*mut f32, usize),
+    ends: &Ends,
+) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    for pair in pairs {
+        let row = v.add(pair * 2 * head_dim);
+        let vs = [
+            _mm256_loadu_si256(row.cast()),
+            _mm256_loadu_si256(row.add(16).cast()),
+        ];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let w = _mm256_set1_epi32(
+                p.add(r * WORD_KEYS + 2 * pair)
+                    .cast::<i32>()
+                    .read_unaligned(),
+            );
+            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w, vs[0]));
+            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w, vs[1]));
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        let factor = _mm256_set1_ps(factors[r]);
+        for (c, &sum) in a.iter().enumerate() {
+            let o = out.add(r * out_stride + 8 * c);
+            let sum = _mm256_cvtepi32_ps(sum);
+            let x = match ends.first {
+                true => _mm256_mul_ps(sum, factor),
+                false => _mm256_fmadd_ps(sum, factor, _mm256_loadu_ps(o)),
+            };
+            let x = match ends.last {
+                Some(row_factors) => _mm256_mul_ps(
+                    x,
+                    _mm256_mul_ps(
+                        _mm256_set1_ps(*row_factors.add(r)),
+                        _mm256_loadu_ps(column_scales.add(8 * c)),
+                    ),
+                ),
+                None => x,
+            };
+            _mm256_storeu_ps(o, x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fused_attention::int8_dot_available;
+    use crate::simd::{Avx2, Cpu};
+
+    /// PV of `rows` probability rows (stride `stride`, keys `keys`) against `v` both ways:
+    /// (on `vpmaddwd`, in f32), `[rows, head_dim]` each; `None` where V did not round.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn both(
+        p: &[f32],
+        stride: usize,
+        v: &[f32],
+        head_dim: usize,
+        (rows, keys): (usize, std::ops::Range<usize>),
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        let mut rounded = RoundedValues::default();
+        if !rounded.round(v, head_dim) {
+            return None;
+        }
+        let words = WordValues {
+            values: &rounded,
+            head_dim,
+        };
+        let floats = simd::F32Values::<Avx2> {
+            v,
+            head_dim,
+            isa: std::marker::PhantomData,
+        };
+        // Each row's 1 / Σ p, as the softmax gives it.
+        let scales: Vec<f32> = p
+            .chunks_exact(stride)
+            .take(rows)
+            .map(|row| 1.0 / row[keys.clone()].iter().sum::<f32>())
+            .collect();
+        let mut outs = [
+            vec![f32::NAN; rows * head_dim],
+            vec![f32::NAN; rows * head_dim],
+        ];
+        let tile = || Tile {
+            r0: 0,
+            rows,
+            keys: keys.clone(),
+        };
+        let at = |o: &mut Vec<f32>| (o.as_mut_ptr(), head_dim);
+        words.weighted(p, stride, 0, at(&mut outs[0]), &scales, tile());
+        floats.weighted(p, stride, 0, at(&mut outs[1]), &scales, tile());
+        let [a, b] = outs;
+        Some((a, b))
+    }
+
+    fn skip() -> bool {
+        let skip = !int8_dot_available(Cpu::Avx2);
+        if skip {
+            eprintln!("SKIPPED: PV on vpmaddwd needs AVX2 and FMA");
+        }
+        skip
+    }
+
+    /// `len` keys of values in [-4, 4) by the kernels' shared generator, `[len, head_dim]`.
+    fn values(len: usize, head_dim: usize) -> Vec<f32> {
+        crate::packed_gemm::test_support::random(len * head_dim, 2)
+            .into_iter()
+            .map(|x| 4.0 * x)
+            .collect()
+    }
+
+    /// The largest difference between the two outputs.
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    /// Dense rows of probabilities in [0, 1) against V in [-4, 4): within 5e-4 of max |v| of
+    /// PV in f32. The bound: each value rounds within 0.5/2047 of its column's largest, each
+    /// probability within 0.5/8191 of its pass's largest, and these rows' sums are about half
+    /// their length, so the error is at most (2.4e-4 + 1.2e-4 · 2) · max |v|; measured
+    /// 2.4e-5 to 1.1e-4 · max |v| (the most on 16 keys). Several passes of 128 keys, odd first and last keys (pairs half outside
+    /// the band, a zero key past an odd end), 12, 7, 5 and 1 rows (tiles of 6 and their
+    /// tails), heads of 64 and 128.
+    #[test]
+    fn word_values_match_f32_values() {
+        if skip() {
+            return;
+        }
+        let cases: [(usize, usize, usize, std::ops::Range<usize>); 5] = [
+            (64, 12, 301, 3..301),
+            (128, 5, 77, 0..77),
+            (64, 7, 600, 0..600),
+            (64, 1, 40, 17..33),
+            (128, 12, 257, 129..257),
+        ];
+        for (head_dim, rows, len, keys) in cases {
+            let stride = len.next_multiple_of(16);
+            let mut p: Vec<f32> = crate::packed_gemm::test_support::random(rows * stride, 1)
+                .into_iter()
+                .map(|x| (x + 1.0) / 2.0)
+                .collect();
+            for row in p.chunks_exact_mut(stride) {
+                for (j, x) in row.iter_mut().enumerate() {
+                    if !keys.contains(&j) {
+                        *x = 0.0;
+                    }
+                }
+            }
+            let v = values(len, head_dim);
+            let largest = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let (words, floats) =
+                unsafe { both(&p, stride, &v, head_dim, (rows, keys.clone())) }.unwrap();
+            let worst = worst(&words, &floats);
+            eprintln!("PV on vpmaddwd, head {head_dim}, keys {keys:?}: max diff {worst:e} of max |v| {largest}");
+            assert!(
+                worst <= 5e-4 * largest,
+                "head {head_dim}, keys {keys:?}: {worst} of {largest}"
+            );
+        }
+    }
+
+    /// A row whose largest probability (1, key 0) sits beside 1,023 small ones (1e-4, a tenth
+    /// of the row's sum): each pass rounds to its own largest, so only the first pass's 127
+    /// small ones round coarsely (1e-4 to 1/8191 ≈ 1.22e-4), and the output stays within 5e-3
+    /// of f32's (measured 2.5e-3, V 1 on the small ones' keys, 0 on key 0). Rounded to the
+    /// row's largest instead, all 1,023 would, and the output would move by 2e-2.
+    #[test]
+    fn small_probabilities_keep_their_sum_beside_a_large_one() {
+        if skip() {
+            return;
+        }
+        let (head_dim, len) = (64, 1024);
+        let mut p = vec![1e-4f32; len];
+        p[0] = 1.0;
+        let mut v = vec![1f32; len * head_dim];
+        v[..head_dim].fill(0.0);
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        let (words, floats) = unsafe { both(&p, len, &v, head_dim, (1, 0..len)) }.unwrap();
+        let worst = worst(&words, &floats);
+        eprintln!("output {} (f32 {}), diff {worst:e}", words[0], floats[0]);
+        assert!(worst <= 5e-3, "{worst}");
+    }
+
+    /// A NaN probability leaves its row's outputs NaN (as in f32) and no other row's; a value
+    /// that is not finite leaves V unrounded (PV then runs in f32).
+    #[test]
+    fn non_finite_inputs_give_nan_not_a_finite_guess() {
+        if skip() {
+            return;
+        }
+        let (head_dim, len, rows) = (64, 40, 3);
+        let v = values(len, head_dim);
+        let mut p = vec![0.5f32; rows * len.next_multiple_of(16)];
+        let stride = len.next_multiple_of(16);
+        p[stride + 7] = f32::NAN;
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        let (words, _) = unsafe { both(&p, stride, &v, head_dim, (rows, 0..len)) }.unwrap();
+        for (r, row) in words.chunks_exact(head_dim).enumerate() {
+            assert!(row.iter().all(|x| x.is_nan() == (r == 1)), "row {r}");
+        }
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut v = v.clone();
+            v[5 * head_dim + 3] = bad;
+            // SAFETY: as above.
+            let rounded = unsafe { both(&p, stride, &v, head_dim, (rows, 0..len)) };
+            assert!(rounded.is_none(), "{bad}");
+        }
+    }
+}
