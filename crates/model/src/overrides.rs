@@ -24,8 +24,8 @@ pub struct Overrides {
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
-    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ in f32 for `--dtype int8` (A/B and
-    /// accuracy measurements).
+    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ (and on AVX2 alone its PV) in f32 for
+    /// `--dtype int8` (A/B and accuracy measurements).
     pub int8_attention: bool,
     /// `MBPIPE_AVX512=0`: no AVX-512 (nor the AMX tiles, whose kernels use it): every CPU
     /// kernel as on a CPU with AVX2 alone, so an AVX-512 machine measures and tests that path.

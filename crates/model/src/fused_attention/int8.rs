@@ -906,6 +906,38 @@ mod tests {
             .collect()
     }
 
+    /// PV of `rows` probability rows (stride `stride`, keys `keys`), each scaled by its
+    /// `scales` entry, by two implementations, into `[rows, head_dim]` buffers of NaNs
+    /// (inlined into the caller's target features).
+    #[inline(always)]
+    pub(super) unsafe fn outputs_of(
+        values: (&impl WeightedValues, &impl WeightedValues),
+        (p, stride): (&[f32], usize),
+        head_dim: usize,
+        scales: &[f32],
+        keys: std::ops::Range<usize>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let rows = scales.len();
+        let mut outs = [
+            vec![f32::NAN; rows * head_dim],
+            vec![f32::NAN; rows * head_dim],
+        ];
+        let tile = || Tile {
+            r0: 0,
+            rows,
+            keys: keys.clone(),
+        };
+        let [a, b] = &mut outs;
+        values
+            .0
+            .weighted(p, stride, 0, (a.as_mut_ptr(), head_dim), scales, tile());
+        values
+            .1
+            .weighted(p, stride, 0, (b.as_mut_ptr(), head_dim), scales, tile());
+        let [a, b] = outs;
+        (a, b)
+    }
+
     /// PV of `rows` probability rows (stride `stride`, keys `keys`) against `v` by both
     /// implementations: (fp16, f32), `[rows, head_dim]` each.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512fp16,avx512vl,avx2,fma")]
@@ -928,20 +960,7 @@ mod tests {
             isa: std::marker::PhantomData,
         };
         let scales = vec![0.5f32; rows];
-        let mut outs = [
-            vec![f32::NAN; rows * head_dim],
-            vec![f32::NAN; rows * head_dim],
-        ];
-        let tile = || Tile {
-            r0: 0,
-            rows,
-            keys: keys.clone(),
-        };
-        let at = |o: &mut Vec<f32>| (o.as_mut_ptr(), head_dim);
-        halves.weighted(p, stride, 0, at(&mut outs[0]), &scales, tile());
-        floats.weighted(p, stride, 0, at(&mut outs[1]), &scales, tile());
-        let [a, b] = outs;
-        (a, b)
+        outputs_of((&halves, &floats), (p, stride), head_dim, &scales, keys)
     }
 
     /// PV in fp16 against PV in f32 on the same probabilities and values: within 2e-3 of the

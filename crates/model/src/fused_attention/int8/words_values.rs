@@ -290,6 +290,7 @@ unsafe fn values_tile<const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::outputs_of;
     use super::*;
     use crate::fused_attention::int8_dot_available;
     use crate::simd::{Avx2, Cpu};
@@ -323,20 +324,13 @@ mod tests {
             .take(rows)
             .map(|row| 1.0 / row[keys.clone()].iter().sum::<f32>())
             .collect();
-        let mut outs = [
-            vec![f32::NAN; rows * head_dim],
-            vec![f32::NAN; rows * head_dim],
-        ];
-        let tile = || Tile {
-            r0: 0,
-            rows,
-            keys: keys.clone(),
-        };
-        let at = |o: &mut Vec<f32>| (o.as_mut_ptr(), head_dim);
-        words.weighted(p, stride, 0, at(&mut outs[0]), &scales, tile());
-        floats.weighted(p, stride, 0, at(&mut outs[1]), &scales, tile());
-        let [a, b] = outs;
-        Some((a, b))
+        Some(outputs_of(
+            (&words, &floats),
+            (p, stride),
+            head_dim,
+            &scales,
+            keys,
+        ))
     }
 
     fn skip() -> bool {
