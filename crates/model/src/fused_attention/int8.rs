@@ -703,6 +703,48 @@ const FP16_KEYS: usize = 64;
 /// The largest |v| PV takes in fp16 (32 × 1,024 = 32,768); heads with larger values run in f32.
 const FP16_MAX_VALUE: f32 = 1024.0;
 
+/// One pass of a PV that takes keys in pairs, over up to `per_pass` keys of a tile's `keys`.
+struct KeyPass {
+    /// The pass's first key, a multiple of its vectors' `align`: the probabilities from there
+    /// are read as whole vectors (rows are finite and 0 outside their band, and their stride is
+    /// a multiple of `align`).
+    from: usize,
+    /// One past its last key.
+    to: usize,
+    /// Its pairs of keys from `from`: whole pairs, the extra key's probability 0 (outside the
+    /// band, or a zero key past the sequence's end).
+    pairs: std::ops::Range<usize>,
+    /// Whether it is the tile's first pass (the sums start there) and its last (the rows'
+    /// factors apply).
+    first: bool,
+    last: bool,
+}
+
+/// The passes of `keys`, each from a multiple of `align` and over at most `per_pass` keys.
+fn key_passes(
+    keys: std::ops::Range<usize>,
+    align: usize,
+    per_pass: usize,
+) -> impl Iterator<Item = KeyPass> {
+    let mut chunk = keys.start;
+    std::iter::from_fn(move || {
+        if chunk >= keys.end {
+            return None;
+        }
+        let from = chunk / align * align;
+        let to = (from + per_pass).min(keys.end);
+        let pass = KeyPass {
+            from,
+            to,
+            pairs: (chunk - from) / 2..(to - from).div_ceil(2),
+            first: chunk == keys.start,
+            last: to == keys.end,
+        };
+        chunk = to;
+        Some(pass)
+    })
+}
+
 /// `v` (`[len, head_dim]`) in fp16 bits into `v16` by pairs of keys: for keys `2m`, `2m + 1`,
 /// per 16 columns, 32 halves with the two keys' values of each column side by side (a zero key
 /// after an odd last one); or `false` (and `v16` unused) when a value is outside
@@ -775,12 +817,14 @@ impl simd::WeightedValues for Fp16Values<'_> {
         assert!(self.v16.len() >= (base + keys.end).next_multiple_of(2) * head_dim);
         assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
         let mut probs = [[0u16; VALUE_KEYS]; simd::ROWS];
-        let mut chunk = keys.start;
-        while chunk < keys.end {
-            // Whole vectors of 16 probabilities from a multiple of 16: rows are finite and 0
-            // outside their band, and their stride is a multiple of 16.
-            let from = chunk / 16 * 16;
-            let to = (from + VALUE_KEYS).min(keys.end);
+        for pass in key_passes(keys, 16, VALUE_KEYS) {
+            let KeyPass {
+                from,
+                to,
+                first,
+                last,
+                ..
+            } = pass;
             for (r, row) in probs.iter_mut().enumerate().take(rows) {
                 let src = p.as_ptr().add((r0 + r) * p_stride);
                 for k in (from..to).step_by(16) {
@@ -789,15 +833,11 @@ impl simd::WeightedValues for Fp16Values<'_> {
                     _mm256_storeu_si256(dst.cast(), _mm256_castph_si256(half));
                 }
             }
-            // Whole pairs of keys: the extra key's probability is 0 (outside the band, or a
-            // zero key past the sequence's end).
-            let pairs = (chunk - from) / 2..(to - from).div_ceil(2);
-            let (first, last) = (chunk == keys.start, to == keys.end);
             let mut r = 0;
             while r < rows {
                 let n = VALUE_ROWS.min(rows - r);
                 let scale = last.then(|| scales[r..].as_ptr());
-                let probs = (probs[r..].as_ptr().cast::<u16>(), pairs.clone());
+                let probs = (probs[r..].as_ptr().cast::<u16>(), pass.pairs.clone());
                 for c0 in (0..head_dim).step_by(simd::HEAD_DIM_STEP) {
                     let v = (
                         self.v16.as_ptr().add((base + from) * head_dim + 2 * c0),
@@ -813,7 +853,6 @@ impl simd::WeightedValues for Fp16Values<'_> {
                 }
                 r += n;
             }
-            chunk = to;
         }
     }
 }

@@ -20,6 +20,7 @@
 use std::arch::x86_64::*;
 
 use super::super::simd::{self, Tile, WeightedValues};
+use super::key_passes;
 
 /// The largest rounded |v| (11 bits).
 const V_LEVELS: f32 = 2047.0;
@@ -148,26 +149,18 @@ impl WeightedValues for WordValues<'_> {
         assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
         let mut probs = [[0i16; WORD_KEYS]; simd::MAX_ROWS];
         let mut factors = [0f32; simd::MAX_ROWS];
-        let mut chunk = keys.start;
-        while chunk < keys.end {
-            // Whole vectors of 8 probabilities from a multiple of 8: rows are finite and 0
-            // outside their band, and their stride is a multiple of 8.
-            let from = chunk / 8 * 8;
-            let to = (from + WORD_KEYS).min(keys.end);
+        for pass in key_passes(keys, 8, WORD_KEYS) {
+            let from = pass.from;
             for r in 0..rows {
                 let row = p.as_ptr().add((r0 + r) * p_stride + from);
-                factors[r] = round_probabilities(row, to - from, &mut probs[r]);
+                factors[r] = round_probabilities(row, pass.to - from, &mut probs[r]);
             }
-            // Whole pairs of keys: the extra key's probability is 0 (outside the band, or a
-            // zero key past the sequence's end).
-            let pairs = (chunk - from) / 2..(to - from).div_ceil(2);
-            let last = to == keys.end;
             let mut r = 0;
             while r < rows {
                 let n = VALUE_ROWS.min(rows - r);
                 let ends = Ends {
-                    first: chunk == keys.start,
-                    last: last.then(|| scales[r..].as_ptr()),
+                    first: pass.first,
+                    last: pass.last.then(|| scales[r..].as_ptr()),
                 };
                 for c0 in (0..head_dim).step_by(VALUE_COLUMNS) {
                     let probs = (probs[r..].as_ptr().cast::<i16>(), &factors[r..]);
@@ -177,7 +170,7 @@ impl WeightedValues for WordValues<'_> {
                         column_scales.as_ptr().add(c0),
                     );
                     let o = (out.add((r0 + r) * out_stride + c0), out_stride);
-                    let pairs = pairs.clone();
+                    let pairs = pass.pairs.clone();
                     match n {
                         1 => values_tile::<1>(probs, pairs, v, o, &ends),
                         2 => values_tile::<2>(probs, pairs, v, o, &ends),
@@ -189,7 +182,6 @@ impl WeightedValues for WordValues<'_> {
                 }
                 r += n;
             }
-            chunk = to;
         }
     }
 }
