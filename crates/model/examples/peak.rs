@@ -96,6 +96,18 @@ fn main() {
             );
         }
     }
+    // AVX2 has no integer multiply-accumulate: the 256-bit `vpmaddwd` kernel's step is the pair,
+    // which issues below the multiply alone (Zen 3: 0.75-0.77 of it). Not in the JSON, whose
+    // int8 figure compare.sh divides by.
+    if let (false, Some(Int8Kernel::Avx2), Some(pair)) =
+        (json, Int8Kernel::detect(), issue_rate::maddwd_add256())
+    {
+        let rate = peak(&pair, threads) / 1e9;
+        println!(
+            "int8, with the add: {} on {threads} threads: {rate:.1} GOP/s",
+            pair.name
+        );
+    }
     if json {
         println!("{{{}}}", fields.join(", "));
     }

@@ -75,6 +75,11 @@ instructions! {
         "vpdpbusd (256-bit, AVX-VNNI)", 64.0, dpbusd_256;
     /// The AVX2 int8 kernel's `vpmaddwd` (16-bit pairs into 32-bit sums; `None`: no AVX2).
     maddwd256: is_x86_feature_detected!("avx2"), "vpmaddwd (256-bit)", 32.0, maddwd_256;
+    /// `vpmaddwd` with the `vpaddd` that accumulates it, the AVX2 int8 kernel's whole step (AVX2
+    /// has no integer multiply-accumulate): what a `vpmaddwd` kernel can issue at most. `peak`
+    /// prints it beside `vpmaddwd`'s figure, which compare.sh divides by (`None`: no AVX2).
+    maddwd_add256: is_x86_feature_detected!("avx2"), "vpmaddwd + vpaddd (256-bit)", 32.0,
+        maddwd_add_256;
     /// The same on 512 bits, the AVX512-BW int8 kernel's (`None`: no AVX-512 BW).
     maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
 }
@@ -225,6 +230,38 @@ mod x86 {
         |a| _mm256_madd_epi16(*a, _mm256_set1_epi16(1)),
         |acc| sum_epi32(&acc)
     );
+    /// `CHAINS` accumulators, each adding a product of two registers that no accumulator feeds
+    /// (chained through the accumulator, as [`maddwd_256`]'s loop but with the add, the
+    /// multiply's latency would bound the loop instead of the issue rate). Empty `asm`
+    /// statements hide the operands' values: once for the six `y`, so that no two products are
+    /// the same, and every iteration for the two `x`, so that the products stay in the loop.
+    pub fn maddwd_add_256(iterations: usize) -> f32 {
+        #[target_feature(enable = "avx2")]
+        unsafe fn run(iterations: usize) -> f32 {
+            let mut acc = [_mm256_setzero_si256(); CHAINS];
+            let mut x = [_mm256_set1_epi16(1); 2];
+            let mut y = [_mm256_set1_epi16(1); CHAINS / 2];
+            // Six values the compiler cannot tell apart from each other: six products each.
+            for y in &mut y {
+                std::arch::asm!("/* {0} */", inout(ymm_reg) * y, options(nomem, nostack));
+            }
+            for _ in 0..iterations {
+                std::arch::asm!(
+                    "/* {0} {1} */",
+                    inout(ymm_reg) x[0],
+                    inout(ymm_reg) x[1],
+                    options(nomem, nostack, preserves_flags)
+                );
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(x[c % 2], y[c / 2]));
+                }
+            }
+            sum_epi32(&acc)
+        }
+        // SAFETY: the constructor of the `Instruction` that holds this function checked that
+        // the CPU has AVX2.
+        unsafe { run(iterations) }
+    }
     chains!(
         maddwd_512,
         "avx512f,avx512bw",
@@ -251,7 +288,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 6] = [
+        let cases: [(Option<Instruction>, f64); 7] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -262,6 +299,8 @@ mod tests {
             // a ← (a_lo · 1 + a_hi · 1) from 16-bit ones: each i32 lane of pairs (1, 1) stays 2
             // after the first step reinterprets the sum (2 = lo 2, hi 0) then 2.
             (maddwd256(), (2.0 * 8.0 * CHAINS as f32) as f64),
+            // 2 added to each of 8 lanes per step.
+            (maddwd_add256(), (steps * 16.0) as f64),
         ];
         let mut ran = 0;
         for (instruction, expected) in cases {
