@@ -251,33 +251,37 @@ unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
         head_dim: shape.head_dim,
         isa: PhantomData,
     };
-    if FP16 && to_fp16(v, shape.head_dim, v16) {
-        let values = Fp16Values {
-            v16,
-            head_dim: shape.head_dim,
-        };
-        for block in task.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
-        }
-        return;
+    let head_dim = shape.head_dim;
+    if FP16 && to_fp16(v, head_dim, v16) {
+        let values = Fp16Values { v16, head_dim };
+        return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
     }
-    if WORDS && v_words.round(v, shape.head_dim) {
+    if WORDS && v_words.round(v, head_dim) {
         let values = words_values::WordValues {
             values: v_words,
-            head_dim: shape.head_dim,
+            head_dim,
         };
-        for block in task.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
-        }
-        return;
+        return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
     }
     let values = simd::F32Values::<S> {
         v,
-        head_dim: shape.head_dim,
+        head_dim,
         isa: PhantomData,
     };
+    attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape))
+}
+
+/// The head's blocks of queries, each on `products` and `values`.
+#[inline(always)]
+unsafe fn attend_blocks<S: Isa>(
+    task: &HeadTask,
+    (products, values): (&impl QueryKeyScores, &impl simd::WeightedValues),
+    scores: &mut Vec<f32>,
+    dst: &SharedOut,
+    (kind, shape): (AttentionKind, Shape),
+) {
     for block in task.blocks(QUERY_BLOCK) {
-        block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
+        block.attend_simd::<S>(products, values, scores, dst, kind, shape);
     }
 }
 

@@ -20,7 +20,8 @@
 use std::arch::x86_64::*;
 
 use super::super::simd::{self, Tile, WeightedValues};
-use super::key_passes;
+use super::{key_passes, magnitude};
+use crate::simd::Avx2;
 
 /// The largest rounded |v| (11 bits).
 const V_LEVELS: f32 = 2047.0;
@@ -194,20 +195,12 @@ impl WeightedValues for WordValues<'_> {
 /// by their largest: `p ≈ f · out`; returns `f` (0 where all are 0, NaN where one is NaN).
 #[inline(always)]
 unsafe fn round_probabilities(p: *const f32, n: usize, out: *mut i16) -> f32 {
-    let (mut max, mut poison) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for k in (0..n).step_by(8) {
-        let x = _mm256_loadu_ps(p.add(k));
-        max = _mm256_max_ps(max, x);
-        poison = _mm256_add_ps(poison, _mm256_mul_ps(x, _mm256_setzero_ps()));
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), poison);
-    if lanes.iter().sum::<f32>() != 0.0 {
+    let (max, finite) =
+        magnitude::<Avx2>(std::slice::from_raw_parts(p, n.next_multiple_of(8)), None);
+    if !finite {
         // A NaN row (from a NaN query): its outputs are NaN, as in f32.
         return f32::NAN;
     }
-    _mm256_storeu_ps(lanes.as_mut_ptr(), max);
-    let max = lanes.iter().fold(0f32, |m, &x| m.max(x));
     let factor = match max > 0.0 {
         true => _mm256_set1_ps(P_LEVELS / max),
         false => _mm256_setzero_ps(),
