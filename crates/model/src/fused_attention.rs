@@ -1558,8 +1558,9 @@ mod tests {
 
     /// PV in f32 beside the 512-bit int8 `QKᵀ` (what CPUs without AVX512-FP16 run, taken here
     /// whatever this CPU has) stays as close to the f32 attention as the test above requires,
-    /// and equals the 256-bit int8 attention (the same scores bit for bit, PV in f32 on both)
-    /// within the f32 kernels' summation-order tolerance.
+    /// and so does the 256-bit int8 attention, whose scores are the same bit for bit and whose
+    /// PV runs in 16-bit integers: within 1e-3 · max |v| of the 512-bit one, twice the bound
+    /// `words_values`' tests derive for its rounding (5e-4 · max |v|).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn int8_query_keys_with_f32_values_match_on_both_widths() {
@@ -1592,15 +1593,20 @@ mod tests {
             let error = rms(&(&wide - &exact).unwrap()) / rms(&exact);
             assert!(error < 0.025, "{kind:?}: relative error {error}");
             if !int8_dot_available(Cpu::Avx2) {
-                eprintln!("SKIPPED (part): the 256-bit int8 QKᵀ needs AVX-VNNI");
+                eprintln!("SKIPPED (part): the 256-bit int8 QKᵀ needs AVX2 and FMA");
                 continue;
             }
             let products = AttentionProducts::Int8Dot(Cpu::Avx2);
             let narrow = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
                 .unwrap()
                 .unwrap();
+            let error = rms(&(&narrow - &exact).unwrap()) / rms(&exact);
+            assert!(error < 0.025, "{kind:?}, 256-bit: relative error {error}");
             let diff = max_abs(&(&wide - &narrow).unwrap());
-            let tolerance = 4e-6 * max_abs(&exact).max(1.0);
+            let tolerance = 1e-3 * max_abs(&v);
+            eprintln!(
+                "{kind:?}: 512-bit (PV in f32) against 256-bit: {diff:e}, tolerance {tolerance:e}"
+            );
             assert!(diff < tolerance, "{kind:?}: {diff} (tolerance {tolerance})");
         }
     }

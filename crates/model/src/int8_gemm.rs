@@ -1012,6 +1012,35 @@ mod tests {
         Int8Kernel::all_available()
     }
 
+    /// `None` where `got` equals `want` value for value (`[_, n]` each), else how many differ
+    /// and the first: a message that fits a serial console, where the arrays (over 100,000
+    /// values) took minutes to print in `scripts/check-avx512.sh`'s emulator.
+    fn differences(got: &[f32], want: &[f32], n: usize) -> Option<String> {
+        assert_eq!(got.len(), want.len());
+        let differ = |(_, (a, b)): &(usize, (&f32, &f32))| a != b;
+        let (first, (a, b)) = got.iter().zip(want).enumerate().find(|d| differ(d))?;
+        let count = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|d| differ(d))
+            .count();
+        let rows: std::collections::BTreeSet<usize> = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|d| differ(d))
+            .map(|(i, _)| i / n)
+            .collect();
+        Some(format!(
+            "{count} of {} values differ, in {} rows; the first at [{}, {}]: {a} (expected {b})",
+            got.len(),
+            rows.len(),
+            first / n,
+            first % n
+        ))
+    }
+
     /// Per-row (or per-column) quantization in scalar code: values and scales.
     fn quantized(x: &[f32], rows: usize, k: usize) -> (Vec<i32>, Vec<f32>) {
         let mut q = vec![0i32; rows * k];
@@ -1181,11 +1210,9 @@ mod tests {
             let packed = PackedI8::pack_for(kernel, &w, n, k);
             assert_eq!((packed.out_features(), packed.in_features()), (n, k));
             let got = packed.matmul(&x, m, Some(&b));
-            assert_eq!(
-                got,
-                scalar_product(&x, &w, Some(&b), None, (m, n, k)),
-                "{kernel:?} {m}x{n}x{k}"
-            );
+            let want = scalar_product(&x, &w, Some(&b), None, (m, n, k));
+            let diff = differences(&got, &want, n);
+            assert!(diff.is_none(), "{kernel:?} {m}x{n}x{k}: {}", diff.unwrap());
             let (_, sx) = quantized(&x, m, k);
             let (_, sw) = quantized(&w, n, k);
             for i in 0..m {
@@ -1228,13 +1255,17 @@ mod tests {
             let res = random(m * n, 10);
             let packed = PackedI8::pack_for(kernel, &w, n, k);
             let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
-            assert_eq!(
-                with_res,
-                scalar_product(&x, &w, Some(&b), Some(&res), (m, n, k))
-            );
+            let want = scalar_product(&x, &w, Some(&b), Some(&res), (m, n, k));
+            let diff = differences(&with_res, &want, n);
+            assert!(diff.is_none(), "{kernel:?} {m}x{n}x{k}: {}", diff.unwrap());
             let mut out = vec![f32::NAN; m * n];
             packed.matmul_add_into(&x, m, Some(&b), Some(&res), &mut out);
-            assert_eq!(out, with_res);
+            let diff = differences(&out, &with_res, n);
+            assert!(
+                diff.is_none(),
+                "{kernel:?} {m}x{n}x{k}, into: {}",
+                diff.unwrap()
+            );
         }
     }
 
@@ -1261,10 +1292,19 @@ mod tests {
                 pool.install(|| (plain.matmul(&x, m, Some(&b)), gated.matmul(&x, m, Some(&b))))
             };
             let one = on(1);
-            assert_eq!(one.0, scalar_product(&x, &w, Some(&b), None, (m, n, k)));
+            let want = scalar_product(&x, &w, Some(&b), None, (m, n, k));
+            let diff = differences(&one.0, &want, n);
+            assert!(diff.is_none(), "{kernel:?} on 1 thread: {}", diff.unwrap());
             for threads in [2, 16] {
                 let got = on(threads);
-                assert!(got == one, "{kernel:?} on {threads} threads");
+                for (got, one, n) in [(&got.0, &one.0, n), (&got.1, &one.1, n / 2)] {
+                    let diff = differences(got, one, n);
+                    assert!(
+                        diff.is_none(),
+                        "{kernel:?} on {threads} threads: {}",
+                        diff.unwrap()
+                    );
+                }
             }
         }
     }

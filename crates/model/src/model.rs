@@ -419,8 +419,11 @@ impl ModernBert {
                 ", the attention's QKᵀ in int8 on VNNI and PV in fp16"
             }
             Some(AttentionProducts::Int8Dot(Cpu::Avx2))
-                if !crate::fused_attention::int8_on_avx_vnni() =>
+                if crate::fused_attention::int8_on_avx_vnni() =>
             {
+                ", the attention's QKᵀ in int8 on VNNI and PV in 16-bit integers on vpdpwssd"
+            }
+            Some(AttentionProducts::Int8Dot(Cpu::Avx2)) => {
                 ", the attention's QKᵀ in int8 and PV in 16-bit integers on vpmaddwd"
             }
             Some(AttentionProducts::Int8Dot(_)) => ", the attention's QKᵀ in int8 on VNNI",

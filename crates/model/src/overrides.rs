@@ -24,7 +24,7 @@ pub struct Overrides {
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
-    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ (and on AVX2 alone its PV) in f32 for
+    /// `MBPIPE_INT8_ATTENTION=0`: the attention's QKᵀ (and without AVX-512 its PV) in f32 for
     /// `--dtype int8` (A/B and accuracy measurements).
     pub int8_attention: bool,
     /// `MBPIPE_AVX512=0`: no AVX-512 (nor the AMX tiles, whose kernels use it): every CPU

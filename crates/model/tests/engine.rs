@@ -271,8 +271,8 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
 }
 
 /// On CPUs without AVX-512, `int8` runs the attention's QKᵀ in int8 as well, for heads 64
-/// wide (on AVX-VNNI where the CPU has it, else on `vpmaddwd`, with PV in 16-bit integers
-/// there), and the load line says which; 16-wide heads keep the f32 products. A sequence's hidden states are those it has alone, bit
+/// wide (on AVX-VNNI where the CPU has it, else on `vpmaddwd`, with PV in 16-bit integers on
+/// either), and the load line says which; 16-wide heads keep the f32 products. A sequence's hidden states are those it has alone, bit
 /// for bit (int8 rounds each row and each sequence's keys on their own; a row, key panel or
 /// mean key shared with another sequence would show here). (Accuracy: `fused_attention`'s unit
 /// tests for the attention, the held-out gates of `tests/low_precision.rs` for the model.)
@@ -288,7 +288,7 @@ fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
         return;
     }
     let engine = if std::arch::is_x86_feature_detected!("avxvnni") {
-        "attention's QKᵀ in int8 on VNNI"
+        "attention's QKᵀ in int8 on VNNI and PV in 16-bit integers on vpdpwssd"
     } else {
         "attention's QKᵀ in int8 and PV in 16-bit integers on vpmaddwd"
     };

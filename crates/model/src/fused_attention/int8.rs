@@ -1,9 +1,9 @@
 //! QKᵀ in int8 on `vpdpbusd` for `--dtype int8`
 //! ([`AttentionProducts::Int8Dot`](super::AttentionProducts::Int8Dot)): 512-bit on AVX512-VNNI,
 //! with PV in fp16 on AVX512-FP16 where the CPU has it; 256-bit on CPUs without AVX-512: on
-//! AVX-VNNI where the CPU has it (PV in f32), else the same sums on AVX2's `vpmaddwd` ([`words`])
-//! with PV in 16-bit integers on it too ([`words_values`]). The softmax stays f32 on the same
-//! vectors' micro-kernels.
+//! AVX-VNNI where the CPU has it, else the same sums on AVX2's `vpmaddwd` ([`words`]), with PV
+//! in 16-bit integers on either ([`words_values`]: `vpdpwssd`, or `vpmaddwd`). The softmax stays
+//! f32 on the same vectors' micro-kernels.
 //!
 //! In f32 the attention was a quarter of an int8 forward on short texts and three fifths on long
 //! documents, its QKᵀ a third of that on long rows: the linear layers ran four multiply-adds per
@@ -23,9 +23,10 @@
 //! scales are applied.
 //!
 //! PV runs in fp16 where the CPU has AVX512-FP16 ([`Fp16Values`]), in 16-bit integers with
-//! 13-bit probabilities scaled per pass of 128 keys on AVX2 alone ([`words_values`]), f32
-//! otherwise; not in int8: the probabilities of a row with a diffuse softmax are small and
-//! many, and rounding them to 8 bits would lose a visible part of their sum.
+//! 13-bit probabilities scaled per pass of 128 keys on 256-bit vectors ([`words_values`]), f32
+//! otherwise (AVX-512 without FP16); not in int8: the probabilities of a row with a diffuse
+//! softmax are small and many, and rounding them to 8 bits would lose a visible part of their
+//! sum.
 
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
@@ -174,7 +175,7 @@ pub(super) unsafe fn run_f32(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx512, false, false>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, false, PV_F32>(task, inputs, dst, at, scratch)
 }
 
 /// [`run`] on AVX-512 with PV in fp16 where the head's values allow it.
@@ -186,11 +187,11 @@ unsafe fn run_fp16(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx512, true, false>(task, inputs, dst, at, scratch)
+    run_on::<Avx512, false, PV_FP16>(task, inputs, dst, at, scratch)
 }
 
-/// [`run`] on AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (CPUs with AVX-VNNI but no AVX-512),
-/// PV in f32.
+/// [`run`] on AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (CPUs with AVX-VNNI but no AVX-512), PV
+/// on its `vpdpwssd` ([`words_values`]; in f32 where a value is not finite).
 #[target_feature(enable = "avx2,fma,avxvnni")]
 unsafe fn run_avx_vnni(
     task: &HeadTask,
@@ -199,7 +200,7 @@ unsafe fn run_avx_vnni(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx2, false, false>(task, inputs, dst, at, scratch)
+    run_on::<Avx2, false, PV_DOT_WORDS>(task, inputs, dst, at, scratch)
 }
 
 /// [`run`] on AVX2 alone: QKᵀ on `vpmaddwd` ([`words`]), PV too ([`words_values`]; in f32
@@ -212,13 +213,22 @@ unsafe fn run_words(
     at: (AttentionKind, Shape),
     scratch: &mut Scratch,
 ) {
-    run_on::<Avx2, false, true>(task, inputs, dst, at, scratch)
+    run_on::<Avx2, true, PV_WORDS>(task, inputs, dst, at, scratch)
 }
 
-/// `FP16`: PV in fp16 where the head's values allow it (AVX-512 only). `WORDS`: QKᵀ on
-/// `vpmaddwd` ([`words`], 256-bit only), and PV where the head's values are finite.
+/// What [`run_on`] runs PV on where the head's values allow it (else in f32): f32,
+const PV_F32: u8 = 0;
+/// fp16 (AVX-512 only),
+const PV_FP16: u8 = 1;
+/// 16-bit integers on `vpmaddwd` (256-bit only),
+const PV_WORDS: u8 = 2;
+/// 16-bit integers on AVX-VNNI's `vpdpwssd` (256-bit only).
+const PV_DOT_WORDS: u8 = 3;
+
+/// `WORDS`: QKᵀ on `vpmaddwd` ([`words`], 256-bit only), else on `vpdpbusd`. `PV`: one of the
+/// `PV_*` above.
 #[inline(always)]
-unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
+unsafe fn run_on<S: ByteDot, const WORDS: bool, const PV: u8>(
     task: &HeadTask,
     inputs: &Inputs<'_>,
     dst: &SharedOut,
@@ -252,12 +262,19 @@ unsafe fn run_on<S: ByteDot, const FP16: bool, const WORDS: bool>(
         isa: PhantomData,
     };
     let head_dim = shape.head_dim;
-    if FP16 && to_fp16(v, head_dim, v16) {
+    if PV == PV_FP16 && to_fp16(v, head_dim, v16) {
         let values = Fp16Values { v16, head_dim };
         return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
     }
-    if WORDS && v_words.round(v, head_dim) {
-        let values = words_values::WordValues {
+    if (PV == PV_WORDS || PV == PV_DOT_WORDS) && v_words.round(v, head_dim) {
+        if PV == PV_DOT_WORDS {
+            let values = words_values::WordValues::<true> {
+                values: v_words,
+                head_dim,
+            };
+            return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
+        }
+        let values = words_values::WordValues::<false> {
             values: v_words,
             head_dim,
         };

@@ -1,9 +1,12 @@
-//! PV on AVX2's `vpmaddwd` for the int8 attention on CPUs without VNNI ([`WordValues`]): the
-//! probabilities and V rounded to 16-bit integers, summed exactly in 32 bits.
+//! PV on 256-bit integer multiply-adds for the int8 attention on CPUs without AVX-512
+//! ([`WordValues`]): the probabilities and V rounded to 16-bit integers, summed exactly in 32
+//! bits, on AVX2's `vpmaddwd` and `vpaddd`, or AVX-VNNI's `vpdpwssd`, which does both in one.
 //!
 //! In f32, PV was 44% of that attention's time on long documents (its QKᵀ, already on
 //! `vpmaddwd`, 27%): one FMA multiplies 8 pairs where one `vpmaddwd` multiplies 16, and on Zen 3
-//! a `vpmaddwd` with its `vpaddd` issues as often as an FMA.
+//! a `vpmaddwd` with its `vpaddd` issues as often as an FMA. On AVX-VNNI (Alder Lake and later
+//! cores without AVX-512), `vpdpwssd` issues as often as an FMA too, without the add; no such CPU
+//! has measured it yet (`scripts/check-avx512.sh`'s emulated Sapphire Rapids checks its values).
 //!
 //! The rounding keeps far more than int8's 8 bits, which would lose the small probabilities of a
 //! diffuse softmax:
@@ -115,13 +118,14 @@ impl RoundedValues {
     }
 }
 
-/// PV on `vpmaddwd` from [`RoundedValues`] (see the module's comment).
-pub(in super::super) struct WordValues<'a> {
+/// PV from [`RoundedValues`] (see the module's comment): on `vpmaddwd` and `vpaddd`, or with
+/// `VNNI` on AVX-VNNI's `vpdpwssd` (the caller's target features include `avxvnni` then).
+pub(in super::super) struct WordValues<'a, const VNNI: bool> {
     pub values: &'a RoundedValues,
     pub head_dim: usize,
 }
 
-impl WeightedValues for WordValues<'_> {
+impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
     fn tile_rows(&self) -> usize {
         simd::MAX_ROWS
     }
@@ -177,12 +181,12 @@ impl WeightedValues for WordValues<'_> {
                     let o = (out.add((r0 + r) * out_stride + c0), out_stride);
                     let pairs = pass.pairs.clone();
                     match n {
-                        1 => values_tile::<1>(probs, pairs, v, o, &ends),
-                        2 => values_tile::<2>(probs, pairs, v, o, &ends),
-                        3 => values_tile::<3>(probs, pairs, v, o, &ends),
-                        4 => values_tile::<4>(probs, pairs, v, o, &ends),
-                        5 => values_tile::<5>(probs, pairs, v, o, &ends),
-                        _ => values_tile::<6>(probs, pairs, v, o, &ends),
+                        1 => values_tile::<1, VNNI>(probs, pairs, v, o, &ends),
+                        2 => values_tile::<2, VNNI>(probs, pairs, v, o, &ends),
+                        3 => values_tile::<3, VNNI>(probs, pairs, v, o, &ends),
+                        4 => values_tile::<4, VNNI>(probs, pairs, v, o, &ends),
+                        5 => values_tile::<5, VNNI>(probs, pairs, v, o, &ends),
+                        _ => values_tile::<6, VNNI>(probs, pairs, v, o, &ends),
                     }
                 }
                 r += n;
@@ -224,9 +228,10 @@ struct Ends {
 /// `R` rows × [`VALUE_COLUMNS`] output columns of one pass: the pairs of keys `pairs` of the
 /// rounded probabilities (rows [`WORD_KEYS`] apart, each with its factor) against V's pairs
 /// (`2 · head_dim` words apart from the pass's first key, from the tile's first column, with
-/// the columns' scales), summed exactly in i32, then added in f32 to `out`.
+/// the columns' scales), summed exactly in i32 (on `vpdpwssd` with `VNNI`), then added in f32 to
+/// `out`.
 #[inline(always)]
-unsafe fn values_tile<const R: usize>(
+unsafe fn values_tile<const R: usize, const VNNI: bool>(
     (p, factors): (*const i16, &[f32]),
     pairs: std::ops::Range<usize>,
     (v, head_dim, column_scales): (*const i16, usize, *const f32),
@@ -246,8 +251,12 @@ unsafe fn values_tile<const R: usize>(
                     .cast::<i32>()
                     .read_unaligned(),
             );
-            a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(w, vs[0]));
-            a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(w, vs[1]));
+            for (a, &v) in a.iter_mut().zip(&vs) {
+                *a = match VNNI {
+                    true => _mm256_dpwssd_avx_epi32(*a, w, v),
+                    false => _mm256_add_epi32(*a, _mm256_madd_epi16(w, v)),
+                };
+            }
         }
     }
     for (r, a) in acc.iter().enumerate() {
@@ -281,21 +290,62 @@ mod tests {
     use crate::fused_attention::int8_dot_available;
     use crate::simd::{Avx2, Cpu};
 
-    /// PV of `rows` probability rows (stride `stride`, keys `keys`) against `v` both ways:
-    /// (on `vpmaddwd`, in f32), `[rows, head_dim]` each; `None` where V did not round.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn both(
-        p: &[f32],
-        stride: usize,
-        v: &[f32],
-        head_dim: usize,
-        (rows, keys): (usize, std::ops::Range<usize>),
+    /// The kernels this CPU runs: on `vpmaddwd` (`false`), and on `vpdpwssd` (`true`) where it
+    /// has AVX-VNNI (`scripts/check-avx512.sh`'s emulated Sapphire Rapids has).
+    fn kernels() -> Vec<bool> {
+        let dot = is_x86_feature_detected!("avxvnni");
+        if !dot {
+            eprintln!("SKIPPED (part): PV on vpdpwssd: this CPU has no AVX-VNNI");
+        }
+        [false].into_iter().chain(dot.then_some(true)).collect()
+    }
+
+    /// The name of a kernel of [`kernels`].
+    fn name(dot: bool) -> &'static str {
+        match dot {
+            true => "vpdpwssd",
+            false => "vpmaddwd",
+        }
+    }
+
+    /// Arguments of [`both`]: `p` and its row stride, `v`, the head size, the rows and keys.
+    type Args<'a> = (
+        &'a [f32],
+        usize,
+        &'a [f32],
+        usize,
+        (usize, std::ops::Range<usize>),
+    );
+
+    /// PV of `rows` probability rows (stride `stride`, keys `keys`) against `v` both ways: (on
+    /// the kernel `dot` names, in f32), `[rows, head_dim]` each; `None` where V did not round.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, and AVX-VNNI for `dot`.
+    unsafe fn both(args: Args, dot: bool) -> Option<(Vec<f32>, Vec<f32>)> {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn on_words(args: Args) -> Option<(Vec<f32>, Vec<f32>)> {
+            both_on::<false>(args)
+        }
+        #[target_feature(enable = "avx2,fma,avxvnni")]
+        unsafe fn on_dot(args: Args) -> Option<(Vec<f32>, Vec<f32>)> {
+            both_on::<true>(args)
+        }
+        match dot {
+            true => on_dot(args),
+            false => on_words(args),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn both_on<const VNNI: bool>(
+        (p, stride, v, head_dim, (rows, keys)): Args,
     ) -> Option<(Vec<f32>, Vec<f32>)> {
         let mut rounded = RoundedValues::default();
         if !rounded.round(v, head_dim) {
             return None;
         }
-        let words = WordValues {
+        let words = WordValues::<VNNI> {
             values: &rounded,
             head_dim,
         };
@@ -344,14 +394,16 @@ mod tests {
     /// PV in f32. The bound: each value rounds within 0.5/2047 of its column's largest, each
     /// probability within 0.5/8191 of its pass's largest, and these rows' sums are about half
     /// their length, so the error is at most (2.4e-4 + 1.2e-4 · 2) · max |v|; measured
-    /// 2.4e-5 to 1.1e-4 · max |v| (the most on 16 keys). Several passes of 128 keys, odd first and last keys (pairs half outside
-    /// the band, a zero key past an odd end), 12, 7, 5 and 1 rows (tiles of 6 and their
-    /// tails), heads of 64 and 128.
+    /// 2.4e-5 to 1.1e-4 · max |v| (the most on 16 keys). Several passes of 128 keys, odd first
+    /// and last keys (pairs half outside the band, a zero key past an odd end), 12, 7, 5 and 1
+    /// rows (tiles of 6 and their tails), heads of 64 and 128. Both kernels sum the same
+    /// integers exactly, so `vpdpwssd`'s outputs equal `vpmaddwd`'s bit for bit.
     #[test]
     fn word_values_match_f32_values() {
         if skip() {
             return;
         }
+        let kernels = kernels();
         let cases: [(usize, usize, usize, std::ops::Range<usize>); 5] = [
             (64, 12, 301, 3..301),
             (128, 5, 77, 0..77),
@@ -374,15 +426,21 @@ mod tests {
             }
             let v = values(len, head_dim);
             let largest = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            let (words, floats) =
-                unsafe { both(&p, stride, &v, head_dim, (rows, keys.clone())) }.unwrap();
-            let worst = worst(&words, &floats);
-            eprintln!("PV on vpmaddwd, head {head_dim}, keys {keys:?}: max diff {worst:e} of max |v| {largest}");
-            assert!(
-                worst <= 5e-4 * largest,
-                "head {head_dim}, keys {keys:?}: {worst} of {largest}"
-            );
+            let mut outputs = Vec::new();
+            for &dot in &kernels {
+                let args = (&p[..], stride, &v[..], head_dim, (rows, keys.clone()));
+                // SAFETY: the CPU has AVX2 and FMA (checked above), and AVX-VNNI for `dot`.
+                let (words, floats) = unsafe { both(args, dot) }.unwrap();
+                let worst = worst(&words, &floats);
+                let kernel = name(dot);
+                eprintln!("PV on {kernel}, head {head_dim}, keys {keys:?}: max diff {worst:e} of max |v| {largest}");
+                assert!(
+                    worst <= 5e-4 * largest,
+                    "{kernel}, head {head_dim}, keys {keys:?}: {worst} of {largest}"
+                );
+                outputs.push(words);
+            }
+            assert!(outputs.windows(2).all(|w| w[0] == w[1]), "keys {keys:?}");
         }
     }
 
@@ -401,11 +459,19 @@ mod tests {
         p[0] = 1.0;
         let mut v = vec![1f32; len * head_dim];
         v[..head_dim].fill(0.0);
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        let (words, floats) = unsafe { both(&p, len, &v, head_dim, (1, 0..len)) }.unwrap();
-        let worst = worst(&words, &floats);
-        eprintln!("output {} (f32 {}), diff {worst:e}", words[0], floats[0]);
-        assert!(worst <= 5e-3, "{worst}");
+        for dot in kernels() {
+            // SAFETY: the CPU has AVX2 and FMA (checked above), and AVX-VNNI for `dot`.
+            let (words, floats) =
+                unsafe { both((&p, len, &v, head_dim, (1, 0..len)), dot) }.unwrap();
+            let worst = worst(&words, &floats);
+            eprintln!(
+                "{}: output {} (f32 {}), diff {worst:e}",
+                name(dot),
+                words[0],
+                floats[0]
+            );
+            assert!(worst <= 5e-3, "{}: {worst}", name(dot));
+        }
     }
 
     /// A NaN probability leaves its row's outputs NaN (as in f32) and no other row's; a value
@@ -420,16 +486,23 @@ mod tests {
         let mut p = vec![0.5f32; rows * len.next_multiple_of(16)];
         let stride = len.next_multiple_of(16);
         p[stride + 7] = f32::NAN;
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        let (words, _) = unsafe { both(&p, stride, &v, head_dim, (rows, 0..len)) }.unwrap();
-        for (r, row) in words.chunks_exact(head_dim).enumerate() {
-            assert!(row.iter().all(|x| x.is_nan() == (r == 1)), "row {r}");
+        for dot in kernels() {
+            // SAFETY: the CPU has AVX2 and FMA (checked above), and AVX-VNNI for `dot`.
+            let (words, _) =
+                unsafe { both((&p, stride, &v, head_dim, (rows, 0..len)), dot) }.unwrap();
+            for (r, row) in words.chunks_exact(head_dim).enumerate() {
+                assert!(
+                    row.iter().all(|x| x.is_nan() == (r == 1)),
+                    "{}: row {r}",
+                    name(dot)
+                );
+            }
         }
         for bad in [f32::NAN, f32::INFINITY] {
             let mut v = v.clone();
             v[5 * head_dim + 3] = bad;
-            // SAFETY: as above.
-            let rounded = unsafe { both(&p, stride, &v, head_dim, (rows, 0..len)) };
+            // SAFETY: as above (`vpmaddwd`).
+            let rounded = unsafe { both((&p, stride, &v, head_dim, (rows, 0..len)), false) };
             assert!(rounded.is_none(), "{bad}");
         }
     }
