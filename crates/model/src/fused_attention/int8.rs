@@ -64,7 +64,7 @@ pub(super) struct Scratch {
     v: Vec<f32>,
     /// V in fp16 bits, `[len, head_dim]`, where PV runs on AVX512-FP16.
     v16: Vec<u16>,
-    /// V rounded to 16-bit integers, where PV runs on `vpmaddwd` ([`words_values`]).
+    /// V rounded to 16-bit integers, where PV runs on `vpmaddwd` or `vpdpwssd` ([`words_values`]).
     v_words: words_values::RoundedValues,
     /// One rotated Q row.
     q_row: Vec<f32>,
