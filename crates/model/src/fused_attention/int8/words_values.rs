@@ -337,6 +337,7 @@ mod tests {
         }
     }
 
+    /// [`both`]'s body, inlined into each of its target-feature wrappers.
     #[inline(always)]
     unsafe fn both_on<const VNNI: bool>(
         (p, stride, v, head_dim, (rows, keys)): Args,
