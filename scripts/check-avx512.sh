@@ -15,9 +15,9 @@
 # Bochs: Debian 12's package is 2.7, which has no AVX512-BF16, so the script builds 3.0 from
 # Debian 13's source package (checksum pinned below) without a GUI or debugger, about 4 minutes
 # on 2 cores, once; it is kept in the target folder. Bochs 3.0 has two bugs in its AVX512-BF16
-# instructions, fixed by scripts/bochs-3.0-bf16.patch, and three in saving the AMX state, fixed
-# by scripts/bochs-3.0-cpus.patch, which also adds the features above and XFD (each patch says
-# what it changes). Its log is switched off: its timer signal handler logs the emulation speed
+# instructions, fixed by scripts/bochs-3.0-bf16.patch, and four in AMX (three in saving its
+# state, one in `tdpbssd`'s signs), fixed by scripts/bochs-3.0-cpus.patch, which also adds the
+# features above and XFD (each patch says what it changes). Its log is switched off: its timer signal handler logs the emulation speed
 # and deadlocks when that interrupts another log line (the guest's unknown-MSR reads log on every
 # timer tick).
 #

@@ -1017,28 +1017,33 @@ mod tests {
     /// values) took minutes to print in `scripts/check-avx512.sh`'s emulator.
     fn differences(got: &[f32], want: &[f32], n: usize) -> Option<String> {
         assert_eq!(got.len(), want.len());
-        let differ = |(_, (a, b)): &(usize, (&f32, &f32))| a != b;
-        let (first, (a, b)) = got.iter().zip(want).enumerate().find(|d| differ(d))?;
-        let count = got
-            .iter()
-            .zip(want)
-            .enumerate()
-            .filter(|d| differ(d))
-            .count();
-        let rows: std::collections::BTreeSet<usize> = got
-            .iter()
-            .zip(want)
-            .enumerate()
-            .filter(|d| differ(d))
-            .map(|(i, _)| i / n)
-            .collect();
+        let differ: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        let &first = differ.first()?;
+        let rows: std::collections::BTreeSet<usize> = differ.iter().map(|i| i / n).collect();
         Some(format!(
-            "{count} of {} values differ, in {} rows; the first at [{}, {}]: {a} (expected {b})",
+            "{} of {} values differ, in {} rows; the first at [{}, {}]: {} (expected {})",
+            differ.len(),
             got.len(),
             rows.len(),
             first / n,
-            first % n
+            first % n,
+            got[first],
+            want[first]
         ))
+    }
+
+    /// The summary the big-array asserts rely on: `None` only for equal arrays.
+    #[test]
+    fn differences_count_rows_and_the_first() {
+        let want = [0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(differences(&want, &want, 3), None);
+        let mut got = want;
+        got[4] = 9.0;
+        got[5] = f32::NAN;
+        assert_eq!(
+            differences(&got, &want, 3).unwrap(),
+            "2 of 6 values differ, in 1 rows; the first at [1, 1]: 9 (expected 4)"
+        );
     }
 
     /// Per-row (or per-column) quantization in scalar code: values and scales.
