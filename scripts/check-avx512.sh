@@ -17,7 +17,8 @@
 # on 2 cores, once; it is kept in the target folder. Bochs 3.0 has two bugs in its AVX512-BF16
 # instructions, fixed by scripts/bochs-3.0-bf16.patch, and four in AMX (three in saving its
 # state, one in `tdpbssd`'s signs), fixed by scripts/bochs-3.0-cpus.patch, which also adds the
-# features above and XFD (each patch says what it changes). Its log is switched off: its timer signal handler logs the emulation speed
+# features above and XFD (each patch says what it changes; until 2026-12-06 its XFD MSRs were
+# dropped, so context switches zeroed the tiles). Its log is switched off: its timer signal handler logs the emulation speed
 # and deadlocks when that interrupts another log line (the guest's unknown-MSR reads log on every
 # timer tick).
 #
@@ -58,20 +59,12 @@ case ${MBPIPE_EMULATED_CPU:-cooper-lake} in
     cpu_flags=(avx512f avx512_vnni avx512_bf16)
     clear_xsaves="clearcpuid=321,323"
     skipped=""
-    emulator_skips=()
     ;;
   sapphire-rapids)
     cpu_name="Sapphire Rapids"
     cpu_flags=(avx512f avx512_vnni avx512_bf16 avx_vnni avx512_fp16 amx_tile amx_int8 amx_bf16)
     clear_xsaves=""
     skipped='SKIPPED.*(AMX|FP16|VNNI|BF16|avx512bf16|lacks its instructions)'
-    # With 2 or 16 threads on the one emulated CPU, AMX products (bf16 and int8 alike, in an
-    # experiment on 2026-12-06) come out wrong now and then in one 32 x 32 block, partly summed:
-    # tile state lost across a context switch, most likely a fifth Bochs bug, not found yet.
-    # This test runs threads on the tiles, so it is left out here; run it on AMX hardware. Rarer,
-    # on one thread: bf16's gated test failed so once in four runs. A failure of an AMX test
-    # here that shows one 32 x 32 block wrong is that; rerun before looking further.
-    emulator_skips=(--skip int8_gemm::tests::any_number_of_threads_gives_the_same_values)
     export BOCHS_SAPPHIRE_RAPIDS=1
     ;;
   *) log "MBPIPE_EMULATED_CPU: expected cooper-lake or sapphire-rapids, found $MBPIPE_EMULATED_CPU"; exit 2 ;;
@@ -160,9 +153,7 @@ fi
 if [ $# -eq 0 ]; then
   # --exact: a skip names one test (`f16_keeps...` is also a substring of `bf16_keeps...`).
   set -- --nocapture --exact --skip varlen::tests::padded_groups_equal_per_sequence_attention \
-    --skip f16_keeps_embeddings_and_labels --skip bf16_candle_fallback_keeps_embeddings_and_labels \
-    "${emulator_skips[@]}"
-  [ ${#emulator_skips[@]} -eq 0 ] || log "left out on the emulated $cpu_name: ${emulator_skips[*]}"
+    --skip f16_keeps_embeddings_and_labels --skip bf16_candle_fallback_keeps_embeddings_and_labels
 fi
 args=$(printf ' %q' "$@")
 cat > "$root/init" <<EOF

@@ -553,6 +553,19 @@ mod tests {
         }
     }
 
+    /// 1, 2 and 16 threads give the same values, plain and gated, on every bf16 kernel (the
+    /// AMX kernel's tiles hold partial sums across the context switches of many threads).
+    #[test]
+    fn any_number_of_threads_gives_the_same_values() {
+        for kernel in kernels() {
+            crate::packed_gemm::test_support::check_any_number_of_threads_gives_the_same_values(
+                &format!("{kernel:?}"),
+                pack(kernel),
+                |w, inter, k| kernel.pack_gated(w, inter, k).expect("packs"),
+            );
+        }
+    }
+
     /// The AMX kernel's products equal the dot-product kernel's within f32 accumulation
     /// rounding: both round the inputs to bf16 the same way and sum exact bf16 products in f32,
     /// in another order. 600 rows are three of the AMX kernel's row blocks of several column

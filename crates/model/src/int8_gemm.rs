@@ -994,7 +994,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packed_gemm::test_support::random;
+    use crate::packed_gemm::test_support::{differences, random};
     use crate::PackedGemm;
 
     fn skip_without_kernel() -> bool {
@@ -1010,40 +1010,6 @@ mod tests {
             eprintln!("SKIPPED for the AMX kernel: this CPU (or OS) offers no AMX-INT8 tiles");
         }
         Int8Kernel::all_available()
-    }
-
-    /// `None` where `got` equals `want` value for value (`[_, n]` each), else how many differ
-    /// and the first: a message that fits a serial console, where the arrays (over 100,000
-    /// values) took minutes to print in `scripts/check-avx512.sh`'s emulator.
-    fn differences(got: &[f32], want: &[f32], n: usize) -> Option<String> {
-        assert_eq!(got.len(), want.len());
-        let differ: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
-        let &first = differ.first()?;
-        let rows: std::collections::BTreeSet<usize> = differ.iter().map(|i| i / n).collect();
-        Some(format!(
-            "{} of {} values differ, in {} rows; the first at [{}, {}]: {} (expected {})",
-            differ.len(),
-            got.len(),
-            rows.len(),
-            first / n,
-            first % n,
-            got[first],
-            want[first]
-        ))
-    }
-
-    /// The summary the big-array asserts rely on: `None` only for equal arrays.
-    #[test]
-    fn differences_count_rows_and_the_first() {
-        let want = [0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(differences(&want, &want, 3), None);
-        let mut got = want;
-        got[4] = 9.0;
-        got[5] = f32::NAN;
-        assert_eq!(
-            differences(&got, &want, 3).unwrap(),
-            "2 of 6 values differ, in 1 rows; the first at [1, 1]: 9 (expected 4)"
-        );
     }
 
     /// Per-row (or per-column) quantization in scalar code: values and scales.
@@ -1281,36 +1247,17 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        // Row blocks of 84, 60 and 24 rows on 1, 2 and 16 threads (48, 24 and 24 gated).
-        let (m, n, k) = (150, 900, 768);
-        let x = random(m * k, 21);
-        let w = random(n * k, 22);
-        let b = random(n, 23);
+        use crate::packed_gemm::test_support as support;
+        let case = support::ThreadsCase::new();
+        let want = scalar_product(&case.x, &case.w, Some(&case.bias), None, case.shape);
         for kernel in kernels() {
-            let plain = PackedI8::pack_for(kernel, &w, n, k);
-            let gated = PackedI8::pack_gated_for(kernel, &w, n / 2, k);
-            let on = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                pool.install(|| (plain.matmul(&x, m, Some(&b)), gated.matmul(&x, m, Some(&b))))
-            };
-            let one = on(1);
-            let want = scalar_product(&x, &w, Some(&b), None, (m, n, k));
-            let diff = differences(&one.0, &want, n);
+            let one = support::check_any_number_of_threads_gives_the_same_values(
+                &format!("{kernel:?}"),
+                |w, n, k| Box::new(PackedI8::pack_for(kernel, w, n, k)),
+                |w, inter, k| Box::new(PackedI8::pack_gated_for(kernel, w, inter, k)),
+            );
+            let diff = differences(&one, &want, case.shape.1);
             assert!(diff.is_none(), "{kernel:?} on 1 thread: {}", diff.unwrap());
-            for threads in [2, 16] {
-                let got = on(threads);
-                for (got, one, n) in [(&got.0, &one.0, n), (&got.1, &one.1, n / 2)] {
-                    let diff = differences(got, one, n);
-                    assert!(
-                        diff.is_none(),
-                        "{kernel:?} on {threads} threads: {}",
-                        diff.unwrap()
-                    );
-                }
-            }
         }
     }
 

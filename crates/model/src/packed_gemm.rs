@@ -766,6 +766,103 @@ pub(crate) mod test_support {
         }
     }
 
+    /// `None` where `got` equals `want` value for value (`[_, n]` each), else how many differ
+    /// and the first: a message that fits a serial console, where the arrays (over 100,000
+    /// values) took minutes to print in `scripts/check-avx512.sh`'s emulator.
+    pub(crate) fn differences(got: &[f32], want: &[f32], n: usize) -> Option<String> {
+        assert_eq!(got.len(), want.len());
+        let differ: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        let &first = differ.first()?;
+        let rows: std::collections::BTreeSet<usize> = differ.iter().map(|i| i / n).collect();
+        Some(format!(
+            "{} of {} values differ, in {} rows; the first at [{}, {}]: {} (expected {})",
+            differ.len(),
+            got.len(),
+            rows.len(),
+            first / n,
+            first % n,
+            got[first],
+            want[first]
+        ))
+    }
+
+    /// The summary the big-array asserts rely on: `None` only for equal arrays.
+    #[test]
+    fn differences_count_rows_and_the_first() {
+        let want = [0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(differences(&want, &want, 3), None);
+        let mut got = want;
+        got[4] = 9.0;
+        got[5] = f32::NAN;
+        assert_eq!(
+            differences(&got, &want, 3).unwrap(),
+            "2 of 6 values differ, in 1 rows; the first at [1, 1]: 9 (expected 4)"
+        );
+    }
+
+    /// The product [`check_any_number_of_threads_gives_the_same_values`] runs: 150 rows split
+    /// into different row blocks on 1, 2 and 16 threads (the int8 kernels' 84, 60 and 24; 48,
+    /// 24 and 24 gated).
+    pub(crate) struct ThreadsCase {
+        pub(crate) x: Vec<f32>,
+        pub(crate) w: Vec<f32>,
+        pub(crate) bias: Vec<f32>,
+        /// `(m, n, k)`.
+        pub(crate) shape: (usize, usize, usize),
+    }
+
+    impl ThreadsCase {
+        pub(crate) fn new() -> Self {
+            let (m, n, k) = (150, 900, 768);
+            ThreadsCase {
+                x: random(m * k, 21),
+                w: random(n * k, 22),
+                bias: random(n, 23),
+                shape: (m, n, k),
+            }
+        }
+    }
+
+    /// The products of [`ThreadsCase`], plain (with the bias) and gated (`n / 2` outputs), on
+    /// 2 and 16 threads equal those on one bit for bit; returns the one-thread plain product
+    /// for the caller's own reference. `what` names the kernel in a failure.
+    pub(crate) fn check_any_number_of_threads_gives_the_same_values(
+        what: &str,
+        pack: impl Fn(&[f32], usize, usize) -> Box<dyn PackedGemm>,
+        pack_gated: impl Fn(&[f32], usize, usize) -> Box<dyn PackedGemm>,
+    ) -> Vec<f32> {
+        let ThreadsCase {
+            x,
+            w,
+            bias,
+            shape: (m, n, k),
+        } = ThreadsCase::new();
+        let (plain, gated) = (pack(&w, n, k), pack_gated(&w, n / 2, k));
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let b = Some(&bias[..]);
+                (plain.matmul(&x, m, b), gated.matmul(&x, m, b))
+            })
+        };
+        let one = on(1);
+        for threads in [2, 16] {
+            let got = on(threads);
+            for (got, one, n) in [(&got.0, &one.0, n), (&got.1, &one.1, n / 2)] {
+                let diff = differences(got, one, n);
+                assert!(
+                    diff.is_none(),
+                    "{what} on {threads} threads: {}",
+                    diff.unwrap()
+                );
+            }
+        }
+        one.0
+    }
+
     /// For each `(m, inter, k)`: the gated (GEGLU) product of `pack_gated`'s weight equals the
     /// plain product of `pack`'s (the same weight) followed by the separate GELU x gate pass.
     pub(crate) fn check_gated_equals_product_then_geglu<P: PackedGemm, G: PackedGemm>(
