@@ -23,7 +23,7 @@
 # timer tick).
 #
 # Cost: Bochs runs over 100 million instructions per second here; booting and the tests took
-# 714 s on the Cooper Lake and 803 s on the Sapphire Rapids on 2026-12-06, after a release
+# 731 s on the Cooper Lake and 870 s on the Sapphire Rapids on 2026-12-06, after a release
 # build of the tests. The first run downloads Debian
 # packages and the Bochs source (about 80 MB) and builds Bochs.
 #
