@@ -1424,6 +1424,72 @@ mod tests {
         }
     }
 
+    /// 1, 2 and 16 threads give the same attention bit for bit, global and local, on every
+    /// variant this CPU runs (f32 on each width, the bf16 tiles and `vdpbf16ps`, the int8 `QKᵀ`
+    /// on each width): the heads and query blocks go to other threads, each with its own
+    /// scratch (and with AMX its own tile state, which the OS saves across context switches).
+    #[test]
+    fn any_number_of_threads_gives_the_same_attention() {
+        let (heads, head_dim) = (2, 64);
+        let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+        };
+        let mut variants: Vec<AttentionProducts> = crate::simd::executable()
+            .into_iter()
+            .map(AttentionProducts::F32)
+            .collect();
+        if crate::amx_bf16_gemm::available() {
+            variants.push(AttentionProducts::Bf16Tiles);
+        } else {
+            eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
+        }
+        if dot_available() {
+            variants.push(AttentionProducts::Bf16Dot);
+        } else {
+            eprintln!(
+                "SKIPPED (part): the vdpbf16ps attention products; this CPU has no AVX512-BF16"
+            );
+        }
+        variants.extend(int8_widths().into_iter().map(AttentionProducts::Int8Dot));
+        for products in variants {
+            for kind in [
+                AttentionKind::Global,
+                AttentionKind::Local { half_window: 64 },
+            ] {
+                let on = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
+                            .unwrap()
+                            .expect("f32 CPU input takes the fused path")
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap()
+                    })
+                };
+                let one = on(1);
+                for threads in [2, 16] {
+                    let diff = crate::packed_gemm::test_support::differences(
+                        &on(threads),
+                        &one,
+                        heads * head_dim,
+                    );
+                    assert!(
+                        diff.is_none(),
+                        "{products:?}, {kind:?}, on {threads} threads: {}",
+                        diff.unwrap()
+                    );
+                }
+            }
+        }
+    }
+
     /// The vector widths whose int8 QKᵀ this CPU runs (each missing one said on stderr).
     fn int8_widths() -> Vec<Cpu> {
         [Cpu::Avx512, Cpu::Avx2]
