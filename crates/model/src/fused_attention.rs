@@ -1436,34 +1436,19 @@ mod tests {
             cos: &cos,
             sin: &sin,
         };
-        let mut variants: Vec<AttentionProducts> = crate::simd::executable()
+        let variants: Vec<AttentionProducts> = crate::simd::executable()
             .into_iter()
             .map(AttentionProducts::F32)
+            .chain(bf16_variants())
+            .chain(int8_widths().into_iter().map(AttentionProducts::Int8Dot))
             .collect();
-        if crate::amx_bf16_gemm::available() {
-            variants.push(AttentionProducts::Bf16Tiles);
-        } else {
-            eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
-        }
-        if dot_available() {
-            variants.push(AttentionProducts::Bf16Dot);
-        } else {
-            eprintln!(
-                "SKIPPED (part): the vdpbf16ps attention products; this CPU has no AVX512-BF16"
-            );
-        }
-        variants.extend(int8_widths().into_iter().map(AttentionProducts::Int8Dot));
         for products in variants {
             for kind in [
                 AttentionKind::Global,
                 AttentionKind::Local { half_window: 64 },
             ] {
                 let on = |threads: usize| {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(threads)
-                        .build()
-                        .unwrap();
-                    pool.install(|| {
+                    crate::packed_gemm::test_support::on_threads(threads, || {
                         attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
                             .unwrap()
                             .expect("f32 CPU input takes the fused path")
@@ -1488,6 +1473,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 attention products this CPU runs: the AMX tiles, `vdpbf16ps` (each missing
+    /// one said on stderr).
+    fn bf16_variants() -> Vec<AttentionProducts> {
+        let mut variants = Vec::new();
+        if crate::amx_bf16_gemm::available() {
+            variants.push(AttentionProducts::Bf16Tiles);
+        } else {
+            eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
+        }
+        if dot_available() {
+            variants.push(AttentionProducts::Bf16Dot);
+        } else {
+            eprintln!(
+                "SKIPPED (part): the vdpbf16ps attention products; this CPU has no AVX512-BF16"
+            );
+        }
+        variants
     }
 
     /// The vector widths whose int8 QKᵀ this CPU runs (each missing one said on stderr).
@@ -1696,19 +1700,7 @@ mod tests {
                 .unwrap()
         };
         let (qr, kr, vr) = (round(&qc), round(&kc), round(&vc));
-        let mut engines = Vec::new();
-        if crate::amx_bf16_gemm::available() {
-            engines.push(AttentionProducts::Bf16Tiles);
-        } else {
-            eprintln!("SKIPPED (part): the AMX attention products; this CPU has no AMX-BF16");
-        }
-        if dot_available() {
-            engines.push(AttentionProducts::Bf16Dot);
-        } else {
-            eprintln!(
-                "SKIPPED (part): the vdpbf16ps attention products; this CPU has no AVX512-BF16"
-            );
-        }
+        let engines = bf16_variants();
         for kind in [
             AttentionKind::Global,
             AttentionKind::Local { half_window: 3 },

@@ -800,6 +800,15 @@ pub(crate) mod test_support {
         );
     }
 
+    /// `f` run in a rayon pool of `threads` threads.
+    pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(f)
+    }
+
     /// The product [`check_any_number_of_threads_gives_the_same_values`] runs: 150 rows split
     /// into different row blocks on 1, 2 and 16 threads (the int8 kernels' 84, 60 and 24; 48,
     /// 24 and 24 gated).
@@ -839,11 +848,7 @@ pub(crate) mod test_support {
         } = ThreadsCase::new();
         let (plain, gated) = (pack(&w, n, k), pack_gated(&w, n / 2, k));
         let on = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let b = Some(&bias[..]);
                 (plain.matmul(&x, m, b), gated.matmul(&x, m, b))
             })
