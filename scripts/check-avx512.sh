@@ -18,9 +18,9 @@
 # instructions, fixed by scripts/bochs-3.0-bf16.patch, and four in AMX (three in saving its
 # state, one in `tdpbssd`'s signs), fixed by scripts/bochs-3.0-cpus.patch, which also adds the
 # features above and XFD (each patch says what it changes; until 2026-12-06 its XFD MSRs were
-# dropped, so context switches zeroed the tiles). Its log is switched off: its timer signal handler logs the emulation speed
-# and deadlocks when that interrupts another log line (the guest's unknown-MSR reads log on every
-# timer tick).
+# dropped, so context switches zeroed the tiles). Its log is switched off: its timer signal
+# handler logs the emulation speed and deadlocks when that interrupts another log line (the
+# guest's unknown-MSR reads log on every timer tick).
 #
 # Cost: Bochs runs over 100 million instructions per second here; booting and the tests took
 # 731 s on the Cooper Lake and 870 s on the Sapphire Rapids on 2026-12-06, after a release

@@ -262,30 +262,35 @@ unsafe fn run_on<S: ByteDot, const WORDS: bool, const PV: u8>(
         isa: PhantomData,
     };
     let head_dim = shape.head_dim;
-    if PV == PV_FP16 && to_fp16(v, head_dim, v16) {
-        let values = Fp16Values { v16, head_dim };
-        return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
-    }
-    if (PV == PV_WORDS || PV == PV_DOT_WORDS) && v_words.round(v, head_dim) {
-        if PV == PV_DOT_WORDS {
+    let at = (kind, shape);
+    match PV {
+        PV_FP16 if to_fp16(v, head_dim, v16) => {
+            let values = Fp16Values { v16, head_dim };
+            attend_blocks::<S>(task, (&products, &values), scores, dst, at)
+        }
+        PV_WORDS if v_words.round(v, head_dim) => {
+            let values = words_values::WordValues::<false> {
+                values: v_words,
+                head_dim,
+            };
+            attend_blocks::<S>(task, (&products, &values), scores, dst, at)
+        }
+        PV_DOT_WORDS if v_words.round(v, head_dim) => {
             let values = words_values::WordValues::<true> {
                 values: v_words,
                 head_dim,
             };
-            return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
+            attend_blocks::<S>(task, (&products, &values), scores, dst, at)
         }
-        let values = words_values::WordValues::<false> {
-            values: v_words,
-            head_dim,
-        };
-        return attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape));
+        _ => {
+            let values = simd::F32Values::<S> {
+                v,
+                head_dim,
+                isa: PhantomData,
+            };
+            attend_blocks::<S>(task, (&products, &values), scores, dst, at)
+        }
     }
-    let values = simd::F32Values::<S> {
-        v,
-        head_dim,
-        isa: PhantomData,
-    };
-    attend_blocks::<S>(task, (&products, &values), scores, dst, (kind, shape))
 }
 
 /// The head's blocks of queries, each on `products` and `values`.
