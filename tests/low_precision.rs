@@ -14,7 +14,7 @@ use arrow::datatypes::Float32Type;
 use arrow::record_batch::RecordBatch;
 
 use crate::pipeline::{pipeline_toml, read_output, write_inputs};
-use crate::util::{fixture, mbpipe, ok, shared_dir, Fixture};
+use crate::util::{fixture, mbpipe, mbpipe_with_env, ok, shared_dir, Fixture};
 
 /// Macro-F1 within this many points (of 100) of f32's.
 const MACRO_F1_POINTS: f64 = 0.5;
@@ -24,6 +24,15 @@ const SAME_LABELS: f64 = 0.99;
 const QUANTIZE_CHECK_ROWS: usize = 96;
 /// Mean embeddings at least this cosine to the reference.
 const EMBEDDING_COSINE: f32 = 0.99;
+
+/// The switches that make a CPU with VNNI, AVX-512 or AMX run int8 on the AVX2 kernel (7-bit
+/// weights), as a CPU with AVX2 alone does, where it would pick another one; `None` where the
+/// run's own int8 already is the AVX2 kernel's (or the CPU has no AVX2).
+fn avx2_kernel_switches() -> Option<[(&'static str, &'static str); 2]> {
+    use mbpipe_model::int8_gemm::Int8Kernel;
+    let other = !matches!(Int8Kernel::detect(), Some(Int8Kernel::Avx2) | None);
+    other.then_some([("MBPIPE_VNNI", "0"), ("MBPIPE_AVX512", "0")])
+}
 
 /// `../shared/datasets`, or `None` with a message saying why the test skips.
 fn datasets() -> Option<PathBuf> {
@@ -63,6 +72,17 @@ fn classify(
     dtype: &str,
     quantized: bool,
 ) -> RecordBatch {
+    classify_with_env(work, model, rows, (dtype, quantized), &[])
+}
+
+/// [`classify`] with the variables `vars` set (the run's folder named after them).
+fn classify_with_env(
+    work: &Path,
+    model: &str,
+    rows: &[(String, String)],
+    (dtype, quantized): (&str, bool),
+    vars: &[(&str, &str)],
+) -> RecordBatch {
     let input = work.join("input.jsonl");
     if !input.exists() {
         let lines: Vec<String> = rows
@@ -80,11 +100,14 @@ fn classify(
             model.display()
         )
     };
-    let run = if quantized {
+    let mut run = if quantized {
         format!("{dtype}-mixed")
     } else {
         dtype.to_string()
     };
+    for (name, value) in vars {
+        run += &format!("-{name}-{value}");
+    }
     let mut toml = format!(
         "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{run}\"\n{}",
         task("c", "")
@@ -93,9 +116,10 @@ fn classify(
         toml += &task("q", "quantize = \"int8\"\n");
     }
     std::fs::write(work.join(format!("{run}.toml")), toml).unwrap();
-    ok(mbpipe(
+    ok(mbpipe_with_env(
         work,
         &["run", &format!("{run}.toml"), "--dtype", dtype],
+        vars,
     ));
     let out = read_output(&work.join(format!("out-{run}")));
     assert_eq!(out.num_rows(), rows.len(), "every row written");
@@ -162,6 +186,9 @@ fn check_gate(set: &str, field: &str, model: &str, classes: &[&str]) {
     let f32_out = classify(work.path(), model, &rows, "f32", false);
     let int8_out = classify(work.path(), model, &rows, "int8", false);
     let bf16_out = classify(work.path(), model, &rows, "bf16", false);
+    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit weights too.
+    let avx2_out = avx2_kernel_switches()
+        .map(|vars| classify_with_env(work.path(), model, &rows, ("int8", false), &vars));
     // The same gate through a task's `quantize`: in an f32 run, the quantized copy of the
     // classifier writes what `--dtype int8` writes, on these models' 64-wide heads (the
     // fixture's test covers 16-wide ones). The first rows suffice, both runs on the same input
@@ -174,7 +201,11 @@ fn check_gate(set: &str, field: &str, model: &str, classes: &[&str]) {
     let f32_labels = labels(&f32_out, "c");
     let gold: Vec<&str> = rows.iter().map(|(_, g)| g.as_str()).collect();
     let f1_f32 = macro_f1(&f32_labels, &gold, classes);
-    for (dtype, out) in [("int8", &int8_out), ("bf16", &bf16_out)] {
+    let runs = [("int8", &int8_out), ("bf16", &bf16_out)];
+    let avx2_run = avx2_out
+        .as_ref()
+        .map(|out| ("int8 on the AVX2 kernel", out));
+    for (dtype, out) in runs.into_iter().chain(avx2_run) {
         let low = labels(out, "c");
         let f1 = macro_f1(&low, &gold, classes);
         let same = f32_labels.iter().zip(&low).filter(|(a, b)| a == b).count();
@@ -235,19 +266,23 @@ fn int8_embeddings_of_the_shipped_model_stay_within_the_cosine_gate() {
         .collect();
     std::fs::write(work.path().join("input.jsonl"), lines.join("\n")).unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/base");
-    let embed = |dtype: &str| {
+    let embed = |dtype: &str, vars: &[(&str, &str)]| {
+        let run = vars.iter().fold(dtype.to_string(), |run, (name, value)| {
+            format!("{run}-{name}-{value}")
+        });
         let toml = format!(
-            "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{dtype}\"\n\
+            "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{run}\"\n\
              [[tasks]]\nname = \"e\"\nkind = \"embed\"\nmodel = \"{}\"\npooling = \"mean\"\n\
              normalize = false\nmax_length = 128\n",
             model.display()
         );
-        std::fs::write(work.path().join(format!("{dtype}.toml")), toml).unwrap();
-        ok(mbpipe(
+        std::fs::write(work.path().join(format!("{run}.toml")), toml).unwrap();
+        ok(mbpipe_with_env(
             work.path(),
-            &["run", &format!("{dtype}.toml"), "--dtype", dtype],
+            &["run", &format!("{run}.toml"), "--dtype", dtype],
+            vars,
         ));
-        let out = read_output(&work.path().join(format!("out-{dtype}")));
+        let out = read_output(&work.path().join(format!("out-{run}")));
         assert_eq!(out.num_rows(), EMBEDDING_ROWS, "every row written");
         let emb = out
             .column_by_name("e_embedding")
@@ -262,17 +297,27 @@ fn int8_embeddings_of_the_shipped_model_stay_within_the_cosine_gate() {
             })
             .collect::<Vec<_>>()
     };
-    let (f32_rows, int8_rows) = (embed("f32"), embed("int8"));
+    let f32_rows = embed("f32", &[]);
+    let mut runs = vec![("int8", embed("int8", &[]))];
+    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit weights too.
+    if let Some(vars) = avx2_kernel_switches() {
+        runs.push(("int8 on the AVX2 kernel", embed("int8", &vars)));
+    }
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let cosines: Vec<f32> = f32_rows
-        .iter()
-        .zip(&int8_rows)
-        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b)))
-        .collect();
-    let worst = cosines.iter().copied().fold(1f32, f32::min);
-    eprintln!("int8 mean embeddings of `base` on {EMBEDDING_ROWS} held-out texts: lowest cosine to f32 {worst:.5}");
-    for (row, c) in cosines.iter().enumerate() {
-        assert!(*c >= EMBEDDING_COSINE, "row {row}: cosine {c}");
+    for (run, int8_rows) in runs {
+        let cosines: Vec<f32> = f32_rows
+            .iter()
+            .zip(&int8_rows)
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>() / (norm(a) * norm(b)))
+            .collect();
+        let worst = cosines.iter().copied().fold(1f32, f32::min);
+        eprintln!(
+            "{run} mean embeddings of `base` on {EMBEDDING_ROWS} held-out texts: lowest cosine \
+             to f32 {worst:.5}"
+        );
+        for (row, c) in cosines.iter().enumerate() {
+            assert!(*c >= EMBEDDING_COSINE, "{run}, row {row}: cosine {c}");
+        }
     }
 }
 

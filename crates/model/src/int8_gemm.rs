@@ -2,10 +2,10 @@
 //! precision.
 //!
 //! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`, `s_j =
-//! max|W[j, :]| / 127`) once at load, the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i =
-//! max|x[i, :]| / 127`) on every product, so one outlier token costs only its own row's
-//! resolution. `y[i, j] = t_i · s_j · Σ p_i · q_j (+ b_j) (+ residual)` in f32; the sum is exact
-//! in i32 (127² · k < 2³¹ for k < 133,000).
+//! max|W[j, :]| / 127`, or `/ 63` for the AVX2 kernel: see below) once at load, the activations
+//! per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`) on every product, so one outlier
+//! token costs only its own row's resolution. `y[i, j] = t_i · s_j · Σ p_i · q_j (+ b_j) (+
+//! residual)` in f32; the sum is exact in i32 (127² · k < 2³¹ for k < 133,000).
 //!
 //! The weight is packed into panels of [`NR`] output columns; for each group of four input
 //! features a panel holds `NR` 32-bit words, word `j` carrying `q_j` at those four features,
@@ -17,15 +17,18 @@
 //! move the sign onto the weight instead, `|p| · (sign(p) · q)` with `vpsignb`: a second
 //! instruction per product on the same ports and a second broadcast per row, half the speed.)
 //!
-//! Plain AVX2 has no byte dot product that is exact here: `vpmaddubsw` saturates its 16-bit
-//! pair sums (2 · 255 · 127 > 2¹⁵) unless the sign moves to the weight, and on Zen 4 that
-//! `vpsignb` competes with the multiplies for their two pipes (the step issues at 251 GOP/s with
-//! it, 447 without). So the AVX2 kernel ([`Int8Kernel::Avx2`]) takes the activations as i16 and
-//! multiplies pairs with `vpmaddwd` (i16 × i16, pair sums in i32): no sign step, and one
-//! register per row, so 6 rows × 16 columns as the AVX-VNNI kernel. Its panels hold the same
-//! bytes, arranged by pairs of input features (16 columns × two bytes, widened to i16 by
-//! `vpmovsxbw` as they load), so the weight stays one byte per value. AVX-512 CPUs without VNNI
-//! (Skylake-SP and -X) run the same scheme on 512-bit vectors ([`Int8Kernel::Avx512Bw`]).
+//! Plain AVX2 has no byte dot product into i32. Its stand-in, `vpmaddubsw` (pairs of unsigned ×
+//! signed bytes summed into i16) then `vpmaddwd` by ones (pairs of those into i32), saturates
+//! the 16-bit pair sums with 8-bit weights (2 · 255 · 127 > 2¹⁵). So the AVX2 kernel
+//! ([`Int8Kernel::Avx2`]) quantizes its weights to 7 bits (`|q| <= 63`, as ONNX Runtime's
+//! `reduce_range`): `2 · 255 · 63 = 32,130` fits, the sums are exact, and the kernel is the
+//! AVX-VNNI one with that pair of instructions and a `vpaddd` for `vpdpbusd`: per 32 byte
+//! products two multiplies and one add, where 16-bit activations on `vpmaddwd` (the kernel
+//! until 2026-12-06) needed two multiplies and two adds and a `vpmovsxbw` per weight load. On
+//! Zen 3 it runs at 309-359 GOP/s against 257-297 (`gemm_bench`); the held-out gates keep
+//! their margins (README). AVX-512 CPUs without VNNI (Skylake-SP and -X) run the exact 16-bit
+//! scheme on 512-bit vectors ([`Int8Kernel::Avx512Bw`]): activations as i16, `vpmaddwd` on
+//! pairs, the weight bytes arranged by pairs of input features and widened as they load.
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
 //! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
@@ -42,7 +45,8 @@ use crate::packed_gemm::{
 /// Output columns per packed panel (two 8-lane vectors).
 pub const NR: usize = 16;
 /// Rows per micro-kernel call of the 256-bit kernels (AVX2, AVX-VNNI): 6 × 2 accumulators, 2
-/// weight vectors and one broadcast fit AVX2's 16 registers. On Zen 4 the AVX2 kernel measured
+/// weight vectors and one broadcast fit AVX2's 16 registers (AVX2's `vpmaddubsw` needs one more
+/// for its product; its ones come from memory). On Zen 4 the former 16-bit AVX2 kernel measured
 /// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768).
 const MR: usize = 6;
 /// Rows per work block of the vector kernels, plain or gated (the gated scratch holds its rows
@@ -77,14 +81,15 @@ mod zmm;
 /// pad it to whole tiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// `vpmaddwd` on 16-bit activation pairs, AVX2 (every x86-64 CPU of the last decade).
+    /// `vpmaddubsw` + `vpmaddwd` on bytes, AVX2 (every x86-64 CPU of the last decade), weights
+    /// in 7 bits, activations offset to unsigned.
     Avx2,
     /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI), activations offset to unsigned;
     /// on CPUs with AVX512-VNNI and VL but not AVX-VNNI, the same code with the EVEX form (run
     /// by the tests, never chosen).
     AvxVnni,
-    /// `vpmaddwd` on 512-bit vectors (AVX512-BW), the AVX2 kernel's 16-bit activations and pair
-    /// layout: AVX-512 CPUs without VNNI (Skylake-SP and -X).
+    /// `vpmaddwd` on 512-bit vectors (AVX512-BW), 16-bit activations and the pair layout: AVX-512
+    /// CPUs without VNNI (Skylake-SP and -X).
     Avx512Bw,
     /// `vpdpbusd` on 512-bit vectors (AVX512-VNNI), activations offset to unsigned.
     Avx512Vnni,
@@ -179,11 +184,11 @@ pub fn available() -> bool {
 /// all-zero one, whose values all quantize to 0). A row or column holding a NaN or an infinity
 /// gets a NaN scale: the outputs that depend on it come out NaN, as in f32, instead of a finite
 /// value computed from the other elements.
-fn scale_of(max_abs: f32) -> (f32, f32) {
+fn scale_of(max_abs: f32, qmax: f32) -> (f32, f32) {
     if !max_abs.is_finite() {
         (f32::NAN, 0.0)
     } else if max_abs > 0.0 {
-        (max_abs / QMAX, QMAX / max_abs)
+        (max_abs / qmax, qmax / max_abs)
     } else {
         (0.0, 0.0)
     }
@@ -269,24 +274,25 @@ pub struct PackedI8 {
     kernel: Int8Kernel,
     /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
-    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes (for [`Int8Kernel::Avx2`],
-    /// each group's 64 bytes as two pairs of input features: see [`place_panel`]).
+    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes (for
+    /// [`Int8Kernel::Avx512Bw`], each group's 64 bytes as two pairs of input features: see
+    /// [`place_panel`]).
     data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
-    /// Per packed column `Σ q_j` (zero past `n`): the VNNI kernels multiply unsigned `p + 128`
-    /// and take `128 · Σ q_j` back off.
+    /// Per packed column `Σ q_j` (zero past `n`): the VNNI and AVX2 kernels multiply unsigned
+    /// `p + 128` and take `128 · Σ q_j` back off.
     column_sums: Vec<i32>,
 }
 
 /// Lays out a panel's [`NR`] columns of quantized weights `q` (each `width` bytes: four per
 /// group) for `kernel`: per group the four bytes of every column side by side, or for
-/// [`Int8Kernel::Avx2`] per pair of input features the pair of every column (one 32-byte row
-/// that `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies). The panel is written in
+/// [`Int8Kernel::Avx512Bw`] per pair of input features the pair of every column (one 32-byte
+/// row that `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies). The panel is written in
 /// order, reading the columns side by side (written column by column, every store went to
 /// another cache line: a sixth of an int8 model's load).
 fn place_panel(kernel: Int8Kernel, q: &[i8], width: usize, panel: &mut [i8]) {
-    if matches!(kernel, Int8Kernel::Avx2 | Int8Kernel::Avx512Bw) {
+    if kernel == Int8Kernel::Avx512Bw {
         place_chunks::<2>(q, width, panel)
     } else {
         place_chunks::<4>(q, width, panel)
@@ -342,7 +348,7 @@ impl PackedI8 {
                         break;
                     }
                     let src = &w[row * k..(row + 1) * k];
-                    let (s, inverse) = scale_of(largest_magnitude(src));
+                    let (s, inverse) = scale_of(largest_magnitude(src), kernel.weight_qmax());
                     *scale = s;
                     *sum = quantize_weight_row(src, inverse, &mut q[..k]);
                 }
@@ -437,9 +443,9 @@ enum RowBytes {
     /// `p` (the tiles multiply signed bytes).
     Signed,
     /// `p + 128` as an unsigned byte (the VNNI kernels, whose `vpdpbusd` takes the activations
-    /// unsigned).
+    /// unsigned, and AVX2's `vpmaddubsw`).
     Offset,
-    /// `p` as a little-endian i16 (the AVX2 kernel's `vpmaddwd`).
+    /// `p` as a little-endian i16 (the 512-bit `vpmaddwd` kernel's).
     Wide,
 }
 
@@ -473,11 +479,25 @@ impl RowBytes {
 }
 
 impl Int8Kernel {
+    /// Bits of its quantized weights, sign included: 7 for [`Int8Kernel::Avx2`], whose
+    /// `vpmaddubsw` pair sums (`2 · 255 · 63 = 32,130`) must fit 16 bits, 8 elsewhere.
+    pub fn weight_bits(self) -> u32 {
+        match self {
+            Int8Kernel::Avx2 => 7,
+            _ => 8,
+        }
+    }
+
+    /// The largest magnitude its weights are quantized to (63 or 127: symmetric).
+    fn weight_qmax(self) -> f32 {
+        ((1 << (self.weight_bits() - 1)) - 1) as f32
+    }
+
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => RowBytes::Wide,
-            Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => RowBytes::Offset,
+            Int8Kernel::Avx512Bw => RowBytes::Wide,
+            Int8Kernel::Avx2 | Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => RowBytes::Offset,
             Int8Kernel::Tiles => RowBytes::Signed,
         }
     }
@@ -571,7 +591,7 @@ fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
 }
 
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
-    let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs));
+    let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs), QMAX);
     for (l, &v) in x.iter().enumerate() {
         bytes.put(values, l, quantize(v, inverse));
     }
@@ -645,12 +665,12 @@ impl PanelKernel for PackedI8 {
                             (Int8Kernel::AvxVnni, 3) => x86::avx_vnni::<3>(vex),
                             (Int8Kernel::AvxVnni, 2) => x86::avx_vnni::<2>(vex),
                             (Int8Kernel::AvxVnni, _) => x86::avx_vnni::<1>(vex),
-                            (_, 6) => x86::kernel_wide::<6>,
-                            (_, 5) => x86::kernel_wide::<5>,
-                            (_, 4) => x86::kernel_wide::<4>,
-                            (_, 3) => x86::kernel_wide::<3>,
-                            (_, 2) => x86::kernel_wide::<2>,
-                            (_, _) => x86::kernel_wide::<1>,
+                            (_, 6) => x86::kernel_avx2::<6>,
+                            (_, 5) => x86::kernel_avx2::<5>,
+                            (_, 4) => x86::kernel_avx2::<4>,
+                            (_, 3) => x86::kernel_avx2::<3>,
+                            (_, 2) => x86::kernel_avx2::<2>,
+                            (_, _) => x86::kernel_avx2::<1>,
                         };
                     kernel(&lhs, &rhs, t)
                 }
@@ -812,7 +832,7 @@ mod x86 {
             f32::NAN
         };
         let max = x[8 * full..].iter().copied().fold(first, super::max_abs);
-        let (scale, inverse) = super::scale_of(max);
+        let (scale, inverse) = super::scale_of(max, super::QMAX);
         let inv = _mm256_set1_ps(inverse);
         // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -843,30 +863,6 @@ mod x86 {
         scale
     }
 
-    /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
-    /// one panel of `NR` columns in the pair layout ([`super::place_panel`]), the
-    /// activations as i16: per pair of input features, one broadcast per row and one
-    /// `vpmaddwd` per eight columns, summing in i32 over all of k.
-    ///
-    /// # Safety
-    /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn kernel_wide<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        for pair in 0..2 * b.groups {
-            let bp = b.data.add(pair * super::NR * 2);
-            let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp as *const __m128i));
-            let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp.add(16) as *const __m128i));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let at = a.values.add(r * a.stride + 4 * pair) as *const i32;
-                let p = _mm256_set1_epi32(at.read_unaligned());
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(p, b0));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(p, b1));
-            }
-        }
-        store_rows::<R, false>(&acc, a, b, t);
-    }
-
     /// Whether the CPU runs [`kernel_avx_vnni_evex`]: AVX512-VNNI with 256-bit vectors (VL).
     pub(super) fn avx_vnni_evex_available() -> bool {
         is_x86_feature_detected!("avx2")
@@ -886,7 +882,8 @@ mod x86 {
         }
     }
 
-    /// `vpdpbusd` on 256-bit vectors in one of its two encodings.
+    /// Four unsigned × signed byte products summed into each i32 lane of 256-bit vectors:
+    /// `vpdpbusd` in either encoding, or AVX2's stand-in.
     trait ByteDot {
         /// `acc + Σ` of four unsigned × signed byte products per i32 lane.
         unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i;
@@ -910,12 +907,34 @@ mod x86 {
         }
     }
 
+    /// AVX2's stand-in: `vpmaddubsw` (pairs of unsigned × signed bytes into i16, saturating),
+    /// `vpmaddwd` by ones (pairs of those into i32), `vpaddd`. Exact for 7-bit signed bytes.
+    struct MaddUbs;
+    impl ByteDot for MaddUbs {
+        #[inline(always)]
+        unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i {
+            let pairs = _mm256_maddubs_epi16(unsigned, signed);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+
+    /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
+    /// one panel of `NR` columns, the AVX-VNNI kernel with [`MaddUbs`] for `vpdpbusd`: exact
+    /// with the 7-bit weights this kernel is packed with.
+    ///
+    /// # Safety
+    /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn kernel_avx2<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
+        avx_vnni_body::<MaddUbs, R>(a, b, t)
+    }
+
     /// AVX-VNNI: the same product from bytes in the group layout, `vpdpbusd(p + 128, q)`: four
     /// unsigned × signed byte products into each i32 lane, as the 512-bit VNNI kernel does on
     /// half the width (its activations offset to unsigned, `128 · Σ q` taken back off).
     ///
     /// # Safety
-    /// As [`kernel_wide`]; the CPU has AVX-VNNI.
+    /// As [`kernel_avx2`]; the CPU has AVX-VNNI.
     #[target_feature(enable = "avx2,avxvnni")]
     unsafe fn kernel_avx_vnni<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
         avx_vnni_body::<Vex, R>(a, b, t)
@@ -925,7 +944,7 @@ mod x86 {
     /// AVX-VNNI: the same results bit for bit, so the tests run that kernel's code there.
     ///
     /// # Safety
-    /// As [`kernel_wide`]; [`avx_vnni_evex_available`] said yes.
+    /// As [`kernel_avx2`]; [`avx_vnni_evex_available`] said yes.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     unsafe fn kernel_avx_vnni_evex<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
         avx_vnni_body::<Evex, R>(a, b, t)
@@ -946,14 +965,14 @@ mod x86 {
                 acc[1] = D::dot(acc[1], unsigned, b1);
             }
         }
-        store_rows::<R, true>(&acc, a, b, t);
+        store_rows::<R>(&acc, a, b, t);
     }
 
-    /// The rows' i32 sums scaled back to f32 (`sum · (t · s) + bias (+ residual)`, the other
-    /// kernels' operations in their order) and written to the tile; `OFFSET`: the sums are of
-    /// `p + 128`, so `128 · Σ q` comes off first (exactly, in i32).
+    /// The rows' i32 sums of `p + 128` scaled back to f32: `128 · Σ q` off first (exactly, in
+    /// i32), then `sum · (t · s) + bias (+ residual)`, the other kernels' operations in their
+    /// order, written to the tile.
     #[inline(always)]
-    unsafe fn store_rows<const R: usize, const OFFSET: bool>(
+    unsafe fn store_rows<const R: usize>(
         acc: &[[__m256i; 2]; R],
         a: &super::Lhs,
         b: &super::Rhs,
@@ -967,12 +986,8 @@ mod x86 {
             }
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
             let s = _mm256_loadu_ps(b.scales.add(col));
-            let offset = if OFFSET {
-                let sums = _mm256_loadu_si256(b.column_sums.add(col) as *const __m256i);
-                _mm256_slli_epi32::<7>(sums)
-            } else {
-                _mm256_setzero_si256()
-            };
+            let sums = _mm256_loadu_si256(b.column_sums.add(col) as *const __m256i);
+            let offset = _mm256_slli_epi32::<7>(sums);
             let bias = if t.bias.is_null() {
                 _mm256_setzero_ps()
             } else {
@@ -1012,13 +1027,13 @@ mod tests {
         Int8Kernel::all_available()
     }
 
-    /// Per-row (or per-column) quantization in scalar code: values and scales.
-    fn quantized(x: &[f32], rows: usize, k: usize) -> (Vec<i32>, Vec<f32>) {
+    /// Per-row (or per-column) quantization in scalar code to `±qmax`: values and scales.
+    fn quantized(x: &[f32], rows: usize, k: usize, qmax: f32) -> (Vec<i32>, Vec<f32>) {
         let mut q = vec![0i32; rows * k];
         let mut scales = vec![0f32; rows];
         for i in 0..rows {
             let row = &x[i * k..(i + 1) * k];
-            let (s, inverse) = scale_of(row.iter().copied().fold(0.0, max_abs));
+            let (s, inverse) = scale_of(row.iter().copied().fold(0.0, max_abs), qmax);
             scales[i] = s;
             for l in 0..k {
                 q[i * k + l] = quantize(row[l], inverse) as i32;
@@ -1027,17 +1042,18 @@ mod tests {
         (q, scales)
     }
 
-    /// What the kernel computes, in scalar code with the same f32 operations in the same order
+    /// What `kernel` computes, in scalar code with the same f32 operations in the same order
     /// (the i32 sums are exact, so the result must match bit for bit).
     fn scalar_product(
+        kernel: Int8Kernel,
         x: &[f32],
         w: &[f32],
         b: Option<&[f32]>,
         res: Option<&[f32]>,
         (m, n, k): (usize, usize, usize),
     ) -> Vec<f32> {
-        let (qx, sx) = quantized(x, m, k);
-        let (qw, sw) = quantized(w, n, k);
+        let (qx, sx) = quantized(x, m, k, QMAX);
+        let (qw, sw) = quantized(w, n, k, kernel.weight_qmax());
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -1070,7 +1086,7 @@ mod tests {
                     let mut y = x.clone();
                     y[at] = bad;
                     assert!(!largest_magnitude(&y).is_finite(), "{bad} at {at} of {len}");
-                    assert!(scale_of(largest_magnitude(&y)).0.is_nan());
+                    assert!(scale_of(largest_magnitude(&y), QMAX).0.is_nan());
                     assert!(!largest_magnitude_generic(&y).is_finite());
                 }
             }
@@ -1078,13 +1094,11 @@ mod tests {
     }
 
     /// Where weight byte `q_j` at input feature `l` sits in a panel: per group of four features
-    /// the four bytes of each column side by side, or (AVX2) one 32-byte row per pair of
-    /// features holding the pair of each column.
+    /// the four bytes of each column side by side, or (512-bit `vpmaddwd`) one 32-byte row per
+    /// pair of features holding the pair of each column.
     fn layout_offset(kernel: Int8Kernel, l: usize, j: usize) -> usize {
         match kernel {
-            Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => {
-                l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2
-            }
+            Int8Kernel::Avx512Bw => l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2,
             _ => l / 4 * NR * 4 + j * 4 + l % 4,
         }
     }
@@ -1181,11 +1195,11 @@ mod tests {
             let packed = PackedI8::pack_for(kernel, &w, n, k);
             assert_eq!((packed.out_features(), packed.in_features()), (n, k));
             let got = packed.matmul(&x, m, Some(&b));
-            let want = scalar_product(&x, &w, Some(&b), None, (m, n, k));
+            let want = scalar_product(kernel, &x, &w, Some(&b), None, (m, n, k));
             let diff = differences(&got, &want, n);
             assert!(diff.is_none(), "{kernel:?} {m}x{n}x{k}: {}", diff.unwrap());
-            let (_, sx) = quantized(&x, m, k);
-            let (_, sw) = quantized(&w, n, k);
+            let (_, sx) = quantized(&x, m, k, QMAX);
+            let (_, sw) = quantized(&w, n, k, kernel.weight_qmax());
             for i in 0..m {
                 let sum_x: f64 = x[i * k..(i + 1) * k].iter().map(|v| v.abs() as f64).sum();
                 for j in 0..n {
@@ -1208,6 +1222,45 @@ mod tests {
         }
     }
 
+    /// Every kernel stays exact where the products are largest: rows and columns at their full
+    /// scale everywhere (every `|p| = 127`, every `|q|` at the kernel's largest), in each sign
+    /// pattern. AVX2's `vpmaddubsw` pair sums reach `2 · 255 · 63` here, its largest; with 8-bit
+    /// weights they would pass 2¹⁵ and saturate.
+    #[test]
+    fn the_largest_products_stay_exact() {
+        if skip_without_kernel() {
+            return;
+        }
+        let k = 64;
+        let patterns: [fn(usize) -> f32; 4] = [
+            |_| 1.0,
+            |_| -1.0,
+            |l| if l % 2 == 0 { 1.0 } else { -1.0 },
+            |l| if l / 2 % 2 == 0 { 0.5 } else { -0.5 },
+        ];
+        let rows = |scale: f32| -> Vec<f32> {
+            patterns
+                .iter()
+                .flat_map(|pattern| (0..k).map(move |l| scale * pattern(l)))
+                .collect()
+        };
+        let (x, w) = (rows(3.0), rows(0.25));
+        let (m, n) = (patterns.len(), patterns.len());
+        for kernel in kernels() {
+            let got = PackedI8::pack_for(kernel, &w, n, k).matmul(&x, m, None);
+            let want = scalar_product(kernel, &x, &w, None, None, (m, n, k));
+            assert_eq!(got, want, "{kernel:?}");
+            // The first row against the first column: `k` products of 127 and `qmax`.
+            let full = 127.0 * kernel.weight_qmax() * k as f32 * (3.0 / 127.0);
+            let expected = full * (0.25 / kernel.weight_qmax());
+            assert!(
+                (got[0] - expected).abs() <= 1e-5 * expected,
+                "{kernel:?}: {}",
+                got[0]
+            );
+        }
+    }
+
     /// The residual is added as the output is written, and a reused output buffer (whatever it
     /// held) gets the same values.
     #[test]
@@ -1226,7 +1279,7 @@ mod tests {
             let res = random(m * n, 10);
             let packed = PackedI8::pack_for(kernel, &w, n, k);
             let with_res = packed.matmul_add(&x, m, Some(&b), Some(&res));
-            let want = scalar_product(&x, &w, Some(&b), Some(&res), (m, n, k));
+            let want = scalar_product(kernel, &x, &w, Some(&b), Some(&res), (m, n, k));
             let diff = differences(&with_res, &want, n);
             assert!(diff.is_none(), "{kernel:?} {m}x{n}x{k}: {}", diff.unwrap());
             let mut out = vec![f32::NAN; m * n];
@@ -1249,8 +1302,8 @@ mod tests {
         }
         use crate::packed_gemm::test_support as support;
         let case = support::ThreadsCase::new();
-        let want = scalar_product(&case.x, &case.w, Some(&case.bias), None, case.shape);
         for kernel in kernels() {
+            let want = scalar_product(kernel, &case.x, &case.w, Some(&case.bias), None, case.shape);
             let one = support::check_any_number_of_threads_gives_the_same_values(
                 &format!("{kernel:?}"),
                 |w, n, k| Box::new(PackedI8::pack_for(kernel, w, n, k)),

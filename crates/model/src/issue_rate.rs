@@ -75,11 +75,12 @@ instructions! {
         "vpdpbusd (256-bit, AVX-VNNI)", 64.0, dpbusd_256;
     /// The AVX2 int8 kernel's `vpmaddwd` (16-bit pairs into 32-bit sums; `None`: no AVX2).
     maddwd256: is_x86_feature_detected!("avx2"), "vpmaddwd (256-bit)", 32.0, maddwd_256;
-    /// `vpmaddwd` with the `vpaddd` that accumulates it, the AVX2 int8 kernel's whole step (AVX2
-    /// has no integer multiply-accumulate): what a `vpmaddwd` kernel can issue at most. `peak`
-    /// prints it beside `vpmaddwd`'s figure, which compare.sh divides by (`None`: no AVX2).
-    maddwd_add256: is_x86_feature_detected!("avx2"), "vpmaddwd + vpaddd (256-bit)", 32.0,
-        maddwd_add_256;
+    /// The AVX2 int8 kernel's whole step on 32 byte products: `vpmaddubsw`, `vpmaddwd` by ones
+    /// and the `vpaddd` that accumulates (AVX2 has no integer multiply-accumulate): what that
+    /// kernel can issue at most. `peak` prints it beside `vpmaddwd`'s figure, which compare.sh
+    /// divides by (`None`: no AVX2).
+    maddubs_step256: is_x86_feature_detected!("avx2"),
+        "vpmaddubsw + vpmaddwd + vpaddd (256-bit)", 64.0, maddubs_step_256;
     /// The same on 512 bits, the AVX512-BW int8 kernel's (`None`: no AVX-512 BW).
     maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
 }
@@ -219,10 +220,10 @@ mod x86 {
         |a| _mm256_dpbusd_avx_epi32(*a, _mm256_set1_epi8(1), _mm256_set1_epi8(1)),
         |acc| sum_epi32(&acc)
     );
-    // The AVX2 int8 kernel's multiply, `vpmaddwd` (16-bit pairs into 32-bit sums: 16
-    // products); its `vpaddd` runs on other pipes. Chained through `vpaddd` instead, the loop
-    // measured a quarter lower on Zen 4 (311-323 against 404-419 GOP/s): the pair, not the
-    // multiply, was the limit.
+    // `vpmaddwd` (16-bit pairs into 32-bit sums: 16 products), the multiply of the AVX2 int8
+    // kernel's step and of the 512-bit one's. Chained through a `vpaddd` instead, the loop
+    // measured a quarter lower on Zen 4 (311-323 against 404-419 GOP/s) and on Zen 3: the pair,
+    // not the multiply, was the limit of the 16-bit AVX2 kernel of before 2026-12-06.
     chains!(
         maddwd_256,
         "avx2",
@@ -230,17 +231,19 @@ mod x86 {
         |a| _mm256_madd_epi16(*a, _mm256_set1_epi16(1)),
         |acc| sum_epi32(&acc)
     );
-    /// `CHAINS` accumulators, each adding a product of two registers that no accumulator feeds
-    /// (chained through the accumulator, as [`maddwd_256`]'s loop but with the add, the
-    /// multiply's latency would bound the loop instead of the issue rate). Empty `asm`
-    /// statements hide the operands' values: once for the six `y`, so that no two products are
-    /// the same, and every iteration for the two `x`, so that the products stay in the loop.
-    pub fn maddwd_add_256(iterations: usize) -> f32 {
+    /// `CHAINS` accumulators, each adding `vpmaddwd(vpmaddubsw(x, y), 1)` of registers that no
+    /// accumulator feeds (chained through the accumulator, the multiplies' latency would bound
+    /// the loop instead of the issue rate). Empty `asm` statements hide the operands' values:
+    /// once for the six `y` and the ones, so that no two products are the same and nothing
+    /// folds, and every iteration for the two `x`, so that the products stay in the loop.
+    pub fn maddubs_step_256(iterations: usize) -> f32 {
         #[target_feature(enable = "avx2")]
         unsafe fn run(iterations: usize) -> f32 {
             let mut acc = [_mm256_setzero_si256(); CHAINS];
-            let mut x = [_mm256_set1_epi16(1); 2];
-            let mut y = [_mm256_set1_epi16(1); CHAINS / 2];
+            let mut x = [_mm256_set1_epi8(1); 2];
+            let mut y = [_mm256_set1_epi8(1); CHAINS / 2];
+            let mut ones = _mm256_set1_epi16(1);
+            std::arch::asm!("/* {0} */", inout(ymm_reg) ones, options(nomem, nostack));
             // Six values the compiler cannot tell apart from each other: six products each.
             for y in &mut y {
                 std::arch::asm!("/* {0} */", inout(ymm_reg) * y, options(nomem, nostack));
@@ -253,7 +256,8 @@ mod x86 {
                     options(nomem, nostack, preserves_flags)
                 );
                 for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(x[c % 2], y[c / 2]));
+                    let pairs = _mm256_maddubs_epi16(x[c % 2], y[c / 2]);
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
                 }
             }
             sum_epi32(&acc)
@@ -299,8 +303,8 @@ mod tests {
             // a ← (a_lo · 1 + a_hi · 1) from 16-bit ones: each i32 lane of pairs (1, 1) stays 2
             // after the first step reinterprets the sum (2 = lo 2, hi 0) then 2.
             (maddwd256(), (2.0 * 8.0 * CHAINS as f32) as f64),
-            // 2 added to each of 8 lanes per step.
-            (maddwd_add256(), (steps * 16.0) as f64),
+            // 4 byte products of 1·1 added to each of 8 lanes per step.
+            (maddubs_step256(), (steps * 32.0) as f64),
         ];
         let mut ran = 0;
         for (instruction, expected) in cases {
