@@ -34,6 +34,12 @@ fn avx2_kernel_switches() -> Option<[(&'static str, &'static str); 2]> {
     other.then_some([("MBPIPE_VNNI", "0"), ("MBPIPE_AVX512", "0")])
 }
 
+/// A run's name: `base`, then each of the variables `vars` it runs with.
+fn run_name(base: String, vars: &[(&str, &str)]) -> String {
+    vars.iter()
+        .fold(base, |run, (name, value)| format!("{run}-{name}-{value}"))
+}
+
 /// `../shared/datasets`, or `None` with a message saying why the test skips.
 fn datasets() -> Option<PathBuf> {
     let dir = shared_dir().join("datasets");
@@ -100,14 +106,12 @@ fn classify_with_env(
             model.display()
         )
     };
-    let mut run = if quantized {
+    let base = if quantized {
         format!("{dtype}-mixed")
     } else {
         dtype.to_string()
     };
-    for (name, value) in vars {
-        run += &format!("-{name}-{value}");
-    }
+    let run = run_name(base, vars);
     let mut toml = format!(
         "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{run}\"\n{}",
         task("c", "")
@@ -267,9 +271,7 @@ fn int8_embeddings_of_the_shipped_model_stay_within_the_cosine_gate() {
     std::fs::write(work.path().join("input.jsonl"), lines.join("\n")).unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/base");
     let embed = |dtype: &str, vars: &[(&str, &str)]| {
-        let run = vars.iter().fold(dtype.to_string(), |run, (name, value)| {
-            format!("{run}-{name}-{value}")
-        });
+        let run = run_name(dtype.to_string(), vars);
         let toml = format!(
             "[input]\npath = \"input.jsonl\"\ntext = \"text\"\n[output]\npath = \"out-{run}\"\n\
              [[tasks]]\nname = \"e\"\nkind = \"embed\"\nmodel = \"{}\"\npooling = \"mean\"\n\
