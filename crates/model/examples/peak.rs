@@ -96,12 +96,16 @@ fn main() {
             );
         }
     }
-    // AVX2 has no integer multiply-accumulate: the AVX2 kernel's step is two multiplies and an
-    // add (Zen 3: 0.95-0.97 of `vpmaddwd` alone; the 16-bit kernel's multiply and add before
-    // it, 0.75-0.77). Not in the JSON, whose int8 figure compare.sh divides by.
-    if let (false, Some(Int8Kernel::Avx2), Some(step)) =
-        (json, Int8Kernel::detect(), issue_rate::maddubs_step256())
-    {
+    // Without VNNI there is no integer multiply-accumulate: the AVX2 and AVX512-BW kernels' step
+    // is two multiplies and an add (Zen 3: 0.95-0.97 of `vpmaddwd` alone; the 16-bit kernel's
+    // multiply and add before it, 0.75-0.77). Not in the JSON, whose int8 figure compare.sh
+    // divides by.
+    let step = match Int8Kernel::detect() {
+        Some(Int8Kernel::Avx2) => issue_rate::maddubs_step256(),
+        Some(Int8Kernel::Avx512Bw) => issue_rate::maddubs_step512(),
+        _ => None,
+    };
+    if let (false, Some(step)) = (json, step) {
         let rate = peak(&step, threads) / 1e9;
         println!(
             "int8, the kernel's whole step: {} on {threads} threads: {rate:.1} GOP/s",

@@ -2,7 +2,7 @@
 //! precision.
 //!
 //! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`, `s_j =
-//! max|W[j, :]| / 127`, or `/ 63` for the AVX2 kernel: see below) once at load, the activations
+//! max|W[j, :]| / 127`, or `/ 63` for the kernels on `vpmaddubsw`: see below) once at load, the activations
 //! per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`) on every product, so one outlier
 //! token costs only its own row's resolution. `y[i, j] = t_i · s_j · Σ p_i · q_j (+ b_j) (+
 //! residual)` in f32; the sum is exact in i32 (127² · k < 2³¹ for k < 133,000).
@@ -26,9 +26,9 @@
 //! products two multiplies and one add, where 16-bit activations on `vpmaddwd` (the kernel
 //! until 2026-12-06) needed two multiplies and two adds and a `vpmovsxbw` per weight load. On
 //! Zen 3 it runs at 309-359 GOP/s against 257-297 (`gemm_bench`); the held-out gates keep
-//! their margins (README). AVX-512 CPUs without VNNI (Skylake-SP and -X) run the exact 16-bit
-//! scheme on 512-bit vectors ([`Int8Kernel::Avx512Bw`]): activations as i16, `vpmaddwd` on
-//! pairs, the weight bytes arranged by pairs of input features and widened as they load.
+//! their margins (README). AVX-512 CPUs without VNNI (Skylake-SP and -X) run the same three
+//! instructions on 512-bit vectors ([`Int8Kernel::Avx512Bw`], 7-bit weights too; the 16-bit
+//! scheme until the sixth session of 2026-12-06).
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
 //! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
@@ -88,8 +88,8 @@ pub enum Int8Kernel {
     /// on CPUs with AVX512-VNNI and VL but not AVX-VNNI, the same code with the EVEX form (run
     /// by the tests, never chosen).
     AvxVnni,
-    /// `vpmaddwd` on 512-bit vectors (AVX512-BW), 16-bit activations and the pair layout: AVX-512
-    /// CPUs without VNNI (Skylake-SP and -X).
+    /// `vpmaddubsw` + `vpmaddwd` on 512-bit vectors (AVX512-BW), weights in 7 bits, activations
+    /// offset to unsigned: AVX-512 CPUs without VNNI (Skylake-SP and -X).
     Avx512Bw,
     /// `vpdpbusd` on 512-bit vectors (AVX512-VNNI), activations offset to unsigned.
     Avx512Vnni,
@@ -274,39 +274,25 @@ pub struct PackedI8 {
     kernel: Int8Kernel,
     /// Groups of four input features: `k.div_ceil(4)`, for tiles padded to whole tiles (16).
     groups: usize,
-    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes (for
-    /// [`Int8Kernel::Avx512Bw`], each group's 64 bytes as two pairs of input features: see
-    /// [`place_panel`]).
+    /// `n.div_ceil(NR)` panels of `groups × NR` words of four bytes ([`place_panel`]).
     data: AlignedVec<i8>,
     /// Per packed column `s_j` (zero past `n`, so a panel's scales always load whole).
     scales: Vec<f32>,
-    /// Per packed column `Σ q_j` (zero past `n`): the VNNI and AVX2 kernels multiply unsigned
-    /// `p + 128` and take `128 · Σ q_j` back off.
+    /// Per packed column `Σ q_j` (zero past `n`): the vector kernels multiply unsigned `p + 128`
+    /// and take `128 · Σ q_j` back off.
     column_sums: Vec<i32>,
 }
 
 /// Lays out a panel's [`NR`] columns of quantized weights `q` (each `width` bytes: four per
-/// group) for `kernel`: per group the four bytes of every column side by side, or for
-/// [`Int8Kernel::Avx512Bw`] per pair of input features the pair of every column (one 32-byte
-/// row that `vpmovsxbw` widens into the i16 pairs `vpmaddwd` multiplies). The panel is written in
-/// order, reading the columns side by side (written column by column, every store went to
-/// another cache line: a sixth of an int8 model's load).
-fn place_panel(kernel: Int8Kernel, q: &[i8], width: usize, panel: &mut [i8]) {
-    if kernel == Int8Kernel::Avx512Bw {
-        place_chunks::<2>(q, width, panel)
-    } else {
-        place_chunks::<4>(q, width, panel)
-    }
-}
-
-/// [`place_panel`] in chunks of `BYTES`, a constant so that each copy is one move (a length
-/// known only at run time made each a call to `memcpy`: 15% of a one-text int8 run).
-fn place_chunks<const BYTES: usize>(q: &[i8], width: usize, panel: &mut [i8]) {
-    // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · BYTES` onwards (the
-    // pair layout puts pair `2g + h` of group `g` at chunk `(2g + h) · NR + j`).
-    for (c, chunk) in panel.chunks_exact_mut(BYTES).enumerate() {
-        let (j, at) = (c % NR, c / NR * BYTES);
-        chunk.copy_from_slice(&q[j * width + at..][..BYTES]);
+/// group): per group the four bytes of every column side by side. The panel is written in order,
+/// reading the columns side by side (written column by column, every store went to another
+/// cache line: a sixth of an int8 model's load); each chunk is a 4-byte constant-length copy (a
+/// length known only at run time made each a call to `memcpy`: 15% of a one-text int8 run).
+fn place_panel(q: &[i8], width: usize, panel: &mut [i8]) {
+    // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · 4` onwards.
+    for (c, chunk) in panel.chunks_exact_mut(4).enumerate() {
+        let (j, at) = (c % NR, c / NR * 4);
+        chunk.copy_from_slice(&q[j * width + at..][..4]);
     }
 }
 
@@ -352,7 +338,7 @@ impl PackedI8 {
                     *scale = s;
                     *sum = quantize_weight_row(src, inverse, &mut q[..k]);
                 }
-                place_panel(kernel, &q, width, out);
+                place_panel(&q, width, out);
             });
         PackedI8 {
             n,
@@ -402,7 +388,7 @@ impl PackedI8 {
             rows,
             (x, norm),
             (m, self.k),
-            (self.groups * 4 * bytes.width(), row_multiple),
+            (self.groups * 4, row_multiple),
             (bytes, blocking.rows),
         );
         if self.gated {
@@ -442,49 +428,29 @@ impl PackedI8 {
 enum RowBytes {
     /// `p` (the tiles multiply signed bytes).
     Signed,
-    /// `p + 128` as an unsigned byte (the VNNI kernels, whose `vpdpbusd` takes the activations
-    /// unsigned, and AVX2's `vpmaddubsw`).
+    /// `p + 128` as an unsigned byte (the vector kernels, whose `vpdpbusd` and `vpmaddubsw`
+    /// take the activations unsigned).
     Offset,
-    /// `p` as a little-endian i16 (the 512-bit `vpmaddwd` kernel's).
-    Wide,
 }
 
 impl RowBytes {
-    /// The byte `p` is stored as (for [`RowBytes::Wide`], its low byte: only 0 is padded).
+    /// The byte `p` is stored as.
     fn encode(self, p: i8) -> i8 {
         match self {
             RowBytes::Offset => (p as u8 ^ 0x80) as i8,
-            _ => p,
-        }
-    }
-
-    /// Stores activation `l` of a row, `p`, into the row's `values`.
-    #[inline(always)]
-    fn put(self, values: &mut [i8], l: usize, p: i8) {
-        if self == RowBytes::Wide {
-            let [lo, hi] = (p as i16).to_le_bytes();
-            values[2 * l..][..2].copy_from_slice(&[lo as i8, hi as i8]);
-        } else {
-            values[l] = self.encode(p);
-        }
-    }
-
-    /// Bytes per activation.
-    fn width(self) -> usize {
-        match self {
-            RowBytes::Wide => 2,
-            _ => 1,
+            RowBytes::Signed => p,
         }
     }
 }
 
 impl Int8Kernel {
-    /// Bits of its quantized weights, sign included: 7 for [`Int8Kernel::Avx2`], whose
-    /// `vpmaddubsw` pair sums (`2 · 255 · 63 = 32,130`) must fit 16 bits, 8 elsewhere.
+    /// Bits of its quantized weights, sign included: 7 for the kernels on `vpmaddubsw`
+    /// ([`Int8Kernel::Avx2`], [`Int8Kernel::Avx512Bw`]), whose pair sums (`2 · 255 · 63 =
+    /// 32,130`) must fit 16 bits, 8 elsewhere.
     pub fn weight_bits(self) -> u32 {
         match self {
-            Int8Kernel::Avx2 => 7,
-            _ => 8,
+            Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => 7,
+            Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni | Int8Kernel::Tiles => 8,
         }
     }
 
@@ -496,9 +462,8 @@ impl Int8Kernel {
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Avx512Bw => RowBytes::Wide,
-            Int8Kernel::Avx2 | Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni => RowBytes::Offset,
             Int8Kernel::Tiles => RowBytes::Signed,
+            _ => RowBytes::Offset,
         }
     }
 }
@@ -522,7 +487,7 @@ pub(crate) struct QuantizedRows {
 pub(crate) struct LazyRows {
     values: *mut i8,
     scales: *mut f32,
-    /// Bytes per row: `4 · groups` values of [`RowBytes::width`].
+    /// Bytes per row: `4 · groups` values.
     stride: usize,
     bytes: RowBytes,
     rows: LazyBlocks,
@@ -544,7 +509,7 @@ impl LazyRows {
         (stride, row_multiple): (usize, usize),
         (bytes, block_rows): (RowBytes, usize),
     ) -> Self {
-        assert!(stride >= k * bytes.width());
+        assert!(stride >= k);
         buffer
             .values
             .resize(m.next_multiple_of(row_multiple) * stride);
@@ -561,7 +526,7 @@ impl LazyRows {
     /// Quantizes the block that holds `rows` (which lie in one block), unless done.
     fn ready(&self, rows: &std::ops::Range<usize>) {
         let (stride, bytes) = (self.stride, self.bytes);
-        let (padding, width) = (bytes.encode(0), bytes.width());
+        let padding = bytes.encode(0);
         self.rows.ready(rows, |block, i, x| {
             let r = block.first + i;
             // SAFETY: row `r`'s values and scale, which no other task touches until the
@@ -573,14 +538,14 @@ impl LazyRows {
                 )
             };
             let k = x.len();
-            *scale = quantize_row(x, &mut values[..k * width], bytes);
-            values[k * width..].fill(padding);
+            *scale = quantize_row(x, &mut values[..k], bytes);
+            values[k..].fill(padding);
         });
     }
 }
 
-/// One row quantized into `values` (encoded as `bytes` says, `x.len() · bytes.width()` bytes);
-/// returns its scale.
+/// One row quantized into `values` (encoded as `bytes` says, `x.len()` bytes); returns its
+/// scale.
 fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if available() {
@@ -592,8 +557,8 @@ fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
 
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
     let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs), QMAX);
-    for (l, &v) in x.iter().enumerate() {
-        bytes.put(values, l, quantize(v, inverse));
+    for (d, &v) in values.iter_mut().zip(x) {
+        *d = bytes.encode(quantize(v, inverse));
     }
     scale
 }
@@ -631,7 +596,7 @@ impl PanelKernel for PackedI8 {
                 return zmm::block::<zmm::Vnni>(self, a, rows, panels, (bias, residual), out)
             }
             Int8Kernel::Avx512Bw => {
-                return zmm::block::<zmm::MaddWide>(self, a, rows, panels, (bias, residual), out)
+                return zmm::block::<zmm::MaddUbs>(self, a, rows, panels, (bias, residual), out)
             }
             _ => {}
         }
@@ -846,19 +811,12 @@ mod x86 {
             let q = |o: usize| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src.add(o)), inv));
             let lo = _mm256_packs_epi32(q(0), q(8));
             let hi = _mm256_packs_epi32(q(16), q(24));
-            if encoding == super::RowBytes::Wide {
-                // 16 i16 per store, the 128-bit lanes of the pack put back in order.
-                let dst = values.as_mut_ptr().add(64 * i) as *mut __m256i;
-                _mm256_storeu_si256(dst, _mm256_permute4x64_epi64::<0b11_01_10_00>(lo));
-                _mm256_storeu_si256(dst.add(1), _mm256_permute4x64_epi64::<0b11_01_10_00>(hi));
-                continue;
-            }
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
             let encoded = _mm256_xor_si256(bytes, flip);
             _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, encoded);
         }
-        for (l, &v) in x.iter().enumerate().skip(32 * blocks) {
-            encoding.put(values, l, super::quantize(v, inverse));
+        for (d, &v) in values.iter_mut().zip(x).skip(32 * blocks) {
+            *d = encoding.encode(super::quantize(v, inverse));
         }
         scale
     }
@@ -1093,39 +1051,27 @@ mod tests {
         }
     }
 
-    /// Where weight byte `q_j` at input feature `l` sits in a panel: per group of four features
-    /// the four bytes of each column side by side, or (512-bit `vpmaddwd`) one 32-byte row per
-    /// pair of features holding the pair of each column.
-    fn layout_offset(kernel: Int8Kernel, l: usize, j: usize) -> usize {
-        match kernel {
-            Int8Kernel::Avx512Bw => l / 4 * NR * 4 + (l % 4 / 2) * NR * 2 + j * 2 + l % 2,
-            _ => l / 4 * NR * 4 + j * 4 + l % 4,
-        }
-    }
-
-    /// The panel written in order holds every column's byte where each kernel reads it, for
-    /// every kernel (the tiles' too, which this CPU may not run), zeros past `k`.
+    /// The panel written in order holds every column's byte where the kernels read it (per
+    /// group of four features the four bytes of each column side by side), zeros past `k`.
     #[test]
-    fn panels_put_every_byte_where_the_kernel_reads_it() {
-        for kernel in Int8Kernel::ALL {
-            for (k, groups) in [(1, 1), (6, 2), (8, 2), (13, 16)] {
-                let width = groups * 4;
-                let mut q = vec![0i8; NR * width];
-                for j in 0..NR {
-                    for l in 0..k {
-                        q[j * width + l] = (j * 31 + l * 7 + 1) as i8;
-                    }
+    fn panels_put_every_byte_where_the_kernels_read_it() {
+        for (k, groups) in [(1, 1), (6, 2), (8, 2), (13, 16)] {
+            let width = groups * 4;
+            let mut q = vec![0i8; NR * width];
+            for j in 0..NR {
+                for l in 0..k {
+                    q[j * width + l] = (j * 31 + l * 7 + 1) as i8;
                 }
-                let mut panel = vec![-1i8; groups * NR * 4];
-                place_panel(kernel, &q, width, &mut panel);
-                let mut want = vec![0i8; groups * NR * 4];
-                for j in 0..NR {
-                    for l in 0..k {
-                        want[layout_offset(kernel, l, j)] = q[j * width + l];
-                    }
-                }
-                assert_eq!(panel, want, "{kernel:?}, k = {k}, {groups} groups");
             }
+            let mut panel = vec![-1i8; groups * NR * 4];
+            place_panel(&q, width, &mut panel);
+            let mut want = vec![0i8; groups * NR * 4];
+            for j in 0..NR {
+                for l in 0..k {
+                    want[l / 4 * NR * 4 + j * 4 + l % 4] = q[j * width + l];
+                }
+            }
+            assert_eq!(panel, want, "k = {k}, {groups} groups");
         }
     }
 
@@ -1362,19 +1308,15 @@ mod tests {
                 x[1] = 2.0 * 0.5 / QMAX; // exactly half a step: ties to even (0)
                 x[2] = -2.0;
             }
-            for bytes in [RowBytes::Signed, RowBytes::Offset, RowBytes::Wide] {
-                let width = bytes.width();
-                let (mut v1, mut v2) = (vec![0i8; len * width], vec![0i8; len * width]);
+            for bytes in [RowBytes::Signed, RowBytes::Offset] {
+                let (mut v1, mut v2) = (vec![0i8; len], vec![0i8; len]);
                 let s1 = quantize_row_scalar(&x, &mut v1, bytes);
                 let s2 = quantize_row(&x, &mut v2, bytes);
                 assert_eq!((s1, &v1), (s2, &v2), "len {len}, {bytes:?}");
                 if len > 3 {
                     let decoded = |l: usize| match bytes {
                         RowBytes::Offset => v1[l] as u8 as i32 - 128,
-                        RowBytes::Wide => {
-                            i16::from_le_bytes([v1[2 * l] as u8, v1[2 * l + 1] as u8]) as i32
-                        }
-                        _ => v1[l] as i32,
+                        RowBytes::Signed => v1[l] as i32,
                     };
                     assert_eq!(
                         (decoded(0), decoded(1), decoded(2)),
@@ -1420,7 +1362,7 @@ mod tests {
     }
 
     /// `MBPIPE_VNNI=0` leaves both VNNI kernels out and `MBPIPE_AMX=0` the tiles; with both,
-    /// every AVX-512 CPU runs the 512-bit `vpmaddwd` kernel, and with `MBPIPE_AVX512=0` too
+    /// every AVX-512 CPU runs the AVX512-BW kernel, and with `MBPIPE_AVX512=0` too
     /// every AVX2 CPU the AVX2 kernel.
     #[test]
     fn switches_leave_out_the_kernels_they_name() {

@@ -81,8 +81,12 @@ instructions! {
     /// divides by (`None`: no AVX2).
     maddubs_step256: is_x86_feature_detected!("avx2"),
         "vpmaddubsw + vpmaddwd + vpaddd (256-bit)", 64.0, maddubs_step_256;
-    /// The same on 512 bits, the AVX512-BW int8 kernel's (`None`: no AVX-512 BW).
+    /// `vpmaddwd` on 512 bits, the multiply of the AVX512-BW int8 kernel (`None`: no AVX-512
+    /// BW).
     maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
+    /// That kernel's whole step on 64 byte products, as [`maddubs_step256`] on 512 bits.
+    maddubs_step512: is_x86_feature_detected!("avx512bw"),
+        "vpmaddubsw + vpmaddwd + vpaddd (512-bit)", 128.0, maddubs_step_512;
 }
 
 /// `vdpbf16ps` must issue at least this many times the 512-bit FMA's multiply-adds for bf16 to
@@ -206,12 +210,7 @@ mod x86 {
         "avx512f,avx512vnni",
         _mm512_setzero_si512(),
         |a| _mm512_dpbusd_epi32(*a, _mm512_set1_epi8(1), _mm512_set1_epi8(1)),
-        |acc| {
-            let sum = acc
-                .iter()
-                .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
-            _mm512_reduce_add_epi32(sum) as f32
-        }
+        |acc| sum_epi32_512(&acc)
     );
     chains!(
         dpbusd_256,
@@ -231,52 +230,86 @@ mod x86 {
         |a| _mm256_madd_epi16(*a, _mm256_set1_epi16(1)),
         |acc| sum_epi32(&acc)
     );
-    /// `CHAINS` accumulators, each adding `vpmaddwd(vpmaddubsw(x, y), 1)` of registers that no
-    /// accumulator feeds (chained through the accumulator, the multiplies' latency would bound
-    /// the loop instead of the issue rate). Empty `asm` statements hide the operands' values:
-    /// once for the six `y` and the ones, so that no two products are the same and nothing
-    /// folds, and every iteration for the two `x`, so that the products stay in the loop.
-    pub fn maddubs_step_256(iterations: usize) -> f32 {
-        #[target_feature(enable = "avx2")]
-        unsafe fn run(iterations: usize) -> f32 {
-            let mut acc = [_mm256_setzero_si256(); CHAINS];
-            let mut x = [_mm256_set1_epi8(1); 2];
-            let mut y = [_mm256_set1_epi8(1); CHAINS / 2];
-            let mut ones = _mm256_set1_epi16(1);
-            std::arch::asm!("/* {0} */", inout(ymm_reg) ones, options(nomem, nostack));
-            // Six values the compiler cannot tell apart from each other: six products each.
-            for y in &mut y {
-                std::arch::asm!("/* {0} */", inout(ymm_reg) * y, options(nomem, nostack));
-            }
-            for _ in 0..iterations {
-                std::arch::asm!(
-                    "/* {0} {1} */",
-                    inout(ymm_reg) x[0],
-                    inout(ymm_reg) x[1],
-                    options(nomem, nostack, preserves_flags)
-                );
-                for (c, a) in acc.iter_mut().enumerate() {
-                    let pairs = _mm256_maddubs_epi16(x[c % 2], y[c / 2]);
-                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+    /// `pub fn $name(iterations) -> f32`: `CHAINS` accumulators, each adding
+    /// `vpmaddwd(vpmaddubsw(x, y), 1)` of registers that no accumulator feeds (chained through
+    /// the accumulator, the multiplies' latency would bound the loop instead of the issue rate),
+    /// on `$reg` vectors from `$set1_epi8`/`$set1_epi16`, summed by `$sum`. Empty `asm`
+    /// statements hide the operands' values: once for the six `y` and the ones, so that no two
+    /// products are the same and nothing folds, and every iteration for the two `x`, so that
+    /// the products stay in the loop.
+    macro_rules! maddubs_step {
+        ($name:ident, $features:literal, $reg:ident, $zero:ident, $set1_epi8:ident,
+         $set1_epi16:ident, $maddubs:ident, $madd:ident, $add:ident, $sum:expr) => {
+            pub fn $name(iterations: usize) -> f32 {
+                #[target_feature(enable = $features)]
+                unsafe fn run(iterations: usize) -> f32 {
+                    let mut acc = [$zero(); CHAINS];
+                    let mut x = [$set1_epi8(1); 2];
+                    let mut y = [$set1_epi8(1); CHAINS / 2];
+                    let mut ones = $set1_epi16(1);
+                    std::arch::asm!("/* {0} */", inout($reg) ones, options(nomem, nostack));
+                    // Six values the compiler cannot tell apart: six products each.
+                    for y in &mut y {
+                        std::arch::asm!("/* {0} */", inout($reg) * y, options(nomem, nostack));
+                    }
+                    for _ in 0..iterations {
+                        std::arch::asm!(
+                            "/* {0} {1} */",
+                            inout($reg) x[0],
+                            inout($reg) x[1],
+                            options(nomem, nostack, preserves_flags)
+                        );
+                        for (c, a) in acc.iter_mut().enumerate() {
+                            let pairs = $maddubs(x[c % 2], y[c / 2]);
+                            *a = $add(*a, $madd(pairs, ones));
+                        }
+                    }
+                    $sum(&acc)
                 }
+                // SAFETY: the constructor of the `Instruction` that holds this function checked
+                // that the CPU has the features.
+                unsafe { run(iterations) }
             }
-            sum_epi32(&acc)
-        }
-        // SAFETY: the constructor of the `Instruction` that holds this function checked that
-        // the CPU has AVX2.
-        unsafe { run(iterations) }
+        };
+    }
+    maddubs_step!(
+        maddubs_step_256,
+        "avx2",
+        ymm_reg,
+        _mm256_setzero_si256,
+        _mm256_set1_epi8,
+        _mm256_set1_epi16,
+        _mm256_maddubs_epi16,
+        _mm256_madd_epi16,
+        _mm256_add_epi32,
+        sum_epi32
+    );
+    maddubs_step!(
+        maddubs_step_512,
+        "avx512f,avx512bw",
+        zmm_reg,
+        _mm512_setzero_si512,
+        _mm512_set1_epi8,
+        _mm512_set1_epi16,
+        _mm512_maddubs_epi16,
+        _mm512_madd_epi16,
+        _mm512_add_epi32,
+        sum_epi32_512
+    );
+    /// The sum of 512-bit i32 accumulators, as f32.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_epi32_512(acc: &[__m512i]) -> f32 {
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
+        _mm512_reduce_add_epi32(sum) as f32
     }
     chains!(
         maddwd_512,
         "avx512f,avx512bw",
         _mm512_set1_epi16(1),
         |a| _mm512_madd_epi16(*a, _mm512_set1_epi16(1)),
-        |acc| {
-            let sum = acc
-                .iter()
-                .fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
-            _mm512_reduce_add_epi32(sum) as f32
-        }
+        |acc| sum_epi32_512(&acc)
     );
 }
 
@@ -292,7 +325,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 7] = [
+        let cases: [(Option<Instruction>, f64); 9] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -303,8 +336,10 @@ mod tests {
             // a ← (a_lo · 1 + a_hi · 1) from 16-bit ones: each i32 lane of pairs (1, 1) stays 2
             // after the first step reinterprets the sum (2 = lo 2, hi 0) then 2.
             (maddwd256(), (2.0 * 8.0 * CHAINS as f32) as f64),
-            // 4 byte products of 1·1 added to each of 8 lanes per step.
+            (maddwd512(), (2.0 * 16.0 * CHAINS as f32) as f64),
+            // 4 byte products of 1·1 added to each of 8 (16) lanes per step.
             (maddubs_step256(), (steps * 32.0) as f64),
+            (maddubs_step512(), (steps * 64.0) as f64),
         ];
         let mut ran = 0;
         for (instruction, expected) in cases {

@@ -403,7 +403,8 @@ impl ModernBert {
                      the rest in f32)"
                 }
                 Some(Int8Kernel::Avx512Bw) => {
-                    ", int8 on the AVX-512 kernel (the encoder's linear layers; the rest in f32)"
+                    ", int8 on the AVX-512 kernel (the encoder's linear layers, weights in 7 bits; \
+                     the rest in f32)"
                 }
                 Some(Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni) => {
                     ", int8 on the VNNI kernel (the encoder's linear layers; the rest in f32)"

@@ -1,66 +1,54 @@
 //! The int8 products on 512-bit vectors: `vpdpbusd` (AVX512-VNNI: Ice Lake, Cascade Lake, Zen
 //! 4/5, and Xeons with AMX when the tiles are off) and, on AVX-512 CPUs without VNNI (Skylake-SP
-//! and -X), `vpmaddwd` (AVX512-BW) on the AVX2 kernel's 16-bit activations and pair layout: one
-//! zmm of widened weight bytes is a pair of input features of a whole 16-column panel, so each
-//! broadcast pair of activations costs one `vpmaddwd` and one `vpaddd` per row and panel (the
-//! AVX2 kernel's work per instruction, twice the width). Both share the register tiling, the
-//! block driver and the epilogue below ([`Step`]).
+//! and -X), its AVX512-BW stand-in, `vpmaddubsw` + `vpmaddwd` by ones + `vpaddd`, exact with
+//! the 7-bit weights that kernel is packed with (as the AVX2 kernel: see the parent module).
+//! Both share the group layout, the register tiling, the block driver and the epilogue below
+//! ([`Step`]).
 //!
 //! As in the AVX-VNNI kernel, the activations go in unsigned, offset by 128 (`p + 128`, a flip
 //! of the byte's top bit, written so by the quantization), and the offset comes back off
 //! exactly: `Σ (p + 128) · q = Σ p · q + 128 · Σ q`, with `Σ q` per column summed at load. One
 //! 16-lane vector covers a panel of [`NR`] = 16 columns; a group of four inputs costs one
-//! broadcast per row and one `vpdpbusd` per row and panel. The sums are the other kernels'
-//! exactly (`vpdpbusd` and the subtraction wrap modulo 2³², so the difference is exact wherever
-//! `Σ p · q` itself fits in i32: k < 133,000), and the epilogue does their f32 operations in the
-//! same order, so the outputs are the same bit for bit.
+//! broadcast per row and one step per row and panel. The sums are the other kernels' exactly
+//! (the 32-bit additions and the subtraction wrap modulo 2³², so the difference is exact
+//! wherever `Σ p · q` itself fits in i32: k < 133,000), and the epilogue does their f32
+//! operations in the same order, so the outputs are the same bit for bit for the same weights.
 
 use super::{LazyRows, PackedI8, NR};
 use crate::packed_gemm::BlockOut;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{
-    __m512i, _mm256_loadu_si256, _mm512_add_epi32, _mm512_cvtepi8_epi16, _mm512_dpbusd_epi32,
-    _mm512_loadu_si512, _mm512_madd_epi16,
+    __m512i, _mm512_add_epi32, _mm512_dpbusd_epi32, _mm512_madd_epi16, _mm512_maddubs_epi16,
+    _mm512_set1_epi16,
 };
 
-/// What one of the two 512-bit kernels does per step of the input features.
+/// The product one of the two 512-bit kernels runs per group of four input features.
 pub(super) trait Step {
-    /// Steps per group of four input features (a step reads 4 bytes of each row).
-    const PER_GROUP: usize;
-    /// Bytes of a panel's weights per step.
-    const WEIGHT_BYTES: usize;
-    /// The activations are offset to unsigned (`p + 128`), so `128 · Σ q` comes off (the
-    /// `vpdpbusd` kernel).
-    const OFFSET: bool;
+    /// The step is `vpdpbusd`, so its entry point enables AVX512-VNNI (the other is compiled
+    /// without it).
+    const VNNI: bool;
 
-    /// A step's weights of one panel (`at`: [`WEIGHT_BYTES`](Self::WEIGHT_BYTES) readable
-    /// bytes), as the product takes them.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn weights(at: *const i8) -> __m512i;
-
-    /// `acc` plus the products of a broadcast step of activations with a step's weights.
+    /// `acc` plus, per 32-bit lane, the four products of the broadcast offset activations
+    /// (unsigned bytes) with a group's weights (signed bytes).
     #[cfg(target_arch = "x86_64")]
     unsafe fn accumulate(acc: __m512i, activations: __m512i, weights: __m512i) -> __m512i;
 }
 
-/// `vpdpbusd` on offset bytes, four input features per step.
+/// `vpdpbusd`.
 pub(super) struct Vnni;
 
-/// `vpmaddwd` on 16-bit activations, a pair of input features per step (the weight bytes of
-/// the pair layout widened as they load).
-pub(super) struct MaddWide;
+/// `vpmaddubsw` (pairs of unsigned × signed bytes into i16, saturating), `vpmaddwd` by ones
+/// (pairs of those into i32), `vpaddd`: `vpdpbusd`'s sums wherever no pair sum saturates,
+/// which 7-bit weights guarantee (`2 · 255 · 63 = 32,130`). Three instructions per 64 byte
+/// products where the 16-bit scheme this replaced (activations as i16, weights widened by
+/// `vpmovsxbw` as they loaded, until 2026-12-06) took a `vpmaddwd` and a `vpaddd` per 32, and a
+/// widening per weight load: 72 against 100 vector instructions per step of the 12 × 2 tile
+/// over 64 input features, all on ports 0 and 5 of a Skylake-SP with two FMA units.
+pub(super) struct MaddUbs;
 
 impl Step for Vnni {
-    const PER_GROUP: usize = 1;
-    const WEIGHT_BYTES: usize = 4 * NR;
-    const OFFSET: bool = true;
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn weights(at: *const i8) -> __m512i {
-        _mm512_loadu_si512(at.cast())
-    }
+    const VNNI: bool = true;
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -69,21 +57,14 @@ impl Step for Vnni {
     }
 }
 
-impl Step for MaddWide {
-    const PER_GROUP: usize = 2;
-    const WEIGHT_BYTES: usize = 2 * NR;
-    const OFFSET: bool = false;
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn weights(at: *const i8) -> __m512i {
-        _mm512_cvtepi8_epi16(_mm256_loadu_si256(at.cast()))
-    }
+impl Step for MaddUbs {
+    const VNNI: bool = false;
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn accumulate(acc: __m512i, activations: __m512i, weights: __m512i) -> __m512i {
-        _mm512_add_epi32(acc, _mm512_madd_epi16(activations, weights))
+        let pairs = _mm512_maddubs_epi16(activations, weights);
+        _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
     }
 }
 
@@ -98,7 +79,7 @@ pub(super) const MR: usize = 12;
 /// GOP/s; 6 × 4 panels 270-310; 12 × 2 625-760.
 const PANELS: usize = 2;
 
-/// Whether the CPU has the instructions of the `vpmaddwd` kernel (AVX-512 F and BW) and, with
+/// Whether the CPU has the instructions of the [`MaddUbs`] kernel (AVX-512 F and BW) and, with
 /// `vnni`, of the `vpdpbusd` one (AVX512-VNNI too).
 pub(super) fn available(vnni: bool) -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -116,8 +97,7 @@ pub(super) fn available(vnni: bool) -> bool {
 
 /// Rows `rows` of the product over the columns of `panels`, as
 /// [`PanelKernel::block`](crate::packed_gemm::PanelKernel::block), on `S`'s product; `a` holds
-/// the activations as `S` takes them ([`super::RowBytes::Offset`] for [`Vnni`],
-/// [`super::RowBytes::Wide`] for [`MaddWide`]).
+/// the activations offset to unsigned ([`super::RowBytes::Offset`]).
 ///
 /// # Safety
 /// As that; [`available`] said yes for `S`.
@@ -139,7 +119,7 @@ pub(super) unsafe fn block<S: Step>(
             let col = p * NR;
             let operands = x86::Operands {
                 values: a.values.add(r * a.stride) as *const u8,
-                steps: w.groups * S::PER_GROUP,
+                groups: w.groups,
                 stride: a.stride,
                 row_scales: a.scales.add(r),
                 weights: w.data.as_ptr().add(p * panel_bytes),
@@ -163,15 +143,15 @@ mod x86 {
     use std::arch::x86_64::*;
 
     #[cfg(target_arch = "x86_64")]
-    use super::Step;
+    use super::{Step, NR};
     #[cfg(target_arch = "x86_64")]
     use crate::packed_gemm::{avx512, Tile};
 
     /// A micro-kernel's rows of activations and panels of the weight.
     pub(super) struct Operands {
         pub values: *const u8,
-        /// Steps of the input features (4 bytes of each row per step).
-        pub steps: usize,
+        /// Groups of four input features.
+        pub groups: usize,
         pub stride: usize,
         pub row_scales: *const f32,
         /// The first panel; the next ones follow `panel_bytes` apart.
@@ -206,13 +186,11 @@ mod x86 {
                 }
             };
         }
-        // The offset-byte step is `vpdpbusd`'s, whose entry point enables VNNI; the other is
-        // compiled without it.
-        match (S::OFFSET, panels) {
+        match (S::VNNI, panels) {
             (true, 2) => by_rows!(kernel_vnni, 2),
             (true, _) => by_rows!(kernel_vnni, 1),
-            (false, 2) => by_rows!(kernel_madd, 2),
-            (false, _) => by_rows!(kernel_madd, 1),
+            (false, 2) => by_rows!(kernel_maddubs, 2),
+            (false, _) => by_rows!(kernel_maddubs, 1),
         }
     }
 
@@ -226,15 +204,15 @@ mod x86 {
         kernel::<super::Vnni, R, C>(o, t)
     }
 
-    /// [`kernel`] on `vpmaddwd`, compiled without VNNI: LLVM would fuse its `vpmaddwd` and
-    /// `vpaddd` into VNNI's `vpdpwssd`, which the CPUs that take this kernel lack.
+    /// [`kernel`] on [`super::MaddUbs`], compiled without VNNI, which the CPUs that take this
+    /// kernel lack (LLVM may fuse such a sequence into VNNI's instructions where enabled).
     ///
     /// # Safety
     /// As [`kernel`]'s; the CPU has avx512f and avx512bw.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn kernel_madd<const R: usize, const C: usize>(o: &Operands, t: Tile) {
-        kernel::<super::MaddWide, R, C>(o, t)
+    unsafe fn kernel_maddubs<const R: usize, const C: usize>(o: &Operands, t: Tile) {
+        kernel::<super::MaddUbs, R, C>(o, t)
     }
 
     /// `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelsᵀ) (+ bias) (+ residual)` for `C`
@@ -247,14 +225,14 @@ mod x86 {
     #[inline(always)]
     unsafe fn kernel<S: Step, const R: usize, const C: usize>(o: &Operands, t: Tile) {
         let mut acc = [[_mm512_setzero_si512(); C]; R];
-        for step in 0..o.steps {
+        for g in 0..o.groups {
             let mut q = [_mm512_setzero_si512(); C];
             for (c, q) in q.iter_mut().enumerate() {
-                *q = S::weights(o.weights.add(c * o.panel_bytes + step * S::WEIGHT_BYTES));
+                *q = _mm512_loadu_si512(o.weights.add(c * o.panel_bytes + g * 4 * NR).cast());
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                // Already as the product takes them (offset bytes, or a pair of i16).
-                let at = o.values.add(r * o.stride + 4 * step) as *const i32;
+                // Already offset to unsigned by the quantization.
+                let at = o.values.add(r * o.stride + 4 * g) as *const i32;
                 let activations = _mm512_set1_epi32(at.read_unaligned());
                 for (acc, &q) in acc.iter_mut().zip(&q) {
                     *acc = S::accumulate(*acc, activations, q);
@@ -267,12 +245,8 @@ mod x86 {
                 break;
             }
             let mask = avx512::lane_mask(t.cols - col);
-            let offset = if S::OFFSET {
-                let sums = _mm512_loadu_si512(o.column_sums.add(col) as *const _);
-                _mm512_slli_epi32::<7>(sums)
-            } else {
-                _mm512_setzero_si512()
-            };
+            let sums = _mm512_loadu_si512(o.column_sums.add(col) as *const _);
+            let offset = _mm512_slli_epi32::<7>(sums);
             let s = _mm512_loadu_ps(o.col_scales.add(col));
             let bias = avx512::bias(&t, col, mask);
             for (r, acc) in acc.iter().enumerate() {
