@@ -43,8 +43,9 @@ pub(super) struct Vnni;
 /// which 7-bit weights guarantee (`2 · 255 · 63 = 32,130`). Three instructions per 64 byte
 /// products where the 16-bit scheme this replaced (activations as i16, weights widened by
 /// `vpmovsxbw` as they loaded, until 2026-12-06) took a `vpmaddwd` and a `vpaddd` per 32, and a
-/// widening per weight load: 72 against 100 vector instructions per step of the 12 × 2 tile
-/// over 64 input features, all on ports 0 and 5 of a Skylake-SP with two FMA units.
+/// widening per weight load: per four input features of the 12 × 2 tile 72 vector instructions
+/// against 100 (and 12 broadcasts against 24), all on ports 0 and 5 of a Skylake-SP with two
+/// FMA units.
 pub(super) struct MaddUbs;
 
 impl Step for Vnni {
