@@ -46,17 +46,19 @@ impl Cpu {
 /// so tests can check each variant the host can run, not only the one [`cpu`] picks.
 #[cfg(test)]
 pub(crate) fn executable() -> Vec<Cpu> {
-    let mut isas = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        let mut isas = Vec::new();
         if is_x86_feature_detected!("avx512f") {
             isas.push(Cpu::Avx512);
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             isas.push(Cpu::Avx2);
         }
+        isas
     }
-    isas
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
 }
 
 #[cfg(target_arch = "x86_64")]

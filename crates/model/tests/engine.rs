@@ -277,6 +277,7 @@ fn attention_products_run_in_bf16_where_the_linear_layers_do() {
 /// mean key shared with another sequence would show here). (Accuracy: `fused_attention`'s unit
 /// tests for the attention, the held-out gates of `tests/low_precision.rs` for the model.)
 #[test]
+#[cfg(target_arch = "x86_64")]
 fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
     use mbpipe_model::int8_gemm::Int8Kernel;
     if std::arch::is_x86_feature_detected!("avx512f")
