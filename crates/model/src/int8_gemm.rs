@@ -31,9 +31,11 @@
 //! instructions on 512-bit vectors ([`Int8Kernel::Avx512Bw`], 7-bit weights too; the 16-bit
 //! scheme until the sixth session of 2026-12-06).
 //!
-//! x86-64 CPUs with AVX2 take this path ([`available`]); elsewhere `--dtype int8` runs the f32
-//! kernels. CPUs with AMX-INT8 multiply the same packing on tiles ([`Int8Kernel::Tiles`],
-//! `tdpbssd`: signed bytes, exact i32 sums), with k padded to whole tiles.
+//! x86-64 CPUs with AVX2 take this path ([`available`]), and 64-bit ARM CPUs with the
+//! dot-product extension ([`Int8Kernel::ArmDot`], `sdot`: signed bytes, exact i32 sums, 8-bit
+//! weights); elsewhere `--dtype int8` runs the f32 kernels. CPUs with AMX-INT8 multiply the same
+//! packing on tiles ([`Int8Kernel::Tiles`], `tdpbssd`: signed bytes, exact i32 sums), with k
+//! padded to whole tiles.
 
 use rayon::prelude::*;
 
@@ -48,7 +50,9 @@ pub const NR: usize = 16;
 /// Rows per micro-kernel call of the 256-bit kernels (AVX2, AVX-VNNI): 6 × 2 accumulators, 2
 /// weight vectors and one broadcast fit AVX2's 16 registers (AVX2's `vpmaddubsw` needs one more
 /// for its product; its ones come from memory). On Zen 4 the former 16-bit AVX2 kernel measured
-/// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768).
+/// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768). The ARM
+/// kernel takes the same rows: 6 × 4 accumulators of 128 bits, 4 weight vectors and a broadcast
+/// fit its 32 registers.
 const MR: usize = 6;
 /// Rows per work block of the vector kernels, plain or gated (the gated scratch holds its rows
 /// at every column: 864 KiB at ModernBERT-base's `Wi`), fewer where a product has too few
@@ -75,6 +79,7 @@ const TILES_GATED_MC: usize = 64;
 /// The largest quantized magnitude: symmetric, so `-128` never occurs.
 const QMAX: f32 = 127.0;
 
+mod neon;
 mod tiles;
 mod zmm;
 
@@ -96,11 +101,15 @@ pub enum Int8Kernel {
     Avx512Vnni,
     /// AMX-INT8 tiles (`tdpbssd`).
     Tiles,
+    /// `sdot` on 128-bit NEON vectors (64-bit ARM with the dot-product extension: Graviton 2
+    /// and later, Ampere Altra, Apple M1 and later), signed activations.
+    ArmDot,
 }
 
 impl Int8Kernel {
-    /// Every kernel, slowest first.
-    const ALL: [Int8Kernel; 5] = [
+    /// Every kernel, slowest first (the ARM one is the only one on its CPUs).
+    const ALL: [Int8Kernel; 6] = [
+        Int8Kernel::ArmDot,
         Int8Kernel::Avx2,
         Int8Kernel::AvxVnni,
         Int8Kernel::Avx512Bw,
@@ -110,6 +119,9 @@ impl Int8Kernel {
 
     /// Whether this CPU (and OS) runs the kernel.
     pub fn available(self) -> bool {
+        if self == Int8Kernel::ArmDot {
+            return neon::available();
+        }
         #[cfg(target_arch = "x86_64")]
         let vnni = |features: &[bool]| available() && features.iter().all(|&f| f);
         #[cfg(target_arch = "x86_64")]
@@ -119,6 +131,7 @@ impl Int8Kernel {
             Int8Kernel::Avx512Bw => available() && zmm::available(false),
             Int8Kernel::Avx512Vnni => vnni(&[zmm::available(true)]),
             Int8Kernel::Tiles => available() && tiles::available(),
+            Int8Kernel::ArmDot => unreachable!("answered above"),
         };
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -126,7 +139,7 @@ impl Int8Kernel {
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
     /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels, `MBPIPE_AVX512=0` the 512-bit ones and
-    /// the tiles), or `None` without AVX2.
+    /// the tiles), or `None` without AVX2 (x86-64) or DotProd (ARM).
     pub fn detect() -> Option<Self> {
         Self::detect_under(&crate::Overrides::get())
     }
@@ -141,7 +154,7 @@ impl Int8Kernel {
                 Int8Kernel::Avx512Vnni => switches.vnni && switches.avx512,
                 Int8Kernel::Avx512Bw => switches.avx512,
                 Int8Kernel::AvxVnni => switches.vnni && avx_vnni_vex(),
-                Int8Kernel::Avx2 => true,
+                Int8Kernel::Avx2 | Int8Kernel::ArmDot => true,
             })
             .find(|k| k.available())
     }
@@ -169,7 +182,8 @@ fn avx_vnni_vex() -> bool {
     }
 }
 
-/// Whether this CPU can run the (AVX2) int8 kernel.
+/// Whether this CPU runs an int8 kernel: on x86-64 the AVX2 one (which the vector paths of
+/// quantization below also need), on ARM the `sdot` one.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -177,7 +191,7 @@ pub fn available() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        neon::available()
     }
 }
 
@@ -310,7 +324,8 @@ impl PackedI8 {
             Int8Kernel::Avx2
             | Int8Kernel::AvxVnni
             | Int8Kernel::Avx512Bw
-            | Int8Kernel::Avx512Vnni => (k.div_ceil(4), n.div_ceil(NR)),
+            | Int8Kernel::Avx512Vnni
+            | Int8Kernel::ArmDot => (k.div_ceil(4), n.div_ceil(NR)),
             // Whole tiles of k, and panels in pairs (a tile product covers 32 columns).
             Int8Kernel::Tiles => (
                 k.div_ceil(4).next_multiple_of(16).max(16),
@@ -427,7 +442,7 @@ impl PackedI8 {
 /// What the quantization writes for each activation `p`: what the kernel multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowBytes {
-    /// `p` (the tiles multiply signed bytes).
+    /// `p` (the tiles and `sdot` multiply signed bytes).
     Signed,
     /// `p + 128` as an unsigned byte (the vector kernels, whose `vpdpbusd` and `vpmaddubsw`
     /// take the activations unsigned).
@@ -451,7 +466,10 @@ impl Int8Kernel {
     pub fn weight_bits(self) -> u32 {
         match self {
             Int8Kernel::Avx2 | Int8Kernel::Avx512Bw => 7,
-            Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni | Int8Kernel::Tiles => 8,
+            Int8Kernel::AvxVnni
+            | Int8Kernel::Avx512Vnni
+            | Int8Kernel::Tiles
+            | Int8Kernel::ArmDot => 8,
         }
     }
 
@@ -463,7 +481,7 @@ impl Int8Kernel {
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Tiles => RowBytes::Signed,
+            Int8Kernel::Tiles | Int8Kernel::ArmDot => RowBytes::Signed,
             _ => RowBytes::Offset,
         }
     }
@@ -553,7 +571,23 @@ fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
         // SAFETY: AVX2 was just detected.
         return unsafe { x86::quantize_row(x, values, bytes) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    if available() {
+        return quantize_row_generic(x, values, bytes);
+    }
     quantize_row_scalar(x, values, bytes)
+}
+
+/// [`quantize_row_scalar`] in loops the compiler vectorises (the ARM kernel's): the largest
+/// magnitude in running lanes ([`largest_magnitude_generic`]: the same maximum, and not finite
+/// exactly where the fold's is not, so the same scale), then one rounding per value.
+#[cfg(not(target_arch = "x86_64"))]
+fn quantize_row_generic(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
+    let (scale, inverse) = scale_of(largest_magnitude_generic(x), QMAX);
+    for (d, &v) in values.iter_mut().zip(x) {
+        *d = bytes.encode(quantize(v, inverse));
+    }
+    scale
 }
 
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
@@ -640,7 +674,19 @@ impl PanelKernel for PackedI8 {
                         };
                     kernel(&lhs, &rhs, t)
                 }
-                #[cfg(not(target_arch = "x86_64"))]
+                #[cfg(target_arch = "aarch64")]
+                {
+                    let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) = match mr {
+                        6 => neon::kernel::<6>,
+                        5 => neon::kernel::<5>,
+                        4 => neon::kernel::<4>,
+                        3 => neon::kernel::<3>,
+                        2 => neon::kernel::<2>,
+                        _ => neon::kernel::<1>,
+                    };
+                    kernel(&lhs, &rhs, t)
+                }
+                #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
                 let _ = (&lhs, rhs, t);
             }
             r += mr;
@@ -973,14 +1019,16 @@ mod tests {
 
     fn skip_without_kernel() -> bool {
         if !available() {
-            eprintln!("SKIPPED: this CPU has no AVX2, so it has no int8 kernel");
+            eprintln!(
+                "SKIPPED: this CPU has no int8 kernel (it needs AVX2 on x86-64, DotProd on ARM)"
+            );
         }
         !available()
     }
 
     /// Every int8 kernel this CPU runs (the tiles' absence said on stderr).
     fn kernels() -> Vec<Int8Kernel> {
-        if !Int8Kernel::Tiles.available() {
+        if cfg!(target_arch = "x86_64") && !Int8Kernel::Tiles.available() {
             eprintln!("SKIPPED for the AMX kernel: this CPU (or OS) offers no AMX-INT8 tiles");
         }
         Int8Kernel::all_available()
@@ -1366,6 +1414,7 @@ mod tests {
     /// every AVX-512 CPU runs the AVX512-BW kernel, and with `MBPIPE_AVX512=0` too
     /// every AVX2 CPU the AVX2 kernel.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn switches_leave_out_the_kernels_they_name() {
         if skip_without_kernel() {
             return;
@@ -1418,6 +1467,32 @@ mod tests {
                 let chosen = Int8Kernel::detect_under(&parse(switches));
                 assert_ne!(chosen, Some(Int8Kernel::AvxVnni), "{switches:?}");
             }
+        }
+    }
+
+    /// On ARM the `sdot` kernel is the one, whatever the x86 switches say, wherever the CPU
+    /// has DotProd (so the tests above ran it); no x86 kernel is offered there, nor it on x86.
+    #[test]
+    fn arm_runs_the_sdot_kernel_exactly_where_it_has_dotprod() {
+        let parse = crate::Overrides::from_pairs;
+        let off = parse(&[
+            ("MBPIPE_VNNI", "0"),
+            ("MBPIPE_AMX", "0"),
+            ("MBPIPE_AVX512", "0"),
+        ]);
+        #[cfg(target_arch = "aarch64")]
+        {
+            let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+            let expected = dotprod.then_some(Int8Kernel::ArmDot);
+            assert_eq!(Int8Kernel::detect_under(&parse(&[])), expected);
+            assert_eq!(Int8Kernel::detect_under(&off), expected);
+            assert_eq!(Int8Kernel::all_available(), Vec::from_iter(expected));
+            assert_eq!(available(), dotprod);
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            assert!(!Int8Kernel::ArmDot.available());
+            assert_ne!(Int8Kernel::detect_under(&off), Some(Int8Kernel::ArmDot));
         }
     }
 

@@ -178,8 +178,8 @@ impl ModernBert {
     /// a forward's arithmetic) quantized per output column at load and run on the int8 kernel,
     /// their activations quantized per row on every product; embeddings, LayerNorms, attention
     /// (its products in bf16 on AMX tiles where the int8 products run on tiles), the GEGLU's
-    /// activation and the heads stay in f32. On a CPU without AVX2 it loads in f32
-    /// (saying so once); a GPU is refused (bf16 and f16 are its fast precisions).
+    /// activation and the heads stay in f32. On a CPU without AVX2 (x86-64) or DotProd (ARM) it
+    /// loads in f32 (saying so once); a GPU is refused (bf16 and f16 are its fast precisions).
     pub fn load_int8(files: &ModelFiles, device: &Device) -> Result<Self> {
         Self::load_int8_on(files, device, Int8Kernel::detect())
     }
@@ -200,7 +200,10 @@ impl ModernBert {
         let Some(kernel) = kernel else {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
-                eprintln!("mbpipe: this CPU has no AVX2 instructions; --dtype int8 runs in f32")
+                eprintln!(
+                    "mbpipe: this CPU has no int8 instructions mbpipe uses (AVX2 on x86-64, \
+                     DotProd on ARM); --dtype int8 runs in f32"
+                )
             });
             return Self::load(files, device, DType::F32);
         };
@@ -408,6 +411,9 @@ impl ModernBert {
                 }
                 Some(Int8Kernel::AvxVnni | Int8Kernel::Avx512Vnni) => {
                     ", int8 on the VNNI kernel (the encoder's linear layers; the rest in f32)"
+                }
+                Some(Int8Kernel::ArmDot) => {
+                    ", int8 on the Arm sdot kernel (the encoder's linear layers; the rest in f32)"
                 }
                 None => "",
             },

@@ -197,11 +197,12 @@ fn f16_keeps_embeddings_and_labels() {
     check_low_precision(DType::F16);
 }
 
-/// `int8` on a CPU with AVX2 runs the encoder's linear layers on the int8 kernel; every mean
-/// embedding stays within cosine 0.99 of the transformers reference (issue 23's gate; the
-/// fixture's random weights have none of the structure that makes trained ones quantize well),
-/// on the kernel the CPU picks and on every other one it runs (the AVX2 kernel's 7-bit weights
-/// included). Without AVX2 it is the f32 model, so the gate holds there too.
+/// `int8` on a CPU with an int8 kernel (AVX2 on x86-64, DotProd on ARM) runs the encoder's
+/// linear layers on it; every mean embedding stays within cosine 0.99 of the transformers
+/// reference (issue 23's gate; the fixture's random weights have none of the structure that
+/// makes trained ones quantize well), on the kernel the CPU picks and on every other one it runs
+/// (the AVX2 kernel's 7-bit weights included). Without one it is the f32 model, so the gate
+/// holds there too.
 #[test]
 fn int8_keeps_mean_embeddings_within_cosine_0_99() {
     use mbpipe_model::int8_gemm::Int8Kernel;
@@ -215,7 +216,7 @@ fn int8_keeps_mean_embeddings_within_cosine_0_99() {
         mbpipe_model::int8_gemm::available()
     );
     assert_eq!(model.compute_dtype(), DType::F32);
-    // The picked kernel (none without AVX2), then every other one.
+    // The picked kernel (none without AVX2 or DotProd), then every other one.
     let picked = model.int8_kernel();
     let mut models = vec![(format!("{picked:?}"), model)];
     for kernel in Int8Kernel::all_available() {
