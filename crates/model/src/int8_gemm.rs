@@ -51,8 +51,7 @@ pub const NR: usize = 16;
 /// weight vectors and one broadcast fit AVX2's 16 registers (AVX2's `vpmaddubsw` needs one more
 /// for its product; its ones come from memory). On Zen 4 the former 16-bit AVX2 kernel measured
 /// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768). The ARM
-/// kernel takes the same rows: 6 × 4 accumulators of 128 bits, 4 weight vectors and a broadcast
-/// fit its 32 registers.
+/// kernel takes [`neon::MR`].
 const MR: usize = 6;
 /// Rows per work block of the vector kernels, plain or gated (the gated scratch holds its rows
 /// at every column: 864 KiB at ModernBERT-base's `Wi`), fewer where a product has too few
@@ -638,9 +637,13 @@ impl PanelKernel for PackedI8 {
         let (n, stride) = (self.n, a.stride);
         #[cfg(target_arch = "x86_64")]
         let vex = avx_vnni_vex();
+        let most_rows = match self.kernel {
+            Int8Kernel::ArmDot => neon::MR,
+            _ => MR,
+        };
         let mut r = rows.start;
         while r < rows.end {
-            let mr = MR.min(rows.end - r);
+            let mr = most_rows.min(rows.end - r);
             let lhs = Lhs {
                 values: a.values.add(r * stride),
                 stride,
@@ -677,8 +680,6 @@ impl PanelKernel for PackedI8 {
                 #[cfg(target_arch = "aarch64")]
                 {
                     let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) = match mr {
-                        6 => neon::kernel::<6>,
-                        5 => neon::kernel::<5>,
                         4 => neon::kernel::<4>,
                         3 => neon::kernel::<3>,
                         2 => neon::kernel::<2>,
