@@ -37,7 +37,7 @@ fn main() {
     let reps: usize = std::env::args().nth(1).map_or(5, |s| s.parse().unwrap());
     let dev = Device::Cpu;
     println!(
-        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | AMX bf16, reused output | int8 AVX2 | int8 AVX512-VNNI (512-bit) | int8 AVX-VNNI (its EVEX twin without AVX-VNNI) | int8 AMX, reused output | int8 AVX512-BW (512-bit vpmaddubsw) | int8 Arm sdot (GFLOP/s)"
+        "m x k x n | candle f32 | f32 kernel | f32 kernel, cold weights | candle bf16 | bf16 kernel | bf16 kernel, reused output | AMX bf16, reused output | int8 AVX2 | int8 AVX512-VNNI (512-bit) | int8 AVX-VNNI (its EVEX twin without AVX-VNNI) | int8 AMX, reused output | int8 AVX512-BW (512-bit vpmaddubsw) | int8 Arm sdot | int8 Arm smmla (GFLOP/s)"
     );
     for (m, k, n) in [
         (2048, 768, 2304),
@@ -123,6 +123,7 @@ fn main() {
             Int8Kernel::Tiles,
             Int8Kernel::Avx512Bw,
             Int8Kernel::ArmDot,
+            Int8Kernel::ArmMatrix,
         ]
         .map(|kernel| {
             if kernel.available() {

@@ -103,12 +103,16 @@ pub enum Int8Kernel {
     /// `sdot` on 128-bit NEON vectors (64-bit ARM with the dot-product extension: Graviton 2
     /// and later, Ampere Altra, Apple M1 and later), signed activations.
     ArmDot,
+    /// `smmla` on 128-bit NEON vectors (64-bit ARM with the int8 matrix-multiply extension:
+    /// Graviton 3 and later, Neoverse V1, V2, N2), signed activations, in 8-byte pieces.
+    ArmMatrix,
 }
 
 impl Int8Kernel {
     /// Every kernel, slowest first (the ARM one is the only one on its CPUs).
-    const ALL: [Int8Kernel; 6] = [
+    const ALL: [Int8Kernel; 7] = [
         Int8Kernel::ArmDot,
+        Int8Kernel::ArmMatrix,
         Int8Kernel::Avx2,
         Int8Kernel::AvxVnni,
         Int8Kernel::Avx512Bw,
@@ -118,8 +122,10 @@ impl Int8Kernel {
 
     /// Whether this CPU (and OS) runs the kernel.
     pub fn available(self) -> bool {
-        if self == Int8Kernel::ArmDot {
-            return neon::available();
+        match self {
+            Int8Kernel::ArmDot => return neon::available(),
+            Int8Kernel::ArmMatrix => return neon::i8mm_available(),
+            _ => {}
         }
         #[cfg(target_arch = "x86_64")]
         let vnni = |features: &[bool]| available() && features.iter().all(|&f| f);
@@ -130,7 +136,7 @@ impl Int8Kernel {
             Int8Kernel::Avx512Bw => available() && zmm::available(false),
             Int8Kernel::Avx512Vnni => vnni(&[zmm::available(true)]),
             Int8Kernel::Tiles => available() && tiles::available(),
-            Int8Kernel::ArmDot => unreachable!("answered above"),
+            Int8Kernel::ArmDot | Int8Kernel::ArmMatrix => unreachable!("answered above"),
         };
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -138,7 +144,8 @@ impl Int8Kernel {
 
     /// The fastest kernel this CPU runs under the process's switches (`MBPIPE_AMX=0` leaves
     /// the tiles out, `MBPIPE_VNNI=0` both VNNI kernels, `MBPIPE_AVX512=0` the 512-bit ones and
-    /// the tiles), or `None` without AVX2 (x86-64) or DotProd (ARM).
+    /// the tiles; on ARM `MBPIPE_I8MM=0` the `smmla` kernel), or `None` without AVX2 (x86-64)
+    /// or DotProd (ARM).
     pub fn detect() -> Option<Self> {
         Self::detect_under(&crate::Overrides::get())
     }
@@ -153,6 +160,7 @@ impl Int8Kernel {
                 Int8Kernel::Avx512Vnni => switches.vnni && switches.avx512,
                 Int8Kernel::Avx512Bw => switches.avx512,
                 Int8Kernel::AvxVnni => switches.vnni && avx_vnni_vex(),
+                Int8Kernel::ArmMatrix => switches.i8mm,
                 Int8Kernel::Avx2 | Int8Kernel::ArmDot => true,
             })
             .find(|k| k.available())
@@ -298,15 +306,16 @@ pub struct PackedI8 {
 }
 
 /// Lays out a panel's [`NR`] columns of quantized weights `q` (each `width` bytes: four per
-/// group): per group the four bytes of every column side by side. The panel is written in order,
+/// group) in pieces of `PIECE` bytes: per piece of input features (four for the group layout,
+/// eight for `smmla`'s) the bytes of every column side by side. The panel is written in order,
 /// reading the columns side by side (written column by column, every store went to another
 /// cache line: a sixth of an int8 model's load); each chunk is a 4-byte constant-length copy (a
 /// length known only at run time made each a call to `memcpy`: 15% of a one-text int8 run).
-fn place_panel(q: &[i8], width: usize, panel: &mut [i8]) {
-    // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · 4` onwards.
-    for (c, chunk) in panel.chunks_exact_mut(4).enumerate() {
-        let (j, at) = (c % NR, c / NR * 4);
-        chunk.copy_from_slice(&q[j * width + at..][..4]);
+fn place_panel<const PIECE: usize>(q: &[i8], width: usize, panel: &mut [i8]) {
+    // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · PIECE` onwards.
+    for (c, chunk) in panel.chunks_exact_mut(PIECE).enumerate() {
+        let (j, at) = (c % NR, c / NR * PIECE);
+        chunk.copy_from_slice(&q[j * width + at..][..PIECE]);
     }
 }
 
@@ -325,6 +334,8 @@ impl PackedI8 {
             | Int8Kernel::Avx512Bw
             | Int8Kernel::Avx512Vnni
             | Int8Kernel::ArmDot => (k.div_ceil(4), n.div_ceil(NR)),
+            // Whole 8-byte pieces of k.
+            Int8Kernel::ArmMatrix => (k.div_ceil(8) * 2, n.div_ceil(NR)),
             // Whole tiles of k, and panels in pairs (a tile product covers 32 columns).
             Int8Kernel::Tiles => (
                 k.div_ceil(4).next_multiple_of(16).max(16),
@@ -353,7 +364,10 @@ impl PackedI8 {
                     *scale = s;
                     *sum = quantize_weight_row(src, inverse, &mut q[..k]);
                 }
-                place_panel(&q, width, out);
+                match kernel {
+                    Int8Kernel::ArmMatrix => place_panel::<8>(&q, width, out),
+                    _ => place_panel::<4>(&q, width, out),
+                }
             });
         PackedI8 {
             n,
@@ -468,7 +482,8 @@ impl Int8Kernel {
             Int8Kernel::AvxVnni
             | Int8Kernel::Avx512Vnni
             | Int8Kernel::Tiles
-            | Int8Kernel::ArmDot => 8,
+            | Int8Kernel::ArmDot
+            | Int8Kernel::ArmMatrix => 8,
         }
     }
 
@@ -480,7 +495,7 @@ impl Int8Kernel {
     /// What its activations are quantized to.
     fn row_bytes(self) -> RowBytes {
         match self {
-            Int8Kernel::Tiles | Int8Kernel::ArmDot => RowBytes::Signed,
+            Int8Kernel::Tiles | Int8Kernel::ArmDot | Int8Kernel::ArmMatrix => RowBytes::Signed,
             _ => RowBytes::Offset,
         }
     }
@@ -638,7 +653,7 @@ impl PanelKernel for PackedI8 {
         #[cfg(target_arch = "x86_64")]
         let vex = avx_vnni_vex();
         let most_rows = match self.kernel {
-            Int8Kernel::ArmDot => neon::MR,
+            Int8Kernel::ArmDot | Int8Kernel::ArmMatrix => neon::MR,
             _ => MR,
         };
         let mut r = rows.start;
@@ -679,12 +694,17 @@ impl PanelKernel for PackedI8 {
                 }
                 #[cfg(target_arch = "aarch64")]
                 {
-                    let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) = match mr {
-                        4 => neon::kernel::<4>,
-                        3 => neon::kernel::<3>,
-                        2 => neon::kernel::<2>,
-                        _ => neon::kernel::<1>,
-                    };
+                    let kernel: unsafe fn(&Lhs, &Rhs, crate::packed_gemm::Tile) =
+                        match (self.kernel, mr) {
+                            (Int8Kernel::ArmMatrix, 4) => neon::kernel_i8mm::<4>,
+                            (Int8Kernel::ArmMatrix, 3) => neon::kernel_i8mm::<3>,
+                            (Int8Kernel::ArmMatrix, 2) => neon::kernel_i8mm::<2>,
+                            (Int8Kernel::ArmMatrix, _) => neon::kernel_i8mm::<1>,
+                            (_, 4) => neon::kernel::<4>,
+                            (_, 3) => neon::kernel::<3>,
+                            (_, 2) => neon::kernel::<2>,
+                            (_, _) => neon::kernel::<1>,
+                        };
                     kernel(&lhs, &rhs, t)
                 }
                 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -1114,7 +1134,7 @@ mod tests {
                 }
             }
             let mut panel = vec![-1i8; groups * NR * 4];
-            place_panel(&q, width, &mut panel);
+            place_panel::<4>(&q, width, &mut panel);
             let mut want = vec![0i8; groups * NR * 4];
             for j in 0..NR {
                 for l in 0..k {
@@ -1122,6 +1142,19 @@ mod tests {
                 }
             }
             assert_eq!(panel, want, "k = {k}, {groups} groups");
+            // `smmla`'s pieces (groups even there): per eight features, each pair of columns'
+            // bytes side by side, column 2p's eight then 2p + 1's.
+            if groups % 2 == 0 {
+                place_panel::<8>(&q, width, &mut panel);
+                let mut want = vec![0i8; groups * NR * 4];
+                for j in 0..NR {
+                    for l in 0..k {
+                        let (pair, second) = (j / 2, j % 2);
+                        want[l / 8 * NR * 8 + pair * 16 + second * 8 + l % 8] = q[j * width + l];
+                    }
+                }
+                assert_eq!(panel, want, "8-byte pieces, k = {k}, {groups} groups");
+            }
         }
     }
 
@@ -1471,10 +1504,11 @@ mod tests {
         }
     }
 
-    /// On ARM the `sdot` kernel is the one, whatever the x86 switches say, wherever the CPU
-    /// has DotProd (so the tests above ran it); no x86 kernel is offered there, nor it on x86.
+    /// On ARM the `smmla` kernel runs wherever the CPU has I8MM (unless `MBPIPE_I8MM=0`), else
+    /// the `sdot` one wherever it has DotProd, whatever the x86 switches say (so the tests above
+    /// ran them); no x86 kernel is offered there, nor they on x86.
     #[test]
-    fn arm_runs_the_sdot_kernel_exactly_where_it_has_dotprod() {
+    fn arm_runs_its_kernels_exactly_where_it_has_their_instructions() {
         let parse = crate::Overrides::from_pairs;
         let off = parse(&[
             ("MBPIPE_VNNI", "0"),
@@ -1484,16 +1518,26 @@ mod tests {
         #[cfg(target_arch = "aarch64")]
         {
             let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-            let expected = dotprod.then_some(Int8Kernel::ArmDot);
-            assert_eq!(Int8Kernel::detect_under(&parse(&[])), expected);
-            assert_eq!(Int8Kernel::detect_under(&off), expected);
-            assert_eq!(Int8Kernel::all_available(), Vec::from_iter(expected));
+            let i8mm = std::arch::is_aarch64_feature_detected!("i8mm");
+            let dot = dotprod.then_some(Int8Kernel::ArmDot);
+            let best = i8mm.then_some(Int8Kernel::ArmMatrix).or(dot);
+            assert_eq!(Int8Kernel::detect_under(&parse(&[])), best);
+            assert_eq!(Int8Kernel::detect_under(&off), best);
+            let no_i8mm = parse(&[("MBPIPE_I8MM", "0")]);
+            assert_eq!(Int8Kernel::detect_under(&no_i8mm), dot);
+            let both = [dot, i8mm.then_some(Int8Kernel::ArmMatrix)];
+            assert_eq!(
+                Int8Kernel::all_available(),
+                Vec::from_iter(both.into_iter().flatten())
+            );
             assert_eq!(available(), dotprod);
         }
         #[cfg(not(target_arch = "aarch64"))]
         {
-            assert!(!Int8Kernel::ArmDot.available());
-            assert_ne!(Int8Kernel::detect_under(&off), Some(Int8Kernel::ArmDot));
+            for kernel in [Int8Kernel::ArmDot, Int8Kernel::ArmMatrix] {
+                assert!(!kernel.available());
+                assert_ne!(Int8Kernel::detect_under(&off), Some(kernel));
+            }
         }
     }
 

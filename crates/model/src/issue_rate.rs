@@ -40,17 +40,18 @@ impl Instruction {
 }
 
 /// `pub fn $fn() -> Option<Instruction>`: `$run`'s loop, named `$name`, `$ops` operations per
-/// instruction, where `$present` (the CPU has its instruction); `None` elsewhere.
+/// instruction, where the target is `$arch` and `$present` (the CPU has its instruction), the
+/// loop in module `$module`; `None` elsewhere.
 macro_rules! instructions {
-    ($($(#[$doc:meta])* $fn:ident: $present:expr, $name:literal, $ops:literal, $run:ident;)*) => {$(
+    ($arch:tt in $module:ident: $($(#[$doc:meta])* $fn:ident: $present:expr, $name:literal, $ops:literal, $run:ident;)*) => {$(
         $(#[$doc])*
         pub fn $fn() -> Option<Instruction> {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(target_arch = $arch)]
             if $present {
                 return Some(Instruction {
                     name: $name,
                     ops_per_instruction: $ops,
-                    run: x86::$run,
+                    run: $module::$run,
                 });
             }
             None
@@ -58,7 +59,7 @@ macro_rules! instructions {
     )*};
 }
 
-instructions! {
+instructions! { "x86_64" in x86:
     /// The 512-bit FMA of the f32 kernels on AVX-512 (`None`: the CPU has no AVX-512F).
     fma512: is_x86_feature_detected!("avx512f"), "vfmadd (512-bit)", 32.0, fma512;
     /// The 256-bit FMA of the f32 kernels on AVX2 (`None`: no AVX2 and FMA).
@@ -87,6 +88,16 @@ instructions! {
     /// That kernel's whole step on 64 byte products, as [`maddubs_step256`] on 512 bits.
     maddubs_step512: is_x86_feature_detected!("avx512bw"),
         "vpmaddubsw + vpmaddwd + vpaddd (512-bit)", 128.0, maddubs_step_512;
+}
+
+instructions! { "aarch64" in arm:
+    /// The 128-bit `fmla` of f32 on ARM (candle's GEMM there).
+    fmla128: true, "fmla (128-bit)", 8.0, fmla_128;
+    /// `sdot`, the ARM int8 kernel's (`None`: no DotProd).
+    sdot128: std::arch::is_aarch64_feature_detected!("dotprod"), "sdot (128-bit)", 32.0, sdot_128;
+    /// `smmla`, the ARM int8 matrix kernel's: 2 × 8 by 8 × 2 bytes per instruction (`None`: no
+    /// I8MM).
+    smmla128: std::arch::is_aarch64_feature_detected!("i8mm"), "smmla (128-bit)", 64.0, smmla_128;
 }
 
 /// `vdpbf16ps` must issue at least this many times the 512-bit FMA's multiply-adds for bf16 to
@@ -313,6 +324,66 @@ mod x86 {
     );
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::CHAINS;
+
+    /// The sum of i32 accumulators, as f32.
+    fn sum_s32(acc: &[int32x4_t]) -> f32 {
+        // SAFETY: NEON is part of every aarch64 CPU.
+        acc.iter().map(|&a| unsafe { vaddvq_s32(a) } as f32).sum()
+    }
+
+    /// `CHAINS` accumulators of `fmla`, each `a ← 0.9999·a + 0.001` as in the x86 loops.
+    pub fn fmla_128(iterations: usize) -> f32 {
+        // SAFETY: NEON is part of every aarch64 CPU.
+        unsafe {
+            let (factor, step) = (vdupq_n_f32(0.999_9), vdupq_n_f32(1e-3));
+            let mut acc = [vdupq_n_f32(0.0); CHAINS];
+            for _ in 0..iterations {
+                for a in acc.iter_mut() {
+                    *a = vfmaq_f32(step, *a, factor);
+                }
+            }
+            acc.iter().map(|&a| vaddvq_f32(a)).sum()
+        }
+    }
+
+    /// `CHAINS` accumulators, each updated `iterations` times by `$instruction` of two vectors of
+    /// byte ones, then summed. Only reached through the constructors above, which checked
+    /// `$feature`.
+    macro_rules! byte_chains {
+        ($name:ident, $feature:literal, $instruction:literal) => {
+            pub fn $name(iterations: usize) -> f32 {
+                #[target_feature(enable = $feature)]
+                unsafe fn run(iterations: usize) -> f32 {
+                    let ones = vdupq_n_s8(1);
+                    let mut acc = [vdupq_n_s32(0); CHAINS];
+                    for _ in 0..iterations {
+                        for a in acc.iter_mut() {
+                            std::arch::asm!(
+                                concat!($instruction, " {a:v}.4s, {x:v}.16b, {x:v}.16b"),
+                                a = inout(vreg) *a,
+                                x = in(vreg) ones,
+                                options(pure, nomem, nostack, preserves_flags),
+                            );
+                        }
+                    }
+                    sum_s32(&acc)
+                }
+                // SAFETY: the constructor of the `Instruction` that holds this function checked
+                // that the CPU has the feature.
+                unsafe { run(iterations) }
+            }
+        };
+    }
+
+    byte_chains!(sdot_128, "dotprod", "sdot");
+    byte_chains!(smmla_128, "i8mm", "smmla");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +396,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 9] = [
+        let cases: [(Option<Instruction>, f64); 12] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -340,6 +411,11 @@ mod tests {
             // 4 byte products of 1·1 added to each of 8 (16) lanes per step.
             (maddubs_step256(), (steps * 32.0) as f64),
             (maddubs_step512(), (steps * 64.0) as f64),
+            // ARM: 4 lanes of the FMA's sum; `sdot` adds 4 products of 1·1 to each of 4 lanes,
+            // `smmla` 8 to each of its 2 × 2 block.
+            (fmla128(), fma_each * 4.0 * CHAINS as f64),
+            (sdot128(), (steps * 16.0) as f64),
+            (smmla128(), (steps * 32.0) as f64),
         ];
         let mut ran = 0;
         for (instruction, expected) in cases {
@@ -356,7 +432,7 @@ mod tests {
             assert!(instruction.ops_per_second(iterations) > 0.0);
         }
         if ran == 0 {
-            eprintln!("skipped: this CPU has none of the x86-64 instructions measured here");
+            eprintln!("skipped: this CPU has none of the instructions measured here");
         }
     }
 

@@ -415,6 +415,9 @@ impl ModernBert {
                 Some(Int8Kernel::ArmDot) => {
                     ", int8 on the Arm sdot kernel (the encoder's linear layers; the rest in f32)"
                 }
+                Some(Int8Kernel::ArmMatrix) => {
+                    ", int8 on the Arm smmla kernel (the encoder's linear layers; the rest in f32)"
+                }
                 None => "",
             },
         };

@@ -21,6 +21,9 @@ pub struct Overrides {
     /// `vpmaddwd`, as on CPUs without it (A/B measurements; AMX tiles, where present, follow
     /// `MBPIPE_AMX`).
     pub vnni: bool,
+    /// `MBPIPE_I8MM=0`: on ARM, `--dtype int8` on the `sdot` kernel rather than the `smmla` one
+    /// (A/B measurements).
+    pub i8mm: bool,
     /// `MBPIPE_BF16_ATTENTION=0`: the attention's products in f32 for `--dtype bf16` on AMX
     /// (A/B measurements).
     pub bf16_attention: bool,
@@ -55,6 +58,7 @@ impl Overrides {
             bf16_gemm: not_zero("MBPIPE_BF16_GEMM"),
             amx: not_zero("MBPIPE_AMX"),
             vnni: not_zero("MBPIPE_VNNI"),
+            i8mm: not_zero("MBPIPE_I8MM"),
             bf16_attention: not_zero("MBPIPE_BF16_ATTENTION"),
             int8_attention: not_zero("MBPIPE_INT8_ATTENTION"),
             avx512: not_zero("MBPIPE_AVX512"),
@@ -152,6 +156,7 @@ mod tests {
             bf16_gemm: true,
             amx: true,
             vnni: true,
+            i8mm: true,
             bf16_attention: true,
             int8_attention: true,
             avx512: true,
@@ -171,6 +176,7 @@ mod tests {
             ("MBPIPE_BF16_GEMM", " 0 "),
             ("MBPIPE_AMX", "0"),
             ("MBPIPE_VNNI", "0"),
+            ("MBPIPE_I8MM", "0"),
             ("MBPIPE_BF16_ATTENTION", "0"),
             ("MBPIPE_INT8_ATTENTION", "0"),
             ("MBPIPE_AVX512", "0"),
@@ -179,6 +185,7 @@ mod tests {
         ]);
         assert!(!off.fused_attention && !off.bf16_gemm && !off.gpu_batched_attention && !off.amx);
         assert!(!off.bf16_attention && !off.int8_attention && !off.vnni && !off.avx512);
+        assert!(!off.i8mm);
         assert!(off.f32_gemm && off.require_gpu);
         // Any other value leaves a kernel on.
         assert_eq!(parse(&[("MBPIPE_F32_GEMM", "1")]), all_on);

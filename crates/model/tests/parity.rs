@@ -243,9 +243,10 @@ fn int8_keeps_mean_embeddings_within_cosine_0_99() {
 }
 
 /// Int8 kernels that quantize their weights to the same bits (8: AVX-VNNI, AVX512-VNNI, AMX
-/// tiles; 7: AVX2 and AVX512-BW, both on `vpmaddubsw`) compute the same integer sums and the same
-/// f32 epilogue, so each gives the first one's hidden states bit for bit (and so passes its gate
-/// above). Kernels of different bits differ by design: each has the gate above.
+/// tiles, and on ARM `sdot` and `smmla`; 7: AVX2 and AVX512-BW, both on `vpmaddubsw`) compute
+/// the same integer sums and the same f32 epilogue, so each gives the first one's hidden states
+/// bit for bit (and so passes its gate above). Kernels of different bits differ by design: each
+/// has the gate above.
 #[test]
 fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     use mbpipe_model::int8_gemm::Int8Kernel;
@@ -281,7 +282,8 @@ fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     if compared == 0 {
         eprintln!(
             "SKIPPED: this CPU runs no two int8 kernels with weights of the same bits (8: two of \
-             AVX-VNNI, AVX512-VNNI and AMX-INT8; 7: AVX2 and AVX512-BW)"
+             AVX-VNNI, AVX512-VNNI and AMX-INT8, or ARM's sdot and smmla; 7: AVX2 and \
+             AVX512-BW)"
         );
     }
 }

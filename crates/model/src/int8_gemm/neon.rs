@@ -18,7 +18,15 @@
 //! kernels' f32 operations in their order (`sum · (t · s) + bias (+ residual)`), so for the
 //! same 8-bit weights the outputs are the AVX-VNNI, AVX512-VNNI and AMX kernels' bit for bit.
 //!
-//! Not timed: no development machine has been ARM; the tests run it under qemu-user
+//! CPUs with the int8 matrix-multiply extension (Armv8.6 I8MM: Graviton 3 and 4, Neoverse V1,
+//! V2, N2 and later) run [`kernel_i8mm`] instead: `smmla` multiplies a 2 × 8 block of bytes by
+//! the transpose of another into a 2 × 2 block of exact i32 sums, 32 products per instruction
+//! where `sdot` takes 16, at the same rate there (`llvm-mca-19`'s V1, V2 and N2 models: four,
+//! four and two a cycle). Its packing holds each pair of columns' eight features side by side
+//! ([`place_panel`](super::place_panel) with 8-byte pieces), and it pairs rows as it loads them.
+//! Both give the same sums, so the same outputs bit for bit.
+//!
+//! Not timed: no development machine has been ARM; the tests run both under qemu-user
 //! (`scripts/check-aarch64.sh`).
 
 /// Whether the CPU has the dot-product instructions (and is aarch64).
@@ -33,12 +41,24 @@ pub(super) fn available() -> bool {
     }
 }
 
+/// Whether the CPU has the int8 matrix-multiply instructions (and is aarch64).
+pub(super) fn i8mm_available() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("i8mm")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
 /// Rows per micro-kernel call: 4 × 4 accumulators, 4 rows of 16 activations and 4 weight
 /// vectors take 24 of the 32 registers (6 rows would need 34).
 pub(super) const MR: usize = 4;
 
 #[cfg(target_arch = "aarch64")]
-pub(super) use arm::kernel;
+pub(super) use arm::{kernel, kernel_i8mm};
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
@@ -114,6 +134,99 @@ mod arm {
             group::<R, 0>(&mut acc, &x, panel(g));
         }
         store_rows::<R>(&acc, a, b, t);
+    }
+
+    /// `acc` plus `rows · columnsᵀ`: `rows` holds two rows' eight bytes (row 0 in the low
+    /// half), `columns` two columns' eight; `acc` is the 2 × 2 block `[r0·c0, r0·c1, r1·c0,
+    /// r1·c1]`.
+    #[inline(always)]
+    unsafe fn smmla(acc: int32x4_t, rows: int8x16_t, columns: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        std::arch::asm!(
+            "smmla {acc:v}.4s, {x:v}.16b, {w:v}.16b",
+            acc = inout(vreg) acc,
+            x = in(vreg) rows,
+            w = in(vreg) columns,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// Pairs of columns per panel.
+    const COLUMN_PAIRS: usize = NR / 2;
+
+    /// One chunk of eight input features: each pair of rows (`x[pair]`) against the panel's
+    /// chunk at `panel` (per pair of columns 16 bytes: the first column's eight, then the
+    /// second's).
+    #[inline(always)]
+    unsafe fn chunk(
+        acc: &mut [[int32x4_t; COLUMN_PAIRS]; 2],
+        x: &[int8x16_t; 2],
+        pairs: usize,
+        panel: *const i8,
+    ) {
+        let w: [int8x16_t; COLUMN_PAIRS] = std::array::from_fn(|p| vld1q_s8(panel.add(16 * p)));
+        for (acc, &x) in acc.iter_mut().zip(x).take(pairs) {
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                *acc = smmla(*acc, x, w);
+            }
+        }
+    }
+
+    /// [`kernel`] on `smmla`, from the 8-byte panel layout: `R` (at most 4) rows in pairs, the
+    /// second row of an odd last pair zero.
+    ///
+    /// # Safety
+    /// As [`kernel`]; the CPU has I8MM ([`super::i8mm_available`]); `b.groups` is even.
+    #[target_feature(enable = "neon,i8mm")]
+    pub(in crate::int8_gemm) unsafe fn kernel_i8mm<const R: usize>(a: &Lhs, b: &Rhs, t: Tile) {
+        let pairs = R.div_ceil(2);
+        let mut acc = [[vdupq_n_s32(0); COLUMN_PAIRS]; 2];
+        let row = |r: usize, g: usize| a.values.add(r * a.stride + 4 * g);
+        let panel = |g: usize| b.data.add(g * NR * 4);
+        // 16 bytes of a row, or zeros past the tile's rows.
+        let load = |r: usize, g: usize| match r < R {
+            true => vld1q_s8(row(r, g)),
+            false => vdupq_n_s8(0),
+        };
+        // Sixteen features per load of each row: the pairs' low halves are the first chunk,
+        // their high halves the second.
+        let whole = b.groups / 4 * 4;
+        for g in (0..whole).step_by(4) {
+            let (mut low, mut high) = ([vdupq_n_s8(0); 2], [vdupq_n_s8(0); 2]);
+            for pair in 0..pairs {
+                let first = vreinterpretq_s64_s8(load(2 * pair, g));
+                let second = vreinterpretq_s64_s8(load(2 * pair + 1, g));
+                low[pair] = vreinterpretq_s8_s64(vzip1q_s64(first, second));
+                high[pair] = vreinterpretq_s8_s64(vzip2q_s64(first, second));
+            }
+            chunk(&mut acc, &low, pairs, panel(g));
+            chunk(&mut acc, &high, pairs, panel(g + 2));
+        }
+        if whole < b.groups {
+            // The last eight features (groups are even).
+            let half = |r: usize| match r < R {
+                true => vld1_s8(row(r, whole)),
+                false => vdup_n_s8(0),
+            };
+            let x = std::array::from_fn(|pair| vcombine_s8(half(2 * pair), half(2 * pair + 1)));
+            chunk(&mut acc, &x, pairs, panel(whole));
+        }
+        // Back to rows: a row's columns 4v..4v + 4 are the halves of two 2 × 2 blocks.
+        let rows: [[int32x4_t; VECTORS]; R] = std::array::from_fn(|r| {
+            let blocks = &acc[r / 2];
+            std::array::from_fn(|v| {
+                let (left, right) = (
+                    vreinterpretq_s64_s32(blocks[2 * v]),
+                    vreinterpretq_s64_s32(blocks[2 * v + 1]),
+                );
+                vreinterpretq_s32_s64(match r % 2 {
+                    0 => vzip1q_s64(left, right),
+                    _ => vzip2q_s64(left, right),
+                })
+            })
+        });
+        store_rows::<R>(&rows, a, b, t);
     }
 
     /// The rows' i32 sums to f32, `sum · (t · s) + bias (+ residual)`, written to the tile: four
