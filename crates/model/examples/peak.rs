@@ -21,10 +21,12 @@ use mbpipe_model::CpuBf16;
 fn instructions() -> [(&'static str, Option<Instruction>); 3] {
     // As the model picks it: `MBPIPE_AVX512=0` leaves the f32 kernels AVX2's FMA.
     let avx512 = mbpipe_model::Overrides::get().avx512;
+    // On ARM: NEON's `fmla` (candle's GEMM).
     let f32 = || {
         issue_rate::fma512()
             .filter(|_| avx512)
             .or_else(issue_rate::fma256)
+            .or_else(issue_rate::fmla128)
     };
     let bf16 = match CpuBf16::detect(true) {
         CpuBf16::DotProduct => issue_rate::dpbf16_512(),
@@ -37,6 +39,8 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
         Some(Int8Kernel::AvxVnni) => issue_rate::dpbusd256(),
         Some(Int8Kernel::Avx2) => issue_rate::maddwd256(),
         Some(Int8Kernel::Avx512Bw) => issue_rate::maddwd512(),
+        Some(Int8Kernel::ArmDot) => issue_rate::sdot128(),
+        Some(Int8Kernel::ArmMatrix) => issue_rate::smmla128(),
         _ => None,
     };
     [("f32", f32()), ("bf16", bf16), ("int8", int8)]
