@@ -80,11 +80,15 @@ enum Bf16OnF32 {
     SlowDotProduct(f64),
     /// No AVX512-BF16.
     NoInstructions,
+    /// Not x86-64: mbpipe has no bf16 kernel for this architecture (ARM) yet.
+    NoKernel,
 }
 
 impl Bf16OnF32 {
     fn why() -> Self {
-        if !Overrides::get().avx512 {
+        if !cfg!(target_arch = "x86_64") {
+            Self::NoKernel
+        } else if !Overrides::get().avx512 {
             Self::Switched
         } else if crate::amx::refused("amx-bf16") {
             Self::TilesRefused
@@ -155,6 +159,10 @@ impl ModernBert {
                 Bf16OnF32::NoInstructions => eprintln!(
                     "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs the \
                      f32 kernels (faster here than emulated bf16, and at least as accurate)"
+                ),
+                Bf16OnF32::NoKernel => eprintln!(
+                    "mbpipe: no bf16 kernel for this CPU architecture yet; --dtype bf16 runs \
+                     in f32 (at least as accurate)"
                 ),
             });
         }
@@ -395,6 +403,7 @@ impl ModernBert {
                     ", bf16 on the f32 kernels (vdpbf16ps slower than their FMA here)"
                 }
                 Bf16OnF32::NoInstructions => ", bf16 on the f32 kernels (no AVX512-BF16)",
+                Bf16OnF32::NoKernel => ", bf16 in f32 (no bf16 kernel for this architecture)",
             },
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",
             None => match self.int8 {

@@ -175,7 +175,8 @@ fn every_bf16_kernel_this_cpu_runs_keeps_embeddings_and_labels() {
 }
 
 /// On a CPU without bf16 instructions `--dtype bf16` runs the f32 kernels: its outputs are the
-/// f32 model's, bit for bit (tested here on any CPU by asking for that path).
+/// f32 model's, bit for bit (tested here on any CPU by asking for that path), and its kernel
+/// line says so (on ARM: that mbpipe has no bf16 kernel there, not that AVX512-BF16 is missing).
 #[test]
 fn bf16_on_the_f32_kernels_equals_f32_exactly() {
     let Some(fx) = Fixture::load("bf16 on the f32 kernels") else {
@@ -186,6 +187,11 @@ fn bf16_on_the_f32_kernels_equals_f32_exactly() {
         |dtype| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, dtype, CpuBf16::F32).unwrap();
     let (bf16, f32) = (load(DType::BF16), load(DType::F32));
     assert!(!bf16.uses_bf16_kernel());
+    let why = match cfg!(target_arch = "x86_64") {
+        true => ", bf16 on the f32 kernels (",
+        false => ", bf16 in f32 (no bf16 kernel for this architecture)",
+    };
+    assert!(bf16.kernels().contains(why), "{}", bf16.kernels());
     let batch = fx.batch();
     let (a, b) = (bf16.encode(&batch).unwrap(), f32.encode(&batch).unwrap());
     assert_eq!(a.dtype(), DType::F32);
