@@ -109,7 +109,7 @@ pub enum Int8Kernel {
 }
 
 impl Int8Kernel {
-    /// Every kernel, slowest first (the ARM one is the only one on its CPUs).
+    /// Every kernel, slowest first (on ARM only the two ARM ones run, on x86-64 only the others).
     const ALL: [Int8Kernel; 7] = [
         Int8Kernel::ArmDot,
         Int8Kernel::ArmMatrix,
@@ -189,7 +189,7 @@ fn avx_vnni_vex() -> bool {
     }
 }
 
-/// Whether this CPU runs an int8 kernel: on x86-64 the AVX2 one (which the vector paths of
+/// Whether this CPU runs an int8 kernel: on x86-64 the AVX2 one (which the x86 vector paths of
 /// quantization below also need), on ARM the `sdot` one.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -309,7 +309,7 @@ pub struct PackedI8 {
 /// group) in pieces of `PIECE` bytes: per piece of input features (four for the group layout,
 /// eight for `smmla`'s) the bytes of every column side by side. The panel is written in order,
 /// reading the columns side by side (written column by column, every store went to another
-/// cache line: a sixth of an int8 model's load); each chunk is a 4-byte constant-length copy (a
+/// cache line: a sixth of an int8 model's load); each chunk is a copy of constant length (a
 /// length known only at run time made each a call to `memcpy`: 15% of a one-text int8 run).
 fn place_panel<const PIECE: usize>(q: &[i8], width: usize, panel: &mut [i8]) {
     // Chunk `c` of the panel: column `c % NR`, input features `(c / NR) · PIECE` onwards.
@@ -585,31 +585,26 @@ fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
         // SAFETY: AVX2 was just detected.
         return unsafe { x86::quantize_row(x, values, bytes) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    if available() {
-        return quantize_row_generic(x, values, bytes);
-    }
-    quantize_row_scalar(x, values, bytes)
+    // In loops the compiler vectorises (the ARM kernels' path): the largest magnitude in
+    // running lanes is the fold's maximum, and not finite exactly where the fold's is not, so
+    // the scale is the scalar one's.
+    quantize_row_with_max(largest_magnitude_generic(x), x, values, bytes)
 }
 
-/// [`quantize_row_scalar`] in loops the compiler vectorises (the ARM kernel's): the largest
-/// magnitude in running lanes ([`largest_magnitude_generic`]: the same maximum, and not finite
-/// exactly where the fold's is not, so the same scale), then one rounding per value.
-#[cfg(not(target_arch = "x86_64"))]
-fn quantize_row_generic(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
-    let (scale, inverse) = scale_of(largest_magnitude_generic(x), QMAX);
+/// `x` rounded by the scale of a row whose largest magnitude is `max`; returns the scale.
+fn quantize_row_with_max(max: f32, x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
+    let (scale, inverse) = scale_of(max, QMAX);
     for (d, &v) in values.iter_mut().zip(x) {
         *d = bytes.encode(quantize(v, inverse));
     }
     scale
 }
 
+/// The reference the vector quantizations are tested against: the largest magnitude by a
+/// scalar fold.
+#[cfg(test)]
 fn quantize_row_scalar(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
-    let (scale, inverse) = scale_of(x.iter().copied().fold(0.0, max_abs), QMAX);
-    for (d, &v) in values.iter_mut().zip(x) {
-        *d = bytes.encode(quantize(v, inverse));
-    }
-    scale
+    quantize_row_with_max(x.iter().copied().fold(0.0, max_abs), x, values, bytes)
 }
 
 impl PanelKernel for PackedI8 {
@@ -1396,6 +1391,9 @@ mod tests {
                 let s1 = quantize_row_scalar(&x, &mut v1, bytes);
                 let s2 = quantize_row(&x, &mut v2, bytes);
                 assert_eq!((s1, &v1), (s2, &v2), "len {len}, {bytes:?}");
+                // The portable path (ARM, x86-64 without AVX2), whichever this CPU takes.
+                let s3 = quantize_row_with_max(largest_magnitude_generic(&x), &x, &mut v2, bytes);
+                assert_eq!((s1, &v1), (s3, &v2), "portable, len {len}, {bytes:?}");
                 if len > 3 {
                     let decoded = |l: usize| match bytes {
                         RowBytes::Offset => v1[l] as u8 as i32 - 128,
