@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds mbpipe for 64-bit ARM Linux (aarch64: AWS Graviton, Ampere, ...) and runs the model
-# crate's tests there under qemu-user, so the ARM code runs somewhere: the portable paths
-# (candle's GEMM, the generic attention; bf16 falls back to f32) and the int8 kernel on `sdot`
-# (qemu's default CPU has DotProd). The development and CI machines are x86-64. Checks values,
-# not speed.
+# crate's tests there under qemu-user, so the ARM code runs somewhere: the f32 GEMM and the
+# fused attention on NEON (bf16 runs them too), and the int8 kernels on `sdot` and `smmla`
+# (qemu's default CPU has DotProd and I8MM). The development and CI machines are x86-64. Checks
+# values, not speed.
 #
 # Steps: lint the whole workspace for aarch64 with clippy (-D warnings), then build and run
 # mbpipe-model's tests (unit tests, the engine tests, the transformers fixture parity) in

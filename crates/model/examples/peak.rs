@@ -21,7 +21,7 @@ use mbpipe_model::CpuBf16;
 fn instructions() -> [(&'static str, Option<Instruction>); 3] {
     // As the model picks it: `MBPIPE_AVX512=0` leaves the f32 kernels AVX2's FMA.
     let avx512 = mbpipe_model::Overrides::get().avx512;
-    // On ARM: NEON's `fmla` (candle's GEMM).
+    // On ARM: NEON's `fmla` (the f32 GEMM's by-element form issues at its rate).
     let f32 = || {
         issue_rate::fma512()
             .filter(|_| avx512)

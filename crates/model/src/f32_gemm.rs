@@ -9,7 +9,8 @@
 //! L2 while every weight panel streams past.
 //! The micro-kernel keeps an `MR × 2`-vector tile of the output in registers (AVX2: 6 × 16 of
 //! 16 registers; AVX-512: 14 × 32 of 32) and issues one broadcast and two FMAs per row and step,
-//! which is what the FMA units can retire. Blocks of rows × column panels are rayon tasks.
+//! which is what the FMA units can retire; NEON's (12 × 8 of 32) loads each four rows' inputs
+//! as one vector and multiplies by element. Blocks of rows × column panels are rayon tasks.
 //!
 //! A gated weight ([`PackedF32::pack_gated`], the MLP's `Wi`) computes GEGLU,
 //! `gelu(x W_inᵀ + b_in) · (x W_gateᵀ + b_gate)`, in the same pass: each panel holds one vector of
@@ -17,8 +18,8 @@
 //! of its outputs, and the GELU and product run on the tile while it is in L1. That saves
 //! writing the `[m, 2n]` product to memory and reading it back for a separate elementwise pass.
 //!
-//! Only x86-64 CPUs with AVX2 + FMA or AVX-512 take this path ([`PackedF32::pack`] returns `None`
-//! elsewhere, and the model keeps candle's matmul). `MBPIPE_F32_GEMM=0` turns it off for A/B
+//! x86-64 CPUs with AVX2 + FMA or AVX-512 and aarch64 CPUs take this path ([`PackedF32::pack`]
+//! returns `None` elsewhere, and the model keeps candle's matmul). `MBPIPE_F32_GEMM=0` turns it off for A/B
 //! measurements.
 
 use rayon::prelude::*;
@@ -95,6 +96,7 @@ impl PackedF32 {
         let lanes = match isa {
             Cpu::Avx512 => 16,
             Cpu::Avx2 => 8,
+            Cpu::Neon => 4,
             Cpu::Other => return None,
         };
         let nr = 2 * lanes;
@@ -151,8 +153,9 @@ impl PackedF32 {
     /// Rows of the micro-kernel's register tile.
     fn mr(&self) -> usize {
         match self.isa {
-            Cpu::Avx512 => x86::AVX512_MR,
-            _ => x86::AVX2_MR,
+            Cpu::Avx512 => kernels::AVX512_MR,
+            Cpu::Neon => kernels::NEON_MR,
+            _ => kernels::AVX2_MR,
         }
     }
 
@@ -196,9 +199,12 @@ impl PackedF32 {
                     let (block_rows, block_cols) = (task.rows.clone(), pc..pc + kc);
                     match self.isa {
                         Cpu::Avx512 => {
-                            pack_rows::<{ x86::AVX512_MR }>(x, k, block_rows, block_cols, apack)
+                            pack_rows::<{ kernels::AVX512_MR }>(x, k, block_rows, block_cols, apack)
                         }
-                        _ => pack_rows::<{ x86::AVX2_MR }>(x, k, block_rows, block_cols, apack),
+                        Cpu::Neon => {
+                            pack_rows::<{ kernels::NEON_MR }>(x, k, block_rows, block_cols, apack)
+                        }
+                        _ => pack_rows::<{ kernels::AVX2_MR }>(x, k, block_rows, block_cols, apack),
                     }
                     for panel in task.panels.clone() {
                         let col = panel * panel_cols;
@@ -247,7 +253,7 @@ impl PackedF32 {
                                 }),
                                 other => other,
                             };
-                            x86::tile(self.isa, a, b, c, tile, init);
+                            kernels::tile(self.isa, a, b, c, tile, init);
                         }
                         if self.gated && pc + kc == k {
                             let gate = GateTile {
@@ -258,7 +264,7 @@ impl PackedF32 {
                                 out: out.add(task.rows.start * n + col),
                                 ldo: n,
                             };
-                            x86::gate(self.isa, pre_panel, gate);
+                            kernels::gate(self.isa, pre_panel, gate);
                         }
                     }
                     pc += kc;
@@ -480,13 +486,18 @@ unsafe impl Send for First {}
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod kernels {
     use super::{GateTile, Init, TileShape};
-    use crate::simd::{Avx2, Avx512, Cpu, Isa};
+    #[cfg(target_arch = "aarch64")]
+    use crate::simd::Neon;
+    #[cfg(target_arch = "x86_64")]
+    use crate::simd::{Avx2, Avx512};
+    use crate::simd::{Cpu, Isa};
 
+    /// Rows per NEON tile: 12 × 2 accumulators + 2 weight vectors + 3 vectors of the rows'
+    /// inputs of 32 registers.
+    pub const NEON_MR: usize = 12;
     /// Rows per AVX2 tile: 6 × 2 accumulators + 2 weight vectors + 1 broadcast of 16 registers.
     pub const AVX2_MR: usize = 6;
     /// Rows per AVX-512 tile: 14 × 2 accumulators + 2 weight vectors + 1 broadcast of 32
@@ -498,6 +509,7 @@ mod x86 {
     /// reads it from L3; the hardware prefetchers alone left the f32 products 5-7% slower
     /// (Sapphire Rapids, `4096 × 768 × 2304`: 363-369 → 387-391 GFLOP/s; 8, 16 and 32 steps
     /// within noise of each other).
+    #[cfg(target_arch = "x86_64")]
     const PREFETCH_STEPS: usize = 16;
 
     /// # Safety
@@ -511,9 +523,16 @@ mod x86 {
         shape: TileShape,
         init: Init,
     ) {
+        #[cfg(target_arch = "x86_64")]
         match isa {
             Cpu::Avx512 => tile_avx512(a, b, c, shape, init),
             _ => tile_avx2(a, b, c, shape, init),
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            debug_assert_eq!(isa, Cpu::Neon);
+            let acc = accumulate_neon(a, b, shape.kc);
+            store_tile::<Neon, NEON_MR>(acc, c, shape, init)
         }
     }
 
@@ -523,17 +542,25 @@ mod x86 {
     /// `pre` holds `g.rows` rows of `2 L` floats; `g` points at valid bias and output; the CPU
     /// has the instructions of `isa`.
     pub unsafe fn gate(isa: Cpu, pre: *const f32, g: GateTile) {
+        #[cfg(target_arch = "x86_64")]
         match isa {
             Cpu::Avx512 => gate_avx512(pre, g),
             _ => gate_avx2(pre, g),
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            debug_assert_eq!(isa, Cpu::Neon);
+            gate_generic::<Neon, { Neon::LANES }>(pre, g)
+        }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn gate_avx512(pre: *const f32, g: GateTile) {
         gate_generic::<Avx512, { Avx512::LANES }>(pre, g)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gate_avx2(pre: *const f32, g: GateTile) {
         gate_generic::<Avx2, { Avx2::LANES }>(pre, g)
@@ -565,32 +592,37 @@ mod x86 {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_avx512(a: *const f32, b: *const f32, c: *mut f32, s: TileShape, init: Init) {
-        tile_generic::<Avx512, AVX512_MR>(a, b, c, s, init)
+        let acc = accumulate::<Avx512, AVX512_MR>(a, b, c, s);
+        store_tile::<Avx512, AVX512_MR>(acc, c, s, init)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile_avx2(a: *const f32, b: *const f32, c: *mut f32, s: TileShape, init: Init) {
-        tile_generic::<Avx2, AVX2_MR>(a, b, c, s, init)
+        let acc = accumulate::<Avx2, AVX2_MR>(a, b, c, s);
+        store_tile::<Avx2, AVX2_MR>(acc, c, s, init)
     }
 
-    /// The register tile: `acc[r] = Σ_p a[p, r] · b[p, 0..2 lanes]`, then written to `c`.
+    /// The register tile `acc[r] = Σ_p a[p, r] · b[p, 0..2 lanes]`: one broadcast and two FMAs
+    /// per row and step.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn tile_generic<S: Isa, const MR: usize>(
+    unsafe fn accumulate<S: Isa, const MR: usize>(
         a: *const f32,
         b: *const f32,
         c: *mut f32,
         shape: TileShape,
-        init: Init,
-    ) {
+    ) -> [[S::V; 2]; MR] {
         let l = S::LANES;
         let nr = 2 * l;
         // The output tile is read (or written) after the loop: start fetching it now.
         for r in 0..shape.rows {
             let cr = c.add(r * shape.ldc) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(cr);
-            _mm_prefetch::<_MM_HINT_T0>(cr.add(4 * nr - 1));
+            S::prefetch(cr);
+            S::prefetch(cr.add(4 * nr - 1));
         }
         let mut acc = [[S::zero(); 2]; MR];
         for p in 0..shape.kc {
@@ -599,7 +631,7 @@ mod x86 {
             // any address but `add` may not leave its allocation.
             let ahead = b.wrapping_add((p + PREFETCH_STEPS) * nr) as *const i8;
             for line in (0..nr * 4).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+                S::prefetch(ahead.wrapping_add(line));
             }
             let b0 = S::load(b.add(p * nr));
             let b1 = S::load(b.add(p * nr + l));
@@ -610,6 +642,59 @@ mod x86 {
                 row[1] = S::fma(av, b1, row[1]);
             }
         }
+        acc
+    }
+
+    /// The NEON register tile: per step one load of each four rows' inputs and `fmla` by
+    /// element (lane `r % 4` of that vector), so no load is spent on a broadcast. The weight
+    /// panel (24 KiB at k = 768) streams in order, which the cores' prefetchers follow.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn accumulate_neon(
+        a: *const f32,
+        b: *const f32,
+        kc: usize,
+    ) -> [[std::arch::aarch64::float32x4_t; 2]; NEON_MR] {
+        use std::arch::aarch64::*;
+        const GROUPS: usize = NEON_MR / 4;
+        let mut acc = [[vdupq_n_f32(0.0); 2]; NEON_MR];
+        for p in 0..kc {
+            let (b0, b1) = (vld1q_f32(b.add(p * 8)), vld1q_f32(b.add(p * 8 + 4)));
+            let ap = a.add(p * NEON_MR);
+            let rows: [float32x4_t; GROUPS] = std::array::from_fn(|g| vld1q_f32(ap.add(4 * g)));
+            for (g, &x) in rows.iter().enumerate() {
+                let tile = &mut acc[4 * g..4 * g + 4];
+                tile[0] = [
+                    vfmaq_laneq_f32::<0>(tile[0][0], b0, x),
+                    vfmaq_laneq_f32::<0>(tile[0][1], b1, x),
+                ];
+                tile[1] = [
+                    vfmaq_laneq_f32::<1>(tile[1][0], b0, x),
+                    vfmaq_laneq_f32::<1>(tile[1][1], b1, x),
+                ];
+                tile[2] = [
+                    vfmaq_laneq_f32::<2>(tile[2][0], b0, x),
+                    vfmaq_laneq_f32::<2>(tile[2][1], b1, x),
+                ];
+                tile[3] = [
+                    vfmaq_laneq_f32::<3>(tile[3][0], b0, x),
+                    vfmaq_laneq_f32::<3>(tile[3][1], b1, x),
+                ];
+            }
+        }
+        acc
+    }
+
+    /// Writes the register tile `acc` to `c` as `init` says.
+    #[inline(always)]
+    unsafe fn store_tile<S: Isa, const MR: usize>(
+        acc: [[S::V; 2]; MR],
+        c: *mut f32,
+        shape: TileShape,
+        init: Init,
+    ) {
+        let l = S::LANES;
+        let nr = 2 * l;
         if shape.rows == MR && shape.cols == nr {
             let (bias, residual) = match init {
                 Init::First(f) => (f.bias.map(|b| [S::load(b), S::load(b.add(l))]), f.residual),
@@ -655,14 +740,15 @@ mod x86 {
     }
 }
 
-/// Never reached: without x86-64 [`PackedF32::pack`] returns `None`.
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
+/// Never reached: without x86-64 or aarch64 [`PackedF32::pack`] returns `None`.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod kernels {
     use super::{GateTile, Init, TileShape};
     use crate::simd::Cpu;
 
     pub const AVX2_MR: usize = 6;
     pub const AVX512_MR: usize = 14;
+    pub const NEON_MR: usize = 12;
 
     pub unsafe fn gate(_: Cpu, _: *const f32, _: GateTile) {
         unreachable!("no f32 kernel on this architecture")
@@ -733,7 +819,7 @@ mod tests {
     /// in a multiple of the threads and differ by at most one micro-panel.
     #[test]
     fn row_blocks_partition_rows_evenly() {
-        for mr in [x86::AVX2_MR, x86::AVX512_MR] {
+        for mr in [kernels::AVX2_MR, kernels::AVX512_MR, kernels::NEON_MR] {
             for threads in [1, 2, 3, 8] {
                 for m in (1..=1000).chain([3900, 4096, 8191]) {
                     let blocks = RowBlocks::new(m, mr, threads);

@@ -105,16 +105,18 @@ unsafe fn gelu_gate_row_on(isa: crate::simd::Cpu, input: &[f32], gate: &[f32], o
         match isa {
             Cpu::Avx512 => return avx512(input, gate, out),
             Cpu::Avx2 => return avx2(input, gate, out),
-            Cpu::Other => {}
+            Cpu::Neon | Cpu::Other => {}
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
+    #[cfg(target_arch = "aarch64")]
+    if isa == crate::simd::Cpu::Neon {
+        return gelu_gate_vectors::<crate::simd::Neon>(input, gate, out);
+    }
     gelu_gate_row_generic(input, gate, out)
 }
 
 /// [`gelu_gate_row`] on `S`'s vectors.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
 unsafe fn gelu_gate_vectors<S: crate::simd::Isa>(input: &[f32], gate: &[f32], out: &mut [f32]) {
     assert!(gate.len() == input.len() && out.len() == input.len());

@@ -23,6 +23,8 @@ use crate::simd::Cpu;
 
 #[cfg(target_arch = "x86_64")]
 mod int8;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
 
@@ -97,7 +99,7 @@ pub(crate) fn int8_dot_available(isa: Cpu) -> bool {
         let products = match isa {
             Cpu::Avx512 => Int8Kernel::Avx512Vnni.available(),
             Cpu::Avx2 => Int8Kernel::Avx2.available(),
-            Cpu::Other => false,
+            Cpu::Neon | Cpu::Other => false,
         };
         products && is_x86_feature_detected!("fma")
     }
@@ -382,7 +384,7 @@ impl HeadTask {
                 int8::run(self, inputs, dst, (kind, shape), scratch)
             });
         }
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
         if shape.head_dim.is_multiple_of(simd::HEAD_DIM_STEP) && inputs.isa != Cpu::Other {
             // The scratch is taken out here: a closure inside the target-feature code would not
             // inherit its features, and the kernels would run as calls per vector op.
@@ -390,10 +392,13 @@ impl HeadTask {
             // head columns lie inside `qkv` and the output (checked by `attend_qkv`), and this
             // task alone writes its part of the output.
             return crate::packed_gemm::with_thread_buffer(&HEAD_SCRATCH, |scratch| unsafe {
+                #[cfg(target_arch = "x86_64")]
                 match inputs.isa {
                     Cpu::Avx512 => self.run_avx512(inputs, dst, kind, shape, scratch),
                     _ => self.run_avx2(inputs, dst, kind, shape, scratch),
                 }
+                #[cfg(target_arch = "aarch64")]
+                self.run_simd::<simd::Neon>(inputs, dst, kind, shape, scratch)
             });
         }
         let head = self.gather(inputs, shape);
@@ -405,7 +410,7 @@ impl HeadTask {
     /// Token `t`'s Q (rotated and scaled) into `q` and K (rotated) into `k`; returns its V.
     /// Asks for the row [`PREFETCH_ROWS`] ahead first: `qkv` (37 MiB at 4,096 tokens) mostly
     /// comes from memory, in rows 9 KiB apart that the hardware prefetchers do not follow.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn rotate_row<'a, S: simd::Isa>(
         &self,
@@ -419,7 +424,7 @@ impl HeadTask {
             hidden, head_dim, ..
         } = shape;
         if t + PREFETCH_ROWS < self.seq.end {
-            simd::prefetch_row(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
+            simd::prefetch_row::<S>(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
         }
         let Row { src, cos, sin } = self.row(inputs, shape, t);
         simd::rotate::<S>(&src[..head_dim], q, cos, sin, inputs.scale);
@@ -461,9 +466,9 @@ impl HeadTask {
     /// contiguous buffer, rotates K straight into transposed key panels and copies V into a
     /// contiguous buffer (rows of `qkv` lie 9 KiB apart, which would crowd a few L1 sets); then
     /// every query block reads them from cache. Inlined into the target-feature entry points.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
-    unsafe fn run_simd<S: simd::Isa>(
+    unsafe fn run_simd<S: simd::Tiles>(
         &self,
         inputs: &Inputs<'_>,
         dst: &SharedOut,
@@ -681,7 +686,7 @@ impl Block {
     /// The block on the micro-kernels: QKᵀ by `products` (the sequence's queries and keys,
     /// prepared), the softmax on `S`'s vectors, PV by `values` (the sequence's values,
     /// prepared), with `scores` as reusable scratch.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn attend_simd<S: simd::Isa>(
         &self,
@@ -756,14 +761,56 @@ impl Block {
 }
 
 /// The attention micro-kernels, written once against a small vector interface and instantiated
-/// for AVX-512 (16 lanes) and AVX2 + FMA (8 lanes).
-#[cfg(target_arch = "x86_64")]
+/// for AVX-512 (16 lanes), AVX2 + FMA (8 lanes) and NEON (4 lanes).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod simd {
     use std::ops::Range;
 
     use super::LANES;
 
-    pub(crate) use crate::simd::{Avx2, Avx512, Isa};
+    pub(crate) use crate::simd::Isa;
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) use crate::simd::Neon;
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) use crate::simd::{Avx2, Avx512};
+
+    /// The f32 register tiles of QKᵀ and PV on an ISA's vectors. By default one broadcast of
+    /// a query's (QKᵀ) or a weight's (PV) value per row and step; NEON multiplies by element
+    /// instead ([`super::neon`]).
+    pub trait Tiles: Isa + Sized {
+        /// `R` query rows × two vectors of keys: see [`scores_tile`].
+        ///
+        /// # Safety
+        /// As [`scores_tile`].
+        #[inline(always)]
+        unsafe fn scores_tile<const R: usize>(
+            q: (*const f32, usize, usize, *const f32),
+            out: (*mut f32, usize),
+            cols: Range<usize>,
+        ) {
+            scores_tile::<Self, R>(q, out, cols)
+        }
+
+        /// `R` rows × `C` vectors of output columns: see [`values_tile`].
+        ///
+        /// # Safety
+        /// As [`values_tile`].
+        #[inline(always)]
+        unsafe fn values_tile<const R: usize, const C: usize>(
+            pv: (*const f32, usize, *const f32, usize),
+            out: (*mut f32, usize),
+            keys: Range<usize>,
+            first: bool,
+            scale: Option<*const f32>,
+        ) {
+            values_tile::<Self, R, C>(pv, out, keys, first, scale)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    impl Tiles for Avx2 {}
+    #[cfg(target_arch = "x86_64")]
+    impl Tiles for Avx512 {}
 
     /// Head sizes must be a multiple of this.
     pub const HEAD_DIM_STEP: usize = 64;
@@ -860,13 +907,12 @@ mod simd {
 
     /// Starts loading this head's Q, K and V columns of the `qkv` row at `row` into the cache.
     #[inline(always)]
-    pub unsafe fn prefetch_row(row: &[f32], shape: super::Shape) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    pub unsafe fn prefetch_row<S: Isa>(row: &[f32], shape: super::Shape) {
         let (hidden, head_dim) = (shape.hidden, shape.head_dim);
         assert!(row.len() >= 2 * hidden + head_dim);
         for part in 0..3 {
             for line in (0..head_dim).step_by(16) {
-                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(part * hidden + line).cast());
+                S::prefetch(row.as_ptr().add(part * hidden + line).cast());
             }
         }
     }
@@ -877,7 +923,8 @@ mod simd {
     /// attention), and the max keeps two chains of `vmaxps` in flight.
     #[inline(always)]
     pub unsafe fn band_exp<S: Isa>(row: &mut [f32], lo: usize, hi: usize) -> f32 {
-        assert!(row.len().is_multiple_of(LANES) && LANES.is_multiple_of(S::LANES));
+        // The band's span is whole groups of `LANES` or ends at the row's end.
+        assert!(row.len().is_multiple_of(S::LANES) && LANES.is_multiple_of(S::LANES));
         let band = super::open_band(row, lo, hi);
         let span = &mut row[band.span.clone()];
         let (p, n) = (span.as_mut_ptr(), span.len());
@@ -933,7 +980,7 @@ mod simd {
         pub isa: std::marker::PhantomData<S>,
     }
 
-    impl<S: Isa> QueryKeyScores for F32Scores<'_, S> {
+    impl<S: Tiles> QueryKeyScores for F32Scores<'_, S> {
         #[inline(always)]
         unsafe fn scores(
             &self,
@@ -990,7 +1037,7 @@ mod simd {
         pub isa: std::marker::PhantomData<S>,
     }
 
-    impl<S: Isa> WeightedValues for F32Values<'_, S> {
+    impl<S: Tiles> WeightedValues for F32Values<'_, S> {
         fn tile_rows(&self) -> usize {
             f32_tile_rows::<S>()
         }
@@ -1023,7 +1070,7 @@ mod simd {
     /// of the key step); score rows have stride `stride`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn scores_f32<S: Isa>(
+    unsafe fn scores_f32<S: Tiles>(
         q: &[f32],
         q_stride: usize,
         head_dim: usize,
@@ -1060,22 +1107,24 @@ mod simd {
             let out = (scores.as_mut_ptr().add(r * stride), stride);
             let cols = cols.clone();
             match n {
-                1 => scores_tile::<S, 1>(args, out, cols),
-                2 => scores_tile::<S, 2>(args, out, cols),
-                3 => scores_tile::<S, 3>(args, out, cols),
-                4 => scores_tile::<S, 4>(args, out, cols),
-                5 => scores_tile::<S, 5>(args, out, cols),
-                6 => scores_tile::<S, 6>(args, out, cols),
-                7 => scores_tile::<S, 7>(args, out, cols),
-                _ => scores_tile::<S, 8>(args, out, cols),
+                1 => S::scores_tile::<1>(args, out, cols),
+                2 => S::scores_tile::<2>(args, out, cols),
+                3 => S::scores_tile::<3>(args, out, cols),
+                4 => S::scores_tile::<4>(args, out, cols),
+                5 => S::scores_tile::<5>(args, out, cols),
+                6 => S::scores_tile::<6>(args, out, cols),
+                7 => S::scores_tile::<7>(args, out, cols),
+                _ => S::scores_tile::<8>(args, out, cols),
             }
             r += n;
         }
     }
 
-    /// `R` query rows x two vectors of keys per register tile.
+    /// `R` query rows x two vectors of keys per register tile: `out[r, j..]` for each key
+    /// tile `j` in `cols` (a multiple of the key step apart), from `q` rows (stride `q_stride`,
+    /// `head_dim` long) and the Kᵀ panels at `kt`.
     #[inline(always)]
-    unsafe fn scores_tile<S: Isa, const R: usize>(
+    pub unsafe fn scores_tile<S: Isa, const R: usize>(
         (q, q_stride, head_dim, kt): (*const f32, usize, usize, *const f32),
         (out, stride): (*mut f32, usize),
         cols: Range<usize>,
@@ -1108,7 +1157,7 @@ mod simd {
     /// of weights (row stride `p_stride`); `out` rows (stride `out_stride`) start at zero.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn weighted_values<S: Isa>(
+    unsafe fn weighted_values<S: Tiles>(
         p: &[f32],
         p_stride: usize,
         v: &[f32],
@@ -1144,16 +1193,16 @@ mod simd {
                     let o = (out.add(r * out_stride + c0), out_stride);
                     let k = chunk_keys.clone();
                     match (value_vectors::<S>(), n) {
-                        (4, 1) => values_tile::<S, 1, 4>(args, o, k, first, scale),
-                        (4, 2) => values_tile::<S, 2, 4>(args, o, k, first, scale),
-                        (4, 3) => values_tile::<S, 3, 4>(args, o, k, first, scale),
-                        (4, _) => values_tile::<S, 4, 4>(args, o, k, first, scale),
-                        (_, 1) => values_tile::<S, 1, 2>(args, o, k, first, scale),
-                        (_, 2) => values_tile::<S, 2, 2>(args, o, k, first, scale),
-                        (_, 3) => values_tile::<S, 3, 2>(args, o, k, first, scale),
-                        (_, 4) => values_tile::<S, 4, 2>(args, o, k, first, scale),
-                        (_, 5) => values_tile::<S, 5, 2>(args, o, k, first, scale),
-                        (_, _) => values_tile::<S, 6, 2>(args, o, k, first, scale),
+                        (4, 1) => S::values_tile::<1, 4>(args, o, k, first, scale),
+                        (4, 2) => S::values_tile::<2, 4>(args, o, k, first, scale),
+                        (4, 3) => S::values_tile::<3, 4>(args, o, k, first, scale),
+                        (4, _) => S::values_tile::<4, 4>(args, o, k, first, scale),
+                        (_, 1) => S::values_tile::<1, 2>(args, o, k, first, scale),
+                        (_, 2) => S::values_tile::<2, 2>(args, o, k, first, scale),
+                        (_, 3) => S::values_tile::<3, 2>(args, o, k, first, scale),
+                        (_, 4) => S::values_tile::<4, 2>(args, o, k, first, scale),
+                        (_, 5) => S::values_tile::<5, 2>(args, o, k, first, scale),
+                        (_, _) => S::values_tile::<6, 2>(args, o, k, first, scale),
                     }
                 }
                 r += n;
@@ -1166,7 +1215,7 @@ mod simd {
     /// (from zero on the `first` chunk); `scale` (the rows' factors) multiplies the sums before
     /// they are stored.
     #[inline(always)]
-    unsafe fn values_tile<S: Isa, const R: usize, const C: usize>(
+    pub unsafe fn values_tile<S: Isa, const R: usize, const C: usize>(
         (p, p_stride, v, v_stride): (*const f32, usize, *const f32, usize),
         (out, out_stride): (*mut f32, usize),
         keys: Range<usize>,

@@ -96,7 +96,7 @@ pub fn require_gpu_value(value: Option<&str>) -> bool {
 pub(crate) struct CpuKernels {
     /// The own f32 GEMM's instructions; `None`: candle's matmul.
     pub gemm: Option<Cpu>,
-    /// The fused attention's: micro-kernels for AVX-512 or AVX2, its generic path on
+    /// The fused attention's: micro-kernels for AVX-512, AVX2 or NEON, its generic path on
     /// [`Cpu::Other`]; `None`: candle's per-sequence ops.
     pub attention: Option<Cpu>,
 }
@@ -128,6 +128,7 @@ impl std::fmt::Display for CpuKernels {
         let name = |isa: Option<Cpu>, off: &str| match isa {
             Some(Cpu::Avx512) => "AVX-512".to_string(),
             Some(Cpu::Avx2) => "AVX2".to_string(),
+            Some(Cpu::Neon) => "NEON".to_string(),
             Some(Cpu::Other) => "generic".to_string(),
             None => off.to_string(),
         };
@@ -208,6 +209,10 @@ mod tests {
         assert_eq!((k.gemm, k.attention), (Some(Cpu::Avx2), Some(Cpu::Avx2)));
         let k = CpuKernels::choose(Cpu::Other, &on);
         assert_eq!((k.gemm, k.attention), (None, Some(Cpu::Other)));
+        assert_eq!(
+            CpuKernels::choose(Cpu::Neon, &on).to_string(),
+            "f32 GEMM NEON, attention NEON"
+        );
         let off = parse(&[("MBPIPE_F32_GEMM", "0"), ("MBPIPE_FUSED_ATTENTION", "0")]);
         let k = CpuKernels::choose(Cpu::Avx512, &off);
         assert_eq!((k.gemm, k.attention), (None, None));
@@ -219,7 +224,7 @@ mod tests {
         let no_avx512 = parse(&[("MBPIPE_AVX512", "0")]);
         assert_eq!(Cpu::Avx512.under(&no_avx512), Cpu::Avx2);
         assert_eq!(Cpu::Avx512.under(&on), Cpu::Avx512);
-        for other in [Cpu::Avx2, Cpu::Other] {
+        for other in [Cpu::Avx2, Cpu::Neon, Cpu::Other] {
             assert_eq!(other.under(&no_avx512), other);
         }
     }

@@ -1,12 +1,16 @@
 //! The vector instructions the CPU kernels are written against: runtime detection, and a small
 //! interface that the fused attention and the f32 GEMM implement once and instantiate for
-//! AVX-512 (16 lanes, 32 registers) and AVX2 + FMA (8 lanes, 16 registers).
+//! AVX-512 (16 lanes, 32 registers), AVX2 + FMA (8 lanes, 16 registers) and NEON (4 lanes, 32
+//! registers).
 
 /// The vector instructions this CPU offers the kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cpu {
     Avx512,
     Avx2,
+    /// aarch64's vectors (every aarch64 CPU has them).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Neon,
     Other,
 }
 
@@ -26,6 +30,10 @@ fn detected() -> Cpu {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return Cpu::Avx2;
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Cpu::Neon;
     }
     Cpu::Other
 }
@@ -57,16 +65,110 @@ pub(crate) fn executable() -> Vec<Cpu> {
         }
         isas
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        vec![Cpu::Neon]
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     Vec::new()
 }
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon::Neon;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512, Isa};
+pub(crate) use x86::{Avx2, Avx512};
+
+/// The instructions the kernels need. Every method is `inline(always)`, so the intrinsics
+/// land in the caller's `target_feature` function.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) trait Isa {
+    type V: Copy;
+    const LANES: usize;
+    /// Vector registers: how large a register tile the kernels can keep.
+    const REGISTERS: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn splat(x: f32) -> Self::V;
+    /// `a * b + c`.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// `c - a * b`.
+    unsafe fn fnmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// The lanewise maximum. Where a lane of either is NaN: `b`'s lane on x86 (`vmaxps`), NaN
+    /// on NEON (`fmax`); callers rely only on a NaN in `b` staying NaN.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// The largest lane.
+    unsafe fn reduce_max(v: Self::V) -> f32;
+    /// The sum of the lanes.
+    unsafe fn reduce_add(v: Self::V) -> f32;
+    /// `2^n · p` for lanes of `n` that hold integers in [-126, 127].
+    unsafe fn scale_by_power_of_two(p: Self::V, n: Self::V) -> Self::V;
+    /// Rounds to the nearest integer (ties to even).
+    unsafe fn round(v: Self::V) -> Self::V;
+    /// `|v|`.
+    unsafe fn abs(v: Self::V) -> Self::V;
+    /// `magnitude` with the sign bits of `sign`.
+    unsafe fn copy_sign(magnitude: Self::V, sign: Self::V) -> Self::V;
+    /// `1 / v` to 12 bits or better.
+    unsafe fn approximate_reciprocal(v: Self::V) -> Self::V;
+    /// Asks for the cache line at `p` (any address: nothing is read, nothing faults).
+    unsafe fn prefetch(p: *const i8);
+    /// `e^x` for `x <= 0`, as [`crate::fused::exp`] (Cody–Waite reduction, degree-6
+    /// polynomial, relative error ~2e-7) but on FMAs; below -87 it is e^-87 (a normal
+    /// number); NaN stays NaN.
+    #[inline(always)]
+    unsafe fn exp_nonpositive(x: Self::V) -> Self::V {
+        // `max(c, x)` is x where x is NaN.
+        let x = Self::max(Self::splat(-87.0), x);
+        let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
+        let r = Self::fnmadd(n, Self::splat(crate::fused::LN2_HI), x);
+        let r = Self::fnmadd(n, Self::splat(crate::fused::LN2_LO), r);
+        let p = Self::horner(crate::fused::EXP_POLY, r);
+        Self::scale_by_power_of_two(p, n)
+    }
+    /// `poly` (highest degree first) at `x` by Horner's rule on FMAs.
+    #[inline(always)]
+    unsafe fn horner<const N: usize>(poly: [f32; N], x: Self::V) -> Self::V {
+        let mut p = Self::splat(poly[0]);
+        for &c in &poly[1..] {
+            p = Self::fma(p, x, Self::splat(c));
+        }
+        p
+    }
+    /// `1 / v` for normal `v` from the approximate reciprocal and one Newton step (within
+    /// about 2 ulp of the quotient; `vdivps` issues once per 16 cycles at 512 bits).
+    #[inline(always)]
+    unsafe fn reciprocal(v: Self::V) -> Self::V {
+        let r = Self::approximate_reciprocal(v);
+        // r (2 - v r)
+        Self::fma(r, Self::fnmadd(v, r, Self::splat(1.0)), r)
+    }
+    /// Exact-form GELU, `0.5 x (1 + erf(x / sqrt 2))`, as [`crate::fused::gelu_erf`]
+    /// (Abramowitz–Stegun 7.1.26 for erf) on FMAs; NaN stays NaN.
+    #[inline(always)]
+    unsafe fn gelu(x: Self::V) -> Self::V {
+        let z = Self::mul(x, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
+        let a = Self::abs(z);
+        let t = Self::reciprocal(Self::fma(
+            Self::splat(crate::fused::ERF_P),
+            a,
+            Self::splat(1.0),
+        ));
+        let p = Self::mul(Self::horner(crate::fused::ERF_POLY, t), t);
+        let e = Self::exp_nonpositive(Self::sub(Self::zero(), Self::mul(a, a)));
+        let erf = Self::copy_sign(Self::fnmadd(p, e, Self::splat(1.0)), z);
+        let half = Self::mul(x, Self::splat(0.5));
+        Self::fma(half, erf, half)
+    }
+}
 
 /// `fn name(args) -> ret = generic;` defines `name`, which runs `generic` (an
 /// `#[inline(always)]` function) compiled for the CPU's vector instructions: one copy for
-/// AVX-512, one for AVX2 + FMA, chosen by [`cpu`], and the plain one elsewhere. For elementwise
+/// AVX-512, one for AVX2 + FMA, chosen by [`cpu`], and the plain one elsewhere (aarch64's
+/// plain code already has NEON). For elementwise
 /// and row loops that the compiler vectorises itself once it may use the instructions.
 macro_rules! vectorized {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $generic:path;) => {
@@ -86,7 +188,7 @@ macro_rules! vectorized {
                 match $crate::simd::cpu() {
                     $crate::simd::Cpu::Avx512 => return unsafe { avx512($($arg),*) },
                     $crate::simd::Cpu::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::simd::Cpu::Other => {}
+                    $crate::simd::Cpu::Neon | $crate::simd::Cpu::Other => {}
                 }
             }
             $generic($($arg),*)
@@ -99,86 +201,7 @@ pub(crate) use vectorized;
 mod x86 {
     use std::arch::x86_64::*;
 
-    use crate::fused;
-
-    /// The instructions the kernels need. Every method is `inline(always)`, so the intrinsics
-    /// land in the caller's `target_feature` function.
-    pub(crate) trait Isa {
-        type V: Copy;
-        const LANES: usize;
-        /// Vector registers: how large a register tile the kernels can keep.
-        const REGISTERS: usize;
-        unsafe fn zero() -> Self::V;
-        unsafe fn load(p: *const f32) -> Self::V;
-        unsafe fn store(p: *mut f32, v: Self::V);
-        unsafe fn splat(x: f32) -> Self::V;
-        /// `a * b + c`.
-        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
-        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
-        /// `c - a * b`.
-        unsafe fn fnmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-        unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
-        /// The lanewise maximum (`vmaxps`: where a lane of either is NaN, `b`'s lane).
-        unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
-        /// The largest lane.
-        unsafe fn reduce_max(v: Self::V) -> f32;
-        /// The sum of the lanes.
-        unsafe fn reduce_add(v: Self::V) -> f32;
-        /// `2^n · p` for lanes of `n` that hold integers in [-126, 127].
-        unsafe fn scale_by_power_of_two(p: Self::V, n: Self::V) -> Self::V;
-        /// Rounds to the nearest integer (ties to even).
-        unsafe fn round(v: Self::V) -> Self::V;
-        /// `|v|`.
-        unsafe fn abs(v: Self::V) -> Self::V;
-        /// `magnitude` with the sign bits of `sign`.
-        unsafe fn copy_sign(magnitude: Self::V, sign: Self::V) -> Self::V;
-        /// `1 / v` to 12 bits or better.
-        unsafe fn approximate_reciprocal(v: Self::V) -> Self::V;
-        /// `e^x` for `x <= 0`, as [`crate::fused::exp`] (Cody–Waite reduction, degree-6
-        /// polynomial, relative error ~2e-7) but on FMAs; below -87 it is e^-87 (a normal
-        /// number); NaN stays NaN.
-        #[inline(always)]
-        unsafe fn exp_nonpositive(x: Self::V) -> Self::V {
-            // `max(c, x)` is x where x is NaN.
-            let x = Self::max(Self::splat(-87.0), x);
-            let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
-            let r = Self::fnmadd(n, Self::splat(fused::LN2_HI), x);
-            let r = Self::fnmadd(n, Self::splat(fused::LN2_LO), r);
-            let p = Self::horner(fused::EXP_POLY, r);
-            Self::scale_by_power_of_two(p, n)
-        }
-        /// `poly` (highest degree first) at `x` by Horner's rule on FMAs.
-        #[inline(always)]
-        unsafe fn horner<const N: usize>(poly: [f32; N], x: Self::V) -> Self::V {
-            let mut p = Self::splat(poly[0]);
-            for &c in &poly[1..] {
-                p = Self::fma(p, x, Self::splat(c));
-            }
-            p
-        }
-        /// `1 / v` for normal `v` from the approximate reciprocal and one Newton step (within
-        /// about 2 ulp of the quotient; `vdivps` issues once per 16 cycles at 512 bits).
-        #[inline(always)]
-        unsafe fn reciprocal(v: Self::V) -> Self::V {
-            let r = Self::approximate_reciprocal(v);
-            // r (2 - v r)
-            Self::fma(r, Self::fnmadd(v, r, Self::splat(1.0)), r)
-        }
-        /// Exact-form GELU, `0.5 x (1 + erf(x / sqrt 2))`, as [`crate::fused::gelu_erf`]
-        /// (Abramowitz–Stegun 7.1.26 for erf) on FMAs; NaN stays NaN.
-        #[inline(always)]
-        unsafe fn gelu(x: Self::V) -> Self::V {
-            let z = Self::mul(x, Self::splat(std::f32::consts::FRAC_1_SQRT_2));
-            let a = Self::abs(z);
-            let t = Self::reciprocal(Self::fma(Self::splat(fused::ERF_P), a, Self::splat(1.0)));
-            let p = Self::mul(Self::horner(fused::ERF_POLY, t), t);
-            let e = Self::exp_nonpositive(Self::sub(Self::zero(), Self::mul(a, a)));
-            let erf = Self::copy_sign(Self::fnmadd(p, e, Self::splat(1.0)), z);
-            let half = Self::mul(x, Self::splat(0.5));
-            Self::fma(half, erf, half)
-        }
-    }
+    use super::Isa;
 
     pub(crate) struct Avx512;
     impl Isa for Avx512 {
@@ -255,6 +278,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn approximate_reciprocal(v: __m512) -> __m512 {
             _mm512_rcp14_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const i8) {
+            _mm_prefetch::<_MM_HINT_T0>(p)
         }
     }
 
@@ -341,10 +368,110 @@ mod x86 {
         unsafe fn approximate_reciprocal(v: __m256) -> __m256 {
             _mm256_rcp_ps(v)
         }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const i8) {
+            _mm_prefetch::<_MM_HINT_T0>(p)
+        }
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+/// NEON (every aarch64 CPU): 4 lanes, 32 registers.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::Isa;
+
+    pub(crate) struct Neon;
+    impl Isa for Neon {
+        type V = float32x4_t;
+        const LANES: usize = 4;
+        const REGISTERS: usize = 32;
+        #[inline(always)]
+        unsafe fn zero() -> float32x4_t {
+            vdupq_n_f32(0.0)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> float32x4_t {
+            vld1q_f32(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: float32x4_t) {
+            vst1q_f32(p, v)
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> float32x4_t {
+            vdupq_n_f32(x)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+            vfmaq_f32(c, a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            vaddq_f32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            vmulq_f32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn fnmadd(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+            vfmsq_f32(c, a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            vsubq_f32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            vmaxq_f32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn reduce_max(v: float32x4_t) -> f32 {
+            vmaxvq_f32(v)
+        }
+        #[inline(always)]
+        unsafe fn reduce_add(v: float32x4_t) -> f32 {
+            vaddvq_f32(v)
+        }
+        #[inline(always)]
+        unsafe fn scale_by_power_of_two(p: float32x4_t, n: float32x4_t) -> float32x4_t {
+            // 2^n built in the exponent bits (n + 127 is a normal exponent for n >= -126).
+            let bits = vshlq_n_s32::<23>(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)));
+            vmulq_f32(p, vreinterpretq_f32_s32(bits))
+        }
+        #[inline(always)]
+        unsafe fn round(v: float32x4_t) -> float32x4_t {
+            vrndnq_f32(v)
+        }
+        #[inline(always)]
+        unsafe fn abs(v: float32x4_t) -> float32x4_t {
+            vabsq_f32(v)
+        }
+        #[inline(always)]
+        unsafe fn copy_sign(magnitude: float32x4_t, sign: float32x4_t) -> float32x4_t {
+            vbslq_f32(vdupq_n_u32(1 << 31), sign, magnitude)
+        }
+        /// `frecpe`'s 8-bit estimate and one `frecps` step: about 16 bits.
+        #[inline(always)]
+        unsafe fn approximate_reciprocal(v: float32x4_t) -> float32x4_t {
+            let r = vrecpeq_f32(v);
+            vmulq_f32(r, vrecpsq_f32(v, r))
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const i8) {
+            // `prfm` reads nothing and never faults (Rust's `_prefetch` is not yet stable).
+            std::arch::asm!(
+                "prfm pldl1keep, [{p}]",
+                p = in(reg) p,
+                options(nostack, preserves_flags, readonly)
+            );
+        }
+    }
+}
+
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use super::*;
 
@@ -361,14 +488,31 @@ mod tests {
         out
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn exp_avx512(x: &[f32]) -> Vec<f32> {
-        exp_all::<Avx512>(x)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp_avx2(x: &[f32]) -> Vec<f32> {
-        exp_all::<Avx2>(x)
+    /// `exp_nonpositive` of `x` on `isa`'s vectors.
+    ///
+    /// # Safety
+    /// The CPU has `isa`'s instructions.
+    unsafe fn exp_on(isa: Cpu, x: &[f32]) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(x: &[f32]) -> Vec<f32> {
+                exp_all::<Avx512>(x)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(x: &[f32]) -> Vec<f32> {
+                exp_all::<Avx2>(x)
+            }
+            match isa {
+                Cpu::Avx512 => avx512(x),
+                _ => avx2(x),
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            assert_eq!(isa, Cpu::Neon);
+            exp_all::<Neon>(x)
+        }
     }
 
     /// The vector exp of the softmax, on every ISA this host runs, against f64 over the range
@@ -381,16 +525,11 @@ mod tests {
         x.resize(x.len().next_multiple_of(16), 0.0);
         let isas = executable();
         if isas.is_empty() {
-            eprintln!("SKIPPED: this CPU has neither AVX-512 nor AVX2 + FMA");
+            eprintln!("SKIPPED: this CPU has neither AVX-512 nor AVX2 + FMA (nor NEON)");
         }
         for isa in isas {
             // SAFETY: `executable()` detected the features.
-            let e = unsafe {
-                match isa {
-                    Cpu::Avx512 => exp_avx512(&x),
-                    _ => exp_avx2(&x),
-                }
-            };
+            let e = unsafe { exp_on(isa, &x) };
             let floor = (-87f64).exp();
             let mut worst = 0f64;
             for (&xi, &ei) in x.iter().zip(&e) {

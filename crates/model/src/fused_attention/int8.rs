@@ -150,7 +150,9 @@ pub(super) unsafe fn run(
         Cpu::Avx512 => run_f32(task, inputs, dst, at, scratch),
         Cpu::Avx2 if avx_vnni_available() => run_avx_vnni(task, inputs, dst, at, scratch),
         Cpu::Avx2 => run_words(task, inputs, dst, at, scratch),
-        Cpu::Other => unreachable!("the int8 products run on AVX-512 or AVX2 vectors only"),
+        Cpu::Neon | Cpu::Other => {
+            unreachable!("the int8 products run on AVX-512 or AVX2 vectors only")
+        }
     }
 }
 
@@ -510,7 +512,7 @@ impl<S: ByteDot, const WORDS: bool> QueryKeyScores for Int8Scores<'_, S, WORDS> 
 
 /// The integer side of a score tile on one vector width: `vpdpbusd` and the arithmetic
 /// around it, so that [`scores_tile`] is written once.
-pub(super) trait IntVectors: Isa {
+pub(super) trait IntVectors: simd::Tiles {
     type I: Copy;
     unsafe fn zero_i() -> Self::I;
     unsafe fn load_i(p: *const u8) -> Self::I;
