@@ -30,6 +30,7 @@ fn instructions() -> [(&'static str, Option<Instruction>); 3] {
     };
     let bf16 = match CpuBf16::detect(true) {
         CpuBf16::DotProduct => issue_rate::dpbf16_512(),
+        CpuBf16::ArmMatrix => issue_rate::bfmmla128(),
         // bf16 runs the f32 kernels: f32's instruction is its ceiling.
         CpuBf16::F32 => f32(),
         _ => None,

@@ -18,6 +18,13 @@
 //! of its outputs, and the GELU and product run on the tile while it is in L1. That saves
 //! writing the `[m, 2n]` product to memory and reading it back for a separate elementwise pass.
 //!
+//! On aarch64 CPUs with BF16 (Armv8.6: Graviton 3 and 4, Neoverse V1, V2, N2) `--dtype bf16`
+//! runs this driver with the weight in bf16 ([`PackedF32::pack_bf16`]): panels of 8 columns
+//! whose pairs of columns hold four features side by side, activations rounded to bf16 as
+//! they are packed (pairs of rows likewise), and a 12 × 8 tile of `bfmmla` 2 × 2 blocks (16
+//! multiply-adds each, four times an `fmla`'s) with f32 sums, rearranged into rows for the same
+//! epilogue (bias, residual, GEGLU).
+//!
 //! x86-64 CPUs with AVX2 + FMA or AVX-512 and aarch64 CPUs take this path ([`PackedF32::pack`]
 //! returns `None` elsewhere, and the model keeps candle's matmul). `MBPIPE_F32_GEMM=0` turns it off for A/B
 //! measurements.
@@ -52,8 +59,15 @@ pub struct PackedF32 {
     gated: bool,
     /// Input features per packed activation block.
     kc: usize,
-    /// `panels()` panels of `k × nr` floats (columns past the weight's are zero).
+    /// `panels()` panels of `k × nr` floats (columns past the weight's are zero); empty for a
+    /// bf16 weight.
     data: Vec<f32>,
+    /// A bf16 weight (NEON's `bfmmla`, [`PackedF32::pack_bf16`]): per panel, per group of four
+    /// input features, each pair of columns' four features side by side (`k` rounded up to
+    /// whole groups, zero past the weight); empty for an f32 weight.
+    bf16: Vec<u16>,
+    /// Whether the weight is in `bf16` (and the kernel `bfmmla`).
+    in_bf16: bool,
 }
 
 /// Layout of a packed weight's columns.
@@ -89,6 +103,50 @@ impl PackedF32 {
     pub(crate) fn pack_gated_for(isa: Option<Cpu>, w: &[f32], n: usize, k: usize) -> Option<Self> {
         assert_eq!(w.len(), 2 * n * k, "gated weight is not [2 x {n}, {k}]");
         Self::pack_columns_for(isa?, w, n, k, Columns::Gated)
+    }
+
+    /// Packs a row-major `[n, k]` weight in bf16 (rounded to nearest even) for NEON's `bfmmla`
+    /// (Armv8.6 BF16: Graviton 3 and 4, Neoverse V1, V2, N2), activations rounded to bf16 as
+    /// they are packed, sums and outputs in f32. `None` on other CPUs.
+    pub fn pack_bf16(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), n * k, "weight is not [{n}, {k}]");
+        bf16_available().then(|| Self::pack_in_bf16(w, n, k, Columns::Plain))
+    }
+
+    /// [`pack_bf16`](Self::pack_bf16) for a GEGLU weight `[2n, k]` (as [`pack_gated`](Self::pack_gated)).
+    pub fn pack_gated_bf16(w: &[f32], n: usize, k: usize) -> Option<Self> {
+        assert_eq!(w.len(), 2 * n * k, "gated weight is not [2 x {n}, {k}]");
+        bf16_available().then(|| Self::pack_in_bf16(w, n, k, Columns::Gated))
+    }
+
+    /// The f32 packing's panels, rounded to bf16 and rearranged for `bfmmla`.
+    fn pack_in_bf16(w: &[f32], n: usize, k: usize, columns: Columns) -> Self {
+        let f32s = Self::pack_columns_for(Cpu::Neon, w, n, k, columns).expect("NEON packs");
+        let (nr, groups) = (f32s.nr, k.div_ceil(4));
+        let mut bf16 = vec![0u16; f32s.data.len() / k.max(1) * groups * 4];
+        bf16.par_chunks_mut((groups * 4 * nr).max(1))
+            .zip(f32s.data.par_chunks((k * nr).max(1)))
+            .for_each(|(out, panel)| {
+                // `panel` is k rows of nr columns; `out` per group 4 features x nr columns, as
+                // nr / 2 pairs of columns of 8 values: column 2c's four, then column 2c + 1's.
+                for (g, group) in out.chunks_exact_mut(4 * nr).enumerate() {
+                    for (c, pair) in group.chunks_exact_mut(8).enumerate() {
+                        for (i, v) in pair.iter_mut().enumerate() {
+                            let (column, feature) = (2 * c + i / 4, 4 * g + i % 4);
+                            if feature < k {
+                                *v = bf16_bits(panel[feature * nr + column]);
+                            }
+                        }
+                    }
+                }
+            });
+        PackedF32 {
+            kc: f32s.kc.next_multiple_of(4),
+            data: Vec::new(),
+            bf16,
+            in_bf16: true,
+            ..f32s
+        }
     }
 
     /// Packs for the kernels of `isa`, which the caller knows this CPU executes.
@@ -138,6 +196,8 @@ impl PackedF32 {
             gated,
             kc,
             data,
+            bf16: Vec::new(),
+            in_bf16: false,
         })
     }
 
@@ -197,7 +257,20 @@ impl PackedF32 {
                 while pc < k {
                     let kc = self.kc.min(k - pc);
                     let (block_rows, block_cols) = (task.rows.clone(), pc..pc + kc);
+                    // bf16: whole groups of four features.
+                    let kc_bf16 = kc.next_multiple_of(4);
                     match self.isa {
+                        _ if self.in_bf16 => {
+                            // u16 in the f32 buffer: `micro_panels · mr · kc_bf16` of them fit
+                            // in its `micro_panels · mr · self.kc` floats.
+                            let len = micro_panels * mr * kc_bf16;
+                            assert!(len <= 2 * apack.len());
+                            let dst =
+                                std::slice::from_raw_parts_mut(apack.as_mut_ptr().cast(), len);
+                            pack_rows_bf16::<{ kernels::NEON_MR }>(
+                                x, k, block_rows, block_cols, dst,
+                            )
+                        }
                         Cpu::Avx512 => {
                             pack_rows::<{ kernels::AVX512_MR }>(x, k, block_rows, block_cols, apack)
                         }
@@ -224,7 +297,11 @@ impl PackedF32 {
                                 rows: 0,
                             }
                         };
-                        let b = self.data.as_ptr().add(panel * k * nr + pc * nr);
+                        let b = self.data.as_ptr().wrapping_add(panel * k * nr + pc * nr);
+                        let b_bf16 = self
+                            .bf16
+                            .as_ptr()
+                            .wrapping_add((panel * k.next_multiple_of(4) + pc) * nr);
                         let init = if pc == 0 {
                             Init::First(First {
                                 // Gated: the GEGLU adds the bias.
@@ -240,7 +317,6 @@ impl PackedF32 {
                                 rows: mr.min(task.rows.end - r),
                                 ..tile
                             };
-                            let a = apack.as_ptr().add(i * mr * kc);
                             let c = if self.gated {
                                 pre_panel.add(i * mr * nr)
                             } else {
@@ -253,7 +329,13 @@ impl PackedF32 {
                                 }),
                                 other => other,
                             };
-                            kernels::tile(self.isa, a, b, c, tile, init);
+                            if self.in_bf16 {
+                                let a = apack.as_ptr().cast::<u16>().add(i * mr * kc_bf16);
+                                kernels::tile_bf16(a, b_bf16, c, tile, init);
+                            } else {
+                                let a = apack.as_ptr().add(i * mr * kc);
+                                kernels::tile(self.isa, a, b, c, tile, init);
+                            }
                         }
                         if self.gated && pc + kc == k {
                             let gate = GateTile {
@@ -437,6 +519,54 @@ fn pack_rows<const MR: usize>(
                 };
             }
         }
+    }
+}
+
+/// [`pack_rows`] for `bfmmla`, rounded to bf16: per group of four input features (zero past
+/// `cols`), the `MR` rows' four in order, so each pair of rows' fours lie side by side (rows
+/// past `rows` zero).
+fn pack_rows_bf16<const MR: usize>(
+    x: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    out: &mut [u16],
+) {
+    let groups = cols.len().div_ceil(4);
+    for (i, panel) in out.chunks_exact_mut(MR * groups * 4).enumerate() {
+        let first = rows.start + i * MR;
+        let src: [&[f32]; MR] = std::array::from_fn(|r| {
+            if first + r < rows.end {
+                &x[(first + r) * k + cols.start..][..cols.len()]
+            } else {
+                &[]
+            }
+        });
+        for (g, group) in panel.chunks_exact_mut(MR * 4).enumerate() {
+            for (four, row) in group.chunks_exact_mut(4).zip(&src) {
+                for (j, v) in four.iter_mut().enumerate() {
+                    *v = row.get(4 * g + j).map_or(0, |&value| bf16_bits(value));
+                }
+            }
+        }
+    }
+}
+
+/// `v` rounded to bf16 (nearest even; NaN stays NaN), as `bfcvt` does.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+/// Whether this CPU runs the bf16 kernel (aarch64 with BF16's `bfmmla`).
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("bf16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
     }
 }
 
@@ -645,6 +775,93 @@ mod kernels {
         acc
     }
 
+    /// # Safety
+    /// `a` holds `kc` (rounded up to four) × `NEON_MR` packed bf16 inputs ([`super::pack_rows_bf16`]),
+    /// `b` the panel's groups of bf16 weights from this block's first feature on, `c` the
+    /// tile; the CPU has BF16.
+    #[cfg(target_arch = "aarch64")]
+    #[target_feature(enable = "bf16")]
+    pub unsafe fn tile_bf16(
+        a: *const u16,
+        b: *const u16,
+        c: *mut f32,
+        shape: TileShape,
+        init: Init,
+    ) {
+        let acc = accumulate_bf16(a, b, shape.kc);
+        store_tile::<Neon, NEON_MR>(acc, c, shape, init)
+    }
+
+    #[cfg(not(target_arch = "aarch64"))]
+    pub unsafe fn tile_bf16(_: *const u16, _: *const u16, _: *mut f32, _: TileShape, _: Init) {
+        unreachable!("bf16 weights are packed on aarch64 only")
+    }
+
+    /// `acc` plus `rows · columnsᵀ` in bf16 with f32 sums: `rows` holds two rows' four
+    /// features (row 0 in the low half), `columns` two columns' four; `acc` is the 2 × 2 block
+    /// `[r0·c0, r0·c1, r1·c0, r1·c1]`. Assembly: Rust's BF16 intrinsics are not stable yet.
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn bfmmla(
+        acc: std::arch::aarch64::float32x4_t,
+        rows: std::arch::aarch64::uint16x8_t,
+        columns: std::arch::aarch64::uint16x8_t,
+    ) -> std::arch::aarch64::float32x4_t {
+        let mut acc = acc;
+        std::arch::asm!(
+            "bfmmla {acc:v}.4s, {x:v}.8h, {w:v}.8h",
+            acc = inout(vreg) acc,
+            x = in(vreg) rows,
+            w = in(vreg) columns,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+        acc
+    }
+
+    /// The bf16 register tile: 6 pairs of rows × 4 pairs of columns of `bfmmla` 2 × 2 blocks
+    /// (24 accumulators, 4 weight vectors and a pair of rows of 32 registers); per group of
+    /// four features one load per pair of rows and of columns and 24 `bfmmla`s, each 16
+    /// multiply-adds. The blocks are rearranged into rows (as [`accumulate_neon`] leaves them)
+    /// for [`store_tile`].
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn accumulate_bf16(
+        a: *const u16,
+        b: *const u16,
+        kc: usize,
+    ) -> [[std::arch::aarch64::float32x4_t; 2]; NEON_MR] {
+        use std::arch::aarch64::*;
+        const PAIRS: usize = NEON_MR / 2;
+        let mut acc = [[vdupq_n_f32(0.0); 4]; PAIRS];
+        for g in 0..kc.div_ceil(4) {
+            let wp = b.add(g * 32);
+            let w: [uint16x8_t; 4] = std::array::from_fn(|c| vld1q_u16(wp.add(8 * c)));
+            let xp = a.add(g * NEON_MR * 4);
+            for (p, blocks) in acc.iter_mut().enumerate() {
+                let x = vld1q_u16(xp.add(8 * p));
+                for (block, &columns) in blocks.iter_mut().zip(&w) {
+                    *block = bfmmla(*block, x, columns);
+                }
+            }
+        }
+        // Row 2p, columns 0-3: the low halves of blocks 0 and 1; row 2p + 1: their high halves.
+        let halves = |lo: float32x4_t, hi: float32x4_t, second: bool| {
+            let (lo, hi) = (vreinterpretq_u64_f32(lo), vreinterpretq_u64_f32(hi));
+            vreinterpretq_f32_u64(if second {
+                vzip2q_u64(lo, hi)
+            } else {
+                vzip1q_u64(lo, hi)
+            })
+        };
+        std::array::from_fn(|r| {
+            let (blocks, second) = (&acc[r / 2], r % 2 == 1);
+            [
+                halves(blocks[0], blocks[1], second),
+                halves(blocks[2], blocks[3], second),
+            ]
+        })
+    }
+
     /// The NEON register tile: per step one load of each four rows' inputs and `fmla` by
     /// element (lane `r % 4` of that vector), so no load is spent on a broadcast. The weight
     /// panel (24 KiB at k = 768) streams in order, which the cores' prefetchers follow.
@@ -757,6 +974,10 @@ mod kernels {
     pub unsafe fn tile(_: Cpu, _: *const f32, _: *const f32, _: *mut f32, _: TileShape, _: Init) {
         unreachable!("no f32 kernel on this architecture")
     }
+
+    pub unsafe fn tile_bf16(_: *const u16, _: *const u16, _: *mut f32, _: TileShape, _: Init) {
+        unreachable!("no bf16 kernel on this architecture")
+    }
 }
 
 #[cfg(test)]
@@ -806,12 +1027,50 @@ mod tests {
         isas
     }
 
-    fn pack_for(isa: Cpu, w: &[f32], n: usize, k: usize) -> PackedF32 {
-        PackedF32::pack_columns_for(isa, w, n, k, Columns::Plain).expect("this CPU has a kernel")
+    /// A kernel the tests check: f32 on an ISA, or bf16 weights on `bfmmla`.
+    #[derive(Clone, Copy, Debug)]
+    enum Kernel {
+        F32(Cpu),
+        Bf16,
     }
 
-    fn pack_gated_for(isa: Cpu, w: &[f32], n: usize, k: usize) -> PackedF32 {
-        PackedF32::pack_columns_for(isa, w, n, k, Columns::Gated).expect("this CPU has a kernel")
+    /// [`isas`]' f32 kernels, and the bf16 one where the CPU has it (said on stderr).
+    fn kernels() -> Vec<Kernel> {
+        let mut kernels: Vec<Kernel> = isas().into_iter().map(Kernel::F32).collect();
+        if bf16_available() {
+            kernels.push(Kernel::Bf16);
+        } else {
+            eprintln!("SKIPPED (part): the bf16 kernel; this CPU has no BF16 (aarch64 only)");
+        }
+        eprintln!("checking the kernels {kernels:?}");
+        kernels
+    }
+
+    /// The values a kernel multiplies: bf16 rounds them.
+    fn as_seen(kernel: Kernel, v: &[f32]) -> Vec<f32> {
+        match kernel {
+            Kernel::F32(_) => v.to_vec(),
+            Kernel::Bf16 => v
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect(),
+        }
+    }
+
+    fn pack_for(kernel: Kernel, w: &[f32], n: usize, k: usize) -> PackedF32 {
+        match kernel {
+            Kernel::F32(isa) => PackedF32::pack_columns_for(isa, w, n, k, Columns::Plain),
+            Kernel::Bf16 => PackedF32::pack_bf16(w, n, k),
+        }
+        .expect("this CPU has the kernel")
+    }
+
+    fn pack_gated_for(kernel: Kernel, w: &[f32], n: usize, k: usize) -> PackedF32 {
+        match kernel {
+            Kernel::F32(isa) => PackedF32::pack_columns_for(isa, w, n, k, Columns::Gated),
+            Kernel::Bf16 => PackedF32::pack_gated_bf16(w, n, k),
+        }
+        .expect("this CPU has the kernel")
     }
 
     /// Row blocks cover `0..m` in order without gaps or overlap, start on micro-panel
@@ -851,11 +1110,11 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for isa in isas() {
+        for kernel in kernels() {
             crate::packed_gemm::test_support::check_any_number_of_threads_gives_the_same_values(
-                &format!("{isa:?}"),
-                |w, n, k| Box::new(pack_for(isa, w, n, k)),
-                |w, inter, k| Box::new(pack_gated_for(isa, w, inter, k)),
+                &format!("{kernel:?}"),
+                |w, n, k| Box::new(pack_for(kernel, w, n, k)),
+                |w, inter, k| Box::new(pack_gated_for(kernel, w, inter, k)),
             );
         }
     }
@@ -868,7 +1127,7 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        for isa in isas() {
+        for kernel in kernels() {
             for &(m, n, k) in &[
                 (1, 1, 1),
                 (3, 5, 7),
@@ -890,13 +1149,17 @@ mod tests {
                     let w = random(n * k, (n * 17 + k) as u64);
                     let b = with_bias.then(|| random(n, n as u64 + 5));
                     let res = with_residual.then(|| random(m * n, m as u64 + 11));
-                    let packed = pack_for(isa, &w, n, k);
+                    let packed = pack_for(kernel, &w, n, k);
                     let got = packed.matmul_add(&x, m, b.as_deref(), res.as_deref());
                     // Into a reused buffer: old contents are overwritten, not accumulated.
                     let mut reused = vec![f32::NAN; m * n];
                     packed.matmul_add_into(&x, m, b.as_deref(), res.as_deref(), &mut reused);
-                    assert_eq!(got, reused, "{isa:?} [{m}, {n}, {k}] into a reused buffer");
-                    let (mut want, mut scale) = reference(&x, &w, b.as_deref(), (m, n, k));
+                    assert_eq!(
+                        got, reused,
+                        "{kernel:?} [{m}, {n}, {k}] into a reused buffer"
+                    );
+                    let (xs, ws) = (as_seen(kernel, &x), as_seen(kernel, &w));
+                    let (mut want, mut scale) = reference(&xs, &ws, b.as_deref(), (m, n, k));
                     if let Some(res) = &res {
                         for ((w, s), &r) in want.iter_mut().zip(&mut scale).zip(res) {
                             *w += r as f64;
@@ -906,7 +1169,7 @@ mod tests {
                     for (i, ((&g, &r), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
                         assert!(
                         (g as f64 - r).abs() <= 1e-4 * s + 1e-6,
-                        "{isa:?} [{m}, {n}, {k}] bias={with_bias} residual={with_residual} element {i}: got {g}, want {r} (scale {s})"
+                        "{kernel:?} [{m}, {n}, {k}] bias={with_bias} residual={with_residual} element {i}: got {g}, want {r} (scale {s})"
                     );
                     }
                 }
@@ -923,7 +1186,7 @@ mod tests {
             return;
         }
         use crate::fused::gelu_erf;
-        for isa in isas() {
+        for kernel in kernels() {
             for &(m, n, k) in &[
                 (1, 1, 1),
                 (5, 3, 9),
@@ -938,15 +1201,16 @@ mod tests {
                     let x = random(m * k, (m * 7 + k) as u64);
                     let w = random(2 * n * k, (n * 5 + k) as u64);
                     let b = with_bias.then(|| random(2 * n, n as u64 + 3));
-                    let packed = pack_gated_for(isa, &w, n, k);
+                    let packed = pack_gated_for(kernel, &w, n, k);
                     let got = packed.matmul(&x, m, b.as_deref());
                     let mut reused = vec![f32::NAN; m * n];
                     packed.matmul_add_into(&x, m, b.as_deref(), None, &mut reused);
                     assert_eq!(
                         got, reused,
-                        "{isa:?} gated [{m}, {n}, {k}] into a reused buffer"
+                        "{kernel:?} gated [{m}, {n}, {k}] into a reused buffer"
                     );
-                    let (want, scale) = reference(&x, &w, b.as_deref(), (m, 2 * n, k));
+                    let (xs, ws) = (as_seen(kernel, &x), as_seen(kernel, &w));
+                    let (want, scale) = reference(&xs, &ws, b.as_deref(), (m, 2 * n, k));
                     for i in 0..m {
                         for j in 0..n {
                             let (a, g) = (want[i * 2 * n + j], want[i * 2 * n + n + j]);
@@ -958,7 +1222,7 @@ mod tests {
                             let v = got[i * n + j] as f64;
                             assert!(
                             (v - expected).abs() <= tolerance,
-                            "{isa:?} gated [{m}, {n}, {k}] bias={with_bias} ({i}, {j}): got {v}, want {expected}"
+                            "{kernel:?} gated [{m}, {n}, {k}] bias={with_bias} ({i}, {j}): got {v}, want {expected}"
                         );
                         }
                     }
@@ -976,17 +1240,21 @@ mod tests {
         if skip_without_kernel() {
             return;
         }
-        let packed = PackedF32::pack(&[], 3, 0).expect("kernel");
-        assert_eq!(
-            packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])),
-            vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
-        );
-        let packed = PackedF32::pack(&random(12, 1), 3, 4).expect("kernel");
-        assert!(packed.matmul(&[], 0, None).is_empty());
-        let packed = PackedF32::pack(&[], 2, 0).expect("kernel");
-        assert_eq!(
-            packed.matmul_add(&[], 1, Some(&[1.0, 2.0]), Some(&[10.0, 20.0])),
-            vec![11.0, 22.0]
-        );
+        for kernel in kernels() {
+            let packed = pack_for(kernel, &[], 3, 0);
+            assert_eq!(
+                packed.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])),
+                vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0],
+                "{kernel:?}"
+            );
+            let packed = pack_for(kernel, &random(12, 1), 3, 4);
+            assert!(packed.matmul(&[], 0, None).is_empty(), "{kernel:?}");
+            let packed = pack_for(kernel, &[], 2, 0);
+            assert_eq!(
+                packed.matmul_add(&[], 1, Some(&[1.0, 2.0]), Some(&[10.0, 20.0])),
+                vec![11.0, 22.0],
+                "{kernel:?}"
+            );
+        }
     }
 }

@@ -91,13 +91,16 @@ instructions! { "x86_64" in x86:
 }
 
 instructions! { "aarch64" in arm:
-    /// The 128-bit `fmla` of f32 on ARM (candle's GEMM there).
+    /// The 128-bit `fmla` of f32 on ARM (the f32 GEMM's there).
     fmla128: true, "fmla (128-bit)", 8.0, fmla_128;
     /// `sdot`, the ARM int8 kernel's (`None`: no DotProd).
     sdot128: std::arch::is_aarch64_feature_detected!("dotprod"), "sdot (128-bit)", 32.0, sdot_128;
     /// `smmla`, the ARM int8 matrix kernel's: 2 × 8 by 8 × 2 bytes per instruction (`None`: no
     /// I8MM).
     smmla128: std::arch::is_aarch64_feature_detected!("i8mm"), "smmla (128-bit)", 64.0, smmla_128;
+    /// `bfmmla`, the ARM bf16 kernel's: 2 × 4 by 4 × 2 bf16 per instruction (`None`: no BF16).
+    bfmmla128: std::arch::is_aarch64_feature_detected!("bf16"), "bfmmla (128-bit)", 32.0,
+        bfmmla_128;
 }
 
 /// `vdpbf16ps` must issue at least this many times the 512-bit FMA's multiply-adds for bf16 to
@@ -382,6 +385,29 @@ mod arm {
 
     byte_chains!(sdot_128, "dotprod", "sdot");
     byte_chains!(smmla_128, "i8mm", "smmla");
+
+    /// `CHAINS` accumulators of `bfmmla` on bf16 ones. Only reached through the constructor
+    /// above, which checked BF16.
+    pub fn bfmmla_128(iterations: usize) -> f32 {
+        #[target_feature(enable = "bf16")]
+        unsafe fn run(iterations: usize) -> f32 {
+            let ones = vdupq_n_u16(0x3F80);
+            let mut acc = [vdupq_n_f32(0.0); CHAINS];
+            for _ in 0..iterations {
+                for a in acc.iter_mut() {
+                    std::arch::asm!(
+                        "bfmmla {a:v}.4s, {x:v}.8h, {x:v}.8h",
+                        a = inout(vreg) *a,
+                        x = in(vreg) ones,
+                        options(pure, nomem, nostack, preserves_flags),
+                    );
+                }
+            }
+            acc.iter().map(|&a| vaddvq_f32(a)).sum()
+        }
+        // SAFETY: the constructor of the `Instruction` that holds this function checked BF16.
+        unsafe { run(iterations) }
+    }
 }
 
 #[cfg(test)]
@@ -396,7 +422,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 12] = [
+        let cases: [(Option<Instruction>, f64); 13] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -412,10 +438,11 @@ mod tests {
             (maddubs_step256(), (steps * 32.0) as f64),
             (maddubs_step512(), (steps * 64.0) as f64),
             // ARM: 4 lanes of the FMA's sum; `sdot` adds 4 products of 1·1 to each of 4 lanes,
-            // `smmla` 8 to each of its 2 × 2 block.
+            // `smmla` 8 to each of its 2 × 2 block, `bfmmla` 4.
             (fmla128(), fma_each * 4.0 * CHAINS as f64),
             (sdot128(), (steps * 16.0) as f64),
             (smmla128(), (steps * 32.0) as f64),
+            (bfmmla128(), (steps * 16.0) as f64),
         ];
         let mut ran = 0;
         for (instruction, expected) in cases {

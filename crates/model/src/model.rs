@@ -27,6 +27,9 @@ pub enum CpuBf16 {
     Tiles,
     /// bf16 weights on the AVX512-BF16 dot-product kernel, activations in f32.
     DotProduct,
+    /// bf16 weights on NEON's `bfmmla` (aarch64 with BF16: Graviton 3 and 4), activations in
+    /// f32; the attention in f32 on NEON.
+    ArmMatrix,
     /// f32 throughout: on a CPU without bf16 instructions, candle's emulated bf16 is slower than
     /// the f32 kernels, and no more accurate.
     F32,
@@ -56,6 +59,12 @@ impl CpuBf16 {
     /// tiles off, 727 against 919 tokens/s), and never on a CPU with AMX whose tiles Linux
     /// refuses.
     pub fn detect(kernel_allowed: bool) -> Self {
+        if crate::f32_gemm::bf16_available() {
+            return match kernel_allowed {
+                true => CpuBf16::ArmMatrix,
+                false => CpuBf16::Candle,
+            };
+        }
         let switches = Overrides::get();
         let tiles = switches.avx512 && switches.amx && crate::amx_bf16_gemm::available();
         // (The probe only where the tiles are not taken.)
@@ -80,13 +89,22 @@ enum Bf16OnF32 {
     SlowDotProduct(f64),
     /// No AVX512-BF16.
     NoInstructions,
-    /// Not x86-64: mbpipe has no bf16 kernel for this architecture (ARM) yet.
+    /// aarch64 without BF16 (`bfmmla`: Armv8.6, Graviton 3 and later).
+    NoArmBf16,
+    /// aarch64 with BF16, the f32 kernels asked for ([`ModernBert::load_with_cpu_bf16`]).
+    Asked,
+    /// Neither x86-64 nor aarch64: mbpipe has no bf16 kernel for this architecture.
     NoKernel,
 }
 
 impl Bf16OnF32 {
     fn why() -> Self {
-        if !cfg!(target_arch = "x86_64") {
+        if cfg!(target_arch = "aarch64") {
+            match crate::f32_gemm::bf16_available() {
+                true => Self::Asked,
+                false => Self::NoArmBf16,
+            }
+        } else if !cfg!(target_arch = "x86_64") {
             Self::NoKernel
         } else if !Overrides::get().avx512 {
             Self::Switched
@@ -160,6 +178,12 @@ impl ModernBert {
                     "mbpipe: this CPU has no AVX512-BF16 instructions; --dtype bf16 runs the \
                      f32 kernels (faster here than emulated bf16, and at least as accurate)"
                 ),
+                Bf16OnF32::NoArmBf16 => eprintln!(
+                    "mbpipe: this CPU has no BF16 instructions (bfmmla: Armv8.6, Graviton 3 and \
+                     later); --dtype bf16 runs the f32 kernels (faster here than emulated bf16, \
+                     and at least as accurate)"
+                ),
+                Bf16OnF32::Asked => {}
                 Bf16OnF32::NoKernel => eprintln!(
                     "mbpipe: no bf16 kernel for this CPU architecture yet; --dtype bf16 runs \
                      in f32 (at least as accurate)"
@@ -242,6 +266,7 @@ impl ModernBert {
         let weights = match cpu_bf16 {
             Some(CpuBf16::Tiles) => WeightPrecision::Bf16Tiles,
             Some(CpuBf16::DotProduct) => WeightPrecision::Bf16,
+            Some(CpuBf16::ArmMatrix) => WeightPrecision::Bf16Arm,
             _ => WeightPrecision::F32,
         };
         Self::load_parts(files, device, dtype, path, weights)
@@ -269,6 +294,11 @@ impl ModernBert {
                 "the bf16 dot-product kernel needs a CPU with avx512f and avx512bf16".into(),
             ));
         }
+        if cpu_bf16 == Some(CpuBf16::ArmMatrix) && !crate::f32_gemm::bf16_available() {
+            return Err(ModelError::Unsupported(
+                "the bf16 bfmmla kernel needs an aarch64 CPU with BF16 (Armv8.6)".into(),
+            ));
+        }
         if cpu_bf16 == Some(CpuBf16::Tiles) && !crate::amx_bf16_gemm::available() {
             return Err(ModelError::Unsupported(
                 "the bf16 tile kernel needs a CPU with amx-bf16 and avx512bf16, and an OS that \
@@ -277,7 +307,9 @@ impl ModernBert {
             ));
         }
         let compute_dtype = match cpu_bf16 {
-            Some(CpuBf16::Tiles | CpuBf16::DotProduct | CpuBf16::F32) => DType::F32,
+            Some(CpuBf16::Tiles | CpuBf16::DotProduct | CpuBf16::ArmMatrix | CpuBf16::F32) => {
+                DType::F32
+            }
             _ => dtype,
         };
         let mut w = Weights::open(&files.weights, &files.dir, device, compute_dtype)?;
@@ -382,9 +414,12 @@ impl ModernBert {
         self.compute_dtype
     }
 
-    /// Whether linear layers run on a bf16 kernel (AMX tiles or AVX512-BF16).
+    /// Whether linear layers run on a bf16 kernel (AMX tiles, AVX512-BF16 or NEON's `bfmmla`).
     pub fn uses_bf16_kernel(&self) -> bool {
-        matches!(self.cpu_bf16, Some(CpuBf16::Tiles | CpuBf16::DotProduct))
+        matches!(
+            self.cpu_bf16,
+            Some(CpuBf16::Tiles | CpuBf16::DotProduct | CpuBf16::ArmMatrix)
+        )
     }
 
     /// The kernels chosen at load, in words: on a CPU the f32 GEMM's and the attention's
@@ -396,6 +431,9 @@ impl ModernBert {
         let bf16 = match self.cpu_bf16 {
             Some(CpuBf16::Tiles) => ", bf16 on AMX tiles",
             Some(CpuBf16::DotProduct) => ", bf16 on the AVX512-BF16 dot-product kernel",
+            Some(CpuBf16::ArmMatrix) => {
+                ", bf16 on the Arm bfmmla kernel (the linear layers; the attention in f32)"
+            }
             Some(CpuBf16::F32) => match Bf16OnF32::why() {
                 Bf16OnF32::Switched => ", bf16 on the f32 kernels (MBPIPE_AVX512=0)",
                 Bf16OnF32::TilesRefused => ", bf16 on the f32 kernels (AMX tiles refused by Linux)",
@@ -403,6 +441,8 @@ impl ModernBert {
                     ", bf16 on the f32 kernels (vdpbf16ps slower than their FMA here)"
                 }
                 Bf16OnF32::NoInstructions => ", bf16 on the f32 kernels (no AVX512-BF16)",
+                Bf16OnF32::NoArmBf16 => ", bf16 on the f32 kernels (no BF16 instructions)",
+                Bf16OnF32::Asked => ", bf16 on the f32 kernels (as asked)",
                 Bf16OnF32::NoKernel => ", bf16 in f32 (no bf16 kernel for this architecture)",
             },
             Some(CpuBf16::Candle) => ", bf16 on candle's ops",

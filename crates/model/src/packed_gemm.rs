@@ -13,6 +13,8 @@ pub(crate) enum Packing {
     Bf16,
     /// bf16 weights on the AMX-BF16 tile kernel.
     Bf16Tiles,
+    /// bf16 weights on NEON's `bfmmla` (the f32 GEMM's driver).
+    Bf16Arm,
     /// int8 weights on the int8 kernel for these instructions.
     Int8(crate::int8_gemm::Int8Kernel),
 }
@@ -24,6 +26,7 @@ impl Packing {
             Packing::F32(isa) => Box::new(crate::f32_gemm::PackedF32::pack_for(isa, w, n, k)?),
             Packing::Bf16 => Box::new(crate::bf16_gemm::PackedWeight::pack(w, n, k)),
             Packing::Bf16Tiles => Box::new(crate::amx_bf16_gemm::PackedAmxBf16::pack(w, n, k)),
+            Packing::Bf16Arm => Box::new(crate::f32_gemm::PackedF32::pack_bf16(w, n, k)?),
             Packing::Int8(kernel) => {
                 Box::new(crate::int8_gemm::PackedI8::pack_for(kernel, w, n, k))
             }
@@ -46,6 +49,7 @@ impl Packing {
             Packing::Bf16Tiles => {
                 Box::new(crate::amx_bf16_gemm::PackedAmxBf16::pack_gated(w, inter, k))
             }
+            Packing::Bf16Arm => Box::new(crate::f32_gemm::PackedF32::pack_gated_bf16(w, inter, k)?),
             Packing::Int8(kernel) => Box::new(crate::int8_gemm::PackedI8::pack_gated_for(
                 kernel, w, inter, k,
             )),

@@ -22,6 +22,8 @@ pub(crate) enum WeightPrecision {
     Bf16,
     /// Every linear layer on the AMX-BF16 tile kernel.
     Bf16Tiles,
+    /// Every linear layer on NEON's `bfmmla` kernel.
+    Bf16Arm,
     /// The encoder's linear layers on the int8 kernel for these instructions.
     Int8(crate::int8_gemm::Int8Kernel),
 }
@@ -102,6 +104,7 @@ impl Weights {
         match self.weight_precision {
             WeightPrecision::Bf16 => Packing::Bf16,
             WeightPrecision::Bf16Tiles => Packing::Bf16Tiles,
+            WeightPrecision::Bf16Arm => Packing::Bf16Arm,
             WeightPrecision::Int8(kernel) if encoder_layer => Packing::Int8(kernel),
             _ => Packing::F32(self.cpu_kernels.gemm),
         }

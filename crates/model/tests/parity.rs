@@ -119,8 +119,9 @@ fn bf16_candle_fallback_keeps_embeddings_and_labels() {
     check_low_precision_with(DType::BF16, false);
 }
 
-/// Each CPU takes its bf16 path: AMX tiles where it has AMX-BF16, the dot-product kernel where
-/// it has AVX512-BF16 and `vdpbf16ps` outruns the f32 FMA, else the f32 kernels;
+/// Each CPU takes its bf16 path: on aarch64 with BF16 `bfmmla`; AMX tiles where it has
+/// AMX-BF16, the dot-product kernel where it has AVX512-BF16 and `vdpbf16ps` outruns the f32
+/// FMA, else the f32 kernels;
 /// `MBPIPE_BF16_GEMM=0` (kernels not allowed) candle's bf16.
 #[test]
 fn bf16_takes_the_path_this_cpu_runs_fastest() {
@@ -128,7 +129,9 @@ fn bf16_takes_the_path_this_cpu_runs_fastest() {
     assert_eq!(CpuBf16::choose(false, true, true), CpuBf16::DotProduct);
     assert_eq!(CpuBf16::choose(false, false, true), CpuBf16::F32);
     assert_eq!(CpuBf16::choose(true, true, false), CpuBf16::Candle);
-    let here = if mbpipe_model::amx_bf16_gemm::available() {
+    let here = if mbpipe_model::f32_gemm::bf16_available() {
+        CpuBf16::ArmMatrix
+    } else if mbpipe_model::amx_bf16_gemm::available() {
         CpuBf16::Tiles
     } else if mbpipe_model::bf16_gemm::available() && mbpipe_model::issue_rate::dot_product_pays() {
         CpuBf16::DotProduct
@@ -154,6 +157,7 @@ fn every_bf16_kernel_this_cpu_runs_keeps_embeddings_and_labels() {
     let kernels = [
         (CpuBf16::Tiles, mbpipe_model::amx_bf16_gemm::available()),
         (CpuBf16::DotProduct, mbpipe_model::bf16_gemm::available()),
+        (CpuBf16::ArmMatrix, mbpipe_model::f32_gemm::bf16_available()),
     ];
     for (path, runs) in kernels {
         if !runs {
@@ -176,7 +180,8 @@ fn every_bf16_kernel_this_cpu_runs_keeps_embeddings_and_labels() {
 
 /// On a CPU without bf16 instructions `--dtype bf16` runs the f32 kernels: its outputs are the
 /// f32 model's, bit for bit (tested here on any CPU by asking for that path), and its kernel
-/// line says so (on ARM: that mbpipe has no bf16 kernel there, not that AVX512-BF16 is missing).
+/// line says so (on ARM without BF16: that the CPU has no BF16 instructions, not that
+/// AVX512-BF16 is missing).
 #[test]
 fn bf16_on_the_f32_kernels_equals_f32_exactly() {
     let Some(fx) = Fixture::load("bf16 on the f32 kernels") else {
@@ -187,9 +192,12 @@ fn bf16_on_the_f32_kernels_equals_f32_exactly() {
         |dtype| ModernBert::load_with_cpu_bf16(&files, &Device::Cpu, dtype, CpuBf16::F32).unwrap();
     let (bf16, f32) = (load(DType::BF16), load(DType::F32));
     assert!(!bf16.uses_bf16_kernel());
-    let why = match cfg!(target_arch = "x86_64") {
-        true => ", bf16 on the f32 kernels (",
-        false => ", bf16 in f32 (no bf16 kernel for this architecture)",
+    let why = if cfg!(target_arch = "aarch64") && !mbpipe_model::f32_gemm::bf16_available() {
+        ", bf16 on the f32 kernels (no BF16 instructions)"
+    } else if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+        ", bf16 on the f32 kernels ("
+    } else {
+        ", bf16 in f32 (no bf16 kernel for this architecture)"
     };
     assert!(bf16.kernels().contains(why), "{}", bf16.kernels());
     let batch = fx.batch();
