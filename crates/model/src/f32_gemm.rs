@@ -544,11 +544,46 @@ fn pack_rows_bf16<const MR: usize>(
         });
         for (g, group) in panel.chunks_exact_mut(MR * 4).enumerate() {
             for (four, row) in group.chunks_exact_mut(4).zip(&src) {
-                for (j, v) in four.iter_mut().enumerate() {
-                    *v = row.get(4 * g + j).map_or(0, |&value| bf16_bits(value));
+                match row.get(4 * g..4 * g + 4) {
+                    Some(whole) => round_four(whole.try_into().unwrap(), four),
+                    None => {
+                        for (j, v) in four.iter_mut().enumerate() {
+                            *v = row.get(4 * g + j).map_or(0, |&value| bf16_bits(value));
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+/// Four values rounded to bf16 as [`bf16_bits`] rounds each, in one NEON step on aarch64:
+/// every input of a bf16 product passes here, up to once per 128 multiply-adds of its row
+/// (a task's columns), about what `bfmmla` does in two cycles, where rounding value by value
+/// takes several.
+#[inline(always)]
+fn round_four(src: &[f32; 4], dst: &mut [u16]) {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of every aarch64 CPU; `dst` is checked to hold four values.
+    unsafe {
+        use std::arch::aarch64::*;
+        assert_eq!(dst.len(), 4);
+        let x = vld1q_f32(src.as_ptr());
+        let bits = vreinterpretq_u32_f32(x);
+        // Nearest even: add 0x7fff plus the lowest kept bit, then keep the high half.
+        let odd = vandq_u32(vshrq_n_u32::<16>(bits), vdupq_n_u32(1));
+        let rounded = vaddq_u32(bits, vaddq_u32(odd, vdupq_n_u32(0x7fff)));
+        // NaN stays NaN: its high half with the quiet bit set, as `half` does.
+        let nan = vmvnq_u32(vceqq_f32(x, x));
+        let quiet = vorrq_u32(bits, vdupq_n_u32(0x0040_0000));
+        vst1_u16(
+            dst.as_mut_ptr(),
+            vshrn_n_u32::<16>(vbslq_u32(nan, quiet, rounded)),
+        );
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = bf16_bits(v);
     }
 }
 
@@ -1233,6 +1268,39 @@ mod tests {
         let bias = [1.0, -2.0, 3.0, 0.5];
         let want: Vec<f32> = (0..2).map(|j| gelu_erf(bias[j]) * bias[2 + j]).collect();
         assert_eq!(packed.matmul(&[], 1, Some(&bias)), want);
+    }
+
+    /// The activations' four-at-a-time bf16 rounding (NEON on aarch64) gives `half`'s bits:
+    /// ties to even both ways, the largest finite values rounding to infinity, subnormals,
+    /// infinities, NaNs of both signs and payloads, and a sweep of 2^16 + 1 bit patterns.
+    #[test]
+    fn bf16_rounding_by_fours_equals_the_scalar_rounding() {
+        let mut values: Vec<f32> = [
+            0x3f80_8000u32, // 1 + 2^-8: a tie, rounds down to even
+            0x3f81_8000,    // a tie that rounds up
+            0x3f80_8001,
+            0x7f7f_ffff, // f32::MAX: to infinity
+            0x0000_0001, // the smallest subnormal
+            0x807f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0xffa0_0001, // a signalling NaN with a payload
+            0x7f80_0001,
+            0x0000_0000,
+            0x8000_0000,
+        ]
+        .map(f32::from_bits)
+        .to_vec();
+        values.extend((0..=u32::MAX).step_by(65_537).map(f32::from_bits));
+        values.resize(values.len().next_multiple_of(4), 1.0);
+        for four in values.chunks_exact(4) {
+            let mut got = [0u16; 4];
+            round_four(four.try_into().unwrap(), &mut got);
+            let want = four.iter().map(|&v| bf16_bits(v)).collect::<Vec<_>>();
+            let bits: Vec<u32> = four.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got.to_vec(), want, "{bits:08x?}");
+        }
     }
 
     #[test]
