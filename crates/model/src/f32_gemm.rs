@@ -119,56 +119,44 @@ impl PackedF32 {
         bf16_available().then(|| Self::pack_in_bf16(w, n, k, Columns::Gated))
     }
 
-    /// The f32 packing's panels, rounded to bf16 and rearranged for `bfmmla`.
+    /// The weight in bf16, packed for `bfmmla` straight from its rows: per panel and group of
+    /// four features, each pair of columns' four side by side.
     fn pack_in_bf16(w: &[f32], n: usize, k: usize, columns: Columns) -> Self {
-        let f32s = Self::pack_columns_for(Cpu::Neon, w, n, k, columns).expect("NEON packs");
-        let (nr, groups) = (f32s.nr, k.div_ceil(4));
-        let mut bf16 = vec![0u16; f32s.data.len() / k.max(1) * groups * 4];
+        let layout = Self::layout(Cpu::Neon, n, k, columns).expect("NEON has a layout");
+        let (nr, groups) = (layout.nr, k.div_ceil(4));
+        let mut bf16 = vec![0u16; layout.panels() * groups * 4 * nr];
         bf16.par_chunks_mut((groups * 4 * nr).max(1))
-            .zip(f32s.data.par_chunks((k * nr).max(1)))
-            .for_each(|(out, panel)| {
-                // `panel` is k rows of nr columns; `out` per group 4 features x nr columns, as
-                // nr / 2 pairs of columns of 8 values: column 2c's four, then column 2c + 1's.
+            .enumerate()
+            .for_each(|(panel, out)| {
+                let rows: Vec<Option<&[f32]>> = (0..nr)
+                    .map(|j| layout.source_row(panel, j).map(|src| &w[src * k..][..k]))
+                    .collect();
+                // Per group `nr / 2` pairs of columns of 8 values: column 2c's four features,
+                // then column 2c + 1's (zero past the weight).
                 for (g, group) in out.chunks_exact_mut(4 * nr).enumerate() {
-                    for (c, pair) in group.chunks_exact_mut(8).enumerate() {
-                        for (i, v) in pair.iter_mut().enumerate() {
-                            let (column, feature) = (2 * c + i / 4, 4 * g + i % 4);
-                            if feature < k {
-                                *v = bf16_bits(panel[feature * nr + column]);
+                    for (pair, columns) in group.chunks_exact_mut(8).zip(rows.chunks_exact(2)) {
+                        for (four, row) in pair.chunks_exact_mut(4).zip(columns) {
+                            for (f, v) in four.iter_mut().enumerate() {
+                                let value = row.and_then(|r| r.get(4 * g + f));
+                                *v = value.map_or(0, |&x| bf16_bits(x));
                             }
                         }
                     }
                 }
             });
         PackedF32 {
-            kc: f32s.kc.next_multiple_of(4),
-            data: Vec::new(),
+            kc: layout.kc.next_multiple_of(4),
             bf16,
             in_bf16: true,
-            ..f32s
+            ..layout
         }
     }
 
     /// Packs for the kernels of `isa`, which the caller knows this CPU executes.
     fn pack_columns_for(isa: Cpu, w: &[f32], n: usize, k: usize, columns: Columns) -> Option<Self> {
-        let lanes = match isa {
-            Cpu::Avx512 => 16,
-            Cpu::Avx2 => 8,
-            Cpu::Neon => 4,
-            Cpu::Other => return None,
-        };
-        let nr = 2 * lanes;
-        // Equal k blocks, none much shorter than the others.
-        let kc = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
-        let gated = matches!(columns, Columns::Gated);
-        let panel_cols = if gated { lanes } else { nr };
-        // The weight row behind column `j` of a panel whose first output column is `col`.
-        let source = |col: usize, j: usize| match columns {
-            Columns::Plain => (col + j < n).then_some(col + j),
-            Columns::Gated if j < lanes => (col + j < n).then_some(col + j),
-            Columns::Gated => (col + j - lanes < n).then_some(n + col + j - lanes),
-        };
-        let mut data = vec![0f32; n.div_ceil(panel_cols) * k * nr];
+        let layout = Self::layout(isa, n, k, columns)?;
+        let nr = layout.nr;
+        let mut data = vec![0f32; layout.panels() * k * nr];
         let zeros = vec![0f32; k];
         data.par_chunks_mut((k * nr).max(1))
             .enumerate()
@@ -177,7 +165,7 @@ impl PackedF32 {
                 // by side (written column by column, every store went to another cache line: a
                 // fifth of an f32 model's load).
                 let mut rows: Vec<std::slice::Iter<'_, f32>> = (0..nr)
-                    .map(|j| match source(panel * panel_cols, j) {
+                    .map(|j| match layout.source_row(panel, j) {
                         Some(src) => w[src * k..][..k].iter(),
                         None => zeros.iter(),
                     })
@@ -188,17 +176,46 @@ impl PackedF32 {
                     }
                 }
             });
+        Some(PackedF32 { data, ..layout })
+    }
+
+    /// The shape of an `[n, k]` weight packed for `isa`'s kernel, with no values yet (`None`
+    /// where `isa` has no kernel).
+    fn layout(isa: Cpu, n: usize, k: usize, columns: Columns) -> Option<Self> {
+        let lanes = match isa {
+            Cpu::Avx512 => 16,
+            Cpu::Avx2 => 8,
+            Cpu::Neon => 4,
+            Cpu::Other => return None,
+        };
         Some(PackedF32 {
             n,
             k,
             isa,
-            nr,
-            gated,
-            kc,
-            data,
+            nr: 2 * lanes,
+            gated: matches!(columns, Columns::Gated),
+            // Equal k blocks, none much shorter than the others.
+            kc: k.div_ceil(k.div_ceil(KC).max(1)).max(1),
+            data: Vec::new(),
             bf16: Vec::new(),
             in_bf16: false,
         })
+    }
+
+    /// Panels of the packed weight.
+    fn panels(&self) -> usize {
+        self.n.div_ceil(self.panel_cols())
+    }
+
+    /// The weight row behind column `j` of panel `panel` (`None`: past the weight, zero). A
+    /// gated panel's first half are `W_in` rows, its second the matching `W_gate` rows.
+    fn source_row(&self, panel: usize, j: usize) -> Option<usize> {
+        let (col, lanes, n) = (panel * self.panel_cols(), self.nr / 2, self.n);
+        match self.gated {
+            false => (col + j < n).then_some(col + j),
+            true if j < lanes => (col + j < n).then_some(col + j),
+            true => (col + j - lanes < n).then_some(n + col + j - lanes),
+        }
     }
 
     /// Output columns per panel: two vectors, or one for a gated weight.
@@ -1054,14 +1071,6 @@ mod tests {
         none
     }
 
-    /// Every kernel ISA this host executes (AVX-512 and AVX2 on an AVX-512 CPU), each named on
-    /// stderr so a log shows which variants a run checked.
-    fn isas() -> Vec<Cpu> {
-        let isas = crate::simd::executable();
-        eprintln!("checking the f32 kernels for {isas:?}");
-        isas
-    }
-
     /// A kernel the tests check: f32 on an ISA, or bf16 weights on `bfmmla`.
     #[derive(Clone, Copy, Debug)]
     enum Kernel {
@@ -1069,9 +1078,12 @@ mod tests {
         Bf16,
     }
 
-    /// [`isas`]' f32 kernels, and the bf16 one where the CPU has it (said on stderr).
+    /// The f32 kernel of every ISA this host executes (AVX-512 and AVX2 on an AVX-512 CPU),
+    /// and the bf16 one where the CPU has it, named on stderr so a log shows which variants a
+    /// run checked.
     fn kernels() -> Vec<Kernel> {
-        let mut kernels: Vec<Kernel> = isas().into_iter().map(Kernel::F32).collect();
+        let isas = crate::simd::executable().into_iter();
+        let mut kernels: Vec<Kernel> = isas.map(Kernel::F32).collect();
         if bf16_available() {
             kernels.push(Kernel::Bf16);
         } else {
