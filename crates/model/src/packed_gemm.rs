@@ -546,6 +546,30 @@ pub(crate) mod avx512 {
         }
     }
 
+    /// Asks for the tile's residual rows (where it has one) to be brought into the cache
+    /// while the kernel computes the tile: the residual stream is megabytes, mostly out of
+    /// cache, and its loads in the epilogue otherwise stall each tile on memory (on Zen 5 a
+    /// residual made the int8 kernel's product about a fifth slower).
+    ///
+    /// # Safety
+    /// None beyond `t`'s fields (prefetches do not fault); the CPU has SSE.
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch_residual(t: &Tile, rows: usize) {
+        if t.residual.is_null() || t.cols == 0 {
+            return;
+        }
+        for r in 0..rows {
+            let row = t.residual.wrapping_add(r * t.ldc);
+            // Every 64-byte line the row's columns touch, at any alignment.
+            let mut col = 0;
+            while col < t.cols {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(col).cast());
+                col += 16;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(t.cols - 1).cast());
+        }
+    }
+
     /// `y` plus the residual (where the tile has one) stored to row `r`, columns from `col`.
     ///
     /// # Safety
