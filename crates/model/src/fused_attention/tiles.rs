@@ -368,15 +368,13 @@ unsafe fn softmax_row(
     probs: *mut u32,
 ) -> f32 {
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-    let mut c = lo / 16 * 16;
-    while c < hi {
+    for c in (lo / 16 * 16..hi).step_by(16) {
         let x = _mm512_loadu_ps(row.add(c));
         max = if c >= lo && c + 16 <= hi {
             _mm512_max_ps(max, x)
         } else {
             _mm512_mask_max_ps(max, band(c, lo, hi), max, x)
         };
-        c += 16;
     }
     let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
     let mut sum = _mm512_setzero_ps();
