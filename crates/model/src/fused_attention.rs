@@ -1396,10 +1396,13 @@ mod tests {
     }
 
     /// RoPE tables for up to 1,200 positions, a batch with every tail of the 8-row and 12-row
-    /// score tiles (1..=11 rows) and of a 64-query block, and a random `qkv` for it (values of
+    /// score tiles (1..=11 rows) and of a 64-query block, key blocks of 32 that end at 16 and
+    /// 17 keys (49, 16: the `vdpbf16ps` products' trims), and a random `qkv` for it (values of
     /// std 2).
     fn random_inputs(heads: usize, head_dim: usize) -> ((Vec<f32>, Vec<f32>), PackedBatch, Tensor) {
-        let lens: &[usize] = &[1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15, 9, 10, 11];
+        let lens: &[usize] = &[
+            1, 5, 64, 65, 130, 300, 1100, 2, 50, 3, 7, 70, 15, 9, 10, 11, 49, 16,
+        ];
         let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| vec![0; n]).collect();
         let batch = PackedBatch::from_sequences(&seqs);
         let shape = (batch.num_tokens(), 3 * heads * head_dim);
