@@ -124,6 +124,12 @@ pub(crate) struct Accumulators<T>(pub [T; BLOCK * BLOCK]);
 /// rows `.2` bytes apart.
 pub(crate) type Destination<T> = (*mut T, *mut T, usize);
 
+impl<T: Copy + Default> Default for Accumulators<T> {
+    fn default() -> Self {
+        Accumulators([T::default(); BLOCK * BLOCK])
+    }
+}
+
 impl<T> Accumulators<T> {
     /// This block as a tile product's destination.
     pub(crate) fn destination(&mut self) -> Destination<T> {

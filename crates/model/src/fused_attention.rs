@@ -407,9 +407,24 @@ impl HeadTask {
         }
     }
 
+    /// Token `t`'s row, as [`HeadTask::row`], after asking for the row [`PREFETCH_ROWS`] ahead:
+    /// `qkv` (37 MiB at 4,096 tokens) mostly comes from memory, in rows 9 KiB apart that the
+    /// hardware prefetchers do not follow.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[inline(always)]
+    unsafe fn row_prefetching<'a, S: simd::Isa>(
+        &self,
+        inputs: &'a Inputs<'_>,
+        shape: Shape,
+        t: usize,
+    ) -> Row<'a> {
+        if t + PREFETCH_ROWS < self.seq.end {
+            simd::prefetch_row::<S>(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
+        }
+        self.row(inputs, shape, t)
+    }
+
     /// Token `t`'s Q (rotated and scaled) into `q` and K (rotated) into `k`; returns its V.
-    /// Asks for the row [`PREFETCH_ROWS`] ahead first: `qkv` (37 MiB at 4,096 tokens) mostly
-    /// comes from memory, in rows 9 KiB apart that the hardware prefetchers do not follow.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn rotate_row<'a, S: simd::Isa>(
@@ -423,10 +438,7 @@ impl HeadTask {
         let Shape {
             hidden, head_dim, ..
         } = shape;
-        if t + PREFETCH_ROWS < self.seq.end {
-            simd::prefetch_row::<S>(self.row(inputs, shape, t + PREFETCH_ROWS).src, shape);
-        }
-        let Row { src, cos, sin } = self.row(inputs, shape, t);
+        let Row { src, cos, sin } = self.row_prefetching::<S>(inputs, shape, t);
         simd::rotate::<S>(&src[..head_dim], q, cos, sin, inputs.scale);
         simd::rotate::<S>(&src[hidden..hidden + head_dim], k, cos, sin, 1.0);
         &src[2 * hidden..2 * hidden + head_dim]

@@ -41,12 +41,16 @@ pub(super) struct Scratch {
     /// V: per block of 32 keys, per 16 head columns, one B tile of 16 pairs of keys × 16
     /// columns.
     v: AlignedVec<u32>,
-    /// A rotated Q and K row in f32, then a row of zeros (the V row past an odd end).
-    rotated: Vec<f32>,
+    /// A row of zeros: the V row past an odd end.
+    zeros: Vec<f32>,
     /// `[32][stride]` scores of a query block.
     scores: AlignedVec<f32>,
     /// The same rows' probabilities as bf16 pairs along the keys.
     probs: AlignedVec<u32>,
+    /// PV's 32 × 32 sums, kept here rather than a zeroed array per block: a 4 KiB `memset`
+    /// per 32 queries and head was 4% of the attention on short texts, for values that every
+    /// product overwrites.
+    sums: Box<Accumulators<f32>>,
 }
 
 /// The sizes of one head's buffers.
@@ -92,7 +96,7 @@ pub(super) unsafe fn run(
     scratch.q.resize(rows * layout.q_words());
     scratch.k.resize(blocks * layout.block_words);
     scratch.v.resize(blocks * layout.block_words);
-    scratch.rotated.resize(3 * shape.head_dim, 0.0);
+    scratch.zeros.resize(shape.head_dim, 0.0);
     gather(task, inputs, shape, layout, scratch);
     if inputs.products == AttentionProducts::Bf16Tiles {
         crate::amx::with_tiles(|| {
@@ -108,7 +112,8 @@ pub(super) unsafe fn run(
 }
 
 /// Rotates, rounds and places the head's Q, K and V rows (see [`Scratch`]); V's pairs past the
-/// sequence's end are zero (their probabilities are, and 0 · NaN would not be).
+/// sequence's end are zero (their probabilities are, and 0 · NaN would not be). Q and K go from
+/// `qkv` through RoPE to bf16 in registers ([`rotated_pairs`]), 32 head columns at a time.
 #[inline(always)]
 unsafe fn gather(
     task: &HeadTask,
@@ -117,27 +122,29 @@ unsafe fn gather(
     layout: Layout,
     scratch: &mut Scratch,
 ) {
-    let head_dim = shape.head_dim;
-    let Scratch {
-        q, k, v, rotated, ..
-    } = scratch;
-    let (q_rot, rest) = rotated.split_at_mut(head_dim);
-    let (k_rot, zero) = rest.split_at_mut(head_dim);
-    zero.fill(0.0);
+    let (hidden, head_dim) = (shape.hidden, shape.head_dim);
+    let Scratch { q, k, v, zeros, .. } = scratch;
     let len = task.seq.len();
+    let q_scale = _mm512_set1_ps(inputs.scale);
     for j in (0..len).step_by(2) {
         // Keys j and j + 1 (zeros past the end) make one row of pairs of each V tile.
-        let mut values = [zero.as_ptr(); 2];
+        let mut values = [zeros.as_ptr(); 2];
         for (i, value) in values.iter_mut().enumerate().take(len - j) {
             let t = task.seq.start + j + i;
-            *value = task
-                .rotate_row::<simd::Avx512>(inputs, shape, t, q_rot, k_rot)
-                .as_ptr();
-            let q_row = q.as_mut_ptr().add((j + i) * layout.q_words());
+            let row = task.row_prefetching::<simd::Avx512>(inputs, shape, t);
+            let tables = (row.cos.as_ptr(), row.sin.as_ptr());
+            let (src, q_row) = (
+                row.src.as_ptr(),
+                q.as_mut_ptr().add((j + i) * layout.q_words()),
+            );
             for c in (0..head_dim).step_by(32) {
-                _mm512_storeu_si512(q_row.add(c / 2).cast(), pairs(q_rot.as_ptr().add(c)));
+                let q_pairs = rotated_pairs(src, tables, (c, head_dim), q_scale);
+                _mm512_storeu_si512(q_row.add(c / 2).cast(), q_pairs);
+                let k_pairs =
+                    rotated_pairs(src.add(hidden), tables, (c, head_dim), _mm512_set1_ps(1.0));
+                scatter_key(k.as_mut_ptr(), (j + i, c), k_pairs, layout);
             }
-            scatter_key(k.as_mut_ptr(), j + i, k_rot, layout);
+            *value = row.src[2 * hidden..2 * hidden + head_dim].as_ptr();
         }
         let pair = v_pair(v.as_mut_ptr(), j / 2, layout);
         for c in (0..head_dim).step_by(16) {
@@ -157,19 +164,49 @@ unsafe fn gather(
     }
 }
 
+/// Head columns `c..c + 32` of the RoPE of the head row at `x` (`dims` = `(c, head_dim)`),
+/// times `scale`, as 16 bf16 pairs: the operations of [`simd::rotate`], in the same order (the
+/// same values), kept in registers rather than stored as f32 and loaded back to be rounded.
+/// (No closures: they would not inherit the caller's target features.)
+#[inline(always)]
+unsafe fn rotated_pairs(
+    x: *const f32,
+    tables: (*const f32, *const f32),
+    (c, head_dim): (usize, usize),
+    scale: __m512,
+) -> __m512i {
+    let lo = rotated(x, tables, (c, head_dim / 2), scale);
+    let hi = rotated(x, tables, (c + 16, head_dim / 2), scale);
+    std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
+}
+
+/// Head columns `d..d + 16` of the RoPE of the head row at `x` (halves `half` apart, a multiple
+/// of 16, so the columns never straddle them), times `scale`.
+#[inline(always)]
+unsafe fn rotated(
+    x: *const f32,
+    (cos, sin): (*const f32, *const f32),
+    (d, half): (usize, usize),
+    scale: __m512,
+) -> __m512 {
+    if d < half {
+        let (xi, yi) = (_mm512_loadu_ps(x.add(d)), _mm512_loadu_ps(x.add(d + half)));
+        let (co, si) = (_mm512_loadu_ps(cos.add(d)), _mm512_loadu_ps(sin.add(d)));
+        _mm512_mul_ps(_mm512_fnmadd_ps(yi, si, _mm512_mul_ps(xi, co)), scale)
+    } else {
+        let i = d - half;
+        let (xi, yi) = (_mm512_loadu_ps(x.add(i)), _mm512_loadu_ps(x.add(d)));
+        let (co, si) = (_mm512_loadu_ps(cos.add(i)), _mm512_loadu_ps(sin.add(i)));
+        _mm512_mul_ps(_mm512_fmadd_ps(xi, si, _mm512_mul_ps(yi, co)), scale)
+    }
+}
+
 /// Where V's pair of keys `2 * pair`, `2 * pair + 1` starts: row `pair % 16` of the first
 /// tile of its block (the tiles of the next 16 columns follow one tile apart).
 #[inline(always)]
 unsafe fn v_pair(v: *mut u32, pair: usize, layout: Layout) -> *mut u32 {
     let (block, row) = (pair / TILE_ROWS, pair % TILE_ROWS);
     v.add(block * layout.block_words + row * 16)
-}
-
-/// 32 f32 at `src` as 16 bf16 pairs (rounded to nearest even).
-#[inline(always)]
-unsafe fn pairs(src: *const f32) -> __m512i {
-    let (lo, hi) = (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)));
-    std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
 }
 
 /// The permutation of 32 bf16 that puts `x[i]` and `x[16 + i]` side by side as pair `i`.
@@ -183,20 +220,18 @@ unsafe fn interleave_index() -> __m512i {
     _mm512_loadu_si512(index.as_ptr().cast())
 }
 
-/// Key `j`'s rotated row as column `j % 16` of its B tiles: pair `p` of head columns goes to
-/// row `p % 16` of the tile for columns `32 * (p / 16)..`.
+/// Head columns `c..c + 32` of key `j`'s rotated row, as 16 pairs, into column `j % 16` of
+/// its B tiles: pair `p` of the columns goes to row `p` of the tile for those columns.
 #[inline(always)]
-unsafe fn scatter_key(k: *mut u32, j: usize, k_rot: &[f32], layout: Layout) {
+unsafe fn scatter_key(k: *mut u32, (j, c): (usize, usize), pairs: __m512i, layout: Layout) {
     let (block, in_block) = (j / ROWS, j % ROWS);
     let base = k.add(block * layout.block_words + in_block / 16 * TILE_WORDS + in_block % 16);
     // Tile row r starts 16 words after row r - 1.
     let rows = _mm512_slli_epi32::<4>(_mm512_set_epi32(
         15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0,
     ));
-    for c in (0..layout.head_dim).step_by(32) {
-        let tile = base.add(c / 32 * 2 * TILE_WORDS);
-        _mm512_i32scatter_epi32::<4>(tile.cast(), rows, pairs(k_rot.as_ptr().add(c)));
-    }
+    let tile = base.add(c / 32 * 2 * TILE_WORDS);
+    _mm512_i32scatter_epi32::<4>(tile.cast(), rows, pairs);
 }
 
 /// One block of (up to) 32 queries of one head, its products on the tiles (`TILES`) or on
@@ -223,6 +258,7 @@ unsafe fn attend_block<const TILES: bool>(
         v,
         scores,
         probs,
+        sums,
         ..
     } = scratch;
     scores.resize(ROWS * stride);
@@ -262,7 +298,6 @@ unsafe fn attend_block<const TILES: bool>(
     let p_rows = probs.as_ptr().cast::<u8>();
     let p_bytes = stride * 2;
     let a = (p_rows, p_rows.add(TILE_ROWS * p_bytes), p_bytes, TILE_BYTES);
-    let mut sums = Accumulators([0f32; BLOCK * BLOCK]);
     // The pairs of keys the last key block holds (the probabilities past them are 0).
     let last_pairs = (k1 - (b1 - 1) * ROWS).div_ceil(2);
     for c0 in (0..layout.head_dim).step_by(ROWS) {
