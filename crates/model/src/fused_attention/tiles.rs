@@ -164,9 +164,10 @@ unsafe fn gather(
     }
 }
 
-/// Head columns `c..c + 32` of the RoPE of the head row at `x` (`dims` = `(c, head_dim)`),
-/// times `scale`, as 16 bf16 pairs: the operations of [`simd::rotate`], in the same order (the
-/// same values), kept in registers rather than stored as f32 and loaded back to be rounded.
+/// Head columns `c..c + 32` (of `head_dim`) of the RoPE of the head row at `x`, times `scale`,
+/// as 16 bf16 pairs: the operations of [`simd::rotate`], in the same order (the same values),
+/// kept in registers rather than stored as f32 and loaded back to be rounded. The AMX tiles'
+/// attention shares this gather.
 /// (No closures: they would not inherit the caller's target features.)
 #[inline(always)]
 unsafe fn rotated_pairs(
