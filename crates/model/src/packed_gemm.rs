@@ -549,7 +549,9 @@ pub(crate) mod avx512 {
     /// Asks for the tile's residual rows (where it has one) to be brought into the cache
     /// while the kernel computes the tile: the residual stream is megabytes, mostly out of
     /// cache, and its loads in the epilogue otherwise stall each tile on memory (on Zen 5 a
-    /// residual made the int8 kernel's product about a fifth slower).
+    /// residual made the int8 kernel's product about a fifth slower). Only SSE's prefetch, so
+    /// the 256-bit int8 kernels (AVX-VNNI, AVX2) call it too; the f32 kernel does not (on Zen 5
+    /// it measured level: its first block of k is long enough to hide the wait).
     ///
     /// # Safety
     /// None beyond `t`'s fields (prefetches do not fault); the CPU has SSE.
