@@ -333,7 +333,7 @@ mod x86 {
         kp: usize,
         t: crate::packed_gemm::Tile,
     ) {
-        avx512::prefetch_residual(&t, R);
+        t.prefetch_residual(R);
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         for p in 0..kp {
             let bp = b.add(p * super::NR);

@@ -907,13 +907,35 @@ mod simd {
         let half = src.len() / 2;
         assert!(src.len().is_multiple_of(HEAD_DIM_STEP) && dst.len() == src.len());
         assert!(cos.len() == half && sin.len() == half);
-        let (x, y, d) = (src.as_ptr(), src.as_ptr().add(half), dst.as_mut_ptr());
+        let (x, d) = (src.as_ptr(), dst.as_mut_ptr());
+        let tables = (cos.as_ptr(), sin.as_ptr());
         let scale = S::splat(scale);
         for i in (0..half).step_by(S::LANES) {
-            let (xi, yi) = (S::load(x.add(i)), S::load(y.add(i)));
-            let (c, s) = (S::load(cos.as_ptr().add(i)), S::load(sin.as_ptr().add(i)));
-            S::store(d.add(i), S::mul(S::fnmadd(yi, s, S::mul(xi, c)), scale));
-            S::store(d.add(half + i), S::mul(S::fma(xi, s, S::mul(yi, c)), scale));
+            let low = rotated::<S>(x, tables, (i, half), scale);
+            let high = rotated::<S>(x, tables, (half + i, half), scale);
+            S::store(d.add(i), low);
+            S::store(d.add(half + i), high);
+        }
+    }
+
+    /// Columns `d..d + LANES` of [`rotate`]'s result for the head row at `x` (halves `half`
+    /// apart, `half` a multiple of `LANES`, so the columns never straddle them): `x cos - y
+    /// sin` in the first half, `y cos + x sin` in the second, times `scale`. The bf16
+    /// attention's gather rounds these straight to bf16.
+    #[inline(always)]
+    pub unsafe fn rotated<S: Isa>(
+        x: *const f32,
+        (cos, sin): (*const f32, *const f32),
+        (d, half): (usize, usize),
+        scale: S::V,
+    ) -> S::V {
+        let i = if d < half { d } else { d - half };
+        let (xi, yi) = (S::load(x.add(i)), S::load(x.add(half + i)));
+        let (c, s) = (S::load(cos.add(i)), S::load(sin.add(i)));
+        if d < half {
+            S::mul(S::fnmadd(yi, s, S::mul(xi, c)), scale)
+        } else {
+            S::mul(S::fma(xi, s, S::mul(yi, c)), scale)
         }
     }
 

@@ -975,7 +975,7 @@ mod x86 {
     unsafe fn avx_vnni_body<D: ByteDot, const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
         // The residual's rows come in while the tile multiplies (Zen 5 on AVX-VNNI: the two
         // products that add the residual stream 13-20% faster).
-        crate::packed_gemm::avx512::prefetch_residual(&t, R);
+        t.prefetch_residual(R);
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for g in 0..b.groups {
             let bp = b.data.add(g * super::NR * 4);

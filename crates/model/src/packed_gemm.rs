@@ -514,6 +514,36 @@ pub(crate) struct Tile {
     pub residual: *const f32,
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Tile {
+    /// Asks for the residual's lines of the tile's first `rows` rows (where it has a residual)
+    /// while the kernel computes the tile: the residual stream is megabytes, mostly out of
+    /// cache, and its loads in the epilogue otherwise stall each tile on memory (on Zen 5 a
+    /// residual made the int8 kernel's product about a fifth slower). The int8 kernels (512-
+    /// and 256-bit) and the `vdpbf16ps` GEMM call it; the f32 kernel does not (on Zen 5 it
+    /// measured level there: its first block of k is long enough to hide the wait).
+    ///
+    /// # Safety
+    /// None beyond the fields (prefetches do not fault); SSE, which every x86-64 CPU has.
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch_residual(&self, rows: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        if self.residual.is_null() || self.cols == 0 {
+            return;
+        }
+        for r in 0..rows {
+            let row = self.residual.wrapping_add(r * self.ldc);
+            // Every 64-byte line the row's columns touch, at any alignment.
+            let mut col = 0;
+            while col < self.cols {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(col).cast());
+                col += 16;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(self.cols - 1).cast());
+        }
+    }
+}
+
 /// The AVX-512 epilogue the bf16 and int8 kernels share: 16 output columns at a time, the bias
 /// added, the residual added as the row is stored.
 #[cfg(target_arch = "x86_64")]
@@ -543,32 +573,6 @@ pub(crate) mod avx512 {
             _mm512_setzero_ps()
         } else {
             _mm512_maskz_loadu_ps(mask, t.bias.add(col))
-        }
-    }
-
-    /// Asks for the tile's residual rows (where it has one) to be brought into the cache
-    /// while the kernel computes the tile: the residual stream is megabytes, mostly out of
-    /// cache, and its loads in the epilogue otherwise stall each tile on memory (on Zen 5 a
-    /// residual made the int8 kernel's product about a fifth slower). Only SSE's prefetch, so
-    /// the 256-bit int8 kernels (AVX-VNNI, AVX2) call it too; the f32 kernel does not (on Zen 5
-    /// it measured level: its first block of k is long enough to hide the wait).
-    ///
-    /// # Safety
-    /// None beyond `t`'s fields (prefetches do not fault); the CPU has SSE.
-    #[inline(always)]
-    pub(crate) unsafe fn prefetch_residual(t: &Tile, rows: usize) {
-        if t.residual.is_null() || t.cols == 0 {
-            return;
-        }
-        for r in 0..rows {
-            let row = t.residual.wrapping_add(r * t.ldc);
-            // Every 64-byte line the row's columns touch, at any alignment.
-            let mut col = 0;
-            while col < t.cols {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(col).cast());
-                col += 16;
-            }
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(t.cols - 1).cast());
         }
     }
 

@@ -165,10 +165,9 @@ unsafe fn gather(
 }
 
 /// Head columns `c..c + 32` (of `head_dim`) of the RoPE of the head row at `x`, times `scale`,
-/// as 16 bf16 pairs: the operations of [`simd::rotate`], in the same order (the same values),
+/// as 16 bf16 pairs: [`simd::rotated`] (the operations of [`simd::rotate`], the same values)
 /// kept in registers rather than stored as f32 and loaded back to be rounded. The AMX tiles'
 /// attention shares this gather.
-/// (No closures: they would not inherit the caller's target features.)
 #[inline(always)]
 unsafe fn rotated_pairs(
     x: *const f32,
@@ -176,30 +175,10 @@ unsafe fn rotated_pairs(
     (c, head_dim): (usize, usize),
     scale: __m512,
 ) -> __m512i {
-    let lo = rotated(x, tables, (c, head_dim / 2), scale);
-    let hi = rotated(x, tables, (c + 16, head_dim / 2), scale);
+    let half = head_dim / 2;
+    let lo = simd::rotated::<simd::Avx512>(x, tables, (c, half), scale);
+    let hi = simd::rotated::<simd::Avx512>(x, tables, (c + 16, half), scale);
     std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo))
-}
-
-/// Head columns `d..d + 16` of the RoPE of the head row at `x` (halves `half` apart, a multiple
-/// of 16, so the columns never straddle them), times `scale`.
-#[inline(always)]
-unsafe fn rotated(
-    x: *const f32,
-    (cos, sin): (*const f32, *const f32),
-    (d, half): (usize, usize),
-    scale: __m512,
-) -> __m512 {
-    if d < half {
-        let (xi, yi) = (_mm512_loadu_ps(x.add(d)), _mm512_loadu_ps(x.add(d + half)));
-        let (co, si) = (_mm512_loadu_ps(cos.add(d)), _mm512_loadu_ps(sin.add(d)));
-        _mm512_mul_ps(_mm512_fnmadd_ps(yi, si, _mm512_mul_ps(xi, co)), scale)
-    } else {
-        let i = d - half;
-        let (xi, yi) = (_mm512_loadu_ps(x.add(i)), _mm512_loadu_ps(x.add(d)));
-        let (co, si) = (_mm512_loadu_ps(cos.add(i)), _mm512_loadu_ps(sin.add(i)));
-        _mm512_mul_ps(_mm512_fmadd_ps(xi, si, _mm512_mul_ps(yi, co)), scale)
-    }
 }
 
 /// Where V's pair of keys `2 * pair`, `2 * pair + 1` starts: row `pair % 16` of the first

@@ -225,7 +225,7 @@ mod x86 {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn kernel<S: Step, const R: usize, const C: usize>(o: &Operands, t: Tile) {
-        avx512::prefetch_residual(&t, R);
+        t.prefetch_residual(R);
         let mut acc = [[_mm512_setzero_si512(); C]; R];
         for g in 0..o.groups {
             let mut q = [_mm512_setzero_si512(); C];
