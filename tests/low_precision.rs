@@ -26,8 +26,8 @@ const QUANTIZE_CHECK_ROWS: usize = 96;
 const EMBEDDING_COSINE: f32 = 0.99;
 
 /// The switches that make a CPU with VNNI, AVX-512 or AMX run int8 on the AVX2 kernel (7-bit
-/// weights), as a CPU with AVX2 alone does, where it would pick another one; `None` where the
-/// run's own int8 already is the AVX2 kernel's (or the CPU has no AVX2).
+/// weights and activations), as a CPU with AVX2 alone does, where it would pick another one;
+/// `None` where the run's own int8 already is the AVX2 kernel's (or the CPU has no AVX2).
 fn avx2_kernel_switches() -> Option<[(&'static str, &'static str); 2]> {
     use mbpipe_model::int8_gemm::Int8Kernel;
     let other = !matches!(Int8Kernel::detect(), Some(Int8Kernel::Avx2) | None);
@@ -190,7 +190,7 @@ fn check_gate(set: &str, field: &str, model: &str, classes: &[&str]) {
     let f32_out = classify(work.path(), model, &rows, "f32", false);
     let int8_out = classify(work.path(), model, &rows, "int8", false);
     let bf16_out = classify(work.path(), model, &rows, "bf16", false);
-    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit weights too.
+    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit quantization too.
     let avx2_out = avx2_kernel_switches()
         .map(|vars| classify_with_env(work.path(), model, &rows, ("int8", false), &vars));
     // The same gate through a task's `quantize`: in an f32 run, the quantized copy of the
@@ -301,7 +301,7 @@ fn int8_embeddings_of_the_shipped_model_stay_within_the_cosine_gate() {
     };
     let f32_rows = embed("f32", &[]);
     let mut runs = vec![("int8", embed("int8", &[]))];
-    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit weights too.
+    // Where this CPU runs int8 on another kernel, the AVX2 kernel's 7-bit quantization too.
     if let Some(vars) = avx2_kernel_switches() {
         runs.push(("int8 on the AVX2 kernel", embed("int8", &vars)));
     }

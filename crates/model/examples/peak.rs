@@ -101,12 +101,13 @@ fn main() {
             );
         }
     }
-    // Without VNNI there is no integer multiply-accumulate: the AVX2 and AVX512-BW kernels' step
-    // is two multiplies and an add (Zen 3: 0.95-0.97 of `vpmaddwd` alone; the 16-bit kernel's
-    // multiply and add before it, 0.75-0.77). Not in the JSON, whose int8 figure compare.sh
-    // divides by.
+    // Without VNNI there is no integer multiply-accumulate: the AVX512-BW kernel's step is two
+    // multiplies and an add per 32 byte products (Zen 3: 0.95-0.97 of `vpmaddwd` alone; the
+    // 16-bit kernel's multiply and add before it, 0.75-0.77); the AVX2 kernel's, on 7-bit
+    // activations, three multiplies and two adds per 64 (more products per multiply than
+    // `vpmaddwd` alone). Not in the JSON, whose int8 figure compare.sh divides by.
     let step = match Int8Kernel::detect() {
-        Some(Int8Kernel::Avx2) => issue_rate::maddubs_step256(),
+        Some(Int8Kernel::Avx2) => issue_rate::maddubs_pair_step256(),
         Some(Int8Kernel::Avx512Bw) => issue_rate::maddubs_step512(),
         _ => None,
     };

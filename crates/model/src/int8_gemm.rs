@@ -20,16 +20,17 @@
 //!
 //! Plain AVX2 has no byte dot product into i32. Its stand-in, `vpmaddubsw` (pairs of unsigned ×
 //! signed bytes summed into i16) then `vpmaddwd` by ones (pairs of those into i32), saturates
-//! the 16-bit pair sums with 8-bit weights (2 · 255 · 127 > 2¹⁵). So the AVX2 kernel
-//! ([`Int8Kernel::Avx2`]) quantizes its weights to 7 bits (`|q| <= 63`, as ONNX Runtime's
-//! `reduce_range`): `2 · 255 · 63 = 32,130` fits, the sums are exact, and the kernel is the
-//! AVX-VNNI one with that pair of instructions and a `vpaddd` for `vpdpbusd`: per 32 byte
-//! products two multiplies and one add, where 16-bit activations on `vpmaddwd` (the kernel
-//! until 2026-12-06) needed two multiplies and two adds and a `vpmovsxbw` per weight load. On
-//! Zen 3 it runs at 309-359 GOP/s against 257-297 (`gemm_bench`); the held-out gates keep
-//! their margins (README). AVX-512 CPUs without VNNI (Skylake-SP and -X) run the same three
-//! instructions on 512-bit vectors ([`Int8Kernel::Avx512Bw`], 7-bit weights too; the 16-bit
-//! scheme until the sixth session of 2026-12-06).
+//! the 16-bit pair sums with 8-bit weights (2 · 255 · 127 > 2¹⁵). So the kernels on it quantize
+//! their weights to 7 bits (`|q| <= 63`, as ONNX Runtime's `reduce_range`). AVX-512 CPUs
+//! without VNNI (Skylake-SP and -X) run [`Int8Kernel::Avx512Bw`]: 8-bit activations, `2 · 255 ·
+//! 63 = 32,130` fits, and per 64 byte products two multiplies and one add. The AVX2 kernel
+//! ([`Int8Kernel::Avx2`]) quantizes its activations to 7 bits too (`|p| <= 63`, stored `p +
+//! 64`): a pair sum is then at most `2 · 127 · 63`, so two groups' pair sums add in 16 bits
+//! before one widening `vpmaddwd` (`4 · 127 · 63 = 32,004`), three multiplies per 64 byte
+//! products instead of four. On Zen 3 (2026-12-07, 2 threads, best of 25 runs alternated):
+//! 334-406 GOP/s against 256-321 with 8-bit activations (which ran 309-359 against the 16-bit
+//! kernel's 257-297 before them). Exact sums throughout; the held-out gates keep their margins
+//! (README).
 //!
 //! x86-64 CPUs with AVX2 take this path ([`available`]), and 64-bit ARM CPUs with the
 //! dot-product extension ([`Int8Kernel::ArmDot`], `sdot`: signed bytes, exact i32 sums, 8-bit
@@ -53,6 +54,9 @@ pub const NR: usize = 16;
 /// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768). The ARM
 /// kernel takes [`neon::MR`].
 const MR: usize = 6;
+/// Rows per micro-kernel call of the AVX2 kernel, whose two groups at a time hold four weight
+/// vectors.
+const AVX2_MR: usize = 4;
 /// Rows per work block of the vector kernels, plain or gated (the gated scratch holds its rows
 /// at every column: 864 KiB at ModernBERT-base's `Wi`), fewer where a product has too few
 /// blocks to give each thread [`TASKS_PER_THREAD`] of them ([`PackedI8::blocking`]).
@@ -87,7 +91,7 @@ mod zmm;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Kernel {
     /// `vpmaddubsw` + `vpmaddwd` on bytes, AVX2 (every x86-64 CPU of the last decade), weights
-    /// in 7 bits, activations offset to unsigned.
+    /// and activations in 7 bits, activations offset to unsigned.
     Avx2,
     /// `vpdpbusd` on 256-bit vectors, VEX-encoded (AVX-VNNI), activations offset to unsigned;
     /// on CPUs with AVX512-VNNI and VL but not AVX-VNNI, the same code with the EVEX form (run
@@ -455,20 +459,37 @@ impl PackedI8 {
 /// What the quantization writes for each activation `p`: what the kernel multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowBytes {
-    /// `p` (the tiles and `sdot` multiply signed bytes).
+    /// `p`, `|p| <= 127` (the tiles and `sdot` multiply signed bytes).
     Signed,
-    /// `p + 128` as an unsigned byte (the vector kernels, whose `vpdpbusd` and `vpmaddubsw`
-    /// take the activations unsigned).
+    /// `p + 128` as an unsigned byte, `|p| <= 127` (the VNNI kernels and AVX512-BW's, whose
+    /// `vpdpbusd` and `vpmaddubsw` take the activations unsigned).
     Offset,
+    /// `p + 64` as an unsigned byte, `|p| <= 63`: the AVX2 kernel, which adds two groups'
+    /// `vpmaddubsw` pair sums in 16 bits before widening them (`4 · 127 · 63 = 32,004` fits).
+    SevenBits,
 }
 
 impl RowBytes {
+    /// The largest magnitude of `p`.
+    fn qmax(self) -> f32 {
+        match self {
+            RowBytes::SevenBits => 63.0,
+            RowBytes::Signed | RowBytes::Offset => QMAX,
+        }
+    }
+
+    /// What is added to `p` (modulo 256) to store it.
+    fn offset(self) -> u8 {
+        match self {
+            RowBytes::Signed => 0,
+            RowBytes::Offset => 128,
+            RowBytes::SevenBits => 64,
+        }
+    }
+
     /// The byte `p` is stored as.
     fn encode(self, p: i8) -> i8 {
-        match self {
-            RowBytes::Offset => (p as u8 ^ 0x80) as i8,
-            RowBytes::Signed => p,
-        }
+        (p as u8).wrapping_add(self.offset()) as i8
     }
 }
 
@@ -496,7 +517,17 @@ impl Int8Kernel {
     fn row_bytes(self) -> RowBytes {
         match self {
             Int8Kernel::Tiles | Int8Kernel::ArmDot | Int8Kernel::ArmMatrix => RowBytes::Signed,
-            _ => RowBytes::Offset,
+            Int8Kernel::Avx2 => RowBytes::SevenBits,
+            Int8Kernel::AvxVnni | Int8Kernel::Avx512Bw | Int8Kernel::Avx512Vnni => RowBytes::Offset,
+        }
+    }
+
+    /// Bits of its quantized activations, sign included: 7 for [`Int8Kernel::Avx2`] (see
+    /// [`RowBytes::SevenBits`]), 8 elsewhere.
+    pub fn activation_bits(self) -> u32 {
+        match self.row_bytes() {
+            RowBytes::SevenBits => 7,
+            RowBytes::Signed | RowBytes::Offset => 8,
         }
     }
 }
@@ -593,7 +624,7 @@ fn quantize_row(x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
 
 /// `x` rounded by the scale of a row whose largest magnitude is `max`; returns the scale.
 fn quantize_row_with_max(max: f32, x: &[f32], values: &mut [i8], bytes: RowBytes) -> f32 {
-    let (scale, inverse) = scale_of(max, QMAX);
+    let (scale, inverse) = scale_of(max, bytes.qmax());
     for (d, &v) in values.iter_mut().zip(x) {
         *d = bytes.encode(quantize(v, inverse));
     }
@@ -649,6 +680,7 @@ impl PanelKernel for PackedI8 {
         let vex = avx_vnni_vex();
         let most_rows = match self.kernel {
             Int8Kernel::ArmDot | Int8Kernel::ArmMatrix => neon::MR,
+            Int8Kernel::Avx2 => AVX2_MR,
             _ => MR,
         };
         let mut r = rows.start;
@@ -824,7 +856,7 @@ mod x86 {
             + super::quantize_weight_row_generic(&src[tail..], inverse_scale, &mut q[tail..])
     }
 
-    /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (127 /
+    /// [`super::quantize_row_scalar`], 32 values at a time (the same roundings: `x · (qmax /
     /// max)` to nearest even).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn quantize_row(
@@ -860,14 +892,11 @@ mod x86 {
             f32::NAN
         };
         let max = x[8 * full..].iter().copied().fold(first, super::max_abs);
-        let (scale, inverse) = super::scale_of(max, super::QMAX);
+        let (scale, inverse) = super::scale_of(max, encoding.qmax());
         let inv = _mm256_set1_ps(inverse);
         // packs interleave 128-bit lanes; this puts the 32 bytes back in order.
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let flip = _mm256_set1_epi8(match encoding {
-            super::RowBytes::Offset => i8::MIN,
-            _ => 0,
-        });
+        let offset = _mm256_set1_epi8(encoding.offset() as i8);
         let blocks = x.len() / 32;
         for i in 0..blocks {
             let src = x.as_ptr().add(32 * i);
@@ -875,7 +904,7 @@ mod x86 {
             let lo = _mm256_packs_epi32(q(0), q(8));
             let hi = _mm256_packs_epi32(q(16), q(24));
             let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order);
-            let encoded = _mm256_xor_si256(bytes, flip);
+            let encoded = _mm256_add_epi8(bytes, offset);
             _mm256_storeu_si256(values.as_mut_ptr().add(32 * i) as *mut __m256i, encoded);
         }
         for (d, &v) in values.iter_mut().zip(x).skip(32 * blocks) {
@@ -904,7 +933,7 @@ mod x86 {
     }
 
     /// Four unsigned × signed byte products summed into each i32 lane of 256-bit vectors:
-    /// `vpdpbusd` in either encoding, or AVX2's stand-in.
+    /// `vpdpbusd` in either encoding.
     trait ByteDot {
         /// `acc + Σ` of four unsigned × signed byte products per i32 lane.
         unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i;
@@ -928,26 +957,67 @@ mod x86 {
         }
     }
 
-    /// AVX2's stand-in: `vpmaddubsw` (pairs of unsigned × signed bytes into i16, saturating),
-    /// `vpmaddwd` by ones (pairs of those into i32), `vpaddd`. Exact for 7-bit signed bytes.
-    struct MaddUbs;
-    impl ByteDot for MaddUbs {
-        #[inline(always)]
-        unsafe fn dot(acc: __m256i, unsigned: __m256i, signed: __m256i) -> __m256i {
-            let pairs = _mm256_maddubs_epi16(unsigned, signed);
-            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-        }
-    }
-
     /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
-    /// one panel of `NR` columns, the AVX-VNNI kernel with [`MaddUbs`] for `vpdpbusd`: exact
-    /// with the 7-bit weights this kernel is packed with.
+    /// one panel of `NR` columns, on 7-bit weights and activations ([`super::RowBytes::SevenBits`]:
+    /// `p + 64`). AVX2 has no `vpdpbusd`; its stand-in is `vpmaddubsw` (pairs of unsigned ×
+    /// signed bytes summed into i16, saturating) and `vpmaddwd` by ones (pairs of those into
+    /// i32). With 7-bit operands a pair sum is at most `2 · 127 · 63 = 16,002`, so two groups'
+    /// pair sums are added in 16 bits (`vpaddw`) before one widening: per 64 byte products two
+    /// `vpmaddubsw`, one `vpmaddwd`, a `vpaddw` and a `vpaddd`, three multiplies where 8-bit
+    /// activations took four (Zen 3's two multiply pipes bound the kernel). The sums are exact.
     ///
     /// # Safety
     /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn kernel_avx2<const R: usize>(a: &super::Lhs, b: &super::Rhs, t: Tile) {
-        avx_vnni_body::<MaddUbs, R>(a, b, t)
+        t.prefetch_residual(R);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut g = 0;
+        while g + 2 <= b.groups {
+            let bp = b.data.add(g * super::NR * 4);
+            let first = [
+                _mm256_loadu_si256(bp as *const __m256i),
+                _mm256_loadu_si256(bp.add(32) as *const __m256i),
+            ];
+            let second = [
+                _mm256_loadu_si256(bp.add(64) as *const __m256i),
+                _mm256_loadu_si256(bp.add(96) as *const __m256i),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // p + 64 per byte, already offset by the quantization: groups g and g + 1.
+                let at = a.values.add(r * a.stride + 4 * g) as *const i32;
+                let (p, p_next) = (
+                    _mm256_set1_epi32(at.read_unaligned()),
+                    _mm256_set1_epi32(at.add(1).read_unaligned()),
+                );
+                for v in 0..2 {
+                    let quads = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(p, first[v]),
+                        _mm256_maddubs_epi16(p_next, second[v]),
+                    );
+                    acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(quads, ones));
+                }
+            }
+            g += 2;
+        }
+        if g < b.groups {
+            // An odd last group: its pair sums widened alone.
+            let bp = b.data.add(g * super::NR * 4);
+            let w = [
+                _mm256_loadu_si256(bp as *const __m256i),
+                _mm256_loadu_si256(bp.add(32) as *const __m256i),
+            ];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let at = a.values.add(r * a.stride + 4 * g) as *const i32;
+                let p = _mm256_set1_epi32(at.read_unaligned());
+                for v in 0..2 {
+                    let pairs = _mm256_maddubs_epi16(p, w[v]);
+                    acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        store_rows::<R, 6>(&acc, a, b, t);
     }
 
     /// AVX-VNNI: the same product from bytes in the group layout, `vpdpbusd(p + 128, q)`: four
@@ -989,14 +1059,14 @@ mod x86 {
                 acc[1] = D::dot(acc[1], unsigned, b1);
             }
         }
-        store_rows::<R>(&acc, a, b, t);
+        store_rows::<R, 7>(&acc, a, b, t);
     }
 
-    /// The rows' i32 sums of `p + 128` scaled back to f32: `128 · Σ q` off first (exactly, in
-    /// i32), then `sum · (t · s) + bias (+ residual)`, the other kernels' operations in their
+    /// The rows' i32 sums of `p + 2^OFFSET_SHIFT` scaled back to f32: that offset times `Σ q`
+    /// off first (exactly, in i32), then `sum · (t · s) + bias (+ residual)`, the other kernels' operations in their
     /// order, written to the tile.
     #[inline(always)]
-    unsafe fn store_rows<const R: usize>(
+    unsafe fn store_rows<const R: usize, const OFFSET_SHIFT: i32>(
         acc: &[[__m256i; 2]; R],
         a: &super::Lhs,
         b: &super::Rhs,
@@ -1011,7 +1081,7 @@ mod x86 {
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
             let s = _mm256_loadu_ps(b.scales.add(col));
             let sums = _mm256_loadu_si256(b.column_sums.add(col) as *const __m256i);
-            let offset = _mm256_slli_epi32::<7>(sums);
+            let offset = _mm256_slli_epi32::<OFFSET_SHIFT>(sums);
             let bias = if t.bias.is_null() {
                 _mm256_setzero_ps()
             } else {
@@ -1078,7 +1148,7 @@ mod tests {
         res: Option<&[f32]>,
         (m, n, k): (usize, usize, usize),
     ) -> Vec<f32> {
-        let (qx, sx) = quantized(x, m, k, QMAX);
+        let (qx, sx) = quantized(x, m, k, kernel.row_bytes().qmax());
         let (qw, sw) = quantized(w, n, k, kernel.weight_qmax());
         let mut out = vec![0f32; m * n];
         for i in 0..m {
@@ -1225,7 +1295,7 @@ mod tests {
             let want = scalar_product(kernel, &x, &w, Some(&b), None, (m, n, k));
             let diff = differences(&got, &want, n);
             assert!(diff.is_none(), "{kernel:?} {m}x{n}x{k}: {}", diff.unwrap());
-            let (_, sx) = quantized(&x, m, k, QMAX);
+            let (_, sx) = quantized(&x, m, k, kernel.row_bytes().qmax());
             let (_, sw) = quantized(&w, n, k, kernel.weight_qmax());
             for i in 0..m {
                 let sum_x: f64 = x[i * k..(i + 1) * k].iter().map(|v| v.abs() as f64).sum();
@@ -1250,9 +1320,10 @@ mod tests {
     }
 
     /// Every kernel stays exact where the products are largest: rows and columns at their full
-    /// scale everywhere (every `|p| = 127`, every `|q|` at the kernel's largest), in each sign
-    /// pattern. AVX2's `vpmaddubsw` pair sums reach `2 · 255 · 63` here, its largest; with 8-bit
-    /// weights they would pass 2¹⁵ and saturate.
+    /// scale everywhere (every `|p|` and `|q|` at the kernel's largest), in each sign pattern.
+    /// AVX512-BW's `vpmaddubsw` pair sums reach `2 · 255 · 63` here, and the AVX2 kernel's sums
+    /// of two pair sums `4 · 127 · 63`, their largest; with 8-bit weights (or, on AVX2, 8-bit
+    /// activations) they would pass 2¹⁵ and saturate.
     #[test]
     fn the_largest_products_stay_exact() {
         if skip_without_kernel() {
@@ -1277,8 +1348,9 @@ mod tests {
             let got = PackedI8::pack_for(kernel, &w, n, k).matmul(&x, m, None);
             let want = scalar_product(kernel, &x, &w, None, None, (m, n, k));
             assert_eq!(got, want, "{kernel:?}");
-            // The first row against the first column: `k` products of 127 and `qmax`.
-            let full = 127.0 * kernel.weight_qmax() * k as f32 * (3.0 / 127.0);
+            // The first row against the first column: `k` products of both largest magnitudes.
+            let p = kernel.row_bytes().qmax();
+            let full = p * kernel.weight_qmax() * k as f32 * (3.0 / p);
             let expected = full * (0.25 / kernel.weight_qmax());
             assert!(
                 (got[0] - expected).abs() <= 1e-5 * expected,
@@ -1387,9 +1459,10 @@ mod tests {
             if len > 3 {
                 x[0] = 2.0; // max: 2.0 → 127
                 x[1] = 2.0 * 0.5 / QMAX; // exactly half a step: ties to even (0)
+                x[3] = 2.0 * 0.5 / 63.0; // the same at 7 bits
                 x[2] = -2.0;
             }
-            for bytes in [RowBytes::Signed, RowBytes::Offset] {
+            for bytes in [RowBytes::Signed, RowBytes::Offset, RowBytes::SevenBits] {
                 let (mut v1, mut v2) = (vec![0i8; len], vec![0i8; len]);
                 let s1 = quantize_row_scalar(&x, &mut v1, bytes);
                 let s2 = quantize_row(&x, &mut v2, bytes);
@@ -1400,11 +1473,13 @@ mod tests {
                 if len > 3 {
                     let decoded = |l: usize| match bytes {
                         RowBytes::Offset => v1[l] as u8 as i32 - 128,
+                        RowBytes::SevenBits => v1[l] as u8 as i32 - 64,
                         RowBytes::Signed => v1[l] as i32,
                     };
+                    let top = bytes.qmax() as i32;
                     assert_eq!(
                         (decoded(0), decoded(1), decoded(2)),
-                        (127, 0, -127),
+                        (top, 0, -top),
                         "{bytes:?}"
                     );
                 }

@@ -82,6 +82,11 @@ instructions! { "x86_64" in x86:
     /// divides by (`None`: no AVX2).
     maddubs_step256: is_x86_feature_detected!("avx2"),
         "vpmaddubsw + vpmaddwd + vpaddd (256-bit)", 64.0, maddubs_step_256;
+    /// The AVX2 int8 kernel's step since it takes 7-bit activations: two groups' `vpmaddubsw`
+    /// pair sums added in 16 bits (`vpaddw`), one `vpmaddwd` by ones, one `vpaddd`, on 64 byte
+    /// products (`None`: no AVX2).
+    maddubs_pair_step256: is_x86_feature_detected!("avx2"),
+        "2 vpmaddubsw + vpaddw + vpmaddwd + vpaddd (256-bit)", 128.0, maddubs_pair_step_256;
     /// `vpmaddwd` on 512 bits, the multiply of the AVX512-BW int8 kernel (`None`: no AVX-512
     /// BW).
     maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
@@ -298,6 +303,42 @@ mod x86 {
         _mm256_add_epi32,
         sum_epi32
     );
+    /// As `maddubs_step_256`, the step adding two `vpmaddubsw` before the widening `vpmaddwd`:
+    /// four `x` hidden every iteration, so that the 24 products per iteration all differ.
+    pub fn maddubs_pair_step_256(iterations: usize) -> f32 {
+        #[target_feature(enable = "avx2")]
+        unsafe fn run(iterations: usize) -> f32 {
+            let mut acc = [_mm256_setzero_si256(); CHAINS];
+            let mut x = [_mm256_set1_epi8(1); 4];
+            let mut y = [_mm256_set1_epi8(1); CHAINS / 2];
+            let mut ones = _mm256_set1_epi16(1);
+            std::arch::asm!("/* {0} */", inout(ymm_reg) ones, options(nomem, nostack));
+            for y in &mut y {
+                std::arch::asm!("/* {0} */", inout(ymm_reg) * y, options(nomem, nostack));
+            }
+            for _ in 0..iterations {
+                std::arch::asm!(
+                    "/* {0} {1} {2} {3} */",
+                    inout(ymm_reg) x[0],
+                    inout(ymm_reg) x[1],
+                    inout(ymm_reg) x[2],
+                    inout(ymm_reg) x[3],
+                    options(nomem, nostack, preserves_flags)
+                );
+                for (c, a) in acc.iter_mut().enumerate() {
+                    let quads = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(x[c % 2], y[c / 2]),
+                        _mm256_maddubs_epi16(x[2 + c % 2], y[c / 2]),
+                    );
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(quads, ones));
+                }
+            }
+            sum_epi32(&acc)
+        }
+        // SAFETY: the constructor of the `Instruction` that holds this function checked that
+        // the CPU has AVX2.
+        unsafe { run(iterations) }
+    }
     maddubs_step!(
         maddubs_step_512,
         "avx512f,avx512bw",
@@ -422,7 +463,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 13] = [
+        let cases: [(Option<Instruction>, f64); 14] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -437,6 +478,8 @@ mod tests {
             // 4 byte products of 1·1 added to each of 8 (16) lanes per step.
             (maddubs_step256(), (steps * 32.0) as f64),
             (maddubs_step512(), (steps * 64.0) as f64),
+            // 8: two groups of 4.
+            (maddubs_pair_step256(), (steps * 64.0) as f64),
             // ARM: 4 lanes of the FMA's sum; `sdot` adds 4 products of 1·1 to each of 4 lanes,
             // `smmla` 8 to each of its 2 × 2 block, `bfmmla` 4.
             (fmla128(), fma_each * 4.0 * CHAINS as f64),

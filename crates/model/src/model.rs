@@ -451,8 +451,8 @@ impl ModernBert {
                     ", int8 on AMX tiles (the encoder's linear layers; the rest in f32)"
                 }
                 Some(Int8Kernel::Avx2) => {
-                    ", int8 on the AVX2 kernel (the encoder's linear layers, weights in 7 bits; \
-                     the rest in f32)"
+                    ", int8 on the AVX2 kernel (the encoder's linear layers, weights and \
+                     activations in 7 bits; the rest in f32)"
                 }
                 Some(Int8Kernel::Avx512Bw) => {
                     ", int8 on the AVX-512 kernel (the encoder's linear layers, weights in 7 bits; \

@@ -256,11 +256,11 @@ fn int8_keeps_mean_embeddings_within_cosine_0_99() {
     }
 }
 
-/// Int8 kernels that quantize their weights to the same bits (8: AVX-VNNI, AVX512-VNNI, AMX
-/// tiles, and on ARM `sdot` and `smmla`; 7: AVX2 and AVX512-BW, both on `vpmaddubsw`) compute
-/// the same integer sums and the same f32 epilogue, so each gives the first one's hidden states
-/// bit for bit (and so passes its gate above). Kernels of different bits differ by design: each
-/// has the gate above.
+/// Int8 kernels that quantize their weights and activations to the same bits (8 and 8:
+/// AVX-VNNI, AVX512-VNNI, AMX tiles, and on ARM `sdot` and `smmla`; 7 and 8: AVX512-BW; 7 and
+/// 7: AVX2) compute the same integer sums and the same f32 epilogue, so each gives the first
+/// one's hidden states bit for bit (and so passes its gate above). Kernels of different bits
+/// differ by design: each has the gate above.
 #[test]
 fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     use mbpipe_model::int8_gemm::Int8Kernel;
@@ -270,13 +270,16 @@ fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     let files = ModelFiles::from_dir(&fx.dir.join("mlm")).unwrap();
     let batch = fx.batch();
     let mut compared = 0;
-    for bits in [8, 7] {
+    for bits in [(8, 8), (7, 8), (7, 7)] {
         let kernels: Vec<Int8Kernel> = Int8Kernel::all_available()
             .into_iter()
-            .filter(|k| k.weight_bits() == bits)
+            .filter(|k| (k.weight_bits(), k.activation_bits()) == bits)
             .collect();
         if kernels.len() < 2 {
-            eprintln!("{bits}-bit weights: this CPU runs {kernels:?}, nothing to compare");
+            eprintln!(
+                "{}-bit weights, {}-bit activations: this CPU runs {kernels:?}, nothing to compare",
+                bits.0, bits.1
+            );
             continue;
         }
         let hidden: Vec<Tensor> = kernels
@@ -295,9 +298,8 @@ fn every_int8_kernel_this_cpu_runs_gives_the_same_hidden_states() {
     }
     if compared == 0 {
         eprintln!(
-            "SKIPPED: this CPU runs no two int8 kernels with weights of the same bits (8: two of \
-             AVX-VNNI, AVX512-VNNI and AMX-INT8, or ARM's sdot and smmla; 7: AVX2 and \
-             AVX512-BW)"
+            "SKIPPED: this CPU runs no two int8 kernels with weights and activations of the same \
+             bits (two of AVX-VNNI, AVX512-VNNI and AMX-INT8, or ARM's sdot and smmla)"
         );
     }
 }
