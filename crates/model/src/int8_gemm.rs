@@ -3,8 +3,8 @@
 //!
 //! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`, `s_j =
 //! max|W[j, :]| / 127`, or `/ 63` for the kernels on `vpmaddubsw`: see below) once at load,
-//! the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`) on every
-//! product, so one outlier token costs only its own row's resolution. `y[i, j] = t_i · s_j ·
+//! the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`, or `/ 63` for
+//! the AVX2 kernel) on every product, so one outlier token costs only its own row's resolution. `y[i, j] = t_i · s_j ·
 //! Σ p_i · q_j (+ b_j) (+ residual)` in f32; the sum is exact in i32 (127² · k < 2³¹ for k <
 //! 133,000).
 //!
