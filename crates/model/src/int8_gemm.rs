@@ -1,12 +1,12 @@
 //! `y = x Wᵀ (+ b)` with int8 weights and activations and i32 accumulation, for the CPU `int8`
 //! precision.
 //!
-//! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`, `s_j =
-//! max|W[j, :]| / 127`, or `/ 63` for the kernels on `vpmaddubsw`: see below) once at load,
-//! the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`, or `/ 63` for
-//! the AVX2 kernel) on every product, so one outlier token costs only its own row's resolution. `y[i, j] = t_i · s_j ·
-//! Σ p_i · q_j (+ b_j) (+ residual)` in f32; the sum is exact in i32 (127² · k < 2³¹ for k <
-//! 133,000).
+//! Quantization is symmetric: the weight per output column (`W[j, :] ≈ s_j · q_j`,
+//! `s_j = max|W[j, :]| / 127`, or `/ 63` for the kernels on `vpmaddubsw`: see below) once at
+//! load, the activations per row (`x[i, :] ≈ t_i · p_i`, `t_i = max|x[i, :]| / 127`, or `/ 63`
+//! for the AVX2 kernel) on every product, so one outlier token costs only its own row's
+//! resolution. `y[i, j] = t_i · s_j · Σ p_i · q_j (+ b_j) (+ residual)` in f32; the sum is exact
+//! in i32 (127² · k < 2³¹ for k < 133,000).
 //!
 //! The weight is packed into panels of [`NR`] output columns; for each group of four input
 //! features a panel holds `NR` 32-bit words, word `j` carrying `q_j` at those four features,
@@ -958,13 +958,14 @@ mod x86 {
     }
 
     /// AVX2: `c[R, cols] = t · s · (p[R, 4 · groups] · q_panelᵀ) (+ bias) (+ residual)` for
-    /// one panel of `NR` columns, on 7-bit weights and activations ([`super::RowBytes::SevenBits`]:
-    /// `p + 64`). AVX2 has no `vpdpbusd`; its stand-in is `vpmaddubsw` (pairs of unsigned ×
-    /// signed bytes summed into i16, saturating) and `vpmaddwd` by ones (pairs of those into
-    /// i32). With 7-bit operands a pair sum is at most `2 · 127 · 63 = 16,002`, so two groups'
-    /// pair sums are added in 16 bits (`vpaddw`) before one widening: per 64 byte products two
-    /// `vpmaddubsw`, one `vpmaddwd`, a `vpaddw` and a `vpaddd`, three multiplies where 8-bit
-    /// activations took four (Zen 3's two multiply pipes bound the kernel). The sums are exact.
+    /// one panel of `NR` columns, on 7-bit weights and activations
+    /// ([`super::RowBytes::SevenBits`]: `p + 64`). AVX2 has no `vpdpbusd`; its stand-in is
+    /// `vpmaddubsw` (pairs of unsigned × signed bytes summed into i16, saturating) and
+    /// `vpmaddwd` by ones (pairs of those into i32). With 7-bit operands a pair sum is at most
+    /// `2 · 127 · 63 = 16,002`, so two groups' pair sums are added in 16 bits (`vpaddw`) before
+    /// one widening: per 64 byte products two `vpmaddubsw`, one `vpmaddwd`, a `vpaddw` and a
+    /// `vpaddd`, three multiplies where 8-bit activations took four (Zen 3's two multiply pipes
+    /// bound the kernel). The sums are exact.
     ///
     /// # Safety
     /// Pointers cover what the shapes say; `t.cols <= NR`; the CPU has AVX2.
@@ -1063,8 +1064,8 @@ mod x86 {
     }
 
     /// The rows' i32 sums of `p + 2^OFFSET_SHIFT` scaled back to f32: that offset times `Σ q`
-    /// off first (exactly, in i32), then `sum · (t · s) + bias (+ residual)`, the other kernels' operations in their
-    /// order, written to the tile.
+    /// off first (exactly, in i32), then `sum · (t · s) + bias (+ residual)`, the other
+    /// kernels' operations in their order, written to the tile.
     #[inline(always)]
     unsafe fn store_rows<const R: usize, const OFFSET_SHIFT: i32>(
         acc: &[[__m256i; 2]; R],
