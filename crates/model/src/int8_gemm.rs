@@ -48,14 +48,13 @@ use crate::packed_gemm::{
 
 /// Output columns per packed panel (two 8-lane vectors).
 pub const NR: usize = 16;
-/// Rows per micro-kernel call of the 256-bit kernels (AVX2, AVX-VNNI): 6 × 2 accumulators, 2
-/// weight vectors and one broadcast fit AVX2's 16 registers (AVX2's `vpmaddubsw` needs one more
-/// for its product; its ones come from memory). On Zen 4 the former 16-bit AVX2 kernel measured
+/// Rows per micro-kernel call of the AVX-VNNI kernel: 6 × 2 accumulators, 2 weight vectors and
+/// one broadcast fit AVX2's 16 registers. On Zen 4 the former 16-bit AVX2 kernel measured
 /// 297-330 GOP/s with 6 rows against 216-297 with 4 (a stand-alone loop, k = 768). The ARM
 /// kernel takes [`neon::MR`].
 const MR: usize = 6;
 /// Rows per micro-kernel call of the AVX2 kernel, whose two groups at a time hold four weight
-/// vectors.
+/// vectors: 4 × 2 accumulators. 3, 5 and 6 rows measured level or slower (Zen 3, 2026-12-07).
 const AVX2_MR: usize = 4;
 /// Rows per work block of the vector kernels, plain or gated (the gated scratch holds its rows
 /// at every column: 864 KiB at ModernBERT-base's `Wi`), fewer where a product has too few
