@@ -76,21 +76,17 @@ instructions! { "x86_64" in x86:
         "vpdpbusd (256-bit, AVX-VNNI)", 64.0, dpbusd_256;
     /// The AVX2 int8 kernel's `vpmaddwd` (16-bit pairs into 32-bit sums; `None`: no AVX2).
     maddwd256: is_x86_feature_detected!("avx2"), "vpmaddwd (256-bit)", 32.0, maddwd_256;
-    /// The AVX2 int8 kernel's whole step on 32 byte products: `vpmaddubsw`, `vpmaddwd` by ones
-    /// and the `vpaddd` that accumulates (AVX2 has no integer multiply-accumulate): what that
-    /// kernel can issue at most. `peak` prints it beside `vpmaddwd`'s figure, which compare.sh
-    /// divides by (`None`: no AVX2).
-    maddubs_step256: is_x86_feature_detected!("avx2"),
-        "vpmaddubsw + vpmaddwd + vpaddd (256-bit)", 64.0, maddubs_step_256;
-    /// The AVX2 int8 kernel's step since it takes 7-bit activations: two groups' `vpmaddubsw`
-    /// pair sums added in 16 bits (`vpaddw`), one `vpmaddwd` by ones, one `vpaddd`, on 64 byte
-    /// products (`None`: no AVX2).
+    /// The AVX2 int8 kernel's whole step on 64 byte products (AVX2 has no integer
+    /// multiply-accumulate): two groups' `vpmaddubsw` pair sums added in 16 bits (`vpaddw`), one
+    /// `vpmaddwd` by ones, the `vpaddd` that accumulates; what that kernel can issue at most.
+    /// `peak` prints it beside `vpmaddwd`'s figure, which compare.sh divides by (`None`: no
+    /// AVX2). Until 2026-12-07 the kernel's step was one `vpmaddubsw` per widening.
     maddubs_pair_step256: is_x86_feature_detected!("avx2"),
         "2 vpmaddubsw + vpaddw + vpmaddwd + vpaddd (256-bit)", 128.0, maddubs_pair_step_256;
     /// `vpmaddwd` on 512 bits, the multiply of the AVX512-BW int8 kernel (`None`: no AVX-512
     /// BW).
     maddwd512: is_x86_feature_detected!("avx512bw"), "vpmaddwd (512-bit)", 64.0, maddwd_512;
-    /// That kernel's whole step on 64 byte products, as [`maddubs_step256`] on 512 bits.
+    /// That kernel's whole step on 64 byte products: `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`.
     maddubs_step512: is_x86_feature_detected!("avx512bw"),
         "vpmaddubsw + vpmaddwd + vpaddd (512-bit)", 128.0, maddubs_step_512;
 }
@@ -291,20 +287,9 @@ mod x86 {
             }
         };
     }
-    maddubs_step!(
-        maddubs_step_256,
-        "avx2",
-        ymm_reg,
-        _mm256_setzero_si256,
-        _mm256_set1_epi8,
-        _mm256_set1_epi16,
-        _mm256_maddubs_epi16,
-        _mm256_madd_epi16,
-        _mm256_add_epi32,
-        sum_epi32
-    );
-    /// As `maddubs_step_256`, the step adding two `vpmaddubsw` before the widening `vpmaddwd`:
-    /// four `x` hidden every iteration, so that the 24 products per iteration all differ.
+    /// As `maddubs_step!`'s loops, the step adding two `vpmaddubsw` before the widening
+    /// `vpmaddwd`: four `x` hidden every iteration, so that the 24 products per iteration all
+    /// differ.
     pub fn maddubs_pair_step_256(iterations: usize) -> f32 {
         #[target_feature(enable = "avx2")]
         unsafe fn run(iterations: usize) -> f32 {
@@ -463,7 +448,7 @@ mod tests {
         let steps = (iterations * CHAINS) as f32;
         // FMA: a ← 0.9999·a + 0.001 converges from 0 as 0.001 · (1 − 0.9999ⁿ) / 0.0001.
         let fma_each = (1.0 - 0.999_9f64.powi(iterations as i32)) / 0.1;
-        let cases: [(Option<Instruction>, f64); 14] = [
+        let cases: [(Option<Instruction>, f64); 13] = [
             (fma512(), fma_each * 16.0 * CHAINS as f64),
             (fma256(), fma_each * 8.0 * CHAINS as f64),
             // 2 products of 1·1 per f32 lane, 16 lanes.
@@ -475,10 +460,9 @@ mod tests {
             // after the first step reinterprets the sum (2 = lo 2, hi 0) then 2.
             (maddwd256(), (2.0 * 8.0 * CHAINS as f32) as f64),
             (maddwd512(), (2.0 * 16.0 * CHAINS as f32) as f64),
-            // 4 byte products of 1·1 added to each of 8 (16) lanes per step.
-            (maddubs_step256(), (steps * 32.0) as f64),
+            // 4 byte products of 1·1 added to each of 16 lanes per step; on AVX2 8 (two groups
+            // of 4) to each of 8.
             (maddubs_step512(), (steps * 64.0) as f64),
-            // 8: two groups of 4.
             (maddubs_pair_step256(), (steps * 64.0) as f64),
             // ARM: 4 lanes of the FMA's sum; `sdot` adds 4 products of 1·1 to each of 4 lanes,
             // `smmla` 8 to each of its 2 × 2 block, `bfmmla` 4.
