@@ -1079,22 +1079,33 @@ mod x86 {
                 break;
             }
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.cols - col) as i32), lane);
+            // Whole vectors load and store unmasked: masked stores are slow on AMD (Zen 3: the
+            // AVX2 GEMM 2-11% faster on ModernBERT-base's shapes without them).
+            let whole = t.cols - col >= 8;
+            let load = |p: *const f32| match whole {
+                true => _mm256_loadu_ps(p),
+                false => _mm256_maskload_ps(p, mask),
+            };
             let s = _mm256_loadu_ps(b.scales.add(col));
             let sums = _mm256_loadu_si256(b.column_sums.add(col) as *const __m256i);
             let offset = _mm256_slli_epi32::<OFFSET_SHIFT>(sums);
             let bias = if t.bias.is_null() {
                 _mm256_setzero_ps()
             } else {
-                _mm256_maskload_ps(t.bias.add(col), mask)
+                load(t.bias.add(col))
             };
             for (r, acc) in acc.iter().enumerate() {
                 let scale = _mm256_mul_ps(_mm256_set1_ps(*a.scales.add(r)), s);
                 let sums = _mm256_sub_epi32(acc[v], offset);
                 let mut y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sums), scale), bias);
                 if !t.residual.is_null() {
-                    y = _mm256_add_ps(y, _mm256_maskload_ps(t.residual.add(r * t.ldc + col), mask));
+                    y = _mm256_add_ps(y, load(t.residual.add(r * t.ldc + col)));
                 }
-                _mm256_maskstore_ps(t.c.add(r * t.ldc + col), mask, y);
+                let out = t.c.add(r * t.ldc + col);
+                match whole {
+                    true => _mm256_storeu_ps(out, y),
+                    false => _mm256_maskstore_ps(out, mask, y),
+                }
             }
         }
     }
