@@ -751,14 +751,14 @@ impl Block {
             };
             products.scores(first_query, base, scores, stride, tile);
         }
-        // Called directly (not through a function pointer) so it inlines into this
-        // target-feature code: a call left outside ran scalar, with a libm `floorf` per exp.
-        // The rows stay unnormalised; PV scales its sums by each row's 1 / Σ instead (64 outputs
-        // a row rather than one multiply per key).
-        let mut inv_sums = [0f32; QUERY_BLOCK];
+        // Inlined (not called through a function pointer) into this target-feature code: a
+        // call left outside ran scalar, with a libm `floorf` per exp. The rows stay
+        // unnormalised; PV scales its sums by each row's 1 / Σ instead (64 outputs a row
+        // rather than one multiply per key).
+        let mut row_scales = [0f32; QUERY_BLOCK];
         let rows = self.score_rows(scores, stride, (k0, k1), kind, shift);
-        for ((row, lo, hi), inv) in rows.zip(&mut inv_sums) {
-            *inv = simd::band_exp::<S>(row, lo, hi);
+        for ((row, lo, hi), scale) in rows.zip(&mut row_scales) {
+            *scale = values.prepare_row::<S>(row, lo, hi);
         }
         for (r0, rows, (lo, hi)) in tiles() {
             let tile = simd::Tile {
@@ -766,7 +766,7 @@ impl Block {
                 rows,
                 keys: lo..hi,
             };
-            let scales = &inv_sums[r0..r0 + rows];
+            let scales = &row_scales[r0..r0 + rows];
             values.weighted(scores, stride, base, (out, hidden), scales, tile);
         }
     }
@@ -1046,9 +1046,22 @@ mod simd {
             ROWS
         }
 
+        /// The softmax's part before [`weighted`](Self::weighted), on one row of scores whose
+        /// keys are `lo..hi`; returns the row's entry of `weighted`'s `scales`. Here the whole
+        /// softmax ([`band_exp`]): the row becomes unnormalised probabilities (0 outside the
+        /// band), and the scale is `1 / Σ`.
+        ///
+        /// # Safety
+        /// As [`band_exp`].
+        #[inline(always)]
+        unsafe fn prepare_row<S: Isa>(&self, row: &mut [f32], lo: usize, hi: usize) -> f32 {
+            band_exp::<S>(row, lo, hi)
+        }
+
         /// `out[r, :] = scales[r] · Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's
-        /// rows of weights (row stride `p_stride`, finite everywhere); `out` rows (stride
-        /// `out_stride`) start at zero.
+        /// rows of weights (row stride `p_stride`, finite everywhere), as
+        /// [`prepare_row`](Self::prepare_row) left them and scaled as it said; `out` rows
+        /// (stride `out_stride`) start at zero.
         ///
         /// # Safety
         /// The CPU runs the implementation's instructions (the caller's target features);

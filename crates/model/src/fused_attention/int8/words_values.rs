@@ -17,13 +17,16 @@
 //!   row's largest probability do many small ones round coarsely (to 1/8191 of it), and a
 //!   pass holds at most 128 of them.
 //!
-//! A pass's sums are exact in i32 (`WORD_KEYS · P_LEVELS · V_LEVELS < 2³¹`), then go to f32 times
-//! `f`; the row's `1 / Σ p` and the column's `s_v` multiply at the end.
+//! The probabilities are made and rounded in one pass over the scores ([`round_exponentials`]):
+//! `p16 = round(P_LEVELS · 2^((s - m) log₂e))`, `m` the pass's largest score, and `f =
+//! e^(m - row max)`. A pass's sums are exact in i32 (`WORD_KEYS · P_LEVELS · V_LEVELS < 2³¹`),
+//! then go to f32 times `f`; the row's `1 / Σ f · p16` (the rounded probabilities' own sum) and
+//! the column's `s_v` multiply at the end.
 
 use std::arch::x86_64::*;
 
-use super::super::simd::{self, Tile, WeightedValues};
-use super::{key_passes, magnitude};
+use super::super::simd::{self, Isa, Tile, WeightedValues};
+use super::key_passes;
 use crate::simd::Avx2;
 
 /// The largest rounded |v| (11 bits).
@@ -130,14 +133,23 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         simd::MAX_ROWS
     }
 
+    /// The rows stay scores (-inf outside the band) and the scale is the row's largest: each
+    /// pass turns its scores into probabilities as it rounds them ([`round_exponentials`]).
+    /// Exponentials stored as f32, then read again for each pass's largest and once more to
+    /// round, were a fifth of this attention's time on long documents.
+    #[inline(always)]
+    unsafe fn prepare_row<S: simd::Isa>(&self, row: &mut [f32], lo: usize, hi: usize) -> f32 {
+        band_max(row, lo, hi)
+    }
+
     #[inline(always)]
     unsafe fn weighted(
         &self,
-        p: &[f32],
-        p_stride: usize,
+        scores: &[f32],
+        stride: usize,
         base: usize,
         (out, out_stride): (*mut f32, usize),
-        scales: &[f32],
+        row_maxima: &[f32],
         tile: Tile,
     ) {
         let Tile { r0, rows, keys } = tile;
@@ -147,29 +159,41 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
             scales: column_scales,
             ..
         } = self.values;
-        assert!((1..=simd::MAX_ROWS).contains(&rows) && keys.end <= p_stride);
-        assert!(p_stride.is_multiple_of(8) && head_dim.is_multiple_of(VALUE_COLUMNS));
+        assert!((1..=simd::MAX_ROWS).contains(&rows) && keys.end <= stride);
+        assert!(stride.is_multiple_of(8) && head_dim.is_multiple_of(VALUE_COLUMNS));
         assert!(base.is_multiple_of(2) && column_scales.len() == head_dim);
         assert!(words.len() >= (base + keys.end).next_multiple_of(2) * head_dim);
-        assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
+        assert!(scores.len() >= (r0 + rows) * stride && row_maxima.len() == rows);
         // Left unset: each pass writes the rows and keys its products read. Zeroing it per tile,
         // and V's words per head, took 2% of the attention's samples on short texts
         // (`attention_bench 96 64`: `memset` 4.2% → 2.6% of all samples).
         let mut probs = std::mem::MaybeUninit::<[[i16; WORD_KEYS]; simd::MAX_ROWS]>::uninit();
         let probs = probs.as_mut_ptr().cast::<i16>();
+        // Per row: the pass's factor, the sum of the passes' rounded probabilities times their
+        // factors, and at the last pass its inverse.
         let mut factors = [0f32; simd::MAX_ROWS];
+        let mut sums = [0f32; simd::MAX_ROWS];
+        let mut inverse_sums = [0f32; simd::MAX_ROWS];
         for pass in key_passes(keys, 8, WORD_KEYS) {
             let from = pass.from;
-            for (r, factor) in factors.iter_mut().enumerate().take(rows) {
-                let row = p.as_ptr().add((r0 + r) * p_stride + from);
-                *factor = round_probabilities(row, pass.to - from, probs.add(r * WORD_KEYS));
+            for r in 0..rows {
+                let row = scores.as_ptr().add((r0 + r) * stride + from);
+                let (factor, sum) = round_exponentials(
+                    row,
+                    pass.to - from,
+                    row_maxima[r],
+                    probs.add(r * WORD_KEYS),
+                );
+                factors[r] = factor;
+                sums[r] += factor * sum as f32;
+                inverse_sums[r] = 1.0 / sums[r];
             }
             let mut r = 0;
             while r < rows {
                 let n = VALUE_ROWS.min(rows - r);
                 let ends = Ends {
                     first: pass.first,
-                    last: pass.last.then(|| scales[r..].as_ptr()),
+                    last: pass.last.then(|| inverse_sums[r..].as_ptr()),
                 };
                 for c0 in (0..head_dim).step_by(VALUE_COLUMNS) {
                     let probs = (probs.add(r * WORD_KEYS).cast_const(), &factors[r..]);
@@ -195,27 +219,99 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
     }
 }
 
-/// Rounds the probabilities `p[..n]` (at least 0; read up to a multiple of 8) to `out` scaled
-/// by their largest: `p ≈ f · out`; returns `f` (0 where all are 0, NaN where one is NaN).
+/// `P_LEVELS · 2^x` for `x <= 0` (NaN stays NaN), to well within the rounding that follows:
+/// `2^x = 2^n · 2^f`, `n` the nearest integer, `2^f` for `|f| <= 1/2` by a degree-4 polynomial
+/// fitted to its relative error (2.6e-6, 0.02 of a level; `exp_nonpositive`'s degree 6 and
+/// two-part reduction were twice the work here). Below 2^-30, where a level is 7.6e-6 of it,
+/// it is `P_LEVELS · 2^-30`, which rounds to 0.
 #[inline(always)]
-unsafe fn round_probabilities(p: *const f32, n: usize, out: *mut i16) -> f32 {
-    let (max, finite) =
-        magnitude::<Avx2>(std::slice::from_raw_parts(p, n.next_multiple_of(8)), None);
-    if !finite {
-        // A NaN row (from a NaN query): its outputs are NaN, as in f32.
-        return f32::NAN;
+unsafe fn levels_exp2(x: __m256) -> __m256 {
+    // `max(c, x)` is x where x is NaN.
+    let x = _mm256_max_ps(_mm256_set1_ps(-30.0), x);
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+    let f = _mm256_sub_ps(x, n);
+    let mut p = _mm256_set1_ps(EXP2_POLY[0] * P_LEVELS);
+    for &c in &EXP2_POLY[1..] {
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c * P_LEVELS));
     }
-    let factor = match max > 0.0 {
-        true => _mm256_set1_ps(P_LEVELS / max),
-        false => _mm256_setzero_ps(),
-    };
+    // Times 2^n, added to the exponent bits (p is a normal number well above 2^-96).
+    _mm256_castsi256_ps(_mm256_add_epi32(
+        _mm256_castps_si256(p),
+        _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n)),
+    ))
+}
+
+/// `2^f` on `[-1/2, 1/2]`, highest degree first: least relative error, by Lawson's
+/// iteration on a grid of 20,001 points (`python`: numpy `lstsq` with weights).
+const EXP2_POLY: [f32; 5] = [
+    0.009_570_069,
+    0.055_917_81,
+    0.240_247_45,
+    0.693_121_8,
+    0.999_999_3,
+];
+
+/// [`WordValues`]' part of the softmax before PV: every entry of `row` outside `lo..hi`
+/// becomes -inf (its probability then rounds to 0 in whichever pass reads it); returns the
+/// band's largest score, NaN where one is NaN or infinite (the row's outputs are NaN then, as
+/// in f32).
+#[inline(always)]
+unsafe fn band_max(row: &mut [f32], lo: usize, hi: usize) -> f32 {
+    assert!(lo < hi && hi <= row.len() && row.len().is_multiple_of(8));
+    row[..lo].fill(f32::NEG_INFINITY);
+    row[hi..].fill(f32::NEG_INFINITY);
+    // Two chains of `vmaxps` in flight; `vcmpunordps` keeps a NaN that `vmaxps` may drop.
+    let p = row.as_ptr();
+    let mut maxes = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    let mut nan = _mm256_setzero_ps();
+    let first = lo / 8 * 8;
+    for (i, c) in (first..row.len()).step_by(8).enumerate() {
+        let x = _mm256_loadu_ps(p.add(c));
+        maxes[i % 2] = _mm256_max_ps(maxes[i % 2], x);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    }
+    let max = Avx2::reduce_max(_mm256_max_ps(maxes[0], maxes[1]));
+    match _mm256_movemask_ps(nan) == 0 && max.is_finite() {
+        true => max,
+        false => f32::NAN,
+    }
+}
+
+/// The probabilities of scores `s[..n]` (read up to a multiple of 8; -inf where a key is
+/// outside the row's band) rounded to `out`, scaled by their largest: `out ≈ P_LEVELS ·
+/// e^(s - m)`, `m` the largest score among them. Returns `e^(m - row_max)`, the factor that
+/// puts `out` on the row's common scale, and `Σ out`; `(0, 0)` where every key is outside
+/// the band, `(NaN, 0)` where `row_max` is NaN (`out` 0 in both).
+#[inline(always)]
+unsafe fn round_exponentials(s: *const f32, n: usize, row_max: f32, out: *mut i16) -> (f32, i32) {
+    let n = n.next_multiple_of(8);
+    let mut maxes = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    for (i, k) in (0..n).step_by(8).enumerate() {
+        maxes[i % 2] = _mm256_max_ps(maxes[i % 2], _mm256_loadu_ps(s.add(k)));
+    }
+    let max = Avx2::reduce_max(_mm256_max_ps(maxes[0], maxes[1]));
+    if row_max.is_nan() || max == f32::NEG_INFINITY {
+        std::ptr::write_bytes(out, 0, n);
+        let factor = if row_max.is_nan() { f32::NAN } else { 0.0 };
+        return (factor, 0);
+    }
+    let shift = _mm256_set1_ps(max * std::f32::consts::LOG2_E);
+    let mut total = _mm256_setzero_si256();
     for k in (0..n).step_by(8) {
-        let rounded = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(p.add(k)), factor));
+        let x = _mm256_fmsub_ps(
+            _mm256_loadu_ps(s.add(k)),
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            shift,
+        );
+        let rounded = _mm256_cvtps_epi32(levels_exp2(x));
+        total = _mm256_add_epi32(total, rounded);
         // Lanes 0-3 and 4-7 as 16 bits in the low 128 bits.
         let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packs_epi32(rounded, rounded));
         _mm_storeu_si128(out.add(k).cast(), _mm256_castsi256_si128(packed));
     }
-    max / P_LEVELS
+    let mut lanes = [0i32; 8];
+    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), total);
+    ((max - row_max).exp(), lanes.iter().sum())
 }
 
 /// Whether a pass is a row's first (its sums are stored rather than added) and its last (then
@@ -355,19 +451,28 @@ mod tests {
             head_dim,
             isa: std::marker::PhantomData,
         };
-        // Each row's 1 / Σ p, as the softmax gives it.
+        // f32: the probabilities, each row scaled by its 1 / Σ p, as the softmax gives them.
         let scales: Vec<f32> = p
             .chunks_exact(stride)
             .take(rows)
             .map(|row| 1.0 / row[keys.clone()].iter().sum::<f32>())
             .collect();
-        Some(outputs_of(
-            (&words, &floats),
+        let (_, floats) = outputs_of(
+            (&floats, &floats),
             (p, stride),
             head_dim,
             &scales,
-            keys,
-        ))
+            keys.clone(),
+        );
+        // Words: scores whose softmax gives them, `ln p` (the rows' largest at 0), as the
+        // softmax's first part leaves them.
+        let mut scores: Vec<f32> = p[..rows * stride].iter().map(|x| x.ln()).collect();
+        let maxima: Vec<f32> = scores
+            .chunks_exact_mut(stride)
+            .map(|row| words.prepare_row::<Avx2>(row, keys.start, keys.end))
+            .collect();
+        let (words, _) = outputs_of((&words, &words), (&scores, stride), head_dim, &maxima, keys);
+        Some((words, floats))
     }
 
     fn skip() -> bool {
@@ -448,7 +553,7 @@ mod tests {
     /// A row whose largest probability (1, key 0) sits beside 1,023 small ones (1e-4, a tenth
     /// of the row's sum): each pass rounds to its own largest, so only the first pass's 127
     /// small ones round coarsely (1e-4 to 1/8191 ≈ 1.22e-4), and the output stays within 5e-3
-    /// of f32's (measured 2.5e-3, V 1 on the small ones' keys, 0 on key 0). Rounded to the
+    /// of f32's (measured 2.3e-3, V 1 on the small ones' keys, 0 on key 0). Rounded to the
     /// row's largest instead, all 1,023 would, and the output would move by 2e-2.
     #[test]
     fn small_probabilities_keep_their_sum_beside_a_large_one() {
@@ -473,6 +578,39 @@ mod tests {
             );
             assert!(worst <= 5e-3, "{}: {worst}", name(dot));
         }
+    }
+
+    /// `levels_exp2` against `P_LEVELS · 2^x` in f64 on 200,001 points of [-40, 0]: within
+    /// 0.03 of a level (the fit: 0.021), so the rounding that follows moves by at most one
+    /// level where the exact value sits that close to a half; 0 at and below -30; NaN kept.
+    #[test]
+    fn levels_exp2_is_within_a_thirtieth_of_a_level() {
+        if skip() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn at(x: f32) -> f32 {
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), levels_exp2(_mm256_set1_ps(x)));
+            out[0]
+        }
+        let mut worst = (0f64, 0f32);
+        for i in 0..=200_000 {
+            let x = -40.0 * i as f32 / 200_000.0;
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let got = unsafe { at(x) } as f64;
+            let want = P_LEVELS as f64 * (x as f64).exp2();
+            if (got - want).abs() > worst.0 {
+                worst = ((got - want).abs(), x);
+            }
+            if x <= -30.0 {
+                assert!(got.round() == 0.0, "{x}: {got}");
+            }
+        }
+        eprintln!("levels_exp2: worst {:e} levels at {}", worst.0, worst.1);
+        assert!(worst.0 <= 0.03, "{worst:?}");
+        // SAFETY: as above.
+        assert!(unsafe { at(f32::NAN) }.is_nan());
     }
 
     /// A NaN probability leaves its row's outputs NaN (as in f32) and no other row's; a value
