@@ -1,8 +1,9 @@
 //! Times the packed forward of a random ModernBERT-base-shaped model (profiling aid).
 //!
-//! `cargo run --release -p mbpipe-model --example forward_profile -- [f32|bf16|f16|int8] [tokens] [median] [layers] [reps]`
+//! `cargo run --release -p mbpipe-model --example forward_profile -- [f32|bf16|f16|int8] [tokens] [median] [layers] [reps] [all|cls]`
 //! Writes random weights to a temporary folder, packs sequences with a long-tailed length mix
-//! (log-normal around `median`), and prints real tokens/s and linear-layer GFLOP/s per rep.
+//! (log-normal around `median`), and prints real tokens/s and linear-layer GFLOP/s per rep. With
+//! `all` or `cls` the classifier pools the cls token, and `cls` keeps only those rows.
 
 use std::time::Instant;
 
@@ -17,11 +18,21 @@ fn main() {
     let median: f64 = arg(2, "44").parse().unwrap();
     let layers: usize = arg(3, "22").parse().unwrap();
     let reps: usize = arg(4, "3").parse().unwrap();
+    // `cls`: the forward keeps each sequence's first row alone (`encode_rows`), as a pipeline
+    // does for a cls-pooled classifier; `all` (the default): every row.
+    let cls_rows = match arg(5, "all").as_str() {
+        "cls" => true,
+        "all" => false,
+        other => panic!("rows must be `all` or `cls`, found `{other}`"),
+    };
     let (h, inter) = (768, 1152);
 
     let dir = tempfile::tempdir().unwrap();
     let mut checkpoint = Synthetic::base(layers, 50368);
     checkpoint.special_ids = (50281, 50282);
+    if args.len() > 5 {
+        checkpoint.pooling = "cls";
+    }
     checkpoint.write(dir.path()).unwrap();
     let files = ModelFiles::from_dir(dir.path()).unwrap();
     let t0 = Instant::now();
@@ -85,8 +96,16 @@ fn main() {
     let mut busy = 0.0;
     for rep in 0..reps {
         let t0 = Instant::now();
-        let hidden = model.encode(&batch).unwrap();
-        let logits = model.classify(&hidden, &batch).unwrap();
+        let logits = match cls_rows {
+            true => {
+                let first = (0..batch.num_sequences()).map(|i| batch.range(i).start as u32);
+                let states = model.encode_rows(&batch, first.collect()).unwrap();
+                model.classify(&states, &batch).unwrap()
+            }
+            false => model
+                .classify(&model.encode(&batch).unwrap(), &batch)
+                .unwrap(),
+        };
         let _ = logits.to_vec2::<f32>().unwrap();
         let s = t0.elapsed().as_secs_f64();
         busy += s;

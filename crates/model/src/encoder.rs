@@ -303,7 +303,30 @@ impl Encoder {
 
     /// Last hidden states `[tokens, hidden]` of a packed batch, after `final_norm`.
     pub fn forward(&self, batch: &PackedBatch) -> Result<Tensor> {
+        self.forward_rows(batch, None)
+    }
+
+    /// [`forward`](Self::forward), or with `rows` (token rows, increasing) the states of those
+    /// rows alone, `[rows.len(), hidden]`: the last layer's attention still reads every token,
+    /// but its `Wo`, MLP and the final norm run on `rows` only.
+    pub fn forward_rows(&self, batch: &PackedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
         let t = batch.num_tokens();
+        if let Some(rows) = rows {
+            if rows.is_empty() {
+                return Err(ModelError::Input("no token rows to compute".into()));
+            }
+            if let Some(bad) = rows.iter().find(|&&r| r as usize >= t) {
+                return Err(ModelError::Input(format!(
+                    "token row {bad} is outside the batch's {t} tokens"
+                )));
+            }
+            if let Some(w) = rows.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(ModelError::Input(format!(
+                    "token rows must increase; found {} then {}",
+                    w[0], w[1]
+                )));
+            }
+        }
         if t == 0 {
             return Err(ModelError::Input("empty batch".into()));
         }
@@ -326,8 +349,11 @@ impl Encoder {
         }
         let ids = Tensor::from_slice(&batch.input_ids, t, &self.device)?;
         let positions = Tensor::from_slice(&batch.position_ids, t, &self.device)?;
+        let rows = rows
+            .map(|rows| Tensor::from_slice(rows, rows.len(), &self.device))
+            .transpose()?;
         with_thread_buffer(&SCRATCH, |scratch| {
-            self.forward_with(batch, &ids, &positions, scratch)
+            self.forward_with(batch, (&ids, &positions), rows.as_ref(), scratch)
         })
     }
 
@@ -336,8 +362,8 @@ impl Encoder {
     fn forward_with(
         &self,
         batch: &PackedBatch,
-        ids: &Tensor,
-        positions: &Tensor,
+        (ids, positions): (&Tensor, &Tensor),
+        rows: Option<&Tensor>,
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
         // Per-token cos/sin for the candle attention path, made only when a layer takes it (the
@@ -350,8 +376,14 @@ impl Encoder {
             )
         })?;
         let rotaries = self.rotary_tables(batch.max_len())?;
-        for layer in &self.layers {
-            let rotary = &rotaries[&layer.theta_key];
+        // The rows are picked in the last layer (right after the embeddings where there is
+        // none).
+        let last = self.layers.len().checked_sub(1);
+        if let (None, Some(rows)) = (last, rows) {
+            hidden = hidden.index_select(rows, 0)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rotary: &Rotary = &rotaries[&layer.theta_key];
             let mut rope_rows = || -> Result<(Tensor, Tensor)> {
                 if let Some(t) = tables.get(&layer.theta_key) {
                     return Ok(t.clone());
@@ -363,17 +395,19 @@ impl Encoder {
                 tables.insert(layer.theta_key, t.clone());
                 Ok(t)
             };
-            hidden = self.layer_forward(layer, &hidden, batch, rotary, &mut rope_rows, scratch)?;
+            let rows = rows.filter(|_| Some(i) == last);
+            let inputs = (&hidden, batch, rotary, rows);
+            hidden = self.layer_forward(layer, inputs, &mut rope_rows, scratch)?;
         }
         timed(1, || self.final_norm.forward(&hidden))
     }
 
+    /// One layer on `x`; with `rows`, its output holds those token rows alone (the attention
+    /// reads every token, and nothing after it needs the others).
     fn layer_forward(
         &self,
         layer: &Layer,
-        x: &Tensor,
-        batch: &PackedBatch,
-        rotary: &Rotary,
+        (x, batch, rotary, rows): (&Tensor, &PackedBatch, &Rotary, Option<&Tensor>),
         rope_rows: &mut dyn FnMut() -> Result<(Tensor, Tensor)>,
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
@@ -413,10 +447,14 @@ impl Encoder {
                 self.attention_candle(&qkv, batch, layer.kind, &cos, &sin)?
             }
         };
+        let (attn, x) = match rows {
+            Some(rows) => (attn.index_select(rows, 0)?, x.index_select(rows, 0)?),
+            None => (attn, x.clone()),
+        };
         let x = timed(5, || {
             layer
                 .wo
-                .forward_add_reusing(&attn, x, &mut scratch.hidden[0])
+                .forward_add_reusing(&attn, &x, &mut scratch.hidden[0])
         })?;
         drop(qkv);
         // Stages 1 (the norm, where the product does not apply it), 6 and 7 (the product and

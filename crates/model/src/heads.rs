@@ -6,6 +6,7 @@ use crate::batch::PackedBatch;
 use crate::config::{ModernBertConfig, Pooling, ProblemType};
 use crate::error::{ModelError, Result};
 use crate::layers::{LayerNorm, Linear};
+use crate::states::TokenStates;
 use crate::weights::Weights;
 
 /// `head`: dense -> GELU -> LayerNorm, shared by the MLM and classification models.
@@ -31,8 +32,11 @@ impl PredictionHead {
 /// Pools `[tokens, hidden]` into `[sequences, hidden]` in f32, with a fixed handful of ops for
 /// the whole batch (a gather, or a scatter-add and a division), not a few per sequence: on a GPU
 /// every op is a kernel launch, and batches hold hundreds of short sequences.
-pub(crate) fn pool(hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Result<Tensor> {
-    let device = hidden.device();
+pub(crate) fn pool(
+    hidden: &impl TokenStates,
+    batch: &PackedBatch,
+    pooling: Pooling,
+) -> Result<Tensor> {
     let n = batch.num_sequences();
     // An empty sequence has no token to pool: cls would read the next sequence's first token
     // (or, on a GPU, past the end: a device assert), mean would divide by zero.
@@ -49,9 +53,11 @@ pub(crate) fn pool(hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Re
     let pooled = match pooling {
         Pooling::Cls => {
             let first: Vec<u32> = (0..n).map(|i| batch.range(i).start as u32).collect();
-            hidden.index_select(&Tensor::from_vec(first, n, device)?, 0)?
+            hidden.rows(&first)?
         }
         Pooling::Mean => {
+            let hidden = hidden.every_row()?;
+            let device = hidden.device();
             let mut sequence_of_token = Vec::with_capacity(batch.num_tokens());
             let mut lengths = Vec::with_capacity(n);
             for i in 0..n {

@@ -14,6 +14,7 @@ use crate::kernel::AttentionKernel;
 use crate::layers::Linear;
 use crate::overrides::{CpuKernels, Overrides};
 use crate::simd::Cpu;
+use crate::states::{RowStates, TokenStates};
 use crate::weights::{WeightPrecision, Weights};
 use crate::Precision;
 
@@ -559,13 +560,27 @@ impl ModernBert {
         self.encoder.forward(batch)
     }
 
+    /// The last hidden states of the token rows `rows` alone (indices into the batch,
+    /// increasing): what [`encode`](Self::encode) gives at those rows, with the last layer's
+    /// `Wo`, MLP and the final norm run on those rows only. Heads that read one row per
+    /// sequence (cls pooling, a [MASK]) skip about two thirds of the last layer's products.
+    pub fn encode_rows(&self, batch: &PackedBatch, rows: Vec<u32>) -> Result<RowStates> {
+        let states = self.encoder.forward_rows(batch, Some(&rows))?;
+        Ok(RowStates { states, kept: rows })
+    }
+
     /// One pooled vector per sequence, `[sequences, hidden]` in f32.
-    pub fn pool(&self, hidden: &Tensor, batch: &PackedBatch, pooling: Pooling) -> Result<Tensor> {
+    pub fn pool(
+        &self,
+        hidden: &impl TokenStates,
+        batch: &PackedBatch,
+        pooling: Pooling,
+    ) -> Result<Tensor> {
         pool(hidden, batch, pooling)
     }
 
     /// Classifier logits `[sequences, labels]` in f32, pooled as the config says.
-    pub fn classify(&self, hidden: &Tensor, batch: &PackedBatch) -> Result<Tensor> {
+    pub fn classify(&self, hidden: &impl TokenStates, batch: &PackedBatch) -> Result<Tensor> {
         let (Some(head), Some(classifier)) = (&self.head, &self.classifier) else {
             return Err(ModelError::Unsupported(
                 "this checkpoint has no sequence-classification head (classifier.weight)".into(),
@@ -579,21 +594,13 @@ impl ModernBert {
     }
 
     /// Vocabulary logits `[positions, vocab]` in f32 at the given token rows of the batch.
-    pub fn mask_logits(&self, hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    pub fn mask_logits(&self, hidden: &impl TokenStates, rows: &[u32]) -> Result<Tensor> {
         let (Some(head), Some(decoder)) = (&self.head, &self.decoder) else {
             return Err(ModelError::Unsupported(
                 "this checkpoint has no masked-LM head (head.* and decoder.bias)".into(),
             ));
         };
-        // On a GPU an index past the end is a device assert that poisons the worker's context.
-        let tokens = hidden.dim(0)?;
-        if let Some(bad) = rows.iter().find(|&&r| r as usize >= tokens) {
-            return Err(ModelError::Input(format!(
-                "mask row {bad} is outside the batch's {tokens} tokens"
-            )));
-        }
-        let idx = Tensor::from_slice(rows, rows.len(), hidden.device())?;
-        let picked = hidden.index_select(&idx, 0)?;
+        let picked = hidden.rows(rows)?;
         Ok(decoder
             .forward(&head.forward(&picked)?)?
             .to_dtype(DType::F32)?)
@@ -616,7 +623,7 @@ impl ModernBert {
     /// with their probabilities (softmax over the vocabulary), best first.
     pub fn fill_mask(
         &self,
-        hidden: &Tensor,
+        hidden: &impl TokenStates,
         batch: &PackedBatch,
         mask_token_id: u32,
         k: usize,
@@ -650,7 +657,7 @@ impl ModernBert {
     /// recipe reads the verbalizer tokens' logits at the template's [MASK].
     pub fn candidate_logits(
         &self,
-        hidden: &Tensor,
+        hidden: &impl TokenStates,
         rows: &[Option<u32>],
         candidates: &[u32],
     ) -> Result<Vec<Option<Vec<f32>>>> {

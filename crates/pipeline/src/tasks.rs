@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use mbpipe_model::{scores_from_logits, PackedBatch, Pooling, ProblemType, Tensor};
+use mbpipe_model::{
+    scores_from_logits, ModernBert, PackedBatch, Pooling, ProblemType, TokenStates,
+};
 use mbpipe_text::TextEncoder;
 pub use mbpipe_text::{InputVariant, RowInput};
 
@@ -271,11 +273,70 @@ pub enum TaskBatchOutput {
     FillMask(Vec<Vec<Vec<(u32, f32)>>>),
 }
 
-/// Runs the heads of `tasks` on one batch's hidden states.
+/// The token rows of `batch` whose last hidden states `tasks`' heads read, increasing
+/// (`classifier_pooling`: their model's, for classify tasks); `None` where one reads every
+/// token (mean pooling) or none reads any (a fill-mask task on texts without a [MASK]: the
+/// plain forward then runs, with its checks).
+pub fn rows_read(
+    tasks: &[&BoundTask],
+    classifier_pooling: Pooling,
+    batch: &PackedBatch,
+) -> Option<Vec<u32>> {
+    // Each non-empty sequence's first token (an empty one is pooling's error to report).
+    let first_tokens = || {
+        (0..batch.num_sequences())
+            .map(|i| batch.range(i))
+            .filter(|r| !r.is_empty())
+            .map(|r| r.start as u32)
+            .collect::<Vec<_>>()
+    };
+    let pooled = |pooling: Pooling| match pooling {
+        Pooling::Cls => Some(first_tokens()),
+        Pooling::Mean => None,
+    };
+    let mut rows = Vec::new();
+    for task in tasks {
+        rows.extend(match &task.kind {
+            BoundKind::Classify { .. } => pooled(classifier_pooling)?,
+            BoundKind::Embed { pooling, .. } => pooled(*pooling)?,
+            BoundKind::ZeroShot {
+                mask_id,
+                mask_after_text,
+                ..
+            } => zero_shot_rows(batch, *mask_id, *mask_after_text)
+                .into_iter()
+                .flatten()
+                .collect(),
+            BoundKind::FillMask { mask_id, .. } => ModernBert::positions_of(batch, *mask_id)
+                .into_iter()
+                .flatten()
+                .collect(),
+        });
+    }
+    rows.sort_unstable();
+    rows.dedup();
+    (!rows.is_empty()).then_some(rows)
+}
+
+/// Per sequence, the row of the template's [MASK] that a zero-shot task reads: the last of the
+/// sequence's masks where the text comes before it (a [MASK] in the text itself comes first),
+/// else the first.
+fn zero_shot_rows(batch: &PackedBatch, mask_id: u32, mask_after_text: bool) -> Vec<Option<u32>> {
+    ModernBert::positions_of(batch, mask_id)
+        .iter()
+        .map(|p| match mask_after_text {
+            true => p.last().copied(),
+            false => p.first().copied(),
+        })
+        .collect()
+}
+
+/// Runs the heads of `tasks` on one batch's hidden states (every token's, or the rows
+/// [`rows_read`] names).
 pub fn run_heads(
     m: &LoadedModel,
     tasks: &[&BoundTask],
-    hidden: &Tensor,
+    hidden: &impl TokenStates,
     batch: &PackedBatch,
 ) -> Result<Vec<TaskBatchOutput>, PipelineError> {
     let mut outputs = Vec::with_capacity(tasks.len());
@@ -290,17 +351,7 @@ pub fn run_heads(
                 mask_after_text,
                 ..
             } => {
-                let positions = mbpipe_model::ModernBert::positions_of(batch, *mask_id);
-                let rows: Vec<Option<u32>> = positions
-                    .iter()
-                    .map(|p| {
-                        if *mask_after_text {
-                            p.last().copied()
-                        } else {
-                            p.first().copied()
-                        }
-                    })
-                    .collect();
+                let rows = zero_shot_rows(batch, *mask_id, *mask_after_text);
                 let logits = m.model.candidate_logits(hidden, &rows, token_ids)?;
                 let logits = logits
                     .into_iter()
@@ -427,5 +478,89 @@ pub fn l2_normalize(v: &mut [f32]) {
         .sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: u32 = 9;
+
+    fn task(kind: BoundKind) -> BoundTask {
+        BoundTask {
+            name: "t".into(),
+            model: 0,
+            max_length: 512,
+            kind,
+        }
+    }
+
+    fn classify() -> BoundTask {
+        task(BoundKind::Classify {
+            labels: vec!["a".into(), "b".into()],
+            problem: ProblemType::SingleLabel,
+            threshold: 0.5,
+            weights: None,
+        })
+    }
+
+    fn embed(pooling: Pooling) -> BoundTask {
+        task(BoundKind::Embed {
+            pooling,
+            normalize: true,
+            dim: 8,
+            long_text: LongText::Truncate,
+            chunk_overlap: 0,
+            prefix: String::new(),
+        })
+    }
+
+    fn zero_shot(mask_after_text: bool) -> BoundTask {
+        task(BoundKind::ZeroShot {
+            template: Template::parse("{text} is [MASK]").unwrap(),
+            labels: vec!["a".into()],
+            token_ids: vec![5],
+            weights: None,
+            mask_id: MASK,
+            mask_after_text,
+        })
+    }
+
+    /// Which rows the forward keeps for each kind of head: one per sequence for cls pooling
+    /// (an empty sequence has none), each [MASK] for fill-mask, the template's [MASK] for
+    /// zero-shot; the union, increasing, for tasks sharing a pass; every row (`None`) as soon
+    /// as one task pools the mean, or where no task reads any row.
+    #[test]
+    fn rows_read_are_the_rows_the_heads_read() {
+        // Rows 0-4, 5-6, (empty), 7-10.
+        let batch = PackedBatch::from_sequences(&[
+            vec![1, 3, MASK, 4, 2],
+            vec![1, 2],
+            vec![],
+            vec![1, MASK, MASK, 2],
+        ]);
+        let fill = task(BoundKind::FillMask {
+            top_k: 3,
+            mask_id: MASK,
+        });
+        let read = |tasks: &[&BoundTask], pooling| rows_read(tasks, pooling, &batch);
+        assert_eq!(read(&[&classify()], Pooling::Cls), Some(vec![0, 5, 7]));
+        assert_eq!(read(&[&classify()], Pooling::Mean), None);
+        assert_eq!(
+            read(&[&embed(Pooling::Cls)], Pooling::Mean),
+            Some(vec![0, 5, 7])
+        );
+        assert_eq!(read(&[&embed(Pooling::Mean)], Pooling::Cls), None);
+        assert_eq!(read(&[&fill], Pooling::Mean), Some(vec![2, 8, 9]));
+        assert_eq!(read(&[&zero_shot(true)], Pooling::Mean), Some(vec![2, 9]));
+        assert_eq!(read(&[&zero_shot(false)], Pooling::Mean), Some(vec![2, 8]));
+        assert_eq!(
+            read(&[&fill, &classify(), &zero_shot(true)], Pooling::Cls),
+            Some(vec![0, 2, 5, 7, 8, 9])
+        );
+        assert_eq!(read(&[&fill, &embed(Pooling::Mean)], Pooling::Cls), None);
+        let unmasked = PackedBatch::from_sequences(&[vec![1, 3, 2]]);
+        assert_eq!(rows_read(&[&fill], Pooling::Cls, &unmasked), None);
     }
 }

@@ -18,7 +18,7 @@ use mbpipe_model::{DeviceSpec, PackedBatch};
 use crate::engine::LoadedModel;
 use crate::error::PipelineError;
 use crate::oom::OomSplitter;
-use crate::tasks::{run_heads, BoundTask, TaskBatchOutput};
+use crate::tasks::{rows_read, run_heads, BoundTask, TaskBatchOutput};
 
 /// A batch of one encoder group.
 pub struct Job {
@@ -242,11 +242,20 @@ fn run_job(
     splitter.run(&job.batch, &estimate, &mut |batch| {
         // The heads copy their results to the host, so on a GPU this includes the whole forward.
         let start = Instant::now();
-        let out = model
-            .model
-            .encode(batch)
-            .map_err(PipelineError::from)
-            .and_then(|hidden| run_heads(model, &group, &hidden, batch));
+        // Heads that read one row per sequence (cls pooling, a [MASK]) get those rows alone.
+        let pooling = model.model.config().classifier_pooling;
+        let out = match rows_read(&group, pooling, batch) {
+            Some(rows) => model
+                .model
+                .encode_rows(batch, rows)
+                .map_err(PipelineError::from)
+                .and_then(|hidden| run_heads(model, &group, &hidden, batch)),
+            None => model
+                .model
+                .encode(batch)
+                .map_err(PipelineError::from)
+                .and_then(|hidden| run_heads(model, &group, &hidden, batch)),
+        };
         clock.add(start.elapsed());
         if out.is_ok() {
             clock.add_padding(model.model.attention_padding(batch));
