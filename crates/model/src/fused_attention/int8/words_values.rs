@@ -169,8 +169,8 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         // (`attention_bench 96 64`: `memset` 4.2% → 2.6% of all samples).
         let mut probs = std::mem::MaybeUninit::<[[i16; WORD_KEYS]; simd::MAX_ROWS]>::uninit();
         let probs = probs.as_mut_ptr().cast::<i16>();
-        // Per row: the pass's factor, the sum of the passes' rounded probabilities times their
-        // factors, and at the last pass its inverse.
+        // Per row: the pass's factor, the sum so far of the passes' rounded probabilities times
+        // their factors, and its inverse (which the last pass applies).
         let mut factors = [0f32; simd::MAX_ROWS];
         let mut sums = [0f32; simd::MAX_ROWS];
         let mut inverse_sums = [0f32; simd::MAX_ROWS];
