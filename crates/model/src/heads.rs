@@ -30,9 +30,9 @@ impl PredictionHead {
 }
 
 /// Pools the tokens' states (cls: each sequence's first row; mean: every row) into
-/// `[sequences, hidden]` in f32, with a fixed handful of ops for
-/// the whole batch (a gather, or a scatter-add and a division), not a few per sequence: on a GPU
-/// every op is a kernel launch, and batches hold hundreds of short sequences.
+/// `[sequences, hidden]` in f32, with a fixed handful of ops for the whole batch (a gather, or
+/// a scatter-add and a division), not a few per sequence: on a GPU every op is a kernel launch,
+/// and batches hold hundreds of short sequences.
 pub(crate) fn pool(
     hidden: &impl TokenStates,
     batch: &PackedBatch,
