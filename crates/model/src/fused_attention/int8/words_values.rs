@@ -169,11 +169,10 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         // (`attention_bench 96 64`: `memset` 4.2% → 2.6% of all samples).
         let mut probs = std::mem::MaybeUninit::<[[i16; WORD_KEYS]; simd::MAX_ROWS]>::uninit();
         let probs = probs.as_mut_ptr().cast::<i16>();
-        // Per row: the pass's factor, the sum so far of the passes' rounded probabilities times
-        // their factors, and its inverse (which the last pass applies).
+        // Per row: the pass's factor, and the sum of the passes' rounded probabilities times
+        // their factors (the last pass applies its inverse).
         let mut factors = [0f32; simd::MAX_ROWS];
         let mut sums = [0f32; simd::MAX_ROWS];
-        let mut inverse_sums = [0f32; simd::MAX_ROWS];
         for pass in key_passes(keys, 8, WORD_KEYS) {
             let from = pass.from;
             for r in 0..rows {
@@ -186,14 +185,18 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
                 );
                 factors[r] = factor;
                 sums[r] += factor * sum as f32;
-                inverse_sums[r] = 1.0 / sums[r];
+            }
+            if pass.last {
+                for sum in &mut sums[..rows] {
+                    *sum = 1.0 / *sum;
+                }
             }
             let mut r = 0;
             while r < rows {
                 let n = VALUE_ROWS.min(rows - r);
                 let ends = Ends {
                     first: pass.first,
-                    last: pass.last.then(|| inverse_sums[r..].as_ptr()),
+                    last: pass.last.then(|| sums[r..].as_ptr()),
                 };
                 for c0 in (0..head_dim).step_by(VALUE_COLUMNS) {
                     let probs = (probs.add(r * WORD_KEYS).cast_const(), &factors[r..]);
