@@ -11,7 +11,7 @@ use crate::batch::PackedBatch;
 use crate::config::{AttentionKind, ModernBertConfig};
 use crate::embeddings::TokenEmbeddings;
 use crate::error::{ModelError, Result};
-use crate::fused_attention::{attend_qkv, AttentionProducts, RopeTables};
+use crate::fused_attention::{attend_qkv_of, AttentionProducts, Queries, RopeTables};
 use crate::kernel::AttentionKernel;
 use crate::layers::{GatedLinear, LayerNorm, Linear};
 use crate::packed_gemm::with_thread_buffer;
@@ -143,6 +143,13 @@ struct Scratch {
     /// The hidden states after the attention's residual connection and after the MLP's (the
     /// next layer's input, no longer read once the first is written).
     hidden: [Option<Tensor>; 2],
+}
+
+/// The token rows a forward keeps (increasing), as the fused attention and candle read them.
+#[derive(Clone, Copy)]
+struct KeptRows<'a> {
+    ids: &'a [u32],
+    tensor: &'a Tensor,
 }
 
 /// The encoder stack: token ids in, last hidden states `[tokens, hidden]` out.
@@ -307,8 +314,9 @@ impl Encoder {
     }
 
     /// [`forward`](Self::forward), or with `rows` (token rows, increasing) the states of those
-    /// rows alone, `[rows.len(), hidden]`: the last layer's attention still reads every token,
-    /// but its `Wo`, MLP and the final norm run on `rows` only.
+    /// rows alone, `[rows.len(), hidden]`: the last layer's attention still reads every token's
+    /// keys and values, but the fused CPU attention computes only the query blocks of `rows`,
+    /// and its `Wo`, MLP and the final norm run on `rows` only.
     pub fn forward_rows(&self, batch: &PackedBatch, rows: Option<&[u32]>) -> Result<Tensor> {
         let t = batch.num_tokens();
         if let Some(rows) = rows {
@@ -349,11 +357,14 @@ impl Encoder {
         }
         let ids = Tensor::from_slice(&batch.input_ids, t, &self.device)?;
         let positions = Tensor::from_slice(&batch.position_ids, t, &self.device)?;
-        let rows = rows
+        let rows_tensor = rows
             .map(|rows| Tensor::from_slice(rows, rows.len(), &self.device))
             .transpose()?;
+        let rows = rows
+            .zip(rows_tensor.as_ref())
+            .map(|(ids, tensor)| KeptRows { ids, tensor });
         with_thread_buffer(&SCRATCH, |scratch| {
-            self.forward_with(batch, (&ids, &positions), rows.as_ref(), scratch)
+            self.forward_with(batch, (&ids, &positions), rows, scratch)
         })
     }
 
@@ -363,7 +374,7 @@ impl Encoder {
         &self,
         batch: &PackedBatch,
         (ids, positions): (&Tensor, &Tensor),
-        rows: Option<&Tensor>,
+        rows: Option<KeptRows<'_>>,
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
         // Per-token cos/sin for the candle attention path, made only when a layer takes it (the
@@ -380,7 +391,7 @@ impl Encoder {
         // none).
         let last = self.layers.len().checked_sub(1);
         if let (None, Some(rows)) = (last, rows) {
-            hidden = hidden.index_select(rows, 0)?;
+            hidden = hidden.index_select(rows.tensor, 0)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let rotary: &Rotary = &rotaries[&layer.theta_key];
@@ -402,12 +413,13 @@ impl Encoder {
         timed(1, || self.final_norm.forward(&hidden))
     }
 
-    /// One layer on `x`; with `rows`, its output holds those token rows alone (the attention
-    /// reads every token, and nothing after it needs the others).
+    /// One layer on `x`; with `rows`, its output holds those token
+    /// rows alone: the attention reads every token's keys and values, but computes only the
+    /// query blocks that hold those rows, and nothing after it needs the others.
     fn layer_forward(
         &self,
         layer: &Layer,
-        (x, batch, rotary, rows): (&Tensor, &PackedBatch, &Rotary, Option<&Tensor>),
+        (x, batch, rotary, rows): (&Tensor, &PackedBatch, &Rotary, Option<KeptRows<'_>>),
         rope_rows: &mut dyn FnMut() -> Result<(Tensor, Tensor)>,
         scratch: &mut Scratch,
     ) -> Result<Tensor> {
@@ -426,12 +438,16 @@ impl Encoder {
             cos: &rotary.cos_f32,
             sin: &rotary.sin_f32,
         };
+        let queries = match rows {
+            Some(rows) => Queries::Rows(rows.ids),
+            None => Queries::Every,
+        };
         let fused = match self.fused_attention {
             Some(products) => timed(4, || {
-                attend_qkv(
+                attend_qkv_of(
                     &qkv,
                     &rope,
-                    batch,
+                    (batch, queries),
                     layer.kind,
                     heads,
                     products,
@@ -448,7 +464,10 @@ impl Encoder {
             }
         };
         let (attn, x) = match rows {
-            Some(rows) => (attn.index_select(rows, 0)?, x.index_select(rows, 0)?),
+            Some(rows) => (
+                attn.index_select(rows.tensor, 0)?,
+                x.index_select(rows.tensor, 0)?,
+            ),
             None => (attn, x.clone()),
         };
         let x = timed(5, || {

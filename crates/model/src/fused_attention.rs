@@ -175,6 +175,32 @@ pub(crate) fn attend_qkv(
     products: AttentionProducts,
     buffer: &mut Option<Tensor>,
 ) -> Result<Option<Tensor>> {
+    let batch = (batch, Queries::Every);
+    attend_qkv_of(qkv, rope, batch, kind, heads, products, buffer)
+}
+
+/// Which query rows an attention computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Queries<'a> {
+    /// Every token's.
+    Every,
+    /// Those of the query blocks that hold one of these token rows (increasing); the output's
+    /// other rows are left as they were. A last layer whose heads read one row per sequence
+    /// computes one block per sequence and head instead of all of them: on long documents its
+    /// global attention is an eighth of the forward's attention.
+    Rows(&'a [u32]),
+}
+
+/// [`attend_qkv`] of the `queries` of `batch`.
+pub(crate) fn attend_qkv_of(
+    qkv: &Tensor,
+    rope: &RopeTables<'_>,
+    (batch, queries): (&PackedBatch, Queries<'_>),
+    kind: AttentionKind,
+    heads: usize,
+    products: AttentionProducts,
+    buffer: &mut Option<Tensor>,
+) -> Result<Option<Tensor>> {
     if qkv.dtype() != DType::F32 || !qkv.device().is_cpu() {
         return Ok(None);
     }
@@ -202,7 +228,8 @@ pub(crate) fn attend_qkv(
         head_dim,
         heads,
     };
-    let attend = |o: &mut [f32]| attend_slices(qkv_data, rope, batch, kind, shape, products, o);
+    let attend =
+        |o: &mut [f32]| attend_slices(qkv_data, rope, (batch, queries), kind, shape, products, o);
     Ok(with_f32_slice_mut(&out, attend)?.map(|()| out.clone()))
 }
 
@@ -234,19 +261,19 @@ struct Shape {
     heads: usize,
 }
 
-/// The kernel on plain slices (see [`attend_qkv`]): writes every value of `out`
-/// `[tokens, hidden]`.
+/// The kernel on plain slices (see [`attend_qkv_of`]): writes the rows of `out`
+/// `[tokens, hidden]` that `queries` asks for, every value of them.
 fn attend_slices(
     qkv: &[f32],
     rope: &RopeTables<'_>,
-    batch: &PackedBatch,
+    (batch, queries): (&PackedBatch, Queries<'_>),
     kind: AttentionKind,
     shape: Shape,
     products: AttentionProducts,
     out: &mut [f32],
 ) {
     assert_eq!(out.len(), batch.num_tokens() * shape.hidden);
-    let tasks = tasks(batch, shape.heads);
+    let tasks = tasks(batch, shape.heads, queries);
     let dst = SharedOut(out.as_mut_ptr());
     let inputs = Inputs {
         qkv,
@@ -297,17 +324,37 @@ struct Row<'a> {
 }
 
 /// One head of one sequence: the unit of parallel work.
-struct HeadTask {
+struct HeadTask<'a> {
     seq: Range<usize>,
     head: usize,
+    /// The token rows of the sequence whose blocks it computes (increasing); `None`: all.
+    queries: Option<&'a [u32]>,
 }
 
-fn tasks(batch: &PackedBatch, heads: usize) -> Vec<HeadTask> {
+/// The tasks of `queries`: every sequence's heads, less the sequences with no row asked for.
+fn tasks<'a>(batch: &PackedBatch, heads: usize, queries: Queries<'a>) -> Vec<HeadTask<'a>> {
     (0..batch.num_sequences())
-        .flat_map(|s| (0..heads).map(move |head| (s, head)))
-        .map(|(s, head)| HeadTask {
-            seq: batch.range(s),
-            head,
+        .filter_map(|s| {
+            let seq = batch.range(s);
+            let queries = match queries {
+                Queries::Every => None,
+                Queries::Rows(rows) => {
+                    let from = rows.partition_point(|&r| (r as usize) < seq.start);
+                    let to = rows.partition_point(|&r| (r as usize) < seq.end);
+                    if from == to {
+                        return None;
+                    }
+                    Some(&rows[from..to])
+                }
+            };
+            Some((seq, queries))
+        })
+        .flat_map(|(seq, queries)| {
+            (0..heads).map(move |head| HeadTask {
+                seq: seq.clone(),
+                head,
+                queries,
+            })
         })
         .collect()
 }
@@ -317,15 +364,29 @@ struct SharedOut(*mut f32);
 // SAFETY: tasks write disjoint regions (a task owns its sequence's rows of its head's columns).
 unsafe impl Sync for SharedOut {}
 
-impl HeadTask {
-    /// Blocks of `size` queries ([`QUERY_BLOCK`] for the f32 kernels).
+impl HeadTask<'_> {
+    /// Blocks of `size` queries ([`QUERY_BLOCK`] for the f32 kernels): all of the sequence, or
+    /// those that hold a row of `queries`. The same blocks either way, so a row's output is
+    /// the same bits.
     fn blocks(&self, size: usize) -> impl Iterator<Item = Block> + '_ {
-        self.seq.clone().step_by(size).map(move |q0| Block {
-            seq: self.seq.clone(),
-            head: self.head,
-            q0,
-            qn: size.min(self.seq.end - q0),
-        })
+        let wanted = move |q0: usize, qn: usize| match self.queries {
+            None => true,
+            Some(rows) => {
+                let first = rows.partition_point(|&r| (r as usize) < q0);
+                rows.get(first).is_some_and(|&r| (r as usize) < q0 + qn)
+            }
+        };
+        self.seq
+            .clone()
+            .step_by(size)
+            .map(move |q0| (q0, size.min(self.seq.end - q0)))
+            .filter(move |&(q0, qn)| wanted(q0, qn))
+            .map(move |(q0, qn)| Block {
+                seq: self.seq.clone(),
+                head: self.head,
+                q0,
+                qn,
+            })
     }
 
     /// Token `t`'s `qkv` row from this head's Q columns on, and the RoPE tables at its position.
@@ -1574,6 +1635,94 @@ mod tests {
         }
     }
 
+    /// With `Queries::Rows`, every variant this CPU runs writes the rows asked for bit for bit
+    /// as the whole attention does (global and local), and leaves the rows of 64-query blocks
+    /// (which hold whole blocks of every kernel: 64 or 32 queries) with no row asked for as they
+    /// were, here NaN: those blocks were not computed.
+    #[test]
+    fn attention_of_some_rows_is_every_rows_at_those_rows() {
+        let (heads, head_dim) = (2, 64);
+        let hidden = heads * head_dim;
+        let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
+        let rope = RopeTables {
+            cos: &cos,
+            sin: &sin,
+        };
+        let t = batch.num_tokens();
+        // Each sequence's first row but the fourth's (none), the 300-token sequence's rows 70
+        // and 299 too, and the 1,100-token one's row 640 (blocks 1, 4 and 10 of them).
+        let mut rows: Vec<u32> = Vec::new();
+        for s in (0..batch.num_sequences()).filter(|&s| s != 3) {
+            let seq = batch.range(s);
+            rows.push(seq.start as u32);
+            let more: &[usize] = match seq.len() {
+                300 => &[70, 299],
+                1100 => &[640],
+                _ => &[],
+            };
+            rows.extend(more.iter().map(|&r| (seq.start + r) as u32));
+        }
+        let asked = |r: usize| rows.binary_search(&(r as u32)).is_ok();
+        // Token r lies in a 64-block (from its sequence's start) holding a row asked for.
+        let mut in_asked_block = vec![false; t];
+        for s in 0..batch.num_sequences() {
+            let seq = batch.range(s);
+            for b in seq.clone().step_by(64) {
+                let block = b..(b + 64).min(seq.end);
+                let any = block.clone().any(asked);
+                block.for_each(|r| in_asked_block[r] = any);
+            }
+        }
+        assert!(
+            in_asked_block.iter().any(|&a| !a),
+            "some blocks go uncomputed"
+        );
+        let variants: Vec<AttentionProducts> = crate::simd::executable()
+            .into_iter()
+            .map(AttentionProducts::F32)
+            .chain(bf16_variants())
+            .chain(int8_widths().into_iter().map(AttentionProducts::Int8Dot))
+            .collect();
+        for products in variants {
+            for kind in [
+                AttentionKind::Global,
+                AttentionKind::Local { half_window: 64 },
+            ] {
+                let every = attend_qkv(&qkv, &rope, &batch, kind, heads, products, &mut None)
+                    .unwrap()
+                    .expect("f32 CPU input takes the fused path")
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let nans = Tensor::full(f32::NAN, (t, hidden), &Device::Cpu).unwrap();
+                let mut buffer = Some(nans);
+                let some = attend_qkv_of(
+                    &qkv,
+                    &rope,
+                    (&batch, Queries::Rows(&rows)),
+                    kind,
+                    heads,
+                    products,
+                    &mut buffer,
+                )
+                .unwrap()
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+                for r in 0..t {
+                    let what = format!("{products:?}, {kind:?}, token row {r}");
+                    if asked(r) {
+                        let diff = crate::packed_gemm::test_support::differences(
+                            &some[r], &every[r], hidden,
+                        );
+                        assert!(diff.is_none(), "{what}: {}", diff.unwrap());
+                    } else if !in_asked_block[r] {
+                        assert!(some[r].iter().all(|v| v.is_nan()), "{what} was computed");
+                    }
+                }
+            }
+        }
+    }
+
     /// The bf16 attention products this CPU runs: the AMX tiles, `vdpbf16ps` (each missing
     /// one said on stderr).
     fn bf16_variants() -> Vec<AttentionProducts> {
@@ -1717,7 +1866,7 @@ mod tests {
             products: AttentionProducts::Int8Dot(Cpu::Avx512),
         };
         let mut scratch = int8::Scratch::default();
-        for task in tasks(batch, shape.heads) {
+        for task in tasks(batch, shape.heads, Queries::Every) {
             // SAFETY: the caller checked the CPU runs the 512-bit int8 products; the tasks'
             // rows and columns lie inside `qkv` and `out`, each written by one task.
             unsafe { int8::run_f32(&task, &inputs, &dst, (kind, shape), &mut scratch) };

@@ -562,8 +562,10 @@ impl ModernBert {
 
     /// The last hidden states of the token rows `rows` alone (indices into the batch,
     /// increasing): what [`encode`](Self::encode) gives at those rows, with the last layer's
-    /// `Wo`, MLP and the final norm run on those rows only. Heads that read one row per
-    /// sequence (cls pooling, a [MASK]) skip about two thirds of the last layer's products.
+    /// `Wo`, MLP and the final norm run on those rows only, and on the CPU its attention on
+    /// their blocks of queries only. Heads that read one row per sequence (cls pooling, a
+    /// [MASK]) skip about two thirds of the last layer's products and, on long documents, most
+    /// of its attention.
     pub fn encode_rows(&self, batch: &PackedBatch, rows: Vec<u32>) -> Result<RowStates> {
         let states = self.encoder.forward_rows(batch, Some(&rows))?;
         Ok(RowStates { states, kept: rows })

@@ -314,20 +314,27 @@ fn int8_attention_runs_on_avx2_where_the_linear_layers_do() {
     }
 }
 
-/// `encode_rows` (the last layer's `Wo`, MLP and the final norm on the rows asked for alone)
-/// gives `encode`'s states at those rows, within 1e-5 (measured: equal bit for bit, each row's
-/// products summing in the same order), and the heads read them alike: cls classification, the
-/// masked-LM logits at [MASK] rows. A last layer of each kind (global, local), in f32 and int8
-/// (on this CPU's int8 kernel). A row not computed, mean pooling, rows out of order or past
-/// the batch, and no rows at all are errors naming the problem.
+/// `encode_rows` (the last layer's attention on the query blocks of the rows asked for, its
+/// `Wo`, MLP and the final norm on those rows alone) gives `encode`'s states at those rows,
+/// within 1e-5 (measured: equal bit for bit, each row's products summing in the same order),
+/// and the heads read them alike: cls classification, the masked-LM logits at [MASK] rows. A
+/// last layer of each kind (global, local), in f32 and int8 (on this CPU's int8 kernel); the
+/// 150-token sequence's middle block of 64 queries has no row asked for. A row not computed,
+/// mean pooling, rows out of order or past the batch, and no rows at all are errors naming
+/// the problem.
 #[test]
 fn states_of_the_rows_asked_for_equal_every_row_states_at_those_rows() {
     use mbpipe_model::TokenStates;
     const TOL: f32 = 1e-5;
-    let batch = PackedBatch::from_sequences(&[sequence(5, 1), sequence(23, 2), sequence(12, 3)]);
-    let (first, tokens) = ([0u32, 5, 28], batch.num_tokens() as u32);
+    let batch = PackedBatch::from_sequences(&[
+        sequence(5, 1),
+        sequence(23, 2),
+        sequence(12, 3),
+        sequence(150, 4),
+    ]);
+    let (first, tokens) = ([0u32, 5, 28, 40], batch.num_tokens() as u32);
     // Cls rows, two [MASK]-like rows, a row inside a long local band, the last token.
-    let rows = vec![0, 3, 5, 17, 28, 30, tokens - 1];
+    let rows = vec![0, 3, 5, 17, 28, 30, 40, tokens - 1];
     for (layers, last) in [(3, "global"), (2, "local")] {
         for labels in [3, 0] {
             let tmp = tempfile::tempdir().unwrap();
@@ -367,7 +374,7 @@ fn states_of_the_rows_asked_for_equal_every_row_states_at_those_rows() {
                 let e = err(cls.rows(&[0, 4]).unwrap_err());
                 assert!(e.contains("token row 4 was not computed"), "{e}");
                 let e = err(model.pool(&cls, &batch, Pooling::Mean).unwrap_err());
-                assert!(e.contains("kept only the 3 rows"), "{e}");
+                assert!(e.contains("kept only the 4 rows"), "{e}");
                 let e = err(model.encode_rows(&batch, vec![5, 0]).unwrap_err());
                 assert!(
                     e.contains("token rows must increase; found 5 then 0"),
