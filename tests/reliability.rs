@@ -215,7 +215,11 @@ fn killed_at_any_moment_then_resumed_equals_an_uninterrupted_run() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        signal(&child, "-KILL");
+        // A run that ended while the loop waited was reaped by `try_wait`: its pid may be gone
+        // (or another process's), so it gets no signal.
+        if child.try_wait().unwrap().is_none() {
+            signal(&child, "-KILL");
+        }
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("resuming:") {
