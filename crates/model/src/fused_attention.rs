@@ -598,7 +598,7 @@ impl HeadTask<'_> {
             isa: std::marker::PhantomData,
         };
         for block in self.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S>(&products, &values, scores, dst, kind, shape);
+            block.attend_simd::<S, _>(&products, &values, scores, dst, kind, shape);
         }
     }
 }
@@ -761,10 +761,10 @@ impl Block {
     /// prepared), with `scores` as reusable scratch.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
-    unsafe fn attend_simd<S: simd::Isa>(
+    unsafe fn attend_simd<S: simd::Isa, V: simd::WeightedValues>(
         &self,
         products: &impl simd::QueryKeyScores,
-        values: &impl simd::WeightedValues,
+        values: &V,
         scores: &mut Vec<f32>,
         dst: &SharedOut,
         kind: AttentionKind,
@@ -779,13 +779,21 @@ impl Block {
         let base = (k0 - self.seq.start) / key_step * key_step;
         let shift = k0 - self.seq.start - base;
         let stride = (k1 - self.seq.start - base).next_multiple_of(key_step);
+        // Each row's largest score per pass of `V::PASS_KEYS` keys, where `values` takes them,
+        // after the scores in the same buffer: passes start at or before their tile's first
+        // key and cover the `stride` columns at most, so a row has at most this many.
+        let passes = match V::PASS_KEYS {
+            0 => 0,
+            keys => stride.div_ceil(keys) + 1,
+        };
         // Grown, never cleared: every entry is written before it is read (the score tiles cover
         // each row's band, and `band_exp` writes the whole row), and zeroing 64 rows per block
         // was 4-6% of the attention.
-        if scores.len() < self.qn * stride {
-            scores.resize(self.qn * stride, 0.0);
+        let needed = self.qn * (stride + passes);
+        if scores.len() < needed {
+            scores.resize(needed, 0.0);
         }
-        let scores = &mut scores[..self.qn * stride];
+        let (scores, pass_maxima) = scores[..needed].split_at_mut(self.qn * stride);
         let first_query = self.q0 - self.seq.start;
         let out = dst.0.add(self.q0 * hidden + self.head * head_dim);
         // Tiles of `tile_rows` queries: scores only for the key tiles the tile's band touches (a
@@ -818,8 +826,11 @@ impl Block {
         // rather than one multiply per key).
         let mut row_scales = [0f32; QUERY_BLOCK];
         let rows = self.score_rows(scores, stride, (k0, k1), kind, shift);
-        for ((row, lo, hi), scale) in rows.zip(&mut row_scales) {
-            *scale = values.prepare_row::<S>(row, lo, hi);
+        for (r, ((row, lo, hi), scale)) in rows.zip(&mut row_scales).enumerate() {
+            let r0 = r / tile_rows * tile_rows;
+            let (tile_lo, tile_hi) = tile_band(r0, tile_rows.min(self.qn - r0));
+            let maxima = &mut pass_maxima[r * passes..(r + 1) * passes];
+            *scale = values.prepare_row::<S>(row, (lo, hi), tile_lo..tile_hi, maxima);
         }
         for (r0, rows, (lo, hi)) in tiles() {
             let tile = simd::Tile {
@@ -827,8 +838,12 @@ impl Block {
                 rows,
                 keys: lo..hi,
             };
-            let scales = &row_scales[r0..r0 + rows];
-            values.weighted(scores, stride, base, (out, hidden), scales, tile);
+            let prepared = simd::PreparedRows {
+                scales: &row_scales[r0..r0 + rows],
+                pass_maxima: &pass_maxima[r0 * passes..(r0 + rows) * passes],
+                passes,
+            };
+            values.weighted(scores, stride, base, (out, hidden), prepared, tile);
         }
     }
 }
@@ -1101,6 +1116,11 @@ mod simd {
 
     /// PV of one head of one sequence, by tiles of query rows.
     pub trait WeightedValues {
+        /// Keys per pass of [`weighted`](Self::weighted) where
+        /// [`prepare_row`](Self::prepare_row) finds each pass's largest score for it; 0 (the
+        /// default) where it does not.
+        const PASS_KEYS: usize = 0;
+
         /// The query rows per tile (at most [`MAX_ROWS`]): the attention's tiles follow PV's,
         /// whose register tiles are the ones a tail leaves half empty.
         fn tile_rows(&self) -> usize {
@@ -1108,21 +1128,30 @@ mod simd {
         }
 
         /// The softmax's part before [`weighted`](Self::weighted), on one row of scores whose
-        /// keys are `lo..hi`; returns the row's entry of `weighted`'s `scales`. Here the whole
-        /// softmax ([`band_exp`]): the row becomes unnormalised probabilities (0 outside the
-        /// band), and the scale is `1 / Σ`.
+        /// keys are `lo..hi`, in a tile whose keys are `tile_keys`; returns the row's entry of
+        /// `weighted`'s `scales`, and with [`PASS_KEYS`](Self::PASS_KEYS) writes the row's
+        /// largest score per pass to `pass_maxima`. Here the whole softmax ([`band_exp`]): the
+        /// row becomes unnormalised probabilities (0 outside the band), and the scale is
+        /// `1 / Σ`.
         ///
         /// # Safety
         /// As [`band_exp`].
         #[inline(always)]
-        unsafe fn prepare_row<S: Isa>(&self, row: &mut [f32], lo: usize, hi: usize) -> f32 {
+        unsafe fn prepare_row<S: Isa>(
+            &self,
+            row: &mut [f32],
+            (lo, hi): (usize, usize),
+            tile_keys: Range<usize>,
+            pass_maxima: &mut [f32],
+        ) -> f32 {
+            let _ = (tile_keys, pass_maxima);
             band_exp::<S>(row, lo, hi)
         }
 
         /// `out[r, :] = scales[r] · Σ_{j in tile.keys} p[r, j] v[base + j, :]` for the tile's
         /// rows of weights (row stride `p_stride`, finite everywhere), as
-        /// [`prepare_row`](Self::prepare_row) left them and scaled as it said; `out` rows
-        /// (stride `out_stride`) start at zero.
+        /// [`prepare_row`](Self::prepare_row) left them and scaled as it said (`rows`); `out`
+        /// rows (stride `out_stride`) start at zero.
         ///
         /// # Safety
         /// The CPU runs the implementation's instructions (the caller's target features);
@@ -1133,9 +1162,31 @@ mod simd {
             p_stride: usize,
             base: usize,
             out: (*mut f32, usize),
-            scales: &[f32],
+            rows: PreparedRows<'_>,
             tile: Tile,
         );
+    }
+
+    /// What [`WeightedValues::prepare_row`] left for a tile's rows: their scales, and where the
+    /// implementation has [`WeightedValues::PASS_KEYS`], row `r`'s largest score in pass `j`
+    /// of the tile at `pass_maxima[r * passes + j]`.
+    #[derive(Clone, Copy)]
+    pub struct PreparedRows<'a> {
+        pub scales: &'a [f32],
+        pub pass_maxima: &'a [f32],
+        pub passes: usize,
+    }
+
+    impl<'a> PreparedRows<'a> {
+        /// Rows with scales alone (the tests' PV on its own).
+        #[cfg(test)]
+        pub fn scaled(scales: &'a [f32]) -> Self {
+            PreparedRows {
+                scales,
+                pass_maxima: &[],
+                passes: 0,
+            }
+        }
     }
 
     /// PV in f32 on `S`'s FMAs from V `[len, head_dim]`.
@@ -1157,11 +1208,11 @@ mod simd {
             p_stride: usize,
             base: usize,
             out: (*mut f32, usize),
-            scales: &[f32],
+            rows: PreparedRows<'_>,
             tile: Tile,
         ) {
             let (v, head_dim) = (self.v, self.head_dim);
-            weighted_values::<S>(p, p_stride, v, base, head_dim, out, scales, tile)
+            weighted_values::<S>(p, p_stride, v, base, head_dim, out, rows.scales, tile)
         }
     }
 

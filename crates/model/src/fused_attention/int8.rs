@@ -305,7 +305,7 @@ unsafe fn attend_blocks<S: Isa>(
     (kind, shape): (AttentionKind, Shape),
 ) {
     for block in task.blocks(QUERY_BLOCK) {
-        block.attend_simd::<S>(products, values, scores, dst, kind, shape);
+        block.attend_simd::<S, _>(products, values, scores, dst, kind, shape);
     }
 }
 
@@ -834,9 +834,10 @@ impl simd::WeightedValues for Fp16Values<'_> {
         p_stride: usize,
         base: usize,
         (out, out_stride): (*mut f32, usize),
-        scales: &[f32],
+        prepared: simd::PreparedRows<'_>,
         tile: Tile,
     ) {
+        let scales = prepared.scales;
         let Tile { r0, rows, keys } = tile;
         let head_dim = self.head_dim;
         assert!((1..=simd::ROWS).contains(&rows) && keys.end <= p_stride);
@@ -974,17 +975,17 @@ mod tests {
     }
 
     /// PV of `rows` probability rows (stride `stride`, keys `keys`), each scaled by its
-    /// `scales` entry, by two implementations, into `[rows, head_dim]` buffers of NaNs
-    /// (inlined into the caller's target features).
+    /// `prepared` scale (and with its pass maxima), by two implementations, into
+    /// `[rows, head_dim]` buffers of NaNs (inlined into the caller's target features).
     #[inline(always)]
     pub(super) unsafe fn outputs_of(
         values: (&impl WeightedValues, &impl WeightedValues),
         (p, stride): (&[f32], usize),
         head_dim: usize,
-        scales: &[f32],
+        prepared: simd::PreparedRows<'_>,
         keys: std::ops::Range<usize>,
     ) -> (Vec<f32>, Vec<f32>) {
-        let rows = scales.len();
+        let rows = prepared.scales.len();
         let mut outs = [
             vec![f32::NAN; rows * head_dim],
             vec![f32::NAN; rows * head_dim],
@@ -997,10 +998,10 @@ mod tests {
         let [a, b] = &mut outs;
         values
             .0
-            .weighted(p, stride, 0, (a.as_mut_ptr(), head_dim), scales, tile());
+            .weighted(p, stride, 0, (a.as_mut_ptr(), head_dim), prepared, tile());
         values
             .1
-            .weighted(p, stride, 0, (b.as_mut_ptr(), head_dim), scales, tile());
+            .weighted(p, stride, 0, (b.as_mut_ptr(), head_dim), prepared, tile());
         let [a, b] = outs;
         (a, b)
     }
@@ -1027,7 +1028,13 @@ mod tests {
             isa: std::marker::PhantomData,
         };
         let scales = vec![0.5f32; rows];
-        outputs_of((&halves, &floats), (p, stride), head_dim, &scales, keys)
+        outputs_of(
+            (&halves, &floats),
+            (p, stride),
+            head_dim,
+            simd::PreparedRows::scaled(&scales),
+            keys,
+        )
     }
 
     /// PV in fp16 against PV in f32 on the same probabilities and values: within 2e-3 of the

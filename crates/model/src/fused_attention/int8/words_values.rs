@@ -129,17 +129,27 @@ pub(in super::super) struct WordValues<'a, const VNNI: bool> {
 }
 
 impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
+    const PASS_KEYS: usize = WORD_KEYS;
+
     fn tile_rows(&self) -> usize {
         simd::MAX_ROWS
     }
 
-    /// The rows stay scores (-inf outside the band) and the scale is the row's largest: each
-    /// pass turns its scores into probabilities as it rounds them ([`round_exponentials`]).
-    /// Exponentials stored as f32, then read again for each pass's largest and once more to
-    /// round, were a fifth of this attention's time on long documents.
+    /// The rows stay scores (-inf outside the band), the scale is the row's largest, and each
+    /// pass's largest is found here too ([`band_max`]): each pass turns its scores into
+    /// probabilities as it rounds them ([`round_exponentials`]). Exponentials stored as f32,
+    /// then read again for each pass's largest and once more to round, were a fifth of this
+    /// attention's time on long documents; each pass's own search for its largest, 5% of it
+    /// (`attention_bench 1700 2 6 2`, one thread, Zen 3).
     #[inline(always)]
-    unsafe fn prepare_row<S: simd::Isa>(&self, row: &mut [f32], lo: usize, hi: usize) -> f32 {
-        band_max(row, lo, hi)
+    unsafe fn prepare_row<S: simd::Isa>(
+        &self,
+        row: &mut [f32],
+        (lo, hi): (usize, usize),
+        tile_keys: std::ops::Range<usize>,
+        pass_maxima: &mut [f32],
+    ) -> f32 {
+        band_max(row, lo..hi, tile_keys, pass_maxima)
     }
 
     #[inline(always)]
@@ -149,9 +159,14 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         stride: usize,
         base: usize,
         (out, out_stride): (*mut f32, usize),
-        row_maxima: &[f32],
+        prepared: simd::PreparedRows<'_>,
         tile: Tile,
     ) {
+        let simd::PreparedRows {
+            scales: row_maxima,
+            pass_maxima,
+            passes,
+        } = prepared;
         let Tile { r0, rows, keys } = tile;
         let head_dim = self.head_dim;
         let RoundedValues {
@@ -164,6 +179,8 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         assert!(base.is_multiple_of(2) && column_scales.len() == head_dim);
         assert!(words.len() >= (base + keys.end).next_multiple_of(2) * head_dim);
         assert!(scores.len() >= (r0 + rows) * stride && row_maxima.len() == rows);
+        assert!(pass_maxima.len() == rows * passes);
+        assert!(key_passes(keys.clone(), 8, WORD_KEYS).count() <= passes);
         // Left unset: each pass writes the rows and keys its products read. Zeroing it per tile,
         // and V's words per head, took 2% of the attention's samples on short texts
         // (`attention_bench 96 64`: `memset` 4.2% → 2.6% of all samples).
@@ -173,14 +190,13 @@ impl<const VNNI: bool> WeightedValues for WordValues<'_, VNNI> {
         // their factors (the last pass applies its inverse).
         let mut factors = [0f32; simd::MAX_ROWS];
         let mut sums = [0f32; simd::MAX_ROWS];
-        for pass in key_passes(keys, 8, WORD_KEYS) {
+        for (j, pass) in key_passes(keys, 8, WORD_KEYS).enumerate() {
             let from = pass.from;
             for r in 0..rows {
                 let row = scores.as_ptr().add((r0 + r) * stride + from);
                 let (factor, sum) = round_exponentials(
-                    row,
-                    pass.to - from,
-                    row_maxima[r],
+                    (row, pass.to - from),
+                    (row_maxima[r], pass_maxima[r * passes + j]),
                     probs.add(r * WORD_KEYS),
                 );
                 factors[r] = factor;
@@ -254,26 +270,42 @@ const EXP2_POLY: [f32; 5] = [
     0.999_999_3,
 ];
 
-/// [`WordValues`]' part of the softmax before PV: every entry of `row` outside `lo..hi`
-/// becomes -inf (its probability then rounds to 0 in whichever pass reads it); returns the
-/// band's largest score, NaN where one is NaN or infinite (the row's outputs are NaN then, as
-/// in f32).
+/// [`WordValues`]' part of the softmax before PV: every entry of `row` outside `band`
+/// becomes -inf (its probability then rounds to 0 in whichever pass reads it), and
+/// `pass_maxima[j]` the band's largest score in PV's pass `j` of the tile (keys `tile_keys`,
+/// passes of [`WORD_KEYS`] from the multiple of 8 at or before its first: [`key_passes`]),
+/// -inf where the pass holds none of the band. Returns the band's largest score, NaN where one
+/// is NaN or infinite (the row's outputs are NaN then, as in f32).
 #[inline(always)]
-unsafe fn band_max(row: &mut [f32], lo: usize, hi: usize) -> f32 {
+unsafe fn band_max(
+    row: &mut [f32],
+    band: std::ops::Range<usize>,
+    tile_keys: std::ops::Range<usize>,
+    pass_maxima: &mut [f32],
+) -> f32 {
+    let (lo, hi) = (band.start, band.end);
+    let grid = tile_keys.start / 8 * 8;
     assert!(lo < hi && hi <= row.len() && row.len().is_multiple_of(8));
+    assert!(grid <= lo && hi <= tile_keys.end);
+    assert!(pass_maxima.len() >= (tile_keys.end - grid).div_ceil(WORD_KEYS));
     row[..lo].fill(f32::NEG_INFINITY);
     row[hi..].fill(f32::NEG_INFINITY);
-    // Two chains of `vmaxps` in flight; `vcmpunordps` keeps a NaN that `vmaxps` may drop.
     let p = row.as_ptr();
-    let mut maxes = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+    let (first, end) = (lo / 8 * 8, hi.next_multiple_of(8));
     let mut nan = _mm256_setzero_ps();
-    let first = lo / 8 * 8;
-    for (i, c) in (first..row.len()).step_by(8).enumerate() {
-        let x = _mm256_loadu_ps(p.add(c));
-        maxes[i % 2] = _mm256_max_ps(maxes[i % 2], x);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    let mut max = f32::NEG_INFINITY;
+    for (from, pass_max) in (grid..tile_keys.end).step_by(WORD_KEYS).zip(pass_maxima) {
+        // Two chains of `vmaxps` in flight; `vcmpunordps` keeps a NaN that `vmaxps` may drop.
+        let mut maxes = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+        let keys = from.max(first)..(from + WORD_KEYS).min(end);
+        for (i, c) in keys.step_by(8).enumerate() {
+            let x = _mm256_loadu_ps(p.add(c));
+            maxes[i % 2] = _mm256_max_ps(maxes[i % 2], x);
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        }
+        *pass_max = Avx2::reduce_max(_mm256_max_ps(maxes[0], maxes[1]));
+        max = max.max(*pass_max);
     }
-    let max = Avx2::reduce_max(_mm256_max_ps(maxes[0], maxes[1]));
     match _mm256_movemask_ps(nan) == 0 && max.is_finite() {
         true => max,
         false => f32::NAN,
@@ -281,18 +313,17 @@ unsafe fn band_max(row: &mut [f32], lo: usize, hi: usize) -> f32 {
 }
 
 /// The probabilities of scores `s[..n]` (read up to a multiple of 8; -inf where a key is
-/// outside the row's band) rounded to `out`, scaled by their largest: `out ≈ P_LEVELS ·
-/// e^(s - m)`, `m` the largest score among them. Returns `e^(m - row_max)`, the factor that
-/// puts `out` on the row's common scale, and `Σ out`; `(0, 0)` where every key is outside
-/// the band, `(NaN, 0)` where `row_max` is NaN (`out` 0 in both).
+/// outside the row's band) rounded to `out`, scaled by their largest `max` ([`band_max`]'s
+/// for the pass): `out ≈ P_LEVELS · e^(s - max)`. Returns `e^(max - row_max)`, the factor
+/// that puts `out` on the row's common scale, and `Σ out`; `(0, 0)` where every key is
+/// outside the band, `(NaN, 0)` where `row_max` is NaN (`out` 0 in both).
 #[inline(always)]
-unsafe fn round_exponentials(s: *const f32, n: usize, row_max: f32, out: *mut i16) -> (f32, i32) {
+unsafe fn round_exponentials(
+    (s, n): (*const f32, usize),
+    (row_max, max): (f32, f32),
+    out: *mut i16,
+) -> (f32, i32) {
     let n = n.next_multiple_of(8);
-    let mut maxes = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
-    for (i, k) in (0..n).step_by(8).enumerate() {
-        maxes[i % 2] = _mm256_max_ps(maxes[i % 2], _mm256_loadu_ps(s.add(k)));
-    }
-    let max = Avx2::reduce_max(_mm256_max_ps(maxes[0], maxes[1]));
     if row_max.is_nan() || max == f32::NEG_INFINITY {
         std::ptr::write_bytes(out, 0, n);
         let factor = if row_max.is_nan() { f32::NAN } else { 0.0 };
@@ -464,17 +495,34 @@ mod tests {
             (&floats, &floats),
             (p, stride),
             head_dim,
-            &scales,
+            simd::PreparedRows::scaled(&scales),
             keys.clone(),
         );
         // Words: scores whose softmax gives them, `ln p` (the rows' largest at 0), as the
-        // softmax's first part leaves them.
+        // softmax's first part leaves them, each row's band the whole tile's.
         let mut scores: Vec<f32> = p[..rows * stride].iter().map(|x| x.ln()).collect();
+        let passes = stride.div_ceil(WORD_KEYS) + 1;
+        let mut pass_maxima = vec![f32::NAN; rows * passes];
         let maxima: Vec<f32> = scores
             .chunks_exact_mut(stride)
-            .map(|row| words.prepare_row::<Avx2>(row, keys.start, keys.end))
+            .zip(pass_maxima.chunks_exact_mut(passes))
+            .map(|(row, passes)| {
+                let band = (keys.start, keys.end);
+                words.prepare_row::<Avx2>(row, band, keys.clone(), passes)
+            })
             .collect();
-        let (words, _) = outputs_of((&words, &words), (&scores, stride), head_dim, &maxima, keys);
+        let prepared = simd::PreparedRows {
+            scales: &maxima,
+            pass_maxima: &pass_maxima,
+            passes,
+        };
+        let (words, _) = outputs_of(
+            (&words, &words),
+            (&scores, stride),
+            head_dim,
+            prepared,
+            keys,
+        );
         Some((words, floats))
     }
 
@@ -614,6 +662,55 @@ mod tests {
         assert!(worst.0 <= 0.03, "{worst:?}");
         // SAFETY: as above.
         assert!(unsafe { at(f32::NAN) }.is_nan());
+    }
+
+    /// `band_max` masks the row outside its band with -inf, returns the band's largest and
+    /// writes each pass's largest (passes of `WORD_KEYS` from the tile's first key's multiple
+    /// of 8, as `key_passes` makes them), -inf for a pass with none of the band: each the
+    /// scalar maximum over the same keys. Bands at the tile's start, inside it, across pass
+    /// edges and ending with it; a NaN or +inf score makes the row's largest NaN (a -inf one is
+    /// a probability of 0, as in f32).
+    #[test]
+    fn band_max_finds_the_rows_and_each_passs_largest() {
+        if skip() {
+            return;
+        }
+        let stride = 536;
+        let scores = crate::packed_gemm::test_support::random(stride, 5);
+        let tile = 3..530;
+        let passes = key_passes(tile.clone(), 8, WORD_KEYS).collect::<Vec<_>>();
+        for band in [3..530, 3..4, 40..300, 127..129, 255..530, 520..530] {
+            let mut row = scores.clone();
+            let mut maxima = vec![f32::NAN; passes.len()];
+            // SAFETY: the CPU has AVX2 (checked above); the row's length is a multiple of 8.
+            let max = unsafe { band_max(&mut row, band.clone(), tile.clone(), &mut maxima) };
+            let largest = |keys: std::ops::Range<usize>| {
+                (keys.start.max(band.start)..keys.end.min(band.end))
+                    .map(|k| scores[k])
+                    .fold(f32::NEG_INFINITY, f32::max)
+            };
+            assert_eq!(max, largest(0..stride), "{band:?}");
+            for (j, pass) in passes.iter().enumerate() {
+                let keys = pass.from..(pass.from + WORD_KEYS).min(stride);
+                assert_eq!(maxima[j], largest(keys), "{band:?}, pass {j}");
+            }
+            for (k, &x) in row.iter().enumerate() {
+                let want = if band.contains(&k) {
+                    scores[k]
+                } else {
+                    f32::NEG_INFINITY
+                };
+                assert_eq!(x, want, "{band:?}, key {k}");
+            }
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut row = scores.clone();
+            row[200] = bad;
+            let mut maxima = vec![0.0; passes.len()];
+            // SAFETY: as above.
+            let max = unsafe { band_max(&mut row, 40..300, tile.clone(), &mut maxima) };
+            assert_eq!(max.is_nan(), bad != f32::NEG_INFINITY, "{bad}: {max}");
+        }
     }
 
     /// A NaN probability leaves its row's outputs NaN (as in f32) and no other row's; a value
