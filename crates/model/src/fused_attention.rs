@@ -1540,6 +1540,11 @@ mod tests {
         fused_equals_candle_path_for(2, 64);
     }
 
+    /// The fused attention's view of `cos` and `sin`.
+    fn rope_tables_of<'a>(cos: &'a [f32], sin: &'a [f32]) -> RopeTables<'a> {
+        RopeTables { cos, sin }
+    }
+
     /// RoPE tables `[max_pos, head_dim / 2]` (base 10,000).
     fn rope_tables(head_dim: usize, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
         let mut cos = Vec::new();
@@ -1643,17 +1648,8 @@ mod tests {
     fn any_number_of_threads_gives_the_same_attention() {
         let (heads, head_dim) = (2, 64);
         let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
-        let variants: Vec<AttentionProducts> = crate::simd::executable()
-            .into_iter()
-            .map(AttentionProducts::F32)
-            .chain(bf16_variants())
-            .chain(int8_widths().into_iter().map(AttentionProducts::Int8Dot))
-            .collect();
-        for products in variants {
+        let rope = rope_tables_of(&cos, &sin);
+        for products in every_variant() {
             for kind in [
                 AttentionKind::Global,
                 AttentionKind::Local { half_window: 64 },
@@ -1695,10 +1691,7 @@ mod tests {
         let (heads, head_dim) = (2, 64);
         let hidden = heads * head_dim;
         let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
+        let rope = rope_tables_of(&cos, &sin);
         let t = batch.num_tokens();
         // Each sequence's first row but the fourth's (none), the 300-token sequence's rows 70
         // and 299 too, and the 1,100-token one's row 640 (blocks 1, 4 and 10 of them).
@@ -1728,13 +1721,7 @@ mod tests {
             in_asked_block.iter().any(|&a| !a),
             "some blocks go uncomputed"
         );
-        let variants: Vec<AttentionProducts> = crate::simd::executable()
-            .into_iter()
-            .map(AttentionProducts::F32)
-            .chain(bf16_variants())
-            .chain(int8_widths().into_iter().map(AttentionProducts::Int8Dot))
-            .collect();
-        for products in variants {
+        for products in every_variant() {
             for kind in [
                 AttentionKind::Global,
                 AttentionKind::Local { half_window: 64 },
@@ -1772,6 +1759,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every attention variant this CPU runs: f32 on each width, the bf16 products, the int8
+    /// `QKᵀ` on each width.
+    fn every_variant() -> Vec<AttentionProducts> {
+        crate::simd::executable()
+            .into_iter()
+            .map(AttentionProducts::F32)
+            .chain(bf16_variants())
+            .chain(int8_widths().into_iter().map(AttentionProducts::Int8Dot))
+            .collect()
     }
 
     /// The bf16 attention products this CPU runs: the AMX tiles, `vdpbf16ps` (each missing
@@ -1812,10 +1810,7 @@ mod tests {
         let (heads, head_dim) = (2, 64);
         let hidden = heads * head_dim;
         let ((cos, sin), batch, noise) = random_inputs(heads, head_dim);
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
+        let rope = rope_tables_of(&cos, &sin);
         let t = batch.num_tokens();
         // The dimensions whose RoPE angle turns by less than 1e-3 per position (pairs 26-31 of
         // 32), where a bias stays nearly the same vector for every key of a sequence.
@@ -1939,10 +1934,7 @@ mod tests {
         }
         let (heads, head_dim) = (2, 64);
         let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
+        let rope = rope_tables_of(&cos, &sin);
         let shape = Shape {
             hidden: heads * head_dim,
             head_dim,
@@ -1984,10 +1976,7 @@ mod tests {
         let dev = Device::Cpu;
         let hidden = heads * head_dim;
         let ((cos, sin), batch, qkv) = random_inputs(heads, head_dim);
-        let rope = RopeTables {
-            cos: &cos,
-            sin: &sin,
-        };
+        let rope = rope_tables_of(&cos, &sin);
         let t = batch.num_tokens();
         let (qc, kc, vc) = rotated_by_candle(&qkv, (&cos, &sin), &batch, (heads, head_dim));
         // The tiles multiply Q, K and V rounded to bf16 (after RoPE); rounded first, the f32
