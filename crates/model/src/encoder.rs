@@ -413,9 +413,9 @@ impl Encoder {
         timed(1, || self.final_norm.forward(&hidden))
     }
 
-    /// One layer on `x`; with `rows`, its output holds those token
-    /// rows alone: the attention reads every token's keys and values, but computes only the
-    /// query blocks that hold those rows, and nothing after it needs the others.
+    /// One layer on `x`; with `rows`, its output holds those token rows alone: the attention
+    /// reads every token's keys and values (the fused CPU attention computes only the query
+    /// blocks that hold those rows), and nothing after it needs the others.
     fn layer_forward(
         &self,
         layer: &Layer,

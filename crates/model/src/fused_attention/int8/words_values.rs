@@ -275,7 +275,7 @@ const EXP2_POLY: [f32; 5] = [
 /// `pass_maxima[j]` the band's largest score in PV's pass `j` of the tile (keys `tile_keys`,
 /// passes of [`WORD_KEYS`] from the multiple of 8 at or before its first: [`key_passes`]),
 /// -inf where the pass holds none of the band. Returns the band's largest score, NaN where one
-/// is NaN or infinite (the row's outputs are NaN then, as in f32).
+/// is NaN or +inf or every one is -inf (the row's outputs are NaN then, as in f32).
 #[inline(always)]
 unsafe fn band_max(
     row: &mut [f32],
