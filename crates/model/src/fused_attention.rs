@@ -780,11 +780,10 @@ impl Block {
         let shift = k0 - self.seq.start - base;
         let stride = (k1 - self.seq.start - base).next_multiple_of(key_step);
         // Each row's largest score per pass of `V::PASS_KEYS` keys, where `values` takes them,
-        // after the scores in the same buffer: passes start at or before their tile's first
-        // key and cover the `stride` columns at most, so a row has at most this many.
+        // after the scores in the same buffer: a tile's passes lie within the `stride` columns.
         let passes = match V::PASS_KEYS {
             0 => 0,
-            keys => stride.div_ceil(keys) + 1,
+            keys => stride.div_ceil(keys),
         };
         // Grown, never cleared: every entry is written before it is read (the score tiles cover
         // each row's band, and `band_exp` writes the whole row), and zeroing 64 rows per block

@@ -501,7 +501,7 @@ mod tests {
         // Words: scores whose softmax gives them, `ln p` (the rows' largest at 0), as the
         // softmax's first part leaves them, each row's band the whole tile's.
         let mut scores: Vec<f32> = p[..rows * stride].iter().map(|x| x.ln()).collect();
-        let passes = stride.div_ceil(WORD_KEYS) + 1;
+        let passes = stride.div_ceil(WORD_KEYS);
         let mut pass_maxima = vec![f32::NAN; rows * passes];
         let maxima: Vec<f32> = scores
             .chunks_exact_mut(stride)
