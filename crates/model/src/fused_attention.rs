@@ -150,8 +150,10 @@ pub(crate) fn dot_available() -> bool {
 /// How many `qkv` rows ahead the gather prefetches.
 const PREFETCH_ROWS: usize = 4;
 
-/// Queries per task: small enough that the scores of a 8k-token global row block stay in L2
-/// (64 x 8192 x 4 bytes = 2 MiB), large enough to amortise a GEMM call.
+/// Queries per task: small enough that the scores of a 8k-token global row block stay in a
+/// 2 MiB L2 (64 x 8192 x 4 bytes; Intel's Xeons), large enough to amortise a GEMM call. On Zen 3
+/// (512 KiB L2) blocks of 12, 24 or 36 queries ran no faster on 1,700- and 4,000-token
+/// sequences (benches/RESULTS.md, 2026-12-07).
 const QUERY_BLOCK: usize = 64;
 
 /// RoPE tables in f32, `[max_positions, head_dim / 2]`, row-major.
