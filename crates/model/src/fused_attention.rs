@@ -539,8 +539,9 @@ impl HeadTask<'_> {
     /// [`simd::HEAD_DIM_STEP`] (ModernBERT base and large: 64), far cheaper than general GEMM
     /// calls on these small shapes. One pass over the sequence's rows rotates Q into a
     /// contiguous buffer, rotates K straight into transposed key panels and copies V into a
-    /// contiguous buffer (rows of `qkv` lie 9 KiB apart, which would crowd a few L1 sets); then
-    /// every query block reads them from cache. Inlined into the target-feature entry points.
+    /// contiguous buffer, by rows or, in global layers, by column panels (rows of `qkv` lie
+    /// 9 KiB apart, which would crowd a few L1 sets); then every query block reads them from
+    /// cache. Inlined into the target-feature entry points.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn run_simd<S: simd::Tiles>(
@@ -574,10 +575,14 @@ impl HeadTask<'_> {
                 last[d * step + len % step..(d + 1) * step].fill(0.0);
             }
         }
-        let rows = q
-            .chunks_exact_mut(head_dim)
-            .zip(v.chunks_exact_mut(head_dim));
-        for (j, (t, (q_row, v_row))) in self.seq.clone().zip(rows).enumerate() {
+        // V in panels where every query reads every key (see `ValueLayout::Panels`); a local
+        // layer's band of 129 keys ran 3-8% slower from panels than from rows on 2 threads.
+        let layout = match kind {
+            AttentionKind::Global => simd::ValueLayout::Panels { rows: len },
+            AttentionKind::Local { .. } => simd::ValueLayout::Rows,
+        };
+        let rows = q.chunks_exact_mut(head_dim);
+        for (j, (t, q_row)) in self.seq.clone().zip(rows).enumerate() {
             let values = self.rotate_row::<S>(inputs, shape, t, q_row, k_row);
             let panel = &mut kt[(j / step) * head_dim * step + j % step..];
             assert!(panel.len() > (head_dim - 1) * step);
@@ -585,7 +590,10 @@ impl HeadTask<'_> {
                 // SAFETY: d * step < panel.len() (asserted above).
                 *panel.get_unchecked_mut(d * step) = x;
             }
-            simd::copy_row(values, v_row);
+            match layout {
+                simd::ValueLayout::Rows => simd::copy_row(values, &mut v[j * head_dim..]),
+                simd::ValueLayout::Panels { .. } => simd::copy_to_panels::<S>(values, v, len, j),
+            }
         }
         let products = simd::F32Scores::<S> {
             q,
@@ -597,6 +605,7 @@ impl HeadTask<'_> {
         let values = simd::F32Values::<S> {
             v,
             head_dim,
+            layout,
             isa: std::marker::PhantomData,
         };
         for block in self.blocks(QUERY_BLOCK) {
@@ -946,6 +955,11 @@ mod simd {
         }
     }
 
+    /// Output columns per PV register tile: [`value_vectors`] vectors.
+    pub fn panel_width<S: Isa>() -> usize {
+        value_vectors::<S>() * S::LANES
+    }
+
     /// Query rows per tile of the f32 PV kernel: [`ROWS`] on AVX-512, 12 on AVX2, two PV
     /// register tiles either way. With 8 rows, AVX2's PV ran a tile of 6 rows and one of 2, the
     /// latter at half the rate.
@@ -968,6 +982,23 @@ mod simd {
         {
             let d: &mut [f32; HEAD_DIM_STEP] = d.try_into().unwrap();
             *d = s.try_into().unwrap();
+        }
+    }
+
+    /// Token `j`'s values `src` (`head_dim` of them) into `v` laid out as
+    /// [`ValueLayout::Panels`] of `len` rows, in vector moves (see [`copy_row`]).
+    ///
+    /// # Safety
+    /// The CPU runs `S`'s instructions.
+    #[inline(always)]
+    pub unsafe fn copy_to_panels<S: Isa>(src: &[f32], v: &mut [f32], len: usize, j: usize) {
+        let width = panel_width::<S>();
+        assert!(src.len().is_multiple_of(width) && j < len && v.len() >= src.len() * len);
+        let (s, d) = (src.as_ptr(), v.as_mut_ptr().add(j * width));
+        for c in 0..src.len() / width {
+            for i in (0..width).step_by(S::LANES) {
+                S::store(d.add(c * len * width + i), S::load(s.add(c * width + i)));
+            }
         }
     }
 
@@ -1190,10 +1221,24 @@ mod simd {
         }
     }
 
-    /// PV in f32 on `S`'s FMAs from V `[len, head_dim]`.
+    /// How [`F32Values`] holds V.
+    #[derive(Clone, Copy)]
+    pub enum ValueLayout {
+        /// `[len, head_dim]`, a token's values in one row.
+        Rows,
+        /// Column panels of [`panel_width`] (one per PV register tile's columns), each
+        /// `[rows, width]`: a tile's pass over the keys reads one contiguous stream. With rows,
+        /// it read one cache line of every 256-byte row, a stride the global layers' `PV` ran
+        /// at three quarters of the FMA's rate on (Zen 3, AVX2: 2 × 8-float columns of 64),
+        /// against `QKᵀ`'s 90% on its contiguous key panels.
+        Panels { rows: usize },
+    }
+
+    /// PV in f32 on `S`'s FMAs from V as `layout` says.
     pub struct F32Values<'a, S> {
         pub v: &'a [f32],
         pub head_dim: usize,
+        pub layout: ValueLayout,
         pub isa: std::marker::PhantomData<S>,
     }
 
@@ -1212,8 +1257,8 @@ mod simd {
             rows: PreparedRows<'_>,
             tile: Tile,
         ) {
-            let (v, head_dim) = (self.v, self.head_dim);
-            weighted_values::<S>(p, p_stride, v, base, head_dim, out, rows.scales, tile)
+            let v = (self.v, self.layout);
+            weighted_values::<S>(p, p_stride, v, base, self.head_dim, out, rows.scales, tile)
         }
     }
 
@@ -1320,7 +1365,7 @@ mod simd {
     unsafe fn weighted_values<S: Tiles>(
         p: &[f32],
         p_stride: usize,
-        v: &[f32],
+        (v, layout): (&[f32], ValueLayout),
         base: usize,
         head_dim: usize,
         (out, out_stride): (*mut f32, usize),
@@ -1336,8 +1381,15 @@ mod simd {
         assert!(head_dim.is_multiple_of(HEAD_DIM_STEP));
         assert!(v.len() >= (base + cols.end) * head_dim);
         assert!(p.len() >= (r0 + rows) * p_stride && scales.len() == rows);
-        let width = value_vectors::<S>() * S::LANES;
-        let v = v.as_ptr().add(base * head_dim);
+        let width = panel_width::<S>();
+        if let ValueLayout::Panels { rows } = layout {
+            assert!(v.len() >= head_dim * rows && base + cols.end <= rows);
+        }
+        // Columns `c0..c0 + width` of V's key `base`, and the stride between keys.
+        let columns = |c0: usize| match layout {
+            ValueLayout::Rows => (v.as_ptr().add(base * head_dim + c0), head_dim),
+            ValueLayout::Panels { rows } => (v.as_ptr().add(c0 * rows + base * width), width),
+        };
         let mut chunk = cols.start;
         while chunk < cols.end {
             let chunk_keys = chunk..(chunk + KEY_CHUNK).min(cols.end);
@@ -1349,7 +1401,8 @@ mod simd {
                 // The rows' scales, applied as the last chunk stores its sums.
                 let scale = last.then(|| scales[r - r0..].as_ptr());
                 for c0 in (0..head_dim).step_by(width) {
-                    let args = (pp, p_stride, v.add(c0), head_dim);
+                    let (vc, v_stride) = columns(c0);
+                    let args = (pp, p_stride, vc, v_stride);
                     let o = (out.add(r * out_stride + c0), out_stride);
                     let k = chunk_keys.clone();
                     match (value_vectors::<S>(), n) {
@@ -1888,6 +1941,127 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// PV in f32 from V in column panels (the global layers' layout) is PV from V in rows bit
+    /// for bit (the same products summed in the same order, read from other addresses): heads
+    /// of 64 and 128, tiles of 12, 7, 5 and 1 rows, keys from the sequence's start and from
+    /// inside it (a band's `base`), over one or several key chunks, every output written; on
+    /// every vector ISA this CPU runs.
+    #[test]
+    fn value_panels_give_the_rows_products_bit_for_bit() {
+        // (sequence length, `base`, score columns, rows)
+        let cases = [
+            (300, 0, 0..300, 12),
+            (300, 32, 5..260, 7),
+            (700, 160, 0..540, 12),
+            (40, 0, 3..37, 5),
+            (1, 0, 0..1, 1),
+        ];
+        for isa in crate::simd::executable() {
+            for head_dim in [64, 128] {
+                for (len, base, keys, rows) in cases.clone() {
+                    // SAFETY: `executable` lists the ISAs this CPU runs.
+                    let (from_rows, from_panels) = unsafe {
+                        pv_from_both_layouts(isa, (len, base, keys.clone(), rows), head_dim)
+                    };
+                    assert!(
+                        from_rows.iter().all(|x| x.is_finite()),
+                        "{isa:?}: unwritten outputs"
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&from_rows),
+                        bits(&from_panels),
+                        "{isa:?}, head {head_dim}, {len} keys, base {base}, columns {keys:?}, {rows} rows"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `rows` rows of random probabilities against V of `len` random keys, columns `keys` of
+    /// the scores from key `base`: PV with V in rows, then in panels, `[rows, head_dim]` each.
+    ///
+    /// # Safety
+    /// The CPU runs `isa`.
+    unsafe fn pv_from_both_layouts(
+        isa: Cpu,
+        case: (usize, usize, Range<usize>, usize),
+        head_dim: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(
+                c: (usize, usize, Range<usize>, usize),
+                d: usize,
+            ) -> (Vec<f32>, Vec<f32>) {
+                pv_from_both_layouts_on::<simd::Avx512>(c, d)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(
+                c: (usize, usize, Range<usize>, usize),
+                d: usize,
+            ) -> (Vec<f32>, Vec<f32>) {
+                pv_from_both_layouts_on::<simd::Avx2>(c, d)
+            }
+            match isa {
+                Cpu::Avx512 => avx512(case, head_dim),
+                _ => avx2(case, head_dim),
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            let _ = isa;
+            pv_from_both_layouts_on::<simd::Neon>(case, head_dim)
+        }
+    }
+
+    /// [`pv_from_both_layouts`]'s body, inlined into its target-feature wrappers.
+    #[inline(always)]
+    unsafe fn pv_from_both_layouts_on<S: simd::Tiles>(
+        (len, base, keys, rows): (usize, usize, Range<usize>, usize),
+        head_dim: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        use crate::packed_gemm::test_support::random;
+        use simd::WeightedValues;
+        let v = random(len * head_dim, 7);
+        let mut panels = vec![f32::NAN; len * head_dim];
+        for (j, row) in v.chunks_exact(head_dim).enumerate() {
+            simd::copy_to_panels::<S>(row, &mut panels, len, j);
+        }
+        let stride = keys.end.next_multiple_of(simd::key_step::<S>());
+        let p: Vec<f32> = random(rows * stride, 8).iter().map(|x| x.abs()).collect();
+        let scales: Vec<f32> = random(rows, 9).iter().map(|x| 1.0 + x.abs()).collect();
+        let pv = |v: &[f32], layout: simd::ValueLayout| {
+            let values = simd::F32Values::<S> {
+                v,
+                head_dim,
+                layout,
+                isa: std::marker::PhantomData,
+            };
+            let mut out = vec![f32::NAN; rows * head_dim];
+            let tile = simd::Tile {
+                r0: 0,
+                rows,
+                keys: keys.clone(),
+            };
+            let prepared = simd::PreparedRows::scaled(&scales);
+            values.weighted(
+                &p,
+                stride,
+                base,
+                (out.as_mut_ptr(), head_dim),
+                prepared,
+                tile,
+            );
+            out
+        };
+        (
+            pv(&v, simd::ValueLayout::Rows),
+            pv(&panels, simd::ValueLayout::Panels { rows: len }),
+        )
     }
 
     /// The 512-bit int8 attention with PV in f32, as CPUs without AVX512-FP16 (Ice Lake,

@@ -288,6 +288,7 @@ unsafe fn run_on<S: ByteDot, const WORDS: bool, const PV: u8>(
             let values = simd::F32Values::<S> {
                 v,
                 head_dim,
+                layout: simd::ValueLayout::Rows,
                 isa: PhantomData,
             };
             attend_blocks::<S>(task, (&products, &values), scores, dst, at)
@@ -1025,6 +1026,7 @@ mod tests {
         let floats = simd::F32Values::<Avx512> {
             v,
             head_dim,
+            layout: simd::ValueLayout::Rows,
             isa: std::marker::PhantomData,
         };
         let scales = vec![0.5f32; rows];

@@ -483,6 +483,7 @@ mod tests {
         let floats = simd::F32Values::<Avx2> {
             v,
             head_dim,
+            layout: simd::ValueLayout::Rows,
             isa: std::marker::PhantomData,
         };
         // f32: the probabilities, each row scaled by its 1 / Σ p, as the softmax gives them.
