@@ -1227,10 +1227,10 @@ mod simd {
         /// `[len, head_dim]`, a token's values in one row.
         Rows,
         /// Column panels of [`panel_width`] (one per PV register tile's columns), each
-        /// `[rows, width]`: a tile's pass over the keys reads one contiguous stream. With rows,
-        /// it read one cache line of every 256-byte row, a stride the global layers' `PV` ran
-        /// at three quarters of the FMA's rate on (Zen 3, AVX2: 2 × 8-float columns of 64),
-        /// against `QKᵀ`'s 90% on its contiguous key panels.
+        /// `[rows, width]`: a tile's pass over the keys reads one contiguous stream. From rows
+        /// it read one cache line of every 256-byte row (AVX2's tile holds 16 of a head's 64
+        /// columns), and the global layers' `PV` ran at about three quarters of the FMA's rate
+        /// while `QKᵀ`, on its contiguous key panels, ran at 90% (Zen 3, 2026-12-07).
         Panels { rows: usize },
     }
 
