@@ -544,7 +544,7 @@ impl HeadTask<'_> {
     /// cache. Inlined into the target-feature entry points.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
-    unsafe fn run_simd<S: simd::Tiles>(
+    unsafe fn run_simd<S: F32Blocks>(
         &self,
         inputs: &Inputs<'_>,
         dst: &SharedOut,
@@ -608,11 +608,76 @@ impl HeadTask<'_> {
             layout,
             isa: std::marker::PhantomData,
         };
-        for block in self.blocks(QUERY_BLOCK) {
-            block.attend_simd::<S, _>(&products, &values, scores, dst, kind, shape);
+        let blocks: Vec<Block> = self.blocks(QUERY_BLOCK).collect();
+        if blocks.len() < SPREAD_BLOCKS {
+            for block in &blocks {
+                block.attend_simd::<S, _>(&products, &values, scores, dst, kind, shape);
+            }
+            return;
         }
+        // A long sequence's blocks are offered to idle threads (see `SPREAD_BLOCKS`); each
+        // thread's scores buffer is its own.
+        let (products, values) = (&products, &values);
+        blocks.par_iter().for_each(|block| {
+            crate::packed_gemm::with_thread_buffer(&BLOCK_SCORES, |scores| {
+                // SAFETY: as for the whole task: the block's rows and head columns are this
+                // task's, and the CPU has `S`'s instructions.
+                unsafe { S::attend_f32(block, products, values, scores, dst, (kind, shape)) }
+            })
+        });
     }
 }
+
+/// Query blocks from which a head's blocks run as parallel tasks of their own (after its one
+/// gather of Q, K and V), so that a thread that has run out of heads helps with the last ones
+/// instead of waiting for them: a layer's tasks are (sequence, head) pairs, 12 on a 4,096-token
+/// document, and whenever one core ran slower for a while the other waited up to a whole head
+/// (65 ms on Zen 3) at the layer's end. Blocks in order on the task's thread cost nothing more.
+const SPREAD_BLOCKS: usize = 4;
+
+/// One query block of the f32 kernels entered with `Self`'s instructions enabled: a rayon
+/// closure does not inherit its caller's target features, and the kernels inlined into it
+/// without them would run as calls per vector operation.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+trait F32Blocks: simd::Tiles + Sync {
+    /// [`Block::attend_simd`] on `S`'s f32 kernels.
+    ///
+    /// # Safety
+    /// As [`Block::attend_simd`]; the CPU has `Self`'s instructions.
+    unsafe fn attend_f32(
+        block: &Block,
+        products: &simd::F32Scores<'_, Self>,
+        values: &simd::F32Values<'_, Self>,
+        scores: &mut Vec<f32>,
+        dst: &SharedOut,
+        job: (AttentionKind, Shape),
+    );
+}
+
+/// `F32Blocks` for each ISA, with its target features.
+macro_rules! f32_blocks {
+    ($isa:ty $(, $features:literal)?) => {
+        impl F32Blocks for $isa {
+            $(#[target_feature(enable = $features)])?
+            unsafe fn attend_f32(
+                block: &Block,
+                products: &simd::F32Scores<'_, Self>,
+                values: &simd::F32Values<'_, Self>,
+                scores: &mut Vec<f32>,
+                dst: &SharedOut,
+                (kind, shape): (AttentionKind, Shape),
+            ) {
+                block.attend_simd::<Self, _>(products, values, scores, dst, kind, shape)
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+f32_blocks!(simd::Avx2, "avx2,fma");
+#[cfg(target_arch = "x86_64")]
+f32_blocks!(simd::Avx512, "avx512f,avx2,fma");
+#[cfg(target_arch = "aarch64")]
+f32_blocks!(simd::Neon);
 
 /// One head's prepared inputs and scores, reused by the tasks that run on one thread (a fresh
 /// set of zeroed vectors per head cost a tenth of the attention on short sequences).
@@ -637,6 +702,8 @@ impl HeadScratch {
 
 thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
+    /// The scores of a query block run as a task of its own (`SPREAD_BLOCKS`).
+    static BLOCK_SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]
