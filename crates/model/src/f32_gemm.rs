@@ -445,8 +445,9 @@ impl PackedGemm for PackedF32 {
                         rows,
                         panels: 0..panels,
                     };
-                    // SAFETY: claims are disjoint rows, each written whole by its one task, of
-                    // `out`, which outlives the parallel loop; `isa` was detected by `pack`.
+                    // SAFETY: claims are disjoint rows of `out` (which outlives the parallel
+                    // loop), each written whole by the thread that claimed it; `isa` was
+                    // detected on this CPU by `pack`.
                     unsafe { self.run(x, &task, first, out_ptr.0) };
                 }
             });
@@ -479,11 +480,11 @@ thread_local! {
     static GATE_INPUTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// How a product's `m` rows split into work blocks, each then cut into column chunks where
+/// How a product's `m` rows split into work blocks, each then cut into column chunks, where
 /// there are fewer blocks than `8 × threads` (more rows go to [`GuidedRows`]): whole
-/// micro-panels of `mr` rows, at most
-/// `MC` rows a block (the gated scratch holds `MC` rows), and where there are more blocks than
-/// threads a multiple of the threads, all within one micro-panel of the same size. With
+/// micro-panels of `mr` rows, at most `MC` rows a block (the gated scratch holds `MC` rows),
+/// and where there are more blocks than threads a multiple of the threads, all within one
+/// micro-panel of the same size. With
 /// `m / MC` blocks, an odd count left one of two threads idle for the last block (a 3,900-row
 /// gated product: 402-407 → 415-418 GFLOP/s, 4,096 rows +1-2%).
 #[derive(Debug, Clone, Copy)]

@@ -628,11 +628,12 @@ impl HeadTask<'_> {
     }
 }
 
-/// Query blocks from which a head's blocks run as parallel tasks of their own (after its one
-/// gather of Q, K and V), so that a thread that has run out of heads helps with the last ones
-/// instead of waiting for them: a layer's tasks are (sequence, head) pairs, 12 on a 4,096-token
-/// document, and whenever one core ran slower for a while the other waited up to a whole head
-/// (65 ms on Zen 3) at the layer's end. Blocks in order on the task's thread cost nothing more.
+/// From this many query blocks on, a head's blocks run as parallel tasks of their own (after
+/// its one gather of Q, K and V), so that a thread that has run out of heads helps with the
+/// last ones instead of waiting for them: a layer's tasks are (sequence, head) pairs, 12 on a
+/// 4,096-token document, and whenever one core ran slower for a while the other waited up to a
+/// whole head (65 ms on Zen 3) at the layer's end. Where no thread is idle, the task's own
+/// thread runs its blocks in order, as before.
 const SPREAD_BLOCKS: usize = 4;
 
 /// One query block of the f32 kernels entered with `Self`'s instructions enabled: a rayon
@@ -640,7 +641,7 @@ const SPREAD_BLOCKS: usize = 4;
 /// without them would run as calls per vector operation.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 trait F32Blocks: simd::Tiles + Sync {
-    /// [`Block::attend_simd`] on `S`'s f32 kernels.
+    /// [`Block::attend_simd`] on `Self`'s f32 kernels.
     ///
     /// # Safety
     /// As [`Block::attend_simd`]; the CPU has `Self`'s instructions.
