@@ -560,13 +560,7 @@ impl HeadTask<'_> {
         let step = simd::key_step::<S>();
         let padded = len.next_multiple_of(step);
         scratch.prepare(len * head_dim, head_dim * padded, head_dim);
-        let HeadScratch {
-            q,
-            kt,
-            v,
-            k_row,
-            scores,
-        } = scratch;
+        let HeadScratch { q, kt, v, k_row } = scratch;
         // The padding keys' columns of the last panel: zero, not a former head's keys (their
         // scores are masked, but stale NaNs are better not multiplied at all).
         if len < padded {
@@ -608,27 +602,25 @@ impl HeadTask<'_> {
             layout,
             isa: std::marker::PhantomData,
         };
-        let blocks: Vec<Block> = self.blocks(QUERY_BLOCK).collect();
-        if blocks.len() < SPREAD_BLOCKS {
-            for block in &blocks {
-                block.attend_simd::<S, _>(&products, &values, scores, dst, kind, shape);
-            }
-            return;
-        }
-        // A long sequence's blocks are offered to idle threads (see `SPREAD_BLOCKS`); each
-        // thread's scores buffer is its own.
-        let (products, values) = (&products, &values);
-        blocks.par_iter().for_each(|block| {
+        // Each block with the scores buffer of the thread that runs it.
+        let attend = |block: Block| {
             crate::packed_gemm::with_thread_buffer(&BLOCK_SCORES, |scores| {
                 // SAFETY: as for the whole task: the block's rows and head columns are this
                 // task's, and the CPU has `S`'s instructions.
-                unsafe { S::attend_f32(block, products, values, scores, dst, (kind, shape)) }
+                unsafe { S::attend_f32(&block, &products, &values, scores, dst, (kind, shape)) }
             })
-        });
+        };
+        if len.div_ceil(QUERY_BLOCK) < SPREAD_BLOCKS {
+            self.blocks(QUERY_BLOCK).for_each(attend);
+        } else {
+            // Offered to idle threads (see `SPREAD_BLOCKS`).
+            let blocks: Vec<Block> = self.blocks(QUERY_BLOCK).collect();
+            blocks.into_par_iter().for_each(attend);
+        }
     }
 }
 
-/// From this many query blocks on, a head's blocks run as parallel tasks of their own (after
+/// From sequences of this many query blocks on, a head's blocks run as parallel tasks of their own (after
 /// its one gather of Q, K and V), so that a thread that has run out of heads helps with the
 /// last ones instead of waiting for them: a layer's tasks are (sequence, head) pairs, 12 on a
 /// 4,096-token document, and whenever one core ran slower for a while the other waited up to a
@@ -680,15 +672,14 @@ f32_blocks!(simd::Avx512, "avx512f,avx2,fma");
 #[cfg(target_arch = "aarch64")]
 f32_blocks!(simd::Neon);
 
-/// One head's prepared inputs and scores, reused by the tasks that run on one thread (a fresh
-/// set of zeroed vectors per head cost a tenth of the attention on short sequences).
+/// One head's prepared inputs, reused by the tasks that run on one thread (a fresh set of
+/// zeroed vectors per head, with the scores, cost a tenth of the attention on short sequences).
 #[derive(Default)]
 struct HeadScratch {
     q: Vec<f32>,
     kt: Vec<f32>,
     v: Vec<f32>,
     k_row: Vec<f32>,
-    scores: Vec<f32>,
 }
 
 impl HeadScratch {
@@ -703,7 +694,7 @@ impl HeadScratch {
 
 thread_local! {
     static HEAD_SCRATCH: std::cell::RefCell<HeadScratch> = std::cell::RefCell::new(HeadScratch::default());
-    /// The scores of a query block run as a task of its own (`SPREAD_BLOCKS`).
+    /// A query block's scores, the f32 kernels' (reused by the blocks that run on one thread).
     static BLOCK_SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
